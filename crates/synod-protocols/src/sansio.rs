@@ -1,0 +1,131 @@
+//! The sans-IO boundary every protocol in this crate sits behind.
+//!
+//! A protocol node is a plain value. It never touches a socket, a file, a thread,
+//! a clock or a global random number generator: time arrives as an argument, the
+//! randomness it needs comes from a seed handed to its constructor, and everything
+//! it wants done to the outside world is *returned* in an [`Output`].
+//!
+//! # The ordering contract (persist, then send, then notify)
+//!
+//! A driver (the simulator, or later the network service) that receives an
+//! [`Output`] from one call must:
+//!
+//! 1. write every record in [`Output::writes`] to stable storage, in order, and
+//!    make them durable (fsync) — records from consecutive outputs may share one
+//!    sync (group commit), but their order must be kept;
+//! 2. only then send the messages in [`Output::msgs`];
+//! 3. only then report the [`Output::events`] (decisions, applied commands,
+//!    client responses) to whoever is waiting for them.
+//!
+//! Outputs are handled strictly in the order they were produced. A message never
+//! overtakes the sync of a write produced earlier by the same node, so a peer can
+//! never learn of a promise, a vote or a log entry that a power cut could erase.
+//!
+//! Crashing between steps 1 and 2 is always allowed and the protocols are written
+//! for it: whatever was written but not yet synced may or may not survive.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a node within a cluster. `u64` because that is what etcd's member
+/// ids are, and the service will carry these ids on the wire.
+pub type NodeId = u64;
+
+/// Virtual or real time in microseconds since an arbitrary epoch chosen by the
+/// driver. Protocols only compare and subtract instants; they never read a clock.
+pub type Instant = u64;
+
+/// Microseconds per millisecond, for readability at call sites.
+pub const MS: Instant = 1_000;
+
+/// A message addressed to one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<M> {
+    pub to: NodeId,
+    pub msg: M,
+}
+
+/// What one call into a node asks its driver to do. See the module docs for the
+/// order in which a driver must carry it out.
+#[derive(Clone, Debug)]
+pub struct Output<W, M, E> {
+    /// Records to make durable before any message below is sent.
+    pub writes: Vec<W>,
+    /// Messages to send once the writes are durable.
+    pub msgs: Vec<Envelope<M>>,
+    /// Observations for the application (and the simulator's checkers), released
+    /// after the writes are durable.
+    pub events: Vec<E>,
+}
+
+impl<W, M, E> Default for Output<W, M, E> {
+    fn default() -> Self {
+        Output { writes: Vec::new(), msgs: Vec::new(), events: Vec::new() }
+    }
+}
+
+impl<W, M, E> Output<W, M, E> {
+    pub fn persist(&mut self, w: W) {
+        self.writes.push(w);
+    }
+    pub fn send(&mut self, to: NodeId, msg: M) {
+        self.msgs.push(Envelope { to, msg });
+    }
+    pub fn emit(&mut self, e: E) {
+        self.events.push(e);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.msgs.is_empty() && self.events.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.writes.clear();
+        self.msgs.clear();
+        self.events.clear();
+    }
+}
+
+/// A protocol node as the simulator (and any other driver) sees it.
+///
+/// The associated types keep each protocol's vocabulary its own: its wire
+/// messages, its durable records, the durable image those records build up, the
+/// events it reports and the client requests it accepts.
+pub trait Node {
+    /// Wire message exchanged between nodes.
+    type Msg: Clone + std::fmt::Debug;
+    /// One durable record (a promise, a vote, a batch of log entries, ...).
+    type Write: Clone + std::fmt::Debug;
+    /// Everything that survives a crash: the result of applying every synced
+    /// [`Node::Write`] in order to `Default::default()`.
+    type Disk: Clone + Default + std::fmt::Debug;
+    /// Something the node wants its application to know (a decision, a response).
+    type Event: Clone + std::fmt::Debug;
+    /// A request from a local client (propose a value, run a command, ...).
+    type Input: Clone + std::fmt::Debug;
+
+    /// Folds one durable record into the durable image. Pure: the simulator uses it
+    /// to maintain what a node would find on its disk after a restart.
+    fn apply_write(disk: &mut Self::Disk, write: &Self::Write);
+
+    /// Handles a message from a peer.
+    fn step(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        msg: Self::Msg,
+        out: &mut Output<Self::Write, Self::Msg, Self::Event>,
+    );
+
+    /// Lets time pass: retransmissions, timeouts and elections happen here. The
+    /// driver calls it periodically; `now` never goes backwards.
+    fn tick(&mut self, now: Instant, out: &mut Output<Self::Write, Self::Msg, Self::Event>);
+
+    /// Handles a client request.
+    fn input(
+        &mut self,
+        now: Instant,
+        input: Self::Input,
+        out: &mut Output<Self::Write, Self::Msg, Self::Event>,
+    );
+}
+
+/// Shorthand for a node's output type.
+pub type NodeOutput<N> = Output<<N as Node>::Write, <N as Node>::Msg, <N as Node>::Event>;
