@@ -1,3 +1,20 @@
 //! synod's protocols as pure, deterministic, sans-IO state machines.
+//!
+//! Nothing in this crate performs I/O, reads a clock, spawns a thread or uses a
+//! global random number generator: see [`sansio`] for the boundary and the
+//! persist-then-send contract every driver must honour.
+//!
+//! | module | what it decides |
+//! | --- | --- |
+//! | [`write_once`] | the write-once variable's API, and local/shared versions |
+//! | [`coordinator`] | a write-once variable decided by one coordinator (bully rule) |
+//! | [`majority`] | a write-once variable decided by majority-rules voting |
+//! | [`paxos`] | a write-once variable decided by the Paxos synod algorithm |
+
+pub mod coordinator;
+pub mod majority;
+pub mod paxos;
 pub mod sansio;
+pub mod write_once;
+
 pub use sansio::{Envelope, Instant, Node, NodeId, NodeOutput, Output, MS};
