@@ -1,0 +1,127 @@
+//! The write-once variable decided among `n` nodes, by any of the distributed
+//! algorithms in `synod_protocols` (coordinator, majority vote, Paxos).
+//!
+//! Clients: the first `proposers` nodes are each offered a distinct value at the
+//! start of the run (and again whenever they restart, as a client would retry).
+//!
+//! Checked on every run:
+//! * **agreement** — no two nodes ever decide different values;
+//! * **validity** — a decided value is one that was proposed;
+//! * **decoherence** — a node's decision never changes or disappears, restarts
+//!   included (the seeds' no-decoherence);
+//! * **termination** — in the quiet phase every up node decides (else the run is
+//!   stuck).
+
+use crate::report::RunReport;
+use crate::sim::{Ctl, Model};
+use rand::Rng;
+use synod_protocols::write_once::{Decided, WriteOnceNode};
+use synod_protocols::{Node, NodeId, MS};
+
+pub const PROPERTIES: &[&str] = &["agreement", "validity", "decoherence"];
+
+/// The value proposer `i` offers: distinct per proposer, and easy to spot in traces.
+pub fn proposal_of(i: NodeId) -> u64 {
+    100 + i
+}
+
+pub struct WriteOnceModel<N, B> {
+    boot: B,
+    proposers: usize,
+    decided: Vec<Option<u64>>,
+    first: Option<u64>,
+    decision_time: Option<u64>,
+    decision_messages: Option<u64>,
+    _node: std::marker::PhantomData<N>,
+}
+
+impl<N, B> WriteOnceModel<N, B>
+where
+    N: Node<Input = u64, Event = Decided<u64>> + WriteOnceNode<u64>,
+    B: FnMut(NodeId, &N::Disk, u64) -> N,
+{
+    pub fn new(nodes: usize, proposers: usize, boot: B) -> Self {
+        WriteOnceModel {
+            boot,
+            proposers: proposers.min(nodes),
+            decided: vec![None; nodes],
+            first: None,
+            decision_time: None,
+            decision_messages: None,
+            _node: std::marker::PhantomData,
+        }
+    }
+
+    fn is_proposed(&self, v: u64) -> bool {
+        (0..self.proposers as NodeId).any(|i| proposal_of(i) == v)
+    }
+}
+
+impl<N, B> Model for WriteOnceModel<N, B>
+where
+    N: Node<Input = u64, Event = Decided<u64>> + WriteOnceNode<u64>,
+    B: FnMut(NodeId, &N::Disk, u64) -> N,
+{
+    type Node = N;
+
+    fn boot(&mut self, id: NodeId, disk: &N::Disk, seed: u64) -> N {
+        (self.boot)(id, disk, seed)
+    }
+
+    fn on_start(&mut self, ctl: &mut Ctl<'_, N>) {
+        for i in 0..self.proposers as NodeId {
+            let delay = ctl.rng().gen_range(0..5 * MS);
+            ctl.input(i, proposal_of(i), delay);
+        }
+    }
+
+    fn on_event(&mut self, ctl: &mut Ctl<'_, N>, node: NodeId, Decided(v): Decided<u64>) {
+        if !self.is_proposed(v) {
+            ctl.violation("validity", Some(node), format!("decided {v}, which nobody proposed"));
+        }
+        match self.first {
+            None => {
+                self.first = Some(v);
+                self.decision_time = Some(ctl.now());
+                self.decision_messages = Some(ctl.messages_sent());
+            }
+            Some(f) if f != v => {
+                ctl.violation("agreement", Some(node), format!("decided {v}, but {f} was decided before"));
+            }
+            Some(_) => {}
+        }
+        match self.decided[node as usize] {
+            Some(old) if old != v => {
+                ctl.violation("decoherence", Some(node), format!("decided {v} after having decided {old}"))
+            }
+            _ => self.decided[node as usize] = Some(v),
+        }
+    }
+
+    fn on_restart(&mut self, ctl: &mut Ctl<'_, N>, node: NodeId) {
+        let now_knows = ctl.node(node).and_then(|n| n.decided().copied());
+        if let Some(before) = self.decided[node as usize] {
+            match now_knows {
+                Some(v) if v == before => {}
+                Some(v) => ctl.violation("decoherence", Some(node), format!("restarted believing {v}, had decided {before}")),
+                None => ctl.violation("decoherence", Some(node), format!("restarted having forgotten its decision {before}")),
+            }
+        }
+        if (node as usize) < self.proposers {
+            // The client retries its offer with the restarted node.
+            ctl.input(node, proposal_of(node), MS);
+        }
+    }
+
+    fn done(&self, ctl: &Ctl<'_, N>) -> bool {
+        (0..ctl.nodes() as NodeId).all(|i| match ctl.node(i) {
+            Some(n) => n.decided().is_some(),
+            None => true,
+        })
+    }
+
+    fn finish(&mut self, _ctl: &mut Ctl<'_, N>, _terminated: bool, report: &mut RunReport) {
+        report.decision_time = self.decision_time;
+        report.decision_messages = self.decision_messages;
+    }
+}

@@ -1,0 +1,135 @@
+//! Runs one algorithm over many seeds: what `synod sim` calls.
+
+use crate::faults::FaultSet;
+use crate::models::write_once::{self, WriteOnceModel};
+use crate::report::{RunReport, Summary};
+use crate::sim::{SimConfig, Simulation};
+use std::fmt;
+use std::str::FromStr;
+use synod_protocols::{coordinator::CoordinatorNode, majority::MajorityNode, paxos::PaxosNode};
+
+/// The algorithms `synod sim` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algo {
+    Coordinator,
+    Majority,
+    Paxos,
+}
+
+impl Algo {
+    pub const ALL: &'static [Algo] = &[Algo::Coordinator, Algo::Majority, Algo::Paxos];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Coordinator => "coordinator",
+            Algo::Majority => "majority",
+            Algo::Paxos => "paxos",
+        }
+    }
+
+    /// The safety properties checked for this algorithm (each gets a
+    /// `<property>_violations` count in the JSON summary, zero included).
+    pub fn properties(self) -> &'static [&'static str] {
+        match self {
+            Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES,
+        }
+    }
+
+    /// Extra counters this algorithm reports.
+    pub fn counters(self) -> &'static [&'static str] {
+        match self {
+            Algo::Coordinator | Algo::Majority | Algo::Paxos => &[],
+        }
+    }
+}
+
+impl fmt::Display for Algo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Algo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Algo, String> {
+        Algo::ALL.iter().copied().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Algo::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown algorithm {s:?}; expected one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// Everything about a batch of runs except the seed.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub algo: Algo,
+    pub nodes: usize,
+    pub proposers: usize,
+    /// Participants per transaction, for the atomic-commit algorithms.
+    pub participants: usize,
+    pub faults: FaultSet,
+    pub trace: bool,
+}
+
+impl RunSpec {
+    pub fn new(algo: Algo, nodes: usize, faults: FaultSet) -> RunSpec {
+        RunSpec { algo, nodes, proposers: 3.min(nodes), participants: 3, faults, trace: false }
+    }
+
+    pub fn config(&self) -> SimConfig {
+        let mut cfg = SimConfig::new(self.nodes, self.faults);
+        cfg.trace = self.trace;
+        cfg
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes == 0 {
+            return Err("--nodes must be at least 1".into());
+        }
+        if self.nodes > 64 {
+            return Err(format!("--nodes {} is more than the simulator supports (64)", self.nodes));
+        }
+        if self.proposers == 0 || self.proposers > self.nodes {
+            return Err(format!("--proposers must be between 1 and --nodes ({}), not {}", self.nodes, self.proposers));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the algorithm once with `seed`.
+pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
+    let cfg = spec.config();
+    let n = spec.nodes;
+    match spec.algo {
+        Algo::Coordinator => {
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| CoordinatorNode::new(id, n, disk));
+            Simulation::new(cfg, seed, model).run(seed)
+        }
+        Algo::Majority => {
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| MajorityNode::new(id, n, disk));
+            Simulation::new(cfg, seed, model).run(seed)
+        }
+        Algo::Paxos => {
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, seed| PaxosNode::new(id, n, disk, seed));
+            Simulation::new(cfg, seed, model).run(seed)
+        }
+    }
+}
+
+/// Runs seeds `first_seed..first_seed + runs`, calling `progress` after each run.
+pub fn run_batch(spec: &RunSpec, first_seed: u64, runs: u64, mut progress: impl FnMut(&RunReport)) -> Summary {
+    let mut summary = Summary::new(
+        spec.algo.name(),
+        spec.nodes,
+        spec.faults.to_string(),
+        first_seed,
+        spec.algo.properties(),
+        spec.algo.counters(),
+    );
+    for seed in first_seed..first_seed.saturating_add(runs) {
+        let report = run_one(spec, seed);
+        summary.add(&report);
+        progress(&report);
+    }
+    summary
+}

@@ -1,0 +1,691 @@
+//! The discrete-event simulator: one run of one cluster under one seed.
+
+use crate::faults::{FaultSet, NetRates, NodeFault, Schedule};
+use crate::report::{RunReport, Violation};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use synod_protocols::{Instant, Node, NodeId, NodeOutput, Output, MS};
+
+/// What an algorithm brings to the simulator besides its node type: how to build
+/// nodes, what clients do, and which properties to check. One `Model` value lives
+/// for exactly one run.
+pub trait Model {
+    type Node: Node;
+
+    /// Builds node `id` from its durable image: empty at the start of a run, and
+    /// whatever survived on its disk after a restart. `seed` feeds the node's own
+    /// random number generator (election timeouts, backoff).
+    fn boot(&mut self, id: NodeId, disk: &<Self::Node as Node>::Disk, seed: u64) -> Self::Node;
+
+    /// Called once before the first event: schedule client inputs here.
+    fn on_start(&mut self, ctl: &mut Ctl<'_, Self::Node>);
+
+    /// A node reported an event (after its writes were durable).
+    fn on_event(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId, event: <Self::Node as Node>::Event);
+
+    /// A timer set with [`Ctl::wake`] fired.
+    fn on_wake(&mut self, _ctl: &mut Ctl<'_, Self::Node>, _token: u64) {}
+
+    /// A node crashed (its volatile state is gone).
+    fn on_crash(&mut self, _ctl: &mut Ctl<'_, Self::Node>, _node: NodeId) {}
+
+    /// A node came back up from its disk.
+    fn on_restart(&mut self, _ctl: &mut Ctl<'_, Self::Node>, _node: NodeId) {}
+
+    /// The fault phase is over: the network is healed and every node that is not
+    /// down for good has been restarted.
+    fn on_quiet(&mut self, _ctl: &mut Ctl<'_, Self::Node>) {}
+
+    /// Damages the durable image so that the next read of it would see flipped
+    /// bits. Returns false if the model has nothing that can be corrupted; the
+    /// default does nothing (models without a checksummed disk format).
+    fn corrupt(&mut self, _disk: &mut <Self::Node as Node>::Disk, _rng: &mut ChaCha8Rng) -> bool {
+        false
+    }
+
+    /// Applies part of a write that was cut by a power loss. The default drops the
+    /// write entirely, which is what an atomic record write does.
+    fn tear(&mut self, _disk: &mut <Self::Node as Node>::Disk, _write: &<Self::Node as Node>::Write, _rng: &mut ChaCha8Rng) {}
+
+    /// In the quiet phase: has the liveness goal been reached? Checked after every
+    /// event, so it should be cheap.
+    fn done(&self, ctl: &Ctl<'_, Self::Node>) -> bool;
+
+    /// The run is over (`terminated` says whether [`Model::done`] held in time):
+    /// run end-of-run checks and fill in the report's metrics.
+    fn finish(&mut self, ctl: &mut Ctl<'_, Self::Node>, terminated: bool, report: &mut RunReport);
+}
+
+/// Parameters of a run that do not come from the seed.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub nodes: usize,
+    /// The number of nodes the algorithm claims to tolerate; at most this many stay
+    /// down in the quiet phase.
+    pub f: usize,
+    pub faults: FaultSet,
+    /// Length of the fault phase.
+    pub fault_phase: Instant,
+    /// How long after the quiet phase begins the liveness goal must be reached.
+    pub quiet_limit: Instant,
+    /// How often each node's `tick` is called.
+    pub tick: Instant,
+    /// Record a human-readable trace of the run.
+    pub trace: bool,
+}
+
+impl SimConfig {
+    pub fn new(nodes: usize, faults: FaultSet) -> SimConfig {
+        SimConfig {
+            nodes,
+            f: nodes.saturating_sub(1) / 2,
+            faults,
+            fault_phase: 2_000 * MS,
+            quiet_limit: 10_000 * MS,
+            tick: 10 * MS,
+            trace: false,
+        }
+    }
+}
+
+enum Ev<N: Node> {
+    Deliver { from: NodeId, to: NodeId, msg: N::Msg },
+    Tick { node: NodeId, incarnation: u64 },
+    Input { node: NodeId, input: N::Input },
+    SyncDone { node: NodeId, incarnation: u64 },
+    Wake { token: u64 },
+    Fault(NodeFault),
+    Restart { node: NodeId },
+    Heal { partition: u64 },
+    SlowEnd { node: NodeId, generation: u64 },
+    Quiet,
+}
+
+struct Queued<N: Node> {
+    at: Instant,
+    seq: u64,
+    ev: Ev<N>,
+}
+
+impl<N: Node> PartialEq for Queued<N> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl<N: Node> Eq for Queued<N> {}
+impl<N: Node> PartialOrd for Queued<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<N: Node> Ord for Queued<N> {
+    // Reversed so that BinaryHeap (a max-heap) pops the earliest event; `seq`
+    // breaks ties in insertion order, which keeps runs deterministic.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Output of one step that waits for its writes to become durable.
+struct Batch<N: Node> {
+    writes: Vec<N::Write>,
+    msgs: Vec<synod_protocols::Envelope<N::Msg>>,
+    events: Vec<N::Event>,
+    done_at: Instant,
+}
+
+struct Slot<N: Node> {
+    node: Option<N>,
+    incarnation: u64,
+    disk: N::Disk,
+    pending: VecDeque<Batch<N>>,
+    down_for_good: bool,
+    slow_extra: Instant,
+    slow_generation: u64,
+    /// Crashed because its disk was found corrupt: it must not come back.
+    refuses_to_start: bool,
+}
+
+/// The simulator's state, as far as a [`Model`] may see and steer it.
+pub struct Ctl<'a, N: Node> {
+    core: &'a mut Core<N>,
+}
+
+struct Core<N: Node> {
+    cfg: SimConfig,
+    now: Instant,
+    seq: u64,
+    queue: BinaryHeap<Queued<N>>,
+    slots: Vec<Slot<N>>,
+    net_rng: ChaCha8Rng,
+    node_seed_rng: ChaCha8Rng,
+    fault_rng: ChaCha8Rng,
+    rates: NetRates,
+    /// partition[node] = group id; messages cross only within a group.
+    partition: Vec<u32>,
+    partition_id: u64,
+    quiet: bool,
+    quiet_at: Instant,
+    violations: Vec<Violation>,
+    violation_count: u64,
+    messages_sent: u64,
+    deliveries: u64,
+    trace: Option<String>,
+    scratch: NodeOutput<N>,
+}
+
+impl<'a, N: Node> Ctl<'a, N> {
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+    pub fn nodes(&self) -> usize {
+        self.core.slots.len()
+    }
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.core.slots.get(node as usize).is_some_and(|s| s.node.is_some())
+    }
+    /// The live node, if it is up: checkers may inspect its state.
+    pub fn node(&self, node: NodeId) -> Option<&N> {
+        self.core.slots.get(node as usize).and_then(|s| s.node.as_ref())
+    }
+    /// What is durably on the node's disk.
+    pub fn disk(&self, node: NodeId) -> &N::Disk {
+        &self.core.slots[node as usize].disk
+    }
+    pub fn is_down_for_good(&self, node: NodeId) -> bool {
+        self.core.slots[node as usize].down_for_good || self.core.slots[node as usize].refuses_to_start
+    }
+    pub fn in_quiet_phase(&self) -> bool {
+        self.core.quiet
+    }
+    pub fn quiet_started_at(&self) -> Instant {
+        self.core.quiet_at
+    }
+    pub fn config(&self) -> &SimConfig {
+        &self.core.cfg
+    }
+    pub fn messages_sent(&self) -> u64 {
+        self.core.messages_sent
+    }
+    /// Hands `input` to `node` after `delay` (dropped if the node is down then).
+    pub fn input(&mut self, node: NodeId, input: N::Input, delay: Instant) {
+        let at = self.core.now + delay;
+        self.core.push(at, Ev::Input { node, input });
+    }
+    /// Calls [`Model::on_wake`] with `token` after `delay`.
+    pub fn wake(&mut self, delay: Instant, token: u64) {
+        let at = self.core.now + delay;
+        self.core.push(at, Ev::Wake { token });
+    }
+    /// Records a broken property.
+    pub fn violation(&mut self, property: &'static str, node: Option<NodeId>, detail: String) {
+        self.core.violation(property, node, detail);
+    }
+    /// Random numbers for client workloads, drawn from the run's seed.
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.core.fault_rng
+    }
+    pub fn tracing(&self) -> bool {
+        self.core.trace.is_some()
+    }
+    /// Adds a line to the trace (if tracing).
+    pub fn trace(&mut self, line: std::fmt::Arguments<'_>) {
+        self.core.trace_line(None, line);
+    }
+}
+
+impl<N: Node> Core<N> {
+    fn push(&mut self, at: Instant, ev: Ev<N>) {
+        self.seq += 1;
+        self.queue.push(Queued { at, seq: self.seq, ev });
+    }
+
+    fn trace_line(&mut self, node: Option<NodeId>, line: std::fmt::Arguments<'_>) {
+        if let Some(t) = self.trace.as_mut() {
+            let now = self.now;
+            let _ = write!(t, "{:>6}.{:03} ", now / MS, now % MS);
+            match node {
+                Some(n) => {
+                    let _ = write!(t, "n{n:<2} ");
+                }
+                None => t.push_str("    "),
+            }
+            let _ = t.write_fmt(line);
+            t.push('\n');
+        }
+    }
+
+    fn violation(&mut self, property: &'static str, node: Option<NodeId>, detail: String) {
+        self.trace_line(node, format_args!("VIOLATION {property}: {detail}"));
+        self.violation_count += 1;
+        if self.violations.len() < 16 {
+            self.violations.push(Violation { property, node, at: self.now, detail });
+        }
+    }
+
+    fn connected(&self, a: NodeId, b: NodeId) -> bool {
+        self.partition[a as usize] == self.partition[b as usize]
+    }
+
+    fn latency(&mut self, from: NodeId, to: NodeId) -> Instant {
+        let mut l = self.net_rng.gen_range(MS..5 * MS);
+        if !self.quiet {
+            if self.rates.reorder > 0.0 && self.net_rng.gen_bool(self.rates.reorder) {
+                l += self.net_rng.gen_range(0..30 * MS);
+            }
+            if self.rates.delay > 0.0 && self.net_rng.gen_bool(self.rates.delay) {
+                l += self.net_rng.gen_range(50 * MS..500 * MS);
+            }
+        }
+        l + self.slots[from as usize].slow_extra + self.slots[to as usize].slow_extra
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: N::Msg) {
+        self.messages_sent += 1;
+        if to as usize >= self.slots.len() {
+            return;
+        }
+        if self.tracing() {
+            self.trace_line(Some(from), format_args!("-> n{to} {msg:?}"));
+        }
+        if !self.connected(from, to) {
+            self.trace_line(Some(from), format_args!("   (lost in partition)"));
+            return;
+        }
+        if !self.quiet && self.rates.loss > 0.0 && self.net_rng.gen_bool(self.rates.loss) {
+            self.trace_line(Some(from), format_args!("   (lost)"));
+            return;
+        }
+        if !self.quiet && self.rates.duplicate > 0.0 && self.net_rng.gen_bool(self.rates.duplicate) {
+            let at = self.now + self.latency(from, to);
+            self.push(at, Ev::Deliver { from, to, msg: msg.clone() });
+        }
+        let at = self.now + self.latency(from, to);
+        self.push(at, Ev::Deliver { from, to, msg });
+    }
+
+    fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+}
+
+/// One simulated run of a cluster of `M::Node`s.
+pub struct Simulation<M: Model> {
+    model: M,
+    core: Core<M::Node>,
+    schedule: Schedule,
+}
+
+impl<M: Model> Simulation<M> {
+    /// Sets up a run: the fault schedule is drawn from `seed` alone.
+    pub fn new(cfg: SimConfig, seed: u64, mut model: M) -> Simulation<M> {
+        let stream = |s: u64| {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            r.set_stream(s);
+            r
+        };
+        let mut sched_rng = stream(1);
+        let schedule = Schedule::draw(&mut sched_rng, cfg.nodes, cfg.f, cfg.faults, cfg.fault_phase);
+        let mut node_seed_rng = stream(3);
+        let slots = (0..cfg.nodes as NodeId)
+            .map(|id| {
+                let disk = <M::Node as Node>::Disk::default();
+                let node = model.boot(id, &disk, node_seed_rng.gen());
+                Slot {
+                    node: Some(node),
+                    incarnation: 0,
+                    disk,
+                    pending: VecDeque::new(),
+                    down_for_good: false,
+                    slow_extra: 0,
+                    slow_generation: 0,
+                    refuses_to_start: false,
+                }
+            })
+            .collect();
+        let core = Core {
+            partition: vec![0; cfg.nodes],
+            trace: cfg.trace.then(String::new),
+            cfg,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots,
+            net_rng: stream(2),
+            node_seed_rng,
+            fault_rng: stream(4),
+            rates: schedule.rates.clone(),
+            partition_id: 0,
+            quiet: false,
+            quiet_at: 0,
+            violations: Vec::new(),
+            violation_count: 0,
+            messages_sent: 0,
+            deliveries: 0,
+            scratch: Output::default(),
+        };
+        Simulation { model, core, schedule }
+    }
+
+    /// Runs to the end and reports.
+    pub fn run(mut self, seed: u64) -> RunReport {
+        let cfg = self.core.cfg.clone();
+        if self.core.tracing() {
+            let s = &self.schedule;
+            let line = format!(
+                "seed {seed}: {} nodes, f={}, faults={}, loss={:.3} dup={:.3} reorder={:.3} delay={:.3}, {} scheduled faults, down for good: {:?}",
+                cfg.nodes,
+                cfg.f,
+                cfg.faults,
+                s.rates.loss,
+                s.rates.duplicate,
+                s.rates.reorder,
+                s.rates.delay,
+                s.events.len(),
+                s.permanently_down
+            );
+            self.core.trace_line(None, format_args!("{line}"));
+        }
+        for (at, f) in std::mem::take(&mut self.schedule.events) {
+            self.core.push(at, Ev::Fault(f));
+        }
+        self.core.quiet_at = cfg.fault_phase;
+        self.core.push(cfg.fault_phase, Ev::Quiet);
+        for id in 0..cfg.nodes as NodeId {
+            let first = self.core.net_rng.gen_range(0..cfg.tick);
+            self.core.push(first, Ev::Tick { node: id, incarnation: 0 });
+        }
+        self.model.on_start(&mut Ctl { core: &mut self.core });
+        let deadline = cfg.fault_phase + cfg.quiet_limit;
+        let mut terminated = false;
+        while let Some(q) = self.core.queue.pop() {
+            if q.at > deadline {
+                break;
+            }
+            debug_assert!(q.at >= self.core.now, "time went backwards");
+            self.core.now = q.at;
+            self.handle(q.ev);
+            if self.core.quiet && self.model.done(&Ctl { core: &mut self.core }) {
+                terminated = true;
+                break;
+            }
+        }
+        if !terminated {
+            self.core.now = self.core.now.max(deadline);
+        }
+        let mut report = RunReport { seed, terminated, end_time: self.core.now, ..RunReport::default() };
+        self.model.finish(&mut Ctl { core: &mut self.core }, terminated, &mut report);
+        if !terminated {
+            self.core.trace_line(None, format_args!("STUCK: the liveness goal was not reached by the deadline"));
+        }
+        report.violations.append(&mut self.core.violations);
+        report.violation_count += self.core.violation_count;
+        report.messages_sent = self.core.messages_sent;
+        report.deliveries = self.core.deliveries;
+        report.trace = self.core.trace.take();
+        report
+    }
+
+    fn handle(&mut self, ev: Ev<M::Node>) {
+        match ev {
+            Ev::Deliver { from, to, msg } => {
+                let core = &mut self.core;
+                if !core.connected(from, to) {
+                    return;
+                }
+                if core.slots[to as usize].node.is_none() {
+                    return;
+                }
+                core.deliveries += 1;
+                if core.trace.is_some() {
+                    let line = format!("<- n{from} {msg:?}");
+                    core.trace_line(Some(to), format_args!("{line}"));
+                }
+                let node = core.slots[to as usize].node.as_mut().expect("checked above");
+                let mut out = std::mem::take(&mut core.scratch);
+                node.step(core.now, from, msg, &mut out);
+                self.after_step(to, out);
+            }
+            Ev::Tick { node: id, incarnation } => {
+                let core = &mut self.core;
+                let slot = &mut core.slots[id as usize];
+                if slot.incarnation != incarnation {
+                    return;
+                }
+                let Some(node) = slot.node.as_mut() else { return };
+                let mut out = std::mem::take(&mut core.scratch);
+                node.tick(core.now, &mut out);
+                let next = core.now + core.cfg.tick;
+                core.push(next, Ev::Tick { node: id, incarnation });
+                self.after_step(id, out);
+            }
+            Ev::Input { node: id, input } => {
+                let core = &mut self.core;
+                if core.slots[id as usize].node.is_none() {
+                    core.trace_line(Some(id), format_args!("input dropped (node down): {input:?}"));
+                    return;
+                }
+                if core.trace.is_some() {
+                    let line = format!("input {input:?}");
+                    core.trace_line(Some(id), format_args!("{line}"));
+                }
+                let node = core.slots[id as usize].node.as_mut().expect("checked above");
+                let mut out = std::mem::take(&mut core.scratch);
+                node.input(core.now, input, &mut out);
+                self.after_step(id, out);
+            }
+            Ev::SyncDone { node, incarnation } => {
+                if self.core.slots[node as usize].incarnation == incarnation {
+                    self.complete_front(node);
+                }
+            }
+            Ev::Wake { token } => self.model.on_wake(&mut Ctl { core: &mut self.core }, token),
+            Ev::Fault(f) => {
+                if !self.core.quiet {
+                    self.fault(f);
+                }
+            }
+            Ev::Restart { node } => {
+                if !self.core.quiet {
+                    self.restart(node);
+                }
+            }
+            Ev::Heal { partition } => {
+                if self.core.partition_id == partition {
+                    self.heal();
+                }
+            }
+            Ev::SlowEnd { node, generation } => {
+                let slot = &mut self.core.slots[node as usize];
+                if slot.slow_generation == generation {
+                    slot.slow_extra = 0;
+                    self.core.trace_line(Some(node), format_args!("no longer slow"));
+                }
+            }
+            Ev::Quiet => self.quiet(),
+        }
+    }
+
+    /// Queues a step's output behind the node's earlier unsynced output.
+    fn after_step(&mut self, id: NodeId, mut out: NodeOutput<M::Node>) {
+        let core = &mut self.core;
+        if out.is_empty() {
+            core.scratch = out;
+            return;
+        }
+        let slot = &mut core.slots[id as usize];
+        let prev = slot.pending.back().map_or(core.now, |b| b.done_at);
+        let done_at = if out.writes.is_empty() {
+            prev
+        } else {
+            prev.max(core.now) + core.net_rng.gen_range(MS / 10..2 * MS)
+        };
+        let batch = Batch {
+            writes: std::mem::take(&mut out.writes),
+            msgs: std::mem::take(&mut out.msgs),
+            events: std::mem::take(&mut out.events),
+            done_at,
+        };
+        core.scratch = out;
+        let slot = &mut core.slots[id as usize];
+        slot.pending.push_back(batch);
+        if done_at <= core.now && slot.pending.len() == 1 {
+            self.complete_front(id);
+        } else {
+            let incarnation = slot.incarnation;
+            core.push(done_at, Ev::SyncDone { node: id, incarnation });
+        }
+    }
+
+    /// The oldest pending batch of `id` is durable: apply, send, notify.
+    fn complete_front(&mut self, id: NodeId) {
+        let Some(batch) = self.core.slots[id as usize].pending.pop_front() else { return };
+        let slot = &mut self.core.slots[id as usize];
+        for w in &batch.writes {
+            <M::Node as Node>::apply_write(&mut slot.disk, w);
+        }
+        for env in batch.msgs {
+            self.core.send(id, env.to, env.msg);
+        }
+        for e in batch.events {
+            if self.core.trace.is_some() {
+                let line = format!("event {e:?}");
+                self.core.trace_line(Some(id), format_args!("{line}"));
+            }
+            self.model.on_event(&mut Ctl { core: &mut self.core }, id, e);
+        }
+        // Batches with no writes queued behind this one complete now too.
+        let now = self.core.now;
+        if let Some(next) = self.core.slots[id as usize].pending.front() {
+            if next.writes.is_empty() && next.done_at <= now {
+                self.complete_front(id);
+            }
+        }
+    }
+
+    fn fault(&mut self, f: NodeFault) {
+        match f {
+            NodeFault::Crash { node, power_loss, torn, restart_after } => {
+                if self.core.slots[node as usize].node.is_none() {
+                    if restart_after.is_none() {
+                        self.core.slots[node as usize].down_for_good = true;
+                    }
+                    return;
+                }
+                self.crash(node, power_loss, torn);
+                match restart_after {
+                    Some(d) => {
+                        let at = self.core.now + d;
+                        self.core.push(at, Ev::Restart { node });
+                    }
+                    None => {
+                        self.core.slots[node as usize].down_for_good = true;
+                        self.core.trace_line(Some(node), format_args!("stays down for good"));
+                    }
+                }
+            }
+            NodeFault::Partition { groups, heal_after } => {
+                self.core.partition_id += 1;
+                for (g, members) in groups.iter().enumerate() {
+                    for &n in members {
+                        self.core.partition[n as usize] = g as u32;
+                    }
+                }
+                self.core.trace_line(None, format_args!("PARTITION {groups:?}"));
+                let (at, id) = (self.core.now + heal_after, self.core.partition_id);
+                self.core.push(at, Ev::Heal { partition: id });
+            }
+            NodeFault::Slow { node, extra, duration } => {
+                let slot = &mut self.core.slots[node as usize];
+                slot.slow_generation += 1;
+                slot.slow_extra = extra;
+                let generation = slot.slow_generation;
+                self.core.trace_line(Some(node), format_args!("SLOW +{}ms", extra / MS));
+                let at = self.core.now + duration;
+                self.core.push(at, Ev::SlowEnd { node, generation });
+            }
+            NodeFault::Corrupt { node } => {
+                let core = &mut self.core;
+                let slot = &mut core.slots[node as usize];
+                if self.model.corrupt(&mut slot.disk, &mut core.fault_rng) {
+                    core.trace_line(Some(node), format_args!("DISK CORRUPTED (seen on next read)"));
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, id: NodeId, power_loss: bool, torn: bool) {
+        let core = &mut self.core;
+        let slot = &mut core.slots[id as usize];
+        slot.node = None;
+        slot.incarnation += 1;
+        let pending = std::mem::take(&mut slot.pending);
+        let mut unsynced = 0;
+        let mut torn_done = false;
+        for batch in pending {
+            for w in &batch.writes {
+                if !power_loss {
+                    // The OS had the write; a process crash does not lose it.
+                    <M::Node as Node>::apply_write(&mut slot.disk, w);
+                } else {
+                    unsynced += 1;
+                    if torn && !torn_done {
+                        torn_done = true;
+                        self.model.tear(&mut slot.disk, w, &mut core.fault_rng);
+                    }
+                }
+            }
+        }
+        let what = if power_loss { "POWER LOSS" } else { "CRASH" };
+        core.trace_line(Some(id), format_args!("{what} ({unsynced} unsynced writes lost)"));
+        self.model.on_crash(&mut Ctl { core: &mut self.core }, id);
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let core = &mut self.core;
+        let slot = &mut core.slots[id as usize];
+        if slot.node.is_some() || slot.down_for_good || slot.refuses_to_start {
+            return;
+        }
+        let seed = core.node_seed_rng.gen();
+        slot.node = Some(self.model.boot(id, &slot.disk, seed));
+        let incarnation = slot.incarnation;
+        core.trace_line(Some(id), format_args!("RESTART from disk"));
+        let at = core.now + core.net_rng.gen_range(0..core.cfg.tick);
+        core.push(at, Ev::Tick { node: id, incarnation });
+        self.model.on_restart(&mut Ctl { core: &mut self.core }, id);
+    }
+
+    fn heal(&mut self) {
+        self.core.partition.iter_mut().for_each(|g| *g = 0);
+        self.core.trace_line(None, format_args!("HEAL partition"));
+    }
+
+    fn quiet(&mut self) {
+        let core = &mut self.core;
+        core.quiet = true;
+        core.rates = NetRates::default();
+        core.partition_id += 1;
+        core.partition.iter_mut().for_each(|g| *g = 0);
+        for s in core.slots.iter_mut() {
+            s.slow_extra = 0;
+            s.slow_generation += 1;
+        }
+        core.trace_line(None, format_args!("QUIET PHASE: network healed, no new faults"));
+        for id in 0..core.slots.len() as NodeId {
+            // restart() leaves nodes that are down for good where they are.
+            self.restart(id);
+        }
+        self.model.on_quiet(&mut Ctl { core: &mut self.core });
+    }
+}
+
+/// Marks a node as having found its disk corrupt: it crashes and never restarts.
+impl<'a, N: Node> Ctl<'a, N> {
+    pub fn refuse_to_start(&mut self, node: NodeId) {
+        self.core.slots[node as usize].refuses_to_start = true;
+    }
+}

@@ -1,0 +1,94 @@
+//! `synod sim`: batches of simulated runs with a summary, or one traced run.
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use synod_sim::{run_batch, run_one, Algo, FaultSet, RunSpec};
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Algorithm to simulate.
+    #[arg(long, default_value = "paxos", value_parser = parse_algo)]
+    algo: Algo,
+    /// Number of nodes in the cluster.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// How many nodes are offered a value (write-once algorithms).
+    #[arg(long, default_value_t = 3)]
+    proposers: usize,
+    /// Number of runs; seeds are SEED, SEED+1, ...
+    #[arg(long, default_value_t = 1000)]
+    runs: u64,
+    /// Seed of the first run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Faults to inject: `all`, `none`, or a comma-separated list of crash, restart,
+    /// power-loss, partition, loss, duplicate, reorder, delay, torn-write, corruption.
+    #[arg(long, default_value = "all", value_parser = FaultSet::parse)]
+    faults: FaultSet,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Print one run event by event (needs --runs 1).
+    #[arg(long)]
+    trace: bool,
+}
+
+fn parse_algo(s: &str) -> Result<Algo, String> {
+    s.parse()
+}
+
+pub fn run(args: SimArgs) -> Result<ExitCode, String> {
+    let mut spec = RunSpec::new(args.algo, args.nodes, args.faults);
+    spec.proposers = args.proposers;
+    spec.validate()?;
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    if args.trace {
+        if args.runs != 1 {
+            return Err(format!("--trace prints one run; pass --runs 1 (got --runs {})", args.runs));
+        }
+        spec.trace = true;
+        let report = run_one(&spec, args.seed);
+        let mut out = std::io::stdout().lock();
+        out.write_all(report.trace.as_deref().unwrap_or("").as_bytes()).map_err(|e| e.to_string())?;
+        let verdict = match (report.violation_count, report.terminated) {
+            (0, true) => "ok: no property violated; the liveness goal was reached".to_string(),
+            (0, false) => "stuck: no property violated, but the liveness goal was not reached".to_string(),
+            (n, _) => format!("FAILED: {n} violation(s)"),
+        };
+        writeln!(out, "{verdict}").map_err(|e| e.to_string())?;
+        return Ok(if report.violation_count == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let bar = if std::io::stderr().is_terminal() && args.runs >= 100 {
+        let bar = ProgressBar::new(args.runs);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} runs [{bar:30}] {per_sec} eta {eta} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut bad = 0u64;
+    let summary = run_batch(&spec, args.seed, args.runs, |r| {
+        if r.violation_count > 0 {
+            bad += 1;
+            bar.set_message(format!("{bad} failing"));
+        }
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.to_table());
+        if let Some(seed) = summary.failing_seeds.first() {
+            println!("  replay the first failure:     synod sim --algo {} --nodes {} --proposers {} --faults {} --seed {seed} --runs 1 --trace", spec.algo, spec.nodes, spec.proposers, spec.faults);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
