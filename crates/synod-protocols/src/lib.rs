@@ -10,8 +10,10 @@
 //! | [`coordinator`] | a write-once variable decided by one coordinator (bully rule) |
 //! | [`majority`] | a write-once variable decided by majority-rules voting |
 //! | [`paxos`] | a write-once variable decided by the Paxos synod algorithm |
+//! | [`kv`] | the replicated key-value store's requests, results and state machine |
 
 pub mod coordinator;
+pub mod kv;
 pub mod majority;
 pub mod paxos;
 pub mod sansio;
