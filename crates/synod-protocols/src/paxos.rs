@@ -91,7 +91,8 @@ impl<V> Default for Disk<V> {
 /// the test suites enable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bugs {
-    /// The acceptor keeps promises and acceptances only in memory.
+    /// The node keeps its acceptor state (promises, acceptances) and what it
+    /// learned only in memory, so a restart forgets them.
     pub forget_promises: bool,
     /// The proposer always proposes its own value, ignoring accepted values
     /// reported in promises.
@@ -218,7 +219,7 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
     }
 
     fn persist(&self, w: Write<V>, out: &mut Out<V>) {
-        let volatile = matches!(w, Write::Promise(_) | Write::Accept(..)) && self.bugs.forget_promises;
+        let volatile = matches!(w, Write::Promise(_) | Write::Accept(..) | Write::Decided(_)) && self.bugs.forget_promises;
         if !volatile {
             out.persist(w);
         }
@@ -231,7 +232,7 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
         }
         self.decided = Some(v.clone());
         self.phase = Phase::Idle { retry_at: Instant::MAX };
-        out.persist(Write::Decided(v.clone()));
+        self.persist(Write::Decided(v.clone()), out);
         out.emit(Decided(v));
     }
 

@@ -321,14 +321,21 @@ pub struct Simulation<M: Model> {
 
 impl<M: Model> Simulation<M> {
     /// Sets up a run: the fault schedule is drawn from `seed` alone.
-    pub fn new(cfg: SimConfig, seed: u64, mut model: M) -> Simulation<M> {
+    pub fn new(cfg: SimConfig, seed: u64, model: M) -> Simulation<M> {
+        let mut sched_rng = ChaCha8Rng::seed_from_u64(seed);
+        sched_rng.set_stream(1);
+        let schedule = Schedule::draw(&mut sched_rng, cfg.nodes, cfg.f, cfg.faults, cfg.fault_phase);
+        Self::with_schedule(cfg, seed, model, schedule)
+    }
+
+    /// Sets up a run with a hand-written fault schedule: for scenario tests that
+    /// replay a story exactly (the seed still drives latencies and nodes' choices).
+    pub fn with_schedule(cfg: SimConfig, seed: u64, mut model: M, schedule: Schedule) -> Simulation<M> {
         let stream = |s: u64| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
             r.set_stream(s);
             r
         };
-        let mut sched_rng = stream(1);
-        let schedule = Schedule::draw(&mut sched_rng, cfg.nodes, cfg.f, cfg.faults, cfg.fault_phase);
         let mut node_seed_rng = stream(3);
         let slots = (0..cfg.nodes as NodeId)
             .map(|id| {

@@ -1,8 +1,9 @@
 //! The write-once variable decided among `n` nodes, by any of the distributed
 //! algorithms in `synod_protocols` (coordinator, majority vote, Paxos).
 //!
-//! Clients: the first `proposers` nodes are each offered a distinct value at the
-//! start of the run (and again whenever they restart, as a client would retry).
+//! Clients: the first `proposers` nodes are each offered a distinct value at a
+//! random time in the first half of the fault phase (and again whenever they
+//! restart, as a client would retry).
 //!
 //! Checked on every run:
 //! * **agreement** — no two nodes ever decide different values;
@@ -69,8 +70,12 @@ where
     }
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, N>) {
+        // Offers arrive at random times in the first half of the fault phase, so
+        // that crashes and partitions hit every stage of the protocol, and later
+        // proposers must discover (not overwrite) what earlier ones chose.
+        let spread = ctl.config().fault_phase / 2;
         for i in 0..self.proposers as NodeId {
-            let delay = ctl.rng().gen_range(0..5 * MS);
+            let delay = ctl.rng().gen_range(0..spread.max(1));
             ctl.input(i, proposal_of(i), delay);
         }
     }
