@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A reader that stops early (`synod sim --trace | head`) is not an error.
+        Err(e) if e.contains("Broken pipe") => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("synod: {e}");
             ExitCode::from(2)

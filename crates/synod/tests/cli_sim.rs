@@ -1,0 +1,69 @@
+//! `synod sim` as a user runs it.
+
+use std::process::{Command, Output};
+
+fn synod(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_synod")).args(args).output().expect("run synod")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = synod(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn json_summary_has_the_documented_fields() {
+    let v = json(&["sim", "--algo", "paxos", "--nodes", "5", "--runs", "200", "--faults", "all", "--json"]);
+    for key in [
+        "runs",
+        "decided",
+        "stuck",
+        "violations",
+        "agreement_violations",
+        "validity_violations",
+        "decoherence_violations",
+        "p50_time_ms",
+        "p99_time_ms",
+        "p50_messages",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["runs"], 200);
+    assert_eq!(v["violations"], 0);
+    assert_eq!(v["stuck"], 0);
+}
+
+#[test]
+fn majority_gets_stuck_without_breaking_agreement() {
+    let v = json(&["sim", "--algo", "majority", "--nodes", "7", "--runs", "300", "--faults", "all", "--json"]);
+    assert!(v["stuck"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["agreement_violations"], 0);
+}
+
+#[test]
+fn trace_replays_byte_for_byte() {
+    let a = synod(&["sim", "--seed", "42", "--runs", "1", "--trace"]);
+    let b = synod(&["sim", "--seed", "42", "--runs", "1", "--trace"]);
+    assert!(a.status.success());
+    assert!(a.stdout.len() > 1_000);
+    assert_eq!(a.stdout, b.stdout);
+    let text = String::from_utf8(a.stdout).unwrap();
+    assert!(text.contains("Prepare") && text.contains("QUIET PHASE"), "{text}");
+}
+
+#[test]
+fn bad_flags_get_a_clear_error() {
+    for (args, needle) in [
+        (&["sim", "--faults", "meteor"][..], "unknown fault"),
+        (&["sim", "--algo", "bogus"][..], "unknown algorithm"),
+        (&["sim", "--nodes", "0"][..], "--nodes"),
+        (&["sim", "--proposers", "9"][..], "--proposers"),
+        (&["sim", "--runs", "2", "--trace"][..], "--runs 1"),
+    ] {
+        let out = synod(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
