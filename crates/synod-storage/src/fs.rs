@@ -1,0 +1,127 @@
+//! A small file-system abstraction so the same WAL and recovery code runs on
+//! the real disk ([`RealFs`]) and on the deterministic simulated disk
+//! ([`crate::SimFs`]).
+//!
+//! Only the operations the log needs are here. Paths are ordinary
+//! [`Path`]s; `SimFs` treats them as opaque keys.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// An open file handle.
+pub trait FsFile: Send + 'static {
+    /// Write all of `buf` at byte offset `offset`, extending the file if needed.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make the file's data (and its length) durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Truncate or extend (with zeros) the file to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// The current length of the file.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// A second handle to the same file, so one thread can `sync_data` while
+    /// another keeps the first handle.
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
+}
+
+/// The file-system operations the WAL and snapshot store use.
+pub trait Fs: Clone + Send + Sync + 'static {
+    /// The handle type returned by [`Fs::create`] and [`Fs::open_rw`].
+    type File: FsFile;
+
+    /// Create a directory and its parents if they do not exist.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names (not paths) of the entries in `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whether `path` exists (file or directory).
+    fn exists(&self, path: &Path) -> bool;
+    /// Create `path` (truncating it if it exists) for reading and writing.
+    fn create(&self, path: &Path) -> io::Result<Self::File>;
+    /// Open an existing file for reading and writing.
+    fn open_rw(&self, path: &Path) -> io::Result<Self::File>;
+    /// Read the whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Atomically rename `from` to `to` (replacing `to`).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Remove a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Make the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system, through `std::fs`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFs;
+
+impl FsFile for File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn try_clone(&self) -> io::Result<Self> {
+        File::try_clone(self)
+    }
+}
+
+impl Fs for RealFs {
+    type File = File;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn create(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    }
+    fn open_rw(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).open(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// `dir/name`.
+pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

@@ -1,0 +1,249 @@
+//! Snapshot files, written atomically.
+//!
+//! A snapshot is one file `{index:016x}-{term:016x}.snap` holding a 64-byte
+//! header and the state-machine bytes. It is written to a `.tmp` file,
+//! fsynced, renamed into place, and the directory is fsynced, so a crash at
+//! any point leaves either the old set of snapshots or the new one.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::FORMAT_VERSION;
+use crate::fs::{join, Fs, FsFile};
+use crate::{Identity, Snapshot, SnapshotMeta};
+
+/// Magic bytes at the start of a snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SYNODSNP";
+/// Length of the snapshot header.
+pub const SNAPSHOT_HEADER_LEN: usize = 64;
+
+/// Snapshot file name for `meta`.
+pub fn snapshot_name(meta: SnapshotMeta) -> String {
+    format!("{:016x}-{:016x}.snap", meta.index, meta.term)
+}
+
+/// Parse a snapshot file name.
+pub fn parse_snapshot_name(name: &str) -> Option<SnapshotMeta> {
+    let stem = name.strip_suffix(".snap")?;
+    let (a, b) = stem.split_once('-')?;
+    if a.len() != 16 || b.len() != 16 {
+        return None;
+    }
+    Some(SnapshotMeta {
+        index: u64::from_str_radix(a, 16).ok()?,
+        term: u64::from_str_radix(b, 16).ok()?,
+    })
+}
+
+fn encode(id: Identity, snap: &Snapshot) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SNAPSHOT_HEADER_LEN + snap.data.len());
+    v.extend_from_slice(&SNAPSHOT_MAGIC);
+    v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(&id.cluster_id.to_le_bytes());
+    v.extend_from_slice(&id.node_id.to_le_bytes());
+    v.extend_from_slice(&snap.meta.index.to_le_bytes());
+    v.extend_from_slice(&snap.meta.term.to_le_bytes());
+    v.extend_from_slice(&(snap.data.len() as u64).to_le_bytes());
+    v.extend_from_slice(&crc32c::crc32c(&snap.data).to_le_bytes());
+    let hcrc = crc32c::crc32c(&v);
+    v.extend_from_slice(&hcrc.to_le_bytes());
+    debug_assert_eq!(v.len(), SNAPSHOT_HEADER_LEN);
+    v.extend_from_slice(&snap.data);
+    v
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Decode and fully check a snapshot file. `expect_id` is checked if given.
+pub fn decode_snapshot(
+    path: &Path,
+    b: &[u8],
+    expect_id: Option<Identity>,
+) -> Result<(Identity, Snapshot)> {
+    if b.len() < SNAPSHOT_HEADER_LEN {
+        return Err(Error::corrupt(
+            path,
+            0,
+            format!(
+                "snapshot file is {} bytes, shorter than its header",
+                b.len()
+            ),
+        ));
+    }
+    if b[..8] != SNAPSHOT_MAGIC {
+        return Err(Error::corrupt(path, 0, "bad magic, expected \"SYNODSNP\""));
+    }
+    let stored = u32_at(b, 60);
+    let actual = crc32c::crc32c(&b[..60]);
+    if stored != actual {
+        return Err(Error::corrupt(
+            path,
+            0,
+            format!(
+                "snapshot header checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
+            ),
+        ));
+    }
+    let version = u32_at(b, 8);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let id = Identity {
+        cluster_id: u64_at(b, 16),
+        node_id: u64_at(b, 24),
+    };
+    if let Some(expected) = expect_id {
+        if expected != id {
+            return Err(Error::WrongIdentity {
+                path: path.to_path_buf(),
+                expected,
+                found: id,
+            });
+        }
+    }
+    let meta = SnapshotMeta {
+        index: u64_at(b, 32),
+        term: u64_at(b, 40),
+    };
+    let len = u64_at(b, 48);
+    let data = &b[SNAPSHOT_HEADER_LEN..];
+    if data.len() as u64 != len {
+        return Err(Error::corrupt(
+            path,
+            SNAPSHOT_HEADER_LEN as u64,
+            format!("snapshot data is {} bytes, header says {len}", data.len()),
+        ));
+    }
+    let stored = u32_at(b, 56);
+    let actual = crc32c::crc32c(data);
+    if stored != actual {
+        return Err(Error::corrupt(
+            path,
+            SNAPSHOT_HEADER_LEN as u64,
+            format!(
+                "snapshot data checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
+            ),
+        ));
+    }
+    Ok((
+        id,
+        Snapshot {
+            meta,
+            data: data.to_vec(),
+        },
+    ))
+}
+
+/// The snapshot directory.
+#[derive(Clone, Debug)]
+pub struct SnapStore<F: Fs> {
+    fs: F,
+    dir: PathBuf,
+    id: Identity,
+}
+
+impl<F: Fs> SnapStore<F> {
+    /// Use (and create) `dir` for snapshots of `id`.
+    pub fn new(fs: F, dir: &Path, id: Identity) -> Result<Self> {
+        fs.create_dir_all(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+        Ok(SnapStore {
+            fs,
+            dir: dir.to_path_buf(),
+            id,
+        })
+    }
+
+    /// Path of the file for `meta`.
+    pub fn path(&self, meta: SnapshotMeta) -> PathBuf {
+        join(&self.dir, &snapshot_name(meta))
+    }
+
+    /// Snapshots present, oldest first.
+    pub fn list(&self) -> Result<Vec<SnapshotMeta>> {
+        let names = self
+            .fs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list", &self.dir, e))?;
+        let mut v: Vec<SnapshotMeta> = names
+            .iter()
+            .filter_map(|n| parse_snapshot_name(n))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Write `snap` durably and atomically; returns its path.
+    pub fn save(&self, snap: &Snapshot) -> Result<PathBuf> {
+        let path = self.path(snap.meta);
+        let tmp = join(&self.dir, &format!("{}.tmp", snapshot_name(snap.meta)));
+        let bytes = encode(self.id, snap);
+        let res = (|| {
+            let mut f = self.fs.create(&tmp)?;
+            f.write_all_at(&bytes, 0)?;
+            f.sync_data()?;
+            drop(f);
+            self.fs.rename(&tmp, &path)?;
+            self.fs.sync_dir(&self.dir)
+        })();
+        res.map_err(|e| Error::io("write snapshot", &path, e))?;
+        Ok(path)
+    }
+
+    /// Read and verify the snapshot `meta`.
+    pub fn load(&self, meta: SnapshotMeta) -> Result<Snapshot> {
+        let path = self.path(meta);
+        let bytes = self
+            .fs
+            .read(&path)
+            .map_err(|e| Error::io("read snapshot", &path, e))?;
+        let (_, snap) = decode_snapshot(&path, &bytes, Some(self.id))?;
+        if snap.meta != meta {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!(
+                    "header says index {} term {}, file name says index {} term {}",
+                    snap.meta.index, snap.meta.term, meta.index, meta.term
+                ),
+            ));
+        }
+        Ok(snap)
+    }
+
+    /// Remove every snapshot and temp file except `keep`; returns what was
+    /// removed.
+    pub fn remove_except(&self, keep: SnapshotMeta) -> Result<Vec<PathBuf>> {
+        let keep_name = snapshot_name(keep);
+        let mut removed = Vec::new();
+        let names = self
+            .fs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list", &self.dir, e))?;
+        for n in names {
+            if n != keep_name && (n.ends_with(".tmp") || parse_snapshot_name(&n).is_some()) {
+                let p = join(&self.dir, &n);
+                self.fs
+                    .remove_file(&p)
+                    .map_err(|e| Error::io("remove", &p, e))?;
+                removed.push(p);
+            }
+        }
+        if !removed.is_empty() {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        }
+        Ok(removed)
+    }
+}
