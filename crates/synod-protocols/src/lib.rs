@@ -10,12 +10,16 @@
 //! | [`coordinator`] | a write-once variable decided by one coordinator (bully rule) |
 //! | [`majority`] | a write-once variable decided by majority-rules voting |
 //! | [`paxos`] | a write-once variable decided by the Paxos synod algorithm |
+//! | [`commit`] | atomic commit of a transaction: 2PC, 3PC and Paxos Commit |
 //! | [`kv`] | the replicated key-value store's requests, results and state machine |
+//! | [`raft`] | Raft consensus (sans-IO core) and a replicated key-value node on it |
 
+pub mod commit;
 pub mod coordinator;
 pub mod kv;
 pub mod majority;
 pub mod paxos;
+pub mod raft;
 pub mod sansio;
 pub mod write_once;
 

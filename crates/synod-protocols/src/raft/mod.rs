@@ -1,0 +1,328 @@
+//! Raft as a sans-IO state machine, and a replicated key-value node built on it.
+//!
+//! [`RaftNode`] is the consensus core: elections (with pre-vote and
+//! check-quorum), log replication with batching and pipelining, commitment,
+//! ReadIndex and lease reads, snapshots, one-at-a-time membership changes and
+//! leadership transfer. [`KvNode`] puts a [`KvStore`](crate::kv::KvStore) on top
+//! and implements [`Node`](crate::sansio::Node) for the simulator and the service.
+//!
+//! # Ordering contract (what the driver's persist-then-send buys us)
+//!
+//! Every call returns one [`Output`](crate::sansio::Output). As
+//! [`crate::sansio`] requires, the driver makes all of its `writes` durable, in
+//! order, before it sends any of its `msgs` or reports any of its `events`, and
+//! handles outputs strictly in the order they were produced. This node relies on
+//! that in the following ways:
+//!
+//! * **Votes.** A vote (and any term change) is recorded by a
+//!   [`Write::HardState`] placed in the same output as the vote reply, *before*
+//!   any entries of the new term; so no candidate can hear of a vote that a
+//!   power cut could take back, and a node never forgets it voted in a term.
+//! * **Entries.** A follower acknowledges an `Append` in the output that also
+//!   holds the [`Write::Entries`] record; the ack (its match index) therefore
+//!   never describes entries that are not durable.
+//! * **The leader's own entries.** The leader counts its own entries as
+//!   replicated (its match index) the moment it *emits* their write, not when
+//!   the write is synced. That is safe because nothing observable depends on the
+//!   commit it computes before those writes are durable: the `Append` messages
+//!   and heartbeats that carry the new commit index, the client responses and
+//!   the `Applied` events are all in this output or a later one, and so are
+//!   released only after the leader's entries are on disk. If the leader loses
+//!   power first, the "commit" existed only in volatile memory that died with it,
+//!   and no one else ever learned of it.
+//! * **Commit index.** [`Write::HardState`] records with a new commit index are
+//!   written after the entries they cover, so a recovered disk never holds a
+//!   commit index beyond its own log.
+//! * **Applying.** Committed entries are applied to the store as soon as the
+//!   node knows they are committed (even if its own copy is still being synced):
+//!   every effect of applying — responses, `Applied` events, reads served from
+//!   the store — is released after the output's writes are durable.
+//! * **Reads.** A ReadIndex read is answered only when (1) the leader has
+//!   committed an entry of its current term, (2) a quorum acknowledged a
+//!   heartbeat round sent after the read arrived, and (3) the store has applied
+//!   the commit index recorded when the read arrived. With
+//!   [`RaftConfig::lease_reads`] step (2) is replaced by a lease: a quorum
+//!   acknowledged a round sent less than `election_ticks - 1` leader ticks ago.
+//!   Followers with check-quorum refuse to vote for `election_ticks` of *their*
+//!   ticks after hearing from the leader, so the lease is safe as long as no
+//!   follower's tick runs more than one tick per election timeout faster than
+//!   the leader's (bounded clock drift); a node that restarts refuses votes for
+//!   one election timeout too, since it forgot when it last heard the leader.
+//! * **Snapshots.** A snapshot is written ([`Write::Snapshot`]) in the output
+//!   that discards the log prefix; an installed snapshot is durable before the
+//!   follower acknowledges it.
+//!
+//! On restart, [`KvNode::new`] rebuilds the store from the disk's snapshot and
+//! re-applies the durable log up to the durable commit index, silently (no
+//! events): `Applied` events after a restart resume at `commit + 1`.
+
+mod kv_node;
+mod log;
+mod node;
+mod progress;
+#[cfg(test)]
+mod tests;
+
+pub use kv_node::KvNode;
+pub use node::{RaftNode, Role};
+
+use crate::kv::{KvRequest, KvStore};
+use crate::sansio::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Static configuration of one Raft node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    /// The initial voters (including `id` when this node is one of them). Used
+    /// only when the disk holds no configuration yet. A node joining an existing
+    /// cluster is booted with peers that do not include itself (or none): it
+    /// stays idle until a leader contacts it.
+    pub peers: Vec<NodeId>,
+    /// A follower campaigns after a random timeout in
+    /// `[election_ticks, 2 * election_ticks)` without hearing from a leader.
+    pub election_ticks: u32,
+    /// The leader sends heartbeats every `heartbeat_ticks`.
+    pub heartbeat_ticks: u32,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Unacknowledged `Append` messages per follower in the pipeline.
+    pub max_inflight: usize,
+    /// Entries per `Append` message.
+    pub max_batch: usize,
+    /// Serve reads from a leader lease instead of a heartbeat round (needs
+    /// `check_quorum`; see the module docs for the clock-drift assumption).
+    pub lease_reads: bool,
+    /// Snapshot and compact after this many applied entries; 0 = never.
+    pub snapshot_every: u64,
+}
+
+impl RaftConfig {
+    pub fn new(id: NodeId, peers: Vec<NodeId>) -> Self {
+        RaftConfig {
+            id,
+            peers,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight: 64,
+            max_batch: 64,
+            lease_reads: false,
+            snapshot_every: 1000,
+        }
+    }
+}
+
+/// Deliberately broken behaviours, so tests can show that checkers catch them.
+/// Only installable with the `broken` feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Grant votes without checking that the candidate's log is up to date.
+    pub vote_without_log_check: bool,
+    /// Commit any entry stored on a quorum, even one from an earlier term.
+    pub commit_old_term_by_counting: bool,
+    /// Send vote and append acknowledgements without persisting the hard state
+    /// or the entries they acknowledge.
+    pub reply_before_persist: bool,
+}
+
+/// A cluster configuration: who votes, who only replicates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConfState {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl ConfState {
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.contains(&id)
+    }
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.is_learner(id)
+    }
+    /// Every member, voters first.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryData {
+    /// Appended by every new leader, so it can commit an entry of its term.
+    Empty,
+    /// A client's write.
+    Kv(KvRequest),
+    /// The complete configuration after a membership change. It takes effect
+    /// as soon as it is appended to a log.
+    Config(ConfState),
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub data: EntryData,
+}
+
+impl Entry {
+    /// A deterministic hash of the entry's data (FNV-1a over its debug form).
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{:?}", self.data).bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+}
+
+/// Describes the log prefix a snapshot replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last index the snapshot covers (0: no snapshot).
+    pub index: u64,
+    pub term: u64,
+    /// The configuration as of `index`.
+    pub conf: ConfState,
+}
+
+/// A snapshot of the replicated state machine, sessions included.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub store: KvStore,
+}
+
+/// The state that must survive a crash apart from the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: Option<NodeId>,
+    pub commit: u64,
+}
+
+/// One durable record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    HardState(HardState),
+    /// Entries with consecutive indices. If the first index is not beyond the
+    /// last stored index, the stored suffix from there is replaced (etcd's WAL
+    /// convention).
+    Entries(Vec<Entry>),
+    /// A new snapshot. Stored entries it covers are dropped; if the stored log
+    /// disagrees with it at its index, the whole stored log is dropped.
+    Snapshot(Snapshot),
+}
+
+/// The durable image of a node: the result of applying every synced [`Write`]
+/// in order to `Disk::default()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub hard: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// The entries after the snapshot, with consecutive indices.
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.meta.index)
+    }
+
+    /// Folds one record into the image.
+    pub fn apply(&mut self, write: &Write) {
+        match write {
+            Write::HardState(hs) => self.hard = *hs,
+            Write::Entries(es) => {
+                let Some(first) = es.first() else { return };
+                let offset = self.snapshot_index() + 1;
+                let next = offset + self.entries.len() as u64;
+                if first.index > next {
+                    // A gap: only possible when an earlier write was withheld
+                    // (the `reply_before_persist` bug). Nothing to attach to.
+                    return;
+                }
+                let skip = offset.saturating_sub(first.index) as usize;
+                if skip >= es.len() {
+                    return;
+                }
+                let keep = (first.index.max(offset) - offset) as usize;
+                self.entries.truncate(keep);
+                self.entries.extend_from_slice(&es[skip..]);
+            }
+            Write::Snapshot(snap) => {
+                let idx = snap.meta.index;
+                let offset = self.snapshot_index() + 1;
+                let matches = idx >= offset
+                    && self.entries.get((idx - offset) as usize).is_some_and(|e| e.term == snap.meta.term);
+                if matches {
+                    self.entries.drain(..=(idx - offset) as usize);
+                } else {
+                    self.entries.clear();
+                }
+                self.snapshot = Some(snap.clone());
+            }
+        }
+    }
+}
+
+/// The wire messages between Raft nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// "Would you vote for me in `term`?" The sender does not change its term.
+    PreVote { term: u64, last_index: u64, last_term: u64 },
+    /// `term` is the term asked about when granted, the voter's term otherwise.
+    PreVoteResp { term: u64, granted: bool },
+    /// `transfer`: the candidate campaigns on its leader's request, so voters
+    /// must not refuse it for having heard from that leader recently.
+    Vote { term: u64, last_index: u64, last_term: u64, transfer: bool },
+    VoteResp { term: u64, granted: bool },
+    Append { term: u64, prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64 },
+    /// On success `index` is the follower's last index matching the leader. On
+    /// rejection `index` is the rejected `prev_index` and `hint` says where the
+    /// follower's log diverges.
+    AppendResp { term: u64, success: bool, index: u64, hint: Option<RejectHint> },
+    /// `ctx` numbers the leader's heartbeat rounds (for reads).
+    Heartbeat { term: u64, commit: u64, ctx: u64 },
+    HeartbeatResp { term: u64, ctx: u64 },
+    InstallSnapshot { term: u64, snapshot: Box<Snapshot> },
+    /// "Campaign now": sent by a leader to the target of a leadership transfer.
+    TimeoutNow { term: u64 },
+}
+
+impl Message {
+    pub fn term(&self) -> u64 {
+        match self {
+            Message::PreVote { term, .. }
+            | Message::PreVoteResp { term, .. }
+            | Message::Vote { term, .. }
+            | Message::VoteResp { term, .. }
+            | Message::Append { term, .. }
+            | Message::AppendResp { term, .. }
+            | Message::Heartbeat { term, .. }
+            | Message::HeartbeatResp { term, .. }
+            | Message::InstallSnapshot { term, .. }
+            | Message::TimeoutNow { term } => *term,
+        }
+    }
+}
+
+/// Where a follower's log diverges from an `Append`'s `prev_index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectHint {
+    /// The term of the follower's entry at `prev_index`; `None` if the follower's
+    /// log is shorter than `prev_index`.
+    pub term: Option<u64>,
+    /// With a term: the follower's first index in that term. Without: the
+    /// follower's last index.
+    pub index: u64,
+}

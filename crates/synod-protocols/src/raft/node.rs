@@ -1,0 +1,1114 @@
+//! The Raft state machine: roles, elections, replication, commitment, reads,
+//! snapshots and membership. See the parent module for the ordering contract.
+
+use super::log::RaftLog;
+use super::progress::{Progress, ProgressState};
+use super::{
+    Bugs, ConfState, Disk, Entry, EntryData, HardState, Message, RaftConfig, RejectHint, Snapshot, SnapshotMeta, Write,
+};
+use crate::kv::{AdminOp, KvEvent, KvStore};
+use crate::sansio::{NodeId, Output};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+pub(crate) type Out = Output<Write, Message, KvEvent>;
+
+/// What a node currently believes it is. Learners are followers that never
+/// campaign (see [`RaftNode::learners`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Follower,
+    /// Asking for pre-votes: the term is not raised until a quorum would vote.
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// A read waiting for a heartbeat round to confirm leadership.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: u64,
+    index: u64,
+    /// The first heartbeat round sent after the read arrived.
+    ctx: u64,
+}
+
+/// A leadership transfer in progress.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    target: NodeId,
+    started: u64,
+}
+
+/// The Raft consensus core of one node.
+#[derive(Clone, Debug)]
+pub struct RaftNode {
+    cfg: RaftConfig,
+    pub(crate) bugs: Bugs,
+    rng: ChaCha8Rng,
+
+    // Durable state (mirrored by the writes emitted so far).
+    term: u64,
+    vote: Option<NodeId>,
+    commit: u64,
+    log: RaftLog,
+    /// The hard state last emitted as a write.
+    persisted: HardState,
+
+    applied: u64,
+    /// The configuration in force: the latest in the log, committed or not.
+    conf: ConfState,
+    /// Index of the latest configuration entry (0 if none since the snapshot).
+    pending_conf: u64,
+    /// The latest snapshot, kept to send to followers that fell behind it.
+    snapshot: Option<Snapshot>,
+
+    role: Role,
+    leader: Option<NodeId>,
+    /// Ticks since the last reset (followers: since hearing from a leader;
+    /// leader: since the last check-quorum round).
+    elapsed: u32,
+    /// The randomized election timeout, in `[election_ticks, 2 * election_ticks)`.
+    timeout: u32,
+    hb_elapsed: u32,
+    /// Ticks since boot.
+    ticks: u64,
+    /// Refuse (pre-)votes for one election timeout after boot: a restarted node
+    /// does not know when it last heard from the leader, whose lease may be live.
+    lease_guard: bool,
+    votes: BTreeMap<NodeId, bool>,
+    campaign_transfer: bool,
+
+    // Leader state.
+    prs: BTreeMap<NodeId, Progress>,
+    transfer: Option<Transfer>,
+    read_seq: u64,
+    round_wanted: bool,
+    /// `(ctx, tick sent)` of heartbeat rounds not yet known to be quorum-acked.
+    rounds: VecDeque<(u64, u64)>,
+    reads_waiting_commit: Vec<u64>,
+    reads: Vec<PendingRead>,
+
+    // Notifications for the application layer.
+    ready_reads: Vec<(u64, u64)>,
+    stepped_down: bool,
+    installed: Option<Snapshot>,
+}
+
+fn bootstrap_conf(peers: &[NodeId]) -> ConfState {
+    let mut voters = peers.to_vec();
+    voters.sort_unstable();
+    voters.dedup();
+    ConfState { voters, learners: Vec::new() }
+}
+
+impl RaftNode {
+    /// Boots a node from its durable image (empty for a new node).
+    pub fn new(cfg: RaftConfig, disk: &Disk, seed: u64) -> Self {
+        assert!(cfg.election_ticks >= 2, "election_ticks must be at least 2");
+        assert!(cfg.heartbeat_ticks >= 1 && cfg.heartbeat_ticks < cfg.election_ticks);
+        assert!(cfg.max_inflight >= 1 && cfg.max_batch >= 1);
+        let meta = match &disk.snapshot {
+            Some(s) => s.meta.clone(),
+            None => SnapshotMeta { index: 0, term: 0, conf: bootstrap_conf(&cfg.peers) },
+        };
+        let log = RaftLog::new(meta.clone(), disk.entries.clone());
+        let commit = disk.hard.commit.max(meta.index).min(log.last_index());
+        let conf = log.conf_at(log.last_index());
+        let pending_conf = log.last_conf_index().unwrap_or(0);
+        let hard = HardState { term: disk.hard.term.max(log.last_term()), vote: disk.hard.vote, commit };
+        let mut node = RaftNode {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            bugs: Bugs::default(),
+            term: hard.term,
+            vote: if hard.term == disk.hard.term { hard.vote } else { None },
+            commit,
+            persisted: disk.hard,
+            applied: meta.index,
+            conf,
+            pending_conf,
+            snapshot: disk.snapshot.clone(),
+            role: Role::Follower,
+            leader: None,
+            elapsed: 0,
+            timeout: cfg.election_ticks,
+            hb_elapsed: 0,
+            ticks: 0,
+            lease_guard: cfg.check_quorum,
+            votes: BTreeMap::new(),
+            campaign_transfer: false,
+            prs: BTreeMap::new(),
+            transfer: None,
+            read_seq: 0,
+            round_wanted: false,
+            rounds: VecDeque::new(),
+            reads_waiting_commit: Vec::new(),
+            reads: Vec::new(),
+            ready_reads: Vec::new(),
+            stepped_down: false,
+            installed: None,
+            log,
+            cfg,
+        };
+        node.timeout = node.random_timeout();
+        node.check_invariants();
+        node
+    }
+
+    // ---- accessors -------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    pub fn vote(&self) -> Option<NodeId> {
+        self.vote
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The leader this node believes in (itself when leader).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.commit
+    }
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+    pub fn first_index(&self) -> u64 {
+        self.log.first_index()
+    }
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+    /// The index covered by the latest snapshot (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.log.snap.index
+    }
+    pub fn entry_term(&self, index: u64) -> Option<u64> {
+        self.log.entry(index).map(|e| e.term)
+    }
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.conf.voters.clone()
+    }
+    pub fn learners(&self) -> Vec<NodeId> {
+        self.conf.learners.clone()
+    }
+    pub fn conf(&self) -> &ConfState {
+        &self.conf
+    }
+    /// The target of a leadership transfer in progress.
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.transfer.map(|t| t.target)
+    }
+    /// The leader's view of a follower's match index.
+    pub fn match_index(&self, peer: NodeId) -> Option<u64> {
+        if peer == self.id() && self.role == Role::Leader {
+            return Some(self.log.last_index());
+        }
+        self.prs.get(&peer).map(|p| p.matched)
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.commit }
+    }
+    /// Whether this node may campaign: only voters of the configuration do.
+    pub fn promotable(&self) -> bool {
+        self.conf.is_voter(self.id())
+    }
+    /// Whether the leader has committed an entry of its own term.
+    pub fn committed_own_term(&self) -> bool {
+        self.log.term(self.commit) == Some(self.term)
+    }
+
+    // ---- notifications for the application -------------------------------
+
+    /// The next committed entry to apply, advancing the applied index.
+    pub(crate) fn next_committed(&mut self) -> Option<Entry> {
+        if self.applied >= self.commit {
+            return None;
+        }
+        let e = self.log.entry(self.applied + 1).cloned().expect("committed entry missing from the log");
+        self.applied += 1;
+        Some(e)
+    }
+    pub(crate) fn take_ready_reads(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.ready_reads)
+    }
+    pub(crate) fn take_stepped_down(&mut self) -> bool {
+        std::mem::take(&mut self.stepped_down)
+    }
+    pub(crate) fn take_installed(&mut self) -> Option<Snapshot> {
+        self.installed.take()
+    }
+
+    // ---- helpers ----------------------------------------------------------
+
+    fn random_timeout(&mut self) -> u32 {
+        let e = self.cfg.election_ticks;
+        self.rng.gen_range(e..2 * e)
+    }
+
+    fn quorum(&self) -> usize {
+        self.conf.quorum()
+    }
+
+    /// Emits the hard state if it changed since it was last emitted.
+    fn persist_hard(&mut self, out: &mut Out) {
+        let hs = self.hard_state();
+        if hs != self.persisted {
+            out.persist(Write::HardState(hs));
+            self.persisted = hs;
+        }
+    }
+
+    /// Whether this node heard from a leader recently enough that it must not
+    /// help depose it.
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum && (self.leader.is_some() || self.lease_guard) && self.elapsed < self.cfg.election_ticks
+    }
+
+    /// Whether a candidate's log is at least as up to date as ours.
+    fn log_ok(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.log.last_term() || (last_term == self.log.last_term() && last_index >= self.log.last_index())
+    }
+
+    fn reset(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.leader = None;
+        self.elapsed = 0;
+        self.hb_elapsed = 0;
+        self.timeout = self.random_timeout();
+        self.votes.clear();
+        self.campaign_transfer = false;
+        self.transfer = None;
+        self.prs.clear();
+        self.rounds.clear();
+        self.round_wanted = false;
+        self.reads.clear();
+        self.reads_waiting_commit.clear();
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>, out: &mut Out) {
+        if self.role == Role::Leader {
+            self.stepped_down = true;
+        }
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.persist_hard(out);
+    }
+
+    fn campaign(&mut self, pre: bool, transfer: bool, out: &mut Out) {
+        if !self.promotable() {
+            return;
+        }
+        if self.role == Role::Leader {
+            self.stepped_down = true;
+        }
+        let ask_term = if pre {
+            let t = self.term;
+            self.reset(t);
+            self.role = Role::PreCandidate;
+            t + 1
+        } else {
+            let t = self.term + 1;
+            self.reset(t);
+            self.role = Role::Candidate;
+            self.vote = Some(self.id());
+            self.persist_hard(out);
+            t
+        };
+        self.campaign_transfer = transfer;
+        self.votes.insert(self.id(), true);
+        if self.poll(out) {
+            return;
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for v in self.conf.voters.clone() {
+            if v == self.id() {
+                continue;
+            }
+            let msg = if pre {
+                Message::PreVote { term: ask_term, last_index, last_term }
+            } else {
+                Message::Vote { term: ask_term, last_index, last_term, transfer }
+            };
+            out.send(v, msg);
+        }
+    }
+
+    /// Counts votes; acts on a decided election. Returns whether it was decided.
+    fn poll(&mut self, out: &mut Out) -> bool {
+        let q = self.quorum();
+        let voters = &self.conf.voters;
+        let granted = self.votes.iter().filter(|(id, g)| **g && voters.contains(id)).count();
+        let rejected = self.votes.iter().filter(|(id, g)| !**g && voters.contains(id)).count();
+        if granted >= q {
+            match self.role {
+                Role::PreCandidate => {
+                    let transfer = self.campaign_transfer;
+                    self.campaign(false, transfer, out)
+                }
+                Role::Candidate => self.become_leader(out),
+                _ => {}
+            }
+            true
+        } else if rejected >= q {
+            let t = self.term;
+            self.become_follower(t, None, out);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn become_leader(&mut self, out: &mut Out) {
+        let t = self.term;
+        self.reset(t);
+        self.role = Role::Leader;
+        self.leader = Some(self.id());
+        let next = self.log.last_index() + 1;
+        for m in self.conf.members().collect::<Vec<_>>() {
+            if m != self.id() {
+                self.prs.insert(m, Progress::new(next, self.ticks));
+            }
+        }
+        out.emit(KvEvent::BecameLeader { term: t });
+        self.append(EntryData::Empty, out);
+    }
+
+    /// The leader appends one entry of its term and starts replicating it.
+    fn append(&mut self, data: EntryData, out: &mut Out) -> u64 {
+        debug_assert_eq!(self.role, Role::Leader);
+        let index = self.log.last_index() + 1;
+        let entry = Entry { index, term: self.term, data };
+        if let EntryData::Config(c) = &entry.data {
+            self.pending_conf = index;
+            self.apply_conf(c.clone());
+        }
+        let dropped = self.log.append(std::slice::from_ref(&entry));
+        assert_eq!(dropped, 0, "a leader never overwrites its own log");
+        // The leader's own match index is its last index from here on: see the
+        // module docs for why counting the not-yet-synced write is safe.
+        out.persist(Write::Entries(vec![entry]));
+        self.bcast_append(false, out);
+        self.maybe_commit(out);
+        index
+    }
+
+    fn apply_conf(&mut self, conf: ConfState) {
+        self.conf = conf;
+        if self.role == Role::Leader {
+            let next = self.log.last_index() + 1;
+            let members: Vec<NodeId> = self.conf.members().filter(|m| *m != self.cfg.id).collect();
+            self.prs.retain(|id, _| members.contains(id));
+            for m in members {
+                let tick = self.ticks;
+                self.prs.entry(m).or_insert_with(|| Progress::new(next, tick));
+            }
+            if self.transfer.is_some_and(|t| !self.conf.is_voter(t.target)) {
+                self.transfer = None;
+            }
+        }
+    }
+
+    // ---- leader: replication ------------------------------------------------
+
+    /// Sends one `Append` (or snapshot) to `to` if its progress allows. Returns
+    /// whether something carrying entries or a snapshot was sent.
+    fn send_append(&mut self, to: NodeId, allow_empty: bool, out: &mut Out) -> bool {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(pr) = self.prs.get_mut(&to) else { return false };
+        if !pr.can_send(max_inflight) {
+            return false;
+        }
+        pr.next = pr.next.min(self.log.last_index() + 1);
+        let prev_index = pr.next - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // Compacted: only a snapshot can bring this follower up to date.
+            let snap = self.snapshot.clone().expect("log compacted without a snapshot");
+            pr.state = ProgressState::Snapshot(snap.meta.index);
+            pr.progress_tick = self.ticks;
+            pr.inflight.clear();
+            out.send(to, Message::InstallSnapshot { term: self.term, snapshot: Box::new(snap) });
+            return true;
+        };
+        let entries = self.log.slice(pr.next, self.cfg.max_batch);
+        if entries.is_empty() && !allow_empty {
+            return false;
+        }
+        let last = prev_index + entries.len() as u64;
+        let carried = !entries.is_empty();
+        pr.sent(last, carried);
+        out.send(to, Message::Append { term: self.term, prev_index, prev_term, entries, commit: self.commit });
+        carried
+    }
+
+    /// Sends every follower what its pipeline allows; with `notify`, followers
+    /// that get nothing else get an empty `Append` carrying the commit index.
+    fn bcast_append(&mut self, notify: bool, out: &mut Out) {
+        let peers: Vec<NodeId> = self.prs.keys().copied().collect();
+        for p in peers {
+            let mut sent = false;
+            while self.send_append(p, false, out) {
+                sent = true;
+                if self.prs.get(&p).is_some_and(|pr| pr.state != ProgressState::Replicate) {
+                    break;
+                }
+            }
+            if !sent && notify {
+                self.send_append(p, true, out);
+            }
+        }
+    }
+
+    fn bcast_heartbeat(&mut self, out: &mut Out) {
+        self.read_seq += 1;
+        self.rounds.push_back((self.read_seq, self.ticks));
+        if self.rounds.len() > 4096 {
+            self.rounds.pop_front();
+        }
+        self.round_wanted = false;
+        for (&p, pr) in &self.prs {
+            let commit = self.commit.min(pr.matched);
+            out.send(p, Message::Heartbeat { term: self.term, commit, ctx: self.read_seq });
+        }
+    }
+
+    /// Advances the commit index to the highest index stored on a quorum of
+    /// voters, if it is of the current term.
+    fn maybe_commit(&mut self, out: &mut Out) -> bool {
+        let mut matches: Vec<u64> = self
+            .conf
+            .voters
+            .iter()
+            .map(|v| if *v == self.cfg.id { self.log.last_index() } else { self.prs.get(v).map_or(0, |p| p.matched) })
+            .collect();
+        if matches.is_empty() {
+            return false;
+        }
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let m = matches[self.quorum() - 1];
+        if m <= self.commit {
+            return false;
+        }
+        if self.log.term(m) != Some(self.term) && !self.bugs.commit_old_term_by_counting {
+            // Raft §5.4.2: entries of earlier terms are committed only
+            // indirectly, by committing one of the current term after them.
+            return false;
+        }
+        self.commit = m;
+        self.on_commit_advanced(out);
+        true
+    }
+
+    fn on_commit_advanced(&mut self, out: &mut Out) {
+        if self.committed_own_term() && !self.reads_waiting_commit.is_empty() {
+            for id in std::mem::take(&mut self.reads_waiting_commit) {
+                self.register_read(id, out);
+            }
+        }
+        if self.pending_conf <= self.commit && !self.conf.is_voter(self.cfg.id) {
+            // Our own removal is committed: stop leading. We are not a voter,
+            // so we stay an idle follower.
+            let t = self.term;
+            self.become_follower(t, None, out);
+            return;
+        }
+        self.bcast_append(true, out);
+    }
+
+    fn on_append_resp(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: u64,
+        hint: Option<RejectHint>,
+        out: &mut Out,
+    ) {
+        let tick = self.ticks;
+        let Some(pr) = self.prs.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if success {
+            let news = pr.ack(index, tick);
+            match pr.state {
+                ProgressState::Probe => pr.become_replicate(tick),
+                ProgressState::Snapshot(si) if pr.matched >= si => pr.become_replicate(tick),
+                _ => {}
+            }
+            if news {
+                self.maybe_commit(out);
+            }
+            if self.role != Role::Leader {
+                return;
+            }
+            if let Some(t) = self.transfer {
+                if t.target == from && self.prs.get(&from).is_some_and(|p| p.matched == self.log.last_index()) {
+                    out.send(from, Message::TimeoutNow { term: self.term });
+                }
+            }
+            self.bcast_one(from, out);
+        } else {
+            let stale = index <= pr.matched || (pr.state == ProgressState::Probe && index + 1 != pr.next);
+            if stale {
+                return;
+            }
+            let next = match hint {
+                None | Some(RejectHint { term: None, .. }) => hint.map_or(index, |h| h.index + 1),
+                Some(RejectHint { term: Some(t), index: fi }) => {
+                    match self.log.last_index_with_term_at_most(t, index) {
+                        Some(i) if self.log.term(i) == Some(t) => i + 1,
+                        Some(i) => fi.min(i + 1),
+                        None => fi,
+                    }
+                }
+            };
+            let pr = self.prs.get_mut(&from).expect("checked above");
+            pr.next = next.min(index).max(pr.matched + 1);
+            pr.become_probe(tick);
+            self.send_append(from, false, out);
+        }
+    }
+
+    /// Sends `to` whatever its pipeline allows.
+    fn bcast_one(&mut self, to: NodeId, out: &mut Out) {
+        while self.send_append(to, false, out) {
+            if self.prs.get(&to).is_some_and(|pr| pr.state != ProgressState::Replicate) {
+                break;
+            }
+        }
+    }
+
+    fn on_heartbeat_resp(&mut self, from: NodeId, ctx: u64, out: &mut Out) {
+        let tick = self.ticks;
+        let last = self.log.last_index();
+        let stall = u64::from((self.cfg.election_ticks / 2).max(2));
+        let Some(pr) = self.prs.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.acked_ctx = pr.acked_ctx.max(ctx);
+        match pr.state {
+            ProgressState::Probe => pr.paused = false,
+            ProgressState::Replicate if pr.matched < last && tick - pr.progress_tick >= stall => {
+                // Acks stopped although the follower is alive: appends were
+                // lost. Start over from what it is known to hold.
+                pr.next = pr.matched + 1;
+                pr.become_probe(tick);
+            }
+            ProgressState::Snapshot(_) if tick - pr.progress_tick >= u64::from(self.cfg.election_ticks) => {
+                pr.next = pr.matched + 1;
+                pr.become_probe(tick);
+            }
+            _ => {}
+        }
+        if pr.matched < last || pr.state == ProgressState::Probe {
+            self.send_append(from, pr_needs_empty(self.prs.get(&from)), out);
+        }
+        self.advance_reads(out);
+    }
+
+    // ---- leader: reads -----------------------------------------------------
+
+    /// The highest heartbeat round acknowledged by a quorum of voters.
+    fn quorum_acked_ctx(&self) -> u64 {
+        let mut acks: Vec<u64> = self
+            .conf
+            .voters
+            .iter()
+            .map(|v| if *v == self.cfg.id { self.read_seq } else { self.prs.get(v).map_or(0, |p| p.acked_ctx) })
+            .collect();
+        if acks.is_empty() {
+            return 0;
+        }
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        acks[self.quorum() - 1]
+    }
+
+    fn advance_reads(&mut self, out: &mut Out) {
+        let qc = self.quorum_acked_ctx();
+        while self.rounds.len() > 1 && self.rounds[1].0 <= qc {
+            self.rounds.pop_front();
+        }
+        let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) = self.reads.iter().partition(|r| r.ctx <= qc);
+        self.reads = waiting;
+        self.ready_reads.extend(ready.into_iter().map(|r| (r.id, r.index)));
+        if self.round_wanted && qc >= self.read_seq {
+            self.bcast_heartbeat(out);
+        }
+    }
+
+    fn lease_valid(&self) -> bool {
+        if !(self.cfg.lease_reads && self.cfg.check_quorum) || self.transfer.is_some() {
+            return false;
+        }
+        let qc = self.quorum_acked_ctx();
+        if qc == 0 {
+            return false;
+        }
+        let Some(&(_, sent)) = self.rounds.iter().find(|(c, _)| *c == qc) else { return false };
+        // One tick of margin for clock drift; see the module docs.
+        self.ticks < sent + u64::from(self.cfg.election_ticks) - 1
+    }
+
+    /// Starts a linearizable read with id `id` (chosen by the caller). Its
+    /// read index is reported by `take_ready_reads` once leadership is
+    /// confirmed. Returns false if this node is not the leader.
+    pub(crate) fn read_index(&mut self, id: u64, out: &mut Out) -> bool {
+        if self.role != Role::Leader {
+            return false;
+        }
+        if !self.committed_own_term() {
+            // The commit index of a new leader may lag the true one until it
+            // commits an entry of its own term.
+            self.reads_waiting_commit.push(id);
+            return true;
+        }
+        self.register_read(id, out);
+        true
+    }
+
+    fn register_read(&mut self, id: u64, out: &mut Out) {
+        let index = self.commit;
+        if self.conf.voters == [self.cfg.id] || self.lease_valid() {
+            self.ready_reads.push((id, index));
+            return;
+        }
+        self.reads.push(PendingRead { id, index, ctx: self.read_seq + 1 });
+        if self.quorum_acked_ctx() >= self.read_seq {
+            self.bcast_heartbeat(out);
+        } else {
+            self.round_wanted = true;
+        }
+    }
+
+    // ---- leader: proposals -----------------------------------------------
+
+    /// Appends `data` if this node is a leader accepting proposals. Returns the
+    /// new entry's `(index, term)`.
+    pub(crate) fn propose(&mut self, data: EntryData, out: &mut Out) -> Option<(u64, u64)> {
+        if self.role != Role::Leader || self.transfer.is_some() {
+            return None;
+        }
+        let index = self.append(data, out);
+        Some((index, self.term))
+    }
+
+    /// Proposes a membership change. Refused (returns false) unless this node
+    /// is the leader, has committed an entry of its term, and no other change
+    /// is uncommitted; or when the change makes no sense.
+    pub(crate) fn propose_conf(&mut self, op: &AdminOp, out: &mut Out) -> bool {
+        if self.role != Role::Leader
+            || self.transfer.is_some()
+            || !self.committed_own_term()
+            || self.pending_conf > self.commit
+        {
+            return false;
+        }
+        let mut c = self.conf.clone();
+        match *op {
+            AdminOp::AddVoter(n) => {
+                if c.is_voter(n) {
+                    return false;
+                }
+                c.learners.retain(|x| *x != n);
+                c.voters.push(n);
+            }
+            AdminOp::AddLearner(n) => {
+                if c.contains(n) {
+                    return false;
+                }
+                c.learners.push(n);
+            }
+            AdminOp::PromoteLearner(n) => {
+                if !c.is_learner(n) {
+                    return false;
+                }
+                c.learners.retain(|x| *x != n);
+                c.voters.push(n);
+            }
+            AdminOp::RemoveNode(n) => {
+                if !c.contains(n) || c.voters == [n] {
+                    return false;
+                }
+                c.voters.retain(|x| *x != n);
+                c.learners.retain(|x| *x != n);
+            }
+            AdminOp::TransferLeader(_) | AdminOp::Snapshot => return false,
+        }
+        c.voters.sort_unstable();
+        c.learners.sort_unstable();
+        self.append(EntryData::Config(c), out);
+        true
+    }
+
+    /// Starts handing leadership to `target`. Returns false if impossible.
+    pub(crate) fn transfer_leader(&mut self, target: NodeId, out: &mut Out) -> bool {
+        if self.role != Role::Leader || target == self.cfg.id || !self.conf.is_voter(target) {
+            return false;
+        }
+        if self.transfer.is_some_and(|t| t.target == target) {
+            return true;
+        }
+        self.transfer = Some(Transfer { target, started: self.ticks });
+        if self.prs.get(&target).is_some_and(|p| p.matched == self.log.last_index()) {
+            out.send(target, Message::TimeoutNow { term: self.term });
+        } else {
+            self.send_append(target, false, out);
+        }
+        true
+    }
+
+    // ---- snapshots ---------------------------------------------------------
+
+    /// Snapshots the application state `store` (as of the applied index) and
+    /// drops the log up to it.
+    pub(crate) fn compact(&mut self, store: KvStore, out: &mut Out) {
+        let index = self.applied;
+        if index <= self.log.snap.index {
+            return;
+        }
+        let term = self.log.term(index).expect("applied entry missing");
+        let meta = SnapshotMeta { index, term, conf: self.log.conf_at(index) };
+        let snap = Snapshot { meta: meta.clone(), store };
+        self.log.restore(meta);
+        out.persist(Write::Snapshot(snap.clone()));
+        self.snapshot = Some(snap);
+    }
+
+    fn on_install_snapshot(&mut self, from: NodeId, snap: Snapshot, out: &mut Out) {
+        let idx = snap.meta.index;
+        if idx <= self.commit {
+            out.send(from, self.append_ok(self.commit));
+            return;
+        }
+        if self.log.matches(idx, snap.meta.term) {
+            // We hold the entries; they will be applied the usual way.
+            self.commit = idx;
+            out.send(from, self.append_ok(idx));
+            return;
+        }
+        self.log.restore(snap.meta.clone());
+        self.commit = idx;
+        self.applied = idx;
+        self.conf = snap.meta.conf.clone();
+        self.pending_conf = 0;
+        out.persist(Write::Snapshot(snap.clone()));
+        self.snapshot = Some(snap.clone());
+        self.installed = Some(snap);
+        self.persist_hard(out);
+        out.send(from, self.append_ok(idx));
+    }
+
+    fn append_ok(&self, index: u64) -> Message {
+        Message::AppendResp { term: self.term, success: true, index, hint: None }
+    }
+
+    // ---- follower: replication ----------------------------------------------
+
+    fn on_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, mut entries: Vec<Entry>, commit: u64, out: &mut Out) {
+        let (mut prev_index, mut prev_term) = (prev_index, prev_term);
+        if prev_index < self.commit {
+            // Everything up to our commit index matches every later leader.
+            let skip = (self.commit - prev_index) as usize;
+            if skip >= entries.len() {
+                out.send(from, self.append_ok(self.commit));
+                return;
+            }
+            entries.drain(..skip);
+            prev_index = self.commit;
+            prev_term = self.log.term(prev_index).expect("commit index within the log");
+        }
+        if !self.log.matches(prev_index, prev_term) {
+            let hint = match self.log.term(prev_index) {
+                None => RejectHint { term: None, index: self.log.last_index() },
+                Some(t) => RejectHint { term: Some(t), index: self.log.first_index_of_term(prev_index) },
+            };
+            out.send(from, Message::AppendResp { term: self.term, success: false, index: prev_index, hint: Some(hint) });
+            return;
+        }
+        let last_new = prev_index + entries.len() as u64;
+        if let Some(i) = self.log.find_conflict(&entries) {
+            let suffix = &entries[i..];
+            assert!(suffix[0].index > self.commit, "node {} would overwrite committed entry {}", self.cfg.id, suffix[0].index);
+            let dropped = self.log.append(suffix);
+            let has_conf = suffix.iter().any(|e| matches!(e.data, EntryData::Config(_)));
+            if dropped > 0 || has_conf {
+                self.conf = self.log.conf_at(self.log.last_index());
+                self.pending_conf = self.log.last_conf_index().unwrap_or(0);
+            }
+            if !self.bugs.reply_before_persist {
+                out.persist(Write::Entries(suffix.to_vec()));
+            }
+        }
+        let c = commit.min(last_new);
+        if c > self.commit {
+            self.commit = c;
+        }
+        out.send(from, self.append_ok(last_new));
+    }
+
+    // ---- the three entry points ----------------------------------------------
+
+    /// Handles a message from a peer.
+    pub fn step(&mut self, from: NodeId, msg: Message, out: &mut Out) {
+        let before = self.snapshot_for_checks();
+        self.step_inner(from, msg, out);
+        self.finish(before, out);
+    }
+
+    /// One tick of logical time.
+    pub fn tick(&mut self, out: &mut Out) {
+        let before = self.snapshot_for_checks();
+        self.tick_inner(out);
+        self.finish(before, out);
+    }
+
+    /// Runs `f` as one step, then persists and checks invariants.
+    pub(crate) fn with_step<R>(&mut self, out: &mut Out, f: impl FnOnce(&mut Self, &mut Out) -> R) -> R {
+        let before = self.snapshot_for_checks();
+        let r = f(self, out);
+        self.finish(before, out);
+        r
+    }
+
+    fn tick_inner(&mut self, out: &mut Out) {
+        self.ticks += 1;
+        if self.role == Role::Leader {
+            self.elapsed += 1;
+            self.hb_elapsed += 1;
+            if self.transfer.is_some_and(|t| self.ticks - t.started >= u64::from(self.cfg.election_ticks)) {
+                self.transfer = None;
+            }
+            if self.elapsed >= self.cfg.election_ticks {
+                self.elapsed = 0;
+                if self.cfg.check_quorum {
+                    let active = self
+                        .conf
+                        .voters
+                        .iter()
+                        .filter(|v| **v == self.cfg.id || self.prs.get(v).is_some_and(|p| p.recent_active))
+                        .count();
+                    if active < self.quorum() {
+                        let t = self.term;
+                        self.become_follower(t, None, out);
+                        return;
+                    }
+                }
+                for pr in self.prs.values_mut() {
+                    pr.recent_active = false;
+                }
+            }
+            if self.hb_elapsed >= self.cfg.heartbeat_ticks {
+                self.hb_elapsed = 0;
+                self.bcast_heartbeat(out);
+            }
+        } else {
+            self.elapsed += 1;
+            if self.elapsed >= self.cfg.election_ticks {
+                self.lease_guard = false;
+            }
+            if self.promotable() && self.elapsed >= self.timeout {
+                let pre = self.cfg.pre_vote;
+                self.campaign(pre, false, out);
+            }
+        }
+    }
+
+    fn step_inner(&mut self, from: NodeId, msg: Message, out: &mut Out) {
+        let mterm = msg.term();
+        if mterm > self.term {
+            match &msg {
+                Message::PreVote { .. } | Message::Vote { transfer: false, .. } if self.in_lease() => return,
+                Message::PreVote { .. } | Message::PreVoteResp { granted: true, .. } => {}
+                Message::Append { .. } | Message::Heartbeat { .. } | Message::InstallSnapshot { .. } => {
+                    self.become_follower(mterm, Some(from), out)
+                }
+                _ => self.become_follower(mterm, None, out),
+            }
+        } else if mterm < self.term {
+            match msg {
+                Message::Append { .. } | Message::Heartbeat { .. }
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // Tell a stale leader about our term so it steps down.
+                    out.send(from, Message::AppendResp { term: self.term, success: false, index: 0, hint: None });
+                }
+                Message::PreVote { .. } => {
+                    out.send(from, Message::PreVoteResp { term: self.term, granted: false });
+                }
+                _ => {}
+            }
+            return;
+        }
+        match msg {
+            Message::PreVote { term, last_index, last_term } => {
+                let granted = term > self.term && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
+                let term = if granted { term } else { self.term };
+                out.send(from, Message::PreVoteResp { term, granted });
+            }
+            Message::Vote { last_index, last_term, .. } => {
+                let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+                let granted =
+                    can_vote && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
+                if granted {
+                    self.vote = Some(from);
+                    self.elapsed = 0;
+                    if self.bugs.reply_before_persist {
+                        self.persisted = self.hard_state();
+                    } else {
+                        self.persist_hard(out);
+                    }
+                }
+                out.send(from, Message::VoteResp { term: self.term, granted });
+            }
+            Message::PreVoteResp { term, granted } => {
+                if self.role == Role::PreCandidate && (term == self.term + 1 || !granted) {
+                    self.votes.insert(from, granted);
+                    self.poll(out);
+                }
+            }
+            Message::VoteResp { granted, .. } => {
+                if self.role == Role::Candidate {
+                    self.votes.insert(from, granted);
+                    self.poll(out);
+                }
+            }
+            Message::Append { prev_index, prev_term, entries, commit, .. } => {
+                if !self.heard_from_leader(from, out) {
+                    return;
+                }
+                self.on_append(from, prev_index, prev_term, entries, commit, out);
+            }
+            Message::Heartbeat { commit, ctx, .. } => {
+                if !self.heard_from_leader(from, out) {
+                    return;
+                }
+                let c = commit.min(self.log.last_index());
+                if c > self.commit {
+                    self.commit = c;
+                }
+                out.send(from, Message::HeartbeatResp { term: self.term, ctx });
+            }
+            Message::InstallSnapshot { snapshot, .. } => {
+                if !self.heard_from_leader(from, out) {
+                    return;
+                }
+                self.on_install_snapshot(from, *snapshot, out);
+            }
+            Message::AppendResp { success, index, hint, .. } => {
+                if self.role == Role::Leader {
+                    self.on_append_resp(from, success, index, hint, out);
+                }
+            }
+            Message::HeartbeatResp { ctx, .. } => {
+                if self.role == Role::Leader {
+                    self.on_heartbeat_resp(from, ctx, out);
+                }
+            }
+            Message::TimeoutNow { .. } => {
+                if self.role == Role::Follower && self.leader == Some(from) {
+                    self.campaign(false, true, out);
+                }
+            }
+        }
+    }
+
+    /// A message from the leader of our term: follow it. Returns false if we
+    /// are ourselves leader of this term (impossible unless a bug let two
+    /// leaders be elected in one term).
+    fn heard_from_leader(&mut self, from: NodeId, out: &mut Out) -> bool {
+        if self.role == Role::Leader {
+            return false;
+        }
+        if self.role != Role::Follower {
+            let t = self.term;
+            self.become_follower(t, Some(from), out);
+        }
+        self.leader = Some(from);
+        self.elapsed = 0;
+        self.lease_guard = false;
+        true
+    }
+
+    // ---- invariants ----------------------------------------------------------
+
+    fn snapshot_for_checks(&self) -> Before {
+        Before {
+            term: self.term,
+            vote: self.vote,
+            leader: self.role == Role::Leader,
+            last: (self.log.last_index(), self.log.last_term()),
+            commit: self.commit,
+        }
+    }
+
+    fn finish(&mut self, before: Before, out: &mut Out) {
+        self.persist_hard(out);
+        self.check_invariants();
+        if before.term == self.term {
+            if let Some(v) = before.vote {
+                assert_eq!(self.vote, Some(v), "node {} voted twice in term {}", self.cfg.id, self.term);
+            }
+            if before.leader && self.role == Role::Leader {
+                let (i, t) = before.last;
+                assert!(
+                    i <= self.log.snap.index || self.log.term(i) == Some(t),
+                    "leader {} overwrote its own entry {i}",
+                    self.cfg.id
+                );
+            }
+        }
+        assert!(before.term <= self.term, "term went backwards");
+        assert!(before.commit <= self.commit, "commit index went backwards");
+    }
+
+    /// Invariants that hold between any two calls.
+    pub fn check_invariants(&self) {
+        let id = self.cfg.id;
+        assert!(self.commit <= self.log.last_index(), "node {id}: commit beyond the log");
+        assert!(self.applied <= self.commit, "node {id}: applied beyond commit");
+        assert!(self.log.snap.index <= self.applied, "node {id}: snapshot beyond applied");
+        assert!(self.log.last_term() <= self.term, "node {id}: log term beyond the current term");
+        if let Some(e) = self.log.entries.last() {
+            assert_eq!(e.index, self.log.last_index(), "node {id}: log indices");
+        }
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(id), "node {id}: leader does not know it leads");
+                assert_eq!(self.vote, Some(id), "node {id}: leader did not vote for itself");
+                assert!(self.pending_conf <= self.log.last_index());
+            }
+            Role::Candidate => assert_eq!(self.vote, Some(id), "node {id}: candidate did not vote for itself"),
+            _ => {}
+        }
+    }
+}
+
+fn pr_needs_empty(pr: Option<&Progress>) -> bool {
+    // A probe with nothing new still carries the commit index and resumes the
+    // conversation.
+    pr.is_some_and(|p| p.state == ProgressState::Probe)
+}
+
+#[derive(Clone, Copy)]
+struct Before {
+    term: u64,
+    vote: Option<NodeId>,
+    leader: bool,
+    last: (u64, u64),
+    commit: u64,
+}

@@ -1,0 +1,1 @@
+//! Scenario tests for the Raft core and the key-value node.
