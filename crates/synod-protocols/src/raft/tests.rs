@@ -1,1 +1,821 @@
-//! Scenario tests for the Raft core and the key-value node.
+//! Scenario tests for the Raft core and the key-value node, on a tiny in-test
+//! network: a vector of nodes, a queue of messages that the test delivers or
+//! drops, and one disk per node to which each output's writes are applied
+//! before its messages leave (as the ordering contract requires).
+
+use super::*;
+use crate::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult, KvStore};
+use crate::sansio::{Node, NodeId, Output};
+use std::collections::{BTreeSet, VecDeque};
+
+type Out = Output<Write, Message, KvEvent>;
+
+struct Net {
+    cfgs: Vec<RaftConfig>,
+    nodes: Vec<Option<KvNode>>,
+    disks: Vec<Disk>,
+    queue: VecDeque<(NodeId, NodeId, Message)>,
+    /// Links that drop every message (both directions are listed).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    events: Vec<(NodeId, KvEvent)>,
+    /// Messages delivered, for assertions about traffic.
+    delivered: Vec<(NodeId, NodeId, Message)>,
+    now: u64,
+    seed: u64,
+}
+
+fn cfg(id: NodeId, peers: &[NodeId]) -> RaftConfig {
+    RaftConfig::new(id, peers.to_vec())
+}
+
+impl Net {
+    /// A cluster of `n` voters `0..n`, with `tweak` applied to every config.
+    fn new(n: u64, tweak: impl Fn(&mut RaftConfig)) -> Net {
+        let peers: Vec<NodeId> = (0..n).collect();
+        let cfgs: Vec<RaftConfig> = peers
+            .iter()
+            .map(|&id| {
+                let mut c = cfg(id, &peers);
+                tweak(&mut c);
+                c
+            })
+            .collect();
+        Net::with_configs(cfgs)
+    }
+
+    fn with_configs(cfgs: Vec<RaftConfig>) -> Net {
+        let mut net = Net {
+            nodes: Vec::new(),
+            disks: vec![Disk::default(); cfgs.len()],
+            cfgs,
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            events: Vec::new(),
+            delivered: Vec::new(),
+            now: 0,
+            seed: 7,
+        };
+        for id in 0..net.cfgs.len() {
+            let node = net.boot(id as NodeId);
+            net.nodes.push(Some(node));
+        }
+        net
+    }
+
+    /// Adds a node that is not in the initial configuration (it is booted with
+    /// the initial peers, which do not include it).
+    fn add_node(&mut self, tweak: impl Fn(&mut RaftConfig)) -> NodeId {
+        let id = self.cfgs.len() as NodeId;
+        let mut c = self.cfgs[0].clone();
+        c.id = id;
+        tweak(&mut c);
+        self.cfgs.push(c);
+        self.disks.push(Disk::default());
+        let node = self.boot(id);
+        self.nodes.push(Some(node));
+        id
+    }
+
+    fn boot(&mut self, id: NodeId) -> KvNode {
+        self.seed += 1;
+        KvNode::new(self.cfgs[id as usize].clone(), &self.disks[id as usize], self.seed * 1000 + id)
+    }
+
+    fn node(&self, id: NodeId) -> &KvNode {
+        self.nodes[id as usize].as_ref().expect("node is down")
+    }
+
+    fn raft(&self, id: NodeId) -> &RaftNode {
+        self.node(id).raft()
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        (0..self.nodes.len() as NodeId).collect()
+    }
+
+    /// The driver: writes become durable, then messages leave, then events.
+    fn handle(&mut self, id: NodeId, out: Out) {
+        for w in &out.writes {
+            KvNode::apply_write(&mut self.disks[id as usize], w);
+        }
+        for env in out.msgs {
+            self.queue.push_back((id, env.to, env.msg));
+        }
+        for e in out.events {
+            self.events.push((id, e));
+        }
+    }
+
+    fn tick(&mut self, id: NodeId) {
+        let mut out = Out::default();
+        let now = self.now;
+        if let Some(n) = self.nodes[id as usize].as_mut() {
+            n.tick(now, &mut out);
+        }
+        self.handle(id, out);
+    }
+
+    fn input(&mut self, id: NodeId, input: KvInput) {
+        let mut out = Out::default();
+        let now = self.now;
+        self.nodes[id as usize].as_mut().expect("node is down").input(now, input, &mut out);
+        self.handle(id, out);
+    }
+
+    /// Delivers queued messages (and those they cause) until none are left.
+    fn deliver_all(&mut self) {
+        let mut budget = 1_000_000;
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "message storm");
+            if self.cut.contains(&(from, to)) || self.nodes.get(to as usize).is_none_or(|n| n.is_none()) {
+                continue;
+            }
+            self.delivered.push((from, to, msg.clone()));
+            let mut out = Out::default();
+            let now = self.now;
+            self.nodes[to as usize].as_mut().expect("checked").step(now, from, msg, &mut out);
+            self.handle(to, out);
+        }
+    }
+
+    /// `n` rounds of: every live node ticks, then the network drains.
+    fn run(&mut self, n: usize) {
+        for _ in 0..n {
+            self.now += 10_000;
+            for id in self.ids() {
+                self.tick(id);
+            }
+            self.deliver_all();
+        }
+    }
+
+    fn isolate(&mut self, group: &[NodeId]) {
+        for a in self.ids() {
+            for b in self.ids() {
+                if group.contains(&a) != group.contains(&b) {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.nodes[id as usize] = None;
+        self.queue.retain(|(f, t, _)| *f != id && *t != id);
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let node = self.boot(id);
+        self.nodes[id as usize] = Some(node);
+    }
+
+    /// The leader of the highest term among live nodes, if exactly one.
+    fn leader(&self) -> Option<NodeId> {
+        let live: Vec<&RaftNode> = self.nodes.iter().flatten().map(|n| n.raft()).collect();
+        let leaders: Vec<&&RaftNode> = live.iter().filter(|r| r.role() == Role::Leader).collect();
+        let top = leaders.iter().map(|r| r.term()).max()?;
+        let at_top: Vec<_> = leaders.iter().filter(|r| r.term() == top).collect();
+        assert_eq!(at_top.len(), 1, "two leaders in term {top}");
+        Some(at_top[0].id())
+    }
+
+    /// Runs until a leader emerges and has committed an entry of its term.
+    fn settle(&mut self) -> NodeId {
+        for _ in 0..500 {
+            self.run(1);
+            if let Some(l) = self.leader() {
+                if self.raft(l).committed_own_term() {
+                    return l;
+                }
+            }
+        }
+        panic!("no leader emerged");
+    }
+
+    fn put(&mut self, id: NodeId, client: u64, seq: u64, key: &str, value: &str) {
+        let op = KvOp::Put { key: key.into(), value: value.into() };
+        self.input(id, KvInput::Client(KvRequest { client, seq, op }));
+    }
+
+    fn get(&mut self, id: NodeId, client: u64, seq: u64, key: &str) {
+        self.input(id, KvInput::Client(KvRequest { client, seq, op: KvOp::Get { key: key.into() } }));
+    }
+
+    fn admin(&mut self, id: NodeId, op: AdminOp) {
+        self.input(id, KvInput::Admin(op));
+    }
+
+    /// Every response received so far for `(client, seq)`.
+    fn responses(&self, client: u64, seq: u64) -> Vec<Result<KvResult, KvError>> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                KvEvent::Response { client: c, seq: s, result } if *c == client && *s == seq => Some(result.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks that every node applied the same entry at every index.
+    fn check_applied_agree(&self) {
+        let mut seen = std::collections::BTreeMap::new();
+        for (id, e) in &self.events {
+            if let KvEvent::Applied { index, term, digest } = e {
+                let prev = seen.insert(*index, (*term, *digest, *id));
+                if let Some((t, d, other)) = prev {
+                    assert_eq!((t, d), (*term, *digest), "nodes {other} and {id} applied different entries at {index}");
+                }
+            }
+        }
+    }
+}
+
+fn quick(c: &mut RaftConfig) {
+    c.election_ticks = 10;
+}
+
+// ---- elections ----------------------------------------------------------------
+
+#[test]
+fn three_nodes_elect_exactly_one_leader() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let term = net.raft(l).term();
+    for id in net.ids() {
+        assert_eq!(net.raft(id).term(), term);
+        assert_eq!(net.raft(id).leader(), Some(l));
+    }
+    assert!(net.events.iter().any(|(id, e)| *id == l && *e == KvEvent::BecameLeader { term }));
+    // A healthy cluster keeps its leader.
+    net.run(200);
+    assert_eq!(net.leader(), Some(l));
+    assert_eq!(net.raft(l).term(), term);
+}
+
+#[test]
+fn five_nodes_elect_a_leader_and_survive_its_crash() {
+    let mut net = Net::new(5, quick);
+    let l = net.settle();
+    let term = net.raft(l).term();
+    net.crash(l);
+    let l2 = net.settle();
+    assert_ne!(l, l2);
+    assert!(net.raft(l2).term() > term);
+    net.restart(l);
+    net.run(50);
+    assert_eq!(net.leader(), Some(l2), "the restarted node must not depose the new leader");
+    assert_eq!(net.raft(l).leader(), Some(l2));
+}
+
+#[test]
+fn a_single_node_cluster_elects_itself_and_serves() {
+    let mut net = Net::new(1, quick);
+    let l = net.settle();
+    net.put(l, 1, 1, "k", "v");
+    net.get(l, 1, 2, "k");
+    assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Ok)]);
+    assert_eq!(net.responses(1, 2), vec![Ok(KvResult::Value(Some("v".into())))]);
+}
+
+#[test]
+fn a_candidate_with_a_stale_log_is_refused() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let f = net.ids().into_iter().find(|&i| i != l).unwrap();
+    // `f` misses a committed write.
+    net.isolate(&[f]);
+    net.put(l, 1, 1, "k", "v");
+    net.run(3);
+    assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Ok)]);
+    let other = net.ids().into_iter().find(|&i| i != l && i != f).unwrap();
+    // Now only `f` and `other` are up; `f` may campaign but never wins.
+    net.crash(l);
+    net.heal();
+    net.run(300);
+    assert_eq!(net.leader(), Some(other));
+    assert_eq!(net.raft(f).applied_index(), net.raft(other).applied_index());
+}
+
+// ---- replication and commitment --------------------------------------------------
+
+#[test]
+fn a_partitioned_minority_leader_cannot_commit() {
+    let mut net = Net::new(5, quick);
+    let old = net.settle();
+    let buddy = (old + 1) % 5;
+    net.isolate(&[old, buddy]);
+    let commit = net.raft(old).commit_index();
+    net.put(old, 1, 1, "k", "lost");
+    net.run(5);
+    assert_eq!(net.raft(old).commit_index(), commit, "a minority cannot commit");
+    // Check-quorum: the old leader steps down and drops its pending write.
+    net.run(20);
+    assert_ne!(net.raft(old).role(), Role::Leader);
+    assert_eq!(net.responses(1, 1), vec![Err(KvError::Dropped)]);
+    // The majority elects a leader and commits.
+    let new = net.settle();
+    assert!(new != old && new != buddy);
+    net.put(new, 2, 1, "k", "kept");
+    net.run(3);
+    assert_eq!(net.responses(2, 1), vec![Ok(KvResult::Ok)]);
+    net.heal();
+    net.run(30);
+    for id in net.ids() {
+        assert_eq!(net.node(id).store().data.get("k").map(String::as_str), Some("kept"));
+        assert_eq!(net.raft(id).last_index(), net.raft(new).last_index());
+    }
+    net.check_applied_agree();
+}
+
+#[test]
+fn conflicting_logs_are_repaired_with_few_round_trips() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.check_quorum = false;
+        c.max_batch = 8;
+    });
+    let old = net.settle();
+    net.isolate(&[old]);
+    // The isolated leader appends 100 entries nobody else will ever hold.
+    for seq in 1..=100 {
+        net.put(old, 1, seq, "a", "x");
+    }
+    let rest: Vec<NodeId> = net.ids().into_iter().filter(|&i| i != old).collect();
+    let mut elected = None;
+    for _ in 0..300 {
+        net.run(1);
+        elected = rest.iter().copied().find(|&i| net.raft(i).role() == Role::Leader);
+        if elected.is_some() {
+            break;
+        }
+    }
+    let first = elected.expect("the majority elects a leader");
+    for seq in 1..=60 {
+        net.put(first, 2, seq, "b", "y");
+    }
+    net.run(3);
+    // Hand leadership to the other node of the majority, whose view of the
+    // old leader's log is then "as long as mine": the first probe conflicts.
+    let new = rest.iter().copied().find(|&i| i != first).unwrap();
+    net.admin(first, AdminOp::TransferLeader(new));
+    net.run(3);
+    assert_eq!(net.raft(new).role(), Role::Leader);
+    net.delivered.clear();
+    net.heal();
+    net.run(10);
+    let rejections = net
+        .delivered
+        .iter()
+        .filter(|(from, to, m)| {
+            *from == old && *to == new && matches!(m, Message::AppendResp { success: false, hint: Some(_), .. })
+        })
+        .count();
+    // Walking back one index per rejection would take over 60 round trips.
+    assert!((1..=2).contains(&rejections), "fast backtracking took {rejections} rejections");
+    assert_eq!(net.raft(old).role(), Role::Follower);
+    assert_eq!(net.raft(old).last_index(), net.raft(new).last_index());
+    for i in 1..=net.raft(new).last_index() {
+        assert_eq!(net.raft(old).entry_term(i), net.raft(new).entry_term(i));
+    }
+    // All 100 of the old leader's writes were dropped, none applied.
+    assert_eq!(net.node(old).store().data.get("a"), None);
+    net.check_applied_agree();
+}
+
+#[test]
+fn pipelining_and_batching_replicate_a_burst() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.max_batch = 4;
+        c.max_inflight = 3;
+    });
+    let l = net.settle();
+    for seq in 1..=50 {
+        net.put(l, 1, seq, &format!("k{seq}"), "v");
+    }
+    let appends = net.queue.iter().filter(|(_, _, m)| matches!(m, Message::Append { .. })).count();
+    // Two followers, at most three in flight each.
+    assert!(appends <= 6, "{appends} appends in flight");
+    net.deliver_all();
+    net.run(2);
+    for seq in 1..=50 {
+        assert_eq!(net.responses(1, seq), vec![Ok(KvResult::Ok)]);
+    }
+    for id in net.ids() {
+        assert_eq!(net.node(id).store().data.len(), 50);
+    }
+    net.check_applied_agree();
+}
+
+#[test]
+fn lost_appends_are_recovered() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    for seq in 1..=20 {
+        net.put(l, 1, seq, "k", &seq.to_string());
+        if seq % 3 == 0 {
+            net.queue.clear();
+        }
+    }
+    net.queue.clear();
+    net.run(20);
+    for id in net.ids() {
+        assert_eq!(net.node(id).store().data.get("k").map(String::as_str), Some("20"));
+    }
+}
+
+#[test]
+fn restart_from_disk_keeps_term_vote_and_log() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    for seq in 1..=10 {
+        net.put(l, 1, seq, &format!("k{seq}"), "v");
+    }
+    net.run(3);
+    let before: Vec<(u64, Option<NodeId>, u64, KvStore)> = net
+        .ids()
+        .iter()
+        .map(|&i| (net.raft(i).term(), net.raft(i).vote(), net.raft(i).last_index(), net.node(i).store().clone()))
+        .collect();
+    for id in net.ids() {
+        net.crash(id);
+        net.restart(id);
+    }
+    for (i, b) in before.iter().enumerate() {
+        let n = net.node(i as NodeId);
+        assert_eq!((n.raft().term(), n.raft().vote(), n.raft().last_index()), (b.0, b.1, b.2));
+        // Followers may not yet have learned the last commit index; the
+        // leader's store is complete.
+        if i as NodeId == l {
+            assert_eq!(*n.store(), b.3);
+        }
+    }
+    let l2 = net.settle();
+    net.put(l2, 2, 1, "after", "restart");
+    net.run(3);
+    for id in net.ids() {
+        assert_eq!(net.node(id).store().data.len(), 11);
+    }
+    net.check_applied_agree();
+}
+
+#[test]
+fn a_vote_is_on_disk_before_the_reply_leaves() {
+    let mut disk = Disk::default();
+    let mut n = KvNode::new(cfg(1, &[0, 1, 2]), &disk, 1);
+    let mut out = Out::default();
+    for _ in 0..10 {
+        n.tick(0, &mut out); // let the boot-time lease guard expire
+    }
+    out.clear();
+    n.step(0, 0, Message::Vote { term: 5, last_index: 0, last_term: 0, transfer: false }, &mut out);
+    assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 5, granted: true }));
+    for w in &out.writes {
+        KvNode::apply_write(&mut disk, w);
+    }
+    assert_eq!((disk.hard.term, disk.hard.vote), (5, Some(0)));
+    // After a restart the vote is remembered: a rival in the same term is refused.
+    let mut n = KvNode::new(cfg(1, &[0, 1, 2]), &disk, 2);
+    let mut out = Out::default();
+    for _ in 0..10 {
+        n.tick(0, &mut out);
+    }
+    out.clear();
+    n.step(0, 2, Message::Vote { term: 5, last_index: 9, last_term: 4, transfer: false }, &mut out);
+    assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 5, granted: false }));
+}
+
+// ---- pre-vote and check-quorum -----------------------------------------------------
+
+#[test]
+fn a_rejoining_node_does_not_disrupt_the_leader() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let term = net.raft(l).term();
+    let f = (l + 1) % 3;
+    net.isolate(&[f]);
+    net.run(200);
+    assert_eq!(net.raft(f).term(), term, "pre-vote keeps the isolated node's term");
+    net.heal();
+    net.run(50);
+    assert_eq!(net.leader(), Some(l));
+    assert_eq!(net.raft(l).term(), term);
+}
+
+#[test]
+fn without_pre_vote_a_rejoining_node_bumps_the_term() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    let l = net.settle();
+    let term = net.raft(l).term();
+    let f = (l + 1) % 3;
+    net.isolate(&[f]);
+    net.run(100);
+    assert!(net.raft(f).term() > term);
+    net.heal();
+    net.run(100);
+    let l2 = net.settle();
+    assert!(net.raft(l2).term() > term, "the rejoining node forced a new election");
+}
+
+// ---- snapshots -----------------------------------------------------------------------
+
+#[test]
+fn a_lagging_follower_gets_a_snapshot() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.snapshot_every = 20;
+    });
+    let l = net.settle();
+    let f = (l + 1) % 3;
+    net.isolate(&[f]);
+    for seq in 1..=60 {
+        net.put(l, 1, seq, &format!("k{}", seq % 7), &seq.to_string());
+    }
+    net.run(5);
+    assert!(net.raft(l).first_index() > net.raft(f).last_index() + 1, "the leader compacted past the follower");
+    net.heal();
+    net.run(10);
+    assert!(net.delivered.iter().any(|(_, to, m)| *to == f && matches!(m, Message::InstallSnapshot { .. })));
+    assert_eq!(net.node(f).store(), net.node(l).store());
+    assert!(net.raft(f).first_index() > 1);
+    assert_eq!(net.raft(f).applied_index(), net.raft(l).applied_index());
+    // The snapshot, with its sessions, survives a restart of the follower.
+    net.crash(f);
+    net.restart(f);
+    assert_eq!(net.node(f).store().sessions, net.node(l).store().sessions);
+    net.put(l, 1, 61, "z", "z");
+    net.run(3);
+    assert_eq!(net.node(f).store(), net.node(l).store());
+    net.check_applied_agree();
+}
+
+#[test]
+fn disk_image_follows_the_wal_convention() {
+    let e = |index, term| Entry { index, term, data: EntryData::Empty };
+    let mut d = Disk::default();
+    d.apply(&Write::Entries(vec![e(1, 1), e(2, 1), e(3, 1)]));
+    d.apply(&Write::Entries(vec![e(2, 2)]));
+    assert_eq!(d.entries, vec![e(1, 1), e(2, 2)]);
+    let snap = Snapshot { meta: SnapshotMeta { index: 1, term: 1, conf: ConfState::default() }, store: KvStore::default() };
+    d.apply(&Write::Snapshot(snap.clone()));
+    assert_eq!(d.entries, vec![e(2, 2)]);
+    d.apply(&Write::Entries(vec![e(1, 1), e(2, 2), e(3, 2)]));
+    assert_eq!(d.entries, vec![e(2, 2), e(3, 2)]);
+    let other = Snapshot { meta: SnapshotMeta { index: 5, term: 3, ..snap.meta.clone() }, ..snap };
+    d.apply(&Write::Snapshot(other));
+    assert!(d.entries.is_empty());
+}
+
+// ---- membership and leadership transfer ------------------------------------------
+
+#[test]
+fn add_then_remove_a_voter() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    net.put(l, 1, 1, "k", "v");
+    let new = net.add_node(|_| {});
+    net.run(30);
+    assert_eq!(net.raft(new).role(), Role::Follower, "a node outside the configuration stays idle");
+    assert_eq!(net.raft(new).term(), 0);
+    net.admin(l, AdminOp::AddVoter(new));
+    net.run(10);
+    for id in net.ids() {
+        assert_eq!(net.raft(id).voters(), vec![0, 1, 2, 3], "node {id}");
+    }
+    assert_eq!(net.node(new).store().data.get("k").map(String::as_str), Some("v"));
+    // Remove the leader itself: it steps down once the change commits.
+    net.admin(l, AdminOp::RemoveNode(l));
+    net.run(5);
+    assert_ne!(net.raft(l).role(), Role::Leader);
+    let l2 = net.settle();
+    assert_ne!(l2, l);
+    assert_eq!(net.raft(l2).voters().len(), 3);
+    net.put(l2, 1, 2, "k", "w");
+    net.run(3);
+    assert_eq!(net.responses(1, 2), vec![Ok(KvResult::Ok)]);
+    net.run(100);
+    assert_eq!(net.leader(), Some(l2), "the removed node stays quiet");
+}
+
+#[test]
+fn learners_replicate_but_do_not_vote() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let learner = net.add_node(|_| {});
+    net.admin(l, AdminOp::AddLearner(learner));
+    net.put(l, 1, 1, "k", "v");
+    net.run(10);
+    assert_eq!(net.raft(l).learners(), vec![learner]);
+    assert_eq!(net.node(learner).store().data.get("k").map(String::as_str), Some("v"));
+    // Only one change at a time: a second proposal right after is refused.
+    net.admin(l, AdminOp::PromoteLearner(learner));
+    let idx = net.raft(l).last_index();
+    net.admin(l, AdminOp::RemoveNode((l + 1) % 3));
+    assert_eq!(net.raft(l).last_index(), idx, "a second uncommitted change is refused");
+    net.run(10);
+    assert_eq!(net.raft(learner).voters().len(), 4);
+}
+
+#[test]
+fn leadership_transfer_hands_over() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let term = net.raft(l).term();
+    let target = (l + 2) % 3;
+    net.admin(l, AdminOp::TransferLeader(target));
+    // Proposals are refused while the transfer is underway.
+    net.put(l, 1, 1, "k", "v");
+    assert_eq!(net.responses(1, 1), vec![Err(KvError::NotLeader { hint: Some(target) })]);
+    net.deliver_all();
+    assert_eq!(net.leader(), Some(target));
+    assert_eq!(net.raft(target).term(), term + 1);
+    net.run(50);
+    assert_eq!(net.leader(), Some(target));
+}
+
+#[test]
+fn a_transfer_to_an_unreachable_node_gives_up() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let target = (l + 1) % 3;
+    net.isolate(&[target]);
+    net.admin(l, AdminOp::TransferLeader(target));
+    net.run(11);
+    assert_eq!(net.raft(l).transferring_to(), None);
+    net.put(l, 1, 1, "k", "v");
+    net.run(2);
+    assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Ok)]);
+}
+
+// ---- reads ---------------------------------------------------------------------------
+
+#[test]
+fn a_read_index_read_sees_the_latest_committed_write() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    net.put(l, 1, 1, "k", "v1");
+    net.deliver_all();
+    net.get(l, 2, 1, "k");
+    // Not answered before a heartbeat round confirms leadership.
+    assert!(net.responses(2, 1).is_empty());
+    net.deliver_all();
+    assert_eq!(net.responses(2, 1), vec![Ok(KvResult::Value(Some("v1".into())))]);
+    // Followers redirect.
+    let f = (l + 1) % 3;
+    net.get(f, 2, 2, "k");
+    assert_eq!(net.responses(2, 2), vec![Err(KvError::NotLeader { hint: Some(l) })]);
+    // Concurrent reads share one heartbeat round.
+    let before = net.queue.len();
+    net.get(l, 3, 1, "k");
+    let round = net.queue.len() - before;
+    net.get(l, 4, 1, "k");
+    net.get(l, 5, 1, "k");
+    assert_eq!(net.queue.len() - before, round);
+    net.deliver_all();
+    net.deliver_all();
+    for c in 3..=5 {
+        assert_eq!(net.responses(c, 1), vec![Ok(KvResult::Value(Some("v1".into())))]);
+    }
+}
+
+#[test]
+fn a_deposed_leader_does_not_serve_stale_reads() {
+    let mut net = Net::new(3, quick);
+    let old = net.settle();
+    net.put(old, 1, 1, "k", "old");
+    net.run(2);
+    net.isolate(&[old]);
+    net.get(old, 9, 1, "k");
+    let rest: Vec<NodeId> = net.ids().into_iter().filter(|&i| i != old).collect();
+    net.run(40);
+    let new = rest.into_iter().find(|&i| net.raft(i).role() == Role::Leader).expect("a new leader");
+    net.put(new, 1, 2, "k", "new");
+    net.run(2);
+    // The old leader never answered with the stale value.
+    assert_eq!(net.responses(9, 1), vec![Err(KvError::Dropped)]);
+}
+
+#[test]
+fn lease_reads_answer_without_a_round() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.lease_reads = true;
+    });
+    let l = net.settle();
+    net.put(l, 1, 1, "k", "v");
+    net.run(2);
+    net.get(l, 2, 1, "k");
+    assert_eq!(net.responses(2, 1), vec![Ok(KvResult::Value(Some("v".into())))]);
+    // Without fresh acknowledgements the lease runs out.
+    net.isolate(&[l]);
+    for _ in 0..9 {
+        net.tick(l);
+        net.deliver_all();
+    }
+    net.get(l, 2, 2, "k");
+    assert!(net.responses(2, 2).is_empty() || !net.raft(l).role().eq(&Role::Leader));
+}
+
+// ---- sessions ----------------------------------------------------------------------
+
+#[test]
+fn a_retried_proposal_applies_exactly_once() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let cas = |seq| KvRequest { client: 1, seq, op: KvOp::Cas { key: "c".into(), expected: None, value: "1".into() } };
+    net.input(l, KvInput::Client(cas(1)));
+    // The client times out and retries the same request twice.
+    net.input(l, KvInput::Client(cas(1)));
+    net.run(2);
+    net.input(l, KvInput::Client(cas(1)));
+    net.run(2);
+    assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Bool(true)); 3]);
+    // A retry at a new leader after a failover also sees the original answer.
+    net.crash(l);
+    let l2 = net.settle();
+    net.input(l2, KvInput::Client(cas(1)));
+    net.run(2);
+    assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Bool(true)); 4]);
+    assert_eq!(net.node(l2).store().data.get("c").map(String::as_str), Some("1"));
+}
+
+// ---- deliberate bugs -------------------------------------------------------------------
+
+/// A follower whose election timer has expired (so it holds no lease).
+fn expired(id: NodeId, peers: &[NodeId], bugs: Bugs, entries: &[(u64, u64)]) -> KvNode {
+    let mut disk = Disk::default();
+    let es: Vec<Entry> = entries.iter().map(|&(index, term)| Entry { index, term, data: EntryData::Empty }).collect();
+    disk.apply(&Write::Entries(es));
+    disk.hard.term = entries.last().map_or(0, |e| e.1);
+    let mut c = cfg(id, peers);
+    c.pre_vote = false;
+    let mut n = KvNode::new(c, &disk, 3).with_test_bugs(bugs);
+    let mut out = Out::default();
+    for _ in 0..10 {
+        n.tick(0, &mut out);
+    }
+    n
+}
+
+#[test]
+fn bug_vote_without_log_check_grants_stale_candidates() {
+    let vote = Message::Vote { term: 9, last_index: 1, last_term: 1, transfer: false };
+    for (bug, granted) in [(false, false), (true, true)] {
+        let bugs = Bugs { vote_without_log_check: bug, ..Bugs::default() };
+        let mut n = expired(1, &[0, 1, 2], bugs, &[(1, 1), (2, 2), (3, 2)]);
+        let mut out = Out::default();
+        n.step(0, 0, vote.clone(), &mut out);
+        assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 9, granted }), "bug={bug}");
+    }
+}
+
+#[test]
+fn bug_commit_old_term_by_counting_commits_an_old_entry() {
+    for bug in [false, true] {
+        let bugs = Bugs { commit_old_term_by_counting: bug, ..Bugs::default() };
+        // Node 0 holds an entry of term 2 that node 1 lacks; node 0 becomes
+        // leader of term 3 and replicates its old entry to node 1 only.
+        let mut n0 = expired(0, &[0, 1, 2], bugs, &[(1, 1), (2, 2)]);
+        let mut out = Out::default();
+        for _ in 0..20 {
+            n0.tick(0, &mut out);
+        }
+        // Win the election.
+        let term = n0.raft().term();
+        n0.step(0, 1, Message::VoteResp { term, granted: true }, &mut out);
+        assert_eq!(n0.raft().role(), Role::Leader);
+        // Node 1 acknowledges index 2 (the old-term entry), not the new empty one.
+        out.clear();
+        n0.step(0, 1, Message::AppendResp { term, success: true, index: 2, hint: None }, &mut out);
+        let expected = if bug { 2 } else { 0 };
+        assert_eq!(n0.raft().commit_index(), expected, "bug={bug}");
+    }
+}
+
+#[test]
+fn bug_reply_before_persist_skips_the_write() {
+    for bug in [false, true] {
+        let bugs = Bugs { reply_before_persist: bug, ..Bugs::default() };
+        let mut n = expired(1, &[0, 1, 2], bugs, &[]);
+        let mut out = Out::default();
+        n.step(0, 0, Message::Vote { term: 4, last_index: 0, last_term: 0, transfer: false }, &mut out);
+        assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 4, granted: true }));
+        let voted = out.writes.iter().any(|w| matches!(w, Write::HardState(h) if h.vote == Some(0)));
+        assert_eq!(voted, !bug, "bug={bug}");
+        out.clear();
+        let e = Entry { index: 1, term: 4, data: EntryData::Empty };
+        let append = Message::Append { term: 4, prev_index: 0, prev_term: 0, entries: vec![e], commit: 0 };
+        n.step(0, 0, append, &mut out);
+        assert!(out.msgs.iter().any(|m| matches!(m.msg, Message::AppendResp { success: true, index: 1, .. })));
+        assert_eq!(out.writes.iter().any(|w| matches!(w, Write::Entries(_))), !bug, "bug={bug}");
+    }
+}
