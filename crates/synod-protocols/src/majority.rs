@@ -29,7 +29,7 @@ pub enum Write<V> {
     Decided(V),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk<V> {
     pub vote: Option<V>,
     pub decided: Option<V>,

@@ -71,7 +71,7 @@ pub enum Write<V> {
 }
 
 /// What survives a crash.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk<V> {
     pub promised: Ballot,
     pub accepted: Option<(Ballot, V)>,
