@@ -186,6 +186,7 @@ impl<F: Fs> Storage for DiskStorage<F> {
         self.wal.set_last_index(self.log.last_index());
         self.wal.sync()?;
         self.snapshot = snap.meta;
+        // Syncs again (re-recording the hard state) only if it deletes.
         self.wal.compact(snap.meta.index)?;
         self.snaps.remove_except(snap.meta)?;
         Ok(())

@@ -155,7 +155,6 @@ pub struct Wal<F: Fs> {
     buf: Vec<u8>,
     last_index: u64,
     snapshot: SnapshotMeta,
-    snapshot_lsn: Lsn,
     hard_state: HardState,
     next_lsn: Lsn,
     flushed_lsn: Lsn,
@@ -227,7 +226,6 @@ impl<F: Fs> Wal<F> {
             buf: Vec::new(),
             last_index: 0,
             snapshot: SnapshotMeta::default(),
-            snapshot_lsn: 0,
             hard_state: HardState::default(),
             next_lsn: 1,
             flushed_lsn: 0,
@@ -388,7 +386,7 @@ impl<F: Fs> Wal<F> {
         let truncating = first.index <= self.last_index;
         let mut first_lsn = 0;
         for e in entries {
-            self.maybe_rotate(e.index)?;
+            self.maybe_rotate()?;
             if first_lsn == 0 {
                 first_lsn = self.next_lsn;
             }
@@ -411,7 +409,7 @@ impl<F: Fs> Wal<F> {
     /// Append a hard-state record (buffered).
     pub fn append_hard_state(&mut self, hs: HardState) -> Result<Lsn> {
         self.check_poison()?;
-        self.maybe_rotate(self.last_index + 1)?;
+        self.maybe_rotate()?;
         self.push_record(&Record::HardState(hs));
         self.hard_state = hs;
         self.maybe_flush()?;
@@ -429,10 +427,9 @@ impl<F: Fs> Wal<F> {
                 meta.index, self.snapshot.index
             )));
         }
-        self.maybe_rotate(self.last_index + 1)?;
+        self.maybe_rotate()?;
         self.push_record(&Record::Snapshot(meta));
         self.snapshot = meta;
-        self.snapshot_lsn = self.last_lsn();
         // The caller's log decides whether later entries survive; the WAL
         // only needs a bound for validating appends.
         self.last_index = self.last_index.max(meta.index);
@@ -561,11 +558,10 @@ impl<F: Fs> Wal<F> {
         }
     }
 
-    /// Rotate if the current segment is full; `next_index` is the index of
-    /// the next entry to be written (recorded in the new segment's name).
-    fn maybe_rotate(&mut self, next_index: u64) -> Result<()> {
+    /// Rotate if the current segment is full.
+    fn maybe_rotate(&mut self) -> Result<()> {
         if self.write_off + self.buf.len() as u64 >= self.opts.segment_size {
-            self.rotate(next_index)?;
+            self.rotate()?;
         }
         Ok(())
     }
@@ -573,7 +569,13 @@ impl<F: Fs> Wal<F> {
     /// Seal the current segment (made durable and trimmed of its zero
     /// tail) and start the next one, which begins with the current snapshot
     /// marker and hard state so that older segments can later be deleted.
-    fn rotate(&mut self, next_index: u64) -> Result<()> {
+    ///
+    /// The new segment is named after `last_index + 1`, where `last_index`
+    /// is the log's last index *before* the record about to be written.
+    /// Replay relies on this: when older segments have been deleted, the
+    /// first remaining segment's name says which index its entries follow
+    /// (a conflicting entry written into it may still go lower).
+    fn rotate(&mut self) -> Result<()> {
         self.flush()?;
         let path = self.current_path();
         let res = self
@@ -587,7 +589,7 @@ impl<F: Fs> Wal<F> {
         let (lsn, last) = (self.flushed_lsn, self.last_index);
         self.mark_durable(lsn, last);
         let seq = self.segments.last().expect("a segment").seq + 1;
-        self.start_segment(seq, next_index)
+        self.start_segment(seq, self.last_index + 1)
     }
 
     /// Create segment `seq` and make it current.
@@ -618,19 +620,28 @@ impl<F: Fs> Wal<F> {
     }
 
     /// Delete whole segments, oldest first, that hold only entries at or
-    /// below `index`. `index` must not exceed a snapshot marker that is
-    /// already durable. The current segment is never deleted. Returns how
-    /// many segments were removed.
+    /// below `index`, which must not exceed the latest snapshot marker. The
+    /// current segment is never deleted.
+    ///
+    /// Before deleting anything the current hard state is re-recorded in
+    /// the current segment and everything is synced, so the latest hard
+    /// state and snapshot marker never live only in a deleted segment.
+    /// Returns how many segments were removed.
     pub fn compact(&mut self, index: u64) -> Result<usize> {
         self.check_poison()?;
-        if index > self.snapshot.index || self.snapshot_lsn > self.durable.lsn {
+        if index > self.snapshot.index {
             return Err(Error::InvalidArgument(format!(
-                "can only drop log segments below a durable snapshot marker (asked {index}, \
-                 snapshot at {}, durable: {})",
-                self.snapshot.index,
-                self.snapshot_lsn <= self.durable.lsn
+                "can only drop log segments below the snapshot marker (asked {index}, snapshot \
+                 at {})",
+                self.snapshot.index
             )));
         }
+        if self.segments.len() < 2 || self.segments[0].max_index > index {
+            return Ok(0);
+        }
+        self.maybe_rotate()?;
+        self.push_record(&Record::HardState(self.hard_state));
+        self.sync()?;
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[0].max_index <= index {
             let seg = self.segments.remove(0);
@@ -640,11 +651,9 @@ impl<F: Fs> Wal<F> {
             }
             removed += 1;
         }
-        if removed > 0 {
-            if let Err(e) = self.fs.sync_dir(&self.dir) {
-                let err = Error::io("fsync directory", &self.dir, e);
-                return Err(self.poison(err));
-            }
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            let err = Error::io("fsync directory", &self.dir, e);
+            return Err(self.poison(err));
         }
         Ok(removed)
     }
@@ -718,10 +727,7 @@ pub(crate) struct Replayed {
 
 /// List the segment files of `dir` as `(seq, first_index, name)`, sorted,
 /// plus the names of leftover temp files.
-pub(crate) fn list_segments<F: Fs>(
-    fs: &F,
-    dir: &Path,
-) -> Result<(Vec<SegmentName>, Vec<String>)> {
+pub(crate) fn list_segments<F: Fs>(fs: &F, dir: &Path) -> Result<(Vec<SegmentName>, Vec<String>)> {
     let mut segs = Vec::new();
     let mut tmps = Vec::new();
     for name in fs.list(dir).map_err(|e| Error::io("list", dir, e))? {
