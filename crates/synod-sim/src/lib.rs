@@ -44,6 +44,8 @@
 //! | fault tolerance | liveness with up to f crashed nodes |
 
 pub mod faults;
+pub mod history;
+pub mod linearizability;
 pub mod models;
 pub mod report;
 pub mod runner;

@@ -19,6 +19,8 @@ use rand::Rng;
 use synod_protocols::write_once::{Decided, WriteOnceNode};
 use synod_protocols::{Node, NodeId, MS};
 
+const FIRST_OFFER: u64 = 1;
+
 pub const PROPERTIES: &[&str] = &["agreement", "validity", "decoherence"];
 
 /// The value proposer `i` offers: distinct per proposer, and easy to spot in traces.
@@ -31,6 +33,8 @@ pub struct WriteOnceModel<N, B> {
     proposers: usize,
     decided: Vec<Option<u64>>,
     first: Option<u64>,
+    /// When the first offer was made, and how many messages had been sent by then.
+    first_offer: Option<(u64, u64)>,
     decision_time: Option<u64>,
     decision_messages: Option<u64>,
     _node: std::marker::PhantomData<N>,
@@ -47,6 +51,7 @@ where
             proposers: proposers.min(nodes),
             decided: vec![None; nodes],
             first: None,
+            first_offer: None,
             decision_time: None,
             decision_messages: None,
             _node: std::marker::PhantomData,
@@ -74,9 +79,19 @@ where
         // that crashes and partitions hit every stage of the protocol, and later
         // proposers must discover (not overwrite) what earlier ones chose.
         let spread = ctl.config().fault_phase / 2;
+        let mut first = u64::MAX;
         for i in 0..self.proposers as NodeId {
             let delay = ctl.rng().gen_range(0..spread.max(1));
+            first = first.min(delay);
             ctl.input(i, proposal_of(i), delay);
+        }
+        // Decision time and messages are measured from the first offer.
+        ctl.wake(first, FIRST_OFFER);
+    }
+
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, N>, token: u64) {
+        if token == FIRST_OFFER {
+            self.first_offer = Some((ctl.now(), ctl.messages_sent()));
         }
     }
 
@@ -87,8 +102,9 @@ where
         match self.first {
             None => {
                 self.first = Some(v);
-                self.decision_time = Some(ctl.now());
-                self.decision_messages = Some(ctl.messages_sent());
+                let (t0, m0) = self.first_offer.unwrap_or((0, 0));
+                self.decision_time = Some(ctl.now().saturating_sub(t0));
+                self.decision_messages = Some(ctl.messages_sent().saturating_sub(m0));
             }
             Some(f) if f != v => {
                 ctl.violation("agreement", Some(node), format!("decided {v}, but {f} was decided before"));
