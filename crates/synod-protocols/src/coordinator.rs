@@ -40,9 +40,18 @@ const RETRY: Instant = 50 * MS;
 impl<V: Clone + Debug + PartialEq> CoordinatorNode<V> {
     /// Node `id` in a cluster of `n` nodes with ids `0..n`.
     pub fn new(id: NodeId, n: usize, disk: &Disk<V>) -> Self {
-        assert!(n > 0 && id < n as NodeId, "node {id} is not in a cluster of {n}");
+        assert!(
+            n > 0 && id < n as NodeId,
+            "node {id} is not in a cluster of {n}"
+        );
         // The bully rule: the highest id is the coordinator.
-        CoordinatorNode { id, coordinator: n as NodeId - 1, proposal: None, decided: disk.clone(), next_retry: 0 }
+        CoordinatorNode {
+            id,
+            coordinator: n as NodeId - 1,
+            proposal: None,
+            decided: disk.clone(),
+            next_retry: 0,
+        }
     }
 
     fn is_coordinator(&self) -> bool {
@@ -51,7 +60,11 @@ impl<V: Clone + Debug + PartialEq> CoordinatorNode<V> {
 
     fn decide(&mut self, v: V, out: &mut Output<V, Msg<V>, Decided<V>>) {
         match &self.decided {
-            Some(d) => assert_eq!(*d, v, "coordinator node {} was told two different final values", self.id),
+            Some(d) => assert_eq!(
+                *d, v,
+                "coordinator node {} was told two different final values",
+                self.id
+            ),
             None => {
                 self.decided = Some(v.clone());
                 out.persist(v.clone());
@@ -87,13 +100,22 @@ impl<V: Clone + Debug + PartialEq> Node for CoordinatorNode<V> {
         *disk = Some(write.clone());
     }
 
-    fn step(&mut self, _now: Instant, from: NodeId, msg: Msg<V>, out: &mut Output<V, Msg<V>, Decided<V>>) {
+    fn step(
+        &mut self,
+        _now: Instant,
+        from: NodeId,
+        msg: Msg<V>,
+        out: &mut Output<V, Msg<V>, Decided<V>>,
+    ) {
         match msg {
             Msg::Propose(v) if self.is_coordinator() => {
                 if self.decided.is_none() {
                     self.decide(v, out);
                 }
-                out.send(from, Msg::Decided(self.decided.clone().expect("decided above")));
+                out.send(
+                    from,
+                    Msg::Decided(self.decided.clone().expect("decided above")),
+                );
             }
             Msg::Query if self.is_coordinator() => {
                 if let Some(d) = &self.decided {

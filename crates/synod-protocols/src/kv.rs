@@ -13,19 +13,33 @@ use serde::{Deserialize, Serialize};
 /// One key-value operation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KvOp {
-    Put { key: String, value: String },
-    Get { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+    },
     /// Result: whether the key existed.
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     /// Sets `value` if the current value equals `expected` (`None`: the key must be
     /// absent). Result: whether it swapped.
-    Cas { key: String, expected: Option<String>, value: String },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        value: String,
+    },
 }
 
 impl KvOp {
     pub fn key(&self) -> &str {
         match self {
-            KvOp::Put { key, .. } | KvOp::Get { key } | KvOp::Delete { key } | KvOp::Cas { key, .. } => key,
+            KvOp::Put { key, .. }
+            | KvOp::Get { key }
+            | KvOp::Delete { key }
+            | KvOp::Cas { key, .. } => key,
         }
     }
     pub fn is_read(&self) -> bool {
@@ -68,7 +82,11 @@ pub enum KvError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvEvent {
     /// The answer to a request.
-    Response { client: u64, seq: u64, result: Result<KvResult, KvError> },
+    Response {
+        client: u64,
+        seq: u64,
+        result: Result<KvResult, KvError>,
+    },
     /// The node applied the log entry at `index` (committed in `term`); `digest`
     /// identifies its content, so checkers can verify that every node applies the
     /// same entry at the same index.
@@ -135,7 +153,11 @@ impl KvStore {
             }
             KvOp::Get { key } => KvResult::Value(self.data.get(key).cloned()),
             KvOp::Delete { key } => KvResult::Bool(self.data.remove(key).is_some()),
-            KvOp::Cas { key, expected, value } => {
+            KvOp::Cas {
+                key,
+                expected,
+                value,
+            } => {
                 if self.data.get(key) == expected.as_ref() {
                     self.data.insert(key.clone(), value.clone());
                     KvResult::Bool(true)
@@ -157,7 +179,11 @@ mod tests {
         let cas = |seq| KvRequest {
             client: 1,
             seq,
-            op: KvOp::Cas { key: "k".into(), expected: None, value: "v".into() },
+            op: KvOp::Cas {
+                key: "k".into(),
+                expected: None,
+                value: "v".into(),
+            },
         };
         assert_eq!(s.apply(&cas(1)), Some(KvResult::Bool(true)));
         // The retry sees the original answer, not a failed second swap.

@@ -37,7 +37,10 @@ pub struct Disk<V> {
 
 impl<V> Default for Disk<V> {
     fn default() -> Self {
-        Disk { vote: None, decided: None }
+        Disk {
+            vote: None,
+            decided: None,
+        }
     }
 }
 
@@ -58,10 +61,20 @@ type Out<V> = Output<Write<V>, Msg<V>, Decided<V>>;
 
 impl<V: Clone + Debug + PartialEq> MajorityNode<V> {
     pub fn new(id: NodeId, n: usize, disk: &Disk<V>) -> Self {
-        assert!(n > 0 && id < n as NodeId, "node {id} is not in a cluster of {n}");
+        assert!(
+            n > 0 && id < n as NodeId,
+            "node {id} is not in a cluster of {n}"
+        );
         let mut votes = vec![None; n];
         votes[id as usize] = disk.vote.clone();
-        MajorityNode { id, n, vote: disk.vote.clone(), votes, decided: disk.decided.clone(), next_retry: 0 }
+        MajorityNode {
+            id,
+            n,
+            vote: disk.vote.clone(),
+            votes,
+            decided: disk.decided.clone(),
+            next_retry: 0,
+        }
     }
 
     fn broadcast(&self, msg: Msg<V>, out: &mut Out<V>) {
@@ -79,7 +92,13 @@ impl<V: Clone + Debug + PartialEq> MajorityNode<V> {
         self.vote = Some(v.clone());
         self.votes[self.id as usize] = Some(v.clone());
         out.persist(Write::Vote(v.clone()));
-        self.broadcast(Msg::Vote { value: v.clone(), reply: self.decided.is_none() }, out);
+        self.broadcast(
+            Msg::Vote {
+                value: v.clone(),
+                reply: self.decided.is_none(),
+            },
+            out,
+        );
         self.count(v, out);
     }
 
@@ -142,7 +161,13 @@ impl<V: Clone + Debug + PartialEq> Node for MajorityNode<V> {
                     if let Some(d) = &self.decided {
                         out.send(from, Msg::Decided(d.clone()));
                     } else if let Some(mine) = &self.vote {
-                        out.send(from, Msg::Vote { value: mine.clone(), reply: false });
+                        out.send(
+                            from,
+                            Msg::Vote {
+                                value: mine.clone(),
+                                reply: false,
+                            },
+                        );
                     }
                 }
                 self.count(value, out);
@@ -151,7 +176,13 @@ impl<V: Clone + Debug + PartialEq> Node for MajorityNode<V> {
                 if let Some(d) = &self.decided {
                     out.send(from, Msg::Decided(d.clone()));
                 } else if let Some(mine) = &self.vote {
-                    out.send(from, Msg::Vote { value: mine.clone(), reply: false });
+                    out.send(
+                        from,
+                        Msg::Vote {
+                            value: mine.clone(),
+                            reply: false,
+                        },
+                    );
                 }
             }
             Msg::Decided(v) => self.decide(v, out),
@@ -164,7 +195,10 @@ impl<V: Clone + Debug + PartialEq> Node for MajorityNode<V> {
         }
         self.next_retry = now + RETRY;
         let msg = match &self.vote {
-            Some(v) => Msg::Vote { value: v.clone(), reply: true },
+            Some(v) => Msg::Vote {
+                value: v.clone(),
+                reply: true,
+            },
             None => Msg::Query,
         };
         self.broadcast(msg, out);
@@ -194,17 +228,43 @@ mod tests {
         assert!(out.events.is_empty());
         out.clear();
         // The same voter twice does not make a majority.
-        a.step(0, 0, Msg::Vote { value: 1, reply: false }, &mut out);
+        a.step(
+            0,
+            0,
+            Msg::Vote {
+                value: 1,
+                reply: false,
+            },
+            &mut out,
+        );
         assert!(out.events.is_empty());
-        a.step(0, 2, Msg::Vote { value: 1, reply: false }, &mut out);
+        a.step(
+            0,
+            2,
+            Msg::Vote {
+                value: 1,
+                reply: false,
+            },
+            &mut out,
+        );
         assert_eq!(out.events, vec![Decided(1)]);
     }
 
     #[test]
     fn a_vote_is_never_changed() {
-        let mut a = MajorityNode::<u64>::new(1, 3, &Disk { vote: Some(4), decided: None });
+        let mut a = MajorityNode::<u64>::new(
+            1,
+            3,
+            &Disk {
+                vote: Some(4),
+                decided: None,
+            },
+        );
         let mut out = Out::default();
         a.step(0, 0, Msg::Propose(5), &mut out);
-        assert!(out.writes.is_empty(), "voted before the restart, so no new vote");
+        assert!(
+            out.writes.is_empty(),
+            "voted before the restart, so no new vote"
+        );
     }
 }

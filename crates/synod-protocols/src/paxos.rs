@@ -30,7 +30,9 @@ use std::fmt::Debug;
 
 /// A ballot number. Ordered by round, then by the proposer's id, so two proposers
 /// never use the same ballot. `Ballot::ZERO` is below every real ballot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Ballot {
     pub round: u64,
     pub node: NodeId,
@@ -42,12 +44,25 @@ impl Ballot {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg<V> {
-    Prepare { ballot: Ballot },
-    Promise { ballot: Ballot, accepted: Option<(Ballot, V)> },
-    Accept { ballot: Ballot, value: V },
-    Accepted { ballot: Ballot },
+    Prepare {
+        ballot: Ballot,
+    },
+    Promise {
+        ballot: Ballot,
+        accepted: Option<(Ballot, V)>,
+    },
+    Accept {
+        ballot: Ballot,
+        value: V,
+    },
+    Accepted {
+        ballot: Ballot,
+    },
     /// The receiver's ballot is stale: `promised` is higher.
-    Reject { ballot: Ballot, promised: Ballot },
+    Reject {
+        ballot: Ballot,
+        promised: Ballot,
+    },
     Decided(V),
     /// An undecided learner asks who knows the value.
     Query,
@@ -82,7 +97,13 @@ pub struct Disk<V> {
 
 impl<V> Default for Disk<V> {
     fn default() -> Self {
-        Disk { promised: Ballot::ZERO, accepted: None, round: 0, proposal: None, decided: None }
+        Disk {
+            promised: Ballot::ZERO,
+            accepted: None,
+            round: 0,
+            proposal: None,
+            decided: None,
+        }
     }
 }
 
@@ -132,8 +153,18 @@ impl Default for Timing {
 enum Phase<V> {
     /// Not running a ballot; the next may start at `retry_at`.
     Idle { retry_at: Instant },
-    Preparing { ballot: Ballot, started: Instant, promised: Vec<bool>, highest: Option<(Ballot, V)> },
-    Accepting { ballot: Ballot, started: Instant, value: V, accepted: Vec<bool> },
+    Preparing {
+        ballot: Ballot,
+        started: Instant,
+        promised: Vec<bool>,
+        highest: Option<(Ballot, V)>,
+    },
+    Accepting {
+        ballot: Ballot,
+        started: Instant,
+        value: V,
+        accepted: Vec<bool>,
+    },
 }
 
 /// One Paxos node: acceptor, learner and (when it has something to propose) proposer.
@@ -172,7 +203,10 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
     }
 
     pub fn with_timing(id: NodeId, n: usize, disk: &Disk<V>, seed: u64, timing: Timing) -> Self {
-        assert!(n > 0 && id < n as NodeId, "node {id} is not in a cluster of {n}");
+        assert!(
+            n > 0 && id < n as NodeId,
+            "node {id} is not in a cluster of {n}"
+        );
         PaxosNode {
             id,
             n,
@@ -219,7 +253,8 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
     }
 
     fn persist(&self, w: Write<V>, out: &mut Out<V>) {
-        let volatile = matches!(w, Write::Promise(_) | Write::Accept(..) | Write::Decided(_)) && self.bugs.forget_promises;
+        let volatile = matches!(w, Write::Promise(_) | Write::Accept(..) | Write::Decided(_))
+            && self.bugs.forget_promises;
         if !volatile {
             out.persist(w);
         }
@@ -231,7 +266,9 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
             return;
         }
         self.decided = Some(v.clone());
-        self.phase = Phase::Idle { retry_at: Instant::MAX };
+        self.phase = Phase::Idle {
+            retry_at: Instant::MAX,
+        };
         self.persist(Write::Decided(v.clone()), out);
         out.emit(Decided(v));
     }
@@ -240,9 +277,17 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
     fn start_ballot(&mut self, now: Instant, out: &mut Out<V>) {
         self.round = self.round.max(self.highest_seen) + 1;
         self.highest_seen = self.round;
-        let ballot = Ballot { round: self.round, node: self.id };
+        let ballot = Ballot {
+            round: self.round,
+            node: self.id,
+        };
         out.persist(Write::Round(self.round));
-        self.phase = Phase::Preparing { ballot, started: now, promised: vec![false; self.n], highest: None };
+        self.phase = Phase::Preparing {
+            ballot,
+            started: now,
+            promised: vec![false; self.n],
+            highest: None,
+        };
         self.last_send = now;
         self.broadcast(Msg::Prepare { ballot }, out);
     }
@@ -252,7 +297,9 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
         self.failures = self.failures.saturating_add(1);
         let cap = (self.timing.backoff << self.failures.min(16)).min(self.timing.max_backoff);
         let wait = self.rng.gen_range(0..=cap);
-        self.phase = Phase::Idle { retry_at: now + wait };
+        self.phase = Phase::Idle {
+            retry_at: now + wait,
+        };
     }
 
     fn wants_to_propose(&self, now: Instant) -> bool {
@@ -275,9 +322,21 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
                 self.promised = ballot;
                 self.persist(Write::Promise(ballot), out);
             }
-            out.send(from, Msg::Promise { ballot, accepted: self.accepted.clone() });
+            out.send(
+                from,
+                Msg::Promise {
+                    ballot,
+                    accepted: self.accepted.clone(),
+                },
+            );
         } else {
-            out.send(from, Msg::Reject { ballot, promised: self.promised });
+            out.send(
+                from,
+                Msg::Reject {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
         }
     }
 
@@ -292,13 +351,34 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
             }
             out.send(from, Msg::Accepted { ballot });
         } else {
-            out.send(from, Msg::Reject { ballot, promised: self.promised });
+            out.send(
+                from,
+                Msg::Reject {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
         }
     }
 
-    fn on_promise(&mut self, now: Instant, from: NodeId, ballot: Ballot, acc: Option<(Ballot, V)>, out: &mut Out<V>) {
+    fn on_promise(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ballot: Ballot,
+        acc: Option<(Ballot, V)>,
+        out: &mut Out<V>,
+    ) {
         let quorum = self.quorum();
-        let Phase::Preparing { ballot: mine, promised, highest, .. } = &mut self.phase else { return };
+        let Phase::Preparing {
+            ballot: mine,
+            promised,
+            highest,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
         if *mine != ballot || promised[from as usize] {
             return;
         }
@@ -329,14 +409,27 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
             },
         };
         let ballot = *mine;
-        self.phase = Phase::Accepting { ballot, started: now, value: value.clone(), accepted: vec![false; self.n] };
+        self.phase = Phase::Accepting {
+            ballot,
+            started: now,
+            value: value.clone(),
+            accepted: vec![false; self.n],
+        };
         self.last_send = now;
         self.broadcast(Msg::Accept { ballot, value }, out);
     }
 
     fn on_accepted(&mut self, from: NodeId, ballot: Ballot, out: &mut Out<V>) {
         let quorum = self.quorum();
-        let Phase::Accepting { ballot: mine, value, accepted, .. } = &mut self.phase else { return };
+        let Phase::Accepting {
+            ballot: mine,
+            value,
+            accepted,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
         if *mine != ballot || accepted[from as usize] {
             return;
         }
@@ -356,7 +449,9 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
     /// Resends the current phase's message to the acceptors that have not answered.
     fn retransmit(&mut self, now: Instant, out: &mut Out<V>) {
         match &self.phase {
-            Phase::Preparing { ballot, promised, .. } => {
+            Phase::Preparing {
+                ballot, promised, ..
+            } => {
                 let ballot = *ballot;
                 for (j, ok) in promised.iter().enumerate() {
                     if !ok {
@@ -364,10 +459,21 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
                     }
                 }
             }
-            Phase::Accepting { ballot, value, accepted, .. } => {
+            Phase::Accepting {
+                ballot,
+                value,
+                accepted,
+                ..
+            } => {
                 for (j, ok) in accepted.iter().enumerate() {
                     if !ok {
-                        out.send(j as NodeId, Msg::Accept { ballot: *ballot, value: value.clone() });
+                        out.send(
+                            j as NodeId,
+                            Msg::Accept {
+                                ballot: *ballot,
+                                value: value.clone(),
+                            },
+                        );
                     }
                 }
             }
@@ -378,7 +484,12 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
 
     fn assert_invariants(&self) {
         if let Some((b, _)) = &self.accepted {
-            assert!(*b <= self.promised, "node {}: accepted {b:?} above promise {:?}", self.id, self.promised);
+            assert!(
+                *b <= self.promised,
+                "node {}: accepted {b:?} above promise {:?}",
+                self.id,
+                self.promised
+            );
         }
         match &self.phase {
             Phase::Preparing { ballot, .. } | Phase::Accepting { ballot, .. } => {
@@ -443,7 +554,9 @@ impl<V: Clone + Debug + PartialEq> Node for PaxosNode<V> {
             Msg::Reject { ballot, promised } => {
                 self.highest_seen = self.highest_seen.max(promised.round);
                 let current = match &self.phase {
-                    Phase::Preparing { ballot: b, .. } | Phase::Accepting { ballot: b, .. } => Some(*b),
+                    Phase::Preparing { ballot: b, .. } | Phase::Accepting { ballot: b, .. } => {
+                        Some(*b)
+                    }
                     Phase::Idle { .. } => None,
                 };
                 if current == Some(ballot) {
@@ -504,11 +617,16 @@ mod tests {
     type O = Out<u64>;
 
     fn cluster(n: usize) -> Vec<PaxosNode<u64>> {
-        (0..n as NodeId).map(|i| PaxosNode::new(i, n, &Disk::default(), i)).collect()
+        (0..n as NodeId)
+            .map(|i| PaxosNode::new(i, n, &Disk::default(), i))
+            .collect()
     }
 
     /// Delivers messages until none are left (no faults), returning how many.
-    fn settle(nodes: &mut [PaxosNode<u64>], mut pending: Vec<(NodeId, crate::Envelope<Msg<u64>>)>) -> usize {
+    fn settle(
+        nodes: &mut [PaxosNode<u64>],
+        mut pending: Vec<(NodeId, crate::Envelope<Msg<u64>>)>,
+    ) -> usize {
         let mut count = 0;
         while !pending.is_empty() {
             let (from, env) = pending.remove(0);
@@ -537,7 +655,15 @@ mod tests {
         let mut nodes = cluster(3);
         // Node 1 accepted 7 at ballot (1, 0); a new proposer with 9 must pick 7.
         let mut out = O::default();
-        nodes[1].step(0, 0, Msg::Accept { ballot: Ballot { round: 1, node: 0 }, value: 7 }, &mut out);
+        nodes[1].step(
+            0,
+            0,
+            Msg::Accept {
+                ballot: Ballot { round: 1, node: 0 },
+                value: 7,
+            },
+            &mut out,
+        );
         let mut out = O::default();
         nodes[2].input(0, 9, &mut out);
         settle(&mut nodes, out.msgs.into_iter().map(|e| (2, e)).collect());
@@ -548,10 +674,28 @@ mod tests {
     fn acceptor_rejects_lower_ballots_and_persists_before_promising() {
         let mut a = PaxosNode::<u64>::new(0, 3, &Disk::default(), 0);
         let mut out = O::default();
-        a.step(0, 1, Msg::Prepare { ballot: Ballot { round: 5, node: 1 } }, &mut out);
-        assert_eq!(out.writes, vec![Write::Promise(Ballot { round: 5, node: 1 })]);
+        a.step(
+            0,
+            1,
+            Msg::Prepare {
+                ballot: Ballot { round: 5, node: 1 },
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out.writes,
+            vec![Write::Promise(Ballot { round: 5, node: 1 })]
+        );
         let mut out = O::default();
-        a.step(0, 2, Msg::Accept { ballot: Ballot { round: 4, node: 2 }, value: 1 }, &mut out);
+        a.step(
+            0,
+            2,
+            Msg::Accept {
+                ballot: Ballot { round: 4, node: 2 },
+                value: 1,
+            },
+            &mut out,
+        );
         assert!(out.writes.is_empty());
         assert!(matches!(out.msgs[0].msg, Msg::Reject { .. }));
     }
@@ -568,7 +712,21 @@ mod tests {
         let mut b = PaxosNode::<u64>::new(0, 3, &disk, 1);
         let mut out = O::default();
         b.tick(0, &mut out);
-        let rounds: Vec<_> = out.writes.iter().filter_map(|w| if let Write::Round(r) = w { Some(*r) } else { None }).collect();
-        assert_eq!(rounds, vec![2], "the restarted proposer resumes with a fresh round");
+        let rounds: Vec<_> = out
+            .writes
+            .iter()
+            .filter_map(|w| {
+                if let Write::Round(r) = w {
+                    Some(*r)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            rounds,
+            vec![2],
+            "the restarted proposer resumes with a fresh round"
+        );
     }
 }

@@ -59,7 +59,11 @@ pub struct Output<W, M, E> {
 
 impl<W, M, E> Default for Output<W, M, E> {
     fn default() -> Self {
-        Output { writes: Vec::new(), msgs: Vec::new(), events: Vec::new() }
+        Output {
+            writes: Vec::new(),
+            msgs: Vec::new(),
+            events: Vec::new(),
+        }
     }
 }
 

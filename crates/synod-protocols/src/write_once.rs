@@ -33,7 +33,10 @@ pub struct LocalWriteOnce<T> {
 
 impl<T: Clone> LocalWriteOnce<T> {
     pub fn new() -> Self {
-        LocalWriteOnce { value: RefCell::new(None), waiters: RefCell::new(Vec::new()) }
+        LocalWriteOnce {
+            value: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+        }
     }
 
     /// Offers `value`; returns true if this call decided the variable.
@@ -70,7 +73,10 @@ pub struct SharedWriteOnce<T> {
 
 impl<T: Clone> SharedWriteOnce<T> {
     pub fn new() -> Self {
-        SharedWriteOnce { state: Mutex::new((None, Vec::new())), set: Condvar::new() }
+        SharedWriteOnce {
+            state: Mutex::new((None, Vec::new())),
+            set: Condvar::new(),
+        }
     }
 
     /// Offers `value`; returns true if this call decided the variable.
@@ -89,7 +95,11 @@ impl<T: Clone> SharedWriteOnce<T> {
 
     /// The decided value, if any (polling form).
     pub fn get(&self) -> Option<T> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// Blocks the calling thread until the variable is decided.
@@ -212,7 +222,10 @@ mod tests {
         let decided = v.get().unwrap();
         for (_, seen, waited) in &results {
             assert_eq!(*waited, decided);
-            assert!(seen.iter().all(|x| *x == decided), "a reader saw a second value");
+            assert!(
+                seen.iter().all(|x| *x == decided),
+                "a reader saw a second value"
+            );
         }
     }
 }

@@ -21,13 +21,23 @@ fn paxos_runs(c: &mut Criterion) {
     let deliveries: u64 = (0..200).map(|seed| run_one(&spec, seed).deliveries).sum();
     g.throughput(Throughput::Elements(deliveries));
     g.bench_function("paxos_deliveries_200_runs", |b| {
-        b.iter(|| (0..200).map(|seed| run_one(&spec, seed).deliveries).sum::<u64>())
+        b.iter(|| {
+            (0..200)
+                .map(|seed| run_one(&spec, seed).deliveries)
+                .sum::<u64>()
+        })
     });
     let majority = RunSpec::new(Algo::Majority, 7, FaultSet::all());
-    let deliveries: u64 = (0..50).map(|seed| run_one(&majority, seed).deliveries).sum();
+    let deliveries: u64 = (0..50)
+        .map(|seed| run_one(&majority, seed).deliveries)
+        .sum();
     g.throughput(Throughput::Elements(deliveries));
     g.bench_function("majority_7_deliveries_50_runs", |b| {
-        b.iter(|| (0..50).map(|seed| run_one(&majority, seed).deliveries).sum::<u64>())
+        b.iter(|| {
+            (0..50)
+                .map(|seed| run_one(&majority, seed).deliveries)
+                .sum::<u64>()
+        })
     });
     g.finish();
 }

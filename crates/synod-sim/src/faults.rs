@@ -141,11 +141,23 @@ impl fmt::Display for FaultSet {
 pub enum NodeFault {
     /// Crash `node`; if `restart_after` is `None` it stays down for good (it is
     /// one of the at most f nodes that are still down in the quiet phase).
-    Crash { node: NodeId, power_loss: bool, torn: bool, restart_after: Option<Instant> },
+    Crash {
+        node: NodeId,
+        power_loss: bool,
+        torn: bool,
+        restart_after: Option<Instant>,
+    },
     /// Split the cluster into these groups until `heal_after` has passed.
-    Partition { groups: Vec<Vec<NodeId>>, heal_after: Instant },
+    Partition {
+        groups: Vec<Vec<NodeId>>,
+        heal_after: Instant,
+    },
     /// Make every message to or from `node` slow for `duration`.
-    Slow { node: NodeId, extra: Instant, duration: Instant },
+    Slow {
+        node: NodeId,
+        extra: Instant,
+        duration: Instant,
+    },
     /// Corrupt one durable record of `node` (what the disk returns on next read).
     Corrupt { node: NodeId },
 }
@@ -171,18 +183,27 @@ pub struct Schedule {
 impl Schedule {
     /// Draws a schedule for `n` nodes over a fault phase of `phase` microseconds.
     /// `f` bounds how many nodes may be down for good.
-    pub fn draw(rng: &mut ChaCha8Rng, n: usize, f: usize, faults: FaultSet, phase: Instant) -> Schedule {
+    pub fn draw(
+        rng: &mut ChaCha8Rng,
+        n: usize,
+        f: usize,
+        faults: FaultSet,
+        phase: Instant,
+    ) -> Schedule {
         let mut s = Schedule::default();
         let n64 = n as u64;
-        let crash_kinds: Vec<Fault> =
-            [Fault::Crash, Fault::Restart, Fault::PowerLoss].into_iter().filter(|k| faults.has(*k)).collect();
+        let crash_kinds: Vec<Fault> = [Fault::Crash, Fault::Restart, Fault::PowerLoss]
+            .into_iter()
+            .filter(|k| faults.has(*k))
+            .collect();
         if !crash_kinds.is_empty() && n > 0 {
             let count = rng.gen_range(1..=2 * n);
             for _ in 0..count {
                 let at = rng.gen_range(0..phase);
                 let node = rng.gen_range(0..n64);
                 let kind = crash_kinds[rng.gen_range(0..crash_kinds.len())];
-                let torn = faults.has(Fault::TornWrite) && kind == Fault::PowerLoss && rng.gen_bool(0.5);
+                let torn =
+                    faults.has(Fault::TornWrite) && kind == Fault::PowerLoss && rng.gen_bool(0.5);
                 let restart_after = match kind {
                     Fault::Restart => Some(rng.gen_range(0..5 * MS)),
                     _ => {
@@ -199,7 +220,12 @@ impl Schedule {
                 };
                 s.events.push((
                     at,
-                    NodeFault::Crash { node, power_loss: kind != Fault::Crash, torn, restart_after },
+                    NodeFault::Crash {
+                        node,
+                        power_loss: kind != Fault::Crash,
+                        torn,
+                        restart_after,
+                    },
                 ));
             }
         }
@@ -214,7 +240,8 @@ impl Schedule {
                 }
                 groups.retain(|g| !g.is_empty());
                 let heal_after = rng.gen_range(20 * MS..phase / 2 + 40 * MS);
-                s.events.push((at, NodeFault::Partition { groups, heal_after }));
+                s.events
+                    .push((at, NodeFault::Partition { groups, heal_after }));
             }
         }
         if faults.has(Fault::Delay) && n > 0 {
@@ -224,7 +251,14 @@ impl Schedule {
                 let node = rng.gen_range(0..n64);
                 let extra = rng.gen_range(20 * MS..300 * MS);
                 let duration = rng.gen_range(50 * MS..phase / 2 + 60 * MS);
-                s.events.push((at, NodeFault::Slow { node, extra, duration }));
+                s.events.push((
+                    at,
+                    NodeFault::Slow {
+                        node,
+                        extra,
+                        duration,
+                    },
+                ));
             }
             s.rates.delay = rng.gen_range(0.0..0.05);
         }
@@ -263,14 +297,28 @@ mod tests {
         assert_eq!(FaultSet::parse("all").unwrap(), FaultSet::all());
         assert_eq!(FaultSet::parse("none").unwrap(), FaultSet::NONE);
         let err = FaultSet::parse("crash,meteor").unwrap_err();
-        assert!(err.contains("meteor") && err.contains("power-loss"), "{err}");
-        assert_eq!(FaultSet::parse("crash,power-loss").unwrap().to_string(), "crash,power-loss");
+        assert!(
+            err.contains("meteor") && err.contains("power-loss"),
+            "{err}"
+        );
+        assert_eq!(
+            FaultSet::parse("crash,power-loss").unwrap().to_string(),
+            "crash,power-loss"
+        );
     }
 
     #[test]
     fn schedule_depends_only_on_seed_and_respects_f() {
         for seed in 0..200 {
-            let draw = || Schedule::draw(&mut ChaCha8Rng::seed_from_u64(seed), 5, 2, FaultSet::all(), 2_000 * MS);
+            let draw = || {
+                Schedule::draw(
+                    &mut ChaCha8Rng::seed_from_u64(seed),
+                    5,
+                    2,
+                    FaultSet::all(),
+                    2_000 * MS,
+                )
+            };
             let (a, b) = (draw(), draw());
             assert_eq!(a.events, b.events);
             assert!(a.permanently_down.len() <= 2);

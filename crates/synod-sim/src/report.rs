@@ -71,7 +71,14 @@ fn percentile<T: Copy + Ord>(sorted: &[T], p: f64) -> Option<T> {
 }
 
 impl Summary {
-    pub fn new(algo: &str, nodes: usize, faults: String, first_seed: u64, properties: &[&'static str], counters: &[&'static str]) -> Summary {
+    pub fn new(
+        algo: &str,
+        nodes: usize,
+        faults: String,
+        first_seed: u64,
+        properties: &[&'static str],
+        counters: &[&'static str],
+    ) -> Summary {
         Summary {
             algo: algo.to_string(),
             nodes,
@@ -134,7 +141,10 @@ impl Summary {
 
     pub fn to_json(&self) -> Value {
         let (t, m) = self.sorted();
-        let ms = |x: Option<Instant>| x.map(|v| json!(v as f64 / MS as f64)).unwrap_or(Value::Null);
+        let ms = |x: Option<Instant>| {
+            x.map(|v| json!(v as f64 / MS as f64))
+                .unwrap_or(Value::Null)
+        };
         let mut o = Map::new();
         o.insert("algo".into(), json!(self.algo));
         o.insert("nodes".into(), json!(self.nodes));
@@ -152,8 +162,18 @@ impl Summary {
         }
         o.insert("p50_time_ms".into(), ms(percentile(&t, 50.0)));
         o.insert("p99_time_ms".into(), ms(percentile(&t, 99.0)));
-        o.insert("p50_messages".into(), percentile(&m, 50.0).map(|v| json!(v)).unwrap_or(Value::Null));
-        o.insert("p99_messages".into(), percentile(&m, 99.0).map(|v| json!(v)).unwrap_or(Value::Null));
+        o.insert(
+            "p50_messages".into(),
+            percentile(&m, 50.0)
+                .map(|v| json!(v))
+                .unwrap_or(Value::Null),
+        );
+        o.insert(
+            "p99_messages".into(),
+            percentile(&m, 99.0)
+                .map(|v| json!(v))
+                .unwrap_or(Value::Null),
+        );
         o.insert("deliveries".into(), json!(self.deliveries));
         o.insert("failing_seeds".into(), json!(self.failing_seeds));
         o.insert("stuck_seeds".into(), json!(self.stuck_seeds));
@@ -163,12 +183,28 @@ impl Summary {
     /// The human-readable table.
     pub fn to_table(&self) -> String {
         let (t, m) = self.sorted();
-        let ms = |x: Option<Instant>| x.map(|v| format!("{:.1} ms", v as f64 / MS as f64)).unwrap_or("-".into());
+        let ms = |x: Option<Instant>| {
+            x.map(|v| format!("{:.1} ms", v as f64 / MS as f64))
+                .unwrap_or("-".into())
+        };
         let num = |x: Option<u64>| x.map(|v| v.to_string()).unwrap_or("-".into());
         let mut s = String::new();
         let mut row = |k: &str, v: String| s.push_str(&format!("  {k:<28} {v}\n"));
-        row("algorithm", format!("{} ({} nodes, faults: {})", self.algo, self.nodes, self.faults));
-        row("seeds", format!("{}..{}", self.first_seed, self.first_seed + self.runs.saturating_sub(1)));
+        row(
+            "algorithm",
+            format!(
+                "{} ({} nodes, faults: {})",
+                self.algo, self.nodes, self.faults
+            ),
+        );
+        row(
+            "seeds",
+            format!(
+                "{}..{}",
+                self.first_seed,
+                self.first_seed + self.runs.saturating_sub(1)
+            ),
+        );
         row("runs", self.runs.to_string());
         row("decided", self.decided.to_string());
         row("stuck", self.stuck.to_string());
@@ -178,13 +214,35 @@ impl Summary {
         for (c, n) in &self.counters {
             row(c, n.to_string());
         }
-        row("time to decision p50 / p99", format!("{} / {}", ms(percentile(&t, 50.0)), ms(percentile(&t, 99.0))));
-        row("messages to decision p50 / p99", format!("{} / {}", num(percentile(&m, 50.0)), num(percentile(&m, 99.0))));
+        row(
+            "time to decision p50 / p99",
+            format!(
+                "{} / {}",
+                ms(percentile(&t, 50.0)),
+                ms(percentile(&t, 99.0))
+            ),
+        );
+        row(
+            "messages to decision p50 / p99",
+            format!(
+                "{} / {}",
+                num(percentile(&m, 50.0)),
+                num(percentile(&m, 99.0))
+            ),
+        );
         if !self.failing_seeds.is_empty() {
             row("failing seeds", format!("{:?}", self.failing_seeds));
         }
         if let Some((seed, v)) = &self.first_violation {
-            row("first violation", format!("seed {seed}: {} at {:.3} ms: {}", v.property, v.at as f64 / MS as f64, v.detail));
+            row(
+                "first violation",
+                format!(
+                    "seed {seed}: {} at {:.3} ms: {}",
+                    v.property,
+                    v.at as f64 / MS as f64,
+                    v.detail
+                ),
+            );
         }
         if !self.stuck_seeds.is_empty() {
             row("stuck seeds", format!("{:?}", self.stuck_seeds));

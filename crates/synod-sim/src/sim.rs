@@ -24,7 +24,12 @@ pub trait Model {
     fn on_start(&mut self, ctl: &mut Ctl<'_, Self::Node>);
 
     /// A node reported an event (after its writes were durable).
-    fn on_event(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId, event: <Self::Node as Node>::Event);
+    fn on_event(
+        &mut self,
+        ctl: &mut Ctl<'_, Self::Node>,
+        node: NodeId,
+        event: <Self::Node as Node>::Event,
+    );
 
     /// A timer set with [`Ctl::wake`] fired.
     fn on_wake(&mut self, _ctl: &mut Ctl<'_, Self::Node>, _token: u64) {}
@@ -48,7 +53,13 @@ pub trait Model {
 
     /// Applies part of a write that was cut by a power loss. The default drops the
     /// write entirely, which is what an atomic record write does.
-    fn tear(&mut self, _disk: &mut <Self::Node as Node>::Disk, _write: &<Self::Node as Node>::Write, _rng: &mut ChaCha8Rng) {}
+    fn tear(
+        &mut self,
+        _disk: &mut <Self::Node as Node>::Disk,
+        _write: &<Self::Node as Node>::Write,
+        _rng: &mut ChaCha8Rng,
+    ) {
+    }
 
     /// In the quiet phase: has the liveness goal been reached? Checked after every
     /// event, so it should be cheap.
@@ -92,15 +103,37 @@ impl SimConfig {
 }
 
 enum Ev<N: Node> {
-    Deliver { from: NodeId, to: NodeId, msg: N::Msg },
-    Tick { node: NodeId, incarnation: u64 },
-    Input { node: NodeId, input: N::Input },
-    SyncDone { node: NodeId, incarnation: u64 },
-    Wake { token: u64 },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: N::Msg,
+    },
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Input {
+        node: NodeId,
+        input: N::Input,
+    },
+    SyncDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Wake {
+        token: u64,
+    },
     Fault(NodeFault),
-    Restart { node: NodeId },
-    Heal { partition: u64 },
-    SlowEnd { node: NodeId, generation: u64 },
+    Restart {
+        node: NodeId,
+    },
+    Heal {
+        partition: u64,
+    },
+    SlowEnd {
+        node: NodeId,
+        generation: u64,
+    },
     Quiet,
 }
 
@@ -188,18 +221,25 @@ impl<'a, N: Node> Ctl<'a, N> {
         self.core.slots.len()
     }
     pub fn is_up(&self, node: NodeId) -> bool {
-        self.core.slots.get(node as usize).is_some_and(|s| s.node.is_some())
+        self.core
+            .slots
+            .get(node as usize)
+            .is_some_and(|s| s.node.is_some())
     }
     /// The live node, if it is up: checkers may inspect its state.
     pub fn node(&self, node: NodeId) -> Option<&N> {
-        self.core.slots.get(node as usize).and_then(|s| s.node.as_ref())
+        self.core
+            .slots
+            .get(node as usize)
+            .and_then(|s| s.node.as_ref())
     }
     /// What is durably on the node's disk.
     pub fn disk(&self, node: NodeId) -> &N::Disk {
         &self.core.slots[node as usize].disk
     }
     pub fn is_down_for_good(&self, node: NodeId) -> bool {
-        self.core.slots[node as usize].down_for_good || self.core.slots[node as usize].refuses_to_start
+        self.core.slots[node as usize].down_for_good
+            || self.core.slots[node as usize].refuses_to_start
     }
     pub fn in_quiet_phase(&self) -> bool {
         self.core.quiet
@@ -243,7 +283,11 @@ impl<'a, N: Node> Ctl<'a, N> {
 impl<N: Node> Core<N> {
     fn push(&mut self, at: Instant, ev: Ev<N>) {
         self.seq += 1;
-        self.queue.push(Queued { at, seq: self.seq, ev });
+        self.queue.push(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        });
     }
 
     fn trace_line(&mut self, node: Option<NodeId>, line: std::fmt::Arguments<'_>) {
@@ -265,7 +309,12 @@ impl<N: Node> Core<N> {
         self.trace_line(node, format_args!("VIOLATION {property}: {detail}"));
         self.violation_count += 1;
         if self.violations.len() < 16 {
-            self.violations.push(Violation { property, node, at: self.now, detail });
+            self.violations.push(Violation {
+                property,
+                node,
+                at: self.now,
+                detail,
+            });
         }
     }
 
@@ -302,9 +351,17 @@ impl<N: Node> Core<N> {
             self.trace_line(Some(from), format_args!("   (lost)"));
             return;
         }
-        if !self.quiet && self.rates.duplicate > 0.0 && self.net_rng.gen_bool(self.rates.duplicate) {
+        if !self.quiet && self.rates.duplicate > 0.0 && self.net_rng.gen_bool(self.rates.duplicate)
+        {
             let at = self.arrival(from, to);
-            self.push(at, Ev::Deliver { from, to, msg: msg.clone() });
+            self.push(
+                at,
+                Ev::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
         }
         let at = self.arrival(from, to);
         self.push(at, Ev::Deliver { from, to, msg });
@@ -340,13 +397,24 @@ impl<M: Model> Simulation<M> {
     pub fn new(cfg: SimConfig, seed: u64, model: M) -> Simulation<M> {
         let mut sched_rng = ChaCha8Rng::seed_from_u64(seed);
         sched_rng.set_stream(1);
-        let schedule = Schedule::draw(&mut sched_rng, cfg.nodes, cfg.f, cfg.faults, cfg.fault_phase);
+        let schedule = Schedule::draw(
+            &mut sched_rng,
+            cfg.nodes,
+            cfg.f,
+            cfg.faults,
+            cfg.fault_phase,
+        );
         Self::with_schedule(cfg, seed, model, schedule)
     }
 
     /// Sets up a run with a hand-written fault schedule: for scenario tests that
     /// replay a story exactly (the seed still drives latencies and nodes' choices).
-    pub fn with_schedule(cfg: SimConfig, seed: u64, mut model: M, schedule: Schedule) -> Simulation<M> {
+    pub fn with_schedule(
+        cfg: SimConfig,
+        seed: u64,
+        mut model: M,
+        schedule: Schedule,
+    ) -> Simulation<M> {
         let stream = |s: u64| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
             r.set_stream(s);
@@ -392,7 +460,11 @@ impl<M: Model> Simulation<M> {
             deliveries: 0,
             scratch: Output::default(),
         };
-        Simulation { model, core, schedule }
+        Simulation {
+            model,
+            core,
+            schedule,
+        }
     }
 
     /// Runs to the end and reports.
@@ -426,9 +498,17 @@ impl<M: Model> Simulation<M> {
         self.core.push(cfg.fault_phase, Ev::Quiet);
         for id in 0..cfg.nodes as NodeId {
             let first = self.core.net_rng.gen_range(0..cfg.tick);
-            self.core.push(first, Ev::Tick { node: id, incarnation: 0 });
+            self.core.push(
+                first,
+                Ev::Tick {
+                    node: id,
+                    incarnation: 0,
+                },
+            );
         }
-        self.model.on_start(&mut Ctl { core: &mut self.core });
+        self.model.on_start(&mut Ctl {
+            core: &mut self.core,
+        });
         let deadline = cfg.fault_phase + cfg.quiet_limit;
         let mut terminated = false;
         while let Some(q) = self.core.queue.pop() {
@@ -438,7 +518,11 @@ impl<M: Model> Simulation<M> {
             debug_assert!(q.at >= self.core.now, "time went backwards");
             self.core.now = q.at;
             self.handle(q.ev);
-            if self.core.quiet && self.model.done(&Ctl { core: &mut self.core }) {
+            if self.core.quiet
+                && self.model.done(&Ctl {
+                    core: &mut self.core,
+                })
+            {
                 terminated = true;
                 break;
             }
@@ -446,10 +530,24 @@ impl<M: Model> Simulation<M> {
         if !terminated {
             self.core.now = self.core.now.max(deadline);
         }
-        let mut report = RunReport { seed, terminated, end_time: self.core.now, ..RunReport::default() };
-        self.model.finish(&mut Ctl { core: &mut self.core }, terminated, &mut report);
+        let mut report = RunReport {
+            seed,
+            terminated,
+            end_time: self.core.now,
+            ..RunReport::default()
+        };
+        self.model.finish(
+            &mut Ctl {
+                core: &mut self.core,
+            },
+            terminated,
+            &mut report,
+        );
         if !terminated {
-            self.core.trace_line(None, format_args!("STUCK: the liveness goal was not reached by the deadline"));
+            self.core.trace_line(
+                None,
+                format_args!("STUCK: the liveness goal was not reached by the deadline"),
+            );
         }
         report.violations.append(&mut self.core.violations);
         report.violation_count += self.core.violation_count;
@@ -474,35 +572,55 @@ impl<M: Model> Simulation<M> {
                     let line = format!("<- n{from} {msg:?}");
                     core.trace_line(Some(to), format_args!("{line}"));
                 }
-                let node = core.slots[to as usize].node.as_mut().expect("checked above");
+                let node = core.slots[to as usize]
+                    .node
+                    .as_mut()
+                    .expect("checked above");
                 let mut out = std::mem::take(&mut core.scratch);
                 node.step(core.now, from, msg, &mut out);
                 self.after_step(to, out);
             }
-            Ev::Tick { node: id, incarnation } => {
+            Ev::Tick {
+                node: id,
+                incarnation,
+            } => {
                 let core = &mut self.core;
                 let slot = &mut core.slots[id as usize];
                 if slot.incarnation != incarnation {
                     return;
                 }
-                let Some(node) = slot.node.as_mut() else { return };
+                let Some(node) = slot.node.as_mut() else {
+                    return;
+                };
                 let mut out = std::mem::take(&mut core.scratch);
                 node.tick(core.now, &mut out);
                 let next = core.now + core.cfg.tick;
-                core.push(next, Ev::Tick { node: id, incarnation });
+                core.push(
+                    next,
+                    Ev::Tick {
+                        node: id,
+                        incarnation,
+                    },
+                );
                 self.after_step(id, out);
             }
             Ev::Input { node: id, input } => {
                 let core = &mut self.core;
                 if core.slots[id as usize].node.is_none() {
-                    core.trace_line(Some(id), format_args!("input dropped (node down): {input:?}"));
+                    core.trace_line(
+                        Some(id),
+                        format_args!("input dropped (node down): {input:?}"),
+                    );
                     return;
                 }
                 if core.trace.is_some() {
                     let line = format!("input {input:?}");
                     core.trace_line(Some(id), format_args!("{line}"));
                 }
-                let node = core.slots[id as usize].node.as_mut().expect("checked above");
+                let node = core.slots[id as usize]
+                    .node
+                    .as_mut()
+                    .expect("checked above");
                 let mut out = std::mem::take(&mut core.scratch);
                 node.input(core.now, input, &mut out);
                 self.after_step(id, out);
@@ -512,7 +630,12 @@ impl<M: Model> Simulation<M> {
                     self.complete_synced(node);
                 }
             }
-            Ev::Wake { token } => self.model.on_wake(&mut Ctl { core: &mut self.core }, token),
+            Ev::Wake { token } => self.model.on_wake(
+                &mut Ctl {
+                    core: &mut self.core,
+                },
+                token,
+            ),
             Ev::Fault(f) => {
                 if !self.core.quiet {
                     self.fault(f);
@@ -532,7 +655,8 @@ impl<M: Model> Simulation<M> {
                 let slot = &mut self.core.slots[node as usize];
                 if slot.slow_generation == generation {
                     slot.slow_extra = 0;
-                    self.core.trace_line(Some(node), format_args!("no longer slow"));
+                    self.core
+                        .trace_line(Some(node), format_args!("no longer slow"));
                 }
             }
             Ev::Quiet => self.quiet(),
@@ -567,7 +691,13 @@ impl<M: Model> Simulation<M> {
             self.complete_synced(id);
         } else {
             let incarnation = slot.incarnation;
-            core.push(done_at, Ev::SyncDone { node: id, incarnation });
+            core.push(
+                done_at,
+                Ev::SyncDone {
+                    node: id,
+                    incarnation,
+                },
+            );
         }
     }
 
@@ -576,14 +706,20 @@ impl<M: Model> Simulation<M> {
     /// that finished at the same instant; it then does nothing.)
     fn complete_synced(&mut self, id: NodeId) {
         let now = self.core.now;
-        while self.core.slots[id as usize].pending.front().is_some_and(|b| b.done_at <= now) {
+        while self.core.slots[id as usize]
+            .pending
+            .front()
+            .is_some_and(|b| b.done_at <= now)
+        {
             self.complete_front(id);
         }
     }
 
     /// The oldest pending batch of `id` is durable: apply, send, notify.
     fn complete_front(&mut self, id: NodeId) {
-        let Some(batch) = self.core.slots[id as usize].pending.pop_front() else { return };
+        let Some(batch) = self.core.slots[id as usize].pending.pop_front() else {
+            return;
+        };
         let slot = &mut self.core.slots[id as usize];
         for w in &batch.writes {
             <M::Node as Node>::apply_write(&mut slot.disk, w);
@@ -596,13 +732,24 @@ impl<M: Model> Simulation<M> {
                 let line = format!("event {e:?}");
                 self.core.trace_line(Some(id), format_args!("{line}"));
             }
-            self.model.on_event(&mut Ctl { core: &mut self.core }, id, e);
+            self.model.on_event(
+                &mut Ctl {
+                    core: &mut self.core,
+                },
+                id,
+                e,
+            );
         }
     }
 
     fn fault(&mut self, f: NodeFault) {
         match f {
-            NodeFault::Crash { node, power_loss, torn, restart_after } => {
+            NodeFault::Crash {
+                node,
+                power_loss,
+                torn,
+                restart_after,
+            } => {
                 if self.core.slots[node as usize].node.is_none() {
                     if restart_after.is_none() {
                         self.core.slots[node as usize].down_for_good = true;
@@ -617,7 +764,8 @@ impl<M: Model> Simulation<M> {
                     }
                     None => {
                         self.core.slots[node as usize].down_for_good = true;
-                        self.core.trace_line(Some(node), format_args!("stays down for good"));
+                        self.core
+                            .trace_line(Some(node), format_args!("stays down for good"));
                     }
                 }
             }
@@ -628,16 +776,22 @@ impl<M: Model> Simulation<M> {
                         self.core.partition[n as usize] = g as u32;
                     }
                 }
-                self.core.trace_line(None, format_args!("PARTITION {groups:?}"));
+                self.core
+                    .trace_line(None, format_args!("PARTITION {groups:?}"));
                 let (at, id) = (self.core.now + heal_after, self.core.partition_id);
                 self.core.push(at, Ev::Heal { partition: id });
             }
-            NodeFault::Slow { node, extra, duration } => {
+            NodeFault::Slow {
+                node,
+                extra,
+                duration,
+            } => {
                 let slot = &mut self.core.slots[node as usize];
                 slot.slow_generation += 1;
                 slot.slow_extra = extra;
                 let generation = slot.slow_generation;
-                self.core.trace_line(Some(node), format_args!("SLOW +{}ms", extra / MS));
+                self.core
+                    .trace_line(Some(node), format_args!("SLOW +{}ms", extra / MS));
                 let at = self.core.now + duration;
                 self.core.push(at, Ev::SlowEnd { node, generation });
             }
@@ -645,7 +799,10 @@ impl<M: Model> Simulation<M> {
                 let core = &mut self.core;
                 let slot = &mut core.slots[node as usize];
                 if self.model.corrupt(&mut slot.disk, &mut core.fault_rng) {
-                    core.trace_line(Some(node), format_args!("DISK CORRUPTED (seen on next read)"));
+                    core.trace_line(
+                        Some(node),
+                        format_args!("DISK CORRUPTED (seen on next read)"),
+                    );
                 }
             }
         }
@@ -674,8 +831,16 @@ impl<M: Model> Simulation<M> {
             }
         }
         let what = if power_loss { "POWER LOSS" } else { "CRASH" };
-        core.trace_line(Some(id), format_args!("{what} ({unsynced} unsynced writes lost)"));
-        self.model.on_crash(&mut Ctl { core: &mut self.core }, id);
+        core.trace_line(
+            Some(id),
+            format_args!("{what} ({unsynced} unsynced writes lost)"),
+        );
+        self.model.on_crash(
+            &mut Ctl {
+                core: &mut self.core,
+            },
+            id,
+        );
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -689,8 +854,19 @@ impl<M: Model> Simulation<M> {
         let incarnation = slot.incarnation;
         core.trace_line(Some(id), format_args!("RESTART from disk"));
         let at = core.now + core.net_rng.gen_range(0..core.cfg.tick);
-        core.push(at, Ev::Tick { node: id, incarnation });
-        self.model.on_restart(&mut Ctl { core: &mut self.core }, id);
+        core.push(
+            at,
+            Ev::Tick {
+                node: id,
+                incarnation,
+            },
+        );
+        self.model.on_restart(
+            &mut Ctl {
+                core: &mut self.core,
+            },
+            id,
+        );
     }
 
     fn heal(&mut self) {
@@ -708,12 +884,17 @@ impl<M: Model> Simulation<M> {
             s.slow_extra = 0;
             s.slow_generation += 1;
         }
-        core.trace_line(None, format_args!("QUIET PHASE: network healed, no new faults"));
+        core.trace_line(
+            None,
+            format_args!("QUIET PHASE: network healed, no new faults"),
+        );
         for id in 0..core.slots.len() as NodeId {
             // restart() leaves nodes that are down for good where they are.
             self.restart(id);
         }
-        self.model.on_quiet(&mut Ctl { core: &mut self.core });
+        self.model.on_quiet(&mut Ctl {
+            core: &mut self.core,
+        });
     }
 }
 
@@ -774,7 +955,11 @@ mod tests {
             assert_eq!(node, 1);
             // Persist-then-send: the sender's write is durable before the message leaves.
             if !ctl.disk(0).contains(&x) {
-                ctl.violation("persist_before_send", Some(0), format!("{x} heard before it was durable"));
+                ctl.violation(
+                    "persist_before_send",
+                    Some(0),
+                    format!("{x} heard before it was durable"),
+                );
             }
             self.heard.push(x);
         }
@@ -789,14 +974,30 @@ mod tests {
     fn run(schedule: Schedule, inputs: u64) -> (RunReport, Vec<u64>, Vec<u64>) {
         let mut cfg = SimConfig::new(2, FaultSet::NONE);
         cfg.fault_phase = 100 * MS;
-        let sim = Simulation::with_schedule(cfg, 7, ToyModel { inputs, ..ToyModel::default() }, schedule);
+        let sim = Simulation::with_schedule(
+            cfg,
+            7,
+            ToyModel {
+                inputs,
+                ..ToyModel::default()
+            },
+            schedule,
+        );
         let (report, model) = sim.run_keep_model(7);
         (report, model.heard, model.disk0_at_end)
     }
 
     fn crash_at(at: Instant, power_loss: bool) -> Schedule {
         Schedule {
-            events: vec![(at, NodeFault::Crash { node: 0, power_loss, torn: false, restart_after: None })],
+            events: vec![(
+                at,
+                NodeFault::Crash {
+                    node: 0,
+                    power_loss,
+                    torn: false,
+                    restart_after: None,
+                },
+            )],
             ..Schedule::default()
         }
     }
@@ -805,7 +1006,11 @@ mod tests {
     fn messages_leave_only_after_their_writes_are_durable() {
         let (r, heard, disk) = run(Schedule::default(), 5);
         assert_eq!(r.violation_count, 0, "{:?}", r.violations);
-        assert_eq!(heard, vec![0, 1, 2, 3, 4], "in order, none lost on a quiet network");
+        assert_eq!(
+            heard,
+            vec![0, 1, 2, 3, 4],
+            "in order, none lost on a quiet network"
+        );
         assert_eq!(disk, vec![0, 1, 2, 3, 4]);
     }
 
@@ -814,7 +1019,10 @@ mod tests {
         // The first sync takes at least 100 µs; the crash comes at 50 µs.
         let (r, heard, disk) = run(crash_at(50, false), 1);
         assert_eq!(r.violation_count, 0);
-        assert!(heard.is_empty(), "the message waited for a sync that never finished");
+        assert!(
+            heard.is_empty(),
+            "the message waited for a sync that never finished"
+        );
         assert_eq!(disk, vec![0], "the OS had the write");
     }
 

@@ -14,8 +14,22 @@ use synod_sim::{run_batch, Algo, FaultSet, RunReport, RunSpec, SimConfig, Simula
 fn split_three_three() -> Schedule {
     Schedule {
         events: vec![
-            (0, NodeFault::Partition { groups: vec![vec![0, 2, 3], vec![1, 4, 5], vec![6]], heal_after: 1_000 * MS }),
-            (500 * MS, NodeFault::Crash { node: 6, power_loss: false, torn: false, restart_after: None }),
+            (
+                0,
+                NodeFault::Partition {
+                    groups: vec![vec![0, 2, 3], vec![1, 4, 5], vec![6]],
+                    heal_after: 1_000 * MS,
+                },
+            ),
+            (
+                500 * MS,
+                NodeFault::Crash {
+                    node: 6,
+                    power_loss: false,
+                    torn: false,
+                    restart_after: None,
+                },
+            ),
         ],
         ..Schedule::default()
     }
@@ -35,8 +49,15 @@ fn run_paxos(schedule: Schedule, seed: u64) -> RunReport {
 fn majority_vote_split_three_three_then_a_crash_never_decides() {
     for seed in 0..20 {
         let r = run_majority(split_three_three(), seed);
-        assert_eq!(r.violation_count, 0, "seed {seed}: majority voting must stay safe: {:?}", r.violations);
-        assert!(!r.terminated, "seed {seed}: a 3-3 split without its tie-breaker must never decide");
+        assert_eq!(
+            r.violation_count, 0,
+            "seed {seed}: majority voting must stay safe: {:?}",
+            r.violations
+        );
+        assert!(
+            !r.terminated,
+            "seed {seed}: a 3-3 split without its tie-breaker must never decide"
+        );
         assert_eq!(r.decision_time, None, "seed {seed}: nobody may decide");
     }
 }
@@ -52,32 +73,65 @@ fn paxos_decides_in_the_same_split_story() {
     for seed in 0..20 {
         let r = run_paxos(split_three_three(), seed);
         assert_eq!(r.violation_count, 0, "seed {seed}: {:?}", r.violations);
-        assert!(r.terminated, "seed {seed}: Paxos must decide once the partition heals");
+        assert!(
+            r.terminated,
+            "seed {seed}: Paxos must decide once the partition heals"
+        );
     }
 }
 
 #[test]
 fn coordinator_is_safe_but_stuck_while_the_coordinator_is_down() {
     let schedule = Schedule {
-        events: vec![(0, NodeFault::Crash { node: 4, power_loss: false, torn: false, restart_after: None })],
+        events: vec![(
+            0,
+            NodeFault::Crash {
+                node: 4,
+                power_loss: false,
+                torn: false,
+                restart_after: None,
+            },
+        )],
         ..Schedule::default()
     };
     for seed in 0..20 {
         let model = WriteOnceModel::new(5, 3, |id, disk: &_, _| CoordinatorNode::new(id, 5, disk));
-        let r = Simulation::with_schedule(SimConfig::new(5, FaultSet::NONE), seed, model, schedule.clone()).run(seed);
+        let r = Simulation::with_schedule(
+            SimConfig::new(5, FaultSet::NONE),
+            seed,
+            model,
+            schedule.clone(),
+        )
+        .run(seed);
         assert_eq!(r.violation_count, 0);
-        assert!(!r.terminated, "seed {seed}: nobody can decide without the coordinator");
+        assert!(
+            !r.terminated,
+            "seed {seed}: nobody can decide without the coordinator"
+        );
     }
     // The same algorithm under random crashes never breaks a property, and gets
     // stuck exactly when the coordinator is among the nodes that stay down.
-    let s = run_batch(&RunSpec::new(Algo::Coordinator, 5, FaultSet::parse("crash").unwrap()), 0, 2_000, |_| {});
+    let s = run_batch(
+        &RunSpec::new(Algo::Coordinator, 5, FaultSet::parse("crash").unwrap()),
+        0,
+        2_000,
+        |_| {},
+    );
     assert_eq!(s.total_violations(), 0);
-    assert!(s.stuck > 0, "2,000 crash schedules include some where the coordinator stays down");
+    assert!(
+        s.stuck > 0,
+        "2,000 crash schedules include some where the coordinator stays down"
+    );
 }
 
 #[test]
 fn majority_vote_gets_stuck_but_stays_safe_under_all_faults() {
-    let s = run_batch(&RunSpec::new(Algo::Majority, 7, FaultSet::all()), 0, 500, |_| {});
+    let s = run_batch(
+        &RunSpec::new(Algo::Majority, 7, FaultSet::all()),
+        0,
+        500,
+        |_| {},
+    );
     assert_eq!(s.total_violations(), 0);
     assert!(s.stuck > 0);
 }
@@ -85,8 +139,18 @@ fn majority_vote_gets_stuck_but_stays_safe_under_all_faults() {
 #[test]
 fn paxos_is_safe_and_terminates_under_all_faults() {
     for nodes in [3, 5, 7] {
-        let s = run_batch(&RunSpec::new(Algo::Paxos, nodes, FaultSet::all()), 0, 2_000, |_| {});
-        assert_eq!(s.total_violations(), 0, "{nodes} nodes: {:?}", s.first_violation);
+        let s = run_batch(
+            &RunSpec::new(Algo::Paxos, nodes, FaultSet::all()),
+            0,
+            2_000,
+            |_| {},
+        );
+        assert_eq!(
+            s.total_violations(),
+            0,
+            "{nodes} nodes: {:?}",
+            s.first_violation
+        );
         assert_eq!(s.stuck, 0, "{nodes} nodes: stuck seeds {:?}", s.stuck_seeds);
     }
 }
@@ -95,7 +159,9 @@ fn paxos_is_safe_and_terminates_under_all_faults() {
 /// flag, if any within `limit`.
 fn first_caught(bugs: Bugs, limit: u64) -> Option<(u64, RunReport)> {
     (0..limit).find_map(|seed| {
-        let model = WriteOnceModel::new(5, 3, move |id, disk: &_, s| PaxosNode::new(id, 5, disk, s).with_bugs(bugs));
+        let model = WriteOnceModel::new(5, 3, move |id, disk: &_, s| {
+            PaxosNode::new(id, 5, disk, s).with_bugs(bugs)
+        });
         let r = Simulation::new(SimConfig::new(5, FaultSet::all()), seed, model).run(seed);
         (r.violation_count > 0).then_some((seed, r))
     })
@@ -103,23 +169,55 @@ fn first_caught(bugs: Bugs, limit: u64) -> Option<(u64, RunReport)> {
 
 #[test]
 fn checkers_catch_an_acceptor_that_forgets_its_promises() {
-    let (seed, r) = first_caught(Bugs { forget_promises: true, ..Bugs::default() }, 5_000)
-        .expect("a Paxos whose acceptors forget promises across restarts must be caught");
-    assert!(r.violations.iter().any(|v| v.property == "agreement" || v.property == "decoherence"), "seed {seed}: {:?}", r.violations);
+    let (seed, r) = first_caught(
+        Bugs {
+            forget_promises: true,
+            ..Bugs::default()
+        },
+        5_000,
+    )
+    .expect("a Paxos whose acceptors forget promises across restarts must be caught");
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.property == "agreement" || v.property == "decoherence"),
+        "seed {seed}: {:?}",
+        r.violations
+    );
 }
 
 #[test]
 fn checkers_catch_a_proposer_that_ignores_accepted_values() {
-    let (seed, r) = first_caught(Bugs { ignore_accepted: true, ..Bugs::default() }, 5_000)
-        .expect("a proposer that ignores reported acceptances must be caught");
-    assert!(r.violations.iter().any(|v| v.property == "agreement"), "seed {seed}: {:?}", r.violations);
+    let (seed, r) = first_caught(
+        Bugs {
+            ignore_accepted: true,
+            ..Bugs::default()
+        },
+        5_000,
+    )
+    .expect("a proposer that ignores reported acceptances must be caught");
+    assert!(
+        r.violations.iter().any(|v| v.property == "agreement"),
+        "seed {seed}: {:?}",
+        r.violations
+    );
 }
 
 #[test]
 fn checkers_catch_minority_quorums() {
-    let (seed, r) = first_caught(Bugs { minority_quorum: true, ..Bugs::default() }, 5_000)
-        .expect("quorums that do not intersect must be caught");
-    assert!(r.violations.iter().any(|v| v.property == "agreement"), "seed {seed}: {:?}", r.violations);
+    let (seed, r) = first_caught(
+        Bugs {
+            minority_quorum: true,
+            ..Bugs::default()
+        },
+        5_000,
+    )
+    .expect("quorums that do not intersect must be caught");
+    assert!(
+        r.violations.iter().any(|v| v.property == "agreement"),
+        "seed {seed}: {:?}",
+        r.violations
+    );
 }
 
 #[test]

@@ -3,18 +3,27 @@
 use std::process::{Command, Output};
 
 fn synod(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_synod")).args(args).output().expect("run synod")
+    Command::new(env!("CARGO_BIN_EXE_synod"))
+        .args(args)
+        .output()
+        .expect("run synod")
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
     let out = synod(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
 #[test]
 fn json_summary_has_the_documented_fields() {
-    let v = json(&["sim", "--algo", "paxos", "--nodes", "5", "--runs", "200", "--faults", "all", "--json"]);
+    let v = json(&[
+        "sim", "--algo", "paxos", "--nodes", "5", "--runs", "200", "--faults", "all", "--json",
+    ]);
     for key in [
         "runs",
         "decided",
@@ -36,7 +45,9 @@ fn json_summary_has_the_documented_fields() {
 
 #[test]
 fn majority_gets_stuck_without_breaking_agreement() {
-    let v = json(&["sim", "--algo", "majority", "--nodes", "7", "--runs", "300", "--faults", "all", "--json"]);
+    let v = json(&[
+        "sim", "--algo", "majority", "--nodes", "7", "--runs", "300", "--faults", "all", "--json",
+    ]);
     assert!(v["stuck"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["agreement_violations"], 0);
 }
@@ -49,7 +60,10 @@ fn trace_replays_byte_for_byte() {
     assert!(a.stdout.len() > 1_000);
     assert_eq!(a.stdout, b.stdout);
     let text = String::from_utf8(a.stdout).unwrap();
-    assert!(text.contains("Prepare") && text.contains("QUIET PHASE"), "{text}");
+    assert!(
+        text.contains("Prepare") && text.contains("QUIET PHASE"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -97,7 +97,11 @@ where
 
     fn on_event(&mut self, ctl: &mut Ctl<'_, N>, node: NodeId, Decided(v): Decided<u64>) {
         if !self.is_proposed(v) {
-            ctl.violation("validity", Some(node), format!("decided {v}, which nobody proposed"));
+            ctl.violation(
+                "validity",
+                Some(node),
+                format!("decided {v}, which nobody proposed"),
+            );
         }
         match self.first {
             None => {
@@ -107,14 +111,20 @@ where
                 self.decision_messages = Some(ctl.messages_sent().saturating_sub(m0));
             }
             Some(f) if f != v => {
-                ctl.violation("agreement", Some(node), format!("decided {v}, but {f} was decided before"));
+                ctl.violation(
+                    "agreement",
+                    Some(node),
+                    format!("decided {v}, but {f} was decided before"),
+                );
             }
             Some(_) => {}
         }
         match self.decided[node as usize] {
-            Some(old) if old != v => {
-                ctl.violation("decoherence", Some(node), format!("decided {v} after having decided {old}"))
-            }
+            Some(old) if old != v => ctl.violation(
+                "decoherence",
+                Some(node),
+                format!("decided {v} after having decided {old}"),
+            ),
             _ => self.decided[node as usize] = Some(v),
         }
     }
@@ -124,8 +134,16 @@ where
         if let Some(before) = self.decided[node as usize] {
             match now_knows {
                 Some(v) if v == before => {}
-                Some(v) => ctl.violation("decoherence", Some(node), format!("restarted believing {v}, had decided {before}")),
-                None => ctl.violation("decoherence", Some(node), format!("restarted having forgotten its decision {before}")),
+                Some(v) => ctl.violation(
+                    "decoherence",
+                    Some(node),
+                    format!("restarted believing {v}, had decided {before}"),
+                ),
+                None => ctl.violation(
+                    "decoherence",
+                    Some(node),
+                    format!("restarted having forgotten its decision {before}"),
+                ),
             }
         }
         if (node as usize) < self.proposers {
