@@ -1,6 +1,7 @@
 //! Runs one algorithm over many seeds: what `synod sim` calls.
 
 use crate::faults::FaultSet;
+use crate::models::raft;
 use crate::models::write_once::{self, WriteOnceModel};
 use crate::report::{RunReport, Summary};
 use crate::sim::{SimConfig, Simulation};
@@ -14,16 +15,18 @@ pub enum Algo {
     Coordinator,
     Majority,
     Paxos,
+    Raft,
 }
 
 impl Algo {
-    pub const ALL: &'static [Algo] = &[Algo::Coordinator, Algo::Majority, Algo::Paxos];
+    pub const ALL: &'static [Algo] = &[Algo::Coordinator, Algo::Majority, Algo::Paxos, Algo::Raft];
 
     pub fn name(self) -> &'static str {
         match self {
             Algo::Coordinator => "coordinator",
             Algo::Majority => "majority",
             Algo::Paxos => "paxos",
+            Algo::Raft => "raft",
         }
     }
 
@@ -32,6 +35,7 @@ impl Algo {
     pub fn properties(self) -> &'static [&'static str] {
         match self {
             Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES,
+            Algo::Raft => raft::PROPERTIES,
         }
     }
 
@@ -39,6 +43,7 @@ impl Algo {
     pub fn counters(self) -> &'static [&'static str] {
         match self {
             Algo::Coordinator | Algo::Majority | Algo::Paxos => &[],
+            Algo::Raft => raft::COUNTERS,
         }
     }
 }
@@ -113,6 +118,7 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
             let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, seed| PaxosNode::new(id, n, disk, seed));
             Simulation::new(cfg, seed, model).run(seed)
         }
+        Algo::Raft => Simulation::new(cfg, seed, raft::standard_model(n)).run(seed),
     }
 }
 

@@ -1,7 +1,10 @@
 //! The `synod` command line.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use synod_sim::history;
+use synod_sim::linearizability::{self, CheckResult};
 
 mod sim_cmd;
 
@@ -17,12 +20,20 @@ enum Command {
     /// Run an algorithm many times in the deterministic simulator under faults and
     /// check its properties on every run.
     Sim(sim_cmd::SimArgs),
+    /// Check a key-value client history (JSON lines, as written by `synod sim
+    /// --history`) for linearizability. Exit status: 0 linearizable, 1 not
+    /// linearizable, 2 unreadable or malformed file, 3 the search ran out of budget.
+    CheckHistory {
+        /// The history file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
+        Command::CheckHistory { file } => check_history(&file),
     };
     match result {
         Ok(code) => code,
@@ -33,4 +44,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn check_history(path: &PathBuf) -> Result<ExitCode, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let ops = history::read_jsonl(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let verdict = linearizability::check(&ops);
+    println!("{verdict}");
+    Ok(match verdict {
+        CheckResult::Linearizable => ExitCode::SUCCESS,
+        CheckResult::NotLinearizable(_) => ExitCode::from(1),
+        CheckResult::Malformed { .. } => ExitCode::from(2),
+        CheckResult::Unknown { .. } => ExitCode::from(3),
+    })
 }

@@ -3,8 +3,10 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use synod_sim::{run_batch, run_one, Algo, FaultSet, RunSpec};
+use synod_sim::models::raft;
+use synod_sim::{history, run_batch, run_one, Algo, FaultSet, RunSpec};
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -33,6 +35,10 @@ pub struct SimArgs {
     /// Print one run event by event (needs --runs 1).
     #[arg(long)]
     trace: bool,
+    /// Write the clients' history of the run to FILE as JSON lines (needs --runs 1
+    /// and an algorithm with clients: raft); `synod check-history FILE` re-checks it.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
 }
 
 fn parse_algo(s: &str) -> Result<Algo, String> {
@@ -46,12 +52,25 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
-    if args.trace {
+    if args.trace || args.history.is_some() {
+        let flag = if args.trace { "--trace prints" } else { "--history records" };
         if args.runs != 1 {
-            return Err(format!("--trace prints one run; pass --runs 1 (got --runs {})", args.runs));
+            return Err(format!("{flag} one run; pass --runs 1 (got --runs {})", args.runs));
         }
-        spec.trace = true;
-        let report = run_one(&spec, args.seed);
+        spec.trace = args.trace;
+        let report = match &args.history {
+            Some(path) => {
+                if spec.algo != Algo::Raft {
+                    return Err(format!("--history needs an algorithm with clients (raft), not {}", spec.algo));
+                }
+                let (report, rec) = raft::run_recorded(&spec, args.seed);
+                write_history(path, &rec.history)?;
+                let indefinite = rec.history.iter().filter(|o| o.is_indefinite()).count();
+                eprintln!("wrote {} operations ({indefinite} indefinite) to {}", rec.history.len(), path.display());
+                report
+            }
+            None => run_one(&spec, args.seed),
+        };
         let mut out = std::io::stdout().lock();
         out.write_all(report.trace.as_deref().unwrap_or("").as_bytes()).map_err(|e| e.to_string())?;
         let verdict = match (report.violation_count, report.terminated) {
@@ -91,4 +110,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_history(path: &PathBuf, ops: &[history::Operation]) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write the history to {}: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(fail)?;
+    let mut w = std::io::BufWriter::new(file);
+    history::write_jsonl(ops, &mut w).map_err(fail)?;
+    w.flush().map_err(fail)
 }

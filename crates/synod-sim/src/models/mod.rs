@@ -1,4 +1,5 @@
 //! One [`crate::Model`] per family of algorithms: how its nodes are built, what its
 //! clients do, and which properties are checked on every run.
 
+pub mod raft;
 pub mod write_once;

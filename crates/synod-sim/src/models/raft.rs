@@ -1,0 +1,627 @@
+//! A replicated key-value store on Raft ([`synod_protocols::raft::KvNode`]), driven
+//! by simulated clients and checked on every run.
+//!
+//! # Clients
+//!
+//! A few clients, each with its own session id, issue one operation at a time
+//! (put, get, delete and compare-and-swap over five keys; every written value is
+//! unique). A client sends to the node it believes leads, follows `NotLeader`
+//! hints, and retries the *same* `(client, seq)` at another node when the node
+//! answers `Dropped`, when it hears nothing for [`CLIENT_TIMEOUT`], or when the node
+//! crashes. The history records an operation's first send and its first
+//! successful response; an operation that never got one is indefinite. Clients
+//! keep going through the fault phase and for [`QUIET_LOAD`] into the quiet phase,
+//! then finish what they have in flight and fall idle.
+//!
+//! During the fault phase the model also asks random nodes to hand leadership
+//! over ([`AdminOp::TransferLeader`]) and to compact their logs
+//! ([`AdminOp::Snapshot`]).
+//!
+//! # Checked on every run
+//!
+//! * **election_safety** — at most one node becomes leader in any term;
+//! * **log_matching** — two up nodes whose logs hold an entry of the same term at
+//!   the same index agree on every earlier entry both still hold (checked every
+//!   [`LOG_CHECK_EVERY`], when the quiet phase starts and at the end);
+//! * **leader_completeness** — a node that becomes leader of term `T` holds every
+//!   entry known to be committed before any leader of term `T` or later existed;
+//! * **state_machine_safety** — no two nodes apply different entries at one index,
+//!   and a node applies indexes in increasing order;
+//! * **linearizability** — the client history, checked at the end of the run
+//!   (a search that runs out of budget is counted in `ops_unknown_checks`, not
+//!   reported as a violation).
+//!
+//! Liveness: in the quiet phase, a leader of the highest term among up nodes
+//! exists, and every client is idle with all its operations answered.
+
+use crate::history::{OpKind, OpResult, Operation};
+use crate::linearizability::{check, CheckResult};
+use crate::report::RunReport;
+use crate::runner::RunSpec;
+use crate::sim::{Ctl, Model, Simulation};
+use rand::Rng;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
+use synod_protocols::raft::{Disk, KvNode, RaftConfig, Role};
+use synod_protocols::{Instant, NodeId, MS};
+
+/// The safety properties checked on every run.
+pub const PROPERTIES: &[&str] =
+    &["election_safety", "log_matching", "leader_completeness", "state_machine_safety", "linearizability"];
+
+/// The counters every run reports.
+pub const COUNTERS: &[&str] = &[
+    "ops_ok",
+    "ops_indefinite",
+    "ops_unknown_checks",
+    "elections",
+    "entries_committed",
+    "messages",
+    "failovers",
+    "failover_us_total",
+];
+
+/// How long a client waits for an answer before retrying elsewhere.
+pub const CLIENT_TIMEOUT: Instant = 200 * MS;
+/// How long clients keep issuing new operations once the quiet phase begins.
+pub const QUIET_LOAD: Instant = 500 * MS;
+/// How often the logs of the up nodes are compared.
+pub const LOG_CHECK_EVERY: Instant = 250 * MS;
+/// Number of keys the clients use.
+pub const KEYS: usize = 5;
+
+const WAKE_NEXT_OP: u64 = 0;
+const WAKE_TIMEOUT: u64 = 1;
+const WAKE_ADMIN: u64 = 2;
+const WAKE_LOG_CHECK: u64 = 3;
+
+fn token(kind: u64, client: usize, generation: u64) -> u64 {
+    (kind << 56) | ((client as u64) << 32) | (generation & 0xffff_ffff)
+}
+
+fn untoken(t: u64) -> (u64, usize, u64) {
+    (t >> 56, ((t >> 32) & 0xff_ffff) as usize, t & 0xffff_ffff)
+}
+
+/// What a run leaves behind besides its report, for callers that want it (the
+/// `--history` flag, benchmarks).
+#[derive(Clone, Debug, Default)]
+pub struct Recording {
+    /// The client history, in invocation order.
+    pub history: Vec<Operation>,
+    /// For every crash of a node that was leading: the virtual time until a node
+    /// became leader of a higher term.
+    pub failovers: Vec<Instant>,
+}
+
+struct Pending {
+    seq: u64,
+    op: KvOp,
+    /// Index of the operation in the history.
+    hist: usize,
+    target: NodeId,
+}
+
+struct Client {
+    session: u64,
+    seq: u64,
+    pending: Option<Pending>,
+    leader_guess: NodeId,
+    /// Bumped with every send and every scheduled next operation, so that stale
+    /// timers are recognised.
+    generation: u64,
+    /// NotLeader answers in a row (to back off when hints go round in circles).
+    redirects: u32,
+    stopped: bool,
+    /// Last value this client saw per key: what its cas operations expect.
+    seen: Vec<Option<String>>,
+}
+
+impl Client {
+    fn idle(&self) -> bool {
+        self.stopped && self.pending.is_none()
+    }
+}
+
+/// The Raft key-value model; `B` builds a node from its id, durable image and seed.
+pub struct RaftModel<B> {
+    boot: B,
+    n: usize,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    /// Leader of each term seen in a `BecameLeader` event.
+    leaders: HashMap<u64, NodeId>,
+    max_leader_term: u64,
+    /// The first entry seen applied at each index: (term, digest, the highest
+    /// leader term known when it was first seen applied).
+    committed: BTreeMap<u64, (u64, u64, u64)>,
+    /// Per node, the last index it applied in its current incarnation.
+    last_applied: Vec<Option<u64>>,
+    /// When the current leader crashed, if a new one is awaited: (time, term).
+    leader_crash: Option<(Instant, u64)>,
+    failovers: Vec<Instant>,
+    elections: u64,
+    first_ok: Option<(Instant, u64)>,
+    admin: bool,
+    recording: Option<Rc<RefCell<Recording>>>,
+}
+
+impl<B> RaftModel<B>
+where
+    B: FnMut(NodeId, &Disk, u64) -> KvNode,
+{
+    /// `nodes` nodes, `clients` clients, nodes built by `boot`.
+    pub fn new(nodes: usize, clients: usize, boot: B) -> Self {
+        RaftModel {
+            boot,
+            n: nodes,
+            clients: (0..clients)
+                .map(|i| Client {
+                    session: 1 + i as u64,
+                    seq: 0,
+                    pending: None,
+                    leader_guess: 0,
+                    generation: 0,
+                    redirects: 0,
+                    stopped: false,
+                    seen: vec![None; KEYS],
+                })
+                .collect(),
+            history: Vec::new(),
+            leaders: HashMap::new(),
+            max_leader_term: 0,
+            committed: BTreeMap::new(),
+            last_applied: vec![None; nodes],
+            leader_crash: None,
+            failovers: Vec::new(),
+            elections: 0,
+            first_ok: None,
+            admin: true,
+            recording: None,
+        }
+    }
+
+    /// Whether the model injects leadership transfers and snapshots (default on).
+    pub fn with_admin(mut self, admin: bool) -> Self {
+        self.admin = admin;
+        self
+    }
+
+    /// Hands the run's history and failover times to `rec` at the end of the run.
+    pub fn record_into(mut self, rec: Rc<RefCell<Recording>>) -> Self {
+        self.recording = Some(rec);
+        self
+    }
+
+    fn random_other(&self, ctl: &mut Ctl<'_, KvNode>, not: NodeId) -> NodeId {
+        let up: Vec<NodeId> = (0..self.n as NodeId).filter(|&i| i != not && ctl.is_up(i)).collect();
+        if !up.is_empty() {
+            return up[ctl.rng().gen_range(0..up.len())];
+        }
+        if self.n <= 1 {
+            return 0;
+        }
+        let r = ctl.rng().gen_range(0..self.n as NodeId - 1);
+        if r >= not {
+            r + 1
+        } else {
+            r
+        }
+    }
+
+    /// (Re)sends client `c`'s pending request to its target after `extra`.
+    fn send(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize, extra: Instant) {
+        let latency = ctl.rng().gen_range(MS..5 * MS) + extra;
+        let client = &mut self.clients[c];
+        let Some(p) = client.pending.as_ref() else { return };
+        let req = KvRequest { client: client.session, seq: p.seq, op: p.op.clone() };
+        let target = p.target;
+        client.generation += 1;
+        let tok = token(WAKE_TIMEOUT, c, client.generation);
+        ctl.input(target, KvInput::Client(req), latency);
+        ctl.wake(latency + CLIENT_TIMEOUT, tok);
+    }
+
+    /// Sends client `c`'s pending request to another node (or to `hint`).
+    fn retry(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize, hint: Option<NodeId>, extra: Instant) {
+        let Some(current) = self.clients[c].pending.as_ref().map(|p| p.target) else { return };
+        let target = match hint {
+            Some(h) if (h as usize) < self.n && h != current => h,
+            _ => self.random_other(ctl, current),
+        };
+        let client = &mut self.clients[c];
+        client.leader_guess = target;
+        if let Some(p) = client.pending.as_mut() {
+            p.target = target;
+        }
+        if ctl.tracing() {
+            let (session, seq) = (client.session, client.pending.as_ref().map_or(0, |p| p.seq));
+            ctl.trace(format_args!("client {session} retries seq {seq} at n{target}"));
+        }
+        self.send(ctl, c, extra);
+    }
+
+    fn schedule_next(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize) {
+        let think = ctl.rng().gen_range(0..20 * MS);
+        let client = &mut self.clients[c];
+        client.generation += 1;
+        ctl.wake(think, token(WAKE_NEXT_OP, c, client.generation));
+    }
+
+    fn next_op(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize) {
+        if ctl.in_quiet_phase() && ctl.now() >= ctl.quiet_started_at() + QUIET_LOAD {
+            self.clients[c].stopped = true;
+            return;
+        }
+        let k = ctl.rng().gen_range(0..KEYS);
+        let key = format!("k{k}");
+        let roll = ctl.rng().gen_range(0..100);
+        let expect_absent = ctl.rng().gen_bool(0.2);
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let value = format!("c{}.{}", client.session, client.seq);
+        let op = match roll {
+            0..=29 => KvOp::Get { key },
+            30..=64 => KvOp::Put { key, value },
+            65..=74 => KvOp::Delete { key },
+            _ => {
+                let expected = if expect_absent { None } else { client.seen[k].clone() };
+                KvOp::Cas { key, expected, value }
+            }
+        };
+        let kind = match op.clone() {
+            KvOp::Put { key, value } => OpKind::Put { key, value },
+            KvOp::Get { key } => OpKind::Get { key },
+            KvOp::Delete { key } => OpKind::Delete { key },
+            KvOp::Cas { key, expected, value } => OpKind::Cas { key, expected, value },
+        };
+        self.history.push(Operation::indefinite(client.session, kind, ctl.now()));
+        client.pending = Some(Pending { seq: client.seq, op, hist: self.history.len() - 1, target: client.leader_guess });
+        self.send(ctl, c, 0);
+    }
+
+    fn on_response(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, session: u64, seq: u64, result: Result<KvResult, KvError>) {
+        let Some(c) = self.clients.iter().position(|cl| cl.session == session) else { return };
+        let Some(p) = self.clients[c].pending.as_ref() else { return };
+        if p.seq != seq {
+            return;
+        }
+        let target = p.target;
+        match result {
+            Ok(r) => {
+                let p = self.clients[c].pending.take().expect("checked above");
+                let result = match (&p.op, r) {
+                    (KvOp::Put { .. }, KvResult::Ok) => Some(OpResult::Ok),
+                    (KvOp::Get { .. }, KvResult::Value(v)) => Some(OpResult::Read(v)),
+                    (KvOp::Delete { .. }, KvResult::Bool(b)) => Some(OpResult::Deleted(b)),
+                    (KvOp::Cas { .. }, KvResult::Bool(b)) => Some(OpResult::Swapped(b)),
+                    (op, r) => {
+                        ctl.violation(
+                            "linearizability",
+                            Some(node),
+                            format!("client {session} seq {seq}: {op:?} answered with {r:?}"),
+                        );
+                        None
+                    }
+                };
+                if let Some(result) = result {
+                    let k: usize = p.op.key()[1..].parse().unwrap_or(0);
+                    let client = &mut self.clients[c];
+                    match (&p.op, &result) {
+                        (KvOp::Put { value, .. }, _) | (KvOp::Cas { value, .. }, OpResult::Swapped(true)) => {
+                            client.seen[k] = Some(value.clone())
+                        }
+                        (KvOp::Get { .. }, OpResult::Read(v)) => client.seen[k] = v.clone(),
+                        (KvOp::Delete { .. }, _) => client.seen[k] = None,
+                        _ => {}
+                    }
+                    let op = &mut self.history[p.hist];
+                    op.complete_us = Some(ctl.now());
+                    op.result = Some(result);
+                }
+                if self.first_ok.is_none() {
+                    self.first_ok = Some((ctl.now(), ctl.messages_sent()));
+                }
+                let client = &mut self.clients[c];
+                client.leader_guess = node;
+                client.redirects = 0;
+                self.schedule_next(ctl, c);
+            }
+            Err(_) if node != target => {}
+            Err(KvError::NotLeader { hint }) => {
+                let client = &mut self.clients[c];
+                client.redirects += 1;
+                let backoff = if hint.is_none() || client.redirects > 3 { 20 * MS } else { 0 };
+                self.retry(ctl, c, hint, backoff);
+            }
+            Err(KvError::Dropped) => self.retry(ctl, c, None, 10 * MS),
+        }
+    }
+
+    fn on_applied(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, index: u64, term: u64, digest: u64) {
+        if let Some(last) = self.last_applied[node as usize] {
+            if index <= last {
+                ctl.violation(
+                    "state_machine_safety",
+                    Some(node),
+                    format!("applied index {index} after index {last}"),
+                );
+            }
+        }
+        self.last_applied[node as usize] = Some(index);
+        match self.committed.get(&index) {
+            Some(&(t, d, _)) if (t, d) != (term, digest) => ctl.violation(
+                "state_machine_safety",
+                Some(node),
+                format!("applied entry (term {term}, digest {digest:#x}) at index {index}, where (term {t}, digest {d:#x}) was applied before"),
+            ),
+            Some(_) => {}
+            None => {
+                self.committed.insert(index, (term, digest, self.max_leader_term));
+            }
+        }
+    }
+
+    fn on_became_leader(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, term: u64) {
+        self.elections += 1;
+        match self.leaders.get(&term) {
+            Some(&other) if other != node => ctl.violation(
+                "election_safety",
+                Some(node),
+                format!("became leader of term {term}, which n{other} leads"),
+            ),
+            Some(_) => {}
+            None => {
+                self.leaders.insert(term, node);
+            }
+        }
+        if let Some((at, old)) = self.leader_crash {
+            if term > old {
+                self.failovers.push(ctl.now() - at);
+                self.leader_crash = None;
+            }
+        }
+        self.max_leader_term = self.max_leader_term.max(term);
+        // Leader completeness: every entry committed before a leader of this term
+        // (or a later one) existed must be in this leader's log or snapshot.
+        let Some(raft) = ctl.node(node).map(|n| n.raft()) else { return };
+        let (first, last) = (raft.first_index(), raft.last_index());
+        let mut missing = None;
+        for (&index, &(t, _, known_leader)) in self.committed.range(first..) {
+            if known_leader >= term {
+                continue;
+            }
+            let have = if index <= last { raft.entry_term(index) } else { None };
+            if have != Some(t) {
+                missing = Some((index, t, have));
+                break;
+            }
+        }
+        if let Some((index, t, have)) = missing {
+            let have = have.map_or("nothing".to_string(), |h| format!("term {h}"));
+            ctl.violation(
+                "leader_completeness",
+                Some(node),
+                format!("leader of term {term} holds {have} at index {index}, where an entry of term {t} was committed"),
+            );
+        }
+    }
+
+    /// Compares the logs of every pair of up nodes.
+    fn check_logs(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+        let mut found = None;
+        'pairs: for a in 0..self.n as NodeId {
+            let Some(ra) = ctl.node(a).map(|n| n.raft()) else { continue };
+            for b in a + 1..self.n as NodeId {
+                let Some(rb) = ctl.node(b).map(|n| n.raft()) else { continue };
+                let lo = ra.first_index().max(rb.first_index());
+                let hi = ra.last_index().min(rb.last_index());
+                let mut anchor: Option<u64> = None;
+                let mut i = hi;
+                while i >= lo && i > 0 {
+                    let (ta, tb) = (ra.entry_term(i), rb.entry_term(i));
+                    if let (Some(ta), Some(tb)) = (ta, tb) {
+                        if ta == tb {
+                            anchor.get_or_insert(i);
+                        } else if let Some(at) = anchor {
+                            found = Some(format!(
+                                "n{a} and n{b} agree on index {at} (term {}) but differ at index {i} (terms {ta} and {tb})",
+                                ra.entry_term(at).unwrap_or(0)
+                            ));
+                            break 'pairs;
+                        }
+                    }
+                    i -= 1;
+                }
+            }
+        }
+        if let Some(detail) = found {
+            ctl.violation("log_matching", None, detail);
+        }
+    }
+
+    fn current_leader(&self, ctl: &Ctl<'_, KvNode>) -> Option<(NodeId, u64)> {
+        let mut max_term = 0;
+        let mut leader = None;
+        for i in 0..self.n as NodeId {
+            if let Some(r) = ctl.node(i).map(|n| n.raft()) {
+                max_term = max_term.max(r.term());
+                if r.role() == Role::Leader {
+                    leader = Some((i, r.term()));
+                }
+            }
+        }
+        leader.filter(|&(_, t)| t == max_term)
+    }
+
+    fn admin(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+        if ctl.in_quiet_phase() {
+            return;
+        }
+        if ctl.rng().gen_bool(0.5) {
+            // Ask the node the first client believes leads to hand over.
+            let to = ctl.rng().gen_range(0..self.n as NodeId);
+            let at = self.clients.first().map_or(0, |c| c.leader_guess);
+            ctl.input(at, KvInput::Admin(AdminOp::TransferLeader(to)), MS);
+        } else {
+            let at = ctl.rng().gen_range(0..self.n as NodeId);
+            ctl.input(at, KvInput::Admin(AdminOp::Snapshot), MS);
+        }
+        self.schedule_admin(ctl);
+    }
+
+    fn schedule_admin(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+        let after = ctl.rng().gen_range(100 * MS..400 * MS);
+        ctl.wake(after, token(WAKE_ADMIN, 0, 0));
+    }
+}
+
+impl<B> Model for RaftModel<B>
+where
+    B: FnMut(NodeId, &Disk, u64) -> KvNode,
+{
+    type Node = KvNode;
+
+    fn boot(&mut self, id: NodeId, disk: &Disk, seed: u64) -> KvNode {
+        (self.boot)(id, disk, seed)
+    }
+
+    fn on_start(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+        for c in 0..self.clients.len() {
+            self.clients[c].leader_guess = ctl.rng().gen_range(0..self.n as NodeId);
+            self.schedule_next(ctl, c);
+        }
+        if self.admin {
+            self.schedule_admin(ctl);
+        }
+        ctl.wake(LOG_CHECK_EVERY, token(WAKE_LOG_CHECK, 0, 0));
+    }
+
+    fn on_event(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, event: KvEvent) {
+        match event {
+            KvEvent::Response { client, seq, result } => self.on_response(ctl, node, client, seq, result),
+            KvEvent::Applied { index, term, digest } => self.on_applied(ctl, node, index, term, digest),
+            KvEvent::BecameLeader { term } => self.on_became_leader(ctl, node, term),
+        }
+    }
+
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, KvNode>, tok: u64) {
+        let (kind, c, generation) = untoken(tok);
+        match kind {
+            WAKE_NEXT_OP | WAKE_TIMEOUT => {
+                let Some(client) = self.clients.get(c) else { return };
+                if client.generation & 0xffff_ffff != generation {
+                    return;
+                }
+                if kind == WAKE_NEXT_OP {
+                    self.next_op(ctl, c);
+                } else {
+                    self.retry(ctl, c, None, 0);
+                }
+            }
+            WAKE_ADMIN => self.admin(ctl),
+            WAKE_LOG_CHECK => {
+                self.check_logs(ctl);
+                ctl.wake(LOG_CHECK_EVERY, token(WAKE_LOG_CHECK, 0, 0));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_crash(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
+        self.last_applied[node as usize] = None;
+        if self.leader_crash.is_none() {
+            let led = self.leaders.iter().filter(|&(_, &l)| l == node).map(|(&t, _)| t).max();
+            if let Some(t) = led {
+                if t == self.max_leader_term {
+                    self.leader_crash = Some((ctl.now(), t));
+                }
+            }
+        }
+        for c in 0..self.clients.len() {
+            if self.clients[c].pending.as_ref().is_some_and(|p| p.target == node) {
+                self.retry(ctl, c, None, 0);
+            }
+        }
+    }
+
+    fn on_restart(&mut self, _ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
+        self.last_applied[node as usize] = None;
+    }
+
+    fn on_quiet(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+        self.check_logs(ctl);
+    }
+
+    fn done(&self, ctl: &Ctl<'_, KvNode>) -> bool {
+        self.clients.iter().all(Client::idle) && self.current_leader(ctl).is_some()
+    }
+
+    fn finish(&mut self, ctl: &mut Ctl<'_, KvNode>, _terminated: bool, report: &mut RunReport) {
+        self.check_logs(ctl);
+        let ok = self.history.iter().filter(|o| !o.is_indefinite()).count() as u64;
+        report.count("ops_ok", ok);
+        report.count("ops_indefinite", self.history.len() as u64 - ok);
+        report.count("ops_unknown_checks", 0);
+        match check(&self.history) {
+            CheckResult::Linearizable => {}
+            CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
+            r @ (CheckResult::NotLinearizable(_) | CheckResult::Malformed { .. }) => {
+                let mut detail = r.to_string();
+                if detail.len() > 2000 {
+                    let mut cut = 2000;
+                    while !detail.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail.truncate(cut);
+                    detail.push_str(" ...");
+                }
+                ctl.violation("linearizability", None, detail);
+            }
+        }
+        report.count("elections", self.elections);
+        report.count("entries_committed", self.committed.keys().next_back().copied().unwrap_or(0));
+        report.count("messages", ctl.messages_sent());
+        report.count("failovers", self.failovers.len() as u64);
+        report.count("failover_us_total", self.failovers.iter().sum());
+        if let Some((t, m)) = self.first_ok {
+            report.decision_time = Some(t);
+            report.decision_messages = Some(m);
+        }
+        if let Some(rec) = &self.recording {
+            let mut rec = rec.borrow_mut();
+            rec.history = std::mem::take(&mut self.history);
+            rec.failovers = std::mem::take(&mut self.failovers);
+        }
+    }
+}
+
+/// The peers of a cluster of `n` nodes: every node id.
+pub fn peers(n: usize) -> Vec<NodeId> {
+    (0..n as NodeId).collect()
+}
+
+/// Number of clients for a cluster of `n` nodes.
+pub fn clients_for(n: usize) -> usize {
+    if n >= 5 {
+        4
+    } else {
+        3
+    }
+}
+
+/// Builds the model `runner::run_one` uses for the correct Raft.
+pub fn standard_model(n: usize) -> RaftModel<impl FnMut(NodeId, &Disk, u64) -> KvNode> {
+    RaftModel::new(n, clients_for(n), move |id, disk: &Disk, seed| KvNode::new(RaftConfig::new(id, peers(n)), disk, seed))
+}
+
+/// Runs the correct Raft once and returns the report with the run's recording.
+pub fn run_recorded(spec: &RunSpec, seed: u64) -> (RunReport, Recording) {
+    let rec = Rc::new(RefCell::new(Recording::default()));
+    let model = standard_model(spec.nodes).record_into(rec.clone());
+    let report = Simulation::new(spec.config(), seed, model).run(seed);
+    let recording = rec.take();
+    (report, recording)
+}
