@@ -826,7 +826,7 @@ fn bug_reply_before_persist_skips_the_write() {
 /// them; messages are delivered in random order, lost or duplicated; nodes
 /// crash (sometimes losing unsynced writes) and restart. Safety is checked
 /// throughout, liveness once the faults stop.
-fn chaos(seed: u64, lease_reads: bool) {
+fn chaos(seed: u64, lease_reads: bool, membership: bool) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n = 5u64;
@@ -836,22 +836,44 @@ fn chaos(seed: u64, lease_reads: bool) {
         c.max_batch = 3;
         c.max_inflight = 4;
         c.lease_reads = lease_reads;
+        // Some runs without check-quorum, so deposed leaders linger.
+        c.check_quorum = lease_reads || seed % 2 == 0;
     });
+    // A sixth node, outside the initial configuration, for membership changes.
+    let n = if membership {
+        net.add_node(|_| {});
+        n + 1
+    } else {
+        n
+    };
     let mut pending: Vec<VecDeque<Out>> = vec![VecDeque::new(); n as usize];
     let mut leaders: std::collections::BTreeMap<u64, NodeId> = std::collections::BTreeMap::new();
     let mut inflight: Vec<(NodeId, NodeId, Message)> = Vec::new();
     let mut seq = 0u64;
     let mut acked: Vec<KvRequest> = Vec::new();
+    // For the stale-read check: when each op was invoked, when each put was
+    // acknowledged, and what each read returned (and when).
+    let mut invoked: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    let mut put_acked_at: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    let mut read_results: Vec<(u64, Option<String>)> = Vec::new();
     let step_out = |net: &mut Net, id: NodeId, f: &mut dyn FnMut(&mut KvNode, &mut Out)| -> Option<Out> {
         let node = net.nodes[id as usize].as_mut()?;
         let mut out = Out::default();
         f(node, &mut out);
         Some(out)
     };
+    // One node at a time may be cut off from the others for a while.
+    let mut isolated: Option<(NodeId, usize)> = None;
     for step in 0..20_000 {
         let faults = step < 15_000;
         let id = rng.gen_range(0..n);
         let r = rng.gen_range(0..100);
+        if isolated.is_some_and(|(_, until)| step >= until) || !faults {
+            isolated = None;
+        }
+        if faults && isolated.is_none() && rng.gen_bool(0.001) {
+            isolated = Some((id, step + rng.gen_range(200..3000)));
+        }
         let out = if r < 20 {
             step_out(&mut net, id, &mut |node, out| node.tick(0, out))
         } else if r < 70 {
@@ -864,7 +886,8 @@ fn chaos(seed: u64, lease_reads: bool) {
                 } else {
                     inflight.swap_remove(i)
                 };
-                if faults && rng.gen_bool(0.05) {
+                let cut = isolated.is_some_and(|(i, _)| (i == from) != (i == to));
+                if cut || (faults && rng.gen_bool(0.05)) {
                     None // lost
                 } else {
                     step_out(&mut net, to, &mut |node, out| node.step(0, from, msg.clone(), out)).map(|o| {
@@ -893,18 +916,33 @@ fn chaos(seed: u64, lease_reads: bool) {
                     if let KvEvent::Response { client, seq, result: Ok(KvResult::Ok) } = &e {
                         let op = KvOp::Put { key: format!("k{}", seq % 5), value: format!("v{seq}") };
                         acked.push(KvRequest { client: *client, seq: *seq, op });
+                        put_acked_at.insert(*seq, step);
+                    }
+                    if let KvEvent::Response { seq, result: Ok(KvResult::Value(v)), .. } = &e {
+                        read_results.push((*seq, v.clone()));
                     }
                     net.events.push((id, e));
                 }
             }
             None
+        } else if r == 90 && membership && rng.gen_bool(0.2) {
+            let target = rng.gen_range(0..n);
+            let op = match rng.gen_range(0..5) {
+                0 => AdminOp::AddVoter(target),
+                1 => AdminOp::AddLearner(target),
+                2 => AdminOp::PromoteLearner(target),
+                3 => AdminOp::RemoveNode(target),
+                _ => AdminOp::TransferLeader(target),
+            };
+            step_out(&mut net, id, &mut |node, out| node.input(0, KvInput::Admin(op.clone()), out))
         } else if r < 97 {
             seq += 1;
             let op = if rng.gen_bool(0.3) {
-                KvOp::Get { key: "k".into() }
+                KvOp::Get { key: format!("k{}", seq % 5) }
             } else {
                 KvOp::Put { key: format!("k{}", seq % 5), value: format!("v{seq}") }
             };
+            invoked.insert(seq, step);
             let input = KvInput::Client(KvRequest { client: 1 + seq % 3, seq, op });
             step_out(&mut net, id, &mut |node, out| node.input(0, input.clone(), out))
         } else if faults && net.nodes[id as usize].is_some() && rng.gen_bool(0.04) {
@@ -952,7 +990,7 @@ fn chaos(seed: u64, lease_reads: bool) {
     net.put(l, 99, 1, "final", "yes");
     net.run(20);
     assert_eq!(net.responses(99, 1), vec![Ok(KvResult::Ok)], "seed {seed}");
-    for id in 0..n {
+    for id in net.raft(l).conf().members().collect::<Vec<_>>() {
         assert_eq!(net.node(id).store(), net.node(l).store(), "seed {seed}: node {id} diverged");
     }
     net.check_applied_agree();
@@ -972,15 +1010,44 @@ fn chaos(seed: u64, lease_reads: bool) {
         let last = net.node(l).store().sessions.get(&req.client).map(|s| s.0);
         assert!(last >= Some(req.seq), "seed {seed}: session of {req:?} lost");
     }
+    // No stale reads: a read reflects every write acknowledged before it was
+    // invoked. Values are unique, so the value read names the put it saw.
+    let index_of: std::collections::BTreeMap<u64, u64> = net
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            KvEvent::Applied { index, digest, .. } => Some((*digest, *index)),
+            _ => None,
+        })
+        .collect();
+    let put_index = |s: u64| {
+        let op = KvOp::Put { key: format!("k{}", s % 5), value: format!("v{s}") };
+        let e = Entry { index: 0, term: 0, data: EntryData::Kv(KvRequest { client: 1 + s % 3, seq: s, op }) };
+        index_of.get(&e.digest()).copied()
+    };
+    for (rseq, v) in &read_results {
+        let seen = match v {
+            None => 0,
+            Some(v) => put_index(v[1..].parse().unwrap()).expect("a read returned a value never applied"),
+        };
+        for (&p, &at) in &put_acked_at {
+            if p % 5 == rseq % 5 && at < invoked[rseq] {
+                let pi = put_index(p).unwrap();
+                assert!(pi <= seen, "seed {seed}: read {rseq} returned {v:?} (index {seen}) but put {p} (index {pi}) was acknowledged before it began");
+            }
+        }
+    }
     let applied = net.events.iter().filter(|(_, e)| matches!(e, KvEvent::Applied { .. })).count();
     let oks = net.events.iter().filter(|(_, e)| matches!(e, KvEvent::Response { result: Ok(_), .. })).count();
     if std::env::var("RAFT_CHAOS_STATS").is_ok() {
         eprintln!(
-            "seed {seed}: {} leaders, {applied} applied, {oks} ok responses, {} acked puts, last index {}, first index {}",
+            "seed {seed}: {} leaders, {applied} applied, {oks} ok responses, {} acked puts, {} reads, last index {}, first index {}, conf {:?}",
             leaders.len(),
             acked.len(),
+            read_results.len(),
             net.raft(l).last_index(),
-            net.raft(l).first_index()
+            net.raft(l).first_index(),
+            net.raft(l).conf()
         );
     }
     assert!(!leaders.is_empty() && oks > 10, "seed {seed}: the run did too little");
@@ -989,6 +1056,13 @@ fn chaos(seed: u64, lease_reads: bool) {
 #[test]
 fn randomized_faults_keep_replicas_consistent() {
     for seed in 0..40 {
-        chaos(seed, seed % 3 == 0);
+        chaos(seed, seed % 3 == 0, false);
+    }
+}
+
+#[test]
+fn randomized_faults_with_membership_changes_and_transfers() {
+    for seed in 100..140 {
+        chaos(seed, seed % 3 == 0, true);
     }
 }
