@@ -47,8 +47,18 @@ impl KvNode {
     /// index without emitting events.
     pub fn new(cfg: RaftConfig, disk: &Disk, seed: u64) -> KvNode {
         let raft = RaftNode::new(cfg, disk, seed);
-        let store = disk.snapshot.as_ref().map(|s| s.store.clone()).unwrap_or_default();
-        let mut node = KvNode { raft, store, writes: BTreeMap::new(), reads: BTreeMap::new(), next_read: 0 };
+        let store = disk
+            .snapshot
+            .as_ref()
+            .map(|s| s.store.clone())
+            .unwrap_or_default();
+        let mut node = KvNode {
+            raft,
+            store,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
+        };
         let mut scratch = Out::default();
         node.apply_committed(&mut scratch);
         node
@@ -81,7 +91,11 @@ impl KvNode {
     }
 
     fn respond(out: &mut Out, client: u64, seq: u64, result: Result<KvResult, KvError>) {
-        out.emit(KvEvent::Response { client, seq, result });
+        out.emit(KvEvent::Response {
+            client,
+            seq,
+            result,
+        });
     }
 
     /// Brings the application up to date with the Raft core after a call.
@@ -118,7 +132,11 @@ impl KvNode {
                 EntryData::Kv(req) => self.store.apply(req),
                 EntryData::Empty | EntryData::Config(_) => None,
             };
-            out.emit(KvEvent::Applied { index: e.index, term: e.term, digest: e.digest() });
+            out.emit(KvEvent::Applied {
+                index: e.index,
+                term: e.term,
+                digest: e.digest(),
+            });
             if let Some(w) = self.writes.remove(&e.index) {
                 let ours = w.term == e.term
                     && matches!(&e.data, EntryData::Kv(r) if r.client == w.client && r.seq == w.seq);
@@ -134,8 +152,12 @@ impl KvNode {
 
     fn serve_reads(&mut self, out: &mut Out) {
         let applied = self.raft.applied_index();
-        let ready: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.index.is_some_and(|i| i <= applied)).map(|(id, _)| *id).collect();
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+            .map(|(id, _)| *id)
+            .collect();
         for id in ready {
             let r = self.reads.remove(&id).expect("listed above");
             let value = self.store.data.get(&r.key).cloned();
@@ -157,18 +179,35 @@ impl KvNode {
         if let KvOp::Get { key } = &req.op {
             let id = self.next_read;
             self.next_read += 1;
-            self.reads.insert(id, PendingRead { client: req.client, seq: req.seq, key: key.clone(), index: None });
+            self.reads.insert(
+                id,
+                PendingRead {
+                    client: req.client,
+                    seq: req.seq,
+                    key: key.clone(),
+                    index: None,
+                },
+            );
             self.raft.with_step(out, |r, out| r.read_index(id, out));
             return;
         }
         if let Some(target) = self.raft.transferring_to() {
-            Self::respond(out, req.client, req.seq, Err(KvError::NotLeader { hint: Some(target) }));
+            Self::respond(
+                out,
+                req.client,
+                req.seq,
+                Err(KvError::NotLeader { hint: Some(target) }),
+            );
             return;
         }
         let (client, seq) = (req.client, req.seq);
-        match self.raft.with_step(out, |r, out| r.propose(EntryData::Kv(req), out)) {
+        match self
+            .raft
+            .with_step(out, |r, out| r.propose(EntryData::Kv(req), out))
+        {
             Some((index, term)) => {
-                self.writes.insert(index, PendingWrite { term, client, seq });
+                self.writes
+                    .insert(index, PendingWrite { term, client, seq });
             }
             None => {
                 let e = self.not_leader();
@@ -184,7 +223,8 @@ impl KvNode {
                 self.raft.with_step(out, |r, out| r.compact(store, out));
             }
             AdminOp::TransferLeader(target) => {
-                self.raft.with_step(out, |r, out| r.transfer_leader(target, out));
+                self.raft
+                    .with_step(out, |r, out| r.transfer_leader(target, out));
             }
             op => {
                 self.raft.with_step(out, |r, out| r.propose_conf(&op, out));
@@ -204,7 +244,13 @@ impl Node for KvNode {
         disk.apply(write);
     }
 
-    fn step(&mut self, _now: Instant, from: NodeId, msg: Message, out: &mut Output<Write, Message, KvEvent>) {
+    fn step(
+        &mut self,
+        _now: Instant,
+        from: NodeId,
+        msg: Message,
+        out: &mut Output<Write, Message, KvEvent>,
+    ) {
         self.raft.step(from, msg, out);
         self.after(out);
     }

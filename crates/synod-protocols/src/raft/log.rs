@@ -67,8 +67,18 @@ impl RaftLog {
     /// Returns how many entries were dropped from the old suffix.
     pub fn append(&mut self, es: &[Entry]) -> usize {
         let Some(first) = es.first() else { return 0 };
-        assert!(first.index > self.snap.index, "append at {} below snapshot {}", first.index, self.snap.index);
-        assert!(first.index <= self.last_index() + 1, "gap: append at {} after {}", first.index, self.last_index());
+        assert!(
+            first.index > self.snap.index,
+            "append at {} below snapshot {}",
+            first.index,
+            self.snap.index
+        );
+        assert!(
+            first.index <= self.last_index() + 1,
+            "gap: append at {} after {}",
+            first.index,
+            self.last_index()
+        );
         let keep = (first.index - self.first_index()) as usize;
         let dropped = self.entries.len() - keep;
         self.entries.truncate(keep);
@@ -79,12 +89,15 @@ impl RaftLog {
     /// The first entry of `es` that this log does not already hold (same index,
     /// same term), or `None` if it holds them all.
     pub fn find_conflict(&self, es: &[Entry]) -> Option<usize> {
-        es.iter().position(|e| e.index > self.snap.index && !self.matches(e.index, e.term))
+        es.iter()
+            .position(|e| e.index > self.snap.index && !self.matches(e.index, e.term))
     }
 
     /// The first index of the run of entries with the same term as `index`.
     pub fn first_index_of_term(&self, index: u64) -> u64 {
-        let Some(t) = self.term(index) else { return index };
+        let Some(t) = self.term(index) else {
+            return index;
+        };
         let mut i = index;
         while i > self.first_index() && self.term(i - 1) == Some(t) {
             i -= 1;
@@ -123,7 +136,11 @@ impl RaftLog {
         let upto = index.min(self.last_index());
         let mut i = upto;
         while i > self.snap.index {
-            if let Some(Entry { data: EntryData::Config(c), .. }) = self.entry(i) {
+            if let Some(Entry {
+                data: EntryData::Config(c),
+                ..
+            }) = self.entry(i)
+            {
                 return c.clone();
             }
             i -= 1;
@@ -133,7 +150,11 @@ impl RaftLog {
 
     /// The index of the last configuration entry, if any after the snapshot.
     pub fn last_conf_index(&self) -> Option<u64> {
-        self.entries.iter().rev().find(|e| matches!(e.data, EntryData::Config(_))).map(|e| e.index)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| matches!(e.data, EntryData::Config(_)))
+            .map(|e| e.index)
     }
 
     /// Structural invariants: consecutive indices, terms that never decrease.
@@ -141,7 +162,13 @@ impl RaftLog {
         let mut prev = (self.snap.index, self.snap.term);
         for e in &self.entries {
             assert_eq!(e.index, prev.0 + 1, "log indices not consecutive");
-            assert!(e.term >= prev.1, "log term decreases at index {}: {} after {}", e.index, e.term, prev.1);
+            assert!(
+                e.term >= prev.1,
+                "log term decreases at index {}: {} after {}",
+                e.index,
+                e.term,
+                prev.1
+            );
             prev = (e.index, e.term);
         }
     }

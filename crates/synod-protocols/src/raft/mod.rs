@@ -263,7 +263,10 @@ impl Disk {
                 let idx = snap.meta.index;
                 let offset = self.snapshot_index() + 1;
                 let matches = idx >= offset
-                    && self.entries.get((idx - offset) as usize).is_some_and(|e| e.term == snap.meta.term);
+                    && self
+                        .entries
+                        .get((idx - offset) as usize)
+                        .is_some_and(|e| e.term == snap.meta.term);
                 if matches {
                     self.entries.drain(..=(idx - offset) as usize);
                 } else {
@@ -279,24 +282,62 @@ impl Disk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// "Would you vote for me in `term`?" The sender does not change its term.
-    PreVote { term: u64, last_index: u64, last_term: u64 },
+    PreVote {
+        term: u64,
+        last_index: u64,
+        last_term: u64,
+    },
     /// `term` is the term asked about when granted, the voter's term otherwise.
-    PreVoteResp { term: u64, granted: bool },
+    PreVoteResp {
+        term: u64,
+        granted: bool,
+    },
     /// `transfer`: the candidate campaigns on its leader's request, so voters
     /// must not refuse it for having heard from that leader recently.
-    Vote { term: u64, last_index: u64, last_term: u64, transfer: bool },
-    VoteResp { term: u64, granted: bool },
-    Append { term: u64, prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64 },
+    Vote {
+        term: u64,
+        last_index: u64,
+        last_term: u64,
+        transfer: bool,
+    },
+    VoteResp {
+        term: u64,
+        granted: bool,
+    },
+    Append {
+        term: u64,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    },
     /// On success `index` is the follower's last index matching the leader. On
     /// rejection `index` is the rejected `prev_index` and `hint` says where the
     /// follower's log diverges.
-    AppendResp { term: u64, success: bool, index: u64, hint: Option<RejectHint> },
+    AppendResp {
+        term: u64,
+        success: bool,
+        index: u64,
+        hint: Option<RejectHint>,
+    },
     /// `ctx` numbers the leader's heartbeat rounds (for reads).
-    Heartbeat { term: u64, commit: u64, ctx: u64 },
-    HeartbeatResp { term: u64, ctx: u64 },
-    InstallSnapshot { term: u64, snapshot: Box<Snapshot> },
+    Heartbeat {
+        term: u64,
+        commit: u64,
+        ctx: u64,
+    },
+    HeartbeatResp {
+        term: u64,
+        ctx: u64,
+    },
+    InstallSnapshot {
+        term: u64,
+        snapshot: Box<Snapshot>,
+    },
     /// "Campaign now": sent by a leader to the target of a leadership transfer.
-    TimeoutNow { term: u64 },
+    TimeoutNow {
+        term: u64,
+    },
 }
 
 impl Message {

@@ -4,7 +4,8 @@
 use super::log::RaftLog;
 use super::progress::{Progress, ProgressState};
 use super::{
-    Bugs, ConfState, Disk, Entry, EntryData, HardState, Message, RaftConfig, RejectHint, Snapshot, SnapshotMeta, Write,
+    Bugs, ConfState, Disk, Entry, EntryData, HardState, Message, RaftConfig, RejectHint, Snapshot,
+    SnapshotMeta, Write,
 };
 use crate::kv::{AdminOp, KvEvent, KvStore};
 use crate::sansio::{NodeId, Output};
@@ -101,7 +102,10 @@ fn bootstrap_conf(peers: &[NodeId]) -> ConfState {
     let mut voters = peers.to_vec();
     voters.sort_unstable();
     voters.dedup();
-    ConfState { voters, learners: Vec::new() }
+    ConfState {
+        voters,
+        learners: Vec::new(),
+    }
 }
 
 impl RaftNode {
@@ -112,18 +116,30 @@ impl RaftNode {
         assert!(cfg.max_inflight >= 1 && cfg.max_batch >= 1);
         let meta = match &disk.snapshot {
             Some(s) => s.meta.clone(),
-            None => SnapshotMeta { index: 0, term: 0, conf: bootstrap_conf(&cfg.peers) },
+            None => SnapshotMeta {
+                index: 0,
+                term: 0,
+                conf: bootstrap_conf(&cfg.peers),
+            },
         };
         let log = RaftLog::new(meta.clone(), disk.entries.clone());
         let commit = disk.hard.commit.max(meta.index).min(log.last_index());
         let conf = log.conf_at(log.last_index());
         let pending_conf = log.last_conf_index().unwrap_or(0);
-        let hard = HardState { term: disk.hard.term.max(log.last_term()), vote: disk.hard.vote, commit };
+        let hard = HardState {
+            term: disk.hard.term.max(log.last_term()),
+            vote: disk.hard.vote,
+            commit,
+        };
         let mut node = RaftNode {
             rng: ChaCha8Rng::seed_from_u64(seed),
             bugs: Bugs::default(),
             term: hard.term,
-            vote: if hard.term == disk.hard.term { hard.vote } else { None },
+            vote: if hard.term == disk.hard.term {
+                hard.vote
+            } else {
+                None
+            },
             commit,
             persisted: disk.hard,
             applied: meta.index,
@@ -221,7 +237,11 @@ impl RaftNode {
         self.prs.get(&peer).map(|p| p.matched)
     }
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.commit }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
     }
     /// Whether this node may campaign: only voters of the configuration do.
     pub fn promotable(&self) -> bool {
@@ -239,7 +259,11 @@ impl RaftNode {
         if self.applied >= self.commit {
             return None;
         }
-        let e = self.log.entry(self.applied + 1).cloned().expect("committed entry missing from the log");
+        let e = self
+            .log
+            .entry(self.applied + 1)
+            .cloned()
+            .expect("committed entry missing from the log");
         self.applied += 1;
         Some(e)
     }
@@ -276,12 +300,15 @@ impl RaftNode {
     /// Whether this node heard from a leader recently enough that it must not
     /// help depose it.
     fn in_lease(&self) -> bool {
-        self.cfg.check_quorum && (self.leader.is_some() || self.lease_guard) && self.elapsed < self.cfg.election_ticks
+        self.cfg.check_quorum
+            && (self.leader.is_some() || self.lease_guard)
+            && self.elapsed < self.cfg.election_ticks
     }
 
     /// Whether a candidate's log is at least as up to date as ours.
     fn log_ok(&self, last_index: u64, last_term: u64) -> bool {
-        last_term > self.log.last_term() || (last_term == self.log.last_term() && last_index >= self.log.last_index())
+        last_term > self.log.last_term()
+            || (last_term == self.log.last_term() && last_index >= self.log.last_index())
     }
 
     fn reset(&mut self, term: u64) {
@@ -344,9 +371,18 @@ impl RaftNode {
                 continue;
             }
             let msg = if pre {
-                Message::PreVote { term: ask_term, last_index, last_term }
+                Message::PreVote {
+                    term: ask_term,
+                    last_index,
+                    last_term,
+                }
             } else {
-                Message::Vote { term: ask_term, last_index, last_term, transfer }
+                Message::Vote {
+                    term: ask_term,
+                    last_index,
+                    last_term,
+                    transfer,
+                }
             };
             out.send(v, msg);
         }
@@ -356,8 +392,16 @@ impl RaftNode {
     fn poll(&mut self, out: &mut Out) -> bool {
         let q = self.quorum();
         let voters = &self.conf.voters;
-        let granted = self.votes.iter().filter(|(id, g)| **g && voters.contains(id)).count();
-        let rejected = self.votes.iter().filter(|(id, g)| !**g && voters.contains(id)).count();
+        let granted = self
+            .votes
+            .iter()
+            .filter(|(id, g)| **g && voters.contains(id))
+            .count();
+        let rejected = self
+            .votes
+            .iter()
+            .filter(|(id, g)| !**g && voters.contains(id))
+            .count();
         if granted >= q {
             match self.role {
                 Role::PreCandidate => {
@@ -396,7 +440,11 @@ impl RaftNode {
     fn append(&mut self, data: EntryData, out: &mut Out) -> u64 {
         debug_assert_eq!(self.role, Role::Leader);
         let index = self.log.last_index() + 1;
-        let entry = Entry { index, term: self.term, data };
+        let entry = Entry {
+            index,
+            term: self.term,
+            data,
+        };
         if let EntryData::Config(c) = &entry.data {
             self.pending_conf = index;
             self.apply_conf(c.clone());
@@ -419,7 +467,9 @@ impl RaftNode {
             self.prs.retain(|id, _| members.contains(id));
             for m in members {
                 let tick = self.ticks;
-                self.prs.entry(m).or_insert_with(|| Progress::new(next, tick));
+                self.prs
+                    .entry(m)
+                    .or_insert_with(|| Progress::new(next, tick));
             }
             if self.transfer.is_some_and(|t| !self.conf.is_voter(t.target)) {
                 self.transfer = None;
@@ -433,7 +483,9 @@ impl RaftNode {
     /// whether something carrying entries or a snapshot was sent.
     fn send_append(&mut self, to: NodeId, allow_empty: bool, out: &mut Out) -> bool {
         let max_inflight = self.cfg.max_inflight;
-        let Some(pr) = self.prs.get_mut(&to) else { return false };
+        let Some(pr) = self.prs.get_mut(&to) else {
+            return false;
+        };
         if !pr.can_send(max_inflight) {
             return false;
         }
@@ -441,11 +493,20 @@ impl RaftNode {
         let prev_index = pr.next - 1;
         let Some(prev_term) = self.log.term(prev_index) else {
             // Compacted: only a snapshot can bring this follower up to date.
-            let snap = self.snapshot.clone().expect("log compacted without a snapshot");
+            let snap = self
+                .snapshot
+                .clone()
+                .expect("log compacted without a snapshot");
             pr.state = ProgressState::Snapshot(snap.meta.index);
             pr.progress_tick = self.ticks;
             pr.inflight.clear();
-            out.send(to, Message::InstallSnapshot { term: self.term, snapshot: Box::new(snap) });
+            out.send(
+                to,
+                Message::InstallSnapshot {
+                    term: self.term,
+                    snapshot: Box::new(snap),
+                },
+            );
             return true;
         };
         let entries = self.log.slice(pr.next, self.cfg.max_batch);
@@ -455,7 +516,16 @@ impl RaftNode {
         let last = prev_index + entries.len() as u64;
         let carried = !entries.is_empty();
         pr.sent(last, carried);
-        out.send(to, Message::Append { term: self.term, prev_index, prev_term, entries, commit: self.commit });
+        out.send(
+            to,
+            Message::Append {
+                term: self.term,
+                prev_index,
+                prev_term,
+                entries,
+                commit: self.commit,
+            },
+        );
         carried
     }
 
@@ -467,7 +537,11 @@ impl RaftNode {
             let mut sent = false;
             while self.send_append(p, false, out) {
                 sent = true;
-                if self.prs.get(&p).is_some_and(|pr| pr.state != ProgressState::Replicate) {
+                if self
+                    .prs
+                    .get(&p)
+                    .is_some_and(|pr| pr.state != ProgressState::Replicate)
+                {
                     break;
                 }
             }
@@ -486,7 +560,14 @@ impl RaftNode {
         self.round_wanted = false;
         for (&p, pr) in &self.prs {
             let commit = self.commit.min(pr.matched);
-            out.send(p, Message::Heartbeat { term: self.term, commit, ctx: self.read_seq });
+            out.send(
+                p,
+                Message::Heartbeat {
+                    term: self.term,
+                    commit,
+                    ctx: self.read_seq,
+                },
+            );
         }
     }
 
@@ -497,7 +578,13 @@ impl RaftNode {
             .conf
             .voters
             .iter()
-            .map(|v| if *v == self.cfg.id { self.log.last_index() } else { self.prs.get(v).map_or(0, |p| p.matched) })
+            .map(|v| {
+                if *v == self.cfg.id {
+                    self.log.last_index()
+                } else {
+                    self.prs.get(v).map_or(0, |p| p.matched)
+                }
+            })
             .collect();
         if matches.is_empty() {
             return false;
@@ -542,7 +629,9 @@ impl RaftNode {
         out: &mut Out,
     ) {
         let tick = self.ticks;
-        let Some(pr) = self.prs.get_mut(&from) else { return };
+        let Some(pr) = self.prs.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         if success {
             let news = pr.ack(index, tick);
@@ -558,25 +647,32 @@ impl RaftNode {
                 return;
             }
             if let Some(t) = self.transfer {
-                if t.target == from && self.prs.get(&from).is_some_and(|p| p.matched == self.log.last_index()) {
+                if t.target == from
+                    && self
+                        .prs
+                        .get(&from)
+                        .is_some_and(|p| p.matched == self.log.last_index())
+                {
                     out.send(from, Message::TimeoutNow { term: self.term });
                 }
             }
             self.bcast_one(from, out);
         } else {
-            let stale = index <= pr.matched || (pr.state == ProgressState::Probe && index + 1 != pr.next);
+            let stale =
+                index <= pr.matched || (pr.state == ProgressState::Probe && index + 1 != pr.next);
             if stale {
                 return;
             }
             let next = match hint {
                 None | Some(RejectHint { term: None, .. }) => hint.map_or(index, |h| h.index + 1),
-                Some(RejectHint { term: Some(t), index: fi }) => {
-                    match self.log.last_index_with_term_at_most(t, index) {
-                        Some(i) if self.log.term(i) == Some(t) => i + 1,
-                        Some(i) => fi.min(i + 1),
-                        None => fi,
-                    }
-                }
+                Some(RejectHint {
+                    term: Some(t),
+                    index: fi,
+                }) => match self.log.last_index_with_term_at_most(t, index) {
+                    Some(i) if self.log.term(i) == Some(t) => i + 1,
+                    Some(i) => fi.min(i + 1),
+                    None => fi,
+                },
             };
             let pr = self.prs.get_mut(&from).expect("checked above");
             pr.next = next.min(index).max(pr.matched + 1);
@@ -588,7 +684,11 @@ impl RaftNode {
     /// Sends `to` whatever its pipeline allows.
     fn bcast_one(&mut self, to: NodeId, out: &mut Out) {
         while self.send_append(to, false, out) {
-            if self.prs.get(&to).is_some_and(|pr| pr.state != ProgressState::Replicate) {
+            if self
+                .prs
+                .get(&to)
+                .is_some_and(|pr| pr.state != ProgressState::Replicate)
+            {
                 break;
             }
         }
@@ -598,7 +698,9 @@ impl RaftNode {
         let tick = self.ticks;
         let last = self.log.last_index();
         let stall = u64::from((self.cfg.election_ticks / 2).max(2));
-        let Some(pr) = self.prs.get_mut(&from) else { return };
+        let Some(pr) = self.prs.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         pr.acked_ctx = pr.acked_ctx.max(ctx);
         match pr.state {
@@ -609,7 +711,9 @@ impl RaftNode {
                 pr.next = pr.matched + 1;
                 pr.become_probe(tick);
             }
-            ProgressState::Snapshot(_) if tick - pr.progress_tick >= u64::from(self.cfg.election_ticks) => {
+            ProgressState::Snapshot(_)
+                if tick - pr.progress_tick >= u64::from(self.cfg.election_ticks) =>
+            {
                 pr.next = pr.matched + 1;
                 pr.become_probe(tick);
             }
@@ -629,7 +733,13 @@ impl RaftNode {
             .conf
             .voters
             .iter()
-            .map(|v| if *v == self.cfg.id { self.read_seq } else { self.prs.get(v).map_or(0, |p| p.acked_ctx) })
+            .map(|v| {
+                if *v == self.cfg.id {
+                    self.read_seq
+                } else {
+                    self.prs.get(v).map_or(0, |p| p.acked_ctx)
+                }
+            })
             .collect();
         if acks.is_empty() {
             return 0;
@@ -643,9 +753,11 @@ impl RaftNode {
         while self.rounds.len() > 1 && self.rounds[1].0 <= qc {
             self.rounds.pop_front();
         }
-        let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) = self.reads.iter().partition(|r| r.ctx <= qc);
+        let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
+            self.reads.iter().partition(|r| r.ctx <= qc);
         self.reads = waiting;
-        self.ready_reads.extend(ready.into_iter().map(|r| (r.id, r.index)));
+        self.ready_reads
+            .extend(ready.into_iter().map(|r| (r.id, r.index)));
         if self.round_wanted && qc >= self.read_seq {
             self.bcast_heartbeat(out);
         }
@@ -659,7 +771,9 @@ impl RaftNode {
         if qc == 0 {
             return false;
         }
-        let Some(&(_, sent)) = self.rounds.iter().find(|(c, _)| *c == qc) else { return false };
+        let Some(&(_, sent)) = self.rounds.iter().find(|(c, _)| *c == qc) else {
+            return false;
+        };
         // One tick of margin for clock drift; see the module docs.
         self.ticks < sent + u64::from(self.cfg.election_ticks) - 1
     }
@@ -687,7 +801,11 @@ impl RaftNode {
             self.ready_reads.push((id, index));
             return;
         }
-        self.reads.push(PendingRead { id, index, ctx: self.read_seq + 1 });
+        self.reads.push(PendingRead {
+            id,
+            index,
+            ctx: self.read_seq + 1,
+        });
         if self.quorum_acked_ctx() >= self.read_seq {
             self.bcast_heartbeat(out);
         } else {
@@ -763,8 +881,15 @@ impl RaftNode {
         if self.transfer.is_some_and(|t| t.target == target) {
             return true;
         }
-        self.transfer = Some(Transfer { target, started: self.ticks });
-        if self.prs.get(&target).is_some_and(|p| p.matched == self.log.last_index()) {
+        self.transfer = Some(Transfer {
+            target,
+            started: self.ticks,
+        });
+        if self
+            .prs
+            .get(&target)
+            .is_some_and(|p| p.matched == self.log.last_index())
+        {
             out.send(target, Message::TimeoutNow { term: self.term });
         } else {
             self.send_append(target, false, out);
@@ -782,8 +907,15 @@ impl RaftNode {
             return;
         }
         let term = self.log.term(index).expect("applied entry missing");
-        let meta = SnapshotMeta { index, term, conf: self.log.conf_at(index) };
-        let snap = Snapshot { meta: meta.clone(), store };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf: self.log.conf_at(index),
+        };
+        let snap = Snapshot {
+            meta: meta.clone(),
+            store,
+        };
         self.log.restore(meta);
         out.persist(Write::Snapshot(snap.clone()));
         self.snapshot = Some(snap);
@@ -814,12 +946,25 @@ impl RaftNode {
     }
 
     fn append_ok(&self, index: u64) -> Message {
-        Message::AppendResp { term: self.term, success: true, index, hint: None }
+        Message::AppendResp {
+            term: self.term,
+            success: true,
+            index,
+            hint: None,
+        }
     }
 
     // ---- follower: replication ----------------------------------------------
 
-    fn on_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, mut entries: Vec<Entry>, commit: u64, out: &mut Out) {
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        prev_index: u64,
+        prev_term: u64,
+        mut entries: Vec<Entry>,
+        commit: u64,
+        out: &mut Out,
+    ) {
         let (mut prev_index, mut prev_term) = (prev_index, prev_term);
         if prev_index < self.commit {
             // Everything up to our commit index matches every later leader.
@@ -830,22 +975,46 @@ impl RaftNode {
             }
             entries.drain(..skip);
             prev_index = self.commit;
-            prev_term = self.log.term(prev_index).expect("commit index within the log");
+            prev_term = self
+                .log
+                .term(prev_index)
+                .expect("commit index within the log");
         }
         if !self.log.matches(prev_index, prev_term) {
             let hint = match self.log.term(prev_index) {
-                None => RejectHint { term: None, index: self.log.last_index() },
-                Some(t) => RejectHint { term: Some(t), index: self.log.first_index_of_term(prev_index) },
+                None => RejectHint {
+                    term: None,
+                    index: self.log.last_index(),
+                },
+                Some(t) => RejectHint {
+                    term: Some(t),
+                    index: self.log.first_index_of_term(prev_index),
+                },
             };
-            out.send(from, Message::AppendResp { term: self.term, success: false, index: prev_index, hint: Some(hint) });
+            out.send(
+                from,
+                Message::AppendResp {
+                    term: self.term,
+                    success: false,
+                    index: prev_index,
+                    hint: Some(hint),
+                },
+            );
             return;
         }
         let last_new = prev_index + entries.len() as u64;
         if let Some(i) = self.log.find_conflict(&entries) {
             let suffix = &entries[i..];
-            assert!(suffix[0].index > self.commit, "node {} would overwrite committed entry {}", self.cfg.id, suffix[0].index);
+            assert!(
+                suffix[0].index > self.commit,
+                "node {} would overwrite committed entry {}",
+                self.cfg.id,
+                suffix[0].index
+            );
             let dropped = self.log.append(suffix);
-            let has_conf = suffix.iter().any(|e| matches!(e.data, EntryData::Config(_)));
+            let has_conf = suffix
+                .iter()
+                .any(|e| matches!(e.data, EntryData::Config(_)));
             if dropped > 0 || has_conf {
                 self.conf = self.log.conf_at(self.log.last_index());
                 self.pending_conf = self.log.last_conf_index().unwrap_or(0);
@@ -878,7 +1047,11 @@ impl RaftNode {
     }
 
     /// Runs `f` as one step, then persists and checks invariants.
-    pub(crate) fn with_step<R>(&mut self, out: &mut Out, f: impl FnOnce(&mut Self, &mut Out) -> R) -> R {
+    pub(crate) fn with_step<R>(
+        &mut self,
+        out: &mut Out,
+        f: impl FnOnce(&mut Self, &mut Out) -> R,
+    ) -> R {
         let before = self.snapshot_for_checks();
         let r = f(self, out);
         self.finish(before, out);
@@ -890,7 +1063,10 @@ impl RaftNode {
         if self.role == Role::Leader {
             self.elapsed += 1;
             self.hb_elapsed += 1;
-            if self.transfer.is_some_and(|t| self.ticks - t.started >= u64::from(self.cfg.election_ticks)) {
+            if self
+                .transfer
+                .is_some_and(|t| self.ticks - t.started >= u64::from(self.cfg.election_ticks))
+            {
                 self.transfer = None;
             }
             if self.elapsed >= self.cfg.election_ticks {
@@ -900,7 +1076,9 @@ impl RaftNode {
                         .conf
                         .voters
                         .iter()
-                        .filter(|v| **v == self.cfg.id || self.prs.get(v).is_some_and(|p| p.recent_active))
+                        .filter(|v| {
+                            **v == self.cfg.id || self.prs.get(v).is_some_and(|p| p.recent_active)
+                        })
                         .count();
                     if active < self.quorum() {
                         let t = self.term;
@@ -932,11 +1110,14 @@ impl RaftNode {
         let mterm = msg.term();
         if mterm > self.term {
             match &msg {
-                Message::PreVote { .. } | Message::Vote { transfer: false, .. } if self.in_lease() => return,
+                Message::PreVote { .. }
+                | Message::Vote {
+                    transfer: false, ..
+                } if self.in_lease() => return,
                 Message::PreVote { .. } | Message::PreVoteResp { granted: true, .. } => {}
-                Message::Append { .. } | Message::Heartbeat { .. } | Message::InstallSnapshot { .. } => {
-                    self.become_follower(mterm, Some(from), out)
-                }
+                Message::Append { .. }
+                | Message::Heartbeat { .. }
+                | Message::InstallSnapshot { .. } => self.become_follower(mterm, Some(from), out),
                 _ => self.become_follower(mterm, None, out),
             }
         } else if mterm < self.term {
@@ -945,25 +1126,49 @@ impl RaftNode {
                     if self.cfg.check_quorum || self.cfg.pre_vote =>
                 {
                     // Tell a stale leader about our term so it steps down.
-                    out.send(from, Message::AppendResp { term: self.term, success: false, index: 0, hint: None });
+                    out.send(
+                        from,
+                        Message::AppendResp {
+                            term: self.term,
+                            success: false,
+                            index: 0,
+                            hint: None,
+                        },
+                    );
                 }
                 Message::PreVote { .. } => {
-                    out.send(from, Message::PreVoteResp { term: self.term, granted: false });
+                    out.send(
+                        from,
+                        Message::PreVoteResp {
+                            term: self.term,
+                            granted: false,
+                        },
+                    );
                 }
                 _ => {}
             }
             return;
         }
         match msg {
-            Message::PreVote { term, last_index, last_term } => {
-                let granted = term > self.term && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
+            Message::PreVote {
+                term,
+                last_index,
+                last_term,
+            } => {
+                let granted = term > self.term
+                    && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
                 let term = if granted { term } else { self.term };
                 out.send(from, Message::PreVoteResp { term, granted });
             }
-            Message::Vote { last_index, last_term, .. } => {
-                let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-                let granted =
-                    can_vote && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
+            Message::Vote {
+                last_index,
+                last_term,
+                ..
+            } => {
+                let can_vote =
+                    self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+                let granted = can_vote
+                    && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
                 if granted {
                     self.vote = Some(from);
                     self.elapsed = 0;
@@ -973,7 +1178,13 @@ impl RaftNode {
                         self.persist_hard(out);
                     }
                 }
-                out.send(from, Message::VoteResp { term: self.term, granted });
+                out.send(
+                    from,
+                    Message::VoteResp {
+                        term: self.term,
+                        granted,
+                    },
+                );
             }
             Message::PreVoteResp { term, granted } => {
                 if self.role == Role::PreCandidate && (term == self.term + 1 || !granted) {
@@ -987,7 +1198,13 @@ impl RaftNode {
                     self.poll(out);
                 }
             }
-            Message::Append { prev_index, prev_term, entries, commit, .. } => {
+            Message::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                ..
+            } => {
                 if !self.heard_from_leader(from, out) {
                     return;
                 }
@@ -1001,7 +1218,13 @@ impl RaftNode {
                 if c > self.commit {
                     self.commit = c;
                 }
-                out.send(from, Message::HeartbeatResp { term: self.term, ctx });
+                out.send(
+                    from,
+                    Message::HeartbeatResp {
+                        term: self.term,
+                        ctx,
+                    },
+                );
             }
             Message::InstallSnapshot { snapshot, .. } => {
                 if !self.heard_from_leader(from, out) {
@@ -1009,7 +1232,12 @@ impl RaftNode {
                 }
                 self.on_install_snapshot(from, *snapshot, out);
             }
-            Message::AppendResp { success, index, hint, .. } => {
+            Message::AppendResp {
+                success,
+                index,
+                hint,
+                ..
+            } => {
                 if self.role == Role::Leader {
                     self.on_append_resp(from, success, index, hint, out);
                 }
@@ -1061,7 +1289,13 @@ impl RaftNode {
         self.check_invariants();
         if before.term == self.term {
             if let Some(v) = before.vote {
-                assert_eq!(self.vote, Some(v), "node {} voted twice in term {}", self.cfg.id, self.term);
+                assert_eq!(
+                    self.vote,
+                    Some(v),
+                    "node {} voted twice in term {}",
+                    self.cfg.id,
+                    self.term
+                );
             }
             if before.leader && self.role == Role::Leader {
                 let (i, t) = before.last;
@@ -1079,20 +1313,44 @@ impl RaftNode {
     /// Invariants that hold between any two calls.
     pub fn check_invariants(&self) {
         let id = self.cfg.id;
-        assert!(self.commit <= self.log.last_index(), "node {id}: commit beyond the log");
-        assert!(self.applied <= self.commit, "node {id}: applied beyond commit");
-        assert!(self.log.snap.index <= self.applied, "node {id}: snapshot beyond applied");
-        assert!(self.log.last_term() <= self.term, "node {id}: log term beyond the current term");
+        assert!(
+            self.commit <= self.log.last_index(),
+            "node {id}: commit beyond the log"
+        );
+        assert!(
+            self.applied <= self.commit,
+            "node {id}: applied beyond commit"
+        );
+        assert!(
+            self.log.snap.index <= self.applied,
+            "node {id}: snapshot beyond applied"
+        );
+        assert!(
+            self.log.last_term() <= self.term,
+            "node {id}: log term beyond the current term"
+        );
         if let Some(e) = self.log.entries.last() {
             assert_eq!(e.index, self.log.last_index(), "node {id}: log indices");
         }
         match self.role {
             Role::Leader => {
-                assert_eq!(self.leader, Some(id), "node {id}: leader does not know it leads");
-                assert_eq!(self.vote, Some(id), "node {id}: leader did not vote for itself");
+                assert_eq!(
+                    self.leader,
+                    Some(id),
+                    "node {id}: leader does not know it leads"
+                );
+                assert_eq!(
+                    self.vote,
+                    Some(id),
+                    "node {id}: leader did not vote for itself"
+                );
                 assert!(self.pending_conf <= self.log.last_index());
             }
-            Role::Candidate => assert_eq!(self.vote, Some(id), "node {id}: candidate did not vote for itself"),
+            Role::Candidate => assert_eq!(
+                self.vote,
+                Some(id),
+                "node {id}: candidate did not vote for itself"
+            ),
             _ => {}
         }
     }

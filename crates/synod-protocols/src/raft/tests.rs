@@ -78,7 +78,11 @@ impl Net {
 
     fn boot(&mut self, id: NodeId) -> KvNode {
         self.seed += 1;
-        KvNode::new(self.cfgs[id as usize].clone(), &self.disks[id as usize], self.seed * 1000 + id)
+        KvNode::new(
+            self.cfgs[id as usize].clone(),
+            &self.disks[id as usize],
+            self.seed * 1000 + id,
+        )
     }
 
     fn node(&self, id: NodeId) -> &KvNode {
@@ -118,7 +122,10 @@ impl Net {
     fn input(&mut self, id: NodeId, input: KvInput) {
         let mut out = Out::default();
         let now = self.now;
-        self.nodes[id as usize].as_mut().expect("node is down").input(now, input, &mut out);
+        self.nodes[id as usize]
+            .as_mut()
+            .expect("node is down")
+            .input(now, input, &mut out);
         self.handle(id, out);
     }
 
@@ -128,13 +135,18 @@ impl Net {
         while let Some((from, to, msg)) = self.queue.pop_front() {
             budget -= 1;
             assert!(budget > 0, "message storm");
-            if self.cut.contains(&(from, to)) || self.nodes.get(to as usize).is_none_or(|n| n.is_none()) {
+            if self.cut.contains(&(from, to))
+                || self.nodes.get(to as usize).is_none_or(|n| n.is_none())
+            {
                 continue;
             }
             self.delivered.push((from, to, msg.clone()));
             let mut out = Out::default();
             let now = self.now;
-            self.nodes[to as usize].as_mut().expect("checked").step(now, from, msg, &mut out);
+            self.nodes[to as usize]
+                .as_mut()
+                .expect("checked")
+                .step(now, from, msg, &mut out);
             self.handle(to, out);
         }
     }
@@ -198,12 +210,22 @@ impl Net {
     }
 
     fn put(&mut self, id: NodeId, client: u64, seq: u64, key: &str, value: &str) {
-        let op = KvOp::Put { key: key.into(), value: value.into() };
+        let op = KvOp::Put {
+            key: key.into(),
+            value: value.into(),
+        };
         self.input(id, KvInput::Client(KvRequest { client, seq, op }));
     }
 
     fn get(&mut self, id: NodeId, client: u64, seq: u64, key: &str) {
-        self.input(id, KvInput::Client(KvRequest { client, seq, op: KvOp::Get { key: key.into() } }));
+        self.input(
+            id,
+            KvInput::Client(KvRequest {
+                client,
+                seq,
+                op: KvOp::Get { key: key.into() },
+            }),
+        );
     }
 
     fn admin(&mut self, id: NodeId, op: AdminOp) {
@@ -215,7 +237,11 @@ impl Net {
         self.events
             .iter()
             .filter_map(|(_, e)| match e {
-                KvEvent::Response { client: c, seq: s, result } if *c == client && *s == seq => Some(result.clone()),
+                KvEvent::Response {
+                    client: c,
+                    seq: s,
+                    result,
+                } if *c == client && *s == seq => Some(result.clone()),
                 _ => None,
             })
             .collect()
@@ -225,10 +251,19 @@ impl Net {
     fn check_applied_agree(&self) {
         let mut seen = std::collections::BTreeMap::new();
         for (id, e) in &self.events {
-            if let KvEvent::Applied { index, term, digest } = e {
+            if let KvEvent::Applied {
+                index,
+                term,
+                digest,
+            } = e
+            {
                 let prev = seen.insert(*index, (*term, *digest, *id));
                 if let Some((t, d, other)) = prev {
-                    assert_eq!((t, d), (*term, *digest), "nodes {other} and {id} applied different entries at {index}");
+                    assert_eq!(
+                        (t, d),
+                        (*term, *digest),
+                        "nodes {other} and {id} applied different entries at {index}"
+                    );
                 }
             }
         }
@@ -250,7 +285,10 @@ fn three_nodes_elect_exactly_one_leader() {
         assert_eq!(net.raft(id).term(), term);
         assert_eq!(net.raft(id).leader(), Some(l));
     }
-    assert!(net.events.iter().any(|(id, e)| *id == l && *e == KvEvent::BecameLeader { term }));
+    assert!(net
+        .events
+        .iter()
+        .any(|(id, e)| *id == l && *e == KvEvent::BecameLeader { term }));
     // A healthy cluster keeps its leader.
     net.run(200);
     assert_eq!(net.leader(), Some(l));
@@ -268,7 +306,11 @@ fn five_nodes_elect_a_leader_and_survive_its_crash() {
     assert!(net.raft(l2).term() > term);
     net.restart(l);
     net.run(50);
-    assert_eq!(net.leader(), Some(l2), "the restarted node must not depose the new leader");
+    assert_eq!(
+        net.leader(),
+        Some(l2),
+        "the restarted node must not depose the new leader"
+    );
     assert_eq!(net.raft(l).leader(), Some(l2));
 }
 
@@ -279,7 +321,10 @@ fn a_single_node_cluster_elects_itself_and_serves() {
     net.put(l, 1, 1, "k", "v");
     net.get(l, 1, 2, "k");
     assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Ok)]);
-    assert_eq!(net.responses(1, 2), vec![Ok(KvResult::Value(Some("v".into())))]);
+    assert_eq!(
+        net.responses(1, 2),
+        vec![Ok(KvResult::Value(Some("v".into())))]
+    );
 }
 
 #[test]
@@ -312,7 +357,11 @@ fn a_partitioned_minority_leader_cannot_commit() {
     let commit = net.raft(old).commit_index();
     net.put(old, 1, 1, "k", "lost");
     net.run(5);
-    assert_eq!(net.raft(old).commit_index(), commit, "a minority cannot commit");
+    assert_eq!(
+        net.raft(old).commit_index(),
+        commit,
+        "a minority cannot commit"
+    );
     // Check-quorum: the old leader steps down and drops its pending write.
     net.run(20);
     assert_ne!(net.raft(old).role(), Role::Leader);
@@ -326,7 +375,10 @@ fn a_partitioned_minority_leader_cannot_commit() {
     net.heal();
     net.run(30);
     for id in net.ids() {
-        assert_eq!(net.node(id).store().data.get("k").map(String::as_str), Some("kept"));
+        assert_eq!(
+            net.node(id).store().data.get("k").map(String::as_str),
+            Some("kept")
+        );
         assert_eq!(net.raft(id).last_index(), net.raft(new).last_index());
     }
     net.check_applied_agree();
@@ -349,7 +401,10 @@ fn conflicting_logs_are_repaired_with_few_round_trips() {
     let mut elected = None;
     for _ in 0..300 {
         net.run(1);
-        elected = rest.iter().copied().find(|&i| net.raft(i).role() == Role::Leader);
+        elected = rest
+            .iter()
+            .copied()
+            .find(|&i| net.raft(i).role() == Role::Leader);
         if elected.is_some() {
             break;
         }
@@ -372,11 +427,23 @@ fn conflicting_logs_are_repaired_with_few_round_trips() {
         .delivered
         .iter()
         .filter(|(from, to, m)| {
-            *from == old && *to == new && matches!(m, Message::AppendResp { success: false, hint: Some(_), .. })
+            *from == old
+                && *to == new
+                && matches!(
+                    m,
+                    Message::AppendResp {
+                        success: false,
+                        hint: Some(_),
+                        ..
+                    }
+                )
         })
         .count();
     // Walking back one index per rejection would take over 60 round trips.
-    assert!((1..=2).contains(&rejections), "fast backtracking took {rejections} rejections");
+    assert!(
+        (1..=2).contains(&rejections),
+        "fast backtracking took {rejections} rejections"
+    );
     assert_eq!(net.raft(old).role(), Role::Follower);
     assert_eq!(net.raft(old).last_index(), net.raft(new).last_index());
     for i in 1..=net.raft(new).last_index() {
@@ -398,7 +465,11 @@ fn pipelining_and_batching_replicate_a_burst() {
     for seq in 1..=50 {
         net.put(l, 1, seq, &format!("k{seq}"), "v");
     }
-    let appends = net.queue.iter().filter(|(_, _, m)| matches!(m, Message::Append { .. })).count();
+    let appends = net
+        .queue
+        .iter()
+        .filter(|(_, _, m)| matches!(m, Message::Append { .. }))
+        .count();
     // Two followers, at most three in flight each.
     assert!(appends <= 6, "{appends} appends in flight");
     net.deliver_all();
@@ -418,14 +489,17 @@ fn lost_appends_are_recovered() {
     let l = net.settle();
     for seq in 1..=20 {
         net.put(l, 1, seq, "k", &seq.to_string());
-        if seq % 3 == 0 {
+        if seq.is_multiple_of(3) {
             net.queue.clear();
         }
     }
     net.queue.clear();
     net.run(20);
     for id in net.ids() {
-        assert_eq!(net.node(id).store().data.get("k").map(String::as_str), Some("20"));
+        assert_eq!(
+            net.node(id).store().data.get("k").map(String::as_str),
+            Some("20")
+        );
     }
 }
 
@@ -440,7 +514,14 @@ fn restart_from_disk_keeps_term_vote_and_log() {
     let before: Vec<(u64, Option<NodeId>, u64, KvStore)> = net
         .ids()
         .iter()
-        .map(|&i| (net.raft(i).term(), net.raft(i).vote(), net.raft(i).last_index(), net.node(i).store().clone()))
+        .map(|&i| {
+            (
+                net.raft(i).term(),
+                net.raft(i).vote(),
+                net.raft(i).last_index(),
+                net.node(i).store().clone(),
+            )
+        })
         .collect();
     for id in net.ids() {
         net.crash(id);
@@ -448,7 +529,10 @@ fn restart_from_disk_keeps_term_vote_and_log() {
     }
     for (i, b) in before.iter().enumerate() {
         let n = net.node(i as NodeId);
-        assert_eq!((n.raft().term(), n.raft().vote(), n.raft().last_index()), (b.0, b.1, b.2));
+        assert_eq!(
+            (n.raft().term(), n.raft().vote(), n.raft().last_index()),
+            (b.0, b.1, b.2)
+        );
         // Followers may not yet have learned the last commit index; the
         // leader's store is complete.
         if i as NodeId == l {
@@ -473,8 +557,22 @@ fn a_vote_is_on_disk_before_the_reply_leaves() {
         n.tick(0, &mut out); // let the boot-time lease guard expire
     }
     out.clear();
-    n.step(0, 0, Message::Vote { term: 5, last_index: 0, last_term: 0, transfer: false }, &mut out);
-    assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 5, granted: true }));
+    n.step(
+        0,
+        0,
+        Message::Vote {
+            term: 5,
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+        &mut out,
+    );
+    assert!(out.msgs.iter().any(|m| m.msg
+        == Message::VoteResp {
+            term: 5,
+            granted: true
+        }));
     for w in &out.writes {
         KvNode::apply_write(&mut disk, w);
     }
@@ -486,8 +584,22 @@ fn a_vote_is_on_disk_before_the_reply_leaves() {
         n.tick(0, &mut out);
     }
     out.clear();
-    n.step(0, 2, Message::Vote { term: 5, last_index: 9, last_term: 4, transfer: false }, &mut out);
-    assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 5, granted: false }));
+    n.step(
+        0,
+        2,
+        Message::Vote {
+            term: 5,
+            last_index: 9,
+            last_term: 4,
+            transfer: false,
+        },
+        &mut out,
+    );
+    assert!(out.msgs.iter().any(|m| m.msg
+        == Message::VoteResp {
+            term: 5,
+            granted: false
+        }));
 }
 
 // ---- pre-vote and check-quorum -----------------------------------------------------
@@ -500,7 +612,11 @@ fn a_rejoining_node_does_not_disrupt_the_leader() {
     let f = (l + 1) % 3;
     net.isolate(&[f]);
     net.run(200);
-    assert_eq!(net.raft(f).term(), term, "pre-vote keeps the isolated node's term");
+    assert_eq!(
+        net.raft(f).term(),
+        term,
+        "pre-vote keeps the isolated node's term"
+    );
     net.heal();
     net.run(50);
     assert_eq!(net.leader(), Some(l));
@@ -523,7 +639,10 @@ fn without_pre_vote_a_rejoining_node_bumps_the_term() {
     net.heal();
     net.run(100);
     let l2 = net.settle();
-    assert!(net.raft(l2).term() > term, "the rejoining node forced a new election");
+    assert!(
+        net.raft(l2).term() > term,
+        "the rejoining node forced a new election"
+    );
 }
 
 // ---- snapshots -----------------------------------------------------------------------
@@ -541,10 +660,16 @@ fn a_lagging_follower_gets_a_snapshot() {
         net.put(l, 1, seq, &format!("k{}", seq % 7), &seq.to_string());
     }
     net.run(5);
-    assert!(net.raft(l).first_index() > net.raft(f).last_index() + 1, "the leader compacted past the follower");
+    assert!(
+        net.raft(l).first_index() > net.raft(f).last_index() + 1,
+        "the leader compacted past the follower"
+    );
     net.heal();
     net.run(10);
-    assert!(net.delivered.iter().any(|(_, to, m)| *to == f && matches!(m, Message::InstallSnapshot { .. })));
+    assert!(net
+        .delivered
+        .iter()
+        .any(|(_, to, m)| *to == f && matches!(m, Message::InstallSnapshot { .. })));
     assert_eq!(net.node(f).store(), net.node(l).store());
     assert!(net.raft(f).first_index() > 1);
     assert_eq!(net.raft(f).applied_index(), net.raft(l).applied_index());
@@ -560,17 +685,35 @@ fn a_lagging_follower_gets_a_snapshot() {
 
 #[test]
 fn disk_image_follows_the_wal_convention() {
-    let e = |index, term| Entry { index, term, data: EntryData::Empty };
+    let e = |index, term| Entry {
+        index,
+        term,
+        data: EntryData::Empty,
+    };
     let mut d = Disk::default();
     d.apply(&Write::Entries(vec![e(1, 1), e(2, 1), e(3, 1)]));
     d.apply(&Write::Entries(vec![e(2, 2)]));
     assert_eq!(d.entries, vec![e(1, 1), e(2, 2)]);
-    let snap = Snapshot { meta: SnapshotMeta { index: 1, term: 1, conf: ConfState::default() }, store: KvStore::default() };
+    let snap = Snapshot {
+        meta: SnapshotMeta {
+            index: 1,
+            term: 1,
+            conf: ConfState::default(),
+        },
+        store: KvStore::default(),
+    };
     d.apply(&Write::Snapshot(snap.clone()));
     assert_eq!(d.entries, vec![e(2, 2)]);
     d.apply(&Write::Entries(vec![e(1, 1), e(2, 2), e(3, 2)]));
     assert_eq!(d.entries, vec![e(2, 2), e(3, 2)]);
-    let other = Snapshot { meta: SnapshotMeta { index: 5, term: 3, ..snap.meta.clone() }, ..snap };
+    let other = Snapshot {
+        meta: SnapshotMeta {
+            index: 5,
+            term: 3,
+            ..snap.meta.clone()
+        },
+        ..snap
+    };
     d.apply(&Write::Snapshot(other));
     assert!(d.entries.is_empty());
 }
@@ -584,14 +727,21 @@ fn add_then_remove_a_voter() {
     net.put(l, 1, 1, "k", "v");
     let new = net.add_node(|_| {});
     net.run(30);
-    assert_eq!(net.raft(new).role(), Role::Follower, "a node outside the configuration stays idle");
+    assert_eq!(
+        net.raft(new).role(),
+        Role::Follower,
+        "a node outside the configuration stays idle"
+    );
     assert_eq!(net.raft(new).term(), 0);
     net.admin(l, AdminOp::AddVoter(new));
     net.run(10);
     for id in net.ids() {
         assert_eq!(net.raft(id).voters(), vec![0, 1, 2, 3], "node {id}");
     }
-    assert_eq!(net.node(new).store().data.get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        net.node(new).store().data.get("k").map(String::as_str),
+        Some("v")
+    );
     // Remove the leader itself: it steps down once the change commits.
     net.admin(l, AdminOp::RemoveNode(l));
     net.run(5);
@@ -615,12 +765,19 @@ fn learners_replicate_but_do_not_vote() {
     net.put(l, 1, 1, "k", "v");
     net.run(10);
     assert_eq!(net.raft(l).learners(), vec![learner]);
-    assert_eq!(net.node(learner).store().data.get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        net.node(learner).store().data.get("k").map(String::as_str),
+        Some("v")
+    );
     // Only one change at a time: a second proposal right after is refused.
     net.admin(l, AdminOp::PromoteLearner(learner));
     let idx = net.raft(l).last_index();
     net.admin(l, AdminOp::RemoveNode((l + 1) % 3));
-    assert_eq!(net.raft(l).last_index(), idx, "a second uncommitted change is refused");
+    assert_eq!(
+        net.raft(l).last_index(),
+        idx,
+        "a second uncommitted change is refused"
+    );
     net.run(10);
     assert_eq!(net.raft(learner).voters().len(), 4);
 }
@@ -634,7 +791,10 @@ fn leadership_transfer_hands_over() {
     net.admin(l, AdminOp::TransferLeader(target));
     // Proposals are refused while the transfer is underway.
     net.put(l, 1, 1, "k", "v");
-    assert_eq!(net.responses(1, 1), vec![Err(KvError::NotLeader { hint: Some(target) })]);
+    assert_eq!(
+        net.responses(1, 1),
+        vec![Err(KvError::NotLeader { hint: Some(target) })]
+    );
     net.deliver_all();
     assert_eq!(net.leader(), Some(target));
     assert_eq!(net.raft(target).term(), term + 1);
@@ -668,11 +828,17 @@ fn a_read_index_read_sees_the_latest_committed_write() {
     // Not answered before a heartbeat round confirms leadership.
     assert!(net.responses(2, 1).is_empty());
     net.deliver_all();
-    assert_eq!(net.responses(2, 1), vec![Ok(KvResult::Value(Some("v1".into())))]);
+    assert_eq!(
+        net.responses(2, 1),
+        vec![Ok(KvResult::Value(Some("v1".into())))]
+    );
     // Followers redirect.
     let f = (l + 1) % 3;
     net.get(f, 2, 2, "k");
-    assert_eq!(net.responses(2, 2), vec![Err(KvError::NotLeader { hint: Some(l) })]);
+    assert_eq!(
+        net.responses(2, 2),
+        vec![Err(KvError::NotLeader { hint: Some(l) })]
+    );
     // Concurrent reads share one heartbeat round.
     let before = net.queue.len();
     net.get(l, 3, 1, "k");
@@ -683,7 +849,10 @@ fn a_read_index_read_sees_the_latest_committed_write() {
     net.deliver_all();
     net.deliver_all();
     for c in 3..=5 {
-        assert_eq!(net.responses(c, 1), vec![Ok(KvResult::Value(Some("v1".into())))]);
+        assert_eq!(
+            net.responses(c, 1),
+            vec![Ok(KvResult::Value(Some("v1".into())))]
+        );
     }
 }
 
@@ -697,7 +866,10 @@ fn a_deposed_leader_does_not_serve_stale_reads() {
     net.get(old, 9, 1, "k");
     let rest: Vec<NodeId> = net.ids().into_iter().filter(|&i| i != old).collect();
     net.run(40);
-    let new = rest.into_iter().find(|&i| net.raft(i).role() == Role::Leader).expect("a new leader");
+    let new = rest
+        .into_iter()
+        .find(|&i| net.raft(i).role() == Role::Leader)
+        .expect("a new leader");
     net.put(new, 1, 2, "k", "new");
     net.run(2);
     // The old leader never answered with the stale value.
@@ -714,7 +886,10 @@ fn lease_reads_answer_without_a_round() {
     net.put(l, 1, 1, "k", "v");
     net.run(2);
     net.get(l, 2, 1, "k");
-    assert_eq!(net.responses(2, 1), vec![Ok(KvResult::Value(Some("v".into())))]);
+    assert_eq!(
+        net.responses(2, 1),
+        vec![Ok(KvResult::Value(Some("v".into())))]
+    );
     // Without fresh acknowledgements the lease runs out.
     net.isolate(&[l]);
     for _ in 0..9 {
@@ -731,7 +906,15 @@ fn lease_reads_answer_without_a_round() {
 fn a_retried_proposal_applies_exactly_once() {
     let mut net = Net::new(3, quick);
     let l = net.settle();
-    let cas = |seq| KvRequest { client: 1, seq, op: KvOp::Cas { key: "c".into(), expected: None, value: "1".into() } };
+    let cas = |seq| KvRequest {
+        client: 1,
+        seq,
+        op: KvOp::Cas {
+            key: "c".into(),
+            expected: None,
+            value: "1".into(),
+        },
+    };
     net.input(l, KvInput::Client(cas(1)));
     // The client times out and retries the same request twice.
     net.input(l, KvInput::Client(cas(1)));
@@ -745,7 +928,10 @@ fn a_retried_proposal_applies_exactly_once() {
     net.input(l2, KvInput::Client(cas(1)));
     net.run(2);
     assert_eq!(net.responses(1, 1), vec![Ok(KvResult::Bool(true)); 4]);
-    assert_eq!(net.node(l2).store().data.get("c").map(String::as_str), Some("1"));
+    assert_eq!(
+        net.node(l2).store().data.get("c").map(String::as_str),
+        Some("1")
+    );
 }
 
 // ---- deliberate bugs -------------------------------------------------------------------
@@ -753,7 +939,14 @@ fn a_retried_proposal_applies_exactly_once() {
 /// A follower whose election timer has expired (so it holds no lease).
 fn expired(id: NodeId, peers: &[NodeId], bugs: Bugs, entries: &[(u64, u64)]) -> KvNode {
     let mut disk = Disk::default();
-    let es: Vec<Entry> = entries.iter().map(|&(index, term)| Entry { index, term, data: EntryData::Empty }).collect();
+    let es: Vec<Entry> = entries
+        .iter()
+        .map(|&(index, term)| Entry {
+            index,
+            term,
+            data: EntryData::Empty,
+        })
+        .collect();
     disk.apply(&Write::Entries(es));
     disk.hard.term = entries.last().map_or(0, |e| e.1);
     let mut c = cfg(id, peers);
@@ -768,20 +961,36 @@ fn expired(id: NodeId, peers: &[NodeId], bugs: Bugs, entries: &[(u64, u64)]) -> 
 
 #[test]
 fn bug_vote_without_log_check_grants_stale_candidates() {
-    let vote = Message::Vote { term: 9, last_index: 1, last_term: 1, transfer: false };
+    let vote = Message::Vote {
+        term: 9,
+        last_index: 1,
+        last_term: 1,
+        transfer: false,
+    };
     for (bug, granted) in [(false, false), (true, true)] {
-        let bugs = Bugs { vote_without_log_check: bug, ..Bugs::default() };
+        let bugs = Bugs {
+            vote_without_log_check: bug,
+            ..Bugs::default()
+        };
         let mut n = expired(1, &[0, 1, 2], bugs, &[(1, 1), (2, 2), (3, 2)]);
         let mut out = Out::default();
         n.step(0, 0, vote.clone(), &mut out);
-        assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 9, granted }), "bug={bug}");
+        assert!(
+            out.msgs
+                .iter()
+                .any(|m| m.msg == Message::VoteResp { term: 9, granted }),
+            "bug={bug}"
+        );
     }
 }
 
 #[test]
 fn bug_commit_old_term_by_counting_commits_an_old_entry() {
     for bug in [false, true] {
-        let bugs = Bugs { commit_old_term_by_counting: bug, ..Bugs::default() };
+        let bugs = Bugs {
+            commit_old_term_by_counting: bug,
+            ..Bugs::default()
+        };
         // Node 0 holds an entry of term 2 that node 1 lacks; node 0 becomes
         // leader of term 3 and replicates its old entry to node 1 only.
         let mut n0 = expired(0, &[0, 1, 2], bugs, &[(1, 1), (2, 2)]);
@@ -791,11 +1000,29 @@ fn bug_commit_old_term_by_counting_commits_an_old_entry() {
         }
         // Win the election.
         let term = n0.raft().term();
-        n0.step(0, 1, Message::VoteResp { term, granted: true }, &mut out);
+        n0.step(
+            0,
+            1,
+            Message::VoteResp {
+                term,
+                granted: true,
+            },
+            &mut out,
+        );
         assert_eq!(n0.raft().role(), Role::Leader);
         // Node 1 acknowledges index 2 (the old-term entry), not the new empty one.
         out.clear();
-        n0.step(0, 1, Message::AppendResp { term, success: true, index: 2, hint: None }, &mut out);
+        n0.step(
+            0,
+            1,
+            Message::AppendResp {
+                term,
+                success: true,
+                index: 2,
+                hint: None,
+            },
+            &mut out,
+        );
         let expected = if bug { 2 } else { 0 };
         assert_eq!(n0.raft().commit_index(), expected, "bug={bug}");
     }
@@ -804,19 +1031,60 @@ fn bug_commit_old_term_by_counting_commits_an_old_entry() {
 #[test]
 fn bug_reply_before_persist_skips_the_write() {
     for bug in [false, true] {
-        let bugs = Bugs { reply_before_persist: bug, ..Bugs::default() };
+        let bugs = Bugs {
+            reply_before_persist: bug,
+            ..Bugs::default()
+        };
         let mut n = expired(1, &[0, 1, 2], bugs, &[]);
         let mut out = Out::default();
-        n.step(0, 0, Message::Vote { term: 4, last_index: 0, last_term: 0, transfer: false }, &mut out);
-        assert!(out.msgs.iter().any(|m| m.msg == Message::VoteResp { term: 4, granted: true }));
-        let voted = out.writes.iter().any(|w| matches!(w, Write::HardState(h) if h.vote == Some(0)));
+        n.step(
+            0,
+            0,
+            Message::Vote {
+                term: 4,
+                last_index: 0,
+                last_term: 0,
+                transfer: false,
+            },
+            &mut out,
+        );
+        assert!(out.msgs.iter().any(|m| m.msg
+            == Message::VoteResp {
+                term: 4,
+                granted: true
+            }));
+        let voted = out
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::HardState(h) if h.vote == Some(0)));
         assert_eq!(voted, !bug, "bug={bug}");
         out.clear();
-        let e = Entry { index: 1, term: 4, data: EntryData::Empty };
-        let append = Message::Append { term: 4, prev_index: 0, prev_term: 0, entries: vec![e], commit: 0 };
+        let e = Entry {
+            index: 1,
+            term: 4,
+            data: EntryData::Empty,
+        };
+        let append = Message::Append {
+            term: 4,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![e],
+            commit: 0,
+        };
         n.step(0, 0, append, &mut out);
-        assert!(out.msgs.iter().any(|m| matches!(m.msg, Message::AppendResp { success: true, index: 1, .. })));
-        assert_eq!(out.writes.iter().any(|w| matches!(w, Write::Entries(_))), !bug, "bug={bug}");
+        assert!(out.msgs.iter().any(|m| matches!(
+            m.msg,
+            Message::AppendResp {
+                success: true,
+                index: 1,
+                ..
+            }
+        )));
+        assert_eq!(
+            out.writes.iter().any(|w| matches!(w, Write::Entries(_))),
+            !bug,
+            "bug={bug}"
+        );
     }
 }
 
@@ -837,7 +1105,7 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
         c.max_inflight = 4;
         c.lease_reads = lease_reads;
         // Some runs without check-quorum, so deposed leaders linger.
-        c.check_quorum = lease_reads || seed % 2 == 0;
+        c.check_quorum = lease_reads || seed.is_multiple_of(2);
     });
     // A sixth node, outside the initial configuration, for membership changes.
     let n = if membership {
@@ -854,14 +1122,16 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
     // For the stale-read check: when each op was invoked, when each put was
     // acknowledged, and what each read returned (and when).
     let mut invoked: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
-    let mut put_acked_at: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    let mut put_acked_at: std::collections::BTreeMap<u64, usize> =
+        std::collections::BTreeMap::new();
     let mut read_results: Vec<(u64, Option<String>)> = Vec::new();
-    let step_out = |net: &mut Net, id: NodeId, f: &mut dyn FnMut(&mut KvNode, &mut Out)| -> Option<Out> {
-        let node = net.nodes[id as usize].as_mut()?;
-        let mut out = Out::default();
-        f(node, &mut out);
-        Some(out)
-    };
+    let step_out =
+        |net: &mut Net, id: NodeId, f: &mut dyn FnMut(&mut KvNode, &mut Out)| -> Option<Out> {
+            let node = net.nodes[id as usize].as_mut()?;
+            let mut out = Out::default();
+            f(node, &mut out);
+            Some(out)
+        };
     // One node at a time may be cut off from the others for a while.
     let mut isolated: Option<(NodeId, usize)> = None;
     for step in 0..20_000 {
@@ -890,7 +1160,10 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
                 if cut || (faults && rng.gen_bool(0.05)) {
                     None // lost
                 } else {
-                    step_out(&mut net, to, &mut |node, out| node.step(0, from, msg.clone(), out)).map(|o| {
+                    step_out(&mut net, to, &mut |node, out| {
+                        node.step(0, from, msg.clone(), out)
+                    })
+                    .map(|o| {
                         // The output belongs to the receiver.
                         pending[to as usize].push_back(o);
                         Out::default()
@@ -913,12 +1186,29 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
                             assert_eq!(prev, id, "two leaders in term {term}");
                         }
                     }
-                    if let KvEvent::Response { client, seq, result: Ok(KvResult::Ok) } = &e {
-                        let op = KvOp::Put { key: format!("k{}", seq % 5), value: format!("v{seq}") };
-                        acked.push(KvRequest { client: *client, seq: *seq, op });
+                    if let KvEvent::Response {
+                        client,
+                        seq,
+                        result: Ok(KvResult::Ok),
+                    } = &e
+                    {
+                        let op = KvOp::Put {
+                            key: format!("k{}", seq % 5),
+                            value: format!("v{seq}"),
+                        };
+                        acked.push(KvRequest {
+                            client: *client,
+                            seq: *seq,
+                            op,
+                        });
                         put_acked_at.insert(*seq, step);
                     }
-                    if let KvEvent::Response { seq, result: Ok(KvResult::Value(v)), .. } = &e {
+                    if let KvEvent::Response {
+                        seq,
+                        result: Ok(KvResult::Value(v)),
+                        ..
+                    } = &e
+                    {
                         read_results.push((*seq, v.clone()));
                     }
                     net.events.push((id, e));
@@ -934,17 +1224,30 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
                 3 => AdminOp::RemoveNode(target),
                 _ => AdminOp::TransferLeader(target),
             };
-            step_out(&mut net, id, &mut |node, out| node.input(0, KvInput::Admin(op.clone()), out))
+            step_out(&mut net, id, &mut |node, out| {
+                node.input(0, KvInput::Admin(op.clone()), out)
+            })
         } else if r < 97 {
             seq += 1;
             let op = if rng.gen_bool(0.3) {
-                KvOp::Get { key: format!("k{}", seq % 5) }
+                KvOp::Get {
+                    key: format!("k{}", seq % 5),
+                }
             } else {
-                KvOp::Put { key: format!("k{}", seq % 5), value: format!("v{seq}") }
+                KvOp::Put {
+                    key: format!("k{}", seq % 5),
+                    value: format!("v{seq}"),
+                }
             };
             invoked.insert(seq, step);
-            let input = KvInput::Client(KvRequest { client: 1 + seq % 3, seq, op });
-            step_out(&mut net, id, &mut |node, out| node.input(0, input.clone(), out))
+            let input = KvInput::Client(KvRequest {
+                client: 1 + seq % 3,
+                seq,
+                op,
+            });
+            step_out(&mut net, id, &mut |node, out| {
+                node.input(0, input.clone(), out)
+            })
         } else if faults && net.nodes[id as usize].is_some() && rng.gen_bool(0.04) {
             // Crash; with a power loss the unsynced outputs vanish, otherwise
             // their writes reach the disk (but nothing is sent).
@@ -991,7 +1294,11 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
     net.run(20);
     assert_eq!(net.responses(99, 1), vec![Ok(KvResult::Ok)], "seed {seed}");
     for id in net.raft(l).conf().members().collect::<Vec<_>>() {
-        assert_eq!(net.node(id).store(), net.node(l).store(), "seed {seed}: node {id} diverged");
+        assert_eq!(
+            net.node(id).store(),
+            net.node(l).store(),
+            "seed {seed}: node {id} diverged"
+        );
     }
     net.check_applied_agree();
     // Every acknowledged write was applied (the leader's own events cover
@@ -1005,10 +1312,20 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
         })
         .collect();
     for req in &acked {
-        let e = Entry { index: 0, term: 0, data: EntryData::Kv(req.clone()) };
-        assert!(digests.contains(&e.digest()), "seed {seed}: acknowledged write {req:?} was never applied");
+        let e = Entry {
+            index: 0,
+            term: 0,
+            data: EntryData::Kv(req.clone()),
+        };
+        assert!(
+            digests.contains(&e.digest()),
+            "seed {seed}: acknowledged write {req:?} was never applied"
+        );
         let last = net.node(l).store().sessions.get(&req.client).map(|s| s.0);
-        assert!(last >= Some(req.seq), "seed {seed}: session of {req:?} lost");
+        assert!(
+            last >= Some(req.seq),
+            "seed {seed}: session of {req:?} lost"
+        );
     }
     // No stale reads: a read reflects every write acknowledged before it was
     // invoked. Values are unique, so the value read names the put it saw.
@@ -1021,14 +1338,27 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
         })
         .collect();
     let put_index = |s: u64| {
-        let op = KvOp::Put { key: format!("k{}", s % 5), value: format!("v{s}") };
-        let e = Entry { index: 0, term: 0, data: EntryData::Kv(KvRequest { client: 1 + s % 3, seq: s, op }) };
+        let op = KvOp::Put {
+            key: format!("k{}", s % 5),
+            value: format!("v{s}"),
+        };
+        let e = Entry {
+            index: 0,
+            term: 0,
+            data: EntryData::Kv(KvRequest {
+                client: 1 + s % 3,
+                seq: s,
+                op,
+            }),
+        };
         index_of.get(&e.digest()).copied()
     };
     for (rseq, v) in &read_results {
         let seen = match v {
             None => 0,
-            Some(v) => put_index(v[1..].parse().unwrap()).expect("a read returned a value never applied"),
+            Some(v) => {
+                put_index(v[1..].parse().unwrap()).expect("a read returned a value never applied")
+            }
         };
         for (&p, &at) in &put_acked_at {
             if p % 5 == rseq % 5 && at < invoked[rseq] {
@@ -1037,8 +1367,16 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
             }
         }
     }
-    let applied = net.events.iter().filter(|(_, e)| matches!(e, KvEvent::Applied { .. })).count();
-    let oks = net.events.iter().filter(|(_, e)| matches!(e, KvEvent::Response { result: Ok(_), .. })).count();
+    let applied = net
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, KvEvent::Applied { .. }))
+        .count();
+    let oks = net
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, KvEvent::Response { result: Ok(_), .. }))
+        .count();
     if std::env::var("RAFT_CHAOS_STATS").is_ok() {
         eprintln!(
             "seed {seed}: {} leaders, {applied} applied, {oks} ok responses, {} acked puts, {} reads, last index {}, first index {}, conf {:?}",
@@ -1050,19 +1388,22 @@ fn chaos(seed: u64, lease_reads: bool, membership: bool) {
             net.raft(l).conf()
         );
     }
-    assert!(!leaders.is_empty() && oks > 10, "seed {seed}: the run did too little");
+    assert!(
+        !leaders.is_empty() && oks > 10,
+        "seed {seed}: the run did too little"
+    );
 }
 
 #[test]
 fn randomized_faults_keep_replicas_consistent() {
     for seed in 0..40 {
-        chaos(seed, seed % 3 == 0, false);
+        chaos(seed, seed.is_multiple_of(3), false);
     }
 }
 
 #[test]
 fn randomized_faults_with_membership_changes_and_transfers() {
     for seed in 100..140 {
-        chaos(seed, seed % 3 == 0, true);
+        chaos(seed, seed.is_multiple_of(3), true);
     }
 }
