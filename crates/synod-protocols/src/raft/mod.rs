@@ -42,12 +42,17 @@
 //!   heartbeat round sent after the read arrived, and (3) the store has applied
 //!   the commit index recorded when the read arrived. With
 //!   [`RaftConfig::lease_reads`] step (2) is replaced by a lease: a quorum
-//!   acknowledged a round sent less than `election_ticks - 1` leader ticks ago.
-//!   Followers with check-quorum refuse to vote for `election_ticks` of *their*
-//!   ticks after hearing from the leader, so the lease is safe as long as no
-//!   follower's tick runs more than one tick per election timeout faster than
-//!   the leader's (bounded clock drift); a node that restarts refuses votes for
-//!   one election timeout too, since it forgot when it last heard the leader.
+//!   acknowledged a round sent less than `election_ticks - 2` leader ticks ago.
+//!   Followers with check-quorum refuse (pre-)votes until `election_ticks` of
+//!   *their* ticks have passed since they last heard from a leader, i.e. for
+//!   more than `election_ticks - 1` tick periods after receiving the round.
+//!   The lease is therefore safe as long as a follower's clock does not run
+//!   faster than the leader's by more than a factor
+//!   `(election_ticks - 1) / (election_ticks - 2)` (about 12% with the default
+//!   of 10) — the bounded clock-drift assumption. A node that restarts refuses
+//!   votes for one election timeout as well, since it forgot when it last heard
+//!   from the leader; and a leader stops using its lease while it transfers
+//!   leadership (the target's votes bypass the followers' leases).
 //! * **Snapshots.** A snapshot is written ([`Write::Snapshot`]) in the output
 //!   that discards the log prefix; an installed snapshot is durable before the
 //!   follower acknowledges it.

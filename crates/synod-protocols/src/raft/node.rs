@@ -76,9 +76,12 @@ pub struct RaftNode {
     hb_elapsed: u32,
     /// Ticks since boot.
     ticks: u64,
-    /// Refuse (pre-)votes for one election timeout after boot: a restarted node
-    /// does not know when it last heard from the leader, whose lease may be live.
-    lease_guard: bool,
+    /// Ticks since this node last heard from a leader (or was one). Starts at
+    /// 0 on boot: a restarted node does not know when it last heard from the
+    /// leader, whose lease may still be live, so it waits a full timeout. Not
+    /// reset by term changes, so a stray higher-term message cannot make a
+    /// node forget the lease it promised to honour.
+    since_leader: u32,
     votes: BTreeMap<NodeId, bool>,
     campaign_transfer: bool,
 
@@ -152,7 +155,7 @@ impl RaftNode {
             timeout: cfg.election_ticks,
             hb_elapsed: 0,
             ticks: 0,
-            lease_guard: cfg.check_quorum,
+            since_leader: 0,
             votes: BTreeMap::new(),
             campaign_transfer: false,
             prs: BTreeMap::new(),
@@ -301,8 +304,7 @@ impl RaftNode {
     /// help depose it.
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum
-            && (self.leader.is_some() || self.lease_guard)
-            && self.elapsed < self.cfg.election_ticks
+            && (self.role == Role::Leader || self.since_leader < self.cfg.election_ticks)
     }
 
     /// Whether a candidate's log is at least as up to date as ours.
@@ -774,8 +776,10 @@ impl RaftNode {
         let Some(&(_, sent)) = self.rounds.iter().find(|(c, _)| *c == qc) else {
             return false;
         };
-        // One tick of margin for clock drift; see the module docs.
-        self.ticks < sent + u64::from(self.cfg.election_ticks) - 1
+        // Followers refuse votes for more than `election_ticks - 1` of their
+        // ticks after receiving the round; two ticks of margin absorb the
+        // tick phase and bounded clock drift (see the module docs).
+        self.ticks + 2 < sent + u64::from(self.cfg.election_ticks)
     }
 
     /// Starts a linearizable read with id `id` (chosen by the caller). Its
@@ -1061,6 +1065,7 @@ impl RaftNode {
     fn tick_inner(&mut self, out: &mut Out) {
         self.ticks += 1;
         if self.role == Role::Leader {
+            self.since_leader = 0;
             self.elapsed += 1;
             self.hb_elapsed += 1;
             if self
@@ -1096,9 +1101,7 @@ impl RaftNode {
             }
         } else {
             self.elapsed += 1;
-            if self.elapsed >= self.cfg.election_ticks {
-                self.lease_guard = false;
-            }
+            self.since_leader = self.since_leader.saturating_add(1);
             if self.promotable() && self.elapsed >= self.timeout {
                 let pre = self.cfg.pre_vote;
                 self.campaign(pre, false, out);
@@ -1268,7 +1271,7 @@ impl RaftNode {
         }
         self.leader = Some(from);
         self.elapsed = 0;
-        self.lease_guard = false;
+        self.since_leader = 0;
         true
     }
 
