@@ -3,7 +3,7 @@
 //! [`RaftNode`] is the consensus core: elections (with pre-vote and
 //! check-quorum), log replication with batching and pipelining, commitment,
 //! ReadIndex and lease reads, snapshots, one-at-a-time membership changes and
-//! leadership transfer. [`KvNode`] puts a [`KvStore`](crate::kv::KvStore) on top
+//! leadership transfer. [`KvNode`] puts a [`KvStore`] on top
 //! and implements [`Node`](crate::sansio::Node) for the simulator and the service.
 //!
 //! # Ordering contract (what the driver's persist-then-send buys us)
@@ -59,7 +59,39 @@
 //!
 //! On restart, [`KvNode::new`] rebuilds the store from the disk's snapshot and
 //! re-applies the durable log up to the durable commit index, silently (no
-//! events): `Applied` events after a restart resume at `commit + 1`.
+//! events): `Applied` events after a restart resume at `commit + 1`. A
+//! follower that installs a snapshot skips the `Applied` events of the entries
+//! it covers; applied indexes still only increase.
+//!
+//! # Design notes
+//!
+//! * **Time** is counted in ticks (one per [`Node::tick`](crate::sansio::Node::tick)
+//!   call); the `now` argument is ignored. Election timeouts are drawn from a
+//!   ChaCha8 generator seeded by the constructor's `seed`.
+//! * **Replication.** Per follower the leader keeps a match index, an
+//!   optimistic next index and a state: *probe* (one `Append` at a time until
+//!   the logs are known to match), *replicate* (up to `max_inflight` pipelined
+//!   `Append`s of up to `max_batch` entries) or *snapshot*. A follower that
+//!   rejects an `Append` returns a [`RejectHint`]: the term of its conflicting
+//!   entry and its first index in that term (or its last index if it is
+//!   short), so the leader skips a whole term per round trip. Heartbeat
+//!   replies restart probes and detect stalled pipelines (lost `Append`s).
+//! * **Commitment** counts the voters' match indexes, the leader's own being
+//!   its last index; only entries of the current term are committed by
+//!   counting. Followers learn the commit index from `Append`s and from
+//!   heartbeats (capped at what the leader knows they hold).
+//! * **Membership.** Configurations are log entries carrying the whole new
+//!   [`ConfState`]; a node uses the latest one in its log, committed or not.
+//!   The leader proposes one change at a time, only after committing an entry
+//!   of its term. A leader that removes itself steps down once the removal
+//!   commits. Nodes that are not voters of their configuration never campaign;
+//!   a node booted with `peers` that exclude it waits for a leader to bring it
+//!   the log (or a snapshot) that names it. Learners are followers that are
+//!   not voters: they replicate, but do not count in quorums.
+//! * **Leadership transfer.** The leader stops accepting writes, brings the
+//!   target up to date, and sends it `TimeoutNow`; the target campaigns at
+//!   once, with a flag that lets voters ignore their leader lease. The leader
+//!   abandons the transfer after an election timeout.
 
 mod kv_node;
 mod log;
