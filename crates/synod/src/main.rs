@@ -9,7 +9,11 @@ use synod_sim::linearizability::{self, CheckResult};
 mod sim_cmd;
 
 #[derive(Parser)]
-#[command(name = "synod", version, about = "A consensus toolkit: protocols, their proof in a deterministic simulator, and (soon) a replicated service")]
+#[command(
+    name = "synod",
+    version,
+    about = "A consensus toolkit: protocols, their proof in a deterministic simulator, and (soon) a replicated service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,8 +51,10 @@ fn main() -> ExitCode {
 }
 
 fn check_history(path: &PathBuf) -> Result<ExitCode, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let ops = history::read_jsonl(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let ops = history::read_jsonl(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let verdict = linearizability::check(&ops);
     println!("{verdict}");
     Ok(match verdict {

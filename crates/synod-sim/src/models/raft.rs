@@ -27,6 +27,13 @@
 //!   entry known to be committed before any leader of term `T` or later existed;
 //! * **state_machine_safety** — no two nodes apply different entries at one index,
 //!   and a node applies indexes in increasing order;
+//! * **commit_rule** — a leader advances its commit index only to an entry of
+//!   its own term (Raft §5.4.2: older entries are committed only indirectly).
+//!   Breaking this rule is harmless until a Figure-8 sequence of leaders turns it
+//!   into a lost committed entry, which random runs rarely produce, so it is
+//!   checked directly: whenever a leader reports an applied entry, its commit
+//!   index must still be where it was when it was elected, or at an entry of its
+//!   term;
 //! * **linearizability** — the client history, checked at the end of the run
 //!   (a search that runs out of budget is counted in `ops_unknown_checks`, not
 //!   reported as a violation).
@@ -48,8 +55,14 @@ use synod_protocols::raft::{Disk, KvNode, RaftConfig, Role};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The safety properties checked on every run.
-pub const PROPERTIES: &[&str] =
-    &["election_safety", "log_matching", "leader_completeness", "state_machine_safety", "linearizability"];
+pub const PROPERTIES: &[&str] = &[
+    "election_safety",
+    "log_matching",
+    "leader_completeness",
+    "state_machine_safety",
+    "commit_rule",
+    "linearizability",
+];
 
 /// The counters every run reports.
 pub const COUNTERS: &[&str] = &[
@@ -134,6 +147,9 @@ pub struct RaftModel<B> {
     /// Leader of each term seen in a `BecameLeader` event.
     leaders: HashMap<u64, NodeId>,
     max_leader_term: u64,
+    /// Per node: the term it was last seen becoming leader of, and its commit
+    /// index then.
+    elected: Vec<Option<(u64, u64)>>,
     /// The first entry seen applied at each index: (term, digest, the highest
     /// leader term known when it was first seen applied).
     committed: BTreeMap<u64, (u64, u64, u64)>,
@@ -172,6 +188,7 @@ where
             history: Vec::new(),
             leaders: HashMap::new(),
             max_leader_term: 0,
+            elected: vec![None; nodes],
             committed: BTreeMap::new(),
             last_applied: vec![None; nodes],
             leader_crash: None,
@@ -196,7 +213,9 @@ where
     }
 
     fn random_other(&self, ctl: &mut Ctl<'_, KvNode>, not: NodeId) -> NodeId {
-        let up: Vec<NodeId> = (0..self.n as NodeId).filter(|&i| i != not && ctl.is_up(i)).collect();
+        let up: Vec<NodeId> = (0..self.n as NodeId)
+            .filter(|&i| i != not && ctl.is_up(i))
+            .collect();
         if !up.is_empty() {
             return up[ctl.rng().gen_range(0..up.len())];
         }
@@ -215,8 +234,14 @@ where
     fn send(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize, extra: Instant) {
         let latency = ctl.rng().gen_range(MS..5 * MS) + extra;
         let client = &mut self.clients[c];
-        let Some(p) = client.pending.as_ref() else { return };
-        let req = KvRequest { client: client.session, seq: p.seq, op: p.op.clone() };
+        let Some(p) = client.pending.as_ref() else {
+            return;
+        };
+        let req = KvRequest {
+            client: client.session,
+            seq: p.seq,
+            op: p.op.clone(),
+        };
         let target = p.target;
         client.generation += 1;
         let tok = token(WAKE_TIMEOUT, c, client.generation);
@@ -226,7 +251,9 @@ where
 
     /// Sends client `c`'s pending request to another node (or to `hint`).
     fn retry(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize, hint: Option<NodeId>, extra: Instant) {
-        let Some(current) = self.clients[c].pending.as_ref().map(|p| p.target) else { return };
+        let Some(current) = self.clients[c].pending.as_ref().map(|p| p.target) else {
+            return;
+        };
         let target = match hint {
             Some(h) if (h as usize) < self.n && h != current => h,
             _ => self.random_other(ctl, current),
@@ -238,7 +265,9 @@ where
         }
         if ctl.tracing() {
             let (session, seq) = (client.session, client.pending.as_ref().map_or(0, |p| p.seq));
-            ctl.trace(format_args!("client {session} retries seq {seq} at n{target}"));
+            ctl.trace(format_args!(
+                "client {session} retries seq {seq} at n{target}"
+            ));
         }
         self.send(ctl, c, extra);
     }
@@ -267,24 +296,57 @@ where
             30..=64 => KvOp::Put { key, value },
             65..=74 => KvOp::Delete { key },
             _ => {
-                let expected = if expect_absent { None } else { client.seen[k].clone() };
-                KvOp::Cas { key, expected, value }
+                let expected = if expect_absent {
+                    None
+                } else {
+                    client.seen[k].clone()
+                };
+                KvOp::Cas {
+                    key,
+                    expected,
+                    value,
+                }
             }
         };
         let kind = match op.clone() {
             KvOp::Put { key, value } => OpKind::Put { key, value },
             KvOp::Get { key } => OpKind::Get { key },
             KvOp::Delete { key } => OpKind::Delete { key },
-            KvOp::Cas { key, expected, value } => OpKind::Cas { key, expected, value },
+            KvOp::Cas {
+                key,
+                expected,
+                value,
+            } => OpKind::Cas {
+                key,
+                expected,
+                value,
+            },
         };
-        self.history.push(Operation::indefinite(client.session, kind, ctl.now()));
-        client.pending = Some(Pending { seq: client.seq, op, hist: self.history.len() - 1, target: client.leader_guess });
+        self.history
+            .push(Operation::indefinite(client.session, kind, ctl.now()));
+        client.pending = Some(Pending {
+            seq: client.seq,
+            op,
+            hist: self.history.len() - 1,
+            target: client.leader_guess,
+        });
         self.send(ctl, c, 0);
     }
 
-    fn on_response(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, session: u64, seq: u64, result: Result<KvResult, KvError>) {
-        let Some(c) = self.clients.iter().position(|cl| cl.session == session) else { return };
-        let Some(p) = self.clients[c].pending.as_ref() else { return };
+    fn on_response(
+        &mut self,
+        ctl: &mut Ctl<'_, KvNode>,
+        node: NodeId,
+        session: u64,
+        seq: u64,
+        result: Result<KvResult, KvError>,
+    ) {
+        let Some(c) = self.clients.iter().position(|cl| cl.session == session) else {
+            return;
+        };
+        let Some(p) = self.clients[c].pending.as_ref() else {
+            return;
+        };
         if p.seq != seq {
             return;
         }
@@ -310,7 +372,8 @@ where
                     let k: usize = p.op.key()[1..].parse().unwrap_or(0);
                     let client = &mut self.clients[c];
                     match (&p.op, &result) {
-                        (KvOp::Put { value, .. }, _) | (KvOp::Cas { value, .. }, OpResult::Swapped(true)) => {
+                        (KvOp::Put { value, .. }, _)
+                        | (KvOp::Cas { value, .. }, OpResult::Swapped(true)) => {
                             client.seen[k] = Some(value.clone())
                         }
                         (KvOp::Get { .. }, OpResult::Read(v)) => client.seen[k] = v.clone(),
@@ -333,14 +396,25 @@ where
             Err(KvError::NotLeader { hint }) => {
                 let client = &mut self.clients[c];
                 client.redirects += 1;
-                let backoff = if hint.is_none() || client.redirects > 3 { 20 * MS } else { 0 };
+                let backoff = if hint.is_none() || client.redirects > 3 {
+                    20 * MS
+                } else {
+                    0
+                };
                 self.retry(ctl, c, hint, backoff);
             }
             Err(KvError::Dropped) => self.retry(ctl, c, None, 10 * MS),
         }
     }
 
-    fn on_applied(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, index: u64, term: u64, digest: u64) {
+    fn on_applied(
+        &mut self,
+        ctl: &mut Ctl<'_, KvNode>,
+        node: NodeId,
+        index: u64,
+        term: u64,
+        digest: u64,
+    ) {
         if let Some(last) = self.last_applied[node as usize] {
             if index <= last {
                 ctl.violation(
@@ -351,6 +425,7 @@ where
             }
         }
         self.last_applied[node as usize] = Some(index);
+        self.check_commit_rule(ctl, node);
         match self.committed.get(&index) {
             Some(&(t, d, _)) if (t, d) != (term, digest) => ctl.violation(
                 "state_machine_safety",
@@ -360,6 +435,33 @@ where
             Some(_) => {}
             None => {
                 self.committed.insert(index, (term, digest, self.max_leader_term));
+            }
+        }
+    }
+
+    fn check_commit_rule(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
+        let Some((term, base)) = self.elected[node as usize] else {
+            return;
+        };
+        let Some(r) = ctl.node(node).map(|n| n.raft()) else {
+            return;
+        };
+        if r.role() != Role::Leader || r.term() != term {
+            return;
+        }
+        let commit = r.commit_index();
+        if commit <= base {
+            return;
+        }
+        if let Some(t) = r.entry_term(commit) {
+            if t != term {
+                ctl.violation(
+                    "commit_rule",
+                    Some(node),
+                    format!("leader of term {term} advanced its commit index to {commit}, an entry of term {t}"),
+                );
+                // Once per election is enough.
+                self.elected[node as usize] = None;
             }
         }
     }
@@ -384,16 +486,27 @@ where
             }
         }
         self.max_leader_term = self.max_leader_term.max(term);
+        if let Some(r) = ctl.node(node).map(|n| n.raft()) {
+            if r.term() == term {
+                self.elected[node as usize] = Some((term, r.commit_index()));
+            }
+        }
         // Leader completeness: every entry committed before a leader of this term
         // (or a later one) existed must be in this leader's log or snapshot.
-        let Some(raft) = ctl.node(node).map(|n| n.raft()) else { return };
+        let Some(raft) = ctl.node(node).map(|n| n.raft()) else {
+            return;
+        };
         let (first, last) = (raft.first_index(), raft.last_index());
         let mut missing = None;
         for (&index, &(t, _, known_leader)) in self.committed.range(first..) {
             if known_leader >= term {
                 continue;
             }
-            let have = if index <= last { raft.entry_term(index) } else { None };
+            let have = if index <= last {
+                raft.entry_term(index)
+            } else {
+                None
+            };
             if have != Some(t) {
                 missing = Some((index, t, have));
                 break;
@@ -413,9 +526,13 @@ where
     fn check_logs(&mut self, ctl: &mut Ctl<'_, KvNode>) {
         let mut found = None;
         'pairs: for a in 0..self.n as NodeId {
-            let Some(ra) = ctl.node(a).map(|n| n.raft()) else { continue };
+            let Some(ra) = ctl.node(a).map(|n| n.raft()) else {
+                continue;
+            };
             for b in a + 1..self.n as NodeId {
-                let Some(rb) = ctl.node(b).map(|n| n.raft()) else { continue };
+                let Some(rb) = ctl.node(b).map(|n| n.raft()) else {
+                    continue;
+                };
                 let lo = ra.first_index().max(rb.first_index());
                 let hi = ra.last_index().min(rb.last_index());
                 let mut anchor: Option<u64> = None;
@@ -501,8 +618,16 @@ where
 
     fn on_event(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, event: KvEvent) {
         match event {
-            KvEvent::Response { client, seq, result } => self.on_response(ctl, node, client, seq, result),
-            KvEvent::Applied { index, term, digest } => self.on_applied(ctl, node, index, term, digest),
+            KvEvent::Response {
+                client,
+                seq,
+                result,
+            } => self.on_response(ctl, node, client, seq, result),
+            KvEvent::Applied {
+                index,
+                term,
+                digest,
+            } => self.on_applied(ctl, node, index, term, digest),
             KvEvent::BecameLeader { term } => self.on_became_leader(ctl, node, term),
         }
     }
@@ -511,7 +636,9 @@ where
         let (kind, c, generation) = untoken(tok);
         match kind {
             WAKE_NEXT_OP | WAKE_TIMEOUT => {
-                let Some(client) = self.clients.get(c) else { return };
+                let Some(client) = self.clients.get(c) else {
+                    return;
+                };
                 if client.generation & 0xffff_ffff != generation {
                     return;
                 }
@@ -532,8 +659,14 @@ where
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
         self.last_applied[node as usize] = None;
+        self.elected[node as usize] = None;
         if self.leader_crash.is_none() {
-            let led = self.leaders.iter().filter(|&(_, &l)| l == node).map(|(&t, _)| t).max();
+            let led = self
+                .leaders
+                .iter()
+                .filter(|&(_, &l)| l == node)
+                .map(|(&t, _)| t)
+                .max();
             if let Some(t) = led {
                 if t == self.max_leader_term {
                     self.leader_crash = Some((ctl.now(), t));
@@ -541,7 +674,11 @@ where
             }
         }
         for c in 0..self.clients.len() {
-            if self.clients[c].pending.as_ref().is_some_and(|p| p.target == node) {
+            if self.clients[c]
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.target == node)
+            {
                 self.retry(ctl, c, None, 0);
             }
         }
@@ -582,7 +719,10 @@ where
             }
         }
         report.count("elections", self.elections);
-        report.count("entries_committed", self.committed.keys().next_back().copied().unwrap_or(0));
+        report.count(
+            "entries_committed",
+            self.committed.keys().next_back().copied().unwrap_or(0),
+        );
         report.count("messages", ctl.messages_sent());
         report.count("failovers", self.failovers.len() as u64);
         report.count("failover_us_total", self.failovers.iter().sum());
@@ -614,7 +754,9 @@ pub fn clients_for(n: usize) -> usize {
 
 /// Builds the model `runner::run_one` uses for the correct Raft.
 pub fn standard_model(n: usize) -> RaftModel<impl FnMut(NodeId, &Disk, u64) -> KvNode> {
-    RaftModel::new(n, clients_for(n), move |id, disk: &Disk, seed| KvNode::new(RaftConfig::new(id, peers(n)), disk, seed))
+    RaftModel::new(n, clients_for(n), move |id, disk: &Disk, seed| {
+        KvNode::new(RaftConfig::new(id, peers(n)), disk, seed)
+    })
 }
 
 /// Runs the correct Raft once and returns the report with the run's recording.
