@@ -2,12 +2,14 @@
 
 use crate::faults::FaultSet;
 use crate::models::raft;
+use crate::models::commit::{self, CommitModel};
 use crate::models::write_once::{self, WriteOnceModel};
 use crate::report::{RunReport, Summary};
 use crate::sim::{SimConfig, Simulation};
 use std::fmt;
 use std::str::FromStr;
 use synod_protocols::{coordinator::CoordinatorNode, majority::MajorityNode, paxos::PaxosNode};
+use synod_protocols::commit::{paxos_commit::PaxosCommitNode, three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan};
 
 /// The algorithms `synod sim` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,16 +18,22 @@ pub enum Algo {
     Majority,
     Paxos,
     Raft,
+    TwoPc,
+    ThreePc,
+    PaxosCommit,
 }
 
 impl Algo {
-    pub const ALL: &'static [Algo] = &[Algo::Coordinator, Algo::Majority, Algo::Paxos, Algo::Raft];
+    pub const ALL: &'static [Algo] = &[Algo::Coordinator, Algo::Majority, Algo::Paxos, Algo::Raft, Algo::TwoPc, Algo::ThreePc, Algo::PaxosCommit];
 
     pub fn name(self) -> &'static str {
         match self {
             Algo::Coordinator => "coordinator",
             Algo::Majority => "majority",
             Algo::Paxos => "paxos",
+            Algo::TwoPc => "2pc",
+            Algo::ThreePc => "3pc",
+            Algo::PaxosCommit => "paxos-commit",
             Algo::Raft => "raft",
         }
     }
@@ -35,14 +43,21 @@ impl Algo {
     pub fn properties(self) -> &'static [&'static str] {
         match self {
             Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES,
+            Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::PROPERTIES,
             Algo::Raft => raft::PROPERTIES,
         }
+    }
+
+    /// The atomic-commit algorithms (they use `RunSpec::participants`).
+    pub fn is_commit(self) -> bool {
+        matches!(self, Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit)
     }
 
     /// Extra counters this algorithm reports.
     pub fn counters(self) -> &'static [&'static str] {
         match self {
             Algo::Coordinator | Algo::Majority | Algo::Paxos => &[],
+            Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::COUNTERS,
             Algo::Raft => raft::COUNTERS,
         }
     }
@@ -97,6 +112,13 @@ impl RunSpec {
         if self.proposers == 0 || self.proposers > self.nodes {
             return Err(format!("--proposers must be between 1 and --nodes ({}), not {}", self.nodes, self.proposers));
         }
+        if self.algo.is_commit() && (self.participants == 0 || self.participants + 1 > self.nodes) {
+            return Err(format!(
+                "--participants must be between 1 and --nodes minus one ({}): node 0 is the coordinator, nodes 1..=K the participants; got {}",
+                self.nodes.saturating_sub(1),
+                self.participants
+            ));
+        }
         Ok(())
     }
 }
@@ -119,6 +141,25 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
             Simulation::new(cfg, seed, model).run(seed)
         }
         Algo::Raft => Simulation::new(cfg, seed, raft::standard_model(n)).run(seed),
+        Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => {
+            // Node 0 coordinates, nodes 1..=k participate; the votes come from the seed.
+            let layout = Layout::new(n, spec.participants);
+            let plan = VotePlan::new(seed);
+            match spec.algo {
+                Algo::TwoPc => {
+                    let model = CommitModel::new(layout, move |id, disk: &_, _seed| TwoPcNode::new(id, layout, plan, disk));
+                    Simulation::new(cfg, seed, model).run(seed)
+                }
+                Algo::ThreePc => {
+                    let model = CommitModel::new(layout, move |id, disk: &_, _seed| ThreePcNode::new(id, layout, plan, disk));
+                    Simulation::new(cfg, seed, model).run(seed)
+                }
+                _ => {
+                    let model = CommitModel::new(layout, move |id, disk: &_, seed| PaxosCommitNode::new(id, layout, plan, disk, seed));
+                    Simulation::new(cfg, seed, model).run(seed)
+                }
+            }
+        }
     }
 }
 

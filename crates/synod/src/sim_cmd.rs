@@ -19,6 +19,10 @@ pub struct SimArgs {
     /// How many nodes are offered a value (write-once algorithms).
     #[arg(long, default_value_t = 3)]
     proposers: usize,
+    /// Participants per transaction (2pc, 3pc, paxos-commit): nodes 1..=K, with
+    /// node 0 the coordinator, so K must be below --nodes.
+    #[arg(long, default_value_t = 3)]
+    participants: usize,
     /// Number of runs; seeds are SEED, SEED+1, ...
     #[arg(long, default_value_t = 1000)]
     runs: u64,
@@ -48,6 +52,7 @@ fn parse_algo(s: &str) -> Result<Algo, String> {
 pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     let mut spec = RunSpec::new(args.algo, args.nodes, args.faults);
     spec.proposers = args.proposers;
+    spec.participants = args.participants;
     spec.validate()?;
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
@@ -106,7 +111,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     } else {
         print!("{}", summary.to_table());
         if let Some(seed) = summary.failing_seeds.first() {
-            println!("  replay the first failure:     synod sim --algo {} --nodes {} --proposers {} --faults {} --seed {seed} --runs 1 --trace", spec.algo, spec.nodes, spec.proposers, spec.faults);
+            println!("  replay the first failure:     synod sim --algo {} --nodes {} --proposers {} --participants {} --faults {} --seed {seed} --runs 1 --trace", spec.algo, spec.nodes, spec.proposers, spec.participants, spec.faults);
         }
     }
     Ok(ExitCode::SUCCESS)

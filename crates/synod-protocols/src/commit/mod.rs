@@ -145,6 +145,8 @@ pub trait CommitNode {
     fn in_doubt(&self) -> Vec<TxnId>;
     /// The outcome of `txn` as this node knows it.
     fn outcome(&self, txn: TxnId) -> Option<Outcome>;
+    /// The vote this participant cast on `txn`, as far as it remembers.
+    fn vote(&self, txn: TxnId) -> Option<bool>;
     /// This participant took part in a transaction whose outcome it does not know.
     fn unresolved(&self) -> bool;
 }

@@ -251,6 +251,9 @@ impl CommitNode for PaxosCommitNode {
     fn outcome(&self, txn: TxnId) -> Option<Outcome> {
         self.txns.get(&txn).and_then(|t| t.outcome)
     }
+    fn vote(&self, txn: TxnId) -> Option<bool> {
+        self.my_votes.get(&txn).map(|v| *v == Vote::Prepared)
+    }
     fn unresolved(&self) -> bool {
         self.layout.is_participant(self.id) && self.txns.values().any(|t| t.outcome.is_none())
     }

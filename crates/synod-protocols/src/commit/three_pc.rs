@@ -52,6 +52,9 @@ pub enum State {
         operational: bool,
     },
     Decided(Outcome),
+    /// The coordinator's answer while it is still driving the transaction: it is
+    /// alive, so a backup must not step in.
+    Busy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,11 +107,11 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            vote_timeout: 150 * MS,
+            vote_timeout: 100 * MS,
             ack_timeout: 100 * MS,
             resend: 40 * MS,
-            participant_timeout: 300 * MS,
-            stagger: 100 * MS,
+            participant_timeout: 60 * MS,
+            stagger: 30 * MS,
             window: 40 * MS,
         }
     }
@@ -311,6 +314,17 @@ impl ThreePcNode {
                     state: State::Decided(outcome),
                 },
             );
+        } else if matches!(
+            self.coord.get(&txn),
+            Some(CoordPhase::Votes { .. } | CoordPhase::Acks { .. })
+        ) {
+            out.send(
+                from,
+                Msg::StateRep {
+                    txn,
+                    state: State::Busy,
+                },
+            );
         } else if !self.coord.contains_key(&txn) && !r.coord_precommit {
             self.decide(txn, Outcome::Abort, out);
         }
@@ -494,6 +508,12 @@ impl ThreePcNode {
         states: BTreeMap<NodeId, State>,
         out: &mut Out,
     ) {
+        let coordinator_busy = states.get(&Layout::COORDINATOR) == Some(&State::Busy);
+        let participants_heard = self
+            .layout
+            .participants()
+            .filter(|p| *p == self.id || states.contains_key(p))
+            .count();
         let mut all: Vec<State> = states.into_values().collect();
         all.extend(self.state(txn));
         if let Some(o) = all.iter().find_map(|s| {
@@ -504,6 +524,10 @@ impl ThreePcNode {
             }
         }) {
             return self.finish(txn, o, out);
+        }
+        if coordinator_busy {
+            // The coordinator is alive and will finish: wait for it.
+            return self.retry_later(now, txn);
         }
         if all.contains(&State::PreCommitted { operational: true }) {
             if !self.record(txn).precommitted {
@@ -521,7 +545,18 @@ impl ThreePcNode {
         if all.contains(&State::Uncertain { operational: true }) {
             return self.finish(txn, Outcome::Abort, out);
         }
-        // Only recovered participants answered: nobody here may decide. Ask again later.
+        if participants_heard == self.layout.participants {
+            // Every participant answered and none committed, while nobody drives a
+            // commit (no busy coordinator, no operational pre-committed
+            // participant): no participant has committed or will, so abort.
+            return self.finish(txn, Outcome::Abort, out);
+        }
+        // Only some recovered participants answered: a missing one may have
+        // committed. Nobody here may decide; ask again later.
+        self.retry_later(now, txn);
+    }
+
+    fn retry_later(&mut self, now: Instant, txn: TxnId) {
         let deadline = now + self.timeout();
         if let Some(p) = self.pending.get_mut(&txn) {
             p.term = Term::Idle;
@@ -574,6 +609,9 @@ impl CommitNode for ThreePcNode {
     }
     fn outcome(&self, txn: TxnId) -> Option<Outcome> {
         self.log.get(txn).and_then(|r| r.outcome)
+    }
+    fn vote(&self, txn: TxnId) -> Option<bool> {
+        self.log.get(txn).and_then(|r| r.vote)
     }
     fn unresolved(&self) -> bool {
         self.layout.is_participant(self.id) && self.log.lock_holder().is_some()

@@ -227,6 +227,9 @@ impl CommitNode for TwoPcNode {
     fn outcome(&self, txn: TxnId) -> Option<Outcome> {
         self.log.get(txn).and_then(|r| r.outcome)
     }
+    fn vote(&self, txn: TxnId) -> Option<bool> {
+        self.log.get(txn).and_then(|r| r.vote)
+    }
     fn unresolved(&self) -> bool {
         self.layout.is_participant(self.id) && self.log.lock_holder().is_some()
     }

@@ -2,4 +2,5 @@
 //! clients do, and which properties are checked on every run.
 
 pub mod raft;
+pub mod commit;
 pub mod write_once;
