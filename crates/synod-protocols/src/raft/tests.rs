@@ -260,6 +260,53 @@ impl Net {
             .collect()
     }
 
+    /// An index at which two nodes applied different entries, if any.
+    fn applied_conflict(&self) -> Option<u64> {
+        let mut seen = std::collections::BTreeMap::new();
+        for (_, e) in &self.events {
+            if let KvEvent::Applied {
+                index,
+                term,
+                digest,
+            } = e
+            {
+                if let Some(prev) = seen.insert(*index, (*term, *digest)) {
+                    if prev != (*term, *digest) {
+                        return Some(*index);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Delivers the oldest queued message. Returns false if none was queued.
+    fn deliver_one(&mut self) -> bool {
+        let Some((from, to, msg)) = self.queue.pop_front() else {
+            return false;
+        };
+        if self.cut.contains(&(from, to)) || self.nodes.get(to as usize).is_none_or(|n| n.is_none())
+        {
+            return true;
+        }
+        self.delivered.push((from, to, msg.clone()));
+        let mut out = Out::default();
+        let now = self.now;
+        self.nodes[to as usize]
+            .as_mut()
+            .expect("checked")
+            .step(now, from, msg, &mut out);
+        self.handle(to, out);
+        true
+    }
+
+    /// Delivers the messages queued now (not those they cause).
+    fn deliver_one_round(&mut self) {
+        for _ in 0..self.queue.len() {
+            self.deliver_one();
+        }
+    }
+
     /// Checks that every node applied the same entry at every index.
     fn check_applied_agree(&self) {
         let mut seen = std::collections::BTreeMap::new();
@@ -1455,4 +1502,106 @@ fn randomized_faults_catch_every_deliberate_bug() {
     for bugs in all {
         assert!(chaos_catches(bugs).is_some(), "{bugs:?} went unnoticed");
     }
+}
+
+/// Figure 8 of the Raft paper, step by step on five nodes. Node 0 leads term
+/// 1 and stores entry 2 on node 1 only; node 4 is elected in term 2 and stores
+/// an entry of its own at index 2 nowhere else; node 0 comes back, is elected
+/// in term 3, and gets its old entry 2 onto a majority. Counting replicas
+/// would now commit it — and node 4, elected next, overwrites it. The correct
+/// rule waits for an entry of term 3 to reach a majority, which also keeps
+/// node 4 from being elected.
+fn figure_8(bugs: Bugs) -> Net {
+    let mut net = Net::new(5, |c| {
+        quick(c);
+        c.pre_vote = false;
+        c.check_quorum = false;
+        c.max_batch = 1;
+        c.max_inflight = 1;
+    });
+    net.install_bugs(bugs);
+    let campaign = |net: &mut Net, id: NodeId| {
+        for _ in 0..200 {
+            net.tick(id);
+            net.deliver_all();
+            if net.raft(id).role() == Role::Leader {
+                return true;
+            }
+        }
+        false
+    };
+    // (a) Node 0 leads term 1; entry 2 reaches node 1 only.
+    assert!(campaign(&mut net, 0));
+    for to in [2, 3, 4] {
+        net.cut.insert((0, to));
+    }
+    net.put(0, 1, 1, "x", "1");
+    net.deliver_all();
+    assert_eq!(net.raft(1).entry_term(2), Some(1));
+    net.crash(0);
+    net.heal();
+    // (b) Node 4 wins term 2 with votes from nodes 2 and 3, appends its empty
+    // entry at index 2, and crashes before sending it.
+    while net.raft(4).role() != Role::Candidate {
+        net.tick(4);
+    }
+    net.deliver_one_round();
+    net.deliver_one_round();
+    assert_eq!(net.raft(4).role(), Role::Leader);
+    assert_eq!(net.raft(4).term(), 2);
+    net.queue.clear();
+    net.crash(4);
+    // (c) Node 0 returns and wins term 3 (nodes 1 and 2 vote; node 3 is cut
+    // off). It replicates step by step until it considers index 2 committed.
+    net.restart(0);
+    net.cut.insert((0, 3));
+    net.cut.insert((3, 0));
+    for _ in 0..10_000 {
+        if net.raft(0).commit_index() >= 2 {
+            break;
+        }
+        if !net.deliver_one() {
+            net.tick(0);
+        }
+    }
+    assert_eq!(net.raft(0).term(), 3);
+    net.crash(0);
+    net.heal();
+    // (d) Node 4 returns and campaigns; with the bug it wins (its last term, 2,
+    // beats the term-1 entry nodes 2 and 3 hold) and overwrites index 2.
+    net.restart(4);
+    campaign(&mut net, 4);
+    net.run(20);
+    net
+}
+
+#[test]
+fn figure_8_counting_old_entries_loses_a_committed_entry() {
+    let net = figure_8(Bugs {
+        commit_old_term_by_counting: true,
+        ..Bugs::default()
+    });
+    assert_eq!(
+        net.applied_conflict(),
+        Some(2),
+        "node 0 applied an entry that node 4 overwrote"
+    );
+}
+
+#[test]
+fn figure_8_the_current_term_rule_keeps_it() {
+    let mut net = figure_8(Bugs::default());
+    assert_eq!(net.applied_conflict(), None);
+    net.restart(0);
+    let l = net.settle();
+    net.run(20);
+    // The old entry was committed indirectly, with node 0's term-3 entry.
+    for id in net.ids() {
+        assert_eq!(
+            net.raft(id).entry_term(2),
+            Some(1),
+            "node {id} (leader {l})"
+        );
+    }
+    net.check_applied_agree();
 }
