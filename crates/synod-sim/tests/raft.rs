@@ -112,8 +112,10 @@ fn committing_old_term_entries_by_counting_is_caught() {
 
 /// The harm itself (Raft's Figure 8): a committed entry lost to a later leader.
 /// One seed in about 20,000 produces the sequence of leaders it takes; this is
-/// one of them.
+/// one of them. Ignored by default: the seed depends on the core's exact
+/// behaviour and moves when the core changes.
 #[test]
+#[ignore]
 fn counting_loses_a_committed_entry_in_seed_10291() {
     let r = run_broken("commit_old_term_by_counting", 5, 10291);
     let props: Vec<_> = r.violations.iter().map(|v| v.property).collect();

@@ -51,7 +51,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
-use synod_protocols::raft::{Disk, KvNode, RaftConfig, Role};
+use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Role};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The safety properties checked on every run.
@@ -159,7 +159,8 @@ pub struct RaftModel<B> {
     leader_crash: Option<(Instant, u64)>,
     failovers: Vec<Instant>,
     elections: u64,
-    first_ok: Option<(Instant, u64)>,
+    /// When the first client command was applied, and the messages sent by then.
+    first_commit: Option<(Instant, u64)>,
     admin: bool,
     recording: Option<Rc<RefCell<Recording>>>,
 }
@@ -194,7 +195,7 @@ where
             leader_crash: None,
             failovers: Vec::new(),
             elections: 0,
-            first_ok: None,
+            first_commit: None,
             admin: true,
             recording: None,
         }
@@ -322,6 +323,12 @@ where
                 value,
             },
         };
+        if ctl.tracing() {
+            let (session, seq, at) = (client.session, client.seq, client.leader_guess);
+            ctl.trace(format_args!(
+                "client {session} invokes seq {seq}: {op:?} at n{at}"
+            ));
+        }
         self.history
             .push(Operation::indefinite(client.session, kind, ctl.now()));
         client.pending = Some(Pending {
@@ -380,12 +387,14 @@ where
                         (KvOp::Delete { .. }, _) => client.seen[k] = None,
                         _ => {}
                     }
+                    if ctl.tracing() {
+                        ctl.trace(format_args!(
+                            "client {session} seq {seq} completes: {result:?}"
+                        ));
+                    }
                     let op = &mut self.history[p.hist];
                     op.complete_us = Some(ctl.now());
                     op.result = Some(result);
-                }
-                if self.first_ok.is_none() {
-                    self.first_ok = Some((ctl.now(), ctl.messages_sent()));
                 }
                 let client = &mut self.clients[c];
                 client.leader_guess = node;
@@ -425,6 +434,15 @@ where
             }
         }
         self.last_applied[node as usize] = Some(index);
+        if self.first_commit.is_none() {
+            let raft = ctl.node(node).map(|n| n.raft());
+            if raft
+                .and_then(|r| r.entry(index))
+                .is_some_and(|e| matches!(e.data, EntryData::Kv(_)))
+            {
+                self.first_commit = Some((ctl.now(), ctl.messages_sent()));
+            }
+        }
         self.check_commit_rule(ctl, node);
         match self.committed.get(&index) {
             Some(&(t, d, _)) if (t, d) != (term, digest) => ctl.violation(
@@ -726,7 +744,7 @@ where
         report.count("messages", ctl.messages_sent());
         report.count("failovers", self.failovers.len() as u64);
         report.count("failover_us_total", self.failovers.iter().sum());
-        if let Some((t, m)) = self.first_ok {
+        if let Some((t, m)) = self.first_commit {
             report.decision_time = Some(t);
             report.decision_messages = Some(m);
         }
