@@ -1173,6 +1173,7 @@ fn chaos_with_bugs(seed: u64, lease_reads: bool, membership: bool, bugs: Bugs) {
         c.max_batch = [3, 1, 64][(seed / 2 % 3) as usize];
         c.max_inflight = [4, 1, 64][(seed / 7 % 3) as usize];
         c.heartbeat_ticks = [1, 3][(seed / 11 % 2) as usize];
+        c.pre_vote = seed % 13 != 12;
         c.lease_reads = lease_reads;
         // Some runs without check-quorum, so deposed leaders linger.
         c.check_quorum = lease_reads || seed.is_multiple_of(2);
