@@ -182,6 +182,12 @@ fn observe(s: &DiskStorage<RealFs>) -> Model {
     }
 }
 
+/// The child's protocol text in a stdout line (the test harness may have
+/// printed "test crash_child ... " in front of the first one).
+fn ours(line: &str) -> Option<&str> {
+    line.find("@@ ").map(|at| &line[at + 3..])
+}
+
 enum Op {
     Entry(u64, u64),
     Hard(HardState),
@@ -192,7 +198,7 @@ enum Op {
 fn parse(lines: &[String]) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in lines {
-        let Some(rest) = l.strip_prefix("@@ ") else {
+        let Some(rest) = ours(l) else {
             continue;
         };
         let f: Vec<&str> = rest.split(' ').collect();
@@ -255,7 +261,7 @@ fn sigkill_at_random_points_loses_nothing_durable() {
     let iterations: u64 = std::env::var("SYNOD_CRASH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(200);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let exe = std::env::current_exe().unwrap();
@@ -274,26 +280,49 @@ fn sigkill_at_random_points_loses_nothing_durable() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
-            let mut lines = Vec::new();
             let mut buf = Vec::new();
             while r.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
                 if buf.ends_with(b"\n") {
-                    lines.push(String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned());
+                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
                 buf.clear();
             }
-            lines
         });
-        std::thread::sleep(Duration::from_millis(5 + rng.below(60)));
+        let mut lines = Vec::new();
+        if rng.below(5) == 0 {
+            // Sometimes kill early, possibly while the child is recovering.
+            std::thread::sleep(Duration::from_millis(rng.below(30)));
+        } else {
+            // Otherwise time the kill from the end of the child's recovery,
+            // so that a slow start on a loaded machine does not eat the run.
+            let until = Instant::now() + Duration::from_secs(20);
+            while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                let ready = ours(&line).is_some_and(|l| l.starts_with("R "));
+                lines.push(line);
+                if ready {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1 + rng.below(40)));
+        }
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        reader.join().unwrap();
+        lines.extend(rx.try_iter());
 
         // The child's view after its own recovery must match ours.
-        if let Some(r) = lines.iter().find(|l| l.starts_with("@@ R ")) {
-            let f: Vec<u64> = r[5..].split(' ').map(|x| x.parse().unwrap()).collect();
+        let recovered_line = lines
+            .iter()
+            .filter_map(|l| ours(l))
+            .find(|l| l.starts_with("R "));
+        if let Some(r) = recovered_line {
+            let f: Vec<u64> = r[2..].split(' ').map(|x| x.parse().unwrap()).collect();
             assert_eq!(
                 (f[0], f[1]),
                 (base.last().0, base.snap.index),
