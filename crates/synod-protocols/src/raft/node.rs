@@ -112,8 +112,9 @@ fn bootstrap_conf(peers: &[NodeId]) -> ConfState {
 }
 
 impl RaftNode {
-    /// Boots a node from its durable image (empty for a new node).
-    pub fn new(cfg: RaftConfig, disk: &Disk, seed: u64) -> Self {
+    /// Boots a node from its durable image (empty for a new node). The core
+    /// is driven through [`KvNode`](super::KvNode), which applies what it commits.
+    pub(crate) fn new(cfg: RaftConfig, disk: &Disk, seed: u64) -> Self {
         assert!(cfg.election_ticks >= 2, "election_ticks must be at least 2");
         assert!(cfg.heartbeat_ticks >= 1 && cfg.heartbeat_ticks < cfg.election_ticks);
         assert!(cfg.max_inflight >= 1 && cfg.max_batch >= 1);
@@ -1037,14 +1038,14 @@ impl RaftNode {
     // ---- the three entry points ----------------------------------------------
 
     /// Handles a message from a peer.
-    pub fn step(&mut self, from: NodeId, msg: Message, out: &mut Out) {
+    pub(crate) fn step(&mut self, from: NodeId, msg: Message, out: &mut Out) {
         let before = self.snapshot_for_checks();
         self.step_inner(from, msg, out);
         self.finish(before, out);
     }
 
     /// One tick of logical time.
-    pub fn tick(&mut self, out: &mut Out) {
+    pub(crate) fn tick(&mut self, out: &mut Out) {
         let before = self.snapshot_for_checks();
         self.tick_inner(out);
         self.finish(before, out);
