@@ -5,7 +5,7 @@ use synod_protocols::raft::{Bugs, KvNode, RaftConfig};
 use synod_protocols::NodeId;
 use synod_sim::linearizability::check;
 use synod_sim::models::raft::{clients_for, peers, run_recorded, RaftModel};
-use synod_sim::{run_batch, run_one, Algo, FaultSet, RunReport, RunSpec, Simulation};
+use synod_sim::{run_batch, run_one, Algo, FaultSet, RunReport, RunSpec, SimConfig, Simulation};
 
 fn spec(nodes: usize) -> RunSpec {
     RunSpec::new(Algo::Raft, nodes, FaultSet::all())
@@ -24,6 +24,60 @@ fn correct_raft_is_safe_and_live_under_all_faults() {
         );
         assert_eq!(s.stuck, 0, "{nodes} nodes: stuck seeds {:?}", s.stuck_seeds);
         assert!(s.counters["ops_ok"] > 0);
+    }
+}
+
+/// Membership changes under all faults: one spare node, learners added and
+/// promoted, voters (leaders included) removed and re-added.
+fn membership_failures(nodes: usize, seeds: std::ops::Range<u64>) -> (Vec<String>, u64) {
+    let mut failures = Vec::new();
+    let mut changes = 0;
+    for seed in seeds {
+        let model = RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+            KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+        })
+        .with_spares(1);
+        let r = Simulation::new(SimConfig::new(nodes + 1, FaultSet::all()), seed, model).run(seed);
+        changes += r.counters["config_changes"];
+        if let Some(v) = r.violations.first() {
+            failures.push(format!("seed {seed}: {}: {}", v.property, v.detail));
+        } else if !r.terminated {
+            failures.push(format!("seed {seed}: stuck"));
+        }
+    }
+    (failures, changes)
+}
+
+#[test]
+fn membership_changes_are_safe_and_live() {
+    for nodes in [3, 5] {
+        let (failures, changes) = membership_failures(nodes, 0..150);
+        assert!(
+            failures.is_empty(),
+            "{nodes} voters + 1 spare: {failures:#?}"
+        );
+        assert!(
+            changes > 100,
+            "{nodes} voters: only {changes} membership changes committed"
+        );
+    }
+}
+
+/// A longer search: `MEMBERSHIP_SEEDS=3000 cargo test -p synod-sim --test raft
+/// membership_search -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn membership_search() {
+    let runs: u64 = std::env::var("MEMBERSHIP_SEEDS").map_or(3000, |s| s.parse().unwrap());
+    for nodes in [3, 5] {
+        let (failures, changes) = membership_failures(nodes, 0..runs);
+        eprintln!(
+            "{nodes} voters + 1 spare: {} failures in {runs} runs, {changes} changes",
+            failures.len()
+        );
+        for f in &failures {
+            eprintln!("  {f}");
+        }
     }
 }
 
@@ -171,4 +225,22 @@ fn figures() {
             msgs as f64 / ops as f64
         );
     }
+}
+
+/// Prints the trace of one membership run: `SEED=.. NODES=.. cargo test -p
+/// synod-sim --test raft membership_trace -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn membership_trace() {
+    let seed: u64 = std::env::var("SEED").map_or(0, |s| s.parse().unwrap());
+    let nodes: usize = std::env::var("NODES").map_or(3, |s| s.parse().unwrap());
+    let model = RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+        KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+    })
+    .with_spares(1);
+    let mut cfg = SimConfig::new(nodes + 1, FaultSet::all());
+    cfg.trace = true;
+    let r = Simulation::new(cfg, seed, model).run(seed);
+    println!("{}", r.trace.unwrap_or_default());
+    println!("terminated {} violations {:?}", r.terminated, r.violations);
 }

@@ -74,6 +74,7 @@ pub const COUNTERS: &[&str] = &[
     "messages",
     "failovers",
     "failover_us_total",
+    "config_changes",
 ];
 
 /// How long a client waits for an answer before retrying elsewhere.
@@ -159,9 +160,14 @@ pub struct RaftModel<B> {
     leader_crash: Option<(Instant, u64)>,
     failovers: Vec<Instant>,
     elections: u64,
+    /// Membership changes committed.
+    config_changes: u64,
     /// When the first client command was applied, and the messages sent by then.
     first_commit: Option<(Instant, u64)>,
     admin: bool,
+    /// The initial voters are nodes `0..voters`; nodes from `voters` up to `n`
+    /// are spares that membership changes may bring in.
+    voters: usize,
     recording: Option<Rc<RefCell<Recording>>>,
 }
 
@@ -195,8 +201,10 @@ where
             leader_crash: None,
             failovers: Vec::new(),
             elections: 0,
+            config_changes: 0,
             first_commit: None,
             admin: true,
+            voters: nodes,
             recording: None,
         }
     }
@@ -204,6 +212,19 @@ where
     /// Whether the model injects leadership transfers and snapshots (default on).
     pub fn with_admin(mut self, admin: bool) -> Self {
         self.admin = admin;
+        self
+    }
+
+    /// Adds `spares` nodes (ids from `nodes` on; the simulation must be
+    /// configured with `nodes + spares` nodes, and `boot` must leave the spares
+    /// out of their initial peers) and turns on membership changes in the fault
+    /// phase: the leader is asked to add a spare or a removed node as a learner
+    /// or straight as a voter, to promote a learner, and to remove a voter
+    /// (possibly itself) whenever there are more voters than at the start.
+    pub fn with_spares(mut self, spares: usize) -> Self {
+        self.n = self.voters + spares;
+        self.last_applied = vec![None; self.n];
+        self.elected = vec![None; self.n];
         self
     }
 
@@ -453,6 +474,13 @@ where
             Some(_) => {}
             None => {
                 self.committed.insert(index, (term, digest, self.max_leader_term));
+                let raft = ctl.node(node).map(|n| n.raft());
+                if raft
+                    .and_then(|r| r.entry(index))
+                    .is_some_and(|e| matches!(e.data, EntryData::Config(_)))
+                {
+                    self.config_changes += 1;
+                }
             }
         }
     }
@@ -581,7 +609,9 @@ where
         let mut max_term = 0;
         let mut leader = None;
         for i in 0..self.n as NodeId {
-            if let Some(r) = ctl.node(i).map(|n| n.raft()) {
+            // Nodes outside the configuration (spares, removed nodes) never
+            // campaign, whatever term they remember.
+            if let Some(r) = ctl.node(i).map(|n| n.raft()).filter(|r| r.promotable()) {
                 max_term = max_term.max(r.term());
                 if r.role() == Role::Leader {
                     leader = Some((i, r.term()));
@@ -595,7 +625,9 @@ where
         if ctl.in_quiet_phase() {
             return;
         }
-        if ctl.rng().gen_bool(0.5) {
+        if self.n > self.voters && ctl.rng().gen_bool(0.5) {
+            self.change_membership(ctl);
+        } else if ctl.rng().gen_bool(0.5) {
             // Ask the node the first client believes leads to hand over.
             let to = ctl.rng().gen_range(0..self.n as NodeId);
             let at = self.clients.first().map_or(0, |c| c.leader_guess);
@@ -605,6 +637,37 @@ where
             ctl.input(at, KvInput::Admin(AdminOp::Snapshot), MS);
         }
         self.schedule_admin(ctl);
+    }
+
+    fn change_membership(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+        let Some((leader, _)) = self.current_leader(ctl) else {
+            return;
+        };
+        let Some(r) = ctl.node(leader).map(|n| n.raft()) else {
+            return;
+        };
+        let (voters, learners) = (r.voters(), r.learners());
+        let outside: Vec<NodeId> = (0..self.n as NodeId)
+            .filter(|i| !voters.contains(i) && !learners.contains(i))
+            .collect();
+        let op = if voters.len() > self.voters {
+            AdminOp::RemoveNode(voters[ctl.rng().gen_range(0..voters.len())])
+        } else if let Some(&l) = learners.first() {
+            AdminOp::PromoteLearner(l)
+        } else if !outside.is_empty() {
+            let x = outside[ctl.rng().gen_range(0..outside.len())];
+            if ctl.rng().gen_bool(0.3) {
+                AdminOp::AddVoter(x)
+            } else {
+                AdminOp::AddLearner(x)
+            }
+        } else {
+            return;
+        };
+        if ctl.tracing() {
+            ctl.trace(format_args!("admin: asks n{leader} to {op:?}"));
+        }
+        ctl.input(leader, KvInput::Admin(op), MS);
     }
 
     fn schedule_admin(&mut self, ctl: &mut Ctl<'_, KvNode>) {
@@ -737,6 +800,7 @@ where
             }
         }
         report.count("elections", self.elections);
+        report.count("config_changes", self.config_changes);
         report.count(
             "entries_committed",
             self.committed.keys().next_back().copied().unwrap_or(0),
