@@ -82,6 +82,62 @@ fn membership_search() {
     }
 }
 
+/// Runs the correct Raft with a tweaked configuration over `seeds`; returns the
+/// failures (violations first, then stuck runs).
+fn tweaked_failures(
+    nodes: usize,
+    seeds: std::ops::Range<u64>,
+    tweak: fn(&mut RaftConfig),
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let model = RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+            let mut cfg = RaftConfig::new(id, peers(nodes));
+            tweak(&mut cfg);
+            KvNode::new(cfg, disk, s)
+        });
+        let r = Simulation::new(SimConfig::new(nodes, FaultSet::all()), seed, model).run(seed);
+        if let Some(v) = r.violations.first() {
+            failures.push(format!("seed {seed}: {}: {}", v.property, v.detail));
+        } else if !r.terminated {
+            failures.push(format!("seed {seed}: stuck"));
+        }
+    }
+    failures
+}
+
+fn lease_and_small_snapshots(cfg: &mut RaftConfig) {
+    cfg.lease_reads = true;
+    cfg.snapshot_every = 16;
+    cfg.max_batch = 4;
+    cfg.max_inflight = 2;
+}
+
+/// Lease reads (the simulator's clocks do not drift), frequent snapshots and
+/// small batches, so followers often catch up by snapshot.
+#[test]
+fn lease_reads_and_frequent_snapshots_are_safe_and_live() {
+    for nodes in [3, 5] {
+        let failures = tweaked_failures(nodes, 0..150, lease_and_small_snapshots);
+        assert!(failures.is_empty(), "{nodes} nodes: {failures:#?}");
+    }
+}
+
+/// `TWEAK_SEEDS=3000 cargo test -p synod-sim --test raft tweaked_search --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn tweaked_search() {
+    let runs: u64 = std::env::var("TWEAK_SEEDS").map_or(3000, |s| s.parse().unwrap());
+    for nodes in [3, 5] {
+        let failures = tweaked_failures(nodes, 0..runs, lease_and_small_snapshots);
+        eprintln!("{nodes} nodes: {} failures in {runs} runs", failures.len());
+        for f in &failures {
+            eprintln!("  {f}");
+        }
+    }
+}
+
 #[test]
 fn same_seed_same_run() {
     let mut sp = spec(5);
