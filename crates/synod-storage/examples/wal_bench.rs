@@ -7,14 +7,21 @@
 //!
 //! DIR (default: a temporary directory under the current directory) must be
 //! on the disk being measured; /tmp may be a RAM disk.
+//!
+//! The machine is shared, so background load moves fsync rates by a factor
+//! of several within seconds. Every comparison is therefore *paired*: the
+//! contenders run alternately in short chunks (e.g. 100 raw fsyncs, 100 WAL
+//! syncs without, 100 with preallocation, repeated 20 times) and each
+//! contender's rate is its total operations over its total time.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use synod_storage::{
-    Committer, DiskStorage, Entry, Identity, RealFs, Storage, StorageOptions, WalOptions,
+    format, Committer, DiskStorage, Entry, Identity, RealFs, Storage, StorageOptions, WalOptions,
 };
 
 const RECORD: usize = 256;
@@ -23,80 +30,121 @@ const ID: Identity = Identity {
     node_id: 1,
 };
 
-/// write + fdatasync of `size` bytes, `n` times, appending to a new file.
-fn raw_fsync(dir: &Path, size: usize, n: usize, preallocated: bool) -> f64 {
-    let p = dir.join(format!("raw-{size}-{preallocated}"));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
-    if preallocated {
-        f.write_all(&vec![0; size * n]).unwrap();
-        f.sync_all().unwrap();
-    }
-    let buf = vec![0xA5u8; size];
-    let t = Instant::now();
-    for i in 0..n {
-        std::os::unix::fs::FileExt::write_all_at(&f, &buf, (i * size) as u64).unwrap();
-        f.sync_data().unwrap();
-    }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
-    std::fs::remove_file(p).unwrap();
-    rate
+/// A thing that does one "operation" (a write plus a sync) per call.
+trait Contender {
+    fn op(&mut self);
 }
 
-struct Run {
-    appends_per_s: f64,
-    mb_per_s: f64,
-    syncs_per_s: f64,
+/// write + fdatasync of `size` bytes at the end of a new file, or over
+/// blocks already written (`overwrite`).
+struct Raw {
+    file: File,
+    buf: Vec<u8>,
+    off: u64,
+    overwrite: bool,
 }
 
-fn wal_run(dir: &Path, batch: usize, syncs: usize, preallocate: bool) -> Run {
-    let d = dir.join(format!("wal-{batch}-{preallocate}"));
-    let opts = StorageOptions {
-        wal: WalOptions {
-            preallocate,
-            ..WalOptions::default()
-        },
-    };
-    let (mut s, _) = DiskStorage::open(RealFs, &d, ID, opts).unwrap();
-    let data = vec![0x5Au8; RECORD];
-    let mut next = 1;
-    let mut batch_buf: Vec<Entry> = Vec::with_capacity(batch);
-    // Warm-up: one sync (creates the first preallocated chunk).
-    s.append(&[Entry {
-        index: next,
-        term: 1,
-        data: data.clone(),
-    }])
-    .unwrap();
-    s.sync().unwrap();
-    next += 1;
-    let t = Instant::now();
-    for _ in 0..syncs {
-        batch_buf.clear();
-        for _ in 0..batch {
-            batch_buf.push(Entry {
-                index: next,
-                term: 1,
-                data: data.clone(),
-            });
-            next += 1;
+impl Raw {
+    fn new(dir: &Path, name: &str, size: usize, overwrite: bool) -> Raw {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(dir.join(name))
+            .unwrap();
+        if overwrite {
+            file.write_all(&vec![0; 64 << 20]).unwrap();
+            file.sync_all().unwrap();
         }
-        s.append(&batch_buf).unwrap();
+        Raw {
+            file,
+            buf: vec![0xA5; size],
+            off: 0,
+            overwrite,
+        }
+    }
+}
+
+impl Contender for Raw {
+    fn op(&mut self) {
+        if self.overwrite && self.off + self.buf.len() as u64 > 64 << 20 {
+            self.off = 0;
+        }
+        self.file.write_all_at(&self.buf, self.off).unwrap();
+        self.file.sync_data().unwrap();
+        self.off += self.buf.len() as u64;
+    }
+}
+
+/// Append `batch` 256-byte entries, then sync.
+struct Wal {
+    s: DiskStorage<RealFs>,
+    batch: usize,
+    lat_ms: Vec<f64>,
+}
+
+impl Wal {
+    fn new(dir: &Path, name: &str, batch: usize, preallocate: bool) -> Wal {
+        let opts = StorageOptions {
+            wal: WalOptions {
+                preallocate,
+                ..WalOptions::default()
+            },
+        };
+        let (mut s, _) = DiskStorage::open(RealFs, &dir.join(name), ID, opts).unwrap();
+        // Warm-up: the first sync creates the first preallocated chunk.
+        s.append(&[Entry {
+            index: 1,
+            term: 1,
+            data: vec![0; RECORD],
+        }])
+        .unwrap();
         s.sync().unwrap();
+        Wal {
+            s,
+            batch,
+            lat_ms: Vec::new(),
+        }
     }
-    let secs = t.elapsed().as_secs_f64();
-    drop(s);
-    std::fs::remove_dir_all(d).unwrap();
-    let appends = (syncs * batch) as f64;
-    Run {
-        appends_per_s: appends / secs,
-        mb_per_s: appends * RECORD as f64 / secs / 1e6,
-        syncs_per_s: syncs as f64 / secs,
+}
+
+impl Contender for Wal {
+    fn op(&mut self) {
+        let t = Instant::now();
+        let first = self.s.last_index() + 1;
+        let entries: Vec<Entry> = (first..first + self.batch as u64)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                data: vec![0x5A; RECORD],
+            })
+            .collect();
+        self.s.append(&entries).unwrap();
+        self.s.sync().unwrap();
+        self.lat_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+}
+
+/// Run the contenders alternately, `chunks` times `per_chunk` operations
+/// each; returns each one's operations per second.
+fn paired(cs: &mut [&mut dyn Contender], chunks: usize, per_chunk: usize) -> Vec<f64> {
+    let mut secs = vec![0.0; cs.len()];
+    for _ in 0..chunks {
+        for (i, c) in cs.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..per_chunk {
+                c.op();
+            }
+            secs[i] += t.elapsed().as_secs_f64();
+        }
+    }
+    let n = (chunks * per_chunk) as f64;
+    secs.iter().map(|s| n / s).collect()
+}
+
+fn pct(lat: &mut [f64], q: f64) -> f64 {
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lat[((lat.len() - 1) as f64 * q) as usize]
 }
 
 /// `threads` writers each doing `per_thread` single-record durable appends
@@ -129,114 +177,99 @@ fn committer_run(dir: &Path, threads: usize, per_thread: usize) -> f64 {
     for h in hs {
         h.join().unwrap();
     }
-    let rate = (threads * per_thread) as f64 / t.elapsed().as_secs_f64();
-    drop(c);
-    std::fs::remove_dir_all(d).unwrap();
-    rate
+    (threads * per_thread) as f64 / t.elapsed().as_secs_f64()
 }
 
 fn main() {
     let tmp;
     let dir = match std::env::args().nth(1) {
-        Some(d) => std::path::PathBuf::from(d),
+        Some(d) => {
+            let d = std::path::PathBuf::from(d).join("wal_bench");
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
         None => {
             tmp = tempfile::tempdir_in(".").unwrap();
             tmp.path().to_path_buf()
         }
     };
-    std::fs::create_dir_all(&dir).unwrap();
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
     let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut out = std::io::stdout();
     writeln!(out, "load average at start: {}", loadavg().trim()).unwrap();
-    let batch256_bytes = 256 * synod_storage::format::frame_len(16 + RECORD);
-    let configs = [
-        (true, 1, 2000),
-        (true, 16, 1000),
-        (true, 256, 200),
-        (false, 1, 1000),
-        (false, 16, 500),
-        (false, 256, 100),
-    ];
-    // Rounds interleave every measurement so that load from other work on
-    // the machine hits them alike; medians are reported.
-    let mut raw = Vec::new();
-    let mut raw_pre = Vec::new();
-    let mut raw_big = Vec::new();
-    let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
-    let mut committer: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    for round in 0..rounds {
-        raw.push(raw_fsync(&dir, 4096, 1000, false));
-        raw_pre.push(raw_fsync(&dir, 4096, 1000, true));
-        raw_big.push(raw_fsync(&dir, batch256_bytes, 200, true));
-        for (i, &(pre, batch, syncs)) in configs.iter().enumerate() {
-            runs[i].push(wal_run(&dir, batch, syncs, pre));
-        }
-        for (i, threads) in [1, 16, 64].into_iter().enumerate() {
-            committer[i].push(committer_run(&dir, threads, 2000 / threads));
-        }
-        eprintln!(
-            "round {round}: raw 4 KiB {:.0}/s, WAL batch 1 {:.0}/s",
-            raw[round], runs[0][round].syncs_per_s
-        );
-    }
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let raw_m = med(raw.clone());
+
+    // Batch 1: the raw 4 KiB fsync rate against WAL single-record syncs.
+    let mut raw4 = Raw::new(&dir, "raw4k", 4096, false);
+    let mut raw4_over = Raw::new(&dir, "raw4k-over", 4096, true);
+    let mut pre = Wal::new(&dir, "b1-pre", 1, true);
+    let mut nopre = Wal::new(&dir, "b1-nopre", 1, false);
+    let r = paired(
+        &mut [&mut raw4, &mut raw4_over, &mut pre, &mut nopre],
+        20,
+        50,
+    );
     writeln!(
         out,
-        "raw write+fdatasync, 4 KiB appended to a new file, x1000: {raw_m:.0}/s (rounds: {})",
-        raw.iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "raw write+fdatasync of 4 KiB appended to a file: {:.0}/s",
+        r[0]
     )
     .unwrap();
     writeln!(
         out,
-        "raw write+fdatasync, 4 KiB over already-written blocks, x1000: {:.0}/s",
-        med(raw_pre)
-    )
-    .unwrap();
-    let big = med(raw_big);
-    writeln!(
-        out,
-        "raw write+fdatasync, {} KiB over already-written blocks, x200: {big:.0}/s = {:.1} MB/s",
-        batch256_bytes / 1024,
-        big * batch256_bytes as f64 / 1e6
+        "raw write+fdatasync of 4 KiB over already-written blocks: {:.0}/s",
+        r[1]
     )
     .unwrap();
     writeln!(out).unwrap();
     writeln!(
         out,
-        "| preallocate | batch | appends/s | MB/s (payload) | syncs/s | syncs/s / raw 4 KiB rate |"
+        "| batch | preallocate | appends/s | MB/s (payload) | syncs/s | vs raw 4 KiB fsync | raw fsync of same bytes | p50 ms | p99 ms | max ms |"
     )
     .unwrap();
-    writeln!(out, "|---|---:|---:|---:|---:|---:|").unwrap();
-    for (i, &(pre, batch, _)) in configs.iter().enumerate() {
-        let a = med(runs[i].iter().map(|r| r.appends_per_s).collect());
-        let m = med(runs[i].iter().map(|r| r.mb_per_s).collect());
-        let s = med(runs[i].iter().map(|r| r.syncs_per_s).collect());
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+    let row = |batch: usize, w: &mut Wal, rate: f64, raw4k: f64, raw_same: f64, pre: bool| {
+        format!(
+            "| {batch} | {} | {:.0} | {:.2} | {rate:.0} | {:.0}% | {raw_same:.0}/s | {:.2} | {:.2} | {:.1} |",
+            if pre { "yes" } else { "no" },
+            rate * batch as f64,
+            rate * (batch * RECORD) as f64 / 1e6,
+            100.0 * rate / raw4k,
+            pct(&mut w.lat_ms, 0.5),
+            pct(&mut w.lat_ms, 0.99),
+            pct(&mut w.lat_ms, 1.0),
+        )
+    };
+    writeln!(out, "{}", row(1, &mut pre, r[2], r[0], r[0], true)).unwrap();
+    writeln!(out, "{}", row(1, &mut nopre, r[3], r[0], r[0], false)).unwrap();
+    drop((raw4_over, pre, nopre));
+
+    // Batches 16 and 256: also against a raw fsync of the same byte count.
+    for (batch, chunks, per_chunk) in [(16, 20, 25), (256, 20, 5)] {
+        let bytes = batch * format::frame_len(16 + RECORD);
+        let mut raw_same = Raw::new(&dir, &format!("raw-{bytes}"), bytes, false);
+        let mut pre = Wal::new(&dir, &format!("b{batch}-pre"), batch, true);
+        let mut nopre = Wal::new(&dir, &format!("b{batch}-nopre"), batch, false);
+        let r = paired(
+            &mut [&mut raw4, &mut raw_same, &mut pre, &mut nopre],
+            chunks,
+            per_chunk,
+        );
+        writeln!(out, "{}", row(batch, &mut pre, r[2], r[0], r[1], true)).unwrap();
+        writeln!(out, "{}", row(batch, &mut nopre, r[3], r[0], r[1], false)).unwrap();
+        let mb = r[1] * bytes as f64 / 1e6;
         writeln!(
             out,
-            "| {} | {batch} | {a:.0} | {m:.2} | {s:.0} | {:.0}% |",
-            if pre { "yes" } else { "no" },
-            100.0 * s / raw_m
+            "|  | (raw fsync of {bytes} bytes = {mb:.1} MB/s on disk; the WAL writes {bytes} bytes of frames per sync) | | | | | | | | |"
         )
         .unwrap();
     }
     writeln!(out).unwrap();
-    for (i, threads) in [1, 16, 64].into_iter().enumerate() {
+    for threads in [1, 16, 64] {
+        let rate = committer_run(&dir, threads, 2000 / threads);
         writeln!(
             out,
             "Committer, {threads} threads each appending one 256-byte record and waiting for it: \
-             {:.0} durable appends/s",
-            med(committer[i].clone())
+             {rate:.0} durable appends/s"
         )
         .unwrap();
     }
