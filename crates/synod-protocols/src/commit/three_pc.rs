@@ -25,14 +25,21 @@
 //! Only *operational* participants — up continuously since they voted — count in
 //! rules 2 and 3; a participant that crashed and restarted in an undecided state
 //! only asks (Skeen's recovery protocol) and cannot decide on its own evidence.
-//! A restarted coordinator that had not started pre-committing aborts.
+//! Two refinements keep this sound with restarts: a coordinator that is still
+//! driving the transaction answers *busy* and the backup waits for it; and when
+//! every participant answered and none committed, abort is safe even if all of
+//! them had restarted (no participant committed, and nobody is driving a
+//! commit). A restarted coordinator that had not started pre-committing aborts.
 //!
-//! Under crash faults, where a timeout means the peer really is down, this never
-//! blocks while a participant is operational. Its failure mode is the network
-//! partition: the side with the coordinator (or a pre-committed participant)
-//! commits, while uncertain participants cut off on the other side time out and
-//! abort — atomicity is lost. Timeouts cannot tell a crashed node from an
-//! unreachable one.
+//! Under crash faults, where a timeout means the peer really is down, this
+//! neither splits nor blocks while a participant that voted stays up. It can
+//! still wait after a *total* failure: if every participant that voted crashed,
+//! and a participant or the coordinator that might know the outcome is down for
+//! good, the restarted ones cannot tell commit from abort. Its real failure mode
+//! is the network partition: the side with the coordinator (or a pre-committed
+//! participant) commits, while uncertain participants cut off on the other side
+//! time out and abort — atomicity is lost. Timeouts cannot tell a crashed node
+//! from an unreachable one.
 
 use super::{
     CommitEvent, CommitInput, CommitNode, Layout, Log, LogWrite, Outcome, TxnId, VotePlan,
@@ -289,13 +296,11 @@ impl ThreePcNode {
             | Msg::StateRep {
                 txn,
                 state: State::Decided(outcome),
-            } => {
+            } if self.record(txn).decision.is_none() => {
                 // A backup decided (or a participant knows): adopt it.
-                if self.record(txn).decision.is_none() {
-                    self.coord.remove(&txn);
-                    self.write(LogWrite::Decision(txn, outcome), out);
-                    out.emit(CommitEvent::Decided { txn, outcome });
-                }
+                self.coord.remove(&txn);
+                self.write(LogWrite::Decision(txn, outcome), out);
+                out.emit(CommitEvent::Decided { txn, outcome });
             }
             _ => {}
         }
@@ -781,24 +786,76 @@ mod tests {
 
     #[test]
     fn a_recovered_participant_does_not_decide_alone() {
-        let layout = Layout::new(3, 2);
+        // Participants 1 and 2 restarted uncertain; participant 3 is silent and
+        // may have committed, so they must wait.
+        let layout = Layout::new(4, 3);
         let mut disk = Log::default();
         disk.apply(&LogWrite::Vote(5, true));
+        let recovered = State::Uncertain { operational: false };
         let mut p = ThreePcNode::new(1, layout, VotePlan::all_yes(), &disk);
         let mut out = Out::default();
         p.tick(0, &mut out);
-        let mut out = Out::default();
         p.step(
             MS,
             2,
             Msg::StateRep {
                 txn: 5,
-                state: State::Uncertain { operational: false },
+                state: recovered,
             },
             &mut out,
         );
         p.tick(Timing::default().window + MS, &mut out);
         assert_eq!(p.outcome(5), None);
         assert_eq!(p.in_doubt(), vec![5]);
+        // Once every participant answers and none committed, abort is safe.
+        let mut out = Out::default();
+        p.tick(10 * Timing::default().participant_timeout, &mut out);
+        for q in [2, 3] {
+            p.step(
+                11 * Timing::default().participant_timeout,
+                q,
+                Msg::StateRep {
+                    txn: 5,
+                    state: recovered,
+                },
+                &mut out,
+            );
+        }
+        p.tick(11 * Timing::default().participant_timeout, &mut out);
+        assert_eq!(p.outcome(5), Some(Outcome::Abort));
+    }
+
+    #[test]
+    fn a_busy_coordinator_keeps_backups_waiting() {
+        let layout = Layout::new(3, 2);
+        let mut p = ThreePcNode::new(1, layout, VotePlan::all_yes(), &Log::default());
+        let mut out = Out::default();
+        p.step(0, 0, Msg::CanCommit { txn: 1 }, &mut out);
+        let t = Timing::default().participant_timeout;
+        p.tick(t, &mut out);
+        p.step(
+            t,
+            0,
+            Msg::StateRep {
+                txn: 1,
+                state: State::Busy,
+            },
+            &mut out,
+        );
+        p.step(
+            t,
+            2,
+            Msg::StateRep {
+                txn: 1,
+                state: State::Uncertain { operational: true },
+            },
+            &mut out,
+        );
+        p.tick(t + Timing::default().window, &mut out);
+        assert_eq!(
+            p.outcome(1),
+            None,
+            "the coordinator is alive: no backup decision"
+        );
     }
 }
