@@ -1,9 +1,13 @@
 //! On-disk encoding of WAL segments (see README.md for the tables).
 //!
 //! A segment is a 64-byte header followed by records. Each record is a
-//! 16-byte frame header, the payload, and zero padding up to the next
-//! multiple of 16 bytes. Alignment keeps every frame header inside one
-//! 512-byte sector, so a torn write can zero a header but never half of one.
+//! 12-byte frame header, the payload, zero padding, and a 4-byte footer
+//! holding the payload checksum, the whole frame a multiple of 16 bytes.
+//! Alignment keeps every frame header (and footer) inside one 512-byte
+//! sector, so a torn write can zero a header but never half of one. Because
+//! the first sector-aligned piece of a frame holds the header and the last
+//! holds the footer, only a full 512-byte run of zeros inside a payload can
+//! look like a sector that never reached the disk.
 
 use std::path::Path;
 
@@ -17,7 +21,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Length of the segment header; records start at this offset.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Length of a record frame header.
-pub const FRAME_HEADER_LEN: usize = 16;
+pub const FRAME_HEADER_LEN: usize = 12;
+/// Length of a record frame footer (the payload checksum).
+pub const FRAME_FOOTER_LEN: usize = 4;
 /// Frames start at multiples of this.
 pub const FRAME_ALIGN: usize = 16;
 /// Largest payload accepted (a sanity bound, not a design limit).
@@ -155,7 +161,34 @@ pub fn decode_segment_header(path: &Path, b: &[u8]) -> Result<SegmentHeader> {
 
 /// Bytes a record with a `payload_len`-byte payload occupies on disk.
 pub fn frame_len(payload_len: usize) -> usize {
-    (FRAME_HEADER_LEN + payload_len).next_multiple_of(FRAME_ALIGN)
+    (FRAME_HEADER_LEN + payload_len + FRAME_FOOTER_LEN).next_multiple_of(FRAME_ALIGN)
+}
+
+/// Append one frame of type `ty` whose payload `payload` writes (exactly
+/// `len` bytes) to `out`.
+pub(crate) fn encode_frame(
+    out: &mut Vec<u8>,
+    ty: u8,
+    len: usize,
+    payload: impl FnOnce(&mut Vec<u8>),
+) {
+    assert!(len <= MAX_PAYLOAD, "record payload too large");
+    let start = out.len();
+    put_u32(out, len as u32);
+    out.push(ty);
+    out.extend_from_slice(&[0, 0, 0]);
+    let hcrc = crc32c::crc32c(&out[start..start + 8]);
+    put_u32(out, hcrc);
+    let payload_start = out.len();
+    payload(out);
+    debug_assert_eq!(out.len() - payload_start, len);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&out[start..start + 8]),
+        &out[payload_start..],
+    );
+    let end = start + frame_len(len);
+    out.resize(end - FRAME_FOOTER_LEN, 0);
+    put_u32(out, crc);
 }
 
 fn record_type_and_payload_len(r: &Record) -> (u8, usize) {
@@ -169,14 +202,7 @@ fn record_type_and_payload_len(r: &Record) -> (u8, usize) {
 /// Append the framed encoding of `r` to `out`.
 pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
     let (ty, len) = record_type_and_payload_len(r);
-    assert!(len <= MAX_PAYLOAD, "record payload too large");
-    let start = out.len();
-    put_u32(out, len as u32);
-    out.push(ty);
-    out.extend_from_slice(&[0, 0, 0]);
-    out.extend_from_slice(&[0; 8]); // crcs, filled below
-    let payload_start = out.len();
-    match r {
+    encode_frame(out, ty, len, |out| match r {
         Record::Entry(e) => {
             put_u64(out, e.index);
             put_u64(out, e.term);
@@ -191,16 +217,7 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
             put_u64(out, s.index);
             put_u64(out, s.term);
         }
-    }
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start..start + 8]),
-        &out[payload_start..],
-    );
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
-    let hcrc = crc32c::crc32c(&out[start..start + 12]);
-    out[start + 12..start + 16].copy_from_slice(&hcrc.to_le_bytes());
-    let padded = start + frame_len(len);
-    out.resize(padded, 0);
+    });
 }
 
 fn decode_payload(ty: u8, p: &[u8]) -> std::result::Result<Record, String> {
@@ -340,8 +357,8 @@ pub fn scan_segment_into(
             }
             break torn_or_corrupt(at, "non-zero bytes after the zero end-of-log marker".into())?;
         }
-        let stored_hcrc = get_u32(h, 12);
-        let actual_hcrc = crc32c::crc32c(&h[..12]);
+        let stored_hcrc = get_u32(h, 8);
+        let actual_hcrc = crc32c::crc32c(&h[..8]);
         if stored_hcrc != actual_hcrc {
             return Err(Error::corrupt(
                 path,
@@ -362,23 +379,22 @@ pub fn scan_segment_into(
             ));
         }
         let flen = frame_len(plen);
-        if rest.len() < FRAME_HEADER_LEN + plen {
+        if rest.len() < flen {
             break torn_or_corrupt(
                 at,
                 format!(
-                    "record of {} bytes cut short by end of file ({} bytes present)",
-                    FRAME_HEADER_LEN + plen,
+                    "record of {flen} bytes cut short by end of file ({} bytes present)",
                     rest.len()
                 ),
             )?;
         }
         let payload = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + plen];
-        let stored = get_u32(h, 8);
+        let stored = get_u32(rest, flen - FRAME_FOOTER_LEN);
         let actual = crc32c::crc32c_append(crc32c::crc32c(&h[..8]), payload);
         if stored != actual {
             let why =
                 format!("record checksum mismatch: stored {stored:#010x}, computed {actual:#010x}");
-            if is_last && has_zero_sector_chunk(bytes, at, at + FRAME_HEADER_LEN + plen) {
+            if is_last && has_zero_sector_chunk(bytes, at, at + flen) {
                 break torn_or_corrupt(at, format!("{why}, with an unwritten (all-zero) sector"))?;
             }
             return Err(Error::corrupt(path, at as u64, why));
@@ -477,6 +493,45 @@ mod tests {
             assert!(matches!(s.tail, Tail::Torn { offset, .. } if offset as usize == before));
             let e = scan_segment(&PathBuf::from("x"), b, false).unwrap_err();
             assert!(matches!(e, Error::Corrupt { offset, .. } if offset as usize == before));
+        }
+    }
+
+    /// A bit flip in the last record must not pass for a torn write just
+    /// because the record's payload ends in zeros that fall into the next
+    /// sector (the footer keeps that piece non-zero), whatever the alignment.
+    #[test]
+    fn zero_tail_across_a_sector_boundary_is_still_corruption() {
+        let mut data = vec![1u8; 40];
+        data.extend_from_slice(&[0u8; 60]);
+        for filler in 0..80 {
+            let recs = vec![
+                Record::Entry(Entry {
+                    index: 1,
+                    term: 1,
+                    data: vec![7; filler * 8],
+                }),
+                Record::Entry(Entry {
+                    index: 2,
+                    term: 1,
+                    data: data.clone(),
+                }),
+            ];
+            let mut b = seg(&recs);
+            let at = seg(&recs[..1]).len();
+            b[at + FRAME_HEADER_LEN + 20] ^= 0x08;
+            match scan_segment(&PathBuf::from("x"), &b, true) {
+                Err(Error::Corrupt { offset, .. }) => assert_eq!(offset as usize, at),
+                other => panic!("filler {filler}: expected corruption, got {other:?}"),
+            }
+            // Losing the sector that holds the footer is a torn write.
+            let end = b.len();
+            let sector_start = ((end - 1) / SECTOR) * SECTOR;
+            let mut t = seg(&recs);
+            for x in &mut t[sector_start.max(at)..end] {
+                *x = 0;
+            }
+            let s = scan_segment(&PathBuf::from("x"), &t, true).unwrap();
+            assert_eq!(s.records.len(), 1, "filler {filler}");
         }
     }
 

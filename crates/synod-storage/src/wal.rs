@@ -689,21 +689,12 @@ fn create_segment_file<F: Fs>(
 }
 
 fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
-    // `Record` owns its data; build the frame directly to avoid a copy.
-    let start = out.len();
-    let plen = 16 + e.data.len();
-    out.extend_from_slice(&(plen as u32).to_le_bytes());
-    out.push(format::TYPE_ENTRY);
-    out.extend_from_slice(&[0; 11]);
-    let pstart = out.len();
-    out.extend_from_slice(&e.index.to_le_bytes());
-    out.extend_from_slice(&e.term.to_le_bytes());
-    out.extend_from_slice(&e.data);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 8]), &out[pstart..]);
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
-    let hcrc = crc32c::crc32c(&out[start..start + 12]);
-    out[start + 12..start + 16].copy_from_slice(&hcrc.to_le_bytes());
-    out.resize(start + format::frame_len(plen), 0);
+    // `Record` owns its data; frame the borrowed entry to avoid a copy.
+    format::encode_frame(out, format::TYPE_ENTRY, 16 + e.data.len(), |out| {
+        out.extend_from_slice(&e.index.to_le_bytes());
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(&e.data);
+    });
 }
 
 /// A segment file name parsed: `(seq, first_index, name)`.

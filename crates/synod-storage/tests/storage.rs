@@ -235,7 +235,7 @@ fn log_with_big_last_record(prealloc: bool) -> (SimFs, PathBuf, u64, u64) {
     }])
     .unwrap();
     s.sync().unwrap();
-    let end = start + (format::FRAME_HEADER_LEN + 16 + 1500) as u64;
+    let end = start + format::frame_len(16 + 1500) as u64;
     (fs, path, start, end)
 }
 
