@@ -7,6 +7,7 @@ use synod_sim::history;
 use synod_sim::linearizability::{self, CheckResult};
 
 mod sim_cmd;
+mod wal_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,9 @@ enum Command {
         /// The history file.
         file: PathBuf,
     },
+    /// Inspect a write-ahead log directory.
+    #[command(subcommand)]
+    Wal(wal_cmd::WalCmd),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
+        Command::Wal(cmd) => wal_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,
