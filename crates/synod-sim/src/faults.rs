@@ -263,10 +263,25 @@ impl Schedule {
             s.rates.delay = rng.gen_range(0.0..0.05);
         }
         if faults.has(Fault::Corruption) && n > 0 {
+            // A node that finds its disk corrupt stays down, so corrupted nodes
+            // count toward the f that may be down in the quiet phase: only nodes
+            // that are not already down for good are corrupted, and at most
+            // f - permanently_down distinct ones. A drawn node that does not
+            // qualify is replaced by the next one that does (no extra draws, so
+            // the rest of the schedule is what it was before this rule).
+            let mut corrupted: Vec<NodeId> = Vec::new();
             let count = rng.gen_range(0..=2);
             for _ in 0..count {
                 let at = rng.gen_range(0..phase);
-                let node = rng.gen_range(0..n64);
+                let drawn = rng.gen_range(0..n64);
+                let room = corrupted.len() + s.permanently_down.len() < f;
+                let node = (0..n64)
+                    .map(|k| (drawn + k) % n64)
+                    .find(|x| !s.permanently_down.contains(x) && (corrupted.contains(x) || room));
+                let Some(node) = node else { continue };
+                if !corrupted.contains(&node) {
+                    corrupted.push(node);
+                }
                 s.events.push((at, NodeFault::Corrupt { node }));
             }
         }
@@ -322,6 +337,15 @@ mod tests {
             let (a, b) = (draw(), draw());
             assert_eq!(a.events, b.events);
             assert!(a.permanently_down.len() <= 2);
+            let mut down = a.permanently_down.clone();
+            for (_, e) in &a.events {
+                if let NodeFault::Corrupt { node } = e {
+                    if !down.contains(node) {
+                        down.push(*node);
+                    }
+                }
+            }
+            assert!(down.len() <= 2, "seed {seed}: {down:?} down or corrupted");
         }
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod raft;
 pub mod commit;
+pub mod wal_disk;
 pub mod write_once;

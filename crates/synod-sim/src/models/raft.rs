@@ -43,15 +43,17 @@
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{check, CheckResult};
+use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::runner::RunSpec;
 use crate::sim::{Ctl, Model, Simulation};
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
-use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Role};
+use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Role, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The safety properties checked on every run.
@@ -62,6 +64,7 @@ pub const PROPERTIES: &[&str] = &[
     "state_machine_safety",
     "commit_rule",
     "linearizability",
+    "storage",
 ];
 
 /// The counters every run reports.
@@ -75,6 +78,10 @@ pub const COUNTERS: &[&str] = &[
     "failovers",
     "failover_us_total",
     "config_changes",
+    "torn_writes",
+    "torn_tails",
+    "corruptions",
+    "corruption_detected",
 ];
 
 /// How long a client waits for an answer before retrying elsewhere.
@@ -169,6 +176,25 @@ pub struct RaftModel<B> {
     /// are spares that membership changes may bring in.
     voters: usize,
     recording: Option<Rc<RefCell<Recording>>>,
+    storage: StorageCounters,
+    /// The deliberately broken recovery (tests only): see
+    /// [`RaftModel::with_wipe_on_corruption`].
+    wipe_on_corruption: bool,
+}
+
+/// What the storage layer saw in one run.
+#[derive(Clone, Copy, Debug, Default)]
+struct StorageCounters {
+    /// Power losses that cut a write in the middle.
+    torn_writes: u64,
+    /// Recoveries that found a torn tail and cut it off.
+    torn_tails: u64,
+    /// Bits flipped in stored files.
+    corruptions: u64,
+    /// Recoveries that refused a damaged disk (the node stopped).
+    corruption_detected: u64,
+    /// Recoveries that failed for another reason (a bug if ever non-zero).
+    recovery_errors: u64,
 }
 
 impl<B> RaftModel<B>
@@ -206,7 +232,18 @@ where
             admin: true,
             voters: nodes,
             recording: None,
+            storage: StorageCounters::default(),
+            wipe_on_corruption: false,
         }
+    }
+
+    /// Deliberately broken (for tests): a node whose recovery finds its disk
+    /// damaged deletes the data directory and starts over from an empty log
+    /// with no vote, instead of staying down. It forgets promises it made
+    /// (votes, acknowledged entries), which the checkers must catch.
+    pub fn with_wipe_on_corruption(mut self) -> Self {
+        self.wipe_on_corruption = true;
+        self
     }
 
     /// Whether the model injects leadership transfers and snapshots (default on).
@@ -234,9 +271,9 @@ where
         self
     }
 
-    fn random_other(&self, ctl: &mut Ctl<'_, KvNode>, not: NodeId) -> NodeId {
+    fn random_other(&self, ctl: &mut Ctl<'_, WalBacked>, not: NodeId) -> NodeId {
         let up: Vec<NodeId> = (0..self.n as NodeId)
-            .filter(|&i| i != not && ctl.is_up(i))
+            .filter(|&i| i != not && ctl.node(i).is_some_and(|n| !n.is_stopped()))
             .collect();
         if !up.is_empty() {
             return up[ctl.rng().gen_range(0..up.len())];
@@ -253,7 +290,7 @@ where
     }
 
     /// (Re)sends client `c`'s pending request to its target after `extra`.
-    fn send(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize, extra: Instant) {
+    fn send(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize, extra: Instant) {
         let latency = ctl.rng().gen_range(MS..5 * MS) + extra;
         let client = &mut self.clients[c];
         let Some(p) = client.pending.as_ref() else {
@@ -272,7 +309,13 @@ where
     }
 
     /// Sends client `c`'s pending request to another node (or to `hint`).
-    fn retry(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize, hint: Option<NodeId>, extra: Instant) {
+    fn retry(
+        &mut self,
+        ctl: &mut Ctl<'_, WalBacked>,
+        c: usize,
+        hint: Option<NodeId>,
+        extra: Instant,
+    ) {
         let Some(current) = self.clients[c].pending.as_ref().map(|p| p.target) else {
             return;
         };
@@ -294,14 +337,14 @@ where
         self.send(ctl, c, extra);
     }
 
-    fn schedule_next(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize) {
+    fn schedule_next(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize) {
         let think = ctl.rng().gen_range(0..20 * MS);
         let client = &mut self.clients[c];
         client.generation += 1;
         ctl.wake(think, token(WAKE_NEXT_OP, c, client.generation));
     }
 
-    fn next_op(&mut self, ctl: &mut Ctl<'_, KvNode>, c: usize) {
+    fn next_op(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize) {
         if ctl.in_quiet_phase() && ctl.now() >= ctl.quiet_started_at() + QUIET_LOAD {
             self.clients[c].stopped = true;
             return;
@@ -363,7 +406,7 @@ where
 
     fn on_response(
         &mut self,
-        ctl: &mut Ctl<'_, KvNode>,
+        ctl: &mut Ctl<'_, WalBacked>,
         node: NodeId,
         session: u64,
         seq: u64,
@@ -439,7 +482,7 @@ where
 
     fn on_applied(
         &mut self,
-        ctl: &mut Ctl<'_, KvNode>,
+        ctl: &mut Ctl<'_, WalBacked>,
         node: NodeId,
         index: u64,
         term: u64,
@@ -456,7 +499,7 @@ where
         }
         self.last_applied[node as usize] = Some(index);
         if self.first_commit.is_none() {
-            let raft = ctl.node(node).map(|n| n.raft());
+            let raft = ctl.node(node).and_then(WalBacked::raft);
             if raft
                 .and_then(|r| r.entry(index))
                 .is_some_and(|e| matches!(e.data, EntryData::Kv(_)))
@@ -474,7 +517,7 @@ where
             Some(_) => {}
             None => {
                 self.committed.insert(index, (term, digest, self.max_leader_term));
-                let raft = ctl.node(node).map(|n| n.raft());
+                let raft = ctl.node(node).and_then(WalBacked::raft);
                 if raft
                     .and_then(|r| r.entry(index))
                     .is_some_and(|e| matches!(e.data, EntryData::Config(_)))
@@ -485,11 +528,11 @@ where
         }
     }
 
-    fn check_commit_rule(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
+    fn check_commit_rule(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
         let Some((term, base)) = self.elected[node as usize] else {
             return;
         };
-        let Some(r) = ctl.node(node).map(|n| n.raft()) else {
+        let Some(r) = ctl.node(node).and_then(WalBacked::raft) else {
             return;
         };
         if r.role() != Role::Leader || r.term() != term {
@@ -512,7 +555,7 @@ where
         }
     }
 
-    fn on_became_leader(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, term: u64) {
+    fn on_became_leader(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId, term: u64) {
         self.elections += 1;
         match self.leaders.get(&term) {
             Some(&other) if other != node => ctl.violation(
@@ -532,14 +575,14 @@ where
             }
         }
         self.max_leader_term = self.max_leader_term.max(term);
-        if let Some(r) = ctl.node(node).map(|n| n.raft()) {
+        if let Some(r) = ctl.node(node).and_then(WalBacked::raft) {
             if r.term() == term {
                 self.elected[node as usize] = Some((term, r.commit_index()));
             }
         }
         // Leader completeness: every entry committed before a leader of this term
         // (or a later one) existed must be in this leader's log or snapshot.
-        let Some(raft) = ctl.node(node).map(|n| n.raft()) else {
+        let Some(raft) = ctl.node(node).and_then(WalBacked::raft) else {
             return;
         };
         let (first, last) = (raft.first_index(), raft.last_index());
@@ -569,14 +612,14 @@ where
     }
 
     /// Compares the logs of every pair of up nodes.
-    fn check_logs(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+    fn check_logs(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         let mut found = None;
         'pairs: for a in 0..self.n as NodeId {
-            let Some(ra) = ctl.node(a).map(|n| n.raft()) else {
+            let Some(ra) = ctl.node(a).and_then(WalBacked::raft) else {
                 continue;
             };
             for b in a + 1..self.n as NodeId {
-                let Some(rb) = ctl.node(b).map(|n| n.raft()) else {
+                let Some(rb) = ctl.node(b).and_then(WalBacked::raft) else {
                     continue;
                 };
                 let lo = ra.first_index().max(rb.first_index());
@@ -605,13 +648,17 @@ where
         }
     }
 
-    fn current_leader(&self, ctl: &Ctl<'_, KvNode>) -> Option<(NodeId, u64)> {
+    fn current_leader(&self, ctl: &Ctl<'_, WalBacked>) -> Option<(NodeId, u64)> {
         let mut max_term = 0;
         let mut leader = None;
         for i in 0..self.n as NodeId {
             // Nodes outside the configuration (spares, removed nodes) never
             // campaign, whatever term they remember.
-            if let Some(r) = ctl.node(i).map(|n| n.raft()).filter(|r| r.promotable()) {
+            if let Some(r) = ctl
+                .node(i)
+                .and_then(WalBacked::raft)
+                .filter(|r| r.promotable())
+            {
                 max_term = max_term.max(r.term());
                 if r.role() == Role::Leader {
                     leader = Some((i, r.term()));
@@ -621,7 +668,7 @@ where
         leader.filter(|&(_, t)| t == max_term)
     }
 
-    fn admin(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+    fn admin(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         if ctl.in_quiet_phase() {
             return;
         }
@@ -639,11 +686,11 @@ where
         self.schedule_admin(ctl);
     }
 
-    fn change_membership(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+    fn change_membership(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         let Some((leader, _)) = self.current_leader(ctl) else {
             return;
         };
-        let Some(r) = ctl.node(leader).map(|n| n.raft()) else {
+        let Some(r) = ctl.node(leader).and_then(WalBacked::raft) else {
             return;
         };
         let (voters, learners) = (r.voters(), r.learners());
@@ -670,7 +717,7 @@ where
         ctl.input(leader, KvInput::Admin(op), MS);
     }
 
-    fn schedule_admin(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+    fn schedule_admin(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         let after = ctl.rng().gen_range(100 * MS..400 * MS);
         ctl.wake(after, token(WAKE_ADMIN, 0, 0));
     }
@@ -680,13 +727,49 @@ impl<B> Model for RaftModel<B>
 where
     B: FnMut(NodeId, &Disk, u64) -> KvNode,
 {
-    type Node = KvNode;
+    type Node = WalBacked;
 
-    fn boot(&mut self, id: NodeId, disk: &Disk, seed: u64) -> KvNode {
-        (self.boot)(id, disk, seed)
+    fn boot(&mut self, id: NodeId, disk: &WalDisk, seed: u64) -> WalBacked {
+        let build = &mut self.boot;
+        let (node, recovery) = WalBacked::boot(id, disk, |d| build(id, d, seed));
+        match recovery {
+            Ok(report) => {
+                if report.torn_tail.is_some() {
+                    self.storage.torn_tails += 1;
+                }
+                node
+            }
+            Err(e) => {
+                if e.is_data_error() {
+                    self.storage.corruption_detected += 1;
+                } else {
+                    self.storage.recovery_errors += 1;
+                }
+                if self.wipe_on_corruption {
+                    // The deliberately broken recovery: start over from an
+                    // empty disk, forgetting the log and the vote.
+                    disk.wipe();
+                    WalBacked::boot(id, disk, |d| build(id, d, seed)).0
+                } else {
+                    node
+                }
+            }
+        }
     }
 
-    fn on_start(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+    fn corrupt(&mut self, disk: &mut WalDisk, rng: &mut ChaCha8Rng) -> bool {
+        let hit = disk.corrupt(rng).is_some();
+        self.storage.corruptions += u64::from(hit);
+        hit
+    }
+
+    fn tear(&mut self, disk: &mut WalDisk, write: &Write, rng: &mut ChaCha8Rng) {
+        self.storage.torn_writes += 1;
+        let (seed, budget) = (rng.gen(), rng.gen_range(0..12));
+        disk.tear(write, seed, budget);
+    }
+
+    fn on_start(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         for c in 0..self.clients.len() {
             self.clients[c].leader_guess = ctl.rng().gen_range(0..self.n as NodeId);
             self.schedule_next(ctl, c);
@@ -697,7 +780,7 @@ where
         ctl.wake(LOG_CHECK_EVERY, token(WAKE_LOG_CHECK, 0, 0));
     }
 
-    fn on_event(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId, event: KvEvent) {
+    fn on_event(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId, event: KvEvent) {
         match event {
             KvEvent::Response {
                 client,
@@ -713,7 +796,7 @@ where
         }
     }
 
-    fn on_wake(&mut self, ctl: &mut Ctl<'_, KvNode>, tok: u64) {
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, WalBacked>, tok: u64) {
         let (kind, c, generation) = untoken(tok);
         match kind {
             WAKE_NEXT_OP | WAKE_TIMEOUT => {
@@ -738,7 +821,7 @@ where
         }
     }
 
-    fn on_crash(&mut self, ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
+    fn on_crash(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
         self.last_applied[node as usize] = None;
         self.elected[node as usize] = None;
         if self.leader_crash.is_none() {
@@ -765,19 +848,26 @@ where
         }
     }
 
-    fn on_restart(&mut self, _ctl: &mut Ctl<'_, KvNode>, node: NodeId) {
+    fn on_restart(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
         self.last_applied[node as usize] = None;
+        if let Some(WalBacked::Stopped { reason }) = ctl.node(node) {
+            if ctl.tracing() {
+                let reason = reason.clone();
+                ctl.trace(format_args!("n{node} refuses to start: {reason}"));
+            }
+            ctl.refuse_to_start(node);
+        }
     }
 
-    fn on_quiet(&mut self, ctl: &mut Ctl<'_, KvNode>) {
+    fn on_quiet(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         self.check_logs(ctl);
     }
 
-    fn done(&self, ctl: &Ctl<'_, KvNode>) -> bool {
+    fn done(&self, ctl: &Ctl<'_, WalBacked>) -> bool {
         self.clients.iter().all(Client::idle) && self.current_leader(ctl).is_some()
     }
 
-    fn finish(&mut self, ctl: &mut Ctl<'_, KvNode>, _terminated: bool, report: &mut RunReport) {
+    fn finish(&mut self, ctl: &mut Ctl<'_, WalBacked>, _terminated: bool, report: &mut RunReport) {
         self.check_logs(ctl);
         let ok = self.history.iter().filter(|o| !o.is_indefinite()).count() as u64;
         report.count("ops_ok", ok);
@@ -799,6 +889,30 @@ where
                 ctl.violation("linearizability", None, detail);
             }
         }
+        for node in 0..self.n as NodeId {
+            if let Some(e) = ctl.disk(node).write_error() {
+                ctl.violation(
+                    "storage",
+                    Some(node),
+                    format!("the WAL refused a write: {e}"),
+                );
+            }
+        }
+        let st = self.storage;
+        if st.recovery_errors > 0 {
+            ctl.violation(
+                "storage",
+                None,
+                format!(
+                    "{} recoveries failed without a data error",
+                    st.recovery_errors
+                ),
+            );
+        }
+        report.count("torn_writes", st.torn_writes);
+        report.count("torn_tails", st.torn_tails);
+        report.count("corruptions", st.corruptions);
+        report.count("corruption_detected", st.corruption_detected);
         report.count("elections", self.elections);
         report.count("config_changes", self.config_changes);
         report.count(

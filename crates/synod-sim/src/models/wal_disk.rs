@@ -1,0 +1,436 @@
+//! Raft's durable state kept in synod's real write-ahead log
+//! ([`synod_storage::DiskStorage`]) on the simulated disk ([`SimFs`]).
+//!
+//! [`WalBacked`] wraps a [`KvNode`] for the simulator. Its durable image is a
+//! [`WalDisk`]: a `SimFs` holding one data directory, plus the storage handle
+//! the running process has open on it. Every [`Write`] the node asks for is
+//! encoded into the storage API and synced when the simulator completes the
+//! write's sync:
+//!
+//! | raft write | storage call |
+//! | --- | --- |
+//! | `HardState { term, vote, commit }` | `set_hard_state` (vote `None` is 0, node `v` is `v + 1`) |
+//! | `Entries(es)` | `append`, each entry's [`EntryData`] as JSON in `data` |
+//! | `Snapshot(s)` | `save_snapshot`, the whole raft snapshot (conf, store, sessions) as JSON |
+//!
+//! A restart runs the storage crate's recovery on the disk and turns what it
+//! recovered back into a [`Disk`] for [`KvNode::new`]. The node therefore boots
+//! from exactly what the WAL code can read back, not from the simulator's own
+//! bookkeeping.
+//!
+//! Faults reach the storage code as follows:
+//!
+//! * **Torn write** ([`WalDisk::tear`]): the record is written to the file
+//!   without a sync (a snapshot is written with the disk set to fail after a
+//!   random number of operations), then the disk loses power: each unsynced
+//!   sector independently persists or not. Recovery must cut the torn tail.
+//! * **Corruption** ([`WalDisk::corrupt`]): one bit of a stored segment or
+//!   snapshot file flips, anywhere, headers included. The running process
+//!   does not notice (it serves its log from memory, as the real service does);
+//!   its next recovery must refuse the data directory. The node then boots
+//!   [`WalBacked::Stopped`]: it ignores every message, tick and request, so it
+//!   never serves or replicates anything from the damaged disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng;
+use synod_protocols::kv::{KvEvent, KvInput};
+use synod_protocols::raft::{self, Disk, EntryData, KvNode, Message, RaftNode, Write};
+use synod_protocols::{Instant, Node, NodeId, Output};
+use synod_storage::{
+    Error as StorageError, Fs, Identity, RecoveryReport, SimFs, SimStorage, Storage,
+    StorageOptions, WalOptions,
+};
+
+/// Where each node's data directory lives on its simulated disk.
+pub const DATA_DIR: &str = "/synod";
+/// Cluster id written into every segment and snapshot header.
+pub const CLUSTER_ID: u64 = 0x5359_4e4f_4453_494d;
+/// Segment size: small, so that runs rotate segments and compact them away,
+/// and so that a sync (which copies the file on `SimFs`) stays cheap.
+pub const SEGMENT_SIZE: u64 = 8 << 10;
+
+/// The storage options the simulation uses: small segments, no
+/// preallocation (zero-filling would only cost memory on `SimFs`), and no
+/// write buffer, so every record reaches the file when it is appended and a
+/// power loss can tear it.
+pub fn storage_options() -> StorageOptions {
+    StorageOptions {
+        wal: WalOptions {
+            segment_size: SEGMENT_SIZE,
+            preallocate: false,
+            prealloc_chunk: 0,
+            write_buffer: 0,
+        },
+    }
+}
+
+fn identity(id: NodeId) -> Identity {
+    Identity {
+        cluster_id: CLUSTER_ID,
+        node_id: id,
+    }
+}
+
+/// What the running process has open on the disk.
+#[derive(Default)]
+struct Open {
+    storage: Option<SimStorage>,
+    /// The node the disk belongs to (known from its first boot).
+    id: Option<NodeId>,
+    /// The first write the storage refused (a wiring bug if it ever happens;
+    /// the model reports it as a violation).
+    write_error: Option<String>,
+}
+
+/// A node's disk: a [`SimFs`] with its data directory, and the storage
+/// handle of the node's current incarnation (installed by
+/// [`WalDisk::recover`], dropped when the power goes).
+///
+/// `Clone` makes an independent copy of the disk (the copy has no storage
+/// open; it opens one when first written to).
+#[derive(Default)]
+pub struct WalDisk {
+    fs: SimFs,
+    open: Arc<Mutex<Open>>,
+}
+
+impl Clone for WalDisk {
+    fn clone(&self) -> Self {
+        let open = self.lock();
+        WalDisk {
+            fs: self.fs.fork(),
+            open: Arc::new(Mutex::new(Open {
+                storage: None,
+                id: open.id,
+                write_error: open.write_error.clone(),
+            })),
+        }
+    }
+}
+
+impl std::fmt::Debug for WalDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalDisk")
+            .field("files", &self.fs.files())
+            .field("open", &self.lock().storage.is_some())
+            .finish()
+    }
+}
+
+fn data_error(path: &Path, detail: String) -> StorageError {
+    StorageError::Inconsistent {
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+fn encode_entry(e: &raft::Entry) -> synod_storage::Entry {
+    synod_storage::Entry {
+        index: e.index,
+        term: e.term,
+        data: serde_json::to_vec(&e.data).expect("entry data serializes"),
+    }
+}
+
+/// Writes one raft record through the storage API; syncs if `sync`.
+/// Mirrors [`Disk::apply`]: entries at or below the snapshot are skipped and
+/// a batch that would leave a gap is ignored.
+fn write_to(st: &mut SimStorage, w: &Write, sync: bool) -> synod_storage::Result<()> {
+    match w {
+        Write::HardState(hs) => {
+            st.set_hard_state(synod_storage::HardState {
+                term: hs.term,
+                vote: hs.vote.map_or(0, |v| v + 1),
+                commit: hs.commit,
+            })?;
+        }
+        Write::Entries(es) => {
+            let Some(first) = es.first() else {
+                return Ok(());
+            };
+            if first.index > st.last_index() + 1 {
+                return Ok(());
+            }
+            let base = st.snapshot_meta().index;
+            let entries: Vec<_> = es
+                .iter()
+                .filter(|e| e.index > base)
+                .map(encode_entry)
+                .collect();
+            if entries.is_empty() {
+                return Ok(());
+            }
+            st.append(&entries)?;
+        }
+        Write::Snapshot(snap) => {
+            // Durable on return, whatever `sync` says.
+            return st.save_snapshot(&synod_storage::Snapshot {
+                meta: synod_storage::SnapshotMeta {
+                    index: snap.meta.index,
+                    term: snap.meta.term,
+                },
+                data: serde_json::to_vec(snap).expect("snapshot serializes"),
+            });
+        }
+    }
+    if sync {
+        st.sync()?;
+    }
+    Ok(())
+}
+
+/// Rebuilds raft's durable image from what storage recovered.
+fn to_disk(st: &SimStorage, dir: &Path) -> synod_storage::Result<Disk> {
+    let hs = st.hard_state();
+    let hard = raft::HardState {
+        term: hs.term,
+        vote: hs.vote.checked_sub(1),
+        commit: hs.commit,
+    };
+    let snapshot = match st.snapshot()? {
+        None => None,
+        Some(s) => {
+            let snap: raft::Snapshot = serde_json::from_slice(&s.data).map_err(|e| {
+                data_error(dir, format!("snapshot {:?} does not decode: {e}", s.meta))
+            })?;
+            if (snap.meta.index, snap.meta.term) != (s.meta.index, s.meta.term) {
+                return Err(data_error(
+                    dir,
+                    format!(
+                        "snapshot file at {:?} holds a raft snapshot at index {} term {}",
+                        s.meta, snap.meta.index, snap.meta.term
+                    ),
+                ));
+            }
+            Some(snap)
+        }
+    };
+    let stored = st.entries(st.first_index(), st.last_index() + 1)?;
+    let mut entries = Vec::with_capacity(stored.len());
+    for e in stored {
+        let data: EntryData = serde_json::from_slice(&e.data)
+            .map_err(|err| data_error(dir, format!("entry {} does not decode: {err}", e.index)))?;
+        entries.push(raft::Entry {
+            index: e.index,
+            term: e.term,
+            data,
+        });
+    }
+    Ok(Disk {
+        hard,
+        snapshot,
+        entries,
+    })
+}
+
+impl WalDisk {
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The simulated disk (a handle sharing its contents).
+    pub fn fs(&self) -> &SimFs {
+        &self.fs
+    }
+
+    fn dir() -> PathBuf {
+        PathBuf::from(DATA_DIR)
+    }
+
+    /// Boots node `id`'s storage: runs recovery on the disk, keeps the
+    /// storage open for the writes of this incarnation, and returns the
+    /// recovered state as raft's durable image. An error means the disk
+    /// cannot be trusted (corruption, a missing or damaged snapshot): the
+    /// node must not start.
+    ///
+    /// Takes `&self` because the simulator hands boot a shared reference; the
+    /// `SimFs` and the open handle are shared state.
+    pub fn recover(&self, id: NodeId) -> synod_storage::Result<(Disk, RecoveryReport)> {
+        let mut open = self.lock();
+        open.storage = None;
+        open.id = Some(id);
+        let dir = Self::dir();
+        let (st, report) =
+            SimStorage::open(self.fs.clone(), &dir, identity(id), storage_options())?;
+        let disk = to_disk(&st, &dir)?;
+        open.storage = Some(st);
+        Ok((disk, report))
+    }
+
+    /// Deletes the data directory's files (durably). Only the deliberately
+    /// broken recovery of the tests does this: a node that answers
+    /// corruption by starting over with an empty disk.
+    pub fn wipe(&self) {
+        self.lock().storage = None;
+        let mut dirs = Vec::new();
+        for path in self.fs.files() {
+            let _ = self.fs.remove_file(&path);
+            if let Some(d) = path.parent() {
+                dirs.push(d.to_path_buf());
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            let _ = self.fs.sync_dir(&d);
+        }
+    }
+
+    /// Applies one synced write (the simulator's [`Node::apply_write`]).
+    pub fn apply(&mut self, w: &Write) {
+        let fs = self.fs.clone();
+        let mut open = self.lock();
+        if open.storage.is_none() {
+            // A copy made by `clone`: open it (never the case in a run).
+            let Some(id) = open.id else { return };
+            match SimStorage::open(fs, &Self::dir(), identity(id), storage_options()) {
+                Ok((st, _)) => open.storage = Some(st),
+                Err(e) => {
+                    open.write_error.get_or_insert(e.to_string());
+                    return;
+                }
+            }
+        }
+        let st = open.storage.as_mut().expect("opened above");
+        if let Err(e) = write_to(st, w, true) {
+            open.write_error
+                .get_or_insert(format!("{e} (writing {w:?})"));
+        }
+    }
+
+    /// The first write the storage refused, if any.
+    pub fn write_error(&self) -> Option<String> {
+        self.lock().write_error.clone()
+    }
+
+    /// Power loss in the middle of `w`: its bytes reach the file without a
+    /// sync (a snapshot is saved with the disk failing after `budget`
+    /// operations), then the power goes (`seed` picks which unsynced sectors
+    /// survive). The open storage dies with the process.
+    pub fn tear(&mut self, w: &Write, seed: u64, budget: u64) {
+        let mut open = self.lock();
+        if let Some(st) = open.storage.as_mut() {
+            match w {
+                Write::Snapshot(_) => {
+                    self.fs.crash_after(Some(budget));
+                    let _ = write_to(st, w, false);
+                }
+                _ => {
+                    let _ = write_to(st, w, false);
+                }
+            }
+        }
+        open.storage = None;
+        // Also lifts the crash budget.
+        self.fs.power_loss(seed);
+    }
+
+    /// Flips one random bit of one stored segment or snapshot file. Returns
+    /// the file and offset, or `None` if there is nothing to damage.
+    pub fn corrupt(&mut self, rng: &mut impl Rng) -> Option<(PathBuf, u64)> {
+        let files: Vec<PathBuf> = self
+            .fs
+            .files()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "wal" || x == "snap"))
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        let path = files[rng.gen_range(0..files.len())].clone();
+        let len = self.fs.read(&path).ok()?.len() as u64;
+        if len == 0 {
+            return None;
+        }
+        let offset = rng.gen_range(0..len);
+        let bit = rng.gen_range(0..8u8);
+        self.fs
+            .flip_bit(&path, offset, bit)
+            .then_some((path, offset))
+    }
+}
+
+/// A [`KvNode`] whose durable state lives in the WAL on a [`WalDisk`], or a
+/// node that found its disk damaged and stopped.
+#[derive(Debug)]
+pub enum WalBacked {
+    /// Recovered and running.
+    Running(Box<KvNode>),
+    /// Recovery refused the disk: does nothing, ever.
+    Stopped {
+        /// The storage error.
+        reason: String,
+    },
+}
+
+impl WalBacked {
+    /// The key-value node, unless stopped.
+    pub fn kv(&self) -> Option<&KvNode> {
+        match self {
+            WalBacked::Running(n) => Some(n),
+            WalBacked::Stopped { .. } => None,
+        }
+    }
+
+    /// The Raft core, unless stopped.
+    pub fn raft(&self) -> Option<&RaftNode> {
+        self.kv().map(KvNode::raft)
+    }
+
+    /// Whether the node stopped on a damaged disk.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, WalBacked::Stopped { .. })
+    }
+
+    /// Boots node `id` from `disk` with `build`; a disk that fails recovery
+    /// gives a stopped node. Returns the recovery report on success.
+    pub fn boot(
+        id: NodeId,
+        disk: &WalDisk,
+        build: impl FnOnce(&Disk) -> KvNode,
+    ) -> (WalBacked, Result<RecoveryReport, StorageError>) {
+        match disk.recover(id) {
+            Ok((d, report)) => (WalBacked::Running(Box::new(build(&d))), Ok(report)),
+            Err(e) => (
+                WalBacked::Stopped {
+                    reason: e.to_string(),
+                },
+                Err(e),
+            ),
+        }
+    }
+}
+
+type Out = Output<Write, Message, KvEvent>;
+
+impl Node for WalBacked {
+    type Msg = Message;
+    type Write = Write;
+    type Disk = WalDisk;
+    type Event = KvEvent;
+    type Input = KvInput;
+
+    fn apply_write(disk: &mut WalDisk, write: &Write) {
+        disk.apply(write);
+    }
+
+    fn step(&mut self, now: Instant, from: NodeId, msg: Message, out: &mut Out) {
+        if let WalBacked::Running(n) = self {
+            n.step(now, from, msg, out);
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Out) {
+        if let WalBacked::Running(n) = self {
+            n.tick(now, out);
+        }
+    }
+
+    fn input(&mut self, now: Instant, input: KvInput, out: &mut Out) {
+        if let WalBacked::Running(n) = self {
+            n.input(now, input, out);
+        }
+    }
+}
