@@ -247,9 +247,17 @@ impl RaftNode {
             commit: self.commit,
         }
     }
-    /// Whether this node may campaign: only voters of the configuration do.
+    /// Whether this node may campaign: voters of the latest configuration, and
+    /// also a voter that the latest configuration removes while that change is
+    /// still uncommitted. The removed node may hold the only copy of the change
+    /// (and the longest log), so the remaining voters may need it to elect a
+    /// leader that commits it (Raft dissertation, §4.2.2). Its own vote does not
+    /// count: votes are tallied against the latest configuration.
     pub fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id())
+        let id = self.id();
+        self.conf.is_voter(id)
+            || (self.pending_conf > self.commit
+                && self.log.conf_at(self.pending_conf - 1).is_voter(id))
     }
     /// Whether the leader has committed an entry of its own term.
     pub fn committed_own_term(&self) -> bool {
