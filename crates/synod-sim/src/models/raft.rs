@@ -17,6 +17,26 @@
 //! over ([`AdminOp::TransferLeader`]) and to compact their logs
 //! ([`AdminOp::Snapshot`]).
 //!
+//! # Durable state: the real WAL on a simulated disk
+//!
+//! Every node is a [`WalBacked`] node: its hard state, log and snapshots are
+//! written through `synod-storage`'s `DiskStorage` onto a `SimFs` (small
+//! segments, so runs rotate and compact), and a restarted node boots from what
+//! the storage crate's recovery reads back (see [`crate::models::wal_disk`]).
+//! The storage faults reach that code:
+//!
+//! * `torn-write`: a power loss cuts the node's first unsynced write; its bytes
+//!   are on the simulated disk unsynced and each sector survives or not.
+//!   Recovery must cut the torn tail (`torn_tails` counts it; `torn_writes`
+//!   counts the cut writes, most of which are lost whole or kept whole).
+//! * `corruption`: a bit of one of the node's stored segment or snapshot
+//!   files flips (`corruptions`). The running node does not notice; its next
+//!   recovery refuses the disk (`corruption_detected`) and the node stays
+//!   stopped for the rest of the run: it handles no message, tick or request,
+//!   so it never serves or replicates data it could not verify, and the
+//!   simulator counts it as down for good. The fault schedule corrupts at most
+//!   f minus the permanently crashed nodes, so the cluster stays live.
+//!
 //! # Checked on every run
 //!
 //! * **election_safety** — at most one node becomes leader in any term;
@@ -36,10 +56,14 @@
 //!   term;
 //! * **linearizability** — the client history, checked at the end of the run
 //!   (a search that runs out of budget is counted in `ops_unknown_checks`, not
-//!   reported as a violation).
+//!   reported as a violation);
+//! * **storage** — the WAL accepted every write the node made durable, and every
+//!   failed recovery failed on damaged data (anything else is a bug in the
+//!   wiring between the node and the storage crate).
 //!
 //! Liveness: in the quiet phase, a leader of the highest term among up nodes
-//! exists, and every client is idle with all its operations answered.
+//! exists (a node stopped by corruption is not up), and every client is idle with
+//! all its operations answered.
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{check, CheckResult};
@@ -147,6 +171,8 @@ impl Client {
 }
 
 /// The Raft key-value model; `B` builds a node from its id, durable image and seed.
+/// The image is what the WAL recovered from the node's simulated disk; the model
+/// wraps the node in a [`WalBacked`].
 pub struct RaftModel<B> {
     boot: B,
     n: usize,
