@@ -53,5 +53,5 @@ pub mod sim;
 
 pub use faults::{Fault, FaultSet};
 pub use report::{RunReport, Summary, Violation};
-pub use runner::{run_batch, run_one, Algo, RunSpec};
+pub use runner::{run_batch, run_batch_parallel, run_one, Algo, RunSpec};
 pub use sim::{Ctl, Model, SimConfig, Simulation};

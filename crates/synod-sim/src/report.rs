@@ -126,6 +126,29 @@ impl Summary {
         self.deliveries += r.deliveries;
     }
 
+    /// Folds in the summary of the seeds that follow this one's.
+    pub fn merge(&mut self, other: Summary) {
+        self.runs += other.runs;
+        self.decided += other.decided;
+        self.stuck += other.stuck;
+        for (p, n) in other.violations {
+            *self.violations.entry(p).or_insert(0) += n;
+        }
+        for (c, n) in other.counters {
+            *self.counters.entry(c).or_insert(0) += n;
+        }
+        self.times.extend(other.times);
+        self.messages.extend(other.messages);
+        self.deliveries += other.deliveries;
+        self.failing_seeds.extend(other.failing_seeds);
+        self.failing_seeds.truncate(10);
+        self.stuck_seeds.extend(other.stuck_seeds);
+        self.stuck_seeds.truncate(10);
+        if self.first_violation.is_none() {
+            self.first_violation = other.first_violation;
+        }
+    }
+
     /// Runs that broke at least one safety property, summed over properties.
     pub fn total_violations(&self) -> u64 {
         self.violations.values().sum()

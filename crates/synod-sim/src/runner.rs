@@ -180,3 +180,37 @@ pub fn run_batch(spec: &RunSpec, first_seed: u64, runs: u64, mut progress: impl 
     }
     summary
 }
+
+/// Like [`run_batch`], on `jobs` threads. Each thread takes a contiguous range of
+/// seeds and the partial summaries are merged in seed order, so the result is
+/// identical to a single-threaded batch (only the order of `progress` calls
+/// differs).
+pub fn run_batch_parallel(
+    spec: &RunSpec,
+    first_seed: u64,
+    runs: u64,
+    jobs: usize,
+    progress: &(dyn Fn(&RunReport) + Sync),
+) -> Summary {
+    let jobs = (jobs.max(1) as u64).min(runs.max(1));
+    if jobs == 1 {
+        return run_batch(spec, first_seed, runs, progress);
+    }
+    let chunk = runs.div_ceil(jobs);
+    let parts: Vec<Summary> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                let lo = first_seed + j * chunk;
+                let n = chunk.min(runs.saturating_sub(j * chunk));
+                s.spawn(move || run_batch(spec, lo, n, progress))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect()
+    });
+    let mut parts = parts.into_iter();
+    let mut total = parts.next().expect("at least one job");
+    for p in parts {
+        total.merge(p);
+    }
+    total
+}

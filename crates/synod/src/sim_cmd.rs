@@ -6,7 +6,8 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use synod_sim::models::raft;
-use synod_sim::{history, run_batch, run_one, Algo, FaultSet, RunSpec};
+use std::sync::atomic::{AtomicU64, Ordering};
+use synod_sim::{history, run_batch_parallel, run_one, Algo, FaultSet, RunSpec};
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -39,6 +40,10 @@ pub struct SimArgs {
     /// Print one run event by event (needs --runs 1).
     #[arg(long)]
     trace: bool,
+    /// Threads to run seeds on (0: one per core). The summary is the same for
+    /// any number of threads.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Write the clients' history of the run to FILE as JSON lines (needs --runs 1
     /// and an algorithm with clients: raft); `synod check-history FILE` re-checks it.
     #[arg(long, value_name = "FILE")]
@@ -58,50 +63,77 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
         return Err("--runs must be at least 1".into());
     }
     if args.trace || args.history.is_some() {
-        let flag = if args.trace { "--trace prints" } else { "--history records" };
+        let flag = if args.trace {
+            "--trace prints"
+        } else {
+            "--history records"
+        };
         if args.runs != 1 {
-            return Err(format!("{flag} one run; pass --runs 1 (got --runs {})", args.runs));
+            return Err(format!(
+                "{flag} one run; pass --runs 1 (got --runs {})",
+                args.runs
+            ));
         }
         spec.trace = args.trace;
         let report = match &args.history {
             Some(path) => {
                 if spec.algo != Algo::Raft {
-                    return Err(format!("--history needs an algorithm with clients (raft), not {}", spec.algo));
+                    return Err(format!(
+                        "--history needs an algorithm with clients (raft), not {}",
+                        spec.algo
+                    ));
                 }
                 let (report, rec) = raft::run_recorded(&spec, args.seed);
                 write_history(path, &rec.history)?;
                 let indefinite = rec.history.iter().filter(|o| o.is_indefinite()).count();
-                eprintln!("wrote {} operations ({indefinite} indefinite) to {}", rec.history.len(), path.display());
+                eprintln!(
+                    "wrote {} operations ({indefinite} indefinite) to {}",
+                    rec.history.len(),
+                    path.display()
+                );
                 report
             }
             None => run_one(&spec, args.seed),
         };
         let mut out = std::io::stdout().lock();
-        out.write_all(report.trace.as_deref().unwrap_or("").as_bytes()).map_err(|e| e.to_string())?;
+        out.write_all(report.trace.as_deref().unwrap_or("").as_bytes())
+            .map_err(|e| e.to_string())?;
         let verdict = match (report.violation_count, report.terminated) {
             (0, true) => "ok: no property violated; the liveness goal was reached".to_string(),
-            (0, false) => "stuck: no property violated, but the liveness goal was not reached".to_string(),
+            (0, false) => {
+                "stuck: no property violated, but the liveness goal was not reached".to_string()
+            }
             (n, _) => format!("FAILED: {n} violation(s)"),
         };
         writeln!(out, "{verdict}").map_err(|e| e.to_string())?;
-        return Ok(if report.violation_count == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if report.violation_count == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     let bar = if std::io::stderr().is_terminal() && args.runs >= 100 {
         let bar = ProgressBar::new(args.runs);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos}/{len} runs [{bar:30}] {per_sec} eta {eta} {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {pos}/{len} runs [{bar:30}] {per_sec} eta {eta} {msg}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar
     } else {
         ProgressBar::hidden()
     };
-    let mut bad = 0u64;
-    let summary = run_batch(&spec, args.seed, args.runs, |r| {
+    let bad = AtomicU64::new(0);
+    let jobs = match args.jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        j => j,
+    };
+    let summary = run_batch_parallel(&spec, args.seed, args.runs, jobs, &|r| {
         if r.violation_count > 0 {
-            bad += 1;
-            bar.set_message(format!("{bad} failing"));
+            let n = bad.fetch_add(1, Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} failing"));
         }
         bar.inc(1);
     });

@@ -81,3 +81,10 @@ fn bad_flags_get_a_clear_error() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_summary_does_not_depend_on_the_number_of_threads() {
+    let one = json(&["sim", "--runs", "300", "--json", "--jobs", "1"]);
+    let three = json(&["sim", "--runs", "300", "--json", "--jobs", "3"]);
+    assert_eq!(one, three);
+}
