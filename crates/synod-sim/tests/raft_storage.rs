@@ -273,13 +273,13 @@ fn a_node_that_restarts_empty_after_corruption_is_caught() {
     assert!(detected > 0);
     // Starting over from an empty disk forgets votes and acknowledged
     // entries (Raft's version of an acceptor forgetting its promise).
-    let caught = (0..200).find_map(|seed| {
+    let caught = (0..400).find_map(|seed| {
         let r = run_corrupting(seed, true);
         r.violations
             .first()
             .map(|v| (seed, v.property, v.detail.clone()))
     });
-    let (seed, property, detail) = caught.expect("no seed in 200 caught the wiped node");
+    let (seed, property, detail) = caught.expect("no seed in 400 caught the wiped node");
     eprintln!("wipe on corruption: seed {seed}: {property}: {detail}");
 }
 
@@ -340,3 +340,4 @@ fn no_single_flipped_bit_changes_what_recovery_returns() {
     eprintln!("single-bit flips: {refused} refused, {same} harmless");
     assert!(refused > 10 * same);
 }
+

@@ -25,7 +25,8 @@
 //!   random number of operations), then the disk loses power: each unsynced
 //!   sector independently persists or not. Recovery must cut the torn tail.
 //! * **Corruption** ([`WalDisk::corrupt`]): one bit of a stored segment or
-//!   snapshot file flips, anywhere, headers included. The running process
+//!   snapshot file flips, anywhere, headers included, either on the platter
+//!   or in every later read of it. The running process
 //!   does not notice (it serves its log from memory, as the real service does);
 //!   its next recovery must refuse the data directory. The node then boots
 //!   [`WalBacked::Stopped`]: it ignores every message, tick and request, so it
@@ -264,6 +265,7 @@ impl WalDisk {
     /// corruption by starting over with an empty disk.
     pub fn wipe(&self) {
         self.lock().storage = None;
+        self.fs.clear_read_faults();
         let mut dirs = Vec::new();
         for path in self.fs.files() {
             let _ = self.fs.remove_file(&path);
@@ -327,8 +329,9 @@ impl WalDisk {
         self.fs.power_loss(seed);
     }
 
-    /// Flips one random bit of one stored segment or snapshot file. Returns
-    /// the file and offset, or `None` if there is nothing to damage.
+    /// Flips one random bit of one stored segment or snapshot file, either in
+    /// the stored bytes or in what every later read returns. Returns the file
+    /// and offset, or `None` if there is nothing to damage.
     pub fn corrupt(&mut self, rng: &mut impl Rng) -> Option<(PathBuf, u64)> {
         let files: Vec<PathBuf> = self
             .fs
@@ -346,9 +349,17 @@ impl WalDisk {
         }
         let offset = rng.gen_range(0..len);
         let bit = rng.gen_range(0..8u8);
-        self.fs
-            .flip_bit(&path, offset, bit)
-            .then_some((path, offset))
+        if rng.gen_bool(0.5) {
+            // The stored byte is damaged.
+            self.fs
+                .flip_bit(&path, offset, bit)
+                .then_some((path, offset))
+        } else {
+            // The stored byte is fine but every read returns it damaged (a bad
+            // cable or controller): recovery cannot tell the difference.
+            self.fs.flip_on_read(&path, offset, 1 << bit);
+            Some((path, offset))
+        }
     }
 }
 
