@@ -340,4 +340,3 @@ fn no_single_flipped_bit_changes_what_recovery_returns() {
     eprintln!("single-bit flips: {refused} refused, {same} harmless");
     assert!(refused > 10 * same);
 }
-
