@@ -57,9 +57,10 @@
 //! * **linearizability** — the client history, checked at the end of the run
 //!   (a search that runs out of budget is counted in `ops_unknown_checks`, not
 //!   reported as a violation);
-//! * **storage** — the WAL accepted every write the node made durable, and every
-//!   failed recovery failed on damaged data (anything else is a bug in the
-//!   wiring between the node and the storage crate).
+//! * **storage** — the WAL accepted every write the node made durable; every
+//!   recovery returned exactly what was made durable (after a torn write: plus a
+//!   prefix of that write), checked against the simulator's own image of the
+//!   disk; and every failed recovery failed on damaged data.
 //!
 //! Liveness: in the quiet phase, a leader of the highest term among up nodes
 //! exists (a node stopped by corruption is not up), and every client is idle with
@@ -916,12 +917,8 @@ where
             }
         }
         for node in 0..self.n as NodeId {
-            if let Some(e) = ctl.disk(node).write_error() {
-                ctl.violation(
-                    "storage",
-                    Some(node),
-                    format!("the WAL refused a write: {e}"),
-                );
+            if let Some(e) = ctl.disk(node).storage_error() {
+                ctl.violation("storage", Some(node), e);
             }
         }
         let st = self.storage;

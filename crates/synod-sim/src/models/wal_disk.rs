@@ -16,7 +16,11 @@
 //! A restart runs the storage crate's recovery on the disk and turns what it
 //! recovered back into a [`Disk`] for [`KvNode::new`]. The node therefore boots
 //! from exactly what the WAL code can read back, not from the simulator's own
-//! bookkeeping.
+//! bookkeeping. That bookkeeping is still kept (a shadow [`Disk`] with every
+//! synced write applied) and every successful recovery is checked against it:
+//! it must return the shadow exactly, or after a torn write the shadow plus a
+//! prefix of that write. Anything else (or a write the WAL refuses) is reported
+//! by [`WalDisk::storage_error`].
 //!
 //! Faults reach the storage code as follows:
 //!
@@ -80,9 +84,16 @@ struct Open {
     storage: Option<SimStorage>,
     /// The node the disk belongs to (known from its first boot).
     id: Option<NodeId>,
-    /// The first write the storage refused (a wiring bug if it ever happens;
-    /// the model reports it as a violation).
-    write_error: Option<String>,
+    /// What raft made durable, applied the simulator's way ([`Disk::apply`]):
+    /// the next recovery must return exactly this.
+    shadow: Disk,
+    /// The write a power loss cut since the last recovery: the recovery may
+    /// also return the shadow plus a prefix of it.
+    torn: Option<Write>,
+    /// The first storage failure that is not the disk's fault: a write the
+    /// WAL refused, or a recovery that returned something other than what
+    /// was made durable. The model reports it as a violation.
+    error: Option<String>,
 }
 
 /// A node's disk: a [`SimFs`] with its data directory, and the storage
@@ -105,7 +116,9 @@ impl Clone for WalDisk {
             open: Arc::new(Mutex::new(Open {
                 storage: None,
                 id: open.id,
-                write_error: open.write_error.clone(),
+                shadow: open.shadow.clone(),
+                torn: open.torn.clone(),
+                error: open.error.clone(),
             })),
         }
     }
@@ -182,6 +195,41 @@ fn write_to(st: &mut SimStorage, w: &Write, sync: bool) -> synod_storage::Result
     Ok(())
 }
 
+/// Whether `got` is what a recovery may return when `shadow` was durable and
+/// `torn` (if any) was cut by a power loss: the shadow, or for a torn write
+/// the shadow with a prefix of its entries (a hard state or a snapshot is
+/// all or nothing).
+fn recovered_ok(shadow: &Disk, torn: Option<&Write>, got: &Disk) -> bool {
+    if got == shadow {
+        return true;
+    }
+    match torn {
+        None => false,
+        Some(Write::Entries(es)) => (1..=es.len()).any(|j| {
+            let mut d = shadow.clone();
+            d.apply(&Write::Entries(es[..j].to_vec()));
+            d == *got
+        }),
+        Some(w) => {
+            let mut d = shadow.clone();
+            d.apply(w);
+            d == *got
+        }
+    }
+}
+
+fn summary(d: &Disk) -> String {
+    format!(
+        "{:?}, snapshot at {:?}, entries {:?}",
+        d.hard,
+        d.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)),
+        d.entries
+            .first()
+            .zip(d.entries.last())
+            .map(|(a, b)| (a.index, b.index, b.term))
+    )
+}
+
 /// Rebuilds raft's durable image from what storage recovered.
 fn to_disk(st: &SimStorage, dir: &Path) -> synod_storage::Result<Disk> {
     let hs = st.hard_state();
@@ -256,6 +304,21 @@ impl WalDisk {
         let (st, report) =
             SimStorage::open(self.fs.clone(), &dir, identity(id), storage_options())?;
         let disk = to_disk(&st, &dir)?;
+        let torn = open.torn.take();
+        if !recovered_ok(&open.shadow, torn.as_ref(), &disk) {
+            let msg = format!(
+                "recovery returned {}, but {} was made durable{}",
+                summary(&disk),
+                summary(&open.shadow),
+                if torn.is_some() {
+                    " (before a torn write)"
+                } else {
+                    ""
+                }
+            );
+            open.error.get_or_insert(msg);
+        }
+        open.shadow = disk.clone();
         open.storage = Some(st);
         Ok((disk, report))
     }
@@ -264,7 +327,12 @@ impl WalDisk {
     /// broken recovery of the tests does this: a node that answers
     /// corruption by starting over with an empty disk.
     pub fn wipe(&self) {
-        self.lock().storage = None;
+        {
+            let mut open = self.lock();
+            open.storage = None;
+            open.shadow = Disk::default();
+            open.torn = None;
+        }
         self.fs.clear_read_faults();
         let mut dirs = Vec::new();
         for path in self.fs.files() {
@@ -284,27 +352,33 @@ impl WalDisk {
     pub fn apply(&mut self, w: &Write) {
         let fs = self.fs.clone();
         let mut open = self.lock();
+        open.shadow.apply(w);
         if open.storage.is_none() {
             // A copy made by `clone`: open it (never the case in a run).
-            let Some(id) = open.id else { return };
+            let Some(id) = open.id else {
+                open.error
+                    .get_or_insert("a write reached a disk that was never booted".into());
+                return;
+            };
             match SimStorage::open(fs, &Self::dir(), identity(id), storage_options()) {
                 Ok((st, _)) => open.storage = Some(st),
                 Err(e) => {
-                    open.write_error.get_or_insert(e.to_string());
+                    open.error.get_or_insert(e.to_string());
                     return;
                 }
             }
         }
         let st = open.storage.as_mut().expect("opened above");
         if let Err(e) = write_to(st, w, true) {
-            open.write_error
-                .get_or_insert(format!("{e} (writing {w:?})"));
+            open.error
+                .get_or_insert(format!("the WAL refused a write: {e} ({w:?})"));
         }
     }
 
-    /// The first write the storage refused, if any.
-    pub fn write_error(&self) -> Option<String> {
-        self.lock().write_error.clone()
+    /// The first storage failure that is not the disk's fault (see the
+    /// module docs), if any.
+    pub fn storage_error(&self) -> Option<String> {
+        self.lock().error.clone()
     }
 
     /// Power loss in the middle of `w`: its bytes reach the file without a
@@ -313,6 +387,7 @@ impl WalDisk {
     /// survive). The open storage dies with the process.
     pub fn tear(&mut self, w: &Write, seed: u64, budget: u64) {
         let mut open = self.lock();
+        open.torn = Some(w.clone());
         if let Some(st) = open.storage.as_mut() {
             match w {
                 Write::Snapshot(_) => {
