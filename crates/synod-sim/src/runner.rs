@@ -140,7 +140,7 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
             let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, seed| PaxosNode::new(id, n, disk, seed));
             Simulation::new(cfg, seed, model).run(seed)
         }
-        Algo::Raft => Simulation::new(cfg, seed, raft::standard_model(n)).run(seed),
+        Algo::Raft => Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed),
         Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => {
             // Node 0 coordinates, nodes 1..=k participate; the votes come from the seed.
             let layout = Layout::new(n, spec.participants);

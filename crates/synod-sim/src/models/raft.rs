@@ -15,7 +15,11 @@
 //!
 //! During the fault phase the model also asks random nodes to hand leadership
 //! over ([`AdminOp::TransferLeader`]) and to compact their logs
-//! ([`AdminOp::Snapshot`]).
+//! ([`AdminOp::Snapshot`]), and changes the membership one server at a time:
+//! every `--algo raft` run has [`SPARES`] spare node beyond the `--nodes`
+//! initial voters, which the leader is asked to add as a learner and promote,
+//! and voters (the leader included) are removed and added back. f is taken from
+//! the initial voters.
 //!
 //! # Durable state: the real WAL on a simulated disk
 //!
@@ -71,7 +75,7 @@ use crate::linearizability::{check, CheckResult};
 use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::runner::RunSpec;
-use crate::sim::{Ctl, Model, Simulation};
+use crate::sim::{Ctl, Model, SimConfig, Simulation};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
@@ -976,13 +980,28 @@ pub fn standard_model(n: usize) -> RaftModel<impl FnMut(NodeId, &Disk, u64) -> K
     RaftModel::new(n, clients_for(n), move |id, disk: &Disk, seed| {
         KvNode::new(RaftConfig::new(id, peers(n)), disk, seed)
     })
+    .with_spares(SPARES)
+}
+
+/// Every `--algo raft` run has this many spare nodes beyond the `--nodes`
+/// initial voters, so membership changes (learners added and promoted, voters
+/// removed and re-added) happen under the same faults as everything else.
+pub const SPARES: usize = 1;
+
+/// The simulator configuration for `--algo raft`: the voters plus the spares,
+/// with f taken from the initial voters (⌊(n−1)/2⌋).
+pub fn sim_config(spec: &RunSpec) -> SimConfig {
+    let mut cfg = SimConfig::new(spec.nodes + SPARES, spec.faults);
+    cfg.f = spec.nodes.saturating_sub(1) / 2;
+    cfg.trace = spec.trace;
+    cfg
 }
 
 /// Runs the correct Raft once and returns the report with the run's recording.
 pub fn run_recorded(spec: &RunSpec, seed: u64) -> (RunReport, Recording) {
     let rec = Rc::new(RefCell::new(Recording::default()));
     let model = standard_model(spec.nodes).record_into(rec.clone());
-    let report = Simulation::new(spec.config(), seed, model).run(seed);
+    let report = Simulation::new(sim_config(spec), seed, model).run(seed);
     let recording = rec.take();
     (report, recording)
 }
