@@ -1,15 +1,17 @@
 //! Runs one algorithm over many seeds: what `synod sim` calls.
 
 use crate::faults::FaultSet;
-use crate::models::raft;
 use crate::models::commit::{self, CommitModel};
+use crate::models::raft;
 use crate::models::write_once::{self, WriteOnceModel};
 use crate::report::{RunReport, Summary};
 use crate::sim::{SimConfig, Simulation};
 use std::fmt;
 use std::str::FromStr;
+use synod_protocols::commit::{
+    paxos_commit::PaxosCommitNode, three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan,
+};
 use synod_protocols::{coordinator::CoordinatorNode, majority::MajorityNode, paxos::PaxosNode};
-use synod_protocols::commit::{paxos_commit::PaxosCommitNode, three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan};
 
 /// The algorithms `synod sim` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +26,15 @@ pub enum Algo {
 }
 
 impl Algo {
-    pub const ALL: &'static [Algo] = &[Algo::Coordinator, Algo::Majority, Algo::Paxos, Algo::Raft, Algo::TwoPc, Algo::ThreePc, Algo::PaxosCommit];
+    pub const ALL: &'static [Algo] = &[
+        Algo::Coordinator,
+        Algo::Majority,
+        Algo::Paxos,
+        Algo::Raft,
+        Algo::TwoPc,
+        Algo::ThreePc,
+        Algo::PaxosCommit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -72,10 +82,17 @@ impl fmt::Display for Algo {
 impl FromStr for Algo {
     type Err = String;
     fn from_str(s: &str) -> Result<Algo, String> {
-        Algo::ALL.iter().copied().find(|a| a.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Algo::ALL.iter().map(|a| a.name()).collect();
-            format!("unknown algorithm {s:?}; expected one of: {}", names.join(", "))
-        })
+        Algo::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Algo::ALL.iter().map(|a| a.name()).collect();
+                format!(
+                    "unknown algorithm {s:?}; expected one of: {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -93,7 +110,14 @@ pub struct RunSpec {
 
 impl RunSpec {
     pub fn new(algo: Algo, nodes: usize, faults: FaultSet) -> RunSpec {
-        RunSpec { algo, nodes, proposers: 3.min(nodes), participants: 3, faults, trace: false }
+        RunSpec {
+            algo,
+            nodes,
+            proposers: 3.min(nodes),
+            participants: 3,
+            faults,
+            trace: false,
+        }
     }
 
     pub fn config(&self) -> SimConfig {
@@ -107,10 +131,16 @@ impl RunSpec {
             return Err("--nodes must be at least 1".into());
         }
         if self.nodes > 64 {
-            return Err(format!("--nodes {} is more than the simulator supports (64)", self.nodes));
+            return Err(format!(
+                "--nodes {} is more than the simulator supports (64)",
+                self.nodes
+            ));
         }
         if self.proposers == 0 || self.proposers > self.nodes {
-            return Err(format!("--proposers must be between 1 and --nodes ({}), not {}", self.nodes, self.proposers));
+            return Err(format!(
+                "--proposers must be between 1 and --nodes ({}), not {}",
+                self.nodes, self.proposers
+            ));
         }
         if self.algo.is_commit() && (self.participants == 0 || self.participants + 1 > self.nodes) {
             return Err(format!(
@@ -129,33 +159,47 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
     let n = spec.nodes;
     match spec.algo {
         Algo::Coordinator => {
-            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| CoordinatorNode::new(id, n, disk));
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| {
+                CoordinatorNode::new(id, n, disk)
+            });
             Simulation::new(cfg, seed, model).run(seed)
         }
         Algo::Majority => {
-            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| MajorityNode::new(id, n, disk));
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| {
+                MajorityNode::new(id, n, disk)
+            });
             Simulation::new(cfg, seed, model).run(seed)
         }
         Algo::Paxos => {
-            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, seed| PaxosNode::new(id, n, disk, seed));
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, seed| {
+                PaxosNode::new(id, n, disk, seed)
+            });
             Simulation::new(cfg, seed, model).run(seed)
         }
-        Algo::Raft => Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed),
+        Algo::Raft => {
+            Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed)
+        }
         Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => {
             // Node 0 coordinates, nodes 1..=k participate; the votes come from the seed.
             let layout = Layout::new(n, spec.participants);
             let plan = VotePlan::new(seed);
             match spec.algo {
                 Algo::TwoPc => {
-                    let model = CommitModel::new(layout, move |id, disk: &_, _seed| TwoPcNode::new(id, layout, plan, disk));
+                    let model = CommitModel::new(layout, move |id, disk: &_, _seed| {
+                        TwoPcNode::new(id, layout, plan, disk)
+                    });
                     Simulation::new(cfg, seed, model).run(seed)
                 }
                 Algo::ThreePc => {
-                    let model = CommitModel::new(layout, move |id, disk: &_, _seed| ThreePcNode::new(id, layout, plan, disk));
+                    let model = CommitModel::new(layout, move |id, disk: &_, _seed| {
+                        ThreePcNode::new(id, layout, plan, disk)
+                    });
                     Simulation::new(cfg, seed, model).run(seed)
                 }
                 _ => {
-                    let model = CommitModel::new(layout, move |id, disk: &_, seed| PaxosCommitNode::new(id, layout, plan, disk, seed));
+                    let model = CommitModel::new(layout, move |id, disk: &_, seed| {
+                        PaxosCommitNode::new(id, layout, plan, disk, seed)
+                    });
                     Simulation::new(cfg, seed, model).run(seed)
                 }
             }
@@ -164,7 +208,12 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
 }
 
 /// Runs seeds `first_seed..first_seed + runs`, calling `progress` after each run.
-pub fn run_batch(spec: &RunSpec, first_seed: u64, runs: u64, mut progress: impl FnMut(&RunReport)) -> Summary {
+pub fn run_batch(
+    spec: &RunSpec,
+    first_seed: u64,
+    runs: u64,
+    mut progress: impl FnMut(&RunReport),
+) -> Summary {
     let mut summary = Summary::new(
         spec.algo.name(),
         spec.nodes,
@@ -205,7 +254,10 @@ pub fn run_batch_parallel(
                 s.spawn(move || run_batch(spec, lo, n, progress))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a simulation thread panicked"))
+            .collect()
     });
     let mut parts = parts.into_iter();
     let mut total = parts.next().expect("at least one job");

@@ -5,8 +5,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use synod_sim::models::raft;
 use std::sync::atomic::{AtomicU64, Ordering};
+use synod_sim::models::raft;
 use synod_sim::{history, run_batch_parallel, run_one, Algo, FaultSet, RunSpec};
 
 #[derive(Args, Debug)]

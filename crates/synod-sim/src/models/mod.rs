@@ -1,7 +1,7 @@
 //! One [`crate::Model`] per family of algorithms: how its nodes are built, what its
 //! clients do, and which properties are checked on every run.
 
-pub mod raft;
 pub mod commit;
+pub mod raft;
 pub mod wal_disk;
 pub mod write_once;
