@@ -27,6 +27,9 @@ pub struct RunReport {
     /// Messages sent up to `decision_time`.
     pub decision_messages: Option<u64>,
     pub messages_sent: u64,
+    /// Bytes of all messages sent, if the run was set up to size them
+    /// ([`crate::Simulation::with_message_size`]); else 0.
+    pub bytes_sent: u64,
     pub deliveries: u64,
     pub end_time: Instant,
     /// Model-specific counts (ops_ok, committed, blocked, ...).

@@ -211,6 +211,9 @@ struct Core<N: Node> {
     deliveries: u64,
     trace: Option<String>,
     scratch: NodeOutput<N>,
+    /// How to size a message on the wire, when a benchmark wants bytes counted.
+    message_size: Option<fn(&N::Msg) -> u64>,
+    bytes_sent: u64,
 }
 
 impl<'a, N: Node> Ctl<'a, N> {
@@ -337,6 +340,9 @@ impl<N: Node> Core<N> {
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: N::Msg) {
         self.messages_sent += 1;
+        if let Some(size) = self.message_size {
+            self.bytes_sent += size(&msg);
+        }
         if to as usize >= self.slots.len() {
             return;
         }
@@ -459,12 +465,22 @@ impl<M: Model> Simulation<M> {
             messages_sent: 0,
             deliveries: 0,
             scratch: Output::default(),
+            message_size: None,
+            bytes_sent: 0,
         };
         Simulation {
             model,
             core,
             schedule,
         }
+    }
+
+    /// Counts the bytes of every message sent, sized by `size` (for benchmarks:
+    /// the simulator itself never serializes anything). Reported in
+    /// [`RunReport::bytes_sent`].
+    pub fn with_message_size(mut self, size: fn(&<M::Node as Node>::Msg) -> u64) -> Self {
+        self.core.message_size = Some(size);
+        self
     }
 
     /// Runs to the end and reports.
@@ -552,6 +568,7 @@ impl<M: Model> Simulation<M> {
         report.violations.append(&mut self.core.violations);
         report.violation_count += self.core.violation_count;
         report.messages_sent = self.core.messages_sent;
+        report.bytes_sent = self.core.bytes_sent;
         report.deliveries = self.core.deliveries;
         report.trace = self.core.trace.take();
         (report, self.model)

@@ -123,7 +123,12 @@ pub struct RaftConfig {
     pub heartbeat_ticks: u32,
     pub pre_vote: bool,
     pub check_quorum: bool,
-    /// Unacknowledged `Append` messages per follower in the pipeline.
+    /// Unacknowledged `Append` messages per follower in the pipeline. Small on
+    /// purpose: entries proposed while the pipeline is full leave together in
+    /// the next `Append` (up to `max_batch`), which is where batching comes
+    /// from in a node that handles one proposal per call. In the simulator
+    /// under load, 4 instead of 64 cut messages per entry by 3x and raised
+    /// throughput by 30% (BENCHMARKS.md).
     pub max_inflight: usize,
     /// Entries per `Append` message.
     pub max_batch: usize,
@@ -143,7 +148,7 @@ impl RaftConfig {
             heartbeat_ticks: 1,
             pre_vote: true,
             check_quorum: true,
-            max_inflight: 64,
+            max_inflight: 4,
             max_batch: 64,
             lease_reads: false,
             snapshot_every: 1000,
