@@ -203,7 +203,7 @@ pub enum EntryData {
     /// A client's write.
     Kv(KvRequest),
     /// The complete configuration after a membership change. It takes effect
-    /// as soon as it is appended to a log.
+    /// when it is committed (one uncommitted change at a time).
     Config(ConfState),
 }
 

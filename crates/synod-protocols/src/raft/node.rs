@@ -128,7 +128,8 @@ impl RaftNode {
         };
         let log = RaftLog::new(meta.clone(), disk.entries.clone());
         let commit = disk.hard.commit.max(meta.index).min(log.last_index());
-        let conf = log.conf_at(log.last_index());
+        // The configuration in force is the latest committed one.
+        let conf = log.conf_at(commit);
         let pending_conf = log.last_conf_index().unwrap_or(0);
         let hard = HardState {
             term: disk.hard.term.max(log.last_term()),
@@ -247,17 +248,19 @@ impl RaftNode {
             commit: self.commit,
         }
     }
-    /// Whether this node may campaign: voters of the latest configuration, and
-    /// also a voter that the latest configuration removes while that change is
-    /// still uncommitted. The removed node may hold the only copy of the change
-    /// (and the longest log), so the remaining voters may need it to elect a
-    /// leader that commits it (Raft dissertation, §4.2.2). Its own vote does not
-    /// count: votes are tallied against the latest configuration.
+    /// Whether this node may campaign: only voters of the configuration in
+    /// force (the latest committed one) do. A voter whose removal is appended
+    /// but not committed still campaigns: it may hold the longest log, and the
+    /// other voters may need it to elect a leader that commits the change.
     pub fn promotable(&self) -> bool {
-        let id = self.id();
-        self.conf.is_voter(id)
-            || (self.pending_conf > self.commit
-                && self.log.conf_at(self.pending_conf - 1).is_voter(id))
+        self.conf.is_voter(self.id())
+    }
+
+    /// Whether this leader has appended its own removal, not yet committed.
+    /// It then takes no new proposals, so that when it steps down its log ends
+    /// with the removal and it can vote for any voter that holds it.
+    fn leaving(&self) -> bool {
+        self.pending_conf > self.commit && !self.log.conf_at(self.pending_conf).is_voter(self.id())
     }
     /// Whether the leader has committed an entry of its own term.
     pub fn committed_own_term(&self) -> bool {
@@ -456,9 +459,9 @@ impl RaftNode {
             term: self.term,
             data,
         };
-        if let EntryData::Config(c) = &entry.data {
+        if matches!(entry.data, EntryData::Config(_)) {
+            // It takes effect once committed (see `sync_conf`).
             self.pending_conf = index;
-            self.apply_conf(c.clone());
         }
         let dropped = self.log.append(std::slice::from_ref(&entry));
         assert_eq!(dropped, 0, "a leader never overwrites its own log");
@@ -468,6 +471,21 @@ impl RaftNode {
         self.bcast_append(false, out);
         self.maybe_commit(out);
         index
+    }
+
+    /// Puts the latest committed configuration in force. A configuration entry
+    /// takes effect when it is committed, not when it is appended: with at most
+    /// one uncommitted change at a time, every node is then in one of two
+    /// adjacent configurations, whose majorities always intersect. (Taking
+    /// effect on append, as the Raft dissertation does, let the simulator wedge
+    /// a cluster: a node holding an uncommitted promotion needed the vote of a
+    /// learner whose log was newer but which, by its own log, could not
+    /// campaign.)
+    fn sync_conf(&mut self) {
+        let c = self.log.conf_at(self.commit);
+        if c != self.conf {
+            self.apply_conf(c);
+        }
     }
 
     fn apply_conf(&mut self, conf: ConfState) {
@@ -616,19 +634,21 @@ impl RaftNode {
     }
 
     fn on_commit_advanced(&mut self, out: &mut Out) {
+        self.sync_conf();
         if self.committed_own_term() && !self.reads_waiting_commit.is_empty() {
             for id in std::mem::take(&mut self.reads_waiting_commit) {
                 self.register_read(id, out);
             }
         }
+        // Tell the followers first: they put the new configuration in force
+        // only when they learn it is committed.
+        self.bcast_append(true, out);
         if self.pending_conf <= self.commit && !self.conf.is_voter(self.cfg.id) {
             // Our own removal is committed: stop leading. We are not a voter,
-            // so we stay an idle follower.
+            // so we stay an idle follower (one that still answers votes).
             let t = self.term;
             self.become_follower(t, None, out);
-            return;
         }
-        self.bcast_append(true, out);
     }
 
     fn on_append_resp(
@@ -831,7 +851,7 @@ impl RaftNode {
     /// Appends `data` if this node is a leader accepting proposals. Returns the
     /// new entry's `(index, term)`.
     pub(crate) fn propose(&mut self, data: EntryData, out: &mut Out) -> Option<(u64, u64)> {
-        if self.role != Role::Leader || self.transfer.is_some() {
+        if self.role != Role::Leader || self.transfer.is_some() || self.leaving() {
             return None;
         }
         let index = self.append(data, out);
@@ -943,6 +963,7 @@ impl RaftNode {
         if self.log.matches(idx, snap.meta.term) {
             // We hold the entries; they will be applied the usual way.
             self.commit = idx;
+            self.sync_conf();
             out.send(from, self.append_ok(idx));
             return;
         }
@@ -1029,7 +1050,8 @@ impl RaftNode {
                 .iter()
                 .any(|e| matches!(e.data, EntryData::Config(_)));
             if dropped > 0 || has_conf {
-                self.conf = self.log.conf_at(self.log.last_index());
+                // Only uncommitted entries were replaced, so the configuration
+                // in force is unchanged; the pending one may have changed.
                 self.pending_conf = self.log.last_conf_index().unwrap_or(0);
             }
             if !self.bugs.reply_before_persist {
@@ -1039,6 +1061,7 @@ impl RaftNode {
         let c = commit.min(last_new);
         if c > self.commit {
             self.commit = c;
+            self.sync_conf();
         }
         out.send(from, self.append_ok(last_new));
     }
@@ -1229,6 +1252,7 @@ impl RaftNode {
                 let c = commit.min(self.log.last_index());
                 if c > self.commit {
                     self.commit = c;
+                    self.sync_conf();
                 }
                 out.send(
                     from,
@@ -1325,6 +1349,11 @@ impl RaftNode {
     /// Invariants that hold between any two calls.
     pub fn check_invariants(&self) {
         let id = self.cfg.id;
+        debug_assert_eq!(
+            self.conf,
+            self.log.conf_at(self.commit),
+            "node {id}: the configuration in force is not the latest committed one"
+        );
         assert!(
             self.commit <= self.log.last_index(),
             "node {id}: commit beyond the log"
