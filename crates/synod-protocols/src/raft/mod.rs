@@ -81,10 +81,13 @@
 //!   counting. Followers learn the commit index from `Append`s and from
 //!   heartbeats (capped at what the leader knows they hold).
 //! * **Membership.** Configurations are log entries carrying the whole new
-//!   [`ConfState`]; a node uses the latest one in its log, committed or not.
-//!   The leader proposes one change at a time, only after committing an entry
-//!   of its term. A leader that removes itself steps down once the removal
-//!   commits. Nodes that are not voters of their configuration never campaign;
+//!   [`ConfState`]; a node uses the latest *committed* one (as etcd's raft
+//!   does), so with one change at a time every node is in one of two adjacent
+//!   configurations, whose majorities intersect. The leader proposes one
+//!   change at a time, only after committing an entry of its term. A leader
+//!   that removes itself takes no new proposals meanwhile, tells the followers
+//!   once the removal commits, and then steps down (it still answers votes).
+//!   Nodes that are not voters of their configuration never campaign;
 //!   a node booted with `peers` that exclude it waits for a leader to bring it
 //!   the log (or a snapshot) that names it. Learners are followers that are
 //!   not voters: they replicate, but do not count in quorums.
