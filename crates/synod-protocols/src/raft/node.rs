@@ -262,6 +262,10 @@ impl RaftNode {
     fn leaving(&self) -> bool {
         self.pending_conf > self.commit && !self.log.conf_at(self.pending_conf).is_voter(self.id())
     }
+    /// Whether a configuration change is appended but not yet committed.
+    pub fn conf_change_pending(&self) -> bool {
+        self.pending_conf > self.commit
+    }
     /// Whether the leader has committed an entry of its own term.
     pub fn committed_own_term(&self) -> bool {
         self.log.term(self.commit) == Some(self.term)

@@ -728,7 +728,13 @@ where
         let outside: Vec<NodeId> = (0..self.n as NodeId)
             .filter(|i| !voters.contains(i) && !learners.contains(i))
             .collect();
-        let op = if voters.len() > self.voters {
+        // The configuration in force is the latest committed one. Only a leader
+        // that has committed an entry of its term, with no change pending, knows
+        // it for sure; asking anything else to remove a voter could take the
+        // cluster below the initial voter count, and so below the f nodes the
+        // run may keep down for good.
+        let settled = r.committed_own_term() && !r.conf_change_pending();
+        let op = if voters.len() > self.voters && settled {
             AdminOp::RemoveNode(voters[ctl.rng().gen_range(0..voters.len())])
         } else if let Some(&l) = learners.first() {
             AdminOp::PromoteLearner(l)
