@@ -136,7 +136,8 @@ impl RunSpec {
                 self.nodes
             ));
         }
-        if self.proposers == 0 || self.proposers > self.nodes {
+        let write_once = matches!(self.algo, Algo::Coordinator | Algo::Majority | Algo::Paxos);
+        if write_once && (self.proposers == 0 || self.proposers > self.nodes) {
             return Err(format!(
                 "--proposers must be between 1 and --nodes ({}), not {}",
                 self.nodes, self.proposers
