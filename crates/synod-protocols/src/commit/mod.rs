@@ -151,6 +151,29 @@ pub trait CommitNode {
     fn unresolved(&self) -> bool;
 }
 
+/// 2PC and 3PC nodes keep everything a checker asks about in one [`Log`];
+/// this gives them [`CommitNode`] from it.
+pub(crate) trait LoggedNode {
+    fn commit_log(&self) -> &Log;
+    /// Whether this node is a participant (not the coordinator or a bystander).
+    fn participates(&self) -> bool;
+}
+
+impl<T: LoggedNode> CommitNode for T {
+    fn in_doubt(&self) -> Vec<TxnId> {
+        self.commit_log().in_doubt()
+    }
+    fn outcome(&self, txn: TxnId) -> Option<Outcome> {
+        self.commit_log().get(txn).and_then(|r| r.outcome)
+    }
+    fn vote(&self, txn: TxnId) -> Option<bool> {
+        self.commit_log().get(txn).and_then(|r| r.vote)
+    }
+    fn unresolved(&self) -> bool {
+        self.participates() && self.commit_log().lock_holder().is_some()
+    }
+}
+
 /// One transaction as recorded on a 2PC or 3PC node's disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TxnRecord {

@@ -41,9 +41,7 @@
 //! time out and abort — atomicity is lost. Timeouts cannot tell a crashed node
 //! from an unreachable one.
 
-use super::{
-    CommitEvent, CommitInput, CommitNode, Layout, Log, LogWrite, Outcome, TxnId, VotePlan,
-};
+use super::{CommitEvent, CommitInput, Layout, Log, LogWrite, Outcome, TxnId, VotePlan};
 use crate::sansio::{Instant, Node, NodeId, Output, MS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -608,18 +606,12 @@ impl ThreePcNode {
     }
 }
 
-impl CommitNode for ThreePcNode {
-    fn in_doubt(&self) -> Vec<TxnId> {
-        self.log.in_doubt()
+impl super::LoggedNode for ThreePcNode {
+    fn commit_log(&self) -> &Log {
+        &self.log
     }
-    fn outcome(&self, txn: TxnId) -> Option<Outcome> {
-        self.log.get(txn).and_then(|r| r.outcome)
-    }
-    fn vote(&self, txn: TxnId) -> Option<bool> {
-        self.log.get(txn).and_then(|r| r.vote)
-    }
-    fn unresolved(&self) -> bool {
-        self.layout.is_participant(self.id) && self.log.lock_holder().is_some()
+    fn participates(&self) -> bool {
+        self.layout.is_participant(self.id)
     }
 }
 
@@ -675,6 +667,7 @@ impl Node for ThreePcNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit::CommitNode;
     use crate::Envelope;
 
     type Net = Vec<(NodeId, Envelope<Msg>)>;

@@ -20,9 +20,7 @@
 //! which way it went. The participants stay in doubt, holding their locks, until
 //! the coordinator returns — 2PC blocks.
 
-use super::{
-    CommitEvent, CommitInput, CommitNode, Layout, Log, LogWrite, Outcome, TxnId, VotePlan,
-};
+use super::{CommitEvent, CommitInput, Layout, Log, LogWrite, Outcome, TxnId, VotePlan};
 use crate::sansio::{Instant, Node, NodeId, Output, MS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -220,18 +218,12 @@ impl TwoPcNode {
     }
 }
 
-impl CommitNode for TwoPcNode {
-    fn in_doubt(&self) -> Vec<TxnId> {
-        self.log.in_doubt()
+impl super::LoggedNode for TwoPcNode {
+    fn commit_log(&self) -> &Log {
+        &self.log
     }
-    fn outcome(&self, txn: TxnId) -> Option<Outcome> {
-        self.log.get(txn).and_then(|r| r.outcome)
-    }
-    fn vote(&self, txn: TxnId) -> Option<bool> {
-        self.log.get(txn).and_then(|r| r.vote)
-    }
-    fn unresolved(&self) -> bool {
-        self.layout.is_participant(self.id) && self.log.lock_holder().is_some()
+    fn participates(&self) -> bool {
+        self.layout.is_participant(self.id)
     }
 }
 
@@ -324,6 +316,7 @@ impl Node for TwoPcNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit::CommitNode;
     use crate::Envelope;
 
     fn cluster(k: usize) -> Vec<TwoPcNode> {
