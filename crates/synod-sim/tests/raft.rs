@@ -219,16 +219,23 @@ fn committing_old_term_entries_by_counting_is_caught() {
     assert!(first_failure("commit_old_term_by_counting", 1000).is_some());
 }
 
-/// The harm itself (Raft's Figure 8): a committed entry lost to a later leader.
-/// One seed in about 20,000 produces the sequence of leaders it takes; this is
-/// one of them. Ignored by default: the seed depends on the core's exact
-/// behaviour and moves when the core changes.
+/// The harm itself (Raft's Figure 8): a committed entry lost to a later leader,
+/// seen by a checker other than `commit_rule`. Rare (about one seed in 20,000
+/// produces the sequence of leaders it takes), so this searches instead of
+/// pinning a seed that moves whenever the core changes: `HARM_SEEDS=40000 cargo
+/// test -p synod-sim --test raft counting_loses_a_committed_entry -- --ignored
+/// --nocapture`.
 #[test]
 #[ignore]
-fn counting_loses_a_committed_entry_in_seed_10291() {
-    let r = run_broken("commit_old_term_by_counting", 5, 10291);
-    let props: Vec<_> = r.violations.iter().map(|v| v.property).collect();
-    assert!(props.contains(&"leader_completeness"), "{:?}", r.violations);
+fn counting_loses_a_committed_entry() {
+    let runs: u64 = std::env::var("HARM_SEEDS").map_or(40_000, |s| s.parse().unwrap());
+    let harm = (0..runs).find_map(|seed| {
+        let r = run_broken("commit_old_term_by_counting", 5, seed);
+        let v = r.violations.iter().find(|v| v.property != "commit_rule")?;
+        Some((seed, v.property, v.detail.clone()))
+    });
+    let (seed, property, detail) = harm.expect("no run lost a committed entry");
+    eprintln!("seed {seed}: {property}: {detail}");
 }
 
 #[test]
