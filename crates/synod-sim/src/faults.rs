@@ -13,9 +13,13 @@ use synod_protocols::{Instant, NodeId, MS};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Fault {
     /// A process crash: volatile state is lost; writes already handed to the OS
-    /// survive, messages not yet sent do not. The node may stay down for a while.
+    /// survive, messages not yet sent do not. On its own this is the textbook
+    /// *crash-stop* model: at most f nodes crash and none comes back. With
+    /// [`Fault::Restart`] in the set it becomes *crash-recovery*: a crashed node
+    /// is restarted after a while, and at most f stay down for good.
     Crash,
-    /// A crash immediately followed by a restart.
+    /// Someone restarts crashed processes: `crash` victims come back (all but at
+    /// most f), and nodes also go through quick crash-and-restart cycles.
     Restart,
     /// Power loss: like a crash, but writes that were not yet synced are lost.
     PowerLoss,
@@ -192,6 +196,9 @@ impl Schedule {
     ) -> Schedule {
         let mut s = Schedule::default();
         let n64 = n as u64;
+        // Without `restart` nobody restarts a crashed process (crash-stop); a
+        // power loss still ends in a reboot, since power comes back.
+        let crash_stop = !faults.has(Fault::Restart);
         let crash_kinds: Vec<Fault> = [Fault::Crash, Fault::Restart, Fault::PowerLoss]
             .into_iter()
             .filter(|k| faults.has(*k))
@@ -206,6 +213,15 @@ impl Schedule {
                     faults.has(Fault::TornWrite) && kind == Fault::PowerLoss && rng.gen_bool(0.5);
                 let restart_after = match kind {
                     Fault::Restart => Some(rng.gen_range(0..5 * MS)),
+                    Fault::Crash if crash_stop => {
+                        // Crash-stop: a node crashes once, for good, and at
+                        // most f of them do.
+                        if s.permanently_down.contains(&node) || s.permanently_down.len() >= f {
+                            continue;
+                        }
+                        s.permanently_down.push(node);
+                        None
+                    }
                     _ => {
                         let forever = s.permanently_down.len() < f
                             && !s.permanently_down.contains(&node)
@@ -320,6 +336,47 @@ mod tests {
             FaultSet::parse("crash,power-loss").unwrap().to_string(),
             "crash,power-loss"
         );
+    }
+
+    #[test]
+    fn crash_alone_is_crash_stop_and_restart_brings_nodes_back() {
+        let crashes = |faults: &str, seed: u64| {
+            let s = Schedule::draw(
+                &mut ChaCha8Rng::seed_from_u64(seed),
+                5,
+                2,
+                FaultSet::parse(faults).unwrap(),
+                2_000 * MS,
+            );
+            let events: Vec<(NodeId, Option<Instant>)> = s
+                .events
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    NodeFault::Crash {
+                        node,
+                        restart_after,
+                        ..
+                    } => Some((*node, *restart_after)),
+                    _ => None,
+                })
+                .collect();
+            (events, s.permanently_down)
+        };
+        let mut restarted = 0;
+        for seed in 0..200 {
+            let (events, down) = crashes("crash", seed);
+            assert!(!events.is_empty() && events.len() <= 2, "seed {seed}");
+            assert!(events.iter().all(|(_, r)| r.is_none()), "seed {seed}");
+            let mut nodes: Vec<NodeId> = events.iter().map(|(n, _)| *n).collect();
+            let mut down = down;
+            nodes.sort_unstable();
+            down.sort_unstable();
+            assert_eq!(nodes, down, "seed {seed}: every crashed node stays down");
+            let (events, down) = crashes("crash,restart", seed);
+            assert!(down.len() <= 2);
+            restarted += events.iter().filter(|(_, r)| r.is_some()).count();
+        }
+        assert!(restarted > 200, "crash,restart brings nodes back");
     }
 
     #[test]

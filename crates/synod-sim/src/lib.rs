@@ -13,8 +13,10 @@
 //!   seed happen — crashes (volatile state lost, written data kept), restarts,
 //!   power losses (unsynced writes lost, possibly torn), partitions into arbitrary
 //!   groups and their healing, message loss, duplication, reordering, slow nodes
-//!   and slow messages. Any number of nodes may be down at once. Safety must hold
-//!   throughout; nothing is promised about progress.
+//!   and slow messages. With `restart` in the fault set any number of nodes may be
+//!   down at once (crash-recovery); `crash` without it is crash-stop: at most f
+//!   nodes crash and none comes back. Safety must hold throughout; nothing is
+//!   promised about progress.
 //! * the **quiet phase**: the network heals, no new fault starts, and every node
 //!   restarts except at most **f** that stay down for good, where f is the number of
 //!   failures the algorithm claims to tolerate (⌊(n−1)/2⌋ for majority-quorum

@@ -253,7 +253,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[test]
 #[ignore]
 fn figures() {
-    let crash = FaultSet::parse("crash").unwrap();
+    let crash = FaultSet::parse("crash,restart").unwrap();
     for nodes in [3, 5] {
         let mut failovers = Vec::new();
         for seed in 0..500 {

@@ -32,6 +32,8 @@ pub struct SimArgs {
     seed: u64,
     /// Faults to inject: `all`, `none`, or a comma-separated list of crash, restart,
     /// power-loss, partition, loss, duplicate, reorder, delay, torn-write, corruption.
+    /// `crash` alone is crash-stop (at most f nodes crash, none comes back);
+    /// `crash,restart` is crash-recovery.
     #[arg(long, default_value = "all", value_parser = FaultSet::parse)]
     faults: FaultSet,
     /// Print the summary as one JSON object.
