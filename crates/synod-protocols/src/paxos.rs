@@ -20,6 +20,14 @@
 //! through two phases without being interrupted.
 //!
 //! Everything is retransmitted on ticks until done: a lost message only delays.
+//!
+//! **Fast first ballot.** Ordinary ballots start at round 1, so the ballot
+//! `(0, owner)` can only ever be used by one node. If a cluster agrees that one
+//! node owns it ([`PaxosNode::with_fast_ballot`]), that node's first ballot has no
+//! lower ballot that could have chosen anything and may skip phase 1: it sends
+//! Accept straight away, and a decision takes one round trip. Gray and Lamport's
+//! Paxos Commit gives each participant its own vote's instance this way. Giving it
+//! to two nodes of one instance would break agreement (a test shows it does).
 
 use crate::sansio::{Instant, Node, NodeId, Output, MS};
 use crate::write_once::{Decided, WriteOnceNode};
@@ -120,6 +128,8 @@ pub struct Bugs {
     pub ignore_accepted: bool,
     /// Quorums of ⌊n/2⌋ instead of a majority.
     pub minority_quorum: bool,
+    /// Every node, not just the owner, skips phase 1 on its first ballot.
+    pub everyone_fast: bool,
 }
 
 /// Timing knobs. Defaults suit a network whose round trip is a few milliseconds.
@@ -185,9 +195,14 @@ pub struct PaxosNode<V> {
     phase: Phase<V>,
     failures: u32,
     last_send: Instant,
+    /// This node owns ballot `(0, id)` and may use it without phase 1.
+    fast_ballot: bool,
     // Learner.
     decided: Option<V>,
-    next_query: Instant,
+    /// When an undecided learner next asks its peers; unset until the first tick,
+    /// so a node that just heard of the instance waits one interval before asking
+    /// (the decision is usually already on its way).
+    next_query: Option<Instant>,
     /// When this node last saw any sign of a live proposer (used to decide when
     /// an acceptor with an accepted value should finish the job itself).
     last_activity: Instant,
@@ -221,8 +236,9 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
             phase: Phase::Idle { retry_at: 0 },
             failures: 0,
             last_send: 0,
+            fast_ballot: false,
             decided: disk.decided.clone(),
-            next_query: 0,
+            next_query: None,
             last_activity: 0,
         }
     }
@@ -231,6 +247,14 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
     #[cfg(feature = "broken")]
     pub fn with_bugs(mut self, bugs: Bugs) -> Self {
         self.bugs = bugs;
+        self
+    }
+
+    /// Declares this node the owner of ballot `(0, id)` (see the module docs). The
+    /// caller must give it to at most one node per instance, and to the same node
+    /// after every restart.
+    pub fn with_fast_ballot(mut self) -> Self {
+        self.fast_ballot = true;
         self
     }
 
@@ -275,6 +299,28 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
 
     /// Starts a new ballot above every round this node has seen.
     fn start_ballot(&mut self, now: Instant, out: &mut Out<V>) {
+        // The fast ballot carries only the node's own proposal, which is durable
+        // before the Accept leaves and never changes: a restarted owner may send
+        // it again, but never with another value. Round 0 stays on disk until a
+        // normal ballot starts, so once that has happened the fast one is spent.
+        let fast = self.fast_ballot || self.bugs.everyone_fast;
+        if fast && self.round == 0 && self.highest_seen == 0 {
+            if let Some(value) = self.proposal.clone() {
+                let ballot = Ballot {
+                    round: 0,
+                    node: self.id,
+                };
+                self.phase = Phase::Accepting {
+                    ballot,
+                    started: now,
+                    value: value.clone(),
+                    accepted: vec![false; self.n],
+                };
+                self.last_send = now;
+                self.broadcast(Msg::Accept { ballot, value }, out);
+                return;
+            }
+        }
         self.round = self.round.max(self.highest_seen) + 1;
         self.highest_seen = self.round;
         let ballot = Ballot {
@@ -534,8 +580,10 @@ impl<V: Clone + Debug + PartialEq> Node for PaxosNode<V> {
         if let Some(d) = &self.decided {
             // Once decided, answer everything with the value: it ends ballots early
             // and brings restarted or partitioned peers up to date.
+            // An Accepted arriving after the decision needs no answer: the
+            // decision was sent to everyone when it was reached.
             match msg {
-                Msg::Decided(_) => {}
+                Msg::Decided(_) | Msg::Accepted { .. } => {}
                 _ => out.send(from, Msg::Decided(d.clone())),
             }
             return;
@@ -587,8 +635,9 @@ impl<V: Clone + Debug + PartialEq> Node for PaxosNode<V> {
                 }
             }
         }
-        if self.proposal.is_none() && now >= self.next_query {
-            self.next_query = now + self.timing.query;
+        let next_query = *self.next_query.get_or_insert(now + self.timing.query);
+        if self.proposal.is_none() && now >= next_query {
+            self.next_query = Some(now + self.timing.query);
             for j in 0..self.n as NodeId {
                 if j != self.id {
                     out.send(j, Msg::Query);

@@ -221,6 +221,42 @@ fn checkers_catch_minority_quorums() {
 }
 
 #[test]
+fn checkers_catch_every_proposer_skipping_phase_one() {
+    let (seed, r) = first_caught(
+        Bugs {
+            everyone_fast: true,
+            ..Bugs::default()
+        },
+        5_000,
+    )
+    .expect("two nodes that both skip phase 1 at round 0 must be caught");
+    assert!(
+        r.violations.iter().any(|v| v.property == "agreement"),
+        "seed {seed}: {:?}",
+        r.violations
+    );
+}
+
+#[test]
+fn one_owner_of_the_fast_ballot_keeps_paxos_safe_and_live() {
+    // Node 0 proposes in every run and owns ballot (0, 0); proposers 1 and 2
+    // compete with ordinary ballots under every fault.
+    for seed in 0..2_000 {
+        let model = WriteOnceModel::new(5, 3, |id, disk: &_, s| {
+            let node = PaxosNode::new(id, 5, disk, s);
+            if id == 0 {
+                node.with_fast_ballot()
+            } else {
+                node
+            }
+        });
+        let r = Simulation::new(SimConfig::new(5, FaultSet::all()), seed, model).run(seed);
+        assert_eq!(r.violation_count, 0, "seed {seed}: {:?}", r.violations);
+        assert!(r.terminated, "seed {seed}");
+    }
+}
+
+#[test]
 fn the_same_seed_replays_byte_for_byte() {
     let mut spec = RunSpec::new(Algo::Paxos, 5, FaultSet::all());
     spec.trace = true;
