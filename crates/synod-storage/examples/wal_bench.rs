@@ -3,7 +3,15 @@
 //!
 //! ```text
 //! cargo run --release -p synod-storage --example wal_bench [-- DIR]
+//! cargo run --release -p synod-storage --example wal_bench -- DIR --latency \
+//!     [--segment-mib 16] [--chunk-mib 4] [--batch 16] [--segments 8]
 //! ```
+//!
+//! `--latency` measures only the append+sync latency distribution over a
+//! run that crosses several segment boundaries (scaled-down segments, so
+//! that a run takes seconds, with the default 4:1 segment-to-chunk ratio):
+//! that is where segment preparation and zero-filling show up, as rare
+//! spikes that rates and medians hide.
 //!
 //! DIR (default: a temporary directory under the current directory) must be
 //! on the disk being measured; /tmp may be a RAM disk.
@@ -180,9 +188,116 @@ fn committer_run(dir: &Path, threads: usize, per_thread: usize) -> f64 {
     (threads * per_thread) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Options of the `--latency` run.
+struct LatencyArgs {
+    segment_mib: u64,
+    chunk_mib: u64,
+    batch: usize,
+    segments: usize,
+}
+
+impl LatencyArgs {
+    fn parse(args: &[String]) -> LatencyArgs {
+        let mut a = LatencyArgs {
+            segment_mib: 16,
+            chunk_mib: 4,
+            batch: 16,
+            segments: 8,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || -> u64 {
+                it.next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{flag} needs a number"))
+            };
+            match flag.as_str() {
+                "--segment-mib" => a.segment_mib = value(),
+                "--chunk-mib" => a.chunk_mib = value(),
+                "--batch" => a.batch = value() as usize,
+                "--segments" => a.segments = value() as usize,
+                _ => {}
+            }
+        }
+        a
+    }
+}
+
+/// Append+sync `batch` records at a time, with preallocation, from the first
+/// rotation until `segments` more rotations have happened; print the
+/// latency distribution. The first segment is skipped because a fresh log
+/// starts without a prepared segment.
+fn latency_run(dir: &Path, a: &LatencyArgs, out: &mut impl Write) {
+    let opts = StorageOptions {
+        wal: WalOptions {
+            segment_size: a.segment_mib << 20,
+            prealloc_chunk: a.chunk_mib << 20,
+            preallocate: true,
+            ..WalOptions::default()
+        },
+    };
+    let d = dir.join("latency");
+    let (mut s, _) = DiskStorage::open(RealFs, &d, ID, opts).unwrap();
+    let op = |s: &mut DiskStorage<RealFs>| {
+        let first = s.last_index() + 1;
+        let entries: Vec<Entry> = (first..first + a.batch as u64)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                data: vec![0x5A; RECORD],
+            })
+            .collect();
+        let t = Instant::now();
+        s.append(&entries).unwrap();
+        s.sync().unwrap();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    while s.wal().segment_count() < 2 {
+        op(&mut s);
+    }
+    let (mut lat, mut rotation_lat) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    let target = 2 + a.segments;
+    while s.wal().segment_count() < target {
+        let before = s.wal().segment_count();
+        let ms = op(&mut s);
+        if s.wal().segment_count() != before {
+            rotation_lat.push(ms);
+        }
+        lat.push(ms);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = lat.len();
+    let over = |ms: f64| lat.iter().filter(|&&l| l > ms).count();
+    let (over5, over20) = (over(5.0), over(20.0));
+    writeln!(
+        out,
+        "latency: {} MiB segments, {} MiB zero-fill chunk, batch {} x {RECORD} B, {n} syncs \
+         over {} rotations in {secs:.1} s ({:.0} syncs/s)",
+        a.segment_mib,
+        a.chunk_mib,
+        a.batch,
+        rotation_lat.len(),
+        n as f64 / secs
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "append+sync ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1}; syncs > 5 ms: {over5}, > 20 ms: \
+         {over20}; rotating syncs max {:.1} ms",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 0.999),
+        pct(&mut lat, 1.0),
+        pct(&mut rotation_lat, 1.0),
+    )
+    .unwrap();
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let tmp;
-    let dir = match std::env::args().nth(1) {
+    let dir = match args.first().filter(|a| !a.starts_with("--")) {
         Some(d) => {
             let d = std::path::PathBuf::from(d).join("wal_bench");
             let _ = std::fs::remove_dir_all(&d);
@@ -197,6 +312,11 @@ fn main() {
     let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut out = std::io::stdout();
     writeln!(out, "load average at start: {}", loadavg().trim()).unwrap();
+    if args.iter().any(|a| a == "--latency") {
+        latency_run(&dir, &LatencyArgs::parse(&args), &mut out);
+        writeln!(out, "load average at end: {}", loadavg().trim()).unwrap();
+        return;
+    }
 
     // Batch 1: the raw 4 KiB fsync rate against WAL single-record syncs.
     let mut raw4 = Raw::new(&dir, "raw4k", 4096, false);
