@@ -1,0 +1,886 @@
+//! The multi-version store: every key keeps its history of revisions until
+//! compaction, so reads at a past revision and watches from a past revision work
+//! as they do in etcd.
+
+use crate::types::*;
+use crate::Error;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+/// etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+/// etcd's largest lease TTL, in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// A write's place in history: the store revision of its transaction, then its
+/// position inside that transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Rev {
+    main: i64,
+    sub: i64,
+}
+
+/// One revision of one key: a put (`live`) or a delete (`None`, a tombstone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Rec {
+    rev: Rev,
+    live: Option<Live>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Live {
+    value: Vec<u8>,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    ttl: i64,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+/// etcd's key-value data model as a deterministic state machine. Raft applies
+/// the same [`Command`]s in the same order on every replica, and every replica
+/// ends with the same store (compare [`Store::hash`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    /// The current revision: 1 for an empty store, +1 per write transaction
+    /// that changed something.
+    revision: i64,
+    /// History before this revision is gone (0: never compacted).
+    compacted: i64,
+    /// Per key, its revisions in order. Invariant: non-empty, strictly
+    /// increasing `rev`, and never two tombstones in a row.
+    keys: BTreeMap<Vec<u8>, Vec<Rec>>,
+    leases: BTreeMap<i64, Lease>,
+    /// The last id the store picked for a grant that asked for id 0.
+    last_lease_id: i64,
+    max_txn_ops: usize,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+/// The revision a write transaction is building, and what it changed.
+struct Ctx {
+    main: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl Ctx {
+    fn next(&mut self) -> Rev {
+        let rev = Rev {
+            main: self.main,
+            sub: self.sub,
+        };
+        self.sub += 1;
+        rev
+    }
+}
+
+type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The keys a request names, as map bounds (`None`: an empty range).
+fn bounds(key: &[u8], range_end: &[u8]) -> Option<KeyBounds> {
+    if range_end.is_empty() {
+        Some((Bound::Included(key.to_vec()), Bound::Included(key.to_vec())))
+    } else if range_end == [0] {
+        Some((Bound::Included(key.to_vec()), Bound::Unbounded))
+    } else if range_end <= key {
+        None
+    } else {
+        Some((
+            Bound::Included(key.to_vec()),
+            Bound::Excluded(range_end.to_vec()),
+        ))
+    }
+}
+
+/// True if `k` lies in the range `key..range_end` (etcd's conventions).
+fn contains(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
+    if range_end.is_empty() {
+        k == key
+    } else if range_end == [0] {
+        k >= key
+    } else {
+        k >= key && k < range_end
+    }
+}
+
+/// The record in force at revision `rev`, if any.
+fn at(recs: &[Rec], rev: i64) -> Option<&Rec> {
+    let i = recs.partition_point(|r| r.rev.main <= rev);
+    i.checked_sub(1).map(|i| &recs[i])
+}
+
+fn kv(key: &[u8], rec: &Rec) -> Option<KeyValue> {
+    rec.live.as_ref().map(|l| KeyValue {
+        key: key.to_vec(),
+        create_revision: l.create_revision,
+        mod_revision: rec.rev.main,
+        version: l.version,
+        value: l.value.clone(),
+        lease: l.lease,
+    })
+}
+
+fn compare_i64(a: i64, b: i64, r: CompareResult) -> bool {
+    match r {
+        CompareResult::Equal => a == b,
+        CompareResult::NotEqual => a != b,
+        CompareResult::Greater => a > b,
+        CompareResult::Less => a < b,
+    }
+}
+
+fn compare_bytes(a: &[u8], b: &[u8], r: CompareResult) -> bool {
+    match r {
+        CompareResult::Equal => a == b,
+        CompareResult::NotEqual => a != b,
+        CompareResult::Greater => a > b,
+        CompareResult::Less => a < b,
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            revision: 1,
+            compacted: 0,
+            keys: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            last_lease_id: 0,
+            max_txn_ops: MAX_TXN_OPS,
+        }
+    }
+
+    /// A store that allows `max` operations per transaction branch (etcd's
+    /// `--max-txn-ops`). Every replica must use the same value.
+    pub fn with_max_txn_ops(mut self, max: usize) -> Store {
+        self.max_txn_ops = max;
+        self
+    }
+
+    /// The current revision (what a response header reports).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision history was last compacted at (0: never).
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Reads keys; changes nothing.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        validate_range(req)?;
+        self.check_revision(req.revision, self.revision)?;
+        Ok(self.range_at(req, self.revision))
+    }
+
+    /// Applies one replicated command. On error the store is unchanged, and
+    /// every replica gets the same error.
+    pub fn apply(&mut self, cmd: &Command) -> Result<(CommandResponse, Vec<Event>), Error> {
+        cmd.validate(self.max_txn_ops)?;
+        match cmd {
+            Command::Put(p) => {
+                let txn = TxnRequest {
+                    success: vec![RequestOp::Put(p.clone())],
+                    ..TxnRequest::default()
+                };
+                let (mut r, events) = self.txn(&txn)?;
+                let Some(ResponseOp::Put(p)) = r.responses.pop() else {
+                    unreachable!("a one-put transaction answers with a put")
+                };
+                Ok((CommandResponse::Put(p), events))
+            }
+            Command::DeleteRange(d) => {
+                let txn = TxnRequest {
+                    success: vec![RequestOp::DeleteRange(d.clone())],
+                    ..TxnRequest::default()
+                };
+                let (mut r, events) = self.txn(&txn)?;
+                let Some(ResponseOp::DeleteRange(d)) = r.responses.pop() else {
+                    unreachable!("a one-delete transaction answers with a delete")
+                };
+                Ok((CommandResponse::DeleteRange(d), events))
+            }
+            Command::Txn(t) => {
+                let (r, events) = self.txn(t)?;
+                Ok((CommandResponse::Txn(r), events))
+            }
+            Command::Compact { revision } => {
+                self.compact(*revision)?;
+                Ok((CommandResponse::Compact, Vec::new()))
+            }
+            Command::LeaseGrant { id, ttl } => {
+                let id = self.lease_grant(*id, *ttl)?;
+                Ok((CommandResponse::LeaseGrant { id, ttl: *ttl }, Vec::new()))
+            }
+            Command::LeaseRevoke { id } => {
+                let events = self.lease_revoke(*id)?;
+                Ok((CommandResponse::LeaseRevoke, events))
+            }
+        }
+    }
+
+    fn check_revision(&self, requested: i64, current: i64) -> Result<(), Error> {
+        if requested > current {
+            return Err(Error::FutureRevision { requested, current });
+        }
+        if requested > 0 && requested < self.compacted {
+            return Err(Error::Compacted {
+                requested,
+                compacted: self.compacted,
+            });
+        }
+        Ok(())
+    }
+
+    fn keys_in(&self, key: &[u8], range_end: &[u8]) -> impl Iterator<Item = (&Vec<u8>, &Vec<Rec>)> {
+        bounds(key, range_end)
+            .map(|b| self.keys.range(b))
+            .into_iter()
+            .flatten()
+    }
+
+    /// The range as of `current` (the store's revision, or inside a write
+    /// transaction the one it is building); `req` is already checked.
+    fn range_at(&self, req: &RangeRequest, current: i64) -> RangeResponse {
+        let rev = if req.revision > 0 {
+            req.revision
+        } else {
+            current
+        };
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // Without sorting or filters only limit+1 keys are needed (the extra one
+        // sets `more`); the count still covers the whole range.
+        let fetch = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+            usize::MAX
+        } else {
+            req.limit as usize + 1
+        };
+        let mut kvs = Vec::new();
+        let mut count = 0;
+        for (k, recs) in self.keys_in(&req.key, &req.range_end) {
+            let Some(found) = at(recs, rev).and_then(|r| kv(k, r)) else {
+                continue;
+            };
+            count += 1;
+            if !req.count_only && kvs.len() < fetch {
+                kvs.push(found);
+            }
+        }
+        if filtered {
+            kvs.retain(|kv| {
+                (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                    && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                    && (req.min_create_revision == 0
+                        || kv.create_revision >= req.min_create_revision)
+                    && (req.max_create_revision == 0
+                        || kv.create_revision <= req.max_create_revision)
+            });
+        }
+        // Keys come out ascending; any other target sorts ascending by default.
+        let order = match (req.sort_order, req.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (o, _) => o,
+        };
+        if order != SortOrder::None {
+            let target = req.sort_target;
+            kvs.sort_by(|a, b| {
+                let o = match target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                };
+                if order == SortOrder::Descend {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
+        }
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        RangeResponse { kvs, more, count }
+    }
+
+    fn latest(&self, key: &[u8]) -> Option<KeyValue> {
+        let recs = self.keys.get(key)?;
+        kv(key, recs.last().expect("histories are never empty"))
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let mut any = false;
+        for (k, recs) in self.keys_in(&c.key, &c.range_end) {
+            let Some(found) = kv(k, recs.last().expect("histories are never empty")) else {
+                continue;
+            };
+            any = true;
+            if !Self::compare_kv(&found, c) {
+                return false;
+            }
+        }
+        if any {
+            return true;
+        }
+        // No key in range: compare against a missing key, except that a value
+        // cannot be compared with nothing.
+        if matches!(c.target, CompareTarget::Value(_)) {
+            return false;
+        }
+        Self::compare_kv(&KeyValue::default(), c)
+    }
+
+    fn compare_kv(kv: &KeyValue, c: &Compare) -> bool {
+        match &c.target {
+            CompareTarget::Version(v) => compare_i64(kv.version, *v, c.result),
+            CompareTarget::Create(v) => compare_i64(kv.create_revision, *v, c.result),
+            CompareTarget::Mod(v) => compare_i64(kv.mod_revision, *v, c.result),
+            CompareTarget::Lease(v) => compare_i64(kv.lease, *v, c.result),
+            CompareTarget::Value(v) => compare_bytes(&kv.value, v, c.result),
+        }
+    }
+
+    /// Which branch every transaction on the taken path takes, decided before
+    /// anything is written (pre-order over nested transactions, as etcd does:
+    /// nested comparisons see the store as it was when the transaction began).
+    fn path(&self, t: &TxnRequest, out: &mut Vec<bool>) {
+        let ok = t.compare.iter().all(|c| self.compare(c));
+        out.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            if let RequestOp::Txn(inner) = op {
+                self.path(inner, out);
+            }
+        }
+    }
+
+    /// Checks every operation on the taken path against the store as it is, so a
+    /// transaction either applies whole or fails without a trace.
+    fn check_path(
+        &self,
+        t: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+    ) -> Result<(), Error> {
+        let ok = *path.next().expect("path covers the transaction");
+        for op in if ok { &t.success } else { &t.failure } {
+            match op {
+                RequestOp::Range(r) => self.check_revision(r.revision, self.revision)?,
+                RequestOp::Put(p) => {
+                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+                        return Err(Error::LeaseNotFound(p.lease));
+                    }
+                    if (p.ignore_value || p.ignore_lease) && self.latest(&p.key).is_none() {
+                        return Err(Error::KeyNotFound);
+                    }
+                }
+                RequestOp::DeleteRange(_) => {}
+                RequestOp::Txn(inner) => self.check_path(inner, path)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Result<(TxnResponse, Vec<Event>), Error> {
+        let mut path = Vec::new();
+        self.path(t, &mut path);
+        self.check_path(t, &mut path.iter())?;
+        let mut ctx = Ctx {
+            main: self.revision + 1,
+            sub: 0,
+            events: Vec::new(),
+        };
+        let resp = self.exec(t, &mut path.iter(), &mut ctx);
+        if ctx.sub > 0 {
+            self.revision = ctx.main;
+        }
+        Ok((resp, ctx.events))
+    }
+
+    fn exec(
+        &mut self,
+        t: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+        ctx: &mut Ctx,
+    ) -> TxnResponse {
+        let succeeded = *path.next().expect("path covers the transaction");
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(r) => {
+                    // Reads inside a transaction see its earlier writes.
+                    let current = if ctx.sub > 0 { ctx.main } else { self.revision };
+                    ResponseOp::Range(self.range_at(r, current))
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put(p, ctx)),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d, ctx)),
+                RequestOp::Txn(inner) => ResponseOp::Txn(self.exec(inner, path, ctx)),
+            });
+        }
+        TxnResponse {
+            succeeded,
+            responses,
+        }
+    }
+
+    fn put(&mut self, p: &PutRequest, ctx: &mut Ctx) -> PutResponse {
+        let prev = self.latest(&p.key);
+        let value = match (&prev, p.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => p.lease,
+        };
+        let (create_revision, version) = match &prev {
+            Some(prev) => (prev.create_revision, prev.version + 1),
+            None => (ctx.main, 1),
+        };
+        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+        if old_lease != lease {
+            if let Some(l) = self.leases.get_mut(&old_lease) {
+                l.keys.remove(&p.key);
+            }
+        }
+        if lease != 0 {
+            self.leases
+                .get_mut(&lease)
+                .expect("checked before the transaction began")
+                .keys
+                .insert(p.key.clone());
+        }
+        let rec = Rec {
+            rev: ctx.next(),
+            live: Some(Live {
+                value,
+                create_revision,
+                version,
+                lease,
+            }),
+        };
+        let new = kv(&p.key, &rec).expect("a put is live");
+        self.keys.entry(p.key.clone()).or_default().push(rec);
+        ctx.events.push(Event {
+            kind: EventKind::Put,
+            kv: new,
+            prev_kv: prev.clone(),
+        });
+        PutResponse {
+            prev_kv: if p.prev_kv { prev } else { None },
+        }
+    }
+
+    fn delete(&mut self, d: &DeleteRangeRequest, ctx: &mut Ctx) -> DeleteRangeResponse {
+        let doomed: Vec<KeyValue> = self
+            .keys_in(&d.key, &d.range_end)
+            .filter_map(|(k, recs)| kv(k, recs.last().expect("histories are never empty")))
+            .collect();
+        for prev in &doomed {
+            self.delete_key(prev, ctx);
+        }
+        DeleteRangeResponse {
+            deleted: doomed.len() as i64,
+            prev_kvs: if d.prev_kv { doomed } else { Vec::new() },
+        }
+    }
+
+    fn delete_key(&mut self, prev: &KeyValue, ctx: &mut Ctx) {
+        if let Some(l) = self.leases.get_mut(&prev.lease) {
+            l.keys.remove(&prev.key);
+        }
+        let rev = ctx.next();
+        self.keys
+            .get_mut(&prev.key)
+            .expect("deleting a live key")
+            .push(Rec { rev, live: None });
+        ctx.events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: prev.key.clone(),
+                mod_revision: rev.main,
+                ..KeyValue::default()
+            },
+            prev_kv: Some(prev.clone()),
+        });
+    }
+
+    /// Drops history before `revision`: reads and watches from earlier
+    /// revisions fail with [`Error::Compacted`]; the current state is untouched.
+    fn compact(&mut self, revision: i64) -> Result<(), Error> {
+        if revision > self.revision {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if revision <= self.compacted {
+            return Err(Error::Compacted {
+                requested: revision,
+                compacted: self.compacted,
+            });
+        }
+        self.keys.retain(|_, recs| {
+            let i = recs.partition_point(|r| r.rev.main <= revision);
+            if i == 0 {
+                return true;
+            }
+            // Keep the record in force at `revision` (reads there need it), but
+            // not a tombstone from before it: the key simply does not exist then.
+            // A tombstone at exactly `revision` stays, so a watch may start there.
+            let keep_from = match &recs[i - 1] {
+                Rec { live: None, rev } if rev.main < revision => i,
+                _ => i - 1,
+            };
+            recs.drain(..keep_from);
+            !recs.is_empty()
+        });
+        self.compacted = revision;
+        Ok(())
+    }
+
+    fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<i64, Error> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge(ttl));
+        }
+        let id = if id == 0 {
+            // Deterministic on every replica: the next unused id.
+            let mut next = self.last_lease_id.max(0);
+            loop {
+                next += 1;
+                if !self.leases.contains_key(&next) {
+                    break next;
+                }
+            }
+        } else {
+            id
+        };
+        if self.leases.contains_key(&id) {
+            return Err(Error::LeaseExists(id));
+        }
+        self.last_lease_id = self.last_lease_id.max(id);
+        self.leases.insert(
+            id,
+            Lease {
+                ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Revokes a lease and deletes its keys in one revision.
+    fn lease_revoke(&mut self, id: i64) -> Result<Vec<Event>, Error> {
+        let lease = self.leases.remove(&id).ok_or(Error::LeaseNotFound(id))?;
+        let mut ctx = Ctx {
+            main: self.revision + 1,
+            sub: 0,
+            events: Vec::new(),
+        };
+        for key in &lease.keys {
+            let prev = self.latest(key).expect("a lease's keys exist");
+            debug_assert_eq!(prev.lease, id);
+            self.delete_key(&prev, &mut ctx);
+        }
+        if ctx.sub > 0 {
+            self.revision = ctx.main;
+        }
+        Ok(ctx.events)
+    }
+
+    /// A lease's TTL and keys, or `None` if it does not exist.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.leases.get(&id).map(|l| LeaseInfo {
+            id,
+            ttl: l.ttl,
+            keys: l.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease id, ascending.
+    pub fn leases(&self) -> Vec<i64> {
+        self.leases.keys().copied().collect()
+    }
+
+    /// Every change to keys in `key..range_end` from `start_revision` on, in
+    /// revision order: what a watch started at that revision first receives.
+    /// A watch may start at the compaction revision itself, but a put there has
+    /// lost its `prev_kv`.
+    pub fn events_since(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        start_revision: i64,
+    ) -> Result<Vec<Event>, Error> {
+        if start_revision > 0 && start_revision < self.compacted {
+            return Err(Error::Compacted {
+                requested: start_revision,
+                compacted: self.compacted,
+            });
+        }
+        let start = if start_revision > 0 {
+            start_revision
+        } else {
+            self.revision + 1
+        };
+        let mut found: Vec<(Rev, Event)> = Vec::new();
+        for (k, recs) in self.keys_in(key, range_end) {
+            let first = recs.partition_point(|r| r.rev.main < start);
+            for i in first..recs.len() {
+                let rec = &recs[i];
+                let prev_kv = i.checked_sub(1).and_then(|j| kv(k, &recs[j]));
+                let event = match kv(k, rec) {
+                    Some(kv) => Event {
+                        kind: EventKind::Put,
+                        kv,
+                        prev_kv,
+                    },
+                    None => Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key: k.clone(),
+                            mod_revision: rec.rev.main,
+                            ..KeyValue::default()
+                        },
+                        prev_kv,
+                    },
+                };
+                found.push((rec.rev, event));
+            }
+        }
+        found.sort_by_key(|(rev, _)| *rev);
+        Ok(found.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// True if `k` is in the range of a watch on `key..range_end`.
+    pub fn watch_matches(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
+        contains(key, range_end, k)
+    }
+
+    /// A digest of everything replicated (history, leases, revisions): equal on
+    /// replicas that applied the same commands, as etcd's HashKV is.
+    pub fn hash(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.i64(self.revision);
+        h.i64(self.compacted);
+        h.i64(self.last_lease_id);
+        for (k, recs) in &self.keys {
+            h.bytes(k);
+            for r in recs {
+                h.i64(r.rev.main);
+                h.i64(r.rev.sub);
+                match &r.live {
+                    None => h.i64(-1),
+                    Some(l) => {
+                        h.bytes(&l.value);
+                        h.i64(l.create_revision);
+                        h.i64(l.version);
+                        h.i64(l.lease);
+                    }
+                }
+            }
+        }
+        for (id, l) in &self.leases {
+            h.i64(*id);
+            h.i64(l.ttl);
+            for k in &l.keys {
+                h.bytes(k);
+            }
+        }
+        h.0
+    }
+
+    /// Panics if an invariant of the history is broken (tests and debug builds).
+    pub fn assert_invariants(&self) {
+        let mut attached: BTreeMap<i64, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        for (k, recs) in &self.keys {
+            assert!(!recs.is_empty(), "key {k:?} has an empty history");
+            for w in recs.windows(2) {
+                assert!(w[0].rev < w[1].rev, "key {k:?}: history out of order");
+                assert!(
+                    w[0].live.is_some() || w[1].live.is_some(),
+                    "key {k:?}: two tombstones in a row"
+                );
+            }
+            for r in recs {
+                assert!(
+                    r.rev.main <= self.revision,
+                    "key {k:?}: revision from the future"
+                );
+            }
+            if let Some(l) = recs.last().and_then(|r| r.live.as_ref()) {
+                if l.lease != 0 {
+                    attached.entry(l.lease).or_default().insert(k.clone());
+                }
+            }
+        }
+        for (id, l) in &self.leases {
+            assert_eq!(
+                attached.remove(id).unwrap_or_default(),
+                l.keys,
+                "lease {id:x}: attached keys disagree"
+            );
+        }
+        assert!(
+            attached.is_empty(),
+            "keys attached to leases that do not exist: {attached:?}"
+        );
+    }
+}
+
+/// FNV-1a, 64-bit: stable across platforms and releases, unlike std's hasher.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.i64(b.len() as i64);
+        for &x in b {
+            self.0 ^= x as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn i64(&mut self, v: i64) {
+        for x in v.to_le_bytes() {
+            self.0 ^= x as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn validate_range(r: &RangeRequest) -> Result<(), Error> {
+    if r.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    Ok(())
+}
+
+fn validate_put(p: &PutRequest) -> Result<(), Error> {
+    if p.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(Error::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(Error::LeaseProvided);
+    }
+    Ok(())
+}
+
+fn validate_delete(d: &DeleteRangeRequest) -> Result<(), Error> {
+    if d.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    Ok(())
+}
+
+fn validate_txn(t: &TxnRequest, max_ops: usize) -> Result<(), Error> {
+    for n in [t.compare.len(), t.success.len(), t.failure.len()] {
+        if n > max_ops {
+            return Err(Error::TooManyOps {
+                ops: n,
+                max: max_ops,
+            });
+        }
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(Error::EmptyKey);
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match op {
+            RequestOp::Range(r) => validate_range(r)?,
+            RequestOp::Put(p) => validate_put(p)?,
+            RequestOp::DeleteRange(d) => validate_delete(d)?,
+            RequestOp::Txn(inner) => validate_txn(inner, max_ops)?,
+        }
+    }
+    check_overlaps(&t.success)?;
+    check_overlaps(&t.failure)?;
+    Ok(())
+}
+
+/// Deleted ranges of one branch, as (key, range_end) pairs.
+type Dels = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One branch may not put a key twice, nor put a key it also deletes (the
+/// outcome would depend on the order of operations). The two branches of a
+/// nested transaction exclude each other, so they may put the same key.
+fn check_overlaps(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Dels), Error> {
+    let mut dels: Dels = ops
+        .iter()
+        .filter_map(|op| match op {
+            RequestOp::DeleteRange(d) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &Dels, k: &[u8]| dels.iter().any(|(key, end)| contains(key, end, k));
+    let mut puts = BTreeSet::new();
+    for op in ops {
+        let RequestOp::Txn(inner) = op else { continue };
+        let (puts_then, dels_then) = check_overlaps(&inner.success)?;
+        let (puts_else, dels_else) = check_overlaps(&inner.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(Error::DuplicateKey);
+            }
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(Error::DuplicateKey);
+            }
+        }
+        puts.extend(puts_then);
+        puts.extend(puts_else);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let RequestOp::Put(p) = op else { continue };
+        if !puts.insert(p.key.clone()) || deleted(&dels, &p.key) {
+            return Err(Error::DuplicateKey);
+        }
+    }
+    Ok((puts, dels))
+}
+
+impl Command {
+    /// The checks that need no store: a front end runs them before proposing,
+    /// and [`Store::apply`] runs them again.
+    pub fn validate(&self, max_txn_ops: usize) -> Result<(), Error> {
+        match self {
+            Command::Put(p) => validate_put(p),
+            Command::DeleteRange(d) => validate_delete(d),
+            Command::Txn(t) => validate_txn(t, max_txn_ops),
+            Command::LeaseGrant { ttl, .. } if *ttl > MAX_LEASE_TTL => {
+                Err(Error::LeaseTtlTooLarge(*ttl))
+            }
+            _ => Ok(()),
+        }
+    }
+}

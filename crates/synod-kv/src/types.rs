@@ -1,0 +1,215 @@
+//! Requests, responses and events, field for field as etcd's v3 API has them
+//! (`etcdserverpb` and `mvccpb`), minus what belongs to the front end (headers,
+//! `serializable`). A server maps its wire types onto these one to one.
+
+use serde::{Deserialize, Serialize};
+
+/// One key at one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    /// Revision of the put that created the key (since it last did not exist).
+    pub create_revision: i64,
+    /// Revision of the last put.
+    pub mod_revision: i64,
+    /// 1 after the creating put, +1 per put since; a delete ends the key.
+    pub version: i64,
+    pub value: Vec<u8>,
+    /// Lease the key is attached to, 0 for none.
+    pub lease: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// Keys `[key, range_end)`; an empty `range_end` means `key` alone, and
+/// `range_end == [0]` means every key from `key` on (etcd's conventions).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    /// At most this many keys (0: no limit).
+    pub limit: i64,
+    /// Read as of this revision (0 or less: the current one).
+    pub revision: i64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    pub keys_only: bool,
+    pub count_only: bool,
+    /// Filters on the keys found (0: no filter). `count` ignores them.
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    /// More keys matched than `limit` let through.
+    pub more: bool,
+    /// How many keys the range holds at the revision read, before limit and filters.
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    /// Keep the current value (the key must exist).
+    pub ignore_value: bool,
+    /// Keep the current lease (the key must exist).
+    pub ignore_lease: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeResponse {
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseOp {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// What a comparison looks at, with the operand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+/// Holds if every key in the range (or the single key) satisfies it. A missing
+/// key has version, create and mod revision 0 and lease 0; a comparison on the
+/// value of a missing key never holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub result: CompareResult,
+    pub target: CompareTarget,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<RequestOp>,
+    pub failure: Vec<RequestOp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    pub responses: Vec<ResponseOp>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change, as a watcher sees it. For a delete, `kv` holds the key and the
+/// deleting revision as `mod_revision`, everything else zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    /// The key before this change, if it existed and history still holds it.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// What Raft replicates: every request that changes the store. Reads do not go
+/// through the log (the service answers them after a ReadIndex round).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    /// Drop history before this revision.
+    Compact {
+        revision: i64,
+    },
+    /// Grant lease `id` (0: the store picks the next free id) for `ttl` seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revoke a lease and delete its keys (the leader proposes this on expiry,
+    /// so expiry happens at the same point of the log everywhere).
+    LeaseRevoke {
+        id: i64,
+    },
+}
+
+/// The answer to a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact,
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke,
+}
+
+/// A lease as the store knows it. Time is not the store's business: the TTL is
+/// kept for the service, whose leader counts it down and proposes the revoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: i64,
+    pub ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
