@@ -54,6 +54,46 @@ pub trait Fs: Clone + Send + Sync + 'static {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Make the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Run `job`, on another thread if this file system allows it.
+    ///
+    /// The default runs it at once on the caller's thread: a simulated disk
+    /// must see every operation in an order fixed by the caller, or runs
+    /// would stop being reproducible. [`RealFs`] runs it on a new thread, so
+    /// slow preparation (zero-filling the next WAL segment) leaves the
+    /// append path.
+    fn background<T, J>(&self, job: J) -> Background<T>
+    where
+        T: Send + 'static,
+        J: FnOnce() -> T + Send + 'static,
+    {
+        Background(Pending::Done(job()))
+    }
+}
+
+/// The result of a job started with [`Fs::background`].
+#[derive(Debug)]
+pub struct Background<T>(Pending<T>);
+
+#[derive(Debug)]
+enum Pending<T> {
+    Done(T),
+    Thread(std::thread::JoinHandle<T>),
+    Failed(io::Error),
+}
+
+impl<T> Background<T> {
+    /// Wait for the job and return its result; an error if it could not be
+    /// started or panicked.
+    pub fn wait(self) -> io::Result<T> {
+        match self.0 {
+            Pending::Done(t) => Ok(t),
+            Pending::Thread(h) => h
+                .join()
+                .map_err(|_| io::Error::other("background job panicked")),
+            Pending::Failed(e) => Err(e),
+        }
+    }
 }
 
 /// The real file system, through `std::fs`.
@@ -118,6 +158,19 @@ impl Fs for RealFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+    fn background<T, J>(&self, job: J) -> Background<T>
+    where
+        T: Send + 'static,
+        J: FnOnce() -> T + Send + 'static,
+    {
+        match std::thread::Builder::new()
+            .name("synod-wal-prepare".into())
+            .spawn(job)
+        {
+            Ok(h) => Background(Pending::Thread(h)),
+            Err(e) => Background(Pending::Failed(e)),
+        }
     }
 }
 

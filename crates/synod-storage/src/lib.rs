@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use committer::Committer;
 pub use error::{Error, Result};
-pub use fs::{Fs, FsFile, RealFs};
+pub use fs::{Background, Fs, FsFile, RealFs};
 pub use inspect::{dump, dump_with, verify, verify_with, VerifyReport};
 pub use simfs::{SimFile, SimFs, SimStats, SECTOR};
 pub use snap::SnapStore;

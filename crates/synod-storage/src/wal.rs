@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::{
     self, encode_record, encode_segment_header, parse_segment_name, segment_name, Record,
     SegmentHeader, Tail, FORMAT_VERSION, SEGMENT_HEADER_LEN,
 };
-use crate::fs::{join, Fs, FsFile};
+use crate::fs::{join, Background, Fs, FsFile};
 use crate::memlog::MemLog;
 use crate::{Durable, Entry, HardState, Identity, Lsn, SnapshotMeta};
 
@@ -20,7 +22,9 @@ pub struct WalOptions {
     /// Zero-fill the segment ahead of the write position, so that syncs
     /// overwrite already-allocated blocks and need no metadata update.
     /// Measured to more than double the single-record sync rate on ext4
-    /// (see BENCHMARKS-storage.md).
+    /// (see BENCHMARKS-storage.md). Also prepares each next segment, whole
+    /// and zero-filled, while the current one is written ([`Fs::background`]:
+    /// a thread on the real disk), so rotation does not stall appends.
     pub preallocate: bool,
     /// How far ahead to zero-fill, in bytes.
     pub prealloc_chunk: u64,
@@ -162,6 +166,72 @@ pub struct Wal<F: Fs> {
     /// Conflicting appends not yet known durable: (lsn, index kept below).
     truncations: Vec<(Lsn, u64)>,
     poisoned: Option<String>,
+    /// The next segment, being prepared (with `preallocate`).
+    prepared: Option<Prepared<F::File>>,
+}
+
+/// The next segment file, zero-filled to the full segment size and fsynced
+/// under a temporary name while the current segment is written (etcd's
+/// "file pipeline"). Rotation then writes only the header and renames,
+/// instead of zero-filling on the append path. Its name ends in `.tmp`, so a
+/// crash leaves a file that recovery deletes and `verify` ignores.
+struct Prepared<H> {
+    seq: u64,
+    path: PathBuf,
+    len: u64,
+    job: Background<std::io::Result<H>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl<H> Prepared<H> {
+    /// Stop the job and wait for it to finish with the file.
+    fn cancel(self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        let _ = self.job.wait();
+    }
+}
+
+impl<F: Fs> Drop for Wal<F> {
+    fn drop(&mut self) {
+        // A preparing thread that outlived this log could create or fill its
+        // file after the next open of the directory had cleaned up, and that
+        // open prepares the same name: two writers on one file, one of them
+        // writing zeros over a live segment. So it must be stopped here.
+        if let Some(p) = self.prepared.take() {
+            p.cancel();
+        }
+    }
+}
+
+/// The temporary name a prepared segment `seq` waits under.
+fn prepared_name(seq: u64) -> String {
+    format!("prepared-{seq:016x}.wal.tmp")
+}
+
+/// Create `path` and zero-fill it to `len` bytes, durably. Runs off the
+/// append path, so it checks `cancel` between chunks to let a closing log
+/// stop it quickly.
+fn prepare_segment<F: Fs>(
+    fs: &F,
+    path: &Path,
+    len: u64,
+    cancel: &AtomicBool,
+) -> std::io::Result<F::File> {
+    let mut f = fs.create(path)?;
+    let mut at = 0;
+    while at < len {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "segment preparation cancelled",
+            ));
+        }
+        let n = (len - at).min(ZEROS.len() as u64);
+        f.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    f.sync_data()?;
+    Ok(f)
 }
 
 impl<F: Fs> fmt::Debug for Wal<F> {
@@ -232,10 +302,12 @@ impl<F: Fs> Wal<F> {
             durable: Durable::default(),
             truncations: Vec::new(),
             poisoned: None,
+            prepared: None,
         };
         if fresh {
             wal.install_segment(1, 1);
             wal.sync()?;
+            wal.start_preparing();
             return Ok((wal, Recovered::default_with(report)));
         }
 
@@ -291,6 +363,7 @@ impl<F: Fs> Wal<F> {
             entries: log.entries.into_iter().collect(),
             report,
         };
+        wal.start_preparing();
         Ok((wal, recovered))
     }
 
@@ -469,9 +542,15 @@ impl<F: Fs> Wal<F> {
         let end = self.write_off + self.buf.len() as u64;
         let res = (|| {
             if self.opts.preallocate && end > self.allocated {
-                let target = end.max(self.allocated + self.opts.prealloc_chunk);
-                zero_fill(&mut self.file, self.allocated, target)?;
-                self.allocated = target;
+                // Only the record that fills a segment lands past its size,
+                // and the segment is sealed (its zero tail cut) right after:
+                // a chunk filled there would be a stall for nothing.
+                let cap = self.opts.segment_size;
+                let target = end.max((self.allocated + self.opts.prealloc_chunk).min(cap));
+                if target > end {
+                    zero_fill(&mut self.file, self.allocated, target)?;
+                    self.allocated = target;
+                }
             }
             self.file.write_all_at(&self.buf, self.write_off)
         })();
@@ -592,15 +671,75 @@ impl<F: Fs> Wal<F> {
         self.start_segment(seq, self.last_index + 1)
     }
 
-    /// Create segment `seq` and make it current.
+    /// Create segment `seq` (from the prepared file if there is one) and
+    /// make it current.
     fn start_segment(&mut self, seq: u64, first_index: u64) -> Result<()> {
-        match create_segment_file(&self.fs, &self.dir, self.id, seq, first_index) {
-            Ok(f) => {
+        let res = match self.take_prepared(seq) {
+            Some((tmp, f, len)) => {
+                publish_segment(&self.fs, &self.dir, self.id, seq, first_index, &tmp, f)
+                    .map(|f| (f, len))
+            }
+            None => create_segment_file(&self.fs, &self.dir, self.id, seq, first_index)
+                .map(|f| (f, SEGMENT_HEADER_LEN as u64)),
+        };
+        match res {
+            Ok((f, len)) => {
                 self.file = f;
                 self.install_segment(seq, first_index);
+                self.allocated = len;
+                self.start_preparing();
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),
+        }
+    }
+
+    /// Start preparing the segment after the current one.
+    fn start_preparing(&mut self) {
+        if !self.opts.preallocate || self.poisoned.is_some() {
+            return;
+        }
+        if let Some(p) = self.prepared.take() {
+            p.cancel();
+        }
+        let seq = self.segments.last().expect("a segment").seq + 1;
+        let path = join(&self.dir, &prepared_name(seq));
+        let len = self.opts.segment_size.max(SEGMENT_HEADER_LEN as u64);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = {
+            let (fs, path, cancel) = (self.fs.clone(), path.clone(), cancel.clone());
+            self.fs
+                .background(move || prepare_segment(&fs, &path, len, &cancel))
+        };
+        self.prepared = Some(Prepared {
+            seq,
+            path,
+            len,
+            job,
+            cancel,
+        });
+    }
+
+    /// The prepared file for segment `seq` as `(temp path, handle, length)`,
+    /// waiting for it if it is not ready yet; `None` if there is none or its
+    /// preparation failed. A failure is not an error of the log: the
+    /// prepared file holds no data, and rotation falls back to creating the
+    /// segment inline, where a real disk problem surfaces and poisons.
+    fn take_prepared(&mut self, seq: u64) -> Option<(PathBuf, F::File, u64)> {
+        let p = self.prepared.take()?;
+        if p.seq != seq {
+            let path = p.path.clone();
+            p.cancel();
+            let _ = self.fs.remove_file(&path);
+            return None;
+        }
+        match p.job.wait() {
+            Ok(Ok(f)) => Some((p.path, f, p.len)),
+            _ => {
+                // Best effort: recovery removes it too.
+                let _ = self.fs.remove_file(&p.path);
+                None
+            }
         }
     }
 
@@ -669,8 +808,27 @@ fn create_segment_file<F: Fs>(
     first_index: u64,
 ) -> Result<F::File> {
     let name = segment_name(seq, first_index);
-    let path = join(dir, &name);
     let tmp = join(dir, &format!("{name}.tmp"));
+    let f = fs
+        .create(&tmp)
+        .map_err(|e| Error::io("create segment", &tmp, e))?;
+    publish_segment(fs, dir, id, seq, first_index, &tmp, f)
+}
+
+/// Turn the temp file `tmp` (new, or prepared and zero-filled) into segment
+/// `seq`: write its header, fsync, rename into place, fsync the directory.
+/// The header is durable before the name is, so a segment file never exists
+/// without a valid header.
+fn publish_segment<F: Fs>(
+    fs: &F,
+    dir: &Path,
+    id: Identity,
+    seq: u64,
+    first_index: u64,
+    tmp: &Path,
+    mut f: F::File,
+) -> Result<F::File> {
+    let path = join(dir, &segment_name(seq, first_index));
     let header = encode_segment_header(&SegmentHeader {
         version: FORMAT_VERSION,
         identity: id,
@@ -678,14 +836,13 @@ fn create_segment_file<F: Fs>(
         first_index,
     });
     let res = (|| {
-        let mut f = fs.create(&tmp)?;
         f.write_all_at(&header, 0)?;
         f.sync_data()?;
-        fs.rename(&tmp, &path)?;
-        fs.sync_dir(dir)?;
-        Ok::<_, std::io::Error>(f)
+        fs.rename(tmp, &path)?;
+        fs.sync_dir(dir)
     })();
-    res.map_err(|e| Error::io("create segment", &path, e))
+    res.map_err(|e| Error::io("create segment", &path, e))?;
+    Ok(f)
 }
 
 fn encode_entry(e: &Entry, out: &mut Vec<u8>) {

@@ -11,7 +11,7 @@
 //! nothing else (in particular nothing corrupt) is.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -243,6 +243,22 @@ fn apply(m: &mut Model, op: &Op) {
     }
 }
 
+/// Leftover prepared next segments (`wal/prepared-*.tmp`).
+fn prepared_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir.join("wal")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("prepared-"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// The last lines of `synod wal dump` output, for failure messages.
 fn dump_tail(dir: &Path) -> String {
     let mut out = Vec::new();
@@ -268,6 +284,7 @@ fn sigkill_at_random_points_loses_nothing_durable() {
     let mut rng = Rng(0xC0FFEE);
     let mut base = Model::default();
     let (mut total_durable_ops, mut torn_tails, mut mid_write_kills) = (0usize, 0, 0);
+    let mut kills_with_prepared = 0;
     let started = Instant::now();
     for it in 0..iterations {
         let seed = rng.next();
@@ -330,9 +347,28 @@ fn sigkill_at_random_points_loses_nothing_durable() {
             );
         }
         let ops = parse(&lines);
+        // A next segment that was being prepared (or was ready) when the
+        // child died must not count as a segment, for verify or recovery.
+        let prepared = prepared_files(&dir);
+        if !prepared.is_empty() {
+            kills_with_prepared += 1;
+            if let Err(e) = synod_storage::verify(&dir) {
+                panic!(
+                    "iteration {it}: verify failed with {prepared:?} present: {e}\n{}",
+                    dump_tail(&dir)
+                );
+            }
+        }
         let (s, report) = DiskStorage::open(RealFs, &dir, ID, options(seed)).unwrap_or_else(|e| {
             panic!("iteration {it}: recovery failed: {e}\n{}", dump_tail(&dir))
         });
+        for p in &prepared {
+            assert!(
+                report.removed_files.contains(p),
+                "iteration {it}: recovery kept {}",
+                p.display()
+            );
+        }
         torn_tails += report.torn_tail.is_some() as usize;
         let got = observe(&s);
         drop(s);
@@ -361,9 +397,16 @@ fn sigkill_at_random_points_loses_nothing_durable() {
     }
     eprintln!(
         "{iterations} SIGKILLs in {:.1}s: {total_durable_ops} syncs reported durable, \
-         {mid_write_kills} recoveries kept unsynced records, {torn_tails} torn tails cut",
+         {mid_write_kills} recoveries kept unsynced records, {torn_tails} torn tails cut, \
+         {kills_with_prepared} kills left a prepared segment",
         started.elapsed().as_secs_f64()
     );
+    if iterations >= 50 {
+        assert!(
+            kills_with_prepared > 0,
+            "half the runs preallocate, so some kills must leave a prepared segment"
+        );
+    }
     assert!(
         total_durable_ops > iterations as usize,
         "the children must make progress"
