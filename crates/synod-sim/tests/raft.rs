@@ -1,10 +1,12 @@
 //! The Raft key-value model: the correct Raft passes every checker under all
 //! faults, runs replay exactly, and each deliberately broken variant is caught.
 
+use synod_protocols::kv::{KvOp, KvRequest, KvResult, KvStore};
 use synod_protocols::raft::{Bugs, KvNode, RaftConfig};
 use synod_protocols::NodeId;
+use synod_sim::history::{OpKind, OpResult, Operation};
 use synod_sim::linearizability::check;
-use synod_sim::models::raft::{clients_for, peers, run_recorded, RaftModel};
+use synod_sim::models::raft::{clients_for, peers, run_recorded, RaftModel, Recording};
 use synod_sim::{run_batch, run_one, Algo, FaultSet, RunReport, RunSpec, SimConfig, Simulation};
 
 fn spec(nodes: usize) -> RunSpec {
@@ -164,6 +166,177 @@ fn recorded_history_is_linearizable_and_complete() {
         "no faults: every operation completes"
     );
     assert!(check(&rec.history).is_linearizable());
+}
+
+/// Impatient clients give up on operations during faults: those stay
+/// indefinite in the history, some of them take effect anyway (their unique
+/// value is read later) and some never do, and every history still checks.
+#[test]
+fn abandoned_operations_are_indefinite_and_histories_check() {
+    for nodes in [3, 5] {
+        let (mut indefinite, mut observed, mut unobserved) = (0, 0, 0);
+        for seed in 0..100 {
+            let (report, rec) = run_recorded(&spec(nodes), seed);
+            assert!(
+                report.terminated && report.violation_count == 0,
+                "{nodes} nodes, seed {seed}: {:?}",
+                report.violations
+            );
+            let r = check(&rec.history);
+            assert!(r.is_linearizable(), "{nodes} nodes, seed {seed}: {r}");
+            let read: std::collections::HashSet<&str> = rec
+                .history
+                .iter()
+                .filter_map(|o| match &o.result {
+                    Some(OpResult::Read(Some(v))) => Some(v.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for op in rec.history.iter().filter(|o| o.is_indefinite()) {
+                indefinite += 1;
+                if let OpKind::Put { value, .. } | OpKind::Cas { value, .. } = &op.kind {
+                    if read.contains(value.as_str()) {
+                        observed += 1;
+                    } else {
+                        unobserved += 1;
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{nodes} nodes: {indefinite} indefinite ops; writes among them observed {observed}, never observed {unobserved}"
+        );
+        assert!(indefinite > 0, "{nodes} nodes: no client gave up");
+        assert!(
+            observed > 0,
+            "{nodes} nodes: no abandoned write took effect"
+        );
+        assert!(
+            unobserved > 0,
+            "{nodes} nodes: every abandoned write took effect"
+        );
+    }
+}
+
+/// Without deadlines every client retries until answered: nothing is
+/// indefinite even under faults (the quiet phase answers everything).
+#[test]
+fn patient_clients_leave_no_indefinite_operations() {
+    let nodes = 3;
+    for seed in 0..30 {
+        let rec = std::rc::Rc::new(std::cell::RefCell::new(Default::default()));
+        let model = RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+            KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+        })
+        .with_deadlines(false)
+        .record_into(rec.clone());
+        let r = Simulation::new(spec(nodes).config(), seed, model).run(seed);
+        assert!(r.terminated && r.violation_count == 0, "seed {seed}");
+        let rec: Recording = rec.take();
+        assert!(
+            rec.history.iter().all(|o| !o.is_indefinite()),
+            "seed {seed}"
+        );
+    }
+}
+
+/// What makes abandoning safe in the store: a session keeps only its last
+/// applied write, so an abandoned write that reaches the log after a newer
+/// write of the same client must be rejected, not applied (else the session
+/// would move back and a retry of the newer write would apply twice). An
+/// abandoned write that arrives first is applied, once.
+#[test]
+fn an_abandoned_write_applies_at_most_once_and_never_after_a_newer_one() {
+    let put = |seq: u64, value: &str| KvRequest {
+        client: 7,
+        seq,
+        op: KvOp::Put {
+            key: "k".into(),
+            value: value.into(),
+        },
+    };
+    // Abandoned seq 5 is committed after seq 6: rejected, and a retry of seq 6
+    // answers from the session without applying it again.
+    let mut s = KvStore::default();
+    assert_eq!(s.apply(&put(6, "b")), Some(KvResult::Ok));
+    assert_eq!(s.apply(&put(5, "a")), None);
+    s.apply_op(&KvOp::Put {
+        key: "k".into(),
+        value: "other".into(),
+    });
+    assert_eq!(s.apply(&put(6, "b")), Some(KvResult::Ok));
+    assert_eq!(s.data["k"], "other");
+    // Abandoned seq 5 committed (twice: a retry reached another leader's log)
+    // before seq 6: it takes effect once.
+    let mut s = KvStore::default();
+    assert_eq!(s.apply(&put(5, "a")), Some(KvResult::Ok));
+    s.apply_op(&KvOp::Put {
+        key: "k".into(),
+        value: "other".into(),
+    });
+    assert_eq!(s.apply(&put(5, "a")), Some(KvResult::Ok));
+    assert_eq!(s.data["k"], "other");
+    assert_eq!(s.apply(&put(6, "b")), Some(KvResult::Ok));
+    assert_eq!(s.apply(&put(5, "a")), None);
+    assert_eq!(s.data["k"], "b");
+}
+
+/// The shape of a history with an abandoned operation: client 1 gives up on
+/// its put at 300 ms and moves on. Its value may show up any time after the
+/// invocation, even after the client's next operation, but never before it
+/// was invoked.
+#[test]
+fn an_abandoned_write_is_never_seen_before_it_was_invoked() {
+    let kx = || "x".to_string();
+    let abandoned = Operation::indefinite(
+        1,
+        OpKind::Put {
+            key: kx(),
+            value: "c1.5".into(),
+        },
+        100_000,
+    );
+    let next = Operation::completed(
+        1,
+        OpKind::Put {
+            key: kx(),
+            value: "c1.6".into(),
+        },
+        310_000,
+        320_000,
+        OpResult::Ok,
+    );
+    let read = |v: &str, at: u64| {
+        Operation::completed(
+            2,
+            OpKind::Get { key: kx() },
+            at,
+            at + 10_000,
+            OpResult::Read(Some(v.into())),
+        )
+    };
+    // Takes effect after the client's next operation completed.
+    let late = [abandoned.clone(), next.clone(), read("c1.5", 400_000)];
+    assert!(check(&late).is_linearizable());
+    // Never takes effect.
+    let never = [abandoned.clone(), next.clone(), read("c1.6", 400_000)];
+    assert!(check(&never).is_linearizable());
+    // Seen before it was invoked: rejected.
+    let early = [read("c1.5", 0), abandoned.clone(), next.clone()];
+    let r = check(&early);
+    assert!(r.violation().is_some_and(|v| v.key == "x"), "{r}");
+    // An abandoned cas, seen swapped before it was invoked: rejected too.
+    let cas = Operation::indefinite(
+        1,
+        OpKind::Cas {
+            key: kx(),
+            expected: None,
+            value: "c1.7".into(),
+        },
+        500_000,
+    );
+    let r = check(&[next, read("c1.7", 330_000), cas]);
+    assert!(r.violation().is_some_and(|v| v.key == "x"), "{r}");
 }
 
 fn bugs(which: &str) -> Bugs {
@@ -340,4 +513,47 @@ fn membership_trace() {
     let r = Simulation::new(cfg, seed, model).run(seed);
     println!("{}", r.trace.unwrap_or_default());
     println!("terminated {} violations {:?}", r.terminated, r.violations);
+}
+
+/// Linearizability checker time on recorded histories, per seed and in total:
+/// `CHECK_SEEDS=200 cargo test --release -p synod-sim --test raft checker_time --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn checker_time() {
+    let runs: u64 = std::env::var("CHECK_SEEDS").map_or(200, |s| s.parse().unwrap());
+    for nodes in [3, 5] {
+        let (mut total, mut worst, mut ops, mut indefinite) = (
+            std::time::Duration::ZERO,
+            (std::time::Duration::ZERO, 0),
+            0,
+            0,
+        );
+        for seed in 0..runs {
+            let (_, rec) = run_recorded(&spec(nodes), seed);
+            let started = std::time::Instant::now();
+            let r = check(&rec.history);
+            let took = started.elapsed();
+            assert!(r.is_linearizable(), "{nodes} nodes, seed {seed}: {r}");
+            if seed < 5 {
+                eprintln!(
+                    "{nodes} nodes, seed {seed}: {} ops ({} indefinite) checked in {:?}",
+                    rec.history.len(),
+                    rec.history.iter().filter(|o| o.is_indefinite()).count(),
+                    took
+                );
+            }
+            total += took;
+            worst = worst.max((took, seed));
+            ops += rec.history.len();
+            indefinite += rec.history.iter().filter(|o| o.is_indefinite()).count();
+        }
+        eprintln!(
+            "{nodes} nodes, {runs} seeds: {ops} ops ({indefinite} indefinite), checker {:?} in total, {:?} per run, slowest seed {} ({:?})",
+            total,
+            total / runs as u32,
+            worst.1,
+            worst.0
+        );
+    }
 }

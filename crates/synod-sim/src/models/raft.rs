@@ -13,6 +13,23 @@
 //! keep going through the fault phase and for [`QUIET_LOAD`] into the quiet phase,
 //! then finish what they have in flight and fall idle.
 //!
+//! Some clients give up, as a real etcd client does when a request's deadline
+//! expires: each client of a run is impatient with probability [`IMPATIENT`],
+//! with a deadline drawn from [`DEADLINES`] (well above an election timeout, so
+//! runs without faults abandon nothing). When an operation's deadline passes in
+//! the fault phase, the impatient client stops retrying it and moves on to a
+//! new operation with the next seq. The abandoned operation stays indefinite in
+//! the history, and it may still take effect: it can sit in a leader's log and
+//! commit later, even after the client's next operations, or be overwritten
+//! and never apply. The store's sessions keep this exactly-once: a session
+//! remembers its last applied write, and a write with an older seq that
+//! commits after it is rejected rather than applied (applying it would move
+//! the session back, and a retry of the newer write would then apply twice).
+//! Both outcomes are legal for an indefinite operation, which may take effect
+//! at any time after its invocation or never. In the quiet phase clients are
+//! patient again, so liveness still requires every operation then to be
+//! answered. [`RaftModel::with_deadlines`] turns giving up off.
+//!
 //! During the fault phase the model also asks random nodes to hand leadership
 //! over ([`AdminOp::TransferLeader`]) and to compact their logs
 //! ([`AdminOp::Snapshot`]), and changes the membership one server at a time:
@@ -115,6 +132,12 @@ pub const COUNTERS: &[&str] = &[
 
 /// How long a client waits for an answer before retrying elsewhere.
 pub const CLIENT_TIMEOUT: Instant = 200 * MS;
+/// The chance that a client of a run is impatient: it gives up on an operation
+/// whose deadline passes (see [`DEADLINES`]).
+pub const IMPATIENT: f64 = 0.5;
+/// The range an impatient client's deadline is drawn from, once per run: how
+/// long after invoking an operation it stops retrying it.
+pub const DEADLINES: std::ops::Range<Instant> = 300 * MS..1_500 * MS;
 /// How long clients keep issuing new operations once the quiet phase begins.
 pub const QUIET_LOAD: Instant = 500 * MS;
 /// How often the logs of the up nodes are compared.
@@ -126,6 +149,7 @@ const WAKE_NEXT_OP: u64 = 0;
 const WAKE_TIMEOUT: u64 = 1;
 const WAKE_ADMIN: u64 = 2;
 const WAKE_LOG_CHECK: u64 = 3;
+const WAKE_DEADLINE: u64 = 4;
 
 fn token(kind: u64, client: usize, generation: u64) -> u64 {
     (kind << 56) | ((client as u64) << 32) | (generation & 0xffff_ffff)
@@ -167,6 +191,9 @@ struct Client {
     stopped: bool,
     /// Last value this client saw per key: what its cas operations expect.
     seen: Vec<Option<String>>,
+    /// How long after invoking an operation an impatient client gives up on it
+    /// (during the fault phase); `None` for a client that retries until answered.
+    deadline: Option<Instant>,
 }
 
 impl Client {
@@ -203,6 +230,8 @@ pub struct RaftModel<B> {
     /// When the first client command was applied, and the messages sent by then.
     first_commit: Option<(Instant, u64)>,
     admin: bool,
+    /// Whether clients may be impatient (default on).
+    deadlines: bool,
     /// The initial voters are nodes `0..voters`; nodes from `voters` up to `n`
     /// are spares that membership changes may bring in.
     voters: usize,
@@ -247,6 +276,7 @@ where
                     redirects: 0,
                     stopped: false,
                     seen: vec![None; KEYS],
+                    deadline: None,
                 })
                 .collect(),
             history: Vec::new(),
@@ -261,6 +291,7 @@ where
             config_changes: 0,
             first_commit: None,
             admin: true,
+            deadlines: true,
             voters: nodes,
             recording: None,
             storage: StorageCounters::default(),
@@ -280,6 +311,13 @@ where
     /// Whether the model injects leadership transfers and snapshots (default on).
     pub fn with_admin(mut self, admin: bool) -> Self {
         self.admin = admin;
+        self
+    }
+
+    /// Whether some clients give up on operations after a deadline (default
+    /// on); off, every client retries each operation until it is answered.
+    pub fn with_deadlines(mut self, deadlines: bool) -> Self {
+        self.deadlines = deadlines;
         self
     }
 
@@ -432,7 +470,41 @@ where
             hist: self.history.len() - 1,
             target: client.leader_guess,
         });
+        if let Some(deadline) = client.deadline {
+            let tok = token(WAKE_DEADLINE, c, client.seq);
+            ctl.wake(deadline, tok);
+        }
         self.send(ctl, c, 0);
+    }
+
+    /// Client `c`'s deadline for operation `seq` has passed. In the fault phase
+    /// it gives up, like an etcd client whose request context expires: the
+    /// application sees an error and moves on to a new operation with a new
+    /// seq. The operation stays indefinite in the history: it may still take
+    /// effect, e.g. from a leader's log, even after later operations of the
+    /// same client, or never (the store rejects a write whose seq is older than
+    /// one it applied for the session). In the quiet phase clients are patient
+    /// again, so liveness still means every operation gets answered.
+    fn deadline_passed(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize, seq: u64) {
+        if ctl.in_quiet_phase() {
+            return;
+        }
+        let client = &mut self.clients[c];
+        // The token holds the low 32 bits of the seq.
+        if client.pending.as_ref().map(|p| p.seq & 0xffff_ffff) != Some(seq) {
+            return;
+        }
+        client.pending = None;
+        client.redirects = 0;
+        if ctl.tracing() {
+            let (session, seq) = (client.session, client.seq);
+            ctl.trace(format_args!(
+                "client {session} gives up on seq {seq}: it stays indefinite"
+            ));
+        }
+        // Bumps the generation: the retry timer of the abandoned operation is
+        // ignored from now on, and so is any answer to it (its seq is stale).
+        self.schedule_next(ctl, c);
     }
 
     fn on_response(
@@ -809,6 +881,9 @@ where
     fn on_start(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         for c in 0..self.clients.len() {
             self.clients[c].leader_guess = ctl.rng().gen_range(0..self.n as NodeId);
+            if self.deadlines && ctl.rng().gen_bool(IMPATIENT) {
+                self.clients[c].deadline = Some(ctl.rng().gen_range(DEADLINES));
+            }
             self.schedule_next(ctl, c);
         }
         if self.admin {
@@ -849,6 +924,7 @@ where
                     self.retry(ctl, c, None, 0);
                 }
             }
+            WAKE_DEADLINE if c < self.clients.len() => self.deadline_passed(ctl, c, generation),
             WAKE_ADMIN => self.admin(ctl),
             WAKE_LOG_CHECK => {
                 self.check_logs(ctl);
