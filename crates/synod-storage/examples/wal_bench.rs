@@ -252,10 +252,27 @@ fn latency_run(dir: &Path, a: &LatencyArgs, out: &mut impl Write) {
         s.sync().unwrap();
         t.elapsed().as_secs_f64() * 1e3
     };
+    // With preallocation the current segment's file grows only when the WAL
+    // zero-fills inline, so its length (read outside the timed region) tells
+    // which syncs paid for a fill.
+    let wal_dir = d.join("wal");
+    let newest_segment = || {
+        let mut names: Vec<_> = std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        names.sort();
+        names.pop().unwrap()
+    };
     while s.wal().segment_count() < 2 {
         op(&mut s);
     }
-    let (mut lat, mut rotation_lat) = (Vec::new(), Vec::new());
+    let (mut lat, mut rotation_lat, mut fill_lat, mut other_lat) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut current = newest_segment();
+    let len_of = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let mut len = len_of(&current);
     let start = Instant::now();
     let target = 2 + a.segments;
     while s.wal().segment_count() < target {
@@ -263,6 +280,16 @@ fn latency_run(dir: &Path, a: &LatencyArgs, out: &mut impl Write) {
         let ms = op(&mut s);
         if s.wal().segment_count() != before {
             rotation_lat.push(ms);
+            current = newest_segment();
+            len = len_of(&current);
+        } else {
+            let now = len_of(&current);
+            if now > len {
+                fill_lat.push(ms);
+            } else {
+                other_lat.push(ms);
+            }
+            len = now;
         }
         lat.push(ms);
     }
@@ -290,6 +317,24 @@ fn latency_run(dir: &Path, a: &LatencyArgs, out: &mut impl Write) {
         pct(&mut lat, 0.999),
         pct(&mut lat, 1.0),
         pct(&mut rotation_lat, 1.0),
+    )
+    .unwrap();
+    let fills = if fill_lat.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{}, median {:.1} ms, max {:.1} ms",
+            fill_lat.len(),
+            pct(&mut fill_lat, 0.5),
+            pct(&mut fill_lat, 1.0)
+        )
+    };
+    writeln!(
+        out,
+        "syncs that zero-filled inline: {fills}; syncs neither rotating nor filling: p99 {:.3} \
+         max {:.1} ms",
+        pct(&mut other_lat, 0.99),
+        pct(&mut other_lat, 1.0),
     )
     .unwrap();
 }
