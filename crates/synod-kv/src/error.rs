@@ -70,8 +70,10 @@ impl Error {
             Error::LeaseNotFound(_) => "etcdserver: requested lease not found",
             Error::LeaseExists(_) => "etcdserver: lease already exists",
             Error::LeaseTtlTooLarge(_) => "etcdserver: too large lease TTL",
-            Error::FutureRevision { .. } => "mvcc: required revision is a future revision",
-            Error::Compacted { .. } => "mvcc: required revision has been compacted",
+            Error::FutureRevision { .. } => {
+                "etcdserver: mvcc: required revision is a future revision"
+            }
+            Error::Compacted { .. } => "etcdserver: mvcc: required revision has been compacted",
             Error::DuplicateKey => "etcdserver: duplicate key given in txn request",
             Error::TooManyOps { .. } => "etcdserver: too many operations in txn request",
         }

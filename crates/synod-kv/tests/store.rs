@@ -478,7 +478,7 @@ fn error_messages_are_etcds() {
             compacted: 5
         }
         .etcd_message(),
-        "mvcc: required revision has been compacted"
+        "etcdserver: mvcc: required revision has been compacted"
     );
     assert_eq!(
         Error::LeaseNotFound(3).etcd_message(),

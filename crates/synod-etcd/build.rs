@@ -1,0 +1,18 @@
+//! Compiles etcd's API protos with protox (pure Rust: no system protoc needed)
+//! and generates prost messages and tonic services from them.
+
+fn main() {
+    let protos = [
+        "proto/etcd/api/mvccpb/kv.proto",
+        "proto/etcd/api/etcdserverpb/rpc.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"]).expect("etcd API protos compile");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .expect("generate etcd API code");
+}

@@ -1,0 +1,100 @@
+//! What the API services need from a member, whatever keeps its data.
+
+use std::future::Future;
+use synod_kv::{Command, CommandResponse, RangeRequest, RangeResponse};
+
+/// The header etcd puts on every response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    /// The store's revision when the request was served.
+    pub revision: i64,
+    pub raft_term: u64,
+}
+
+/// A lease's remaining and granted time, in seconds, and its keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub remaining: i64,
+    pub granted: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// What `etcdctl endpoint status` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusInfo {
+    pub version: String,
+    pub db_size: i64,
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub raft_applied_index: u64,
+    pub errors: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// Why a backend could not serve a request, in etcd's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// The store refused the request (bad key, compacted revision, ...).
+    Kv(synod_kv::Error),
+    /// No leader is known right now; the client should retry.
+    NoLeader,
+    /// The request was not applied in time; it may still be.
+    Timeout,
+    /// The member cannot serve (shutting down, disk failed, ...).
+    Unavailable(String),
+}
+
+impl From<synod_kv::Error> for ApiError {
+    fn from(e: synod_kv::Error) -> ApiError {
+        ApiError::Kv(e)
+    }
+}
+
+/// A member as the API services see it. Implementations decide how reads are
+/// made linearizable and how writes become durable; the services only promise
+/// to call them with requests that passed etcd's static checks.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads keys. Unless `serializable`, the answer must reflect every write
+    /// acknowledged before the call (linearizable); a serializable read may be
+    /// served from this member's possibly stale state.
+    fn range(
+        &self,
+        req: RangeRequest,
+        serializable: bool,
+    ) -> impl Future<Output = Result<(Header, RangeResponse), ApiError>> + Send;
+
+    /// Applies a command that changes the store. Answers only once the command
+    /// is applied, and for a replicated backend durable on a majority.
+    fn write(
+        &self,
+        cmd: Command,
+    ) -> impl Future<Output = Result<(Header, CommandResponse), ApiError>> + Send;
+
+    /// Renews a lease; returns its TTL in seconds, or `LeaseNotFound`.
+    fn keep_alive(&self, id: i64) -> impl Future<Output = Result<(Header, i64), ApiError>> + Send;
+
+    /// A lease's remaining time, or `None` if it does not exist.
+    fn time_to_live(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<(Header, Option<LeaseTtl>), ApiError>> + Send;
+
+    /// Every lease id.
+    fn leases(&self) -> impl Future<Output = Result<(Header, Vec<i64>), ApiError>> + Send;
+
+    fn members(&self) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send;
+
+    fn status(&self) -> impl Future<Output = Result<(Header, StatusInfo), ApiError>> + Send;
+}

@@ -1,0 +1,39 @@
+//! etcd's v3 gRPC API for synod.
+//!
+//! Three pieces, so the API does not care how the data is kept:
+//!
+//! * [`pb`]: etcd's wire types and service stubs, generated at build time from
+//!   `proto/` (etcd's package, message names and field numbers; compiled with
+//!   protox, so no system `protoc` is needed);
+//! * [`Backend`]: what the services need from a member — reads, replicated
+//!   writes, lease clocks, membership and status — with etcd's error vocabulary
+//!   ([`ApiError`]);
+//! * [`EtcdServer`]: the KV, Lease, Cluster and Maintenance services on top of
+//!   any backend: request checks and size limits, conversion between wire types
+//!   and [`synod_kv`]'s, and etcd's exact error codes and messages, which
+//!   etcd's clients match on.
+//!
+//! [`LocalBackend`] is a single member that keeps its store in memory: the test
+//! double for this layer, and what etcdctl is checked against in
+//! `tests/etcdctl.rs`. The replicated, durable backend (Raft over the WAL)
+//! implements the same trait.
+
+pub mod pb {
+    //! Generated from `proto/`: etcd's `mvccpb` and `etcdserverpb` packages.
+    #![allow(clippy::all, missing_docs)]
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
+
+mod backend;
+mod convert;
+mod local;
+mod service;
+
+pub use backend::{ApiError, Backend, Header, LeaseTtl, MemberInfo, StatusInfo};
+pub use local::LocalBackend;
+pub use service::{EtcdServer, Limits};

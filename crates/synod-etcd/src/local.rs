@@ -1,0 +1,163 @@
+//! A single member that keeps its store in memory.
+//!
+//! Nothing is replicated or written to disk, so it must never be offered as a
+//! service: it exists to test the API layer (conversions, errors, streams)
+//! against real clients such as etcdctl, independently of replication.
+
+use crate::backend::{ApiError, Backend, Header, LeaseTtl, MemberInfo, StatusInfo};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use synod_kv::{Command, CommandResponse, Error, RangeRequest, RangeResponse, Store};
+
+/// Shortest lease TTL granted, in seconds (etcd raises shorter requests too).
+const MIN_TTL: i64 = 2;
+
+struct State {
+    store: Store,
+    /// When each lease expires unless kept alive.
+    deadlines: BTreeMap<i64, Instant>,
+}
+
+pub struct LocalBackend {
+    cluster_id: u64,
+    member: MemberInfo,
+    state: Mutex<State>,
+}
+
+impl LocalBackend {
+    pub fn new(member_id: u64, name: &str, client_url: &str) -> LocalBackend {
+        LocalBackend {
+            cluster_id: 0x5359_4e4f_4400_0001,
+            member: MemberInfo {
+                id: member_id,
+                name: name.to_string(),
+                peer_urls: Vec::new(),
+                client_urls: vec![client_url.to_string()],
+                is_learner: false,
+            },
+            state: Mutex::new(State {
+                store: Store::new(),
+                deadlines: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn header(&self, store: &Store) -> Header {
+        Header {
+            cluster_id: self.cluster_id,
+            member_id: self.member.id,
+            revision: store.revision(),
+            raft_term: 1,
+        }
+    }
+
+    /// The state with every lease whose deadline passed already revoked, so no
+    /// caller ever sees a key whose lease has expired.
+    fn state(&self) -> Result<MutexGuard<'_, State>, ApiError> {
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| ApiError::Unavailable("synod: local backend poisoned".into()))?;
+        let now = Instant::now();
+        let due: Vec<i64> = s
+            .deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            s.deadlines.remove(&id);
+            s.store
+                .apply(&Command::LeaseRevoke { id })
+                .expect("a lease with a deadline exists");
+        }
+        Ok(s)
+    }
+}
+
+impl Backend for LocalBackend {
+    async fn range(
+        &self,
+        req: RangeRequest,
+        _serializable: bool,
+    ) -> Result<(Header, RangeResponse), ApiError> {
+        let s = self.state()?;
+        let r = s.store.range(&req)?;
+        Ok((self.header(&s.store), r))
+    }
+
+    async fn write(&self, cmd: Command) -> Result<(Header, CommandResponse), ApiError> {
+        let cmd = match cmd {
+            Command::LeaseGrant { id, ttl } => Command::LeaseGrant {
+                id,
+                ttl: ttl.max(MIN_TTL),
+            },
+            other => other,
+        };
+        let mut s = self.state()?;
+        let (resp, _events) = s.store.apply(&cmd)?;
+        match (&cmd, &resp) {
+            (_, CommandResponse::LeaseGrant { id, ttl }) => {
+                let at = Instant::now() + Duration::from_secs(*ttl as u64);
+                s.deadlines.insert(*id, at);
+            }
+            (Command::LeaseRevoke { id }, _) => {
+                s.deadlines.remove(id);
+            }
+            _ => {}
+        }
+        Ok((self.header(&s.store), resp))
+    }
+
+    async fn keep_alive(&self, id: i64) -> Result<(Header, i64), ApiError> {
+        let mut s = self.state()?;
+        let lease = s.store.lease(id).ok_or(Error::LeaseNotFound(id))?;
+        s.deadlines
+            .insert(id, Instant::now() + Duration::from_secs(lease.ttl as u64));
+        Ok((self.header(&s.store), lease.ttl))
+    }
+
+    async fn time_to_live(&self, id: i64) -> Result<(Header, Option<LeaseTtl>), ApiError> {
+        let s = self.state()?;
+        let ttl = s.store.lease(id).map(|l| {
+            let left = s.deadlines.get(&id).map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            LeaseTtl {
+                remaining: left.as_secs() as i64,
+                granted: l.ttl,
+                keys: l.keys,
+            }
+        });
+        Ok((self.header(&s.store), ttl))
+    }
+
+    async fn leases(&self) -> Result<(Header, Vec<i64>), ApiError> {
+        let s = self.state()?;
+        Ok((self.header(&s.store), s.store.leases()))
+    }
+
+    async fn members(&self) -> Result<(Header, Vec<MemberInfo>), ApiError> {
+        let s = self.state()?;
+        Ok((self.header(&s.store), vec![self.member.clone()]))
+    }
+
+    async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
+        let s = self.state()?;
+        Ok((
+            self.header(&s.store),
+            StatusInfo {
+                // The etcd API version spoken, which clients look at.
+                version: "3.5.0".into(),
+                db_size: 0,
+                leader: self.member.id,
+                raft_index: 0,
+                raft_term: 1,
+                raft_applied_index: 0,
+                errors: Vec::new(),
+                is_learner: false,
+            },
+        ))
+    }
+}

@@ -1,0 +1,351 @@
+//! etcd's KV, Lease, Cluster and Maintenance services over a [`Backend`].
+
+use crate::backend::{ApiError, Backend};
+use crate::convert;
+use crate::pb::etcdserverpb as pb;
+use pb::cluster_server::{Cluster, ClusterServer};
+use pb::kv_server::{Kv, KvServer};
+use pb::lease_server::{Lease, LeaseServer};
+use pb::maintenance_server::{Maintenance, MaintenanceServer};
+use prost::Message;
+use std::pin::Pin;
+use std::sync::Arc;
+use synod_kv as kv;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// Request limits, etcd's defaults unless set.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest write request accepted (`--max-request-bytes`, 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Most operations per transaction branch (`--max-txn-ops`, 128). Must be
+    /// the same on every member: the store checks it again when applying.
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: kv::MAX_TXN_OPS,
+        }
+    }
+}
+
+/// gRPC's framing on top of the largest request, as etcd allows it.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The status etcd sends for an error: its code and its exact message (etcd's
+/// Go client turns known messages back into typed errors).
+pub(crate) fn status(e: &ApiError) -> Status {
+    match e {
+        ApiError::Kv(e) => {
+            let code = match e.class() {
+                kv::ErrorClass::InvalidArgument => Code::InvalidArgument,
+                kv::ErrorClass::NotFound => Code::NotFound,
+                kv::ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+                kv::ErrorClass::OutOfRange => Code::OutOfRange,
+            };
+            Status::new(code, e.etcd_message())
+        }
+        ApiError::NoLeader => Status::unavailable("etcdserver: no leader"),
+        ApiError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        ApiError::Unavailable(why) => Status::unavailable(why.clone()),
+    }
+}
+
+fn too_large() -> Status {
+    Status::invalid_argument("etcdserver: request is too large")
+}
+
+/// The etcd API of one member.
+pub struct EtcdServer<B> {
+    backend: Arc<B>,
+    limits: Limits,
+}
+
+impl<B> Clone for EtcdServer<B> {
+    fn clone(&self) -> Self {
+        EtcdServer {
+            backend: self.backend.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+impl<B: Backend> EtcdServer<B> {
+    pub fn new(backend: Arc<B>, limits: Limits) -> Self {
+        EtcdServer { backend, limits }
+    }
+
+    /// All four services, ready to serve (`.serve(addr)` or
+    /// `.serve_with_incoming(listener)`).
+    pub fn router(self) -> tonic::service::Routes {
+        let max = self.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        tonic::service::Routes::new(KvServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(ClusterServer::new(self.clone()))
+            .add_service(MaintenanceServer::new(self))
+    }
+
+    async fn write(
+        &self,
+        cmd: kv::Command,
+    ) -> Result<(crate::Header, kv::CommandResponse), Status> {
+        cmd.validate(self.limits.max_txn_ops)
+            .map_err(|e| status(&e.into()))?;
+        self.backend.write(cmd).await.map_err(|e| status(&e))
+    }
+
+    fn check_size(&self, req: &impl Message) -> Result<(), Status> {
+        if req.encoded_len() > self.limits.max_request_bytes {
+            return Err(too_large());
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(what: &str, got: &kv::CommandResponse) -> Status {
+    Status::internal(format!("synod: a {what} was answered with {got:?}"))
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Kv for EtcdServer<B> {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let req = req.into_inner();
+        let serializable = req.serializable;
+        let r = convert::range_request(req)?;
+        if r.key.is_empty() {
+            return Err(status(&kv::Error::EmptyKey.into()));
+        }
+        let (h, resp) = self
+            .backend
+            .range(r, serializable)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(convert::range_response(h, resp)))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(&req)?;
+        match self
+            .write(kv::Command::Put(convert::put_request(req)))
+            .await?
+        {
+            (h, kv::CommandResponse::Put(p)) => Ok(Response::new(convert::put_response(h, p))),
+            (_, other) => Err(unexpected("put", &other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(&req)?;
+        match self
+            .write(kv::Command::DeleteRange(convert::delete_request(req)))
+            .await?
+        {
+            (h, kv::CommandResponse::DeleteRange(d)) => {
+                Ok(Response::new(convert::delete_response(h, d)))
+            }
+            (_, other) => Err(unexpected("delete", &other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(&req)?;
+        let t = convert::txn_request(req)?;
+        match self.write(kv::Command::Txn(t)).await? {
+            (h, kv::CommandResponse::Txn(t)) => Ok(Response::new(convert::txn_response(h, t))),
+            (_, other) => Err(unexpected("txn", &other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let revision = req.into_inner().revision;
+        let (h, _) = self.write(kv::Command::Compact { revision }).await?;
+        Ok(Response::new(pb::CompactionResponse {
+            header: convert::header(h),
+        }))
+    }
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<B: Backend> Lease for EtcdServer<B> {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let req = req.into_inner();
+        let cmd = kv::Command::LeaseGrant {
+            id: req.id,
+            ttl: req.ttl,
+        };
+        match self.write(cmd).await? {
+            (h, kv::CommandResponse::LeaseGrant { id, ttl }) => {
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    header: convert::header(h),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            (_, other) => Err(unexpected("lease grant", &other)),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = req.into_inner().id;
+        let (h, _) = self.write(kv::Command::LeaseRevoke { id }).await?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: convert::header(h),
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut inbound = req.into_inner();
+        let backend = self.backend.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let reply = match backend.keep_alive(msg.id).await {
+                    Ok((h, ttl)) => Ok(pb::LeaseKeepAliveResponse {
+                        header: convert::header(h),
+                        id: msg.id,
+                        ttl,
+                    }),
+                    // etcd tells a client its lease is gone with a TTL of 0.
+                    Err(ApiError::Kv(kv::Error::LeaseNotFound(_))) => {
+                        Ok(pb::LeaseKeepAliveResponse {
+                            header: None,
+                            id: msg.id,
+                            ttl: 0,
+                        })
+                    }
+                    Err(e) => Err(status(&e)),
+                };
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let req = req.into_inner();
+        let (h, ttl) = self
+            .backend
+            .time_to_live(req.id)
+            .await
+            .map_err(|e| status(&e))?;
+        // etcd reports a missing lease as TTL -1 rather than an error.
+        let resp = match ttl {
+            Some(t) => pb::LeaseTimeToLiveResponse {
+                header: convert::header(h),
+                id: req.id,
+                ttl: t.remaining,
+                granted_ttl: t.granted,
+                keys: if req.keys { t.keys } else { Vec::new() },
+            },
+            None => pb::LeaseTimeToLiveResponse {
+                header: convert::header(h),
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let (h, ids) = self.backend.leases().await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: convert::header(h),
+            leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Cluster for EtcdServer<B> {
+    async fn member_list(
+        &self,
+        _req: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let (h, members) = self.backend.members().await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MemberListResponse {
+            header: convert::header(h),
+            members: members
+                .into_iter()
+                .map(|m| pb::Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_ur_ls: m.peer_urls,
+                    client_ur_ls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Maintenance for EtcdServer<B> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let (h, s) = self.backend.status().await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::StatusResponse {
+            header: convert::header(h),
+            version: s.version,
+            db_size: s.db_size,
+            leader: s.leader,
+            raft_index: s.raft_index,
+            raft_term: s.raft_term,
+            raft_applied_index: s.raft_applied_index,
+            errors: s.errors,
+            db_size_in_use: s.db_size,
+            is_learner: s.is_learner,
+        }))
+    }
+}

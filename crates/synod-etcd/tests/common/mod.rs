@@ -1,0 +1,22 @@
+//! A member served on a free loopback port, for the tests.
+
+use std::sync::Arc;
+use synod_etcd::{EtcdServer, Limits, LocalBackend};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Starts an in-memory member on 127.0.0.1 and returns its `host:port`. The
+/// server lives as long as the runtime that runs it.
+pub async fn serve(limits: Limits) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = Arc::new(LocalBackend::new(1, "n1", &format!("http://{addr}")));
+    let routes = EtcdServer::new(backend, limits).router();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .expect("server runs");
+    });
+    addr.to_string()
+}
