@@ -1,7 +1,23 @@
 //! What the API services need from a member, whatever keeps its data.
 
 use std::future::Future;
-use synod_kv::{Command, CommandResponse, RangeRequest, RangeResponse};
+use std::sync::Arc;
+use synod_kv::{Command, CommandResponse, Event, RangeRequest, RangeResponse};
+use tokio::sync::broadcast;
+
+/// The changes one applied command made, all at one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// A feed of everything applied after `revision`, in revision order. A
+/// receiver that falls behind gets `Lagged` and must catch up from history.
+pub struct Subscription {
+    pub revision: i64,
+    pub feed: broadcast::Receiver<Arc<Applied>>,
+}
 
 /// The header etcd puts on every response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,4 +113,19 @@ pub trait Backend: Send + Sync + 'static {
     fn members(&self) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send;
 
     fn status(&self) -> impl Future<Output = Result<(Header, StatusInfo), ApiError>> + Send;
+
+    /// Subscribes to every change applied on this member from now on.
+    fn subscribe(&self) -> impl Future<Output = Result<Subscription, ApiError>> + Send;
+
+    /// The changes to `key..range_end` from `start` on, with the revision they
+    /// run up to (everything up to it is included), or `Compacted`.
+    fn history(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start: i64,
+    ) -> impl Future<Output = Result<(i64, Vec<Event>), ApiError>> + Send;
+
+    /// The member's current revision (for watch headers).
+    fn header(&self) -> impl Future<Output = Result<Header, ApiError>> + Send;
 }

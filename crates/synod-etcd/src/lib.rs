@@ -8,7 +8,7 @@
 //! * [`Backend`]: what the services need from a member — reads, replicated
 //!   writes, lease clocks, membership and status — with etcd's error vocabulary
 //!   ([`ApiError`]);
-//! * [`EtcdServer`]: the KV, Lease, Cluster and Maintenance services on top of
+//! * [`EtcdServer`]: the KV, Watch, Lease, Cluster and Maintenance services on top of
 //!   any backend: request checks and size limits, conversion between wire types
 //!   and [`synod_kv`]'s, and etcd's exact error codes and messages, which
 //!   etcd's clients match on.
@@ -33,7 +33,10 @@ mod backend;
 mod convert;
 mod local;
 mod service;
+mod watch;
 
-pub use backend::{ApiError, Backend, Header, LeaseTtl, MemberInfo, StatusInfo};
+pub use backend::{
+    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
+};
 pub use local::LocalBackend;
 pub use service::{EtcdServer, Limits};

@@ -4,11 +4,17 @@
 //! service: it exists to test the API layer (conversions, errors, streams)
 //! against real clients such as etcdctl, independently of replication.
 
-use crate::backend::{ApiError, Backend, Header, LeaseTtl, MemberInfo, StatusInfo};
+use crate::backend::{
+    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
+};
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use synod_kv::{Command, CommandResponse, Error, RangeRequest, RangeResponse, Store};
+use synod_kv::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
+use tokio::sync::broadcast;
+
+/// Applied changes buffered per subscriber before it counts as lagging.
+const FEED_CAPACITY: usize = 1024;
 
 /// Shortest lease TTL granted, in seconds (etcd raises shorter requests too).
 const MIN_TTL: i64 = 2;
@@ -23,6 +29,8 @@ pub struct LocalBackend {
     cluster_id: u64,
     member: MemberInfo,
     state: Mutex<State>,
+    /// Sent under the state lock, so the feed is in revision order.
+    feed: broadcast::Sender<Arc<Applied>>,
 }
 
 impl LocalBackend {
@@ -40,10 +48,21 @@ impl LocalBackend {
                 store: Store::new(),
                 deadlines: BTreeMap::new(),
             }),
+            feed: broadcast::channel(FEED_CAPACITY).0,
         }
     }
 
-    fn header(&self, store: &Store) -> Header {
+    fn publish(&self, store: &Store, events: Vec<Event>) {
+        if !events.is_empty() {
+            // No subscriber is not an error.
+            let _ = self.feed.send(Arc::new(Applied {
+                revision: store.revision(),
+                events,
+            }));
+        }
+    }
+
+    fn header_at(&self, store: &Store) -> Header {
         Header {
             cluster_id: self.cluster_id,
             member_id: self.member.id,
@@ -68,9 +87,11 @@ impl LocalBackend {
             .collect();
         for id in due {
             s.deadlines.remove(&id);
-            s.store
+            let (_, events) = s
+                .store
                 .apply(&Command::LeaseRevoke { id })
                 .expect("a lease with a deadline exists");
+            self.publish(&s.store, events);
         }
         Ok(s)
     }
@@ -84,7 +105,7 @@ impl Backend for LocalBackend {
     ) -> Result<(Header, RangeResponse), ApiError> {
         let s = self.state()?;
         let r = s.store.range(&req)?;
-        Ok((self.header(&s.store), r))
+        Ok((self.header_at(&s.store), r))
     }
 
     async fn write(&self, cmd: Command) -> Result<(Header, CommandResponse), ApiError> {
@@ -96,7 +117,8 @@ impl Backend for LocalBackend {
             other => other,
         };
         let mut s = self.state()?;
-        let (resp, _events) = s.store.apply(&cmd)?;
+        let (resp, events) = s.store.apply(&cmd)?;
+        self.publish(&s.store, events);
         match (&cmd, &resp) {
             (_, CommandResponse::LeaseGrant { id, ttl }) => {
                 let at = Instant::now() + Duration::from_secs(*ttl as u64);
@@ -107,7 +129,7 @@ impl Backend for LocalBackend {
             }
             _ => {}
         }
-        Ok((self.header(&s.store), resp))
+        Ok((self.header_at(&s.store), resp))
     }
 
     async fn keep_alive(&self, id: i64) -> Result<(Header, i64), ApiError> {
@@ -115,7 +137,7 @@ impl Backend for LocalBackend {
         let lease = s.store.lease(id).ok_or(Error::LeaseNotFound(id))?;
         s.deadlines
             .insert(id, Instant::now() + Duration::from_secs(lease.ttl as u64));
-        Ok((self.header(&s.store), lease.ttl))
+        Ok((self.header_at(&s.store), lease.ttl))
     }
 
     async fn time_to_live(&self, id: i64) -> Result<(Header, Option<LeaseTtl>), ApiError> {
@@ -130,23 +152,47 @@ impl Backend for LocalBackend {
                 keys: l.keys,
             }
         });
-        Ok((self.header(&s.store), ttl))
+        Ok((self.header_at(&s.store), ttl))
     }
 
     async fn leases(&self) -> Result<(Header, Vec<i64>), ApiError> {
         let s = self.state()?;
-        Ok((self.header(&s.store), s.store.leases()))
+        Ok((self.header_at(&s.store), s.store.leases()))
     }
 
     async fn members(&self) -> Result<(Header, Vec<MemberInfo>), ApiError> {
         let s = self.state()?;
-        Ok((self.header(&s.store), vec![self.member.clone()]))
+        Ok((self.header_at(&s.store), vec![self.member.clone()]))
+    }
+
+    async fn subscribe(&self) -> Result<Subscription, ApiError> {
+        let s = self.state()?;
+        Ok(Subscription {
+            revision: s.store.revision(),
+            feed: self.feed.subscribe(),
+        })
+    }
+
+    async fn history(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start: i64,
+    ) -> Result<(i64, Vec<Event>), ApiError> {
+        let s = self.state()?;
+        let events = s.store.events_since(&key, &range_end, start)?;
+        Ok((s.store.revision(), events))
+    }
+
+    async fn header(&self) -> Result<Header, ApiError> {
+        let s = self.state()?;
+        Ok(self.header_at(&s.store))
     }
 
     async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
         let s = self.state()?;
         Ok((
-            self.header(&s.store),
+            self.header_at(&s.store),
             StatusInfo {
                 // The etcd API version spoken, which clients look at.
                 version: "3.5.0".into(),

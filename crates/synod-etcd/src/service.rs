@@ -7,6 +7,7 @@ use pb::cluster_server::{Cluster, ClusterServer};
 use pb::kv_server::{Kv, KvServer};
 use pb::lease_server::{Lease, LeaseServer};
 use pb::maintenance_server::{Maintenance, MaintenanceServer};
+use pb::watch_server::{Watch, WatchServer};
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,6 +87,7 @@ impl<B: Backend> EtcdServer<B> {
         let max = self.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
         tonic::service::Routes::new(KvServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(WatchServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self))
     }
@@ -179,6 +181,26 @@ impl<B: Backend> Kv for EtcdServer<B> {
         Ok(Response::new(pb::CompactionResponse {
             header: convert::header(h),
         }))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<B: Backend> Watch for EtcdServer<B> {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        tokio::spawn(crate::watch::serve(
+            self.backend.clone(),
+            req.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -5,8 +5,10 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 use synod_etcd::Limits;
 
 /// The etcdctl to run: `$ETCDCTL`, else `etcdctl` on the PATH.
@@ -50,6 +52,30 @@ impl Ctl {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Starts `etcdctl watch ARGS` and returns it with a channel of its output
+    /// lines (read on a thread, so a missing event times out instead of hanging).
+    fn watch(&self, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+        let mut child = Command::new(&self.bin)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .arg("watch")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line.unwrap_or_default()).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
     }
 
     /// Runs a command that must succeed and returns its stdout.
@@ -148,6 +174,25 @@ fn etcdctl_works_against_synod() {
         ctl.fails(&["put", "k", "v", "--lease=77"]),
         "Error: etcdserver: requested lease not found"
     );
+
+    // Watch: history from a past revision, then a live change.
+    let start = ctl
+        .ok(&["put", "watched", "one", "-w", "fields"])
+        .lines()
+        .find_map(|l| l.strip_prefix("\"Revision\" : "))
+        .unwrap()
+        .to_string();
+    let (mut child, lines) = ctl.watch(&["watched", &format!("--rev={start}")]);
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("etcdctl watch prints the event")
+    };
+    assert_eq!([next(), next(), next()], ["PUT", "watched", "one"]);
+    ctl.ok(&["del", "watched"]);
+    assert_eq!([next(), next()], ["DELETE", "watched"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
 
     // Cluster and member status.
     assert!(ctl.ok(&["member", "list"]).starts_with("1, started, n1, "));

@@ -310,3 +310,188 @@ async fn members_and_status() {
     assert_eq!(s.leader, 1);
     assert!(!s.version.is_empty());
 }
+
+mod watch {
+    use super::*;
+    use pb::watch_client::WatchClient;
+    use pb::watch_request::RequestUnion;
+    use synod_etcd::pb::mvccpb::event::EventType;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    struct Stream {
+        tx: mpsc::Sender<pb::WatchRequest>,
+        rx: tonic::Streaming<pb::WatchResponse>,
+    }
+
+    impl Stream {
+        async fn open(channel: Channel) -> Stream {
+            let (tx, rx) = mpsc::channel(8);
+            let rx = WatchClient::new(channel)
+                .watch(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            Stream { tx, rx }
+        }
+        async fn create(&mut self, c: pb::WatchCreateRequest) -> pb::WatchResponse {
+            self.tx
+                .send(pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(c)),
+                })
+                .await
+                .unwrap();
+            self.next().await
+        }
+        async fn next(&mut self) -> pb::WatchResponse {
+            self.rx.message().await.unwrap().expect("stream open")
+        }
+    }
+
+    fn events(r: &pb::WatchResponse) -> Vec<(EventType, String, String)> {
+        r.events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.clone().unwrap();
+                (
+                    e.r#type(),
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_watch_replays_history_then_follows_live_changes() {
+        let channel = connect(Limits::default()).await;
+        let mut kv = KvClient::new(channel.clone());
+        kv.put(put("app/a", "1")).await.unwrap(); // revision 2
+        kv.put(put("other", "x")).await.unwrap(); // 3
+        kv.put(put("app/a", "2")).await.unwrap(); // 4
+
+        let mut w = Stream::open(channel).await;
+        let created = w
+            .create(pb::WatchCreateRequest {
+                key: "app/".into(),
+                range_end: "app0".into(),
+                start_revision: 2,
+                prev_kv: true,
+                ..Default::default()
+            })
+            .await;
+        assert!(created.created && !created.canceled);
+        assert_eq!(created.watch_id, 0, "ids count up from 0");
+        let r = w.next().await;
+        assert_eq!(r.header.unwrap().revision, 2);
+        assert_eq!(events(&r), [(EventType::Put, "app/a".into(), "1".into())]);
+        let r = w.next().await;
+        assert_eq!(events(&r), [(EventType::Put, "app/a".into(), "2".into())]);
+        assert_eq!(r.events[0].prev_kv.clone().unwrap().value, b"1");
+
+        // Live: a transaction that touches two watched keys is one response.
+        let op = |r| pb::RequestOp { request: Some(r) };
+        kv.txn(pb::TxnRequest {
+            success: vec![
+                op(pb::request_op::Request::RequestPut(put("app/b", "3"))),
+                op(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: "app/a".into(),
+                        ..Default::default()
+                    },
+                )),
+                op(pb::request_op::Request::RequestPut(put("unwatched", "4"))),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = w.next().await;
+        assert_eq!(r.header.unwrap().revision, 5);
+        assert_eq!(
+            events(&r),
+            [
+                (EventType::Put, "app/b".into(), "3".into()),
+                (EventType::Delete, "app/a".into(), "".into())
+            ]
+        );
+
+        // A second watcher on the same stream, without puts.
+        let c = w
+            .create(pb::WatchCreateRequest {
+                key: "app/b".into(),
+                filters: vec![pb::watch_create_request::FilterType::Noput as i32],
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(c.watch_id, 1);
+        kv.put(put("app/b", "5")).await.unwrap();
+        kv.delete_range(pb::DeleteRangeRequest {
+            key: "app/b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = w.next().await;
+            seen.push((r.watch_id, events(&r)));
+        }
+        assert!(seen.contains(&(0, vec![(EventType::Put, "app/b".into(), "5".into())])));
+        assert!(seen.contains(&(0, vec![(EventType::Delete, "app/b".into(), "".into())])));
+        assert!(seen.contains(&(1, vec![(EventType::Delete, "app/b".into(), "".into())])));
+
+        // Cancel one.
+        w.tx.send(pb::WatchRequest {
+            request_union: Some(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+                watch_id: 1,
+            })),
+        })
+        .await
+        .unwrap();
+        let r = w.next().await;
+        assert!(r.canceled && r.watch_id == 1);
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_a_compacted_revision_is_canceled() {
+        let channel = connect(Limits::default()).await;
+        let mut kv = KvClient::new(channel.clone());
+        for v in ["1", "2", "3"] {
+            kv.put(put("k", v)).await.unwrap();
+        }
+        kv.compact(pb::CompactionRequest {
+            revision: 3,
+            physical: false,
+        })
+        .await
+        .unwrap();
+        let mut w = Stream::open(channel).await;
+        let created = w
+            .create(pb::WatchCreateRequest {
+                key: "k".into(),
+                start_revision: 2,
+                ..Default::default()
+            })
+            .await;
+        assert!(created.created);
+        let r = w.next().await;
+        assert!(r.canceled);
+        assert_eq!(r.compact_revision, 3);
+        assert_eq!(
+            r.cancel_reason,
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        // From the compaction revision itself it works.
+        let created = w
+            .create(pb::WatchCreateRequest {
+                key: "k".into(),
+                start_revision: 3,
+                ..Default::default()
+            })
+            .await;
+        assert!(created.created && !created.canceled);
+        let r = w.next().await;
+        assert_eq!(events(&r), [(EventType::Put, "k".into(), "2".into())]);
+    }
+}

@@ -1,0 +1,262 @@
+//! etcd's Watch service: many watchers on one bidirectional stream, each
+//! replaying history from its start revision and then following live changes.
+//!
+//! A watcher first subscribes (learning the revision R the feed starts after),
+//! then reads history from its start revision up to some revision C >= R, and
+//! then takes feed entries above C. Nothing is missed (history covers up to C,
+//! the feed everything after R) and nothing is sent twice (feed entries up to C
+//! are skipped). A watcher that falls behind the feed catches up from history
+//! the same way; if compaction got there first it is canceled, as in etcd.
+
+use crate::backend::{ApiError, Backend, Header};
+use crate::convert;
+use crate::pb::etcdserverpb as pb;
+use crate::pb::mvccpb;
+use std::collections::HashMap;
+use std::sync::Arc;
+use synod_kv::{Event, EventKind, Store};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tonic::{Status, Streaming};
+
+type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+/// Serves one Watch stream until the client closes it.
+pub(crate) async fn serve<B: Backend>(
+    backend: Arc<B>,
+    mut inbound: Streaming<pb::WatchRequest>,
+    out: Out,
+) {
+    use pb::watch_request::RequestUnion as R;
+    let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
+    let mut next_id = 0i64;
+    while let Ok(Some(req)) = inbound.message().await {
+        watchers.retain(|_, h| !h.is_finished());
+        match req.request_union {
+            Some(R::CreateRequest(c)) => {
+                // Ids the client does not choose count up from 0, as in etcd.
+                let id = if c.watch_id != 0 {
+                    c.watch_id
+                } else {
+                    while watchers.contains_key(&next_id) {
+                        next_id += 1;
+                    }
+                    next_id += 1;
+                    next_id - 1
+                };
+                if watchers.contains_key(&id) {
+                    let header = backend.header().await.unwrap_or_default();
+                    let _ = out
+                        .send(Ok(pb::WatchResponse {
+                            header: convert::header(header),
+                            watch_id: id,
+                            created: true,
+                            canceled: true,
+                            cancel_reason: "etcdserver: duplicate watch ID".into(),
+                            ..Default::default()
+                        }))
+                        .await;
+                    continue;
+                }
+                let task = tokio::spawn(watcher(backend.clone(), id, c, out.clone()));
+                watchers.insert(id, task);
+            }
+            Some(R::CancelRequest(c)) => {
+                if let Some(task) = watchers.remove(&c.watch_id) {
+                    task.abort();
+                    let header = backend.header().await.unwrap_or_default();
+                    let _ = out
+                        .send(Ok(pb::WatchResponse {
+                            header: convert::header(header),
+                            watch_id: c.watch_id,
+                            canceled: true,
+                            ..Default::default()
+                        }))
+                        .await;
+                }
+            }
+            Some(R::ProgressRequest(_)) => {
+                // Every watcher on the stream is caught up to this revision:
+                // events are sent before the task takes the next feed entry.
+                let header = backend.header().await.unwrap_or_default();
+                let _ = out
+                    .send(Ok(pb::WatchResponse {
+                        header: convert::header(header),
+                        watch_id: -1,
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+            None => {}
+        }
+    }
+    for task in watchers.values() {
+        task.abort();
+    }
+}
+
+struct Watcher {
+    id: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    header: Header,
+    out: Out,
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        Store::watch_matches(&self.key, &self.range_end, &e.kv.key)
+            && match e.kind {
+                EventKind::Put => !self.no_put,
+                EventKind::Delete => !self.no_delete,
+            }
+    }
+
+    fn event(&self, e: &Event) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: match e.kind {
+                EventKind::Put => mvccpb::event::EventType::Put,
+                EventKind::Delete => mvccpb::event::EventType::Delete,
+            } as i32,
+            kv: Some(convert::key_value(e.kv.clone())),
+            prev_kv: if self.prev_kv {
+                e.prev_kv.clone().map(convert::key_value)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Sends the wanted events, one response per revision. False once the
+    /// client is gone.
+    async fn deliver(&self, events: &[Event]) -> bool {
+        for batch in events.chunk_by(|a, b| a.kv.mod_revision == b.kv.mod_revision) {
+            let wanted: Vec<mvccpb::Event> = batch
+                .iter()
+                .filter(|e| self.wants(e))
+                .map(|e| self.event(e))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let header = Header {
+                revision: batch[0].kv.mod_revision,
+                ..self.header
+            };
+            let resp = pb::WatchResponse {
+                header: convert::header(header),
+                watch_id: self.id,
+                events: wanted,
+                ..Default::default()
+            };
+            if self.out.send(Ok(resp)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn cancel(&self, compact_revision: i64, reason: String) {
+        let _ = self
+            .out
+            .send(Ok(pb::WatchResponse {
+                header: convert::header(self.header),
+                watch_id: self.id,
+                canceled: true,
+                compact_revision,
+                cancel_reason: reason,
+                ..Default::default()
+            }))
+            .await;
+    }
+
+    /// Replays history from `start`; returns the revision it covered, or
+    /// `None` if the watcher had to stop.
+    async fn catch_up<B: Backend>(&self, backend: &B, start: i64) -> Option<i64> {
+        match backend
+            .history(self.key.clone(), self.range_end.clone(), start)
+            .await
+        {
+            Ok((upto, events)) => self.deliver(&events).await.then_some(upto),
+            Err(ApiError::Kv(e @ synod_kv::Error::Compacted { compacted, .. })) => {
+                self.cancel(compacted, e.etcd_message().into()).await;
+                None
+            }
+            Err(e) => {
+                self.cancel(0, crate::service::status(&e).message().into())
+                    .await;
+                None
+            }
+        }
+    }
+}
+
+async fn watcher<B: Backend>(backend: Arc<B>, id: i64, c: pb::WatchCreateRequest, out: Out) {
+    use pb::watch_create_request::FilterType;
+    let sub = match backend.subscribe().await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = out.send(Err(crate::service::status(&e))).await;
+            return;
+        }
+    };
+    let header = backend.header().await.unwrap_or_default();
+    let w = Watcher {
+        id,
+        key: c.key,
+        range_end: c.range_end,
+        prev_kv: c.prev_kv,
+        no_put: c.filters.contains(&(FilterType::Noput as i32)),
+        no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+        header: Header {
+            revision: sub.revision,
+            ..header
+        },
+        out,
+    };
+    let created = pb::WatchResponse {
+        header: convert::header(w.header),
+        watch_id: id,
+        created: true,
+        ..Default::default()
+    };
+    if w.out.send(Ok(created)).await.is_err() {
+        return;
+    }
+    // The next revision this watcher owes the client.
+    let mut next = if c.start_revision > 0 {
+        c.start_revision
+    } else {
+        sub.revision + 1
+    };
+    if next <= sub.revision {
+        match w.catch_up(&*backend, next).await {
+            Some(upto) => next = next.max(upto + 1),
+            None => return,
+        }
+    }
+    let mut feed = sub.feed;
+    loop {
+        match feed.recv().await {
+            Ok(applied) => {
+                if applied.revision < next {
+                    continue;
+                }
+                if !w.deliver(&applied.events).await {
+                    return;
+                }
+                next = applied.revision + 1;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                match w.catch_up(&*backend, next).await {
+                    Some(upto) => next = next.max(upto + 1),
+                    None => return,
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
