@@ -3,10 +3,13 @@
 
 use synod_protocols::kv::{KvOp, KvRequest, KvResult, KvStore};
 use synod_protocols::raft::{Bugs, KvNode, RaftConfig};
-use synod_protocols::NodeId;
+use synod_protocols::{NodeId, MS};
 use synod_sim::history::{OpKind, OpResult, Operation};
 use synod_sim::linearizability::check;
-use synod_sim::models::raft::{clients_for, peers, run_recorded, RaftModel, Recording};
+use synod_sim::models::raft::{
+    clients_for, peers, run_recorded, sim_config, standard_model, RaftModel, Recording, DEADLINES,
+    IMPATIENT,
+};
 use synod_sim::{run_batch, run_one, Algo, FaultSet, RunReport, RunSpec, SimConfig, Simulation};
 
 fn spec(nodes: usize) -> RunSpec {
@@ -218,6 +221,36 @@ fn abandoned_operations_are_indefinite_and_histories_check() {
     }
 }
 
+/// Every client impatient, with deadlines as short as a few round trips:
+/// about a fifth of the operations are abandoned, many while an election is
+/// still going on, and every history still checks, within budget.
+#[test]
+fn many_abandoned_operations_still_check() {
+    for nodes in [3, 5] {
+        let (mut ops, mut indefinite) = (0, 0);
+        for seed in 0..60 {
+            let rec = std::rc::Rc::new(std::cell::RefCell::new(Recording::default()));
+            let model = standard_model(nodes)
+                .with_impatience(1.0, 30 * MS..300 * MS)
+                .record_into(rec.clone());
+            let r = Simulation::new(sim_config(&spec(nodes)), seed, model).run(seed);
+            assert!(
+                r.terminated && r.violation_count == 0,
+                "{nodes} nodes, seed {seed}: {:?}",
+                r.violations
+            );
+            assert_eq!(r.counters["ops_unknown_checks"], 0, "seed {seed}");
+            let history = rec.take().history;
+            ops += history.len();
+            indefinite += history.iter().filter(|o| o.is_indefinite()).count();
+        }
+        assert!(
+            indefinite * 10 > ops,
+            "{nodes} nodes: only {indefinite} of {ops} ops indefinite"
+        );
+    }
+}
+
 /// Without deadlines every client retries until answered: nothing is
 /// indefinite even under faults (the quiet phase answers everything).
 #[test]
@@ -228,7 +261,7 @@ fn patient_clients_leave_no_indefinite_operations() {
         let model = RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
             KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
         })
-        .with_deadlines(false)
+        .with_impatience(0.0, DEADLINES)
         .record_into(rec.clone());
         let r = Simulation::new(spec(nodes).config(), seed, model).run(seed);
         assert!(r.terminated && r.violation_count == 0, "seed {seed}");
@@ -515,45 +548,63 @@ fn membership_trace() {
     println!("terminated {} violations {:?}", r.terminated, r.violations);
 }
 
-/// Linearizability checker time on recorded histories, per seed and in total:
-/// `CHECK_SEEDS=200 cargo test --release -p synod-sim --test raft checker_time --
-/// --ignored --nocapture`.
+/// Linearizability checker time and whole-run time, with and without
+/// impatient clients, seed by seed on the same seeds (interleaved, so a loaded
+/// machine slows both alike): `CHECK_SEEDS=2000 cargo test --release -p
+/// synod-sim --test raft checker_time -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn checker_time() {
+    use std::time::{Duration, Instant};
     let runs: u64 = std::env::var("CHECK_SEEDS").map_or(200, |s| s.parse().unwrap());
     for nodes in [3, 5] {
-        let (mut total, mut worst, mut ops, mut indefinite) = (
-            std::time::Duration::ZERO,
-            (std::time::Duration::ZERO, 0),
-            0,
-            0,
-        );
+        // Per variant (patient, impatient): run time, checker time, slowest
+        // check (time, seed), ops, indefinite ops.
+        let mut stats = [(Duration::ZERO, Duration::ZERO, (Duration::ZERO, 0), 0, 0); 2];
         for seed in 0..runs {
-            let (_, rec) = run_recorded(&spec(nodes), seed);
-            let started = std::time::Instant::now();
-            let r = check(&rec.history);
-            let took = started.elapsed();
-            assert!(r.is_linearizable(), "{nodes} nodes, seed {seed}: {r}");
-            if seed < 5 {
-                eprintln!(
-                    "{nodes} nodes, seed {seed}: {} ops ({} indefinite) checked in {:?}",
-                    rec.history.len(),
-                    rec.history.iter().filter(|o| o.is_indefinite()).count(),
-                    took
-                );
+            for (v, share) in [0.0, IMPATIENT].into_iter().enumerate() {
+                let deadlines = share > 0.0;
+                let rec = std::rc::Rc::new(std::cell::RefCell::new(Recording::default()));
+                let model = standard_model(nodes)
+                    .with_impatience(share, DEADLINES)
+                    .record_into(rec.clone());
+                let started = Instant::now();
+                let r = Simulation::new(sim_config(&spec(nodes)), seed, model).run(seed);
+                let ran = started.elapsed();
+                assert!(r.terminated && r.violation_count == 0, "seed {seed}");
+                let history = rec.take().history;
+                let started = Instant::now();
+                let c = check(&history);
+                let took = started.elapsed();
+                assert!(c.is_linearizable(), "{nodes} nodes, seed {seed}: {c}");
+                let s = &mut stats[v];
+                s.0 += ran;
+                s.1 += took;
+                s.2 = s.2.max((took, seed));
+                s.3 += history.len();
+                s.4 += history.iter().filter(|o| o.is_indefinite()).count();
+                if seed < 3 {
+                    eprintln!(
+                        "{nodes} nodes, seed {seed}, deadlines {deadlines}: {} ops ({} indefinite) checked in {took:?}",
+                        history.len(),
+                        history.iter().filter(|o| o.is_indefinite()).count(),
+                    );
+                }
             }
-            total += took;
-            worst = worst.max((took, seed));
-            ops += rec.history.len();
-            indefinite += rec.history.iter().filter(|o| o.is_indefinite()).count();
         }
-        eprintln!(
-            "{nodes} nodes, {runs} seeds: {ops} ops ({indefinite} indefinite), checker {:?} in total, {:?} per run, slowest seed {} ({:?})",
-            total,
-            total / runs as u32,
-            worst.1,
-            worst.0
-        );
+        for (v, s) in stats.iter().enumerate() {
+            eprintln!(
+                "{nodes} nodes, {runs} seeds, deadlines {}: {} ops ({} indefinite); runs {:?} in total ({:.0} runs/s, one thread), of which checker {:?} ({:?} per run), slowest check seed {} ({:?})",
+                v == 1,
+                s.3,
+                s.4,
+                s.0,
+                runs as f64 / s.0.as_secs_f64(),
+                s.1,
+                s.1 / runs as u32,
+                s.2 .1,
+                s.2 .0
+            );
+        }
     }
 }

@@ -28,7 +28,8 @@
 //! Both outcomes are legal for an indefinite operation, which may take effect
 //! at any time after its invocation or never. In the quiet phase clients are
 //! patient again, so liveness still requires every operation then to be
-//! answered. [`RaftModel::with_deadlines`] turns giving up off.
+//! answered. [`RaftModel::with_impatience`] changes the share of impatient
+//! clients and their deadlines, or turns giving up off.
 //!
 //! During the fault phase the model also asks random nodes to hand leadership
 //! over ([`AdminOp::TransferLeader`]) and to compact their logs
@@ -230,8 +231,9 @@ pub struct RaftModel<B> {
     /// When the first client command was applied, and the messages sent by then.
     first_commit: Option<(Instant, u64)>,
     admin: bool,
-    /// Whether clients may be impatient (default on).
-    deadlines: bool,
+    /// The chance that a client is impatient, and the range its deadline is
+    /// drawn from.
+    impatience: (f64, std::ops::Range<Instant>),
     /// The initial voters are nodes `0..voters`; nodes from `voters` up to `n`
     /// are spares that membership changes may bring in.
     voters: usize,
@@ -291,7 +293,7 @@ where
             config_changes: 0,
             first_commit: None,
             admin: true,
-            deadlines: true,
+            impatience: (IMPATIENT, DEADLINES),
             voters: nodes,
             recording: None,
             storage: StorageCounters::default(),
@@ -314,10 +316,12 @@ where
         self
     }
 
-    /// Whether some clients give up on operations after a deadline (default
-    /// on); off, every client retries each operation until it is answered.
-    pub fn with_deadlines(mut self, deadlines: bool) -> Self {
-        self.deadlines = deadlines;
+    /// Each client is impatient with probability `share` (default
+    /// [`IMPATIENT`]), with a deadline drawn from `deadlines` (default
+    /// [`DEADLINES`]). With `share` 0 every client retries each operation until
+    /// it is answered, and runs are exactly those of a model without deadlines.
+    pub fn with_impatience(mut self, share: f64, deadlines: std::ops::Range<Instant>) -> Self {
+        self.impatience = (share, deadlines);
         self
     }
 
@@ -881,8 +885,9 @@ where
     fn on_start(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
         for c in 0..self.clients.len() {
             self.clients[c].leader_guess = ctl.rng().gen_range(0..self.n as NodeId);
-            if self.deadlines && ctl.rng().gen_bool(IMPATIENT) {
-                self.clients[c].deadline = Some(ctl.rng().gen_range(DEADLINES));
+            let (share, deadlines) = self.impatience.clone();
+            if share > 0.0 && ctl.rng().gen_bool(share) {
+                self.clients[c].deadline = Some(ctl.rng().gen_range(deadlines));
             }
             self.schedule_next(ctl, c);
         }
