@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use synod_protocols::kv::{KvOp, KvRequest, KvStore};
 use synod_protocols::raft::{
-    ConfState, Disk, Entry, EntryData, HardState, KvNode, RaftConfig, Snapshot, SnapshotMeta, Write,
+    ConfState, Disk, Entry, HardState, KvNode, RaftConfig, Snapshot, SnapshotMeta, Write,
 };
 use synod_protocols::{NodeId, MS};
 use synod_sim::faults::{NodeFault, Schedule};
@@ -19,7 +19,7 @@ fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
-        data: EntryData::Kv(KvRequest {
+        data: KvNode::entry_data(&KvRequest {
             client: 1,
             seq: index,
             op: KvOp::Put {
@@ -46,7 +46,7 @@ fn snapshot(index: u64, term: u64) -> Write {
                 learners: vec![],
             },
         },
-        store,
+        data: KvNode::snapshot_data(&store),
     })
 }
 

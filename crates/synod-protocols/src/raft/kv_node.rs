@@ -3,14 +3,31 @@
 //! Writes (`Put`, `Delete`, `Cas`) proposed on the leader become log entries
 //! and are answered when applied; sessions make retried writes apply once.
 //! Reads (`Get`) are served by ReadIndex (or a lease) without touching the log.
+//! Requests travel in the log, and the store in snapshots, as bincode
+//! [`Payload`]s: Raft itself never looks into them.
 
-use super::node::{Out, RaftNode};
+use super::node::{RaftEvent, RaftNode, RaftOutput};
 #[cfg(any(test, feature = "broken"))]
 use super::Bugs;
-use super::{Disk, EntryData, Message, RaftConfig, Write};
+use super::{ConfChange, Disk, Entry, EntryData, Message, Payload, RaftConfig, Write};
 use crate::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult, KvStore};
 use crate::sansio::{Instant, Node, NodeId, Output};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::BTreeMap;
+
+type Out = Output<Write, Message, KvEvent>;
+
+fn encode<T: Serialize>(value: &T) -> Payload {
+    Payload(bincode::serialize(value).expect("in-memory values serialize"))
+}
+
+/// Decodes what this module encoded; anything else in a committed entry or a
+/// snapshot means the replicated state is damaged, which no replica may paper
+/// over.
+fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> T {
+    bincode::deserialize(&p.0).unwrap_or_else(|e| panic!("undecodable {what} ({p:?}): {e}"))
+}
 
 /// A write this node accepted as leader and still owes an answer.
 #[derive(Clone, Debug)]
@@ -35,6 +52,8 @@ struct PendingRead {
 #[derive(Clone, Debug)]
 pub struct KvNode {
     raft: RaftNode,
+    /// Reused for every call into the core; merged into this node's output.
+    scratch: RaftOutput,
     store: KvStore,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
@@ -50,10 +69,11 @@ impl KvNode {
         let store = disk
             .snapshot
             .as_ref()
-            .map(|s| s.store.clone())
+            .map(|s| decode(&s.data, "snapshot"))
             .unwrap_or_default();
         let mut node = KvNode {
             raft,
+            scratch: RaftOutput::default(),
             store,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -81,6 +101,43 @@ impl KvNode {
         &self.raft
     }
 
+    /// The log entry data that carries `req` (for tests and tools).
+    pub fn entry_data(req: &KvRequest) -> EntryData {
+        EntryData::App(encode(req))
+    }
+
+    /// The request a log entry carries, if it carries one.
+    pub fn request(e: &Entry) -> Option<KvRequest> {
+        match &e.data {
+            EntryData::App(p) => Some(decode(p, "log entry")),
+            EntryData::Empty | EntryData::Config(_) => None,
+        }
+    }
+
+    /// The snapshot payload for `store` (for tests and tools).
+    pub fn snapshot_data(store: &KvStore) -> Payload {
+        encode(store)
+    }
+
+    /// Runs `f` on the Raft core as one step, folding its output into ours.
+    fn with_raft<R>(
+        &mut self,
+        out: &mut Out,
+        f: impl FnOnce(&mut RaftNode, &mut RaftOutput) -> R,
+    ) -> R {
+        let mut inner = std::mem::take(&mut self.scratch);
+        let r = f(&mut self.raft, &mut inner);
+        out.writes.append(&mut inner.writes);
+        out.msgs.append(&mut inner.msgs);
+        for e in inner.events.drain(..) {
+            match e {
+                RaftEvent::BecameLeader { term } => out.emit(KvEvent::BecameLeader { term }),
+            }
+        }
+        self.scratch = inner;
+        r
+    }
+
     pub fn store(&self) -> &KvStore {
         &self.store
     }
@@ -102,7 +159,7 @@ impl KvNode {
     fn after(&mut self, out: &mut Out) {
         if let Some(snap) = self.raft.take_installed() {
             // Only followers install snapshots, and they owe no answers.
-            self.store = snap.store;
+            self.store = decode(&snap.data, "snapshot");
         }
         if self.raft.take_stepped_down() {
             for (_, w) in std::mem::take(&mut self.writes) {
@@ -121,17 +178,17 @@ impl KvNode {
         self.serve_reads(out);
         let every = self.raft.config().snapshot_every;
         if every > 0 && self.raft.applied_index() >= self.raft.snapshot_index() + every {
-            let store = self.store.clone();
-            self.raft.with_step(out, |r, out| r.compact(store, out));
+            let data = encode(&self.store);
+            self.with_raft(out, |r, out| {
+                r.with_step(out, |r, out| r.compact(data, out))
+            });
         }
     }
 
     fn apply_committed(&mut self, out: &mut Out) {
         while let Some(e) = self.raft.next_committed() {
-            let result = match &e.data {
-                EntryData::Kv(req) => self.store.apply(req),
-                EntryData::Empty | EntryData::Config(_) => None,
-            };
+            let req = Self::request(&e);
+            let result = req.as_ref().and_then(|r| self.store.apply(r));
             out.emit(KvEvent::Applied {
                 index: e.index,
                 term: e.term,
@@ -139,7 +196,9 @@ impl KvNode {
             });
             if let Some(w) = self.writes.remove(&e.index) {
                 let ours = w.term == e.term
-                    && matches!(&e.data, EntryData::Kv(r) if r.client == w.client && r.seq == w.seq);
+                    && req
+                        .as_ref()
+                        .is_some_and(|r| r.client == w.client && r.seq == w.seq);
                 match (ours, result) {
                     (true, Some(res)) => Self::respond(out, w.client, w.seq, Ok(res)),
                     // The client has moved past this request: nobody waits.
@@ -188,7 +247,9 @@ impl KvNode {
                     index: None,
                 },
             );
-            self.raft.with_step(out, |r, out| r.read_index(id, out));
+            self.with_raft(out, |r, out| {
+                r.with_step(out, |r, out| r.read_index(id, out))
+            });
             return;
         }
         if let Some(target) = self.raft.transferring_to() {
@@ -201,10 +262,10 @@ impl KvNode {
             return;
         }
         let (client, seq) = (req.client, req.seq);
-        match self
-            .raft
-            .with_step(out, |r, out| r.propose(EntryData::Kv(req), out))
-        {
+        let data = Self::entry_data(&req);
+        match self.with_raft(out, |r, out| {
+            r.with_step(out, |r, out| r.propose(data, out))
+        }) {
             Some((index, term)) => {
                 self.writes
                     .insert(index, PendingWrite { term, client, seq });
@@ -216,19 +277,29 @@ impl KvNode {
         }
     }
 
+    fn conf_change(&mut self, change: ConfChange, out: &mut Out) {
+        self.with_raft(out, |r, out| {
+            r.with_step(out, |r, out| r.propose_conf(change, out))
+        });
+    }
+
     fn admin(&mut self, op: AdminOp, out: &mut Out) {
         match op {
             AdminOp::Snapshot => {
-                let store = self.store.clone();
-                self.raft.with_step(out, |r, out| r.compact(store, out));
+                let data = encode(&self.store);
+                self.with_raft(out, |r, out| {
+                    r.with_step(out, |r, out| r.compact(data, out))
+                });
             }
             AdminOp::TransferLeader(target) => {
-                self.raft
-                    .with_step(out, |r, out| r.transfer_leader(target, out));
+                self.with_raft(out, |r, out| {
+                    r.with_step(out, |r, out| r.transfer_leader(target, out))
+                });
             }
-            op => {
-                self.raft.with_step(out, |r, out| r.propose_conf(&op, out));
-            }
+            AdminOp::AddVoter(n) => self.conf_change(ConfChange::AddVoter(n), out),
+            AdminOp::AddLearner(n) => self.conf_change(ConfChange::AddLearner(n), out),
+            AdminOp::PromoteLearner(n) => self.conf_change(ConfChange::PromoteLearner(n), out),
+            AdminOp::RemoveNode(n) => self.conf_change(ConfChange::RemoveNode(n), out),
         }
     }
 }
@@ -251,12 +322,12 @@ impl Node for KvNode {
         msg: Message,
         out: &mut Output<Write, Message, KvEvent>,
     ) {
-        self.raft.step(from, msg, out);
+        self.with_raft(out, |r, out| r.step(from, msg, out));
         self.after(out);
     }
 
     fn tick(&mut self, _now: Instant, out: &mut Output<Write, Message, KvEvent>) {
-        self.raft.tick(out);
+        self.with_raft(out, |r, out| r.tick(out));
         self.after(out);
     }
 

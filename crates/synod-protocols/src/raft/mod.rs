@@ -3,8 +3,12 @@
 //! [`RaftNode`] is the consensus core: elections (with pre-vote and
 //! check-quorum), log replication with batching and pipelining, commitment,
 //! ReadIndex and lease reads, snapshots, one-at-a-time membership changes and
-//! leadership transfer. [`KvNode`] puts a [`KvStore`] on top
-//! and implements [`Node`](crate::sansio::Node) for the simulator and the service.
+//! leadership transfer. It replicates [`Payload`]s it never looks into, and
+//! snapshots are payloads too, so any application can sit on top: it proposes
+//! encoded commands, applies what [`RaftNode::next_committed`] hands it, and
+//! encodes its state when asked to compact. [`KvNode`] is such an application
+//! (a [`crate::kv::KvStore`] with client sessions) and implements
+//! [`Node`](crate::sansio::Node) for the simulator.
 //!
 //! # Ordering contract (what the driver's persist-then-send buys us)
 //!
@@ -104,11 +108,78 @@ mod progress;
 mod tests;
 
 pub use kv_node::KvNode;
-pub use node::{RaftNode, Role};
+pub use node::{RaftEvent, RaftNode, RaftOutput, Role};
 
-use crate::kv::{KvRequest, KvStore};
 use crate::sansio::NodeId;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Bytes Raft replicates for the application without looking into them: a
+/// command in a log entry, or the application's state in a snapshot.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Payload(pub Vec<u8>);
+
+/// Traces show the size and the first bytes, not kilobytes of numbers.
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} B", self.0.len())?;
+        if !self.0.is_empty() {
+            write!(f, ": ")?;
+            for b in self.0.iter().take(12) {
+                write!(f, "{b:02x}")?;
+            }
+            if self.0.len() > 12 {
+                write!(f, "..")?;
+            }
+        }
+        write!(f, ")")
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(v))
+            }
+            // Self-describing formats without a bytes type (JSON) give a sequence.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Payload, A::Error> {
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0));
+                while let Some(b) = a.next_element()? {
+                    v.push(b);
+                }
+                Ok(Payload(v))
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
+/// A membership change, proposed one at a time (see [`RaftNode::propose_conf`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConfChange {
+    AddVoter(NodeId),
+    AddLearner(NodeId),
+    PromoteLearner(NodeId),
+    RemoveNode(NodeId),
+}
 
 /// Static configuration of one Raft node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,8 +274,8 @@ impl ConfState {
 pub enum EntryData {
     /// Appended by every new leader, so it can commit an entry of its term.
     Empty,
-    /// A client's write.
-    Kv(KvRequest),
+    /// An application command.
+    App(Payload),
     /// The complete configuration after a membership change. It takes effect
     /// when it is committed (one uncommitted change at a time).
     Config(ConfState),
@@ -219,12 +290,25 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A deterministic hash of the entry's data (FNV-1a over its debug form).
+    /// A deterministic hash of the entry's data (FNV-1a over its bytes).
     pub fn digest(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in format!("{:?}", self.data).bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        match &self.data {
+            EntryData::Empty => eat(&[0]),
+            EntryData::App(p) => {
+                eat(&[1]);
+                eat(&p.0);
+            }
+            EntryData::Config(c) => {
+                eat(&[2]);
+                eat(format!("{c:?}").as_bytes());
+            }
         }
         h
     }
@@ -240,11 +324,12 @@ pub struct SnapshotMeta {
     pub conf: ConfState,
 }
 
-/// A snapshot of the replicated state machine, sessions included.
+/// A snapshot: the application's state as of `meta.index`, encoded by the
+/// application.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
-    pub store: KvStore,
+    pub data: Payload,
 }
 
 /// The state that must survive a crash apart from the log.

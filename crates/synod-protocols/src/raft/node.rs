@@ -4,17 +4,27 @@
 use super::log::RaftLog;
 use super::progress::{Progress, ProgressState};
 use super::{
-    Bugs, ConfState, Disk, Entry, EntryData, HardState, Message, RaftConfig, RejectHint, Snapshot,
-    SnapshotMeta, Write,
+    Bugs, ConfChange, ConfState, Disk, Entry, EntryData, HardState, Message, Payload, RaftConfig,
+    RejectHint, Snapshot, SnapshotMeta, Write,
 };
-use crate::kv::{AdminOp, KvEvent, KvStore};
 use crate::sansio::{NodeId, Output};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
-pub(crate) type Out = Output<Write, Message, KvEvent>;
+/// What the Raft core tells the application besides the notifications it
+/// polls for (`next_committed`, `take_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RaftEvent {
+    /// This node won an election for `term`.
+    BecameLeader { term: u64 },
+}
+
+/// One call's output: records to persist, messages to send, events.
+pub type RaftOutput = Output<Write, Message, RaftEvent>;
+
+pub(crate) type Out = RaftOutput;
 
 /// What a node currently believes it is. Learners are followers that never
 /// campaign (see [`RaftNode::learners`]).
@@ -114,7 +124,7 @@ fn bootstrap_conf(peers: &[NodeId]) -> ConfState {
 impl RaftNode {
     /// Boots a node from its durable image (empty for a new node). The core
     /// is driven through [`KvNode`](super::KvNode), which applies what it commits.
-    pub(crate) fn new(cfg: RaftConfig, disk: &Disk, seed: u64) -> Self {
+    pub fn new(cfg: RaftConfig, disk: &Disk, seed: u64) -> Self {
         assert!(cfg.election_ticks >= 2, "election_ticks must be at least 2");
         assert!(cfg.heartbeat_ticks >= 1 && cfg.heartbeat_ticks < cfg.election_ticks);
         assert!(cfg.max_inflight >= 1 && cfg.max_batch >= 1);
@@ -274,7 +284,7 @@ impl RaftNode {
     // ---- notifications for the application -------------------------------
 
     /// The next committed entry to apply, advancing the applied index.
-    pub(crate) fn next_committed(&mut self) -> Option<Entry> {
+    pub fn next_committed(&mut self) -> Option<Entry> {
         if self.applied >= self.commit {
             return None;
         }
@@ -286,13 +296,13 @@ impl RaftNode {
         self.applied += 1;
         Some(e)
     }
-    pub(crate) fn take_ready_reads(&mut self) -> Vec<(u64, u64)> {
+    pub fn take_ready_reads(&mut self) -> Vec<(u64, u64)> {
         std::mem::take(&mut self.ready_reads)
     }
-    pub(crate) fn take_stepped_down(&mut self) -> bool {
+    pub fn take_stepped_down(&mut self) -> bool {
         std::mem::take(&mut self.stepped_down)
     }
-    pub(crate) fn take_installed(&mut self) -> Option<Snapshot> {
+    pub fn take_installed(&mut self) -> Option<Snapshot> {
         self.installed.take()
     }
 
@@ -450,7 +460,7 @@ impl RaftNode {
                 self.prs.insert(m, Progress::new(next, self.ticks));
             }
         }
-        out.emit(KvEvent::BecameLeader { term: t });
+        out.emit(RaftEvent::BecameLeader { term: t });
         self.append(EntryData::Empty, out);
     }
 
@@ -818,7 +828,7 @@ impl RaftNode {
     /// Starts a linearizable read with id `id` (chosen by the caller). Its
     /// read index is reported by `take_ready_reads` once leadership is
     /// confirmed. Returns false if this node is not the leader.
-    pub(crate) fn read_index(&mut self, id: u64, out: &mut Out) -> bool {
+    pub fn read_index(&mut self, id: u64, out: &mut Out) -> bool {
         if self.role != Role::Leader {
             return false;
         }
@@ -854,7 +864,7 @@ impl RaftNode {
 
     /// Appends `data` if this node is a leader accepting proposals. Returns the
     /// new entry's `(index, term)`.
-    pub(crate) fn propose(&mut self, data: EntryData, out: &mut Out) -> Option<(u64, u64)> {
+    pub fn propose(&mut self, data: EntryData, out: &mut Out) -> Option<(u64, u64)> {
         if self.role != Role::Leader || self.transfer.is_some() || self.leaving() {
             return None;
         }
@@ -865,7 +875,7 @@ impl RaftNode {
     /// Proposes a membership change. Refused (returns false) unless this node
     /// is the leader, has committed an entry of its term, and no other change
     /// is uncommitted; or when the change makes no sense.
-    pub(crate) fn propose_conf(&mut self, op: &AdminOp, out: &mut Out) -> bool {
+    pub fn propose_conf(&mut self, change: ConfChange, out: &mut Out) -> bool {
         if self.role != Role::Leader
             || self.transfer.is_some()
             || !self.committed_own_term()
@@ -874,35 +884,34 @@ impl RaftNode {
             return false;
         }
         let mut c = self.conf.clone();
-        match *op {
-            AdminOp::AddVoter(n) => {
+        match change {
+            ConfChange::AddVoter(n) => {
                 if c.is_voter(n) {
                     return false;
                 }
                 c.learners.retain(|x| *x != n);
                 c.voters.push(n);
             }
-            AdminOp::AddLearner(n) => {
+            ConfChange::AddLearner(n) => {
                 if c.contains(n) {
                     return false;
                 }
                 c.learners.push(n);
             }
-            AdminOp::PromoteLearner(n) => {
+            ConfChange::PromoteLearner(n) => {
                 if !c.is_learner(n) {
                     return false;
                 }
                 c.learners.retain(|x| *x != n);
                 c.voters.push(n);
             }
-            AdminOp::RemoveNode(n) => {
+            ConfChange::RemoveNode(n) => {
                 if !c.contains(n) || c.voters == [n] {
                     return false;
                 }
                 c.voters.retain(|x| *x != n);
                 c.learners.retain(|x| *x != n);
             }
-            AdminOp::TransferLeader(_) | AdminOp::Snapshot => return false,
         }
         c.voters.sort_unstable();
         c.learners.sort_unstable();
@@ -911,7 +920,7 @@ impl RaftNode {
     }
 
     /// Starts handing leadership to `target`. Returns false if impossible.
-    pub(crate) fn transfer_leader(&mut self, target: NodeId, out: &mut Out) -> bool {
+    pub fn transfer_leader(&mut self, target: NodeId, out: &mut Out) -> bool {
         if self.role != Role::Leader || target == self.cfg.id || !self.conf.is_voter(target) {
             return false;
         }
@@ -938,7 +947,7 @@ impl RaftNode {
 
     /// Snapshots the application state `store` (as of the applied index) and
     /// drops the log up to it.
-    pub(crate) fn compact(&mut self, store: KvStore, out: &mut Out) {
+    pub fn compact(&mut self, data: Payload, out: &mut Out) {
         let index = self.applied;
         if index <= self.log.snap.index {
             return;
@@ -951,7 +960,7 @@ impl RaftNode {
         };
         let snap = Snapshot {
             meta: meta.clone(),
-            store,
+            data,
         };
         self.log.restore(meta);
         out.persist(Write::Snapshot(snap.clone()));
@@ -1073,25 +1082,21 @@ impl RaftNode {
     // ---- the three entry points ----------------------------------------------
 
     /// Handles a message from a peer.
-    pub(crate) fn step(&mut self, from: NodeId, msg: Message, out: &mut Out) {
+    pub fn step(&mut self, from: NodeId, msg: Message, out: &mut Out) {
         let before = self.snapshot_for_checks();
         self.step_inner(from, msg, out);
         self.finish(before, out);
     }
 
     /// One tick of logical time.
-    pub(crate) fn tick(&mut self, out: &mut Out) {
+    pub fn tick(&mut self, out: &mut Out) {
         let before = self.snapshot_for_checks();
         self.tick_inner(out);
         self.finish(before, out);
     }
 
     /// Runs `f` as one step, then persists and checks invariants.
-    pub(crate) fn with_step<R>(
-        &mut self,
-        out: &mut Out,
-        f: impl FnOnce(&mut Self, &mut Out) -> R,
-    ) -> R {
+    pub fn with_step<R>(&mut self, out: &mut Out, f: impl FnOnce(&mut Self, &mut Out) -> R) -> R {
         let before = self.snapshot_for_checks();
         let r = f(self, out);
         self.finish(before, out);

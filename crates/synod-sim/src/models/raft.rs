@@ -609,7 +609,7 @@ where
             let raft = ctl.node(node).and_then(WalBacked::raft);
             if raft
                 .and_then(|r| r.entry(index))
-                .is_some_and(|e| matches!(e.data, EntryData::Kv(_)))
+                .is_some_and(|e| matches!(e.data, EntryData::App(_)))
             {
                 self.first_commit = Some((ctl.now(), ctl.messages_sent()));
             }
