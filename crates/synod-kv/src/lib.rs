@@ -21,8 +21,12 @@
 //! No I/O, clocks or randomness: a store is a pure function of the commands
 //! applied to it, and [`Store::hash`] lets replicas compare notes. Error
 //! messages are etcd's, byte for byte ([`Error::etcd_message`]).
+//!
+//! [`replica::Replica`] puts the store on synod's Raft core as a sans-IO node:
+//! what each member of the service runs, with its driver doing the I/O.
 
 mod error;
+pub mod replica;
 mod store;
 mod types;
 

@@ -1,0 +1,275 @@
+//! Members of a replicated store, driven as a driver would drive them over a
+//! perfect in-memory network: writes, reads, leader changes, leases and
+//! recovery, scenario by scenario. (Faults are the simulator's business.)
+
+use std::collections::VecDeque;
+use synod_kv::replica::{
+    Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
+};
+use synod_kv::*;
+use synod_protocols::raft::{Disk, Message, Write};
+use synod_protocols::{Envelope, Node, NodeId, Output};
+
+type Out = Output<Write, Message, ReplicaEvent>;
+
+struct Cluster {
+    nodes: Vec<Option<Replica>>,
+    disks: Vec<Disk>,
+    events: Vec<(NodeId, ReplicaEvent)>,
+    queue: VecDeque<(NodeId, Envelope<Message>)>,
+    next_id: u64,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        let peers: Vec<NodeId> = (0..n as NodeId).collect();
+        Cluster {
+            nodes: (0..n as NodeId)
+                .map(|i| {
+                    let cfg = ReplicaConfig::new(i, peers.clone());
+                    Some(Replica::new(cfg, &Disk::default(), 11 + i))
+                })
+                .collect(),
+            disks: vec![Disk::default(); n],
+            events: Vec::new(),
+            queue: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Replica {
+        self.nodes[id as usize].as_ref().expect("up")
+    }
+
+    /// Persist, then send, then report: the driver's contract.
+    fn handle(&mut self, id: NodeId, out: Out) {
+        for w in &out.writes {
+            Replica::apply_write(&mut self.disks[id as usize], w);
+        }
+        self.queue.extend(out.msgs.into_iter().map(|m| (id, m)));
+        self.events.extend(out.events.into_iter().map(|e| (id, e)));
+    }
+
+    fn settle(&mut self) {
+        while let Some((from, env)) = self.queue.pop_front() {
+            let to = env.to;
+            let Some(node) = self.nodes[to as usize].as_mut() else {
+                continue;
+            };
+            let mut out = Out::default();
+            node.step(0, from, env.msg, &mut out);
+            self.handle(to, out);
+        }
+    }
+
+    fn tick(&mut self) {
+        for id in 0..self.nodes.len() as NodeId {
+            if let Some(node) = self.nodes[id as usize].as_mut() {
+                let mut out = Out::default();
+                node.tick(0, &mut out);
+                self.handle(id, out);
+            }
+        }
+        self.settle();
+    }
+
+    fn leader(&mut self) -> NodeId {
+        for _ in 0..200 {
+            let leaders: Vec<NodeId> = (0..self.nodes.len() as NodeId)
+                .filter(|i| {
+                    self.nodes[*i as usize]
+                        .as_ref()
+                        .is_some_and(|n| n.is_leader())
+                })
+                .collect();
+            if let [l] = leaders[..] {
+                return l;
+            }
+            self.tick();
+        }
+        panic!("no leader");
+    }
+
+    /// Sends a request to `to` and runs the cluster until it is answered.
+    fn ask(&mut self, to: NodeId, req: Request) -> Result<Answer, ReplicaError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = Out::default();
+        self.nodes[to as usize].as_mut().expect("up").input(
+            0,
+            ReplicaInput::Client { id, req },
+            &mut out,
+        );
+        self.handle(to, out);
+        for _ in 0..50 {
+            self.settle();
+            let answer = self.events.iter().find_map(|(_, e)| match e {
+                ReplicaEvent::Response { id: i, result } if *i == id => Some(result.clone()),
+                _ => None,
+            });
+            if let Some(a) = answer {
+                return a;
+            }
+            self.tick();
+        }
+        panic!("request {id} never answered");
+    }
+}
+
+fn put(k: &str, v: &str) -> Request {
+    Request::Write(Command::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..PutRequest::default()
+    }))
+}
+
+fn get(k: &str) -> Request {
+    Request::Read(RangeRequest {
+        key: k.into(),
+        ..RangeRequest::default()
+    })
+}
+
+fn value(a: &Result<Answer, ReplicaError>) -> Option<Vec<u8>> {
+    match a {
+        Ok(Answer::Read { resp, .. }) => resp.kvs.first().map(|kv| kv.value.clone()),
+        other => panic!("not a read answer: {other:?}"),
+    }
+}
+
+#[test]
+fn writes_go_through_the_leader_and_reach_every_member() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    let f = (l + 1) % 3;
+    assert_eq!(
+        c.ask(f, put("k", "v")),
+        Err(ReplicaError::NotLeader { hint: Some(l) })
+    );
+    match c.ask(l, put("k", "v")) {
+        Ok(Answer::Write { revision, .. }) => assert_eq!(revision, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(value(&c.ask(l, get("k"))), Some(b"v".to_vec()));
+    assert!(matches!(
+        c.ask(f, get("k")),
+        Err(ReplicaError::NotLeader { .. })
+    ));
+    // Every member applied the same change at the same revision.
+    for _ in 0..3 {
+        c.tick();
+    }
+    for id in 0..3 {
+        assert_eq!(c.node(id).store().hash(), c.node(l).store().hash());
+        assert!(c.events.iter().any(|(n, e)| *n == id
+            && matches!(e, ReplicaEvent::Applied { revision: 2, events, .. } if events.len() == 1)));
+    }
+    // The store's refusals come back as such.
+    assert_eq!(
+        c.ask(l, Request::Write(Command::Put(PutRequest::default()))),
+        Err(ReplicaError::Kv(Error::EmptyKey))
+    );
+}
+
+#[test]
+fn a_new_leader_serves_everything_the_old_one_acknowledged() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    for i in 0..5 {
+        c.ask(l, put(&format!("k{i}"), "v")).unwrap();
+    }
+    c.nodes[l as usize] = None;
+    c.queue.clear();
+    let l2 = c.leader();
+    assert_ne!(l, l2);
+    let r = c.ask(
+        l2,
+        Request::Read(RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..RangeRequest::default()
+        }),
+    );
+    match r {
+        Ok(Answer::Read { resp, revision, .. }) => {
+            assert_eq!(resp.count, 5);
+            assert_eq!(revision, 6);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_leader_revokes_a_lease_nobody_keeps_alive() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    let lease = match c.ask(l, Request::Write(Command::LeaseGrant { id: 0, ttl: 2 })) {
+        Ok(Answer::Write {
+            resp: CommandResponse::LeaseGrant { id, .. },
+            ..
+        }) => id,
+        other => panic!("{other:?}"),
+    };
+    c.ask(
+        l,
+        Request::Write(Command::Put(PutRequest {
+            key: b"session".to_vec(),
+            value: b"alive".to_vec(),
+            lease,
+            ..PutRequest::default()
+        })),
+    )
+    .unwrap();
+    // Kept alive every second (10 ticks of 100 ms), it outlives its TTL.
+    for _ in 0..4 {
+        for _ in 0..10 {
+            c.tick();
+        }
+        assert_eq!(
+            c.ask(l, Request::KeepAlive { lease }),
+            Ok(Answer::KeepAlive { ttl: 2 })
+        );
+    }
+    assert_eq!(value(&c.ask(l, get("session"))), Some(b"alive".to_vec()));
+    // Left alone, it is revoked through the log: gone on every member.
+    for _ in 0..25 {
+        c.tick();
+    }
+    assert_eq!(value(&c.ask(l, get("session"))), None);
+    for id in 0..3 {
+        assert!(c.node(id).store().lease(lease).is_none(), "member {id}");
+        assert!(c
+            .node(id)
+            .store()
+            .range(&RangeRequest {
+                key: b"session".to_vec(),
+                ..RangeRequest::default()
+            })
+            .unwrap()
+            .kvs
+            .is_empty());
+    }
+    assert_eq!(
+        c.ask(l, Request::KeepAlive { lease }),
+        Err(ReplicaError::Kv(Error::LeaseNotFound(lease)))
+    );
+}
+
+#[test]
+fn a_member_recovers_its_store_from_disk() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    for i in 0..20 {
+        c.ask(l, put(&format!("k{}", i % 4), &i.to_string()))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        c.tick();
+    }
+    let f = (l + 1) % 3;
+    let before = c.node(f).store().hash();
+    let cfg = ReplicaConfig::new(f, vec![0, 1, 2]);
+    let recovered = Replica::new(cfg, &c.disks[f as usize], 99);
+    assert_eq!(recovered.store().hash(), before);
+}
