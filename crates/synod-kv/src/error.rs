@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Why a request was refused. Every variant leaves the store unchanged.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// A request needs a key and got an empty one.
     EmptyKey,

@@ -20,7 +20,7 @@
 
 use crate::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use synod_protocols::raft::{
     Disk, EntryData, Message, Payload, RaftConfig, RaftEvent, RaftNode, RaftOutput, Role, Write,
@@ -30,7 +30,7 @@ use synod_protocols::{Instant, Node, NodeId, Output};
 /// The driver's name for a request, echoed in its response.
 pub type RequestId = u64;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// A change, answered once applied (durable on a majority).
     Write(Command),
@@ -50,7 +50,7 @@ pub enum ReplicaInput {
     TransferLeader(NodeId),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     Write {
         revision: i64,
@@ -67,7 +67,7 @@ pub enum Answer {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaError {
     /// Ask the leader (if one is known) instead.
     NotLeader { hint: Option<NodeId> },

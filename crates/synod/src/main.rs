@@ -7,13 +7,14 @@ use synod_sim::history;
 use synod_sim::linearizability::{self, CheckResult};
 
 mod sim_cmd;
+mod up_cmd;
 mod wal_cmd;
 
 #[derive(Parser)]
 #[command(
     name = "synod",
     version,
-    about = "A consensus toolkit: protocols, their proof in a deterministic simulator, and (soon) a replicated service"
+    about = "A consensus toolkit: protocols, their proof in a deterministic simulator, and an etcd-compatible replicated service"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local cluster (3 members on 127.0.0.1 by default) serving etcd's
+    /// v3 API, with durable storage; runs until Ctrl-C.
+    Up(up_cmd::UpArgs),
     /// Run an algorithm many times in the deterministic simulator under faults and
     /// check its properties on every run.
     Sim(sim_cmd::SimArgs),
@@ -40,6 +44,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up(args) => up_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),

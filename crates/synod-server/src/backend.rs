@@ -1,0 +1,211 @@
+//! The etcd API's view of a member: requests go to the member's thread, and
+//! from a follower on to the leader.
+
+use crate::member::Inbox;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use synod_etcd::{
+    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
+};
+use synod_kv::replica::{Answer, Replica, ReplicaError, Request};
+use synod_kv::{Command, CommandResponse, Event, RangeRequest, RangeResponse};
+use tokio::sync::{broadcast, oneshot};
+
+/// How long a request may wait for its answer before the client hears
+/// "request timed out" (etcd's default is about as long).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+pub struct MemberBackend {
+    pub cluster_id: u64,
+    pub me: MemberInfo,
+    pub members: Vec<MemberInfo>,
+    pub inbox: mpsc::Sender<Inbox>,
+}
+
+fn gone() -> ApiError {
+    ApiError::Unavailable("synod: member is stopping".into())
+}
+
+fn replica_error(e: ReplicaError) -> ApiError {
+    match e {
+        ReplicaError::Kv(e) => ApiError::Kv(e),
+        ReplicaError::NotLeader { .. } => ApiError::NoLeader,
+        ReplicaError::LeaderChanged => ApiError::Unavailable("etcdserver: leader changed".into()),
+    }
+}
+
+impl MemberBackend {
+    fn header_at(&self, revision: i64, raft_term: u64) -> Header {
+        Header {
+            cluster_id: self.cluster_id,
+            member_id: self.me.id,
+            revision,
+            raft_term,
+        }
+    }
+
+    async fn ask(&self, req: Request) -> Result<Answer, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Inbox::Client { req, reply })
+            .map_err(|_| gone())?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Err(_) => Err(ApiError::Timeout),
+            Ok(Err(_)) => Err(gone()),
+            Ok(Ok(r)) => r.map_err(replica_error),
+        }
+    }
+
+    /// Runs `f` on the member's thread and returns what it computed.
+    async fn local<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Replica, &broadcast::Sender<Arc<Applied>>) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |r: &Replica, feed: &broadcast::Sender<Arc<Applied>>| {
+            let _ = tx.send(f(r, feed));
+        });
+        self.inbox.send(Inbox::Local(job)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+impl Backend for MemberBackend {
+    async fn range(
+        &self,
+        req: RangeRequest,
+        serializable: bool,
+    ) -> Result<(Header, RangeResponse), ApiError> {
+        if serializable {
+            let (rev, term, r) = self
+                .local(move |rep, _| {
+                    let r = rep.store().range(&req);
+                    (rep.store().revision(), rep.raft().term(), r)
+                })
+                .await?;
+            return Ok((self.header_at(rev, term), r?));
+        }
+        match self.ask(Request::Read(req)).await? {
+            Answer::Read {
+                revision,
+                term,
+                resp,
+            } => Ok((self.header_at(revision, term), resp)),
+            other => Err(ApiError::Unavailable(format!(
+                "synod: unexpected {other:?}"
+            ))),
+        }
+    }
+
+    async fn write(&self, cmd: Command) -> Result<(Header, CommandResponse), ApiError> {
+        match self.ask(Request::Write(cmd)).await? {
+            Answer::Write {
+                revision,
+                term,
+                resp,
+            } => Ok((self.header_at(revision, term), resp)),
+            other => Err(ApiError::Unavailable(format!(
+                "synod: unexpected {other:?}"
+            ))),
+        }
+    }
+
+    async fn keep_alive(&self, id: i64) -> Result<(Header, i64), ApiError> {
+        match self.ask(Request::KeepAlive { lease: id }).await? {
+            Answer::KeepAlive { ttl } => {
+                let h = self.header().await?;
+                Ok((h, ttl))
+            }
+            other => Err(ApiError::Unavailable(format!(
+                "synod: unexpected {other:?}"
+            ))),
+        }
+    }
+
+    async fn time_to_live(&self, id: i64) -> Result<(Header, Option<LeaseTtl>), ApiError> {
+        let (rev, term, ttl) = self
+            .local(move |rep, _| {
+                let ttl = rep.store().lease(id).map(|l| LeaseTtl {
+                    remaining: rep.lease_remaining(id).unwrap_or(l.ttl),
+                    granted: l.ttl,
+                    keys: l.keys,
+                });
+                (rep.store().revision(), rep.raft().term(), ttl)
+            })
+            .await?;
+        Ok((self.header_at(rev, term), ttl))
+    }
+
+    async fn leases(&self) -> Result<(Header, Vec<i64>), ApiError> {
+        let (rev, term, ids) = self
+            .local(|rep, _| {
+                (
+                    rep.store().revision(),
+                    rep.raft().term(),
+                    rep.store().leases(),
+                )
+            })
+            .await?;
+        Ok((self.header_at(rev, term), ids))
+    }
+
+    async fn members(&self) -> Result<(Header, Vec<MemberInfo>), ApiError> {
+        let h = self.header().await?;
+        Ok((h, self.members.clone()))
+    }
+
+    async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
+        let (rev, status) = self
+            .local(|rep, _| {
+                let raft = rep.raft();
+                (
+                    rep.store().revision(),
+                    StatusInfo {
+                        version: "3.5.0".into(),
+                        db_size: 0,
+                        // etcd member ids are raft ids + 1 (0 means none).
+                        leader: raft.leader().map_or(0, |l| l + 1),
+                        raft_index: raft.commit_index(),
+                        raft_term: raft.term(),
+                        raft_applied_index: raft.applied_index(),
+                        errors: Vec::new(),
+                        is_learner: false,
+                    },
+                )
+            })
+            .await?;
+        Ok((self.header_at(rev, status.raft_term), status))
+    }
+
+    async fn subscribe(&self) -> Result<Subscription, ApiError> {
+        // On the member's thread, the only sender: nothing applied after this
+        // revision can be missed by the new receiver.
+        self.local(|rep, feed| Subscription {
+            revision: rep.store().revision(),
+            feed: feed.subscribe(),
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start: i64,
+    ) -> Result<(i64, Vec<Event>), ApiError> {
+        let (rev, events) = self
+            .local(move |rep, _| {
+                let s = rep.store();
+                (s.revision(), s.events_since(&key, &range_end, start))
+            })
+            .await?;
+        Ok((rev, events?))
+    }
+
+    async fn header(&self) -> Result<Header, ApiError> {
+        let (rev, term) = self
+            .local(|rep, _| (rep.store().revision(), rep.raft().term()))
+            .await?;
+        Ok(self.header_at(rev, term))
+    }
+}

@@ -1,0 +1,18 @@
+//! synod's etcd-compatible service: members that run the replicated store
+//! ([`synod_kv::replica::Replica`]) on a real clock, disk (synod-storage's
+//! WAL, fsynced before anything is acknowledged) and network, behind etcd's
+//! v3 gRPC API ([`synod_etcd`]).
+//!
+//! * [`member`]: the driver thread of one member — group-committed persist,
+//!   then send, then answer; requests that reach a follower are forwarded to
+//!   the leader.
+//! * [`peer`]: member-to-member TCP transport.
+//! * [`disk`]: Raft's records on the WAL, and recovery from it.
+//! * [`backend`]: the etcd API's [`synod_etcd::Backend`] for a member.
+//! * [`cluster`]: starting members with their API (`synod up`, tests).
+
+pub mod backend;
+pub mod cluster;
+pub mod disk;
+pub mod member;
+pub mod peer;

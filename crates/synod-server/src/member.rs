@@ -1,0 +1,267 @@
+//! One member: a thread that drives a [`Replica`] with a real clock, disk and
+//! network, honouring the sans-IO contract: the writes of everything handled
+//! in one round are made durable with one sync (group commit) before any of
+//! the round's messages leave or any answer is given.
+
+use crate::disk::MemberDisk;
+use crate::peer::{self, Incoming, PeerMsg, PeerSender};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use synod_etcd::Applied;
+use synod_kv::replica::{
+    Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
+};
+use synod_protocols::raft::{Message, Write};
+use synod_protocols::{Node, NodeId, Output};
+use tokio::sync::{broadcast, oneshot};
+
+/// How a member is set up.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub data_dir: PathBuf,
+    /// Every member's peer address, this one's included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub tick: Duration,
+}
+
+/// The feed of applied changes a member publishes for watchers.
+pub type Feed = broadcast::Sender<Arc<Applied>>;
+
+/// Work run on a member's thread against its state.
+pub type LocalJob = Box<dyn FnOnce(&Replica, &Feed) + Send>;
+
+/// What a member's thread is asked to do.
+pub enum Inbox {
+    Peer(Incoming),
+    Client {
+        req: Request,
+        reply: oneshot::Sender<Result<Answer, ReplicaError>>,
+    },
+    /// Run a closure on the member's state, on its thread (local reads and
+    /// status, and subscribing to the feed at a known revision).
+    Local(LocalJob),
+    Stop,
+}
+
+/// A running member.
+pub struct Member {
+    pub id: NodeId,
+    pub inbox: mpsc::Sender<Inbox>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Member {
+    /// Recovers the member from its data directory and starts it.
+    pub fn start(cfg: MemberConfig) -> Result<Member, String> {
+        let (disk, recovered, report) = MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.id)
+            .map_err(|e| format!("member {}: {}: {e}", cfg.id, cfg.data_dir.display()))?;
+        if let Some(t) = &report.torn_tail {
+            eprintln!("member {}: recovery cut a torn tail: {t:?}", cfg.id);
+        }
+        let addr = cfg.peers[&cfg.id];
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| format!("member {}: cannot listen on {addr}: {e}", cfg.id))?;
+        let (tx, rx) = mpsc::channel();
+        let listening = peer::listen(listener, tx.clone(), Inbox::Peer)
+            .map_err(|e| format!("member {}: {e}", cfg.id))?;
+        let peers: BTreeMap<NodeId, PeerSender> = cfg
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != cfg.id)
+            .map(|(id, a)| (*id, PeerSender::start(cfg.id, *a)))
+            .collect();
+        let mut rcfg = ReplicaConfig::new(cfg.id, cfg.peers.keys().copied().collect());
+        rcfg.tick_ms = cfg.tick.as_millis() as u64;
+        let replica = Replica::new(rcfg, &recovered, cfg.id ^ 0x5eed);
+        let id = cfg.id;
+        let loop_tx = tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("synod-member-{id}"))
+            .spawn(move || {
+                Driver::new(cfg, replica, disk, peers, loop_tx).run(rx);
+                drop(listening);
+            })
+            .map_err(|e| format!("member {id}: {e}"))?;
+        Ok(Member {
+            id,
+            inbox: tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the member's thread (its peers see it as crashed).
+    pub fn stop(&mut self) {
+        let _ = self.inbox.send(Inbox::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Most inputs taken into one round (one sync).
+const MAX_BATCH: usize = 1024;
+
+struct Driver {
+    cfg: MemberConfig,
+    replica: Replica,
+    disk: MemberDisk,
+    peers: BTreeMap<NodeId, PeerSender>,
+    own: mpsc::Sender<Inbox>,
+    feed: Feed,
+    next_id: u64,
+    /// Requests of local clients by request id.
+    clients: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
+    /// Requests forwarded by other members: our request id -> (member, their id).
+    forwarded_in: BTreeMap<u64, (NodeId, u64)>,
+    /// Requests we forwarded to the leader: their id here -> the client.
+    forwarded_out: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
+    out: Output<Write, Message, ReplicaEvent>,
+}
+
+impl Driver {
+    fn new(
+        cfg: MemberConfig,
+        replica: Replica,
+        disk: MemberDisk,
+        peers: BTreeMap<NodeId, PeerSender>,
+        own: mpsc::Sender<Inbox>,
+    ) -> Driver {
+        Driver {
+            cfg,
+            replica,
+            disk,
+            peers,
+            own,
+            feed: broadcast::channel(4096).0,
+            next_id: 1,
+            clients: BTreeMap::new(),
+            forwarded_in: BTreeMap::new(),
+            forwarded_out: BTreeMap::new(),
+            out: Output::default(),
+        }
+    }
+
+    fn run(mut self, inbox: mpsc::Receiver<Inbox>) {
+        let start = Instant::now();
+        let mut next_tick = start + self.cfg.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut batch = Vec::new();
+            match inbox.recv_timeout(wait) {
+                Ok(m) => batch.push(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let now = start.elapsed().as_micros() as u64;
+            for m in batch {
+                match m {
+                    Inbox::Stop => return,
+                    m => self.handle(now, m),
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.replica.tick(now, &mut self.out);
+                next_tick += self.cfg.tick;
+                // Clients that gave up on a forwarded request no longer wait.
+                self.forwarded_out.retain(|_, c| !c.is_closed());
+            }
+            if !self.flush() {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, now: u64, m: Inbox) {
+        match m {
+            Inbox::Peer((from, PeerMsg::Raft(msg))) => {
+                self.replica.step(now, from, msg, &mut self.out);
+            }
+            Inbox::Peer((from, PeerMsg::Forward { id, req })) => {
+                let local = self.next_id;
+                self.next_id += 1;
+                self.forwarded_in.insert(local, (from, id));
+                let input = ReplicaInput::Client { id: local, req };
+                self.replica.input(now, input, &mut self.out);
+            }
+            Inbox::Peer((_, PeerMsg::Reply { id, result })) => {
+                if let Some(client) = self.forwarded_out.remove(&id) {
+                    let _ = client.send(result);
+                }
+            }
+            Inbox::Client { req, reply } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                if !self.replica.is_leader() {
+                    if let Some(leader) = self.replica.raft().leader() {
+                        if let Some(p) = self.peers.get(&leader) {
+                            self.forwarded_out.insert(id, reply);
+                            p.send(PeerMsg::Forward { id, req });
+                            return;
+                        }
+                    }
+                }
+                self.clients.insert(id, reply);
+                let input = ReplicaInput::Client { id, req };
+                self.replica.input(now, input, &mut self.out);
+            }
+            Inbox::Local(f) => f(&self.replica, &self.feed),
+            Inbox::Stop => {}
+        }
+    }
+
+    /// Persist, then send, then answer. False if the disk failed: the member
+    /// stops rather than answer anything it could not make durable.
+    fn flush(&mut self) -> bool {
+        let out = std::mem::take(&mut self.out);
+        if let Err(e) = self.disk.persist(&out.writes) {
+            eprintln!("member {}: storage failed, stopping: {e}", self.cfg.id);
+            return false;
+        }
+        for env in out.msgs {
+            if env.to == self.cfg.id {
+                let _ = self.own.send(Inbox::Peer((env.to, PeerMsg::Raft(env.msg))));
+            } else if let Some(p) = self.peers.get(&env.to) {
+                p.send(PeerMsg::Raft(env.msg));
+            }
+        }
+        for e in out.events {
+            match e {
+                ReplicaEvent::Response { id, result } => {
+                    if let Some(client) = self.clients.remove(&id) {
+                        let _ = client.send(result);
+                    } else if let Some((member, their)) = self.forwarded_in.remove(&id) {
+                        if let Some(p) = self.peers.get(&member) {
+                            p.send(PeerMsg::Reply { id: their, result });
+                        }
+                    }
+                }
+                ReplicaEvent::Applied {
+                    revision, events, ..
+                } => {
+                    if !events.is_empty() {
+                        let _ = self.feed.send(Arc::new(Applied { revision, events }));
+                    }
+                }
+                ReplicaEvent::BecameLeader { .. } => {}
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,141 @@
+//! A three-member cluster on loopback, through the etcd API: writes through
+//! any member, linearizable reads everywhere, a leader that dies, a member
+//! that comes back from its disk.
+
+use pb::kv_client::KvClient;
+use pb::maintenance_client::MaintenanceClient;
+use std::time::{Duration, Instant};
+use synod_etcd::pb::etcdserverpb as pb;
+use synod_server::cluster::{start_cluster, start_member, ClusterSpec};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn client(spec: &ClusterSpec, i: usize) -> KvClient<Channel> {
+    let url = format!("http://{}", spec.members[i].client);
+    KvClient::new(Channel::from_shared(url).unwrap().connect_lazy())
+}
+
+/// Retries `put` until the cluster accepts it (an election may be under way).
+async fn put_eventually(kv: &mut KvClient<Channel>, k: &str, v: &str) -> pb::PutResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = pb::PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        };
+        match kv.put(req).await {
+            Ok(r) => return r.into_inner(),
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no write accepted within 20 s: {e:?}"),
+        }
+    }
+}
+
+async fn get(kv: &mut KvClient<Channel>, k: &str) -> Option<Vec<u8>> {
+    let r = kv
+        .range(pb::RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.kvs.first().map(|kv| kv.value.clone())
+}
+
+async fn leader_index(spec: &ClusterSpec, alive: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for &i in alive {
+            let url = format!("http://{}", spec.members[i].client);
+            let mut m = MaintenanceClient::new(Channel::from_shared(url).unwrap().connect_lazy());
+            if let Ok(s) = m.status(pb::StatusRequest {}).await {
+                let s = s.into_inner();
+                if s.leader != 0 && alive.contains(&(s.leader as usize - 1)) {
+                    return s.leader as usize - 1;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader among {alive:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_replicate_survive_a_leader_and_recover_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    let mut members: Vec<Option<_>> = start_cluster(&spec)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Some)
+        .collect();
+
+    // Writes through every member (followers forward to the leader).
+    for i in 0..3 {
+        let mut kv = client(&spec, i).await;
+        put_eventually(&mut kv, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    for i in 0..3 {
+        let mut kv = client(&spec, i).await;
+        for j in 0..3 {
+            assert_eq!(
+                get(&mut kv, &format!("k{j}")).await,
+                Some(format!("v{j}").into_bytes())
+            );
+        }
+    }
+
+    // The leader dies; the others elect a new one and keep every write.
+    let l = leader_index(&spec, &[0, 1, 2]).await;
+    members[l].take().unwrap().stop().await;
+    let alive: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let mut kv = client(&spec, alive[0]).await;
+    let r = put_eventually(&mut kv, "after", "failover").await;
+    assert!(r.header.unwrap().revision >= 5);
+    let mut kv2 = client(&spec, alive[1]).await;
+    assert_eq!(get(&mut kv2, "k0").await, Some(b"v0".to_vec()));
+    assert_eq!(get(&mut kv2, "after").await, Some(b"failover".to_vec()));
+
+    // It comes back from its disk and catches up.
+    members[l] = Some(start_member(&spec, l).await.unwrap());
+    let mut back = client(&spec, l).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // A serializable read shows what this member itself has applied.
+        let r = back
+            .range(pb::RangeRequest {
+                key: "after".into(),
+                serializable: true,
+                ..Default::default()
+            })
+            .await;
+        if let Ok(r) = r {
+            if r.into_inner().kvs.first().map(|kv| kv.value.clone()) == Some(b"failover".to_vec()) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&mut back, "k1").await, Some(b"v1".to_vec()));
+    for m in members.into_iter().flatten() {
+        m.stop().await;
+    }
+}
