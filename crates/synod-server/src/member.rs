@@ -126,6 +126,10 @@ struct Driver {
     forwarded_in: BTreeMap<u64, (NodeId, u64)>,
     /// Requests we forwarded to the leader: their id here -> the client.
     forwarded_out: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
+    /// Requests that arrived while no leader was known (during an election):
+    /// held until one is, as etcd holds them, rather than refused at once.
+    /// The client's own deadline bounds the wait.
+    parked: Vec<(Request, oneshot::Sender<Result<Answer, ReplicaError>>)>,
     out: Output<Write, Message, ReplicaEvent>,
 }
 
@@ -148,6 +152,7 @@ impl Driver {
             clients: BTreeMap::new(),
             forwarded_in: BTreeMap::new(),
             forwarded_out: BTreeMap::new(),
+            parked: Vec::new(),
             out: Output::default(),
         }
     }
@@ -174,6 +179,13 @@ impl Driver {
                 match m {
                     Inbox::Stop => return,
                     m => self.handle(now, m),
+                }
+            }
+            if !self.parked.is_empty()
+                && (self.replica.is_leader() || self.replica.raft().leader().is_some())
+            {
+                for (req, reply) in std::mem::take(&mut self.parked) {
+                    self.client(now, req, reply);
                 }
             }
             if Instant::now() >= next_tick {
@@ -205,25 +217,43 @@ impl Driver {
                     let _ = client.send(result);
                 }
             }
-            Inbox::Client { req, reply } => {
-                let id = self.next_id;
-                self.next_id += 1;
-                if !self.replica.is_leader() {
-                    if let Some(leader) = self.replica.raft().leader() {
-                        if let Some(p) = self.peers.get(&leader) {
-                            self.forwarded_out.insert(id, reply);
-                            p.send(PeerMsg::Forward { id, req });
-                            return;
-                        }
-                    }
-                }
-                self.clients.insert(id, reply);
-                let input = ReplicaInput::Client { id, req };
-                self.replica.input(now, input, &mut self.out);
-            }
+            Inbox::Client { req, reply } => self.client(now, req, reply),
             Inbox::Local(f) => f(&self.replica, &self.feed),
             Inbox::Stop => {}
         }
+    }
+
+    /// Serves a client's request here if this member leads, forwards it if
+    /// another does, and parks it while nobody does.
+    fn client(
+        &mut self,
+        now: u64,
+        req: Request,
+        reply: oneshot::Sender<Result<Answer, ReplicaError>>,
+    ) {
+        if reply.is_closed() {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        if !self.replica.is_leader() {
+            match self.replica.raft().leader() {
+                Some(leader) => {
+                    if let Some(p) = self.peers.get(&leader) {
+                        self.forwarded_out.insert(id, reply);
+                        p.send(PeerMsg::Forward { id, req });
+                        return;
+                    }
+                }
+                None => {
+                    self.parked.push((req, reply));
+                    return;
+                }
+            }
+        }
+        self.clients.insert(id, reply);
+        let input = ReplicaInput::Client { id, req };
+        self.replica.input(now, input, &mut self.out);
     }
 
     /// Persist, then send, then answer. False if the disk failed: the member
