@@ -12,6 +12,7 @@ use synod_etcd::{EtcdServer, Limits, MemberInfo};
 use synod_protocols::NodeId;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 /// One member's addresses and data directory. Its raft id is its position in
 /// the cluster's list; its etcd member id is that plus one (etcd reserves 0).
@@ -118,10 +119,17 @@ pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMem
     });
     let routes = EtcdServer::new(backend, Limits::default()).router();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // Small responses must not wait for the client's delayed ACK (Nagle):
+    // without this a read took 40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(s)
+    });
     let api = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             })
             .await;

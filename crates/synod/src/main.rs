@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use synod_sim::history;
 use synod_sim::linearizability::{self, CheckResult};
 
+mod bench_cmd;
 mod sim_cmd;
 mod up_cmd;
 mod wal_cmd;
@@ -26,6 +27,9 @@ enum Command {
     /// Start a local cluster (3 members on 127.0.0.1 by default) serving etcd's
     /// v3 API, with durable storage; runs until Ctrl-C.
     Up(up_cmd::UpArgs),
+    /// Measure put or get throughput and latency through etcd's v3 API against
+    /// running endpoints (synod's or etcd's).
+    Bench(bench_cmd::BenchArgs),
     /// Run an algorithm many times in the deterministic simulator under faults and
     /// check its properties on every run.
     Sim(sim_cmd::SimArgs),
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),
