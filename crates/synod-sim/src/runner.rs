@@ -2,6 +2,7 @@
 
 use crate::faults::FaultSet;
 use crate::models::commit::{self, CommitModel};
+use crate::models::etcd::{self, EtcdModel};
 use crate::models::raft;
 use crate::models::write_once::{self, WriteOnceModel};
 use crate::report::{RunReport, Summary};
@@ -23,6 +24,8 @@ pub enum Algo {
     TwoPc,
     ThreePc,
     PaxosCommit,
+    /// The service's replicated store (`synod_kv::replica::Replica`).
+    Etcd,
 }
 
 impl Algo {
@@ -34,6 +37,7 @@ impl Algo {
         Algo::TwoPc,
         Algo::ThreePc,
         Algo::PaxosCommit,
+        Algo::Etcd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Algo {
             Algo::ThreePc => "3pc",
             Algo::PaxosCommit => "paxos-commit",
             Algo::Raft => "raft",
+            Algo::Etcd => "etcd",
         }
     }
 
@@ -55,6 +60,7 @@ impl Algo {
             Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES,
             Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::PROPERTIES,
             Algo::Raft => raft::PROPERTIES,
+            Algo::Etcd => etcd::PROPERTIES,
         }
     }
 
@@ -69,6 +75,7 @@ impl Algo {
             Algo::Coordinator | Algo::Majority | Algo::Paxos => &[],
             Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::COUNTERS,
             Algo::Raft => raft::COUNTERS,
+            Algo::Etcd => etcd::COUNTERS,
         }
     }
 }
@@ -180,6 +187,7 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
         Algo::Raft => {
             Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed)
         }
+        Algo::Etcd => Simulation::new(cfg, seed, EtcdModel::new(n, 3)).run(seed),
         Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => {
             // Node 0 coordinates, nodes 1..=k participate; the votes come from the seed.
             let layout = Layout::new(n, spec.participants);

@@ -2,6 +2,7 @@
 //! clients do, and which properties are checked on every run.
 
 pub mod commit;
+pub mod etcd;
 pub mod raft;
 pub mod wal_disk;
 pub mod write_once;

@@ -1,0 +1,386 @@
+//! The service's own state machine under the simulator's faults: members are
+//! [`synod_kv::replica::Replica`] (synod-kv's store on the Raft core), exactly
+//! the node the service runs, driven here with virtual time and faults
+//! instead of threads and sockets.
+//!
+//! Clients behave as etcd clients do: each runs single-key operations one at a
+//! time — put, linearizable get, delete, and compare-and-swap as a transaction
+//! (compare the value, or version 0 for "absent", then put) — against a
+//! member, following `NotLeader` hints. etcd has no client sessions, so a
+//! write whose outcome is unknown (leadership changed, the member crashed, no
+//! answer in time) is recorded as indefinite and the client moves on; a read
+//! is simply retried.
+//!
+//! Checked on every run:
+//! * **linearizability** of the client history (the checker of
+//!   [`crate::linearizability`]);
+//! * **state_machine_safety** — every member that applies log entry `i` is at
+//!   the same store revision afterwards.
+//!
+//! Liveness: in the quiet phase every client finishes its operations.
+
+use crate::history::{OpKind, OpResult, Operation};
+use crate::linearizability::{self, CheckOptions};
+use crate::report::RunReport;
+use crate::sim::{Ctl, Model};
+use rand::Rng;
+use std::collections::BTreeMap;
+use synod_kv::replica::{
+    Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
+};
+use synod_kv::{
+    Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use synod_protocols::raft::Disk;
+use synod_protocols::{NodeId, MS};
+
+pub const PROPERTIES: &[&str] = &["linearizability", "state_machine_safety"];
+pub const COUNTERS: &[&str] = &["ops_ok", "ops_indefinite", "retries"];
+
+/// Operations per client and run.
+const OPS: u32 = 40;
+/// A client that hears nothing for this long gives the request up.
+const CLIENT_TIMEOUT: u64 = 400 * MS;
+const KEYS: u32 = 4;
+
+#[derive(Clone, Debug)]
+struct Client {
+    /// The operation in progress, when it was first invoked, and its
+    /// generation (so stale answers and timeouts are ignored).
+    op: Option<(OpKind, u64)>,
+    generation: u64,
+    target: NodeId,
+    done: u32,
+}
+
+pub struct EtcdModel {
+    n: usize,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    /// Request id -> (client, generation).
+    inflight: BTreeMap<u64, (usize, u64)>,
+    next_request: u64,
+    next_value: u64,
+    /// Log index -> the revision the first member to apply it reached.
+    revisions: BTreeMap<u64, (i64, NodeId)>,
+    retries: u64,
+    /// Deliberately broken (tests only): reads are answered from the
+    /// member's own store, without ReadIndex.
+    local_reads: bool,
+}
+
+fn token(client: usize, generation: u64) -> u64 {
+    ((client as u64) << 32) | (generation & 0xffff_ffff)
+}
+
+impl EtcdModel {
+    pub fn new(n: usize, clients: usize) -> EtcdModel {
+        EtcdModel {
+            n,
+            clients: (0..clients)
+                .map(|c| Client {
+                    op: None,
+                    generation: 0,
+                    target: (c % n) as NodeId,
+                    done: 0,
+                })
+                .collect(),
+            history: Vec::new(),
+            inflight: BTreeMap::new(),
+            next_request: 1,
+            next_value: 1,
+            revisions: BTreeMap::new(),
+            retries: 0,
+            local_reads: false,
+        }
+    }
+
+    /// Turns on the broken local reads (tests only).
+    pub fn with_local_reads(mut self) -> EtcdModel {
+        self.local_reads = true;
+        self
+    }
+
+    fn request(kind: &OpKind) -> Request {
+        match kind {
+            OpKind::Put { key, value } => Request::Write(Command::Put(PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.clone().into_bytes(),
+                ..PutRequest::default()
+            })),
+            OpKind::Get { key } => Request::Read(RangeRequest {
+                key: key.clone().into_bytes(),
+                ..RangeRequest::default()
+            }),
+            OpKind::Delete { key } => Request::Write(Command::DeleteRange(DeleteRangeRequest {
+                key: key.clone().into_bytes(),
+                ..DeleteRangeRequest::default()
+            })),
+            OpKind::Cas {
+                key,
+                expected,
+                value,
+            } => Request::Write(Command::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key: key.clone().into_bytes(),
+                    range_end: Vec::new(),
+                    result: CompareResult::Equal,
+                    target: match expected {
+                        Some(v) => CompareTarget::Value(v.clone().into_bytes()),
+                        None => CompareTarget::Version(0),
+                    },
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                    ..PutRequest::default()
+                })],
+                failure: Vec::new(),
+            })),
+        }
+    }
+
+    fn result(kind: &OpKind, answer: &Answer) -> Option<OpResult> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Some(match (kind, answer) {
+            (OpKind::Put { .. }, Answer::Write { .. }) => OpResult::Ok,
+            (OpKind::Get { .. }, Answer::Read { resp, .. }) => {
+                OpResult::Read(resp.kvs.first().map(|kv| text(&kv.value)))
+            }
+            (
+                OpKind::Delete { .. },
+                Answer::Write {
+                    resp: CommandResponse::DeleteRange(d),
+                    ..
+                },
+            ) => OpResult::Deleted(d.deleted > 0),
+            (
+                OpKind::Cas { .. },
+                Answer::Write {
+                    resp: CommandResponse::Txn(t),
+                    ..
+                },
+            ) => OpResult::Swapped(t.succeeded),
+            _ => return None,
+        })
+    }
+
+    fn next_op(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize) {
+        let client = &mut self.clients[c];
+        if client.done >= OPS {
+            client.op = None;
+            return;
+        }
+        let rng = ctl.rng();
+        let key = format!("k{}", rng.gen_range(0..KEYS));
+        let value = format!("v{}", self.next_value);
+        self.next_value += 1;
+        let kind = match rng.gen_range(0..10) {
+            0..=3 => OpKind::Put { key, value },
+            4..=6 => OpKind::Get { key },
+            7 => OpKind::Delete { key },
+            _ => {
+                let expected = if rng.gen_bool(0.3) {
+                    None
+                } else {
+                    Some(format!("v{}", rng.gen_range(1..self.next_value)))
+                };
+                OpKind::Cas {
+                    key,
+                    expected,
+                    value,
+                }
+            }
+        };
+        let now = ctl.now();
+        self.clients[c].op = Some((kind, now));
+        self.send(ctl, c);
+    }
+
+    /// Sends client `c`'s operation to its current target.
+    fn send(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize) {
+        let Some((kind, _)) = self.clients[c].op.clone() else {
+            return;
+        };
+        let client = &mut self.clients[c];
+        client.generation += 1;
+        let generation = client.generation;
+        let target = client.target;
+        if self.local_reads {
+            if let OpKind::Get { key } = &kind {
+                if let Some(node) = ctl.node(target) {
+                    let resp = node
+                        .store()
+                        .range(&RangeRequest {
+                            key: key.clone().into_bytes(),
+                            ..RangeRequest::default()
+                        })
+                        .expect("a plain read succeeds");
+                    let answer = Answer::Read {
+                        revision: 0,
+                        term: 0,
+                        resp,
+                    };
+                    self.complete(ctl, c, &answer);
+                    return;
+                }
+            }
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        self.inflight.insert(id, (c, generation));
+        let req = Self::request(&kind);
+        let latency = ctl.rng().gen_range(MS / 2..2 * MS);
+        ctl.input(target, ReplicaInput::Client { id, req }, latency);
+        ctl.wake(latency + CLIENT_TIMEOUT, token(c, generation));
+    }
+
+    fn complete(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize, answer: &Answer) {
+        let Some((kind, invoked)) = self.clients[c].op.take() else {
+            return;
+        };
+        match Self::result(&kind, answer) {
+            Some(result) => self.history.push(Operation::completed(
+                c as u64,
+                kind,
+                invoked,
+                ctl.now(),
+                result,
+            )),
+            None => ctl.violation(
+                "linearizability",
+                None,
+                format!("{kind:?} answered with {answer:?}"),
+            ),
+        }
+        self.clients[c].done += 1;
+        self.next_op(ctl, c);
+    }
+
+    /// The outcome of client `c`'s write is unknown: it stays indefinite in the
+    /// history; a read is simply tried again.
+    fn give_up_or_retry(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize, next_target: NodeId) {
+        self.retries += 1;
+        self.clients[c].target = next_target;
+        let Some((kind, invoked)) = self.clients[c].op.clone() else {
+            return;
+        };
+        if matches!(kind, OpKind::Get { .. }) {
+            self.send(ctl, c);
+            return;
+        }
+        self.clients[c].op = None;
+        self.history
+            .push(Operation::indefinite(c as u64, kind, invoked));
+        self.clients[c].done += 1;
+        self.next_op(ctl, c);
+    }
+}
+
+impl Model for EtcdModel {
+    type Node = Replica;
+
+    fn boot(&mut self, id: NodeId, disk: &Disk, seed: u64) -> Replica {
+        let mut cfg = ReplicaConfig::new(id, (0..self.n as NodeId).collect());
+        // The simulator ticks every 10 ms.
+        cfg.tick_ms = 10;
+        Replica::new(cfg, disk, seed)
+    }
+
+    fn on_start(&mut self, ctl: &mut Ctl<'_, Replica>) {
+        for c in 0..self.clients.len() {
+            self.next_op(ctl, c);
+        }
+    }
+
+    fn on_event(&mut self, ctl: &mut Ctl<'_, Replica>, node: NodeId, event: ReplicaEvent) {
+        match event {
+            ReplicaEvent::Applied {
+                index, revision, ..
+            } => match self.revisions.get(&index) {
+                Some((r, first)) if *r != revision => ctl.violation(
+                    "state_machine_safety",
+                    Some(node),
+                    format!("entry {index}: revision {revision} here, {r} at n{first}"),
+                ),
+                Some(_) => {}
+                None => {
+                    self.revisions.insert(index, (revision, node));
+                }
+            },
+            ReplicaEvent::Response { id, result } => {
+                let Some((c, generation)) = self.inflight.remove(&id) else {
+                    return;
+                };
+                if self.clients[c].generation != generation || self.clients[c].op.is_none() {
+                    return;
+                }
+                match result {
+                    Ok(answer) => self.complete(ctl, c, &answer),
+                    Err(ReplicaError::NotLeader { hint }) => {
+                        // Not proposed anywhere: safe to send again.
+                        self.retries += 1;
+                        let n = self.n as NodeId;
+                        self.clients[c].target =
+                            hint.unwrap_or_else(|| (self.clients[c].target + 1) % n);
+                        let backoff = if hint.is_some() { MS } else { 20 * MS };
+                        let tok = token(c, self.clients[c].generation) | (1 << 31);
+                        ctl.wake(backoff, tok);
+                    }
+                    Err(ReplicaError::LeaderChanged) => {
+                        let next = (self.clients[c].target + 1) % self.n as NodeId;
+                        self.give_up_or_retry(ctl, c, next);
+                    }
+                    Err(ReplicaError::Kv(e)) => ctl.violation(
+                        "linearizability",
+                        Some(node),
+                        format!("client {c}: the store refused a well-formed request: {e}"),
+                    ),
+                }
+            }
+            ReplicaEvent::BecameLeader { .. } => {}
+        }
+    }
+
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, Replica>, tok: u64) {
+        let c = (tok >> 32) as usize;
+        let resend = tok & (1 << 31) != 0;
+        let generation = tok & 0x7fff_ffff;
+        if c >= self.clients.len() || self.clients[c].generation & 0x7fff_ffff != generation {
+            return;
+        }
+        if self.clients[c].op.is_none() {
+            return;
+        }
+        if resend {
+            self.send(ctl, c);
+        } else {
+            // No answer in time.
+            let next = (self.clients[c].target + 1) % self.n as NodeId;
+            self.give_up_or_retry(ctl, c, next);
+        }
+    }
+
+    fn done(&self, _ctl: &Ctl<'_, Replica>) -> bool {
+        self.clients.iter().all(|c| c.done >= OPS && c.op.is_none())
+    }
+
+    fn finish(&mut self, ctl: &mut Ctl<'_, Replica>, _terminated: bool, report: &mut RunReport) {
+        // An operation still in progress at the end is indefinite.
+        for (c, client) in self.clients.iter().enumerate() {
+            if let Some((kind, invoked)) = &client.op {
+                self.history
+                    .push(Operation::indefinite(c as u64, kind.clone(), *invoked));
+            }
+        }
+        let result = linearizability::check_with(&self.history, &CheckOptions::default());
+        if let Some(v) = result.violation() {
+            ctl.violation("linearizability", None, format!("{v:?}"));
+        }
+        let ok = self.history.iter().filter(|o| !o.is_indefinite()).count() as u64;
+        report.count("ops_ok", ok);
+        report.count("ops_indefinite", self.history.len() as u64 - ok);
+        report.count("retries", self.retries);
+    }
+}
