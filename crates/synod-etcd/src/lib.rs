@@ -15,8 +15,8 @@
 //!
 //! [`LocalBackend`] is a single member that keeps its store in memory: the test
 //! double for this layer, and what etcdctl is checked against in
-//! `tests/etcdctl.rs`. The replicated, durable backend (Raft over the WAL)
-//! implements the same trait.
+//! `tests/etcdctl.rs`. The replicated, durable backend (Raft over the WAL) is
+//! `synod_server::backend::MemberBackend`.
 
 pub mod pb {
     //! Generated from `proto/`: etcd's `mvccpb` and `etcdserverpb` packages.
