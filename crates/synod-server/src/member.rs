@@ -130,6 +130,10 @@ struct Driver {
     /// held until one is, as etcd holds them, rather than refused at once.
     /// The client's own deadline bounds the wait.
     parked: Vec<(Request, oneshot::Sender<Result<Answer, ReplicaError>>)>,
+    /// Local jobs wait for the end of the round: the state they read must be
+    /// durable first (the leader may apply an entry that only its own unsynced
+    /// write makes a quorum of).
+    local_jobs: Vec<LocalJob>,
     out: Output<Write, Message, ReplicaEvent>,
 }
 
@@ -153,6 +157,7 @@ impl Driver {
             forwarded_in: BTreeMap::new(),
             forwarded_out: BTreeMap::new(),
             parked: Vec::new(),
+            local_jobs: Vec::new(),
             out: Output::default(),
         }
     }
@@ -197,6 +202,9 @@ impl Driver {
             if !self.flush() {
                 return;
             }
+            for job in std::mem::take(&mut self.local_jobs) {
+                job(&self.replica, &self.feed);
+            }
         }
     }
 
@@ -218,7 +226,7 @@ impl Driver {
                 }
             }
             Inbox::Client { req, reply } => self.client(now, req, reply),
-            Inbox::Local(f) => f(&self.replica, &self.feed),
+            Inbox::Local(f) => self.local_jobs.push(f),
             Inbox::Stop => {}
         }
     }
