@@ -129,6 +129,16 @@ pub trait Node {
         input: Self::Input,
         out: &mut Output<Self::Write, Self::Msg, Self::Event>,
     );
+
+    /// Whether `msg`, just produced, may leave before the writes of its own
+    /// output are durable — allowed only when every earlier output's writes
+    /// already are (a driver that handles outputs one at a time always
+    /// satisfies that). Raft leaders use it to replicate entries while they
+    /// write them (Ongaro's thesis, §10.2.1) instead of after. Called right
+    /// after the call that produced `msg`. Default: never.
+    fn sends_before_sync(&self, _msg: &Self::Msg) -> bool {
+        false
+    }
 }
 
 /// Shorthand for a node's output type.

@@ -1,7 +1,10 @@
 //! One member: a thread that drives a [`Replica`] with a real clock, disk and
 //! network, honouring the sans-IO contract: the writes of everything handled
 //! in one round are made durable with one sync (group commit) before any of
-//! the round's messages leave or any answer is given.
+//! the round's messages leave or any answer is given — except the messages the
+//! replica allows out before the sync (a leader's appends and heartbeats, see
+//! `Node::sends_before_sync`), which go first so that followers write while
+//! the leader does.
 
 use crate::disk::MemberDisk;
 use crate::peer::{self, Incoming, PeerMsg, PeerSender};
@@ -267,7 +270,21 @@ impl Driver {
     /// Persist, then send, then answer. False if the disk failed: the member
     /// stops rather than answer anything it could not make durable.
     fn flush(&mut self) -> bool {
-        let out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.out);
+        // Rounds are handled one at a time, so every earlier round is durable:
+        // what the replica allows (a leader's appends) leaves now, and the
+        // followers' syncs overlap ours instead of following it.
+        if !out.writes.is_empty() {
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
+                .into_iter()
+                .partition(|env| self.replica.sends_before_sync(&env.msg));
+            out.msgs = late;
+            for env in early {
+                if let Some(p) = self.peers.get(&env.to) {
+                    p.send(PeerMsg::Raft(env.msg));
+                }
+            }
+        }
         if let Err(e) = self.disk.persist(&out.writes) {
             eprintln!("member {}: storage failed, stopping: {e}", self.cfg.id);
             return false;

@@ -687,6 +687,21 @@ impl<M: Model> Simulation<M> {
             core.scratch = out;
             return;
         }
+        // Messages the node lets leave before this output's writes are
+        // durable go now, but only if nothing earlier is still being synced
+        // (the condition `Node::sends_before_sync` states).
+        let slot = &core.slots[id as usize];
+        if slot.pending.is_empty() && !out.writes.is_empty() {
+            if let Some(node) = slot.node.as_ref() {
+                let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
+                    .into_iter()
+                    .partition(|e| node.sends_before_sync(&e.msg));
+                out.msgs = late;
+                for env in early {
+                    core.send(id, env.to, env.msg);
+                }
+            }
+        }
         let slot = &mut core.slots[id as usize];
         let prev = slot.pending.back().map_or(core.now, |b| b.done_at);
         let done_at = if out.writes.is_empty() {

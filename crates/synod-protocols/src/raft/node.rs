@@ -277,6 +277,18 @@ impl RaftNode {
         self.pending_conf > self.commit
     }
     /// Whether the leader has committed an entry of its own term.
+    /// Whether `msg` may be sent before this call's writes are durable (see
+    /// [`crate::sansio::Node::sends_before_sync`]). A leader's appends and
+    /// heartbeats may: a follower acknowledges only what it made durable
+    /// itself, and the commit index they carry cannot count entries of the
+    /// unsynced output, since those are acknowledged only later — unless the
+    /// leader is the only voter, which counts itself alone.
+    pub fn sends_before_sync(&self, msg: &Message) -> bool {
+        self.role == Role::Leader
+            && self.conf.voters.len() > 1
+            && matches!(msg, Message::Append { .. } | Message::Heartbeat { .. })
+    }
+
     pub fn committed_own_term(&self) -> bool {
         self.log.term(self.commit) == Some(self.term)
     }

@@ -519,4 +519,11 @@ impl Node for WalBacked {
             n.input(now, input, out);
         }
     }
+
+    fn sends_before_sync(&self, msg: &Message) -> bool {
+        match self {
+            WalBacked::Running(n) => n.sends_before_sync(msg),
+            WalBacked::Stopped { .. } => false,
+        }
+    }
 }
