@@ -19,7 +19,6 @@
 //! persist an output's writes, then send its messages, then report its events.
 
 use crate::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use synod_protocols::raft::{
@@ -118,16 +117,6 @@ impl ReplicaConfig {
 
 type Out = Output<Write, Message, ReplicaEvent>;
 
-fn encode<T: Serialize>(value: &T) -> Payload {
-    Payload(bincode::serialize(value).expect("in-memory values serialize"))
-}
-
-/// Committed entries and snapshots are this module's own encodings; anything
-/// else means replicated state is damaged, which no member may paper over.
-fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> T {
-    bincode::deserialize(&p.0).unwrap_or_else(|e| panic!("undecodable {what} ({p:?}): {e}"))
-}
-
 /// One member: the Raft core, the store, and the requests it owes answers.
 #[derive(Clone, Debug)]
 pub struct Replica {
@@ -155,7 +144,7 @@ impl Replica {
         let store = disk
             .snapshot
             .as_ref()
-            .map(|s| decode(&s.data, "snapshot"))
+            .map(|s| s.data.decode("snapshot"))
             .unwrap_or_else(|| Store::new().with_max_txn_ops(cfg.max_txn_ops));
         let mut r = Replica {
             cfg,
@@ -216,8 +205,7 @@ impl Replica {
     ) -> R {
         let mut inner = std::mem::take(&mut self.scratch);
         let r = f(&mut self.raft, &mut inner);
-        out.writes.append(&mut inner.writes);
-        out.msgs.append(&mut inner.msgs);
+        out.take_writes_and_msgs(&mut inner);
         for e in inner.events.drain(..) {
             let RaftEvent::BecameLeader { term } = e;
             // Leases restart at their full TTL under a new leader.
@@ -242,7 +230,7 @@ impl Replica {
     /// Catches the application up with the core after any call.
     fn after(&mut self, out: &mut Out) {
         if let Some(snap) = self.raft.take_installed() {
-            self.store = decode(&snap.data, "snapshot");
+            self.store = snap.data.decode("snapshot");
         }
         if self.raft.take_stepped_down() {
             for (_, (_, id)) in std::mem::take(&mut self.writes) {
@@ -262,7 +250,7 @@ impl Replica {
         self.serve_reads(out);
         let every = self.raft.config().snapshot_every;
         if every > 0 && self.raft.applied_index() >= self.raft.snapshot_index() + every {
-            let data = encode(&self.store);
+            let data = Payload::encode(&self.store);
             self.with_raft(out, |r, out| {
                 r.with_step(out, |r, out| r.compact(data, out))
             });
@@ -274,7 +262,7 @@ impl Replica {
             let EntryData::App(p) = &e.data else {
                 continue;
             };
-            let cmd: Command = decode(p, "log entry");
+            let cmd: Command = p.decode("log entry");
             let result = self.store.apply(&cmd);
             match (&cmd, &result) {
                 (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {
@@ -352,7 +340,7 @@ impl Replica {
                     Self::respond(out, id, Err(ReplicaError::NotLeader { hint }));
                     return;
                 }
-                let data = EntryData::App(encode(&cmd));
+                let data = EntryData::App(Payload::encode(&cmd));
                 match self.with_raft(out, |r, out| {
                     r.with_step(out, |r, out| r.propose(data, out))
                 }) {
@@ -404,7 +392,7 @@ impl Replica {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let data = EntryData::App(encode(&Command::LeaseRevoke { id }));
+            let data = EntryData::App(Payload::encode(&Command::LeaseRevoke { id }));
             let placed = self.with_raft(out, |r, out| {
                 r.with_step(out, |r, out| r.propose(data, out))
             });

@@ -310,14 +310,7 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
                     round: 0,
                     node: self.id,
                 };
-                self.phase = Phase::Accepting {
-                    ballot,
-                    started: now,
-                    value: value.clone(),
-                    accepted: vec![false; self.n],
-                };
-                self.last_send = now;
-                self.broadcast(Msg::Accept { ballot, value }, out);
+                self.begin_accept(now, ballot, value, out);
                 return;
             }
         }
@@ -455,6 +448,11 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
             },
         };
         let ballot = *mine;
+        self.begin_accept(now, ballot, value, out);
+    }
+
+    /// Phase 2: asks every acceptor to accept `value` at `ballot`.
+    fn begin_accept(&mut self, now: Instant, ballot: Ballot, value: V, out: &mut Out<V>) {
         self.phase = Phase::Accepting {
             ballot,
             started: now,

@@ -85,6 +85,13 @@ impl<W, M, E> Output<W, M, E> {
         self.msgs.clear();
         self.events.clear();
     }
+    /// Moves `inner`'s writes and messages to the end of this output, in
+    /// order, for a node that wraps another: the wrapper maps `inner`'s
+    /// events into its own.
+    pub fn take_writes_and_msgs<F>(&mut self, inner: &mut Output<W, M, F>) {
+        self.writes.append(&mut inner.writes);
+        self.msgs.append(&mut inner.msgs);
+    }
 }
 
 /// A protocol node as the simulator (and any other driver) sees it.

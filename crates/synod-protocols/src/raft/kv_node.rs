@@ -12,22 +12,9 @@ use super::Bugs;
 use super::{ConfChange, Disk, Entry, EntryData, Message, Payload, RaftConfig, Write};
 use crate::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult, KvStore};
 use crate::sansio::{Instant, Node, NodeId, Output};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::collections::BTreeMap;
 
 type Out = Output<Write, Message, KvEvent>;
-
-fn encode<T: Serialize>(value: &T) -> Payload {
-    Payload(bincode::serialize(value).expect("in-memory values serialize"))
-}
-
-/// Decodes what this module encoded; anything else in a committed entry or a
-/// snapshot means the replicated state is damaged, which no replica may paper
-/// over.
-fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> T {
-    bincode::deserialize(&p.0).unwrap_or_else(|e| panic!("undecodable {what} ({p:?}): {e}"))
-}
 
 /// A write this node accepted as leader and still owes an answer.
 #[derive(Clone, Debug)]
@@ -69,7 +56,7 @@ impl KvNode {
         let store = disk
             .snapshot
             .as_ref()
-            .map(|s| decode(&s.data, "snapshot"))
+            .map(|s| s.data.decode("snapshot"))
             .unwrap_or_default();
         let mut node = KvNode {
             raft,
@@ -103,20 +90,20 @@ impl KvNode {
 
     /// The log entry data that carries `req` (for tests and tools).
     pub fn entry_data(req: &KvRequest) -> EntryData {
-        EntryData::App(encode(req))
+        EntryData::App(Payload::encode(req))
     }
 
     /// The request a log entry carries, if it carries one.
     pub fn request(e: &Entry) -> Option<KvRequest> {
         match &e.data {
-            EntryData::App(p) => Some(decode(p, "log entry")),
+            EntryData::App(p) => Some(p.decode("log entry")),
             EntryData::Empty | EntryData::Config(_) => None,
         }
     }
 
     /// The snapshot payload for `store` (for tests and tools).
     pub fn snapshot_data(store: &KvStore) -> Payload {
-        encode(store)
+        Payload::encode(store)
     }
 
     /// Runs `f` on the Raft core as one step, folding its output into ours.
@@ -127,8 +114,7 @@ impl KvNode {
     ) -> R {
         let mut inner = std::mem::take(&mut self.scratch);
         let r = f(&mut self.raft, &mut inner);
-        out.writes.append(&mut inner.writes);
-        out.msgs.append(&mut inner.msgs);
+        out.take_writes_and_msgs(&mut inner);
         for e in inner.events.drain(..) {
             match e {
                 RaftEvent::BecameLeader { term } => out.emit(KvEvent::BecameLeader { term }),
@@ -159,7 +145,7 @@ impl KvNode {
     fn after(&mut self, out: &mut Out) {
         if let Some(snap) = self.raft.take_installed() {
             // Only followers install snapshots, and they owe no answers.
-            self.store = decode(&snap.data, "snapshot");
+            self.store = snap.data.decode("snapshot");
         }
         if self.raft.take_stepped_down() {
             for (_, w) in std::mem::take(&mut self.writes) {
@@ -178,7 +164,7 @@ impl KvNode {
         self.serve_reads(out);
         let every = self.raft.config().snapshot_every;
         if every > 0 && self.raft.applied_index() >= self.raft.snapshot_index() + every {
-            let data = encode(&self.store);
+            let data = Payload::encode(&self.store);
             self.with_raft(out, |r, out| {
                 r.with_step(out, |r, out| r.compact(data, out))
             });
@@ -286,7 +272,7 @@ impl KvNode {
     fn admin(&mut self, op: AdminOp, out: &mut Out) {
         match op {
             AdminOp::Snapshot => {
-                let data = encode(&self.store);
+                let data = Payload::encode(&self.store);
                 self.with_raft(out, |r, out| {
                     r.with_step(out, |r, out| r.compact(data, out))
                 });

@@ -119,6 +119,21 @@ use std::fmt;
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Payload(pub Vec<u8>);
 
+impl Payload {
+    /// An application value as a payload (bincode).
+    pub fn encode<T: Serialize>(value: &T) -> Payload {
+        Payload(bincode::serialize(value).expect("in-memory values serialize"))
+    }
+
+    /// The value `encode` made. Committed entries and snapshots hold only the
+    /// application's own encodings; anything else means replicated state is
+    /// damaged, which no replica may paper over, so this panics, naming `what`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> T {
+        bincode::deserialize(&self.0)
+            .unwrap_or_else(|e| panic!("undecodable {what} ({self:?}): {e}"))
+    }
+}
+
 /// Traces show the size and the first bytes, not kilobytes of numbers.
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
