@@ -21,6 +21,10 @@ use tonic::{Status, Streaming};
 
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
+/// Most distinct revisions in one response of replayed history (etcd's
+/// `watchBatchMaxRevs`).
+const HISTORY_BATCH_REVISIONS: usize = 1000;
+
 /// Serves one Watch stream until the client closes it.
 pub(crate) async fn serve<B: Backend>(
     backend: Arc<B>,
@@ -130,47 +134,85 @@ impl Watcher {
         }
     }
 
-    /// Sends the wanted events, one response per revision. False once the
+    /// Sends live events: one response per revision, with that revision in
+    /// its header, as etcd notifies its synced watchers. False once the
     /// client is gone.
     async fn deliver(&self, events: &[Event]) -> bool {
         for batch in events.chunk_by(|a, b| a.kv.mod_revision == b.kv.mod_revision) {
-            let wanted: Vec<mvccpb::Event> = batch
-                .iter()
-                .filter(|e| self.wants(e))
-                .map(|e| self.event(e))
-                .collect();
-            if wanted.is_empty() {
-                continue;
-            }
-            let header = Header {
-                revision: batch[0].kv.mod_revision,
-                ..self.header
-            };
-            let resp = pb::WatchResponse {
-                header: convert::header(header),
-                watch_id: self.id,
-                events: wanted,
-                ..Default::default()
-            };
-            if self.out.send(Ok(resp)).await.is_err() {
+            let revision = batch[0].kv.mod_revision;
+            if !self.send_events(batch, revision).await {
                 return false;
             }
         }
         true
     }
 
-    async fn cancel(&self, compact_revision: i64, reason: String) {
-        let _ = self
-            .out
-            .send(Ok(pb::WatchResponse {
-                header: convert::header(self.header),
-                watch_id: self.id,
-                canceled: true,
-                compact_revision,
-                cancel_reason: reason,
-                ..Default::default()
-            }))
-            .await;
+    /// Sends replayed history as etcd does for a watcher that starts in the
+    /// past: as few responses as possible (each spanning at most
+    /// [`HISTORY_BATCH_REVISIONS`] revisions), each headed with `upto`, the
+    /// store revision the replay runs up to. Clients that resume from a
+    /// header revision or count responses rely on this shape.
+    async fn replay(&self, events: &[Event], upto: i64) -> bool {
+        let mut rest = events;
+        while !rest.is_empty() {
+            let mut revisions = 0;
+            let mut last = None;
+            let end = rest
+                .iter()
+                .position(|e| {
+                    if last != Some(e.kv.mod_revision) {
+                        last = Some(e.kv.mod_revision);
+                        revisions += 1;
+                    }
+                    revisions > HISTORY_BATCH_REVISIONS
+                })
+                .unwrap_or(rest.len());
+            if !self.send_events(&rest[..end], upto).await {
+                return false;
+            }
+            rest = &rest[end..];
+        }
+        true
+    }
+
+    /// Sends the wanted ones of `events` in one response headed with
+    /// `revision`; nothing if none is wanted. False once the client is gone.
+    async fn send_events(&self, events: &[Event], revision: i64) -> bool {
+        let wanted: Vec<mvccpb::Event> = events
+            .iter()
+            .filter(|e| self.wants(e))
+            .map(|e| self.event(e))
+            .collect();
+        if wanted.is_empty() {
+            return true;
+        }
+        let resp = pb::WatchResponse {
+            header: convert::header(Header {
+                revision,
+                ..self.header
+            }),
+            watch_id: self.id,
+            events: wanted,
+            ..Default::default()
+        };
+        self.out.send(Ok(resp)).await.is_ok()
+    }
+
+    /// Cancels the watcher. The header is at `revision`, which etcd sets to 0
+    /// for a compaction.
+    async fn cancel(&self, revision: i64, compact_revision: i64, reason: String) {
+        let resp = pb::WatchResponse {
+            header: convert::header(Header {
+                revision,
+                ..self.header
+            }),
+            watch_id: self.id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        let _ = self.out.send(Ok(resp)).await;
     }
 
     /// Replays history from `start`; returns the revision it covered, or
@@ -180,14 +222,17 @@ impl Watcher {
             .history(self.key.clone(), self.range_end.clone(), start)
             .await
         {
-            Ok((upto, events)) => self.deliver(&events).await.then_some(upto),
-            Err(ApiError::Kv(e @ synod_kv::Error::Compacted { compacted, .. })) => {
-                self.cancel(compacted, e.etcd_message().into()).await;
+            Ok((upto, events)) => self.replay(&events, upto).await.then_some(upto),
+            Err(ApiError::Kv(synod_kv::Error::Compacted { compacted, .. })) => {
+                // etcd 3.4 says only this: the compaction revision, with no
+                // reason and a header at revision 0; clients turn it into
+                // their own "required revision has been compacted" error.
+                self.cancel(0, compacted, String::new()).await;
                 None
             }
             Err(e) => {
-                self.cancel(0, crate::service::status(&e).message().into())
-                    .await;
+                let reason = crate::service::status(&e).message().into();
+                self.cancel(self.header.revision, 0, reason).await;
                 None
             }
         }
