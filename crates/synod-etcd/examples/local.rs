@@ -15,6 +15,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = Arc::new(LocalBackend::new(1, "local", &format!("http://{addr}")));
     eprintln!("serving etcd's API from memory on {addr}");
     tonic::transport::Server::builder()
+        .layer(synod_etcd::GrpcGoCompat)
         .add_routes(EtcdServer::new(backend, Limits::default()).router())
         .serve(addr)
         .await?;

@@ -31,6 +31,7 @@ pub mod pb {
 
 mod backend;
 mod convert;
+mod grpc_compat;
 mod local;
 mod service;
 mod watch;
@@ -38,5 +39,6 @@ mod watch;
 pub use backend::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
 };
+pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use local::LocalBackend;
 pub use service::{EtcdServer, Limits};

@@ -11,6 +11,7 @@ use pb::watch_server::{Watch, WatchServer};
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use synod_kv as kv;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -24,6 +25,23 @@ pub struct Limits {
     /// Most operations per transaction branch (`--max-txn-ops`, 128). Must be
     /// the same on every member: the store checks it again when applying.
     pub max_txn_ops: usize,
+    /// Shortest lease TTL granted, in seconds: shorter or non-positive
+    /// requests are raised to it, as etcd does. A lease must outlive the
+    /// election that a leader change may need, or it would expire while no
+    /// leader can take its keep-alives. See [`Limits::min_lease_ttl_for`].
+    pub min_lease_ttl: i64,
+}
+
+impl Limits {
+    /// etcd's minimum TTL for a cluster's timing: one and a half election
+    /// timeouts (counted in whole heartbeats), rounded up to whole seconds.
+    /// 2 s with etcd's defaults (100 ms heartbeat, 1 s election timeout).
+    pub fn min_lease_ttl_for(heartbeat: Duration, election: Duration) -> i64 {
+        let heartbeat_ms = heartbeat.as_millis().max(1);
+        let election_ticks = election.as_millis() / heartbeat_ms;
+        let min_ms = (3 * election_ticks / 2) * heartbeat_ms;
+        min_ms.div_ceil(1000).max(1) as i64
+    }
 }
 
 impl Default for Limits {
@@ -31,6 +49,10 @@ impl Default for Limits {
         Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: kv::MAX_TXN_OPS,
+            min_lease_ttl: Limits::min_lease_ttl_for(
+                Duration::from_millis(100),
+                Duration::from_millis(1000),
+            ),
         }
     }
 }
@@ -216,7 +238,7 @@ impl<B: Backend> Lease for EtcdServer<B> {
         let req = req.into_inner();
         let cmd = kv::Command::LeaseGrant {
             id: req.id,
-            ttl: req.ttl,
+            ttl: req.ttl.max(self.limits.min_lease_ttl),
         };
         match self.write(cmd).await? {
             (h, kv::CommandResponse::LeaseGrant { id, ttl }) => {

@@ -142,6 +142,22 @@ async fn errors_carry_etcds_codes_and_messages() {
     for (status, code, message) in cases {
         assert_eq!((status.code(), status.message()), (code, message));
     }
+    // Past the limit plus gRPC's allowance for framing, the transport refuses
+    // the message before any handler sees it, with grpc-go's code and words.
+    let huge = put("huge", &"x".repeat(600 * 1024));
+    let found = prost::Message::encoded_len(&huge);
+    let e = kv.put(huge).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::ResourceExhausted,
+            format!(
+                "grpc: received message larger than max ({found} vs. {})",
+                1024 + 512 * 1024
+            )
+            .as_str()
+        )
+    );
     // Compaction, then a read before it.
     kv.put(put("k", "1")).await.unwrap();
     kv.put(put("k", "2")).await.unwrap();
@@ -505,4 +521,38 @@ mod watch {
             ]
         );
     }
+}
+
+/// etcd 3.4 with its default timing answers `lease grant 0`, `-5` and `1`
+/// with a TTL of 2 s, and keeps larger TTLs as asked.
+#[tokio::test]
+async fn short_and_non_positive_lease_ttls_are_raised_to_the_minimum() {
+    let mut lease = LeaseClient::new(connect(Limits::default()).await);
+    for (asked, granted) in [(0, 2), (-5, 2), (1, 2), (2, 2), (3, 3)] {
+        let g = lease
+            .lease_grant(pb::LeaseGrantRequest { ttl: asked, id: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(g.ttl, granted, "lease grant {asked}");
+        let t = lease
+            .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                id: g.id,
+                keys: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(t.granted_ttl, granted, "time-to-live after grant {asked}");
+    }
+}
+
+#[test]
+fn the_minimum_ttl_follows_the_election_timeout_as_in_etcd() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    assert_eq!(Limits::min_lease_ttl_for(ms(100), ms(1000)), 2);
+    assert_eq!(Limits::min_lease_ttl_for(ms(100), ms(500)), 1);
+    assert_eq!(Limits::min_lease_ttl_for(ms(50), ms(3000)), 5);
+    assert_eq!(Limits::min_lease_ttl_for(ms(250), ms(1300)), 2);
 }

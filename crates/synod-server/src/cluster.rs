@@ -128,6 +128,7 @@ pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMem
     });
     let api = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
+            .layer(synod_etcd::GrpcGoCompat)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -13,6 +13,7 @@ pub async fn serve(limits: Limits) -> String {
     let routes = EtcdServer::new(backend, limits).router();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .layer(synod_etcd::GrpcGoCompat)
             .add_routes(routes)
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await
