@@ -23,6 +23,8 @@ pub const SCENARIOS: &[Scenario] = &[
         Box::pin(watch_from_compacted(c))
     }),
     ("watch_long_history", |c| Box::pin(watch_long_history(c))),
+    ("oversized_requests", |c| Box::pin(oversized_requests(c))),
+    ("lease_ttl_floor", |c| Box::pin(lease_ttl_floor(c))),
 ];
 
 /// How long a scenario waits for one response before it records a timeout.
@@ -255,4 +257,41 @@ async fn watch_long_history(ch: Channel) -> Value {
         })
         .collect();
     json!(summary)
+}
+
+/// The outcome of a call as a transcript entry: the error's code and message,
+/// or what `ok` makes of the answer.
+fn outcome<T>(r: Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(T) -> Value) -> Value {
+    match r {
+        Ok(resp) => json!({ "ok": ok(resp.into_inner()) }),
+        Err(e) => json!({ "code": format!("{:?}", e.code()), "message": e.message() }),
+    }
+}
+
+/// Puts around the two limits on a request's size with etcd's defaults: its
+/// own (`--max-request-bytes`, 1.5 MiB, refused as InvalidArgument) and
+/// gRPC's, 512 KiB above it (refused by the transport as ResourceExhausted).
+async fn oversized_requests(ch: Channel) -> Value {
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let mut seen = Vec::new();
+    for size in [1_572_800, 1_600_000, 2_200_000] {
+        let r = kv.put(put("big", &"x".repeat(size))).await;
+        seen.push(json!({ "value_bytes": size, "put": outcome(r, |_| json!("put")) }));
+    }
+    json!(seen)
+}
+
+/// Lease grants below etcd's minimum TTL (2 s with default timing), at zero,
+/// negative, and past the largest TTL etcd accepts.
+async fn lease_ttl_floor(ch: Channel) -> Value {
+    let mut lease = pb::lease_client::LeaseClient::new(ch);
+    let mut seen = Vec::new();
+    for ttl in [0, -5, 1, 2, 3, 9_000_000_001] {
+        let r = lease
+            .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+            .await;
+        let granted = outcome(r, |g| json!({ "ttl": g.ttl, "error": g.error }));
+        seen.push(json!({ "asked": ttl, "grant": granted }));
+    }
+    json!(seen)
 }
