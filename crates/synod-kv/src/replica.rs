@@ -37,6 +37,8 @@ pub enum Request {
     Read(RangeRequest),
     /// Pushes a lease's deadline back by its TTL.
     KeepAlive { lease: i64 },
+    /// What is left of a lease, as the leader (whose count decides) sees it.
+    TimeToLive { lease: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,12 @@ pub enum Answer {
     },
     KeepAlive {
         ttl: i64,
+    },
+    TimeToLive {
+        /// Whole seconds until the leader revokes the lease, rounded down.
+        remaining: i64,
+        granted: i64,
+        keys: Vec<Vec<u8>>,
     },
 }
 
@@ -183,8 +191,12 @@ impl Replica {
         Some((at.saturating_sub(self.ticks) * self.cfg.tick_ms / 1000) as i64)
     }
 
+    /// Ticks a lease must outlive from now. One more than the TTL spans:
+    /// now falls somewhere inside the current tick, so counting the current
+    /// tick as whole would revoke up to one tick before `now + TTL`, earlier
+    /// than the client that got the answer now expects.
     fn ttl_ticks(&self, ttl: i64) -> u64 {
-        (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1))
+        (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1)) + 1
     }
 
     fn respond(out: &mut Out, id: RequestId, result: Result<Answer, ReplicaError>) {
@@ -208,8 +220,10 @@ impl Replica {
         out.take_writes_and_msgs(&mut inner);
         for e in inner.events.drain(..) {
             let RaftEvent::BecameLeader { term } = e;
-            // Leases restart at their full TTL under a new leader.
-            let now = self.ticks;
+            // Leases restart at their full TTL under a new leader, plus one
+            // election timeout (as etcd extends them): keep-alives sent
+            // while there was no leader had nobody to reach.
+            let now = self.ticks + u64::from(self.cfg.raft.election_ticks);
             let ttls: Vec<(i64, i64)> = self
                 .store
                 .leases()
@@ -373,6 +387,17 @@ impl Replica {
                         self.deadlines.insert(lease, at);
                         Ok(Answer::KeepAlive { ttl: l.ttl })
                     }
+                    None => Err(ReplicaError::Kv(Error::LeaseNotFound(lease))),
+                };
+                Self::respond(out, id, result);
+            }
+            Request::TimeToLive { lease } => {
+                let result = match self.store.lease(lease) {
+                    Some(l) => Ok(Answer::TimeToLive {
+                        remaining: self.lease_remaining(lease).unwrap_or(l.ttl),
+                        granted: l.ttl,
+                        keys: l.keys,
+                    }),
                     None => Err(ReplicaError::Kv(Error::LeaseNotFound(lease))),
                 };
                 Self::respond(out, id, result);

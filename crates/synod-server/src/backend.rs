@@ -123,17 +123,30 @@ impl Backend for MemberBackend {
     }
 
     async fn time_to_live(&self, id: i64) -> Result<(Header, Option<LeaseTtl>), ApiError> {
-        let (rev, term, ttl) = self
-            .local(move |rep, _| {
-                let ttl = rep.store().lease(id).map(|l| LeaseTtl {
-                    remaining: rep.lease_remaining(id).unwrap_or(l.ttl),
-                    granted: l.ttl,
-                    keys: l.keys,
-                });
-                (rep.store().revision(), rep.raft().term(), ttl)
-            })
-            .await?;
-        Ok((self.header_at(rev, term), ttl))
+        // Only the leader's count of a lease decides when it ends (a
+        // follower never sees keep-alives), so the leader answers, as in etcd.
+        match self.ask(Request::TimeToLive { lease: id }).await {
+            Ok(Answer::TimeToLive {
+                remaining,
+                granted,
+                keys,
+            }) => {
+                let h = self.header().await?;
+                let ttl = LeaseTtl {
+                    remaining,
+                    granted,
+                    keys,
+                };
+                Ok((h, Some(ttl)))
+            }
+            Err(ApiError::Kv(synod_kv::Error::LeaseNotFound(_))) => {
+                Ok((self.header().await?, None))
+            }
+            Err(e) => Err(e),
+            Ok(other) => Err(ApiError::Unavailable(format!(
+                "synod: unexpected {other:?}"
+            ))),
+        }
     }
 
     async fn leases(&self) -> Result<(Header, Vec<i64>), ApiError> {

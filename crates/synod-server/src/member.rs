@@ -198,7 +198,11 @@ impl Driver {
             }
             if Instant::now() >= next_tick {
                 self.replica.tick(now, &mut self.out);
-                next_tick += self.cfg.tick;
+                // Ticks are at least one tick apart in wall time, and missed
+                // ones are dropped, never caught up in a burst (etcd's ticker
+                // drops them too): a burst would run lease clocks faster than
+                // wall time and end a lease before its TTL.
+                next_tick = (next_tick + self.cfg.tick).max(Instant::now() + self.cfg.tick);
                 // Clients that gave up on a forwarded request no longer wait.
                 self.forwarded_out.retain(|_, c| !c.is_closed());
             }
