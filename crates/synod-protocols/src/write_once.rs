@@ -24,6 +24,56 @@ pub trait WriteOnceNode<V> {
     fn decided(&self) -> Option<&V>;
 }
 
+/// The write-once variable as an application uses it, wherever it lives: in
+/// this process ([`LocalWriteOnce`], [`SharedWriteOnce`]), on simulated nodes
+/// (`synod_sim::sim_write_once`) or in a synod cluster (`synod_client`). The
+/// same application code runs on all of them.
+///
+/// Both calls resolve to the *final* value, not to whether this caller won:
+/// an application that offered a value learns what was decided either way,
+/// which is the only thing it may act on.
+pub trait WriteOnce<T> {
+    /// Why a variable could not answer (never for the in-process ones).
+    type Error: std::fmt::Debug;
+
+    /// Offers `value`; resolves to the value that won, this one or an
+    /// earlier offer.
+    fn try_initialize(&self, value: T) -> impl Future<Output = Result<T, Self::Error>>;
+
+    /// Resolves to the value once one has won, waiting until then.
+    fn final_value(&self) -> impl Future<Output = Result<T, Self::Error>>;
+}
+
+impl<T: Clone> WriteOnce<T> for LocalWriteOnce<T> {
+    type Error = std::convert::Infallible;
+
+    async fn try_initialize(&self, value: T) -> Result<T, Self::Error> {
+        LocalWriteOnce::try_initialize(self, value);
+        Ok(self
+            .get()
+            .expect("decided by the offer just made or an earlier one"))
+    }
+
+    async fn final_value(&self) -> Result<T, Self::Error> {
+        Ok(LocalWriteOnce::final_value(self).await)
+    }
+}
+
+impl<T: Clone> WriteOnce<T> for SharedWriteOnce<T> {
+    type Error = std::convert::Infallible;
+
+    async fn try_initialize(&self, value: T) -> Result<T, Self::Error> {
+        SharedWriteOnce::try_initialize(self, value);
+        Ok(self
+            .get()
+            .expect("decided by the offer just made or an earlier one"))
+    }
+
+    async fn final_value(&self) -> Result<T, Self::Error> {
+        Ok(SharedWriteOnce::final_value(self).await)
+    }
+}
+
 /// A write-once variable for one thread.
 #[derive(Debug, Default)]
 pub struct LocalWriteOnce<T> {
