@@ -5,6 +5,8 @@ fn main() {
     let protos = [
         "proto/etcd/api/mvccpb/kv.proto",
         "proto/etcd/api/etcdserverpb/rpc.proto",
+        "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+        "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

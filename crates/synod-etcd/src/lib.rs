@@ -8,7 +8,8 @@
 //! * [`Backend`]: what the services need from a member — reads, replicated
 //!   writes, lease clocks, membership and status — with etcd's error vocabulary
 //!   ([`ApiError`]);
-//! * [`EtcdServer`]: the KV, Watch, Lease, Cluster and Maintenance services on top of
+//! * [`EtcdServer`]: the KV, Watch, Lease, Cluster, Maintenance, Lock and Election
+//!   services on top of
 //!   any backend: request checks and size limits, conversion between wire types
 //!   and [`synod_kv`]'s, and etcd's exact error codes and messages, which
 //!   etcd's clients match on.
@@ -19,7 +20,8 @@
 //! `synod_server::backend::MemberBackend`.
 
 pub mod pb {
-    //! Generated from `proto/`: etcd's `mvccpb` and `etcdserverpb` packages.
+    //! Generated from `proto/`: etcd's `mvccpb`, `etcdserverpb`, `v3lockpb`
+    //! and `v3electionpb` packages.
     #![allow(clippy::all, missing_docs)]
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");
@@ -27,12 +29,19 @@ pub mod pb {
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
     }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
+    }
 }
 
 mod backend;
 mod convert;
 mod grpc_compat;
 mod local;
+mod recipes;
 mod service;
 mod watch;
 

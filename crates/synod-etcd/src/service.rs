@@ -1,4 +1,5 @@
-//! etcd's KV, Lease, Cluster and Maintenance services over a [`Backend`].
+//! etcd's KV, Watch, Lease, Cluster and Maintenance services over a [`Backend`]
+//! (Lock and Election: `recipes.rs`).
 
 use crate::backend::{ApiError, Backend};
 use crate::convert;
@@ -103,7 +104,11 @@ impl<B: Backend> EtcdServer<B> {
         EtcdServer { backend, limits }
     }
 
-    /// All four services, ready to serve (`.serve(addr)` or
+    pub(crate) fn backend(&self) -> Arc<B> {
+        self.backend.clone()
+    }
+
+    /// All seven services, ready to serve (`.serve(addr)` or
     /// `.serve_with_incoming(listener)`).
     pub fn router(self) -> tonic::service::Routes {
         let max = self.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -111,7 +116,11 @@ impl<B: Backend> EtcdServer<B> {
             .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
             .add_service(WatchServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
-            .add_service(MaintenanceServer::new(self))
+            .add_service(MaintenanceServer::new(self.clone()))
+            .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(
+                self.clone(),
+            ))
+            .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(self))
     }
 
     async fn write(

@@ -66,6 +66,9 @@ impl ClusterSpec {
     }
 }
 
+/// How long a stopping member lets open client streams finish.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// A member with its API server.
 pub struct RunningMember {
     pub raft_id: NodeId,
@@ -80,8 +83,14 @@ impl RunningMember {
         if let Some(s) = self.stop_api.take() {
             let _ = s.send(());
         }
-        if let Some(api) = self.api.take() {
-            let _ = api.await;
+        if let Some(mut api) = self.api.take() {
+            // A graceful shutdown waits for every open stream (a Lock that is
+            // queued, an Observe, a watch) to end, which a client may never
+            // do: give them a moment, then drop the connections.
+            if tokio::time::timeout(STOP_GRACE, &mut api).await.is_err() {
+                api.abort();
+                let _ = api.await;
+            }
         }
         self.member.stop();
     }

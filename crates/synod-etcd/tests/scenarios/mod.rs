@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use synod_etcd::pb::etcdserverpb as pb;
 use synod_etcd::pb::mvccpb;
+use synod_etcd::pb::v3electionpb as epb;
+use synod_etcd::pb::v3lockpb as lpb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -25,6 +27,8 @@ pub const SCENARIOS: &[Scenario] = &[
     ("watch_long_history", |c| Box::pin(watch_long_history(c))),
     ("oversized_requests", |c| Box::pin(oversized_requests(c))),
     ("lease_ttl_floor", |c| Box::pin(lease_ttl_floor(c))),
+    ("lock", |c| Box::pin(lock(c))),
+    ("election", |c| Box::pin(election(c))),
 ];
 
 /// How long a scenario waits for one response before it records a timeout.
@@ -293,5 +297,227 @@ async fn lease_ttl_floor(ch: Channel) -> Value {
         let granted = outcome(r, |g| json!({ "ttl": g.ttl, "error": g.error }));
         seen.push(json!({ "asked": ttl, "grant": granted }));
     }
+    json!(seen)
+}
+
+async fn grant(ch: &Channel, ttl: i64) -> i64 {
+    pb::lease_client::LeaseClient::new(ch.clone())
+        .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+        .await
+        .expect("lease granted")
+        .into_inner()
+        .id
+}
+
+/// A key as a transcript shows it: contender keys name their lease in hex,
+/// and lease ids differ between servers, so the lease part becomes `LEASE`
+/// when it is the expected one.
+fn contender(key: &[u8], name: &str, lease: i64) -> Value {
+    let key = String::from_utf8_lossy(key).into_owned();
+    if key == format!("{name}/{lease:x}") {
+        json!(format!("{name}/LEASE"))
+    } else {
+        json!(key)
+    }
+}
+
+/// Lock: the first holder gets `NAME/LEASE` at once; a second waits until
+/// the first unlocks and gets a higher revision (the fencing token);
+/// unknown leases, missing names and keys, and a lock without a lease.
+async fn lock(ch: Channel) -> Value {
+    let base = write(&ch, "lock-base", "").await;
+    let mut locks = lpb::lock_client::LockClient::new(ch.clone());
+    let (a, b) = (grant(&ch, 30).await, grant(&ch, 30).await);
+    let rel = |h: Option<pb::ResponseHeader>| h.map(|h| h.revision - base);
+    let first = locks
+        .lock(lpb::LockRequest {
+            name: "L".into(),
+            lease: a,
+        })
+        .await
+        .expect("free lock is taken")
+        .into_inner();
+    let mut waiting = locks.clone();
+    let second = tokio::spawn(async move {
+        waiting
+            .lock(lpb::LockRequest {
+                name: "L".into(),
+                lease: b,
+            })
+            .await
+    });
+    // Give the second contender time to queue: it must still be waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = !second.is_finished();
+    let unlocked = locks
+        .unlock(lpb::UnlockRequest {
+            key: first.key.clone(),
+        })
+        .await
+        .map(|r| rel(r.into_inner().header));
+    let second = tokio::time::timeout(WAIT, second)
+        .await
+        .map(|r| r.expect("task").map(|r| r.into_inner()));
+    let second = match second {
+        Ok(Ok(r)) => json!({ "key": contender(&r.key, "L", b), "revision": rel(r.header) }),
+        Ok(Err(e)) => json!({ "code": format!("{:?}", e.code()), "message": e.message() }),
+        Err(_) => json!("timed out"),
+    };
+    let unknown_lease = outcome(
+        locks
+            .lock(lpb::LockRequest {
+                name: "M".into(),
+                lease: 0x7777,
+            })
+            .await,
+        |r| json!(String::from_utf8_lossy(&r.key)),
+    );
+    let no_lease = outcome(
+        locks
+            .lock(lpb::LockRequest {
+                name: "N".into(),
+                lease: 0,
+            })
+            .await,
+        |r| json!(String::from_utf8_lossy(&r.key).starts_with("N/")),
+    );
+    let no_name = outcome(
+        locks
+            .lock(lpb::LockRequest {
+                name: Vec::new(),
+                lease: a,
+            })
+            .await,
+        |r| contender(&r.key, "", a),
+    );
+    let unlock_missing = outcome(
+        locks
+            .unlock(lpb::UnlockRequest {
+                key: "L/none".into(),
+            })
+            .await,
+        |r| json!(rel(r.header)),
+    );
+    let unlock_empty = outcome(
+        locks.unlock(lpb::UnlockRequest { key: Vec::new() }).await,
+        |r| json!(rel(r.header)),
+    );
+    json!({
+        "first": { "key": contender(&first.key, "L", a), "revision": rel(first.header) },
+        "second_queued": queued,
+        "unlock_first": format!("{unlocked:?}"),
+        "second": second,
+        "unknown_lease": unknown_lease,
+        "no_lease": no_lease,
+        "no_name": no_name,
+        "unlock_missing": unlock_missing,
+        "unlock_empty": unlock_empty,
+    })
+}
+
+/// Election: no leader yet, campaign, leader, proclaim (right and stale
+/// leader keys), observe a change of leader, resign, and the missing-field
+/// errors.
+async fn election(ch: Channel) -> Value {
+    let base = write(&ch, "election-base", "").await;
+    let mut el = epb::election_client::ElectionClient::new(ch.clone());
+    let (a, b) = (grant(&ch, 30).await, grant(&ch, 30).await);
+    let rel = |h: Option<pb::ResponseHeader>| h.map(|h| h.revision - base);
+    let leader_kv = |r: epb::LeaderResponse| {
+        let kv = r.kv.unwrap_or_default();
+        json!({
+            "key": contender(&kv.key, "E", a),
+            "value": String::from_utf8_lossy(&kv.value),
+            "create": kv.create_revision - base,
+            "revision": rel(r.header),
+        })
+    };
+    let mut seen = Vec::new();
+    seen.push(json!({ "leader_before": outcome(
+        el.leader(epb::LeaderRequest { name: "E".into() }).await, leader_kv) }));
+    let won = el
+        .campaign(epb::CampaignRequest {
+            name: "E".into(),
+            lease: a,
+            value: "one".into(),
+        })
+        .await
+        .expect("campaign wins an empty election")
+        .into_inner();
+    let lk = won.leader.clone().expect("leader key");
+    seen.push(json!({ "campaign": {
+        "revision": rel(won.header),
+        "name": String::from_utf8_lossy(&lk.name),
+        "key": contender(&lk.key, "E", a),
+        "rev": lk.rev - base,
+        "lease_is_given": lk.lease == a,
+    }}));
+    let mut observe = el
+        .observe(epb::LeaderRequest { name: "E".into() })
+        .await
+        .expect("observe opens")
+        .into_inner();
+    let mut next_observed = async || match tokio::time::timeout(WAIT, observe.message()).await {
+        Ok(Ok(Some(r))) => leader_kv(r),
+        other => json!(format!("{other:?}")),
+    };
+    seen.push(json!({ "observed": next_observed().await }));
+    seen.push(json!({ "leader": outcome(
+        el.leader(epb::LeaderRequest { name: "E".into() }).await, leader_kv) }));
+    let proclaimed = el
+        .proclaim(epb::ProclaimRequest {
+            leader: Some(lk.clone()),
+            value: "two".into(),
+        })
+        .await;
+    seen.push(json!({ "proclaim": outcome(proclaimed, |r| json!(rel(r.header))) }));
+    seen.push(json!({ "observed": next_observed().await }));
+    let stale = epb::LeaderKey {
+        rev: lk.rev + 100,
+        ..lk.clone()
+    };
+    seen.push(json!({ "proclaim_stale": outcome(
+        el.proclaim(epb::ProclaimRequest { leader: Some(stale.clone()), value: "x".into() }).await,
+        |r| json!(rel(r.header))) }));
+    seen.push(json!({ "proclaim_no_leader": outcome(
+        el.proclaim(epb::ProclaimRequest { leader: None, value: "x".into() }).await,
+        |r| json!(rel(r.header))) }));
+    // A second candidate waits behind the leader and takes over on resign.
+    let mut el2 = el.clone();
+    let second = tokio::spawn(async move {
+        el2.campaign(epb::CampaignRequest {
+            name: "E".into(),
+            lease: b,
+            value: "three".into(),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    seen.push(json!({ "second_waits": !second.is_finished() }));
+    seen.push(json!({ "resign_stale": outcome(
+        el.resign(epb::ResignRequest { leader: Some(stale) }).await,
+        |r| json!(rel(r.header))) }));
+    seen.push(json!({ "resign_no_leader": outcome(
+        el.resign(epb::ResignRequest { leader: None }).await,
+        |r| json!(rel(r.header))) }));
+    seen.push(json!({ "resign": outcome(
+        el.resign(epb::ResignRequest { leader: Some(lk) }).await,
+        |r| json!(rel(r.header))) }));
+    let second = match tokio::time::timeout(WAIT, second).await {
+        Ok(Ok(Ok(r))) => {
+            let l = r.into_inner().leader.unwrap_or_default();
+            json!({ "key": contender(&l.key, "E", b), "rev": l.rev - base })
+        }
+        other => json!(format!("{other:?}")),
+    };
+    seen.push(json!({ "second_campaign": second }));
+    let observed = match tokio::time::timeout(WAIT, observe.message()).await {
+        Ok(Ok(Some(r))) => {
+            let kv = r.kv.unwrap_or_default();
+            json!({ "key": contender(&kv.key, "E", b), "value": String::from_utf8_lossy(&kv.value) })
+        }
+        other => json!(format!("{other:?}")),
+    };
+    seen.push(json!({ "observed": observed }));
     json!(seen)
 }
