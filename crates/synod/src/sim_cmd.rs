@@ -140,6 +140,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
         bar.inc(1);
     });
     bar.finish_and_clear();
+    let broken = summary.violations.values().any(|&n| n > 0);
     if args.json {
         println!("{}", summary.to_json());
     } else {
@@ -147,8 +148,32 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
         if let Some(seed) = summary.failing_seeds.first() {
             println!("  replay the first failure:     synod sim --algo {} --nodes {} --proposers {} --participants {} --faults {} --seed {seed} --runs 1 --trace", spec.algo, spec.nodes, spec.proposers, spec.participants, spec.faults);
         }
+        println!("{}", batch_verdict(&summary, broken));
     }
-    Ok(ExitCode::SUCCESS)
+    // Scripts and CI tell a broken property from a clean run by the exit
+    // code alone; stuck runs are not failures: liveness is not promised
+    // under every fault (FLP), and some algorithms are shown here to stall.
+    Ok(if broken {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The last line of a batch's table: what a reader should conclude.
+fn batch_verdict(summary: &synod_sim::report::Summary, broken: bool) -> String {
+    let runs = summary.runs;
+    if broken {
+        let bad: u64 = summary.violations.values().sum();
+        format!("FAILED: {bad} property violation(s) in {runs} runs (exit 1)")
+    } else if summary.stuck > 0 {
+        format!(
+            "stuck: {} of {runs} runs reached no decision, with no property violated",
+            summary.stuck
+        )
+    } else {
+        format!("ok: {runs} runs, no property violated, every run reached its goal")
+    }
 }
 
 fn write_history(path: &PathBuf, ops: &[history::Operation]) -> Result<(), String> {

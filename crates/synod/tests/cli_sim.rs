@@ -53,6 +53,41 @@ fn majority_gets_stuck_without_breaking_agreement() {
 }
 
 #[test]
+fn a_broken_property_exits_1_and_a_stuck_run_does_not() {
+    // Three-phase commit is not safe under partitions: the seeds' point.
+    let out = synod(&[
+        "sim",
+        "--algo",
+        "3pc",
+        "--faults",
+        "partition",
+        "--runs",
+        "3000",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(table.contains("FAILED:"), "{table}");
+    let out = synod(&[
+        "sim",
+        "--algo",
+        "3pc",
+        "--faults",
+        "partition",
+        "--runs",
+        "3000",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON even when failing");
+    assert!(v["violations"].as_u64().unwrap() > 0, "{v}");
+    // Majority vote stalls but stays safe: exit 0.
+    let out = synod(&["sim", "--algo", "majority", "--nodes", "7", "--runs", "300"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("stuck:"), "{table}");
+}
+
+#[test]
 fn trace_replays_byte_for_byte() {
     let a = synod(&["sim", "--seed", "42", "--runs", "1", "--trace"]);
     let b = synod(&["sim", "--seed", "42", "--runs", "1", "--trace"]);
