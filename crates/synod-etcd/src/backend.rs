@@ -46,11 +46,23 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
+/// The version a member reports in Status: the etcd release whose API and
+/// behaviour synod implements and is tested against (3.4, with its answers
+/// recorded in `tests/golden/`). Clients gate features on it; claiming a later
+/// release would promise what synod does not serve.
+pub const API_VERSION: &str = "3.4.0";
+
 /// What `etcdctl endpoint status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusInfo {
+    /// The etcd API level served: [`API_VERSION`].
     pub version: String,
+    /// Bytes on disk of everything the member keeps (etcd: its database
+    /// file's size).
     pub db_size: i64,
+    /// Bytes of the data the store still holds, every retained revision
+    /// (etcd: the part of its database file in use).
+    pub db_size_in_use: i64,
     pub leader: u64,
     pub raft_index: u64,
     pub raft_term: u64,

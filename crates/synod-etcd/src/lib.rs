@@ -46,7 +46,7 @@ mod service;
 mod watch;
 
 pub use backend::{
-    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
+    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription, API_VERSION,
 };
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use local::LocalBackend;

@@ -194,9 +194,10 @@ impl Backend for LocalBackend {
         Ok((
             self.header_at(&s.store),
             StatusInfo {
-                // The etcd API version spoken, which clients look at.
-                version: "3.5.0".into(),
-                db_size: 0,
+                version: crate::backend::API_VERSION.into(),
+                // Nothing on disk: the size is that of the data held.
+                db_size: s.store.retained_bytes() as i64,
+                db_size_in_use: s.store.retained_bytes() as i64,
                 leader: self.member.id,
                 raft_index: 0,
                 raft_term: 1,

@@ -397,7 +397,7 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
             errors: s.errors,
-            db_size_in_use: s.db_size,
+            db_size_in_use: s.db_size_in_use,
             is_learner: s.is_learner,
         }))
     }

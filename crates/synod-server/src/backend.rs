@@ -20,6 +20,24 @@ pub struct MemberBackend {
     pub me: MemberInfo,
     pub members: Vec<MemberInfo>,
     pub inbox: mpsc::Sender<Inbox>,
+    /// Where the member keeps its WAL and snapshots (sized for Status).
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Bytes of every file under `dir`, preallocated space included (it is
+/// taken from the disk): what Status reports as the database size.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn gone() -> ApiError {
@@ -174,8 +192,9 @@ impl Backend for MemberBackend {
                 (
                     rep.store().revision(),
                     StatusInfo {
-                        version: "3.5.0".into(),
+                        version: synod_etcd::API_VERSION.into(),
                         db_size: 0,
+                        db_size_in_use: rep.store().retained_bytes() as i64,
                         // etcd member ids are raft ids + 1 (0 means none).
                         leader: raft.leader().map_or(0, |l| l + 1),
                         raft_index: raft.commit_index(),
@@ -187,6 +206,14 @@ impl Backend for MemberBackend {
                 )
             })
             .await?;
+        let dir = self.data_dir.clone();
+        let db_size = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+            .await
+            .unwrap_or(0);
+        let status = StatusInfo {
+            db_size: db_size as i64,
+            ..status
+        };
         Ok((self.header_at(rev, status.raft_term), status))
     }
 

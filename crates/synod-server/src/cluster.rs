@@ -125,6 +125,7 @@ pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMem
         me: infos[index].clone(),
         members: infos,
         inbox: member.inbox.clone(),
+        data_dir: m.data_dir.clone(),
     });
     let routes = EtcdServer::new(backend, Limits::default()).router();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

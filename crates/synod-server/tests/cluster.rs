@@ -139,3 +139,91 @@ async fn three_members_replicate_survive_a_leader_and_recover_from_disk() {
         m.stop().await;
     }
 }
+
+#[tokio::test]
+async fn status_reports_the_api_level_and_real_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    let members = start_cluster(&spec).await.unwrap();
+    let url = format!("http://{}", spec.members[0].client);
+    let mut maint = MaintenanceClient::new(Channel::from_shared(url).unwrap().connect_lazy());
+    let mut kv = client(&spec, 0).await;
+    put_eventually(&mut kv, "first", "x").await;
+    let before = maint
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.version, "3.4.0");
+    // The WAL and snapshots on disk, preallocated segments included.
+    assert!(
+        before.db_size >= before.db_size_in_use && before.db_size > 0,
+        "{before:?}"
+    );
+
+    let value = "v".repeat(1024);
+    for i in 0..100 {
+        kv.put(pb::PutRequest {
+            key: format!("sized/{i:03}").into(),
+            value: value.clone().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // Serializable status reads what member 0 applied: wait for the last put.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let grown = loop {
+        let s = maint
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.db_size_in_use - before.db_size_in_use >= 100 * 1024 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "in-use size never grew: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Deleting keeps the old revisions (tombstones and history) in use until
+    // a compaction frees them.
+    let del = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: "sized/".into(),
+            range_end: "sized0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(del.deleted, 100);
+    kv.compact(pb::CompactionRequest {
+        revision: del.header.unwrap().revision,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = maint
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.db_size_in_use <= grown.db_size_in_use - 100 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "compaction freed nothing: {} then {}",
+            grown.db_size_in_use,
+            s.db_size_in_use
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for m in members {
+        m.stop().await;
+    }
+}
