@@ -39,11 +39,14 @@ fn up(dir: &std::path::Path, base: u16) -> (Child, mpsc::Receiver<String>) {
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("synod up says it is up");
-        if line.starts_with("stop:") {
-            return (child, rx);
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("stop:") => return (child, rx),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("synod up never said it was up");
+            }
         }
     }
 }
