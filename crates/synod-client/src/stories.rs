@@ -1,0 +1,148 @@
+//! The seeds' stories as functions over a running cluster: the `synod`
+//! crate's examples print what they return; this crate's tests assert it.
+
+use crate::client::{Client, Error};
+use crate::write_once::ServiceWriteOnce;
+use std::sync::Mutex;
+use synod_protocols::write_once::WriteOnce;
+
+/// What every picker of the user of the day offered and learned.
+#[derive(Clone, Debug)]
+pub struct Picks {
+    pub offered: Vec<String>,
+    pub learned: Vec<String>,
+}
+
+/// `pickers` concurrent pickers, each on its own connection, each offering
+/// a different user for `day`: one write-once variable decides.
+pub async fn user_of_the_day(
+    endpoints: &[String],
+    day: &str,
+    pickers: usize,
+) -> Result<Picks, Error> {
+    let key = format!("user-of-the-day/{day}");
+    let tasks: Vec<_> = (0..pickers)
+        .map(|i| {
+            let client = Client::connect(endpoints);
+            let key = key.clone();
+            tokio::spawn(async move {
+                let var = ServiceWriteOnce::<String>::new(client?, key);
+                let offer = format!("user-{i}");
+                let learned = var.try_initialize(offer.clone()).await?;
+                Ok::<_, Error>((offer, learned))
+            })
+        })
+        .collect();
+    let mut picks = Picks {
+        offered: Vec::new(),
+        learned: Vec::new(),
+    };
+    for t in tasks {
+        let (offer, learned) = t.await.expect("picker task")?;
+        picks.offered.push(offer);
+        picks.learned.push(learned);
+    }
+    Ok(picks)
+}
+
+/// What the shipper and the canceller of one order each learned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fate {
+    pub shipper_learned: String,
+    pub canceller_learned: String,
+}
+
+/// A shipper and a canceller race to decide order `order`'s fate.
+pub async fn order_cancellation(endpoints: &[String], order: &str) -> Result<Fate, Error> {
+    let key = format!("orders/{order}/fate");
+    let race = |offer: &'static str| {
+        let client = Client::connect(endpoints);
+        let key = key.clone();
+        tokio::spawn(async move {
+            ServiceWriteOnce::<String>::new(client?, key)
+                .try_initialize(offer.to_string())
+                .await
+        })
+    };
+    let (ship, cancel) = (race("shipped"), race("cancelled"));
+    Ok(Fate {
+        shipper_learned: ship.await.expect("shipper task")?,
+        canceller_learned: cancel.await.expect("canceller task")?,
+    })
+}
+
+/// A resource that accepts a write only with a fencing token at least as
+/// high as any it has seen, so a holder whose lock lapsed cannot overwrite
+/// the work of the holder after it.
+#[derive(Default)]
+pub struct FencedResource {
+    highest: Mutex<i64>,
+    pub log: Mutex<Vec<String>>,
+}
+
+impl FencedResource {
+    /// Applies `what` if `token` is not stale; says what happened.
+    pub fn write(&self, token: i64, what: &str) -> Result<(), String> {
+        let mut highest = self.highest.lock().unwrap_or_else(|e| e.into_inner());
+        if token < *highest {
+            return Err(format!(
+                "rejected {what:?}: token {token} is older than {}",
+                *highest
+            ));
+        }
+        *highest = token;
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{what} (token {token})"));
+        Ok(())
+    }
+}
+
+/// What happened to the two holders of the lock.
+#[derive(Debug)]
+pub struct Fencing {
+    pub stale_token: i64,
+    pub next_token: i64,
+    pub next_write: Result<(), String>,
+    pub stale_write: Result<(), String>,
+    pub log: Vec<String>,
+}
+
+/// A holder takes the lock under a `ttl`-second lease and then stalls (as if
+/// paused by the OS or a long GC) without keeping its lease alive; the lease
+/// runs out, a second holder takes the lock and writes; the first wakes up
+/// and tries to write with its old token.
+pub async fn fencing_lock(endpoints: &[String], name: &str, ttl: i64) -> Result<Fencing, Error> {
+    let client = Client::connect(endpoints)?;
+    let resource = FencedResource::default();
+    let (stale_lease, _) = client.grant(ttl).await?;
+    let stale = client.lock(name, stale_lease).await?;
+
+    // The second holder waits in line; its lease is kept alive.
+    let next_client = client.clone();
+    let next_name = name.to_string();
+    let next = tokio::spawn(async move {
+        let (lease, granted) = next_client.grant(ttl).await?;
+        let keeper = next_client.keep_alive(lease, granted);
+        let guard = next_client.lock(next_name, lease).await?;
+        Ok::<_, Error>((guard, keeper))
+    });
+    // The first holder "pauses" past its lease: the lock passes on meanwhile.
+    let (next_guard, _keeper) = next.await.expect("second holder task")?;
+    let next_write = resource.write(next_guard.token, "second holder's update");
+    let stale_write = resource.write(stale.token, "first holder's late update");
+    client.unlock(&next_guard).await?;
+    let log = resource
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(Fencing {
+        stale_token: stale.token,
+        next_token: next_guard.token,
+        next_write,
+        stale_write,
+        log,
+    })
+}

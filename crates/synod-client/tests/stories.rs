@@ -1,0 +1,136 @@
+//! The seeds' stories and the write-once trait against a three-member
+//! cluster started in this process: each outcome asserted, not just run.
+
+use std::collections::BTreeSet;
+use synod_client::{stories, Client, ServiceWriteOnce};
+use synod_protocols::write_once::{LocalWriteOnce, SharedWriteOnce, WriteOnce};
+use synod_server::cluster::{start_cluster, ClusterSpec, RunningMember};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn cluster(dir: &std::path::Path) -> (Vec<RunningMember>, Vec<String>) {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ClusterSpec::local(dir.to_path_buf(), &ports);
+    let members = start_cluster(&spec).await.unwrap();
+    let eps = spec.members.iter().map(|m| m.client.to_string()).collect();
+    (members, eps)
+}
+
+/// One function, written once against the trait: several offers to one
+/// variable (through separate handles), and what each handle then learns.
+async fn offers_then_learn<W: WriteOnce<String>>(handles: &[&W], offers: &[&str]) -> Vec<String> {
+    let mut learned = Vec::new();
+    for (h, offer) in handles.iter().zip(offers) {
+        learned.push(
+            h.try_initialize(offer.to_string())
+                .await
+                .expect("offer answered"),
+        );
+    }
+    for h in handles {
+        learned.push(h.final_value().await.expect("final value"));
+    }
+    learned
+}
+
+fn one_winner_among(learned: &[String], offers: &[&str]) -> String {
+    let distinct: BTreeSet<&String> = learned.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "everybody learns the same value: {learned:?}"
+    );
+    let winner = learned[0].clone();
+    assert!(
+        offers.contains(&winner.as_str()),
+        "the winner was offered: {winner}"
+    );
+    winner
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stories_hold_on_a_real_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (members, eps) = cluster(dir.path()).await;
+    let offers = ["alice", "bob", "carol"];
+
+    // The write-once trait: in one thread, shared, and on the service.
+    let local = LocalWriteOnce::new();
+    let got = offers_then_learn(&[&local, &local, &local], &offers).await;
+    assert_eq!(one_winner_among(&got, &offers), "alice");
+    let shared = SharedWriteOnce::new();
+    let got = offers_then_learn(&[&shared, &shared, &shared], &offers).await;
+    assert_eq!(one_winner_among(&got, &offers), "alice");
+    let handles: Vec<ServiceWriteOnce<String>> = eps
+        .iter()
+        .map(|e| ServiceWriteOnce::new(Client::connect(&[e]).unwrap(), "trait/var"))
+        .collect();
+    let refs: Vec<&ServiceWriteOnce<String>> = handles.iter().collect();
+    let got = offers_then_learn(&refs, &offers).await;
+    assert_eq!(
+        one_winner_among(&got, &offers),
+        "alice",
+        "the first offer in time wins"
+    );
+
+    // A reader waiting before any offer learns the value once decided.
+    let waiter = {
+        let c = Client::connect(&eps[2..]).unwrap();
+        tokio::spawn(async move {
+            ServiceWriteOnce::<String>::new(c, "trait/late")
+                .final_value()
+                .await
+        })
+    };
+    let decided =
+        ServiceWriteOnce::<String>::new(Client::connect(&eps[..1]).unwrap(), "trait/late")
+            .try_initialize("dave".into())
+            .await
+            .unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), decided);
+
+    // User of the day: 20 concurrent pickers, one winner, learned by all.
+    let picks = stories::user_of_the_day(&eps, "2026-12-04", 20)
+        .await
+        .unwrap();
+    let offered: Vec<&str> = picks.offered.iter().map(String::as_str).collect();
+    one_winner_among(&picks.learned, &offered);
+    assert_eq!(picks.learned.len(), 20);
+
+    // Order cancellation: exactly one fate, both sides learn it.
+    for order in 0..5 {
+        let fate = stories::order_cancellation(&eps, &format!("o-{order}"))
+            .await
+            .unwrap();
+        assert_eq!(fate.shipper_learned, fate.canceller_learned, "{fate:?}");
+        assert!(["shipped", "cancelled"].contains(&fate.shipper_learned.as_str()));
+    }
+
+    // Fencing: the holder whose lease ran out is turned away by the resource.
+    let f = stories::fencing_lock(&eps, "fencing/lock", 2)
+        .await
+        .unwrap();
+    assert!(f.next_token > f.stale_token, "{f:?}");
+    assert!(f.next_write.is_ok(), "{f:?}");
+    let refused = f
+        .stale_write
+        .as_ref()
+        .expect_err("the stale holder's write is rejected");
+    assert!(refused.contains("older than"), "{refused}");
+    assert_eq!(
+        f.log.len(),
+        1,
+        "only the current holder's update applied: {:?}",
+        f.log
+    );
+
+    for m in members {
+        m.stop().await;
+    }
+}
