@@ -146,3 +146,168 @@ pub async fn fencing_lock(endpoints: &[String], name: &str, ttl: i64) -> Result<
         log,
     })
 }
+
+/// The branch after every pusher pushed, and how many pushes lost a race.
+#[derive(Clone, Debug)]
+pub struct Branch {
+    pub history: Vec<String>,
+    pub retries: u64,
+}
+
+/// `pushers` concurrent pushers each push `commits` commits to one branch
+/// ref: a push is a compare-and-swap on the ref's mod revision; a pusher
+/// that lost the race reads the new head ("rebases") and tries again.
+pub async fn branch_pushes(
+    endpoints: &[String],
+    branch: &str,
+    pushers: usize,
+    commits: usize,
+) -> Result<Branch, Error> {
+    let key = format!("refs/heads/{branch}");
+    let tasks: Vec<_> = (0..pushers)
+        .map(|p| {
+            let client = Client::connect(endpoints);
+            let key = key.clone();
+            tokio::spawn(async move {
+                let client = client?;
+                let mut retries = 0;
+                for c in 0..commits {
+                    loop {
+                        let head = client.get(&key).await?;
+                        let (rev, mut history) = match head {
+                            Some(kv) => (
+                                kv.mod_revision,
+                                String::from_utf8_lossy(&kv.value).into_owned(),
+                            ),
+                            None => (0, String::new()),
+                        };
+                        if !history.is_empty() {
+                            history.push(' ');
+                        }
+                        history.push_str(&format!("p{p}c{c}"));
+                        let r = client
+                            .txn(
+                                crate::Txn::new()
+                                    .if_mod_revision(&key, rev)
+                                    .then(crate::txn::put(key.clone(), history, 0)),
+                            )
+                            .await?;
+                        if r.succeeded {
+                            break;
+                        }
+                        retries += 1;
+                    }
+                }
+                Ok::<_, Error>(retries)
+            })
+        })
+        .collect();
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.expect("pusher task")?;
+    }
+    let client = Client::connect(endpoints)?;
+    let history = client
+        .get(&key)
+        .await?
+        .map(|kv| {
+            String::from_utf8_lossy(&kv.value)
+                .split(' ')
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Branch { history, retries })
+}
+
+/// The same account opened on two servers at once, without and with
+/// consensus.
+#[derive(Clone, Debug)]
+pub struct TwoServers {
+    /// Each server's owner of the account when each decided alone.
+    pub alone: (String, String),
+    /// What each server learned when both asked synod's write-once variable.
+    pub agreed: (String, String),
+}
+
+/// Two servers each accept a request to open `account`: alice's reaches
+/// the first, bob's the second. Deciding alone, each keeps its own owner and
+/// they disagree forever; deciding through one write-once variable on synod,
+/// both keep the same owner.
+pub async fn two_servers(endpoints: &[String], account: &str) -> Result<TwoServers, Error> {
+    use std::collections::HashMap;
+    let open_alone = |owner: &str| {
+        let mut accounts: HashMap<String, String> = HashMap::new();
+        accounts
+            .entry(account.to_string())
+            .or_insert_with(|| owner.to_string())
+            .clone()
+    };
+    let alone = (open_alone("alice"), open_alone("bob"));
+    let key = format!("accounts/{account}/owner");
+    let server = |owner: &'static str, endpoint: String| {
+        let key = key.clone();
+        tokio::spawn(async move {
+            let client = Client::connect(&[endpoint])?;
+            ServiceWriteOnce::<String>::new(client, key)
+                .try_initialize(owner.into())
+                .await
+        })
+    };
+    let last = endpoints.last().cloned().unwrap_or_default();
+    let (first, second) = (server("alice", endpoints[0].clone()), server("bob", last));
+    let agreed = (
+        first.await.expect("server task")?,
+        second.await.expect("server task")?,
+    );
+    Ok(TwoServers { alone, agreed })
+}
+
+/// Every version of the configuration each watcher applied, in order.
+#[derive(Clone, Debug)]
+pub struct ConfigRollout {
+    pub written: Vec<String>,
+    /// Per watcher (one per endpoint): the versions it applied.
+    pub applied: Vec<Vec<String>>,
+}
+
+/// A writer updates `key` `versions` times; a watcher on every endpoint
+/// applies each version it is told of.
+pub async fn config_watch(
+    endpoints: &[String],
+    key: &str,
+    versions: usize,
+) -> Result<ConfigRollout, Error> {
+    let writer = Client::connect(endpoints)?;
+    let (start, _) = writer.get_prefix(key).await?;
+    let watchers: Vec<_> = endpoints
+        .iter()
+        .map(|e| {
+            let client = Client::connect(&[e]);
+            let key = key.to_string();
+            tokio::spawn(async move {
+                let mut events = client?.watch(key, start + 1);
+                let mut applied = Vec::new();
+                while applied.len() < versions {
+                    match events.recv().await {
+                        Some(e) => applied
+                            .extend(e.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())),
+                        None => break,
+                    }
+                }
+                Ok::<_, Error>(applied)
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for v in 1..=versions {
+        let value = format!("replicas={v}");
+        writer.put(key, value.clone()).await?;
+        written.push(value);
+    }
+    let mut applied = Vec::new();
+    for w in watchers {
+        applied.push(w.await.expect("watcher task")?);
+    }
+    Ok(ConfigRollout { written, applied })
+}

@@ -130,6 +130,37 @@ async fn the_stories_hold_on_a_real_cluster() {
         f.log
     );
 
+    // Branch pushes: every push lands once, in one order, after retries.
+    let b = stories::branch_pushes(&eps, "main", 4, 5).await.unwrap();
+    assert_eq!(b.history.len(), 20, "{b:?}");
+    let unique: BTreeSet<&String> = b.history.iter().collect();
+    assert_eq!(unique.len(), 20, "no push twice: {b:?}");
+    for p in 0..4 {
+        let mine: Vec<&String> = b
+            .history
+            .iter()
+            .filter(|c| c.starts_with(&format!("p{p}c")))
+            .collect();
+        let want: Vec<String> = (0..5).map(|c| format!("p{p}c{c}")).collect();
+        assert_eq!(
+            mine,
+            want.iter().collect::<Vec<_>>(),
+            "each pusher's commits in its order"
+        );
+    }
+
+    // Two servers: alone they diverge, through synod they agree.
+    let t = stories::two_servers(&eps, "acct-42").await.unwrap();
+    assert_ne!(t.alone.0, t.alone.1, "{t:?}");
+    assert_eq!(t.agreed.0, t.agreed.1, "{t:?}");
+
+    // Configuration: every watcher applies every version, in order.
+    let c = stories::config_watch(&eps, "config/app", 10).await.unwrap();
+    assert_eq!(c.applied.len(), 3);
+    for applied in &c.applied {
+        assert_eq!(applied, &c.written);
+    }
+
     for m in members {
         m.stop().await;
     }
