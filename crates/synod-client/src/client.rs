@@ -370,6 +370,31 @@ impl Client {
         }
     }
 
+    /// Follows election `name`: the current leader's value, then every
+    /// change (a new value proclaimed, a new leader), until the receiver is
+    /// dropped or the stream breaks.
+    pub fn observe(&self, name: impl Into<Vec<u8>>) -> mpsc::Receiver<Vec<u8>> {
+        let (out, rx) = mpsc::channel(16);
+        let (client, name) = (self.clone(), name.into());
+        tokio::spawn(async move {
+            let stream = epb::election_client::ElectionClient::new(client.channel())
+                .observe(epb::LeaderRequest { name })
+                .await;
+            let Ok(stream) = stream else { return };
+            let mut stream = stream.into_inner();
+            while let Ok(Some(r)) = stream.message().await {
+                if out
+                    .send(r.kv.map(|kv| kv.value).unwrap_or_default())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// Gives up leadership.
     pub async fn resign(&self, leader: epb::LeaderKey) -> Result<(), Error> {
         let req = epb::ResignRequest {

@@ -311,3 +311,72 @@ pub async fn config_watch(
     }
     Ok(ConfigRollout { written, applied })
 }
+
+/// The next leader an observer reports, within 30 s.
+async fn next_leader(seen: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<String, Error> {
+    match tokio::time::timeout(std::time::Duration::from_secs(30), seen.recv()).await {
+        Ok(Some(v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
+        _ => Err(Error::Protocol("no leader observed within 30 s".into())),
+    }
+}
+
+/// Who led the election, in the order the observer saw them.
+#[derive(Clone, Debug)]
+pub struct Succession {
+    pub observed: Vec<String>,
+    pub killed: String,
+}
+
+/// Campaigns in `election` as `name` under a `ttl`-second lease kept
+/// alive, then holds on until the process is killed: what a candidate
+/// process of [`leader_election`] runs.
+pub async fn candidate(
+    endpoints: &[String],
+    election: &str,
+    name: &str,
+    ttl: i64,
+) -> Result<(), Error> {
+    let client = Client::connect(endpoints)?;
+    let (lease, granted) = client.grant(ttl).await?;
+    let _keeper = client.keep_alive(lease, granted);
+    client.campaign(election, lease, name).await?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Starts `candidates` candidate processes (`spawn(name)` runs
+/// [`candidate`] in a new process), observes who leads, kills the leader's
+/// process, and observes the next leader take over once the dead leader's
+/// lease runs out. Every candidate process is killed before returning.
+pub async fn leader_election(
+    endpoints: &[String],
+    election: &str,
+    candidates: usize,
+    spawn: impl Fn(&str) -> std::process::Child,
+) -> Result<Succession, Error> {
+    let client = Client::connect(endpoints)?;
+    let mut procs: std::collections::BTreeMap<String, std::process::Child> = (0..candidates)
+        .map(|i| format!("candidate-{i}"))
+        .map(|n| (n.clone(), spawn(&n)))
+        .collect();
+    let mut seen = client.observe(election);
+    let result = async {
+        let first = next_leader(&mut seen).await?;
+        let mut dead = procs
+            .remove(&first)
+            .ok_or_else(|| Error::Protocol(format!("unknown leader {first}")))?;
+        let _ = dead.kill();
+        let _ = dead.wait();
+        let second = next_leader(&mut seen).await?;
+        Ok(Succession {
+            observed: vec![first.clone(), second],
+            killed: first,
+        })
+    }
+    .await;
+    for (_, mut p) in procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    result
+}

@@ -165,3 +165,44 @@ async fn the_stories_hold_on_a_real_cluster() {
         m.stop().await;
     }
 }
+
+/// Not a test on its own: the body of a candidate process that
+/// `leader_election_survives_killing_the_leader` starts by running this test
+/// binary again with `SYNOD_CANDIDATE` set.
+#[test]
+fn candidate_process() {
+    let Ok(spec) = std::env::var("SYNOD_CANDIDATE") else {
+        return;
+    };
+    let (name, eps) = spec.split_once('@').expect("NAME@ENDPOINTS");
+    let eps: Vec<String> = eps.split(',').map(str::to_string).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(stories::candidate(&eps, "election/pilot", name, 2))
+        .expect("campaign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_survives_killing_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (members, eps) = cluster(dir.path()).await;
+    let me = std::env::current_exe().unwrap();
+    let joined = eps.join(",");
+    let s = stories::leader_election(&eps, "election/pilot", 3, |name| {
+        std::process::Command::new(&me)
+            .args(["--exact", "candidate_process", "--nocapture"])
+            .env("SYNOD_CANDIDATE", format!("{name}@{joined}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("candidate process starts")
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.observed.len(), 2, "{s:?}");
+    assert_eq!(s.observed[0], s.killed);
+    assert_ne!(s.observed[1], s.killed, "a live candidate took over: {s:?}");
+    assert!(s.observed[1].starts_with("candidate-"), "{s:?}");
+    for m in members {
+        m.stop().await;
+    }
+}
