@@ -2,7 +2,7 @@
 //! from a follower on to the leader.
 
 use crate::member::Inbox;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::Duration;
 use synod_etcd::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
@@ -15,10 +15,16 @@ use tokio::sync::{broadcast, oneshot};
 /// "request timed out" (etcd's default is about as long).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// What a member knows of every member, by raft id: names and client URLs
+/// are learnt from the peers' hellos.
+pub type Directory = Arc<RwLock<Vec<MemberInfo>>>;
+
 pub struct MemberBackend {
     pub cluster_id: u64,
     pub me: MemberInfo,
-    pub members: Vec<MemberInfo>,
+    /// etcd member ids by raft id.
+    pub member_ids: Vec<u64>,
+    pub members: Directory,
     pub inbox: mpsc::Sender<Inbox>,
     /// Where the member keeps its WAL and snapshots (sized for Status).
     pub data_dir: std::path::PathBuf,
@@ -182,12 +188,18 @@ impl Backend for MemberBackend {
 
     async fn members(&self) -> Result<(Header, Vec<MemberInfo>), ApiError> {
         let h = self.header().await?;
-        Ok((h, self.members.clone()))
+        let members = self
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok((h, members))
     }
 
     async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
+        let ids = self.member_ids.clone();
         let (rev, status) = self
-            .local(|rep, _| {
+            .local(move |rep, _| {
                 let raft = rep.raft();
                 (
                     rep.store().revision(),
@@ -195,8 +207,11 @@ impl Backend for MemberBackend {
                         version: synod_etcd::API_VERSION.into(),
                         db_size: 0,
                         db_size_in_use: rep.store().retained_bytes() as i64,
-                        // etcd member ids are raft ids + 1 (0 means none).
-                        leader: raft.leader().map_or(0, |l| l + 1),
+                        // 0: no leader known, as in etcd.
+                        leader: raft
+                            .leader()
+                            .and_then(|l| ids.get(l as usize).copied())
+                            .unwrap_or(0),
                         raft_index: raft.commit_index(),
                         raft_term: raft.term(),
                         raft_applied_index: raft.applied_index(),

@@ -1,69 +1,132 @@
-//! Starting members with their etcd API: a local cluster for `synod up` and
-//! for tests.
+//! Starting members with their etcd API: one member per process for
+//! `synod serve`, or a whole local cluster in one process for tests.
 
-use crate::backend::MemberBackend;
+use crate::backend::{Directory, MemberBackend};
+use crate::ids;
 use crate::member::{Member, MemberConfig};
-use std::collections::BTreeMap;
+use crate::peer::OnHello;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use synod_etcd::{EtcdServer, Limits, MemberInfo};
 use synod_protocols::NodeId;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-/// One member's addresses and data directory. Its raft id is its position in
-/// the cluster's list; its etcd member id is that plus one (etcd reserves 0).
+/// One member of the initial cluster. Its raft id is its position in
+/// [`ClusterSpec::members`], which is sorted by member id so that every
+/// member numbers the cluster the same way whatever order its
+/// `--initial-cluster` lists it in.
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
     pub name: String,
+    /// etcd's member id (see [`ids::member_id`]).
+    pub member_id: u64,
+    /// Where clients reach it (the first advertised client URL); for the
+    /// in-process cluster also where it listens.
     pub client: SocketAddr,
+    /// Advertised client URLs (empty for the other members of a `synod
+    /// serve` process until they say hello).
+    pub client_urls: Vec<String>,
+    /// Where peers reach it (its first peer URL, resolved).
     pub peer: SocketAddr,
+    pub peer_urls: Vec<String>,
     pub data_dir: PathBuf,
+}
+
+/// Timing and limits, the same on every member.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// `--heartbeat-interval`: one tick.
+    pub tick: Duration,
+    /// `--election-timeout`.
+    pub election: Duration,
+    /// `--snapshot-count`.
+    pub snapshot_every: u64,
+    pub limits: Limits,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tick: Duration::from_millis(100),
+            election: Duration::from_millis(1000),
+            snapshot_every: 1000,
+            limits: Limits::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
     pub cluster_id: u64,
     pub members: Vec<MemberSpec>,
-    pub tick: Duration,
+    pub tuning: Tuning,
 }
 
 impl ClusterSpec {
-    /// `n` members on 127.0.0.1 with data under `dir`; ports from `ports`
-    /// as (client, peer) per member.
-    pub fn local(dir: PathBuf, ports: &[(u16, u16)]) -> ClusterSpec {
-        ClusterSpec {
-            cluster_id: 0x5359_4e4f_4400_0001,
-            members: ports
-                .iter()
-                .enumerate()
-                .map(|(i, (c, p))| MemberSpec {
-                    name: format!("synod-{}", i + 1),
-                    client: SocketAddr::from(([127, 0, 0, 1], *c)),
-                    peer: SocketAddr::from(([127, 0, 0, 1], *p)),
-                    data_dir: dir.join(format!("member-{}", i + 1)),
-                })
-                .collect(),
-            tick: Duration::from_millis(100),
+    /// A cluster of `members` (any order), its ids derived from their peer
+    /// URLs and `token` as etcd derives them.
+    pub fn new(token: &str, mut members: Vec<MemberSpec>, tuning: Tuning) -> ClusterSpec {
+        for m in &mut members {
+            m.member_id = ids::member_id(&m.peer_urls, token);
         }
+        members.sort_by_key(|m| m.member_id);
+        let cluster_id = ids::cluster_id(&members.iter().map(|m| m.member_id).collect::<Vec<_>>());
+        ClusterSpec {
+            cluster_id,
+            members,
+            tuning,
+        }
+    }
+
+    /// `n` members on 127.0.0.1 with data under `dir`; ports from `ports`
+    /// as (client, peer) per member. The cluster token is made from `dir`, so
+    /// two such clusters never share a cluster id.
+    pub fn local(dir: PathBuf, ports: &[(u16, u16)]) -> ClusterSpec {
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| MemberSpec {
+                name: format!("synod-{}", i + 1),
+                member_id: 0,
+                client: SocketAddr::from(([127, 0, 0, 1], *c)),
+                client_urls: vec![format!("http://127.0.0.1:{c}")],
+                peer: SocketAddr::from(([127, 0, 0, 1], *p)),
+                peer_urls: vec![format!("http://127.0.0.1:{p}")],
+                data_dir: dir.join(format!("member-{}", i + 1)),
+            })
+            .collect();
+        let token = format!("synod-local:{}", dir.display());
+        ClusterSpec::new(&token, members, Tuning::default())
+    }
+
+    /// The index (raft id) of the member called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
     }
 
     fn infos(&self) -> Vec<MemberInfo> {
         self.members
             .iter()
-            .enumerate()
-            .map(|(i, m)| MemberInfo {
-                id: i as u64 + 1,
+            .map(|m| MemberInfo {
+                id: m.member_id,
                 name: m.name.clone(),
-                peer_urls: vec![format!("http://{}", m.peer)],
-                client_urls: vec![format!("http://{}", m.client)],
+                peer_urls: m.peer_urls.clone(),
+                client_urls: m.client_urls.clone(),
                 is_learner: false,
             })
             .collect()
     }
+}
+
+/// Where one member listens; by default where the spec says others reach it.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    pub clients: Vec<SocketAddr>,
+    pub peer: SocketAddr,
 }
 
 /// How long a stopping member lets open client streams finish.
@@ -73,17 +136,15 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 pub struct RunningMember {
     pub raft_id: NodeId,
     member: Member,
-    stop_api: Option<oneshot::Sender<()>>,
-    api: Option<tokio::task::JoinHandle<()>>,
+    stop_api: watch::Sender<bool>,
+    apis: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningMember {
     /// Stops serving clients, then stops the member.
     pub async fn stop(mut self) {
-        if let Some(s) = self.stop_api.take() {
-            let _ = s.send(());
-        }
-        if let Some(mut api) = self.api.take() {
+        let _ = self.stop_api.send(true);
+        for mut api in std::mem::take(&mut self.apis) {
             // A graceful shutdown waits for every open stream (a Lock that is
             // queued, an Observe, a watch) to end, which a client may never
             // do: give them a moment, then drop the connections.
@@ -100,57 +161,105 @@ impl RunningMember {
 /// and its etcd API on its client address.
 pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMember, String> {
     let m = &spec.members[index];
+    let listen = Listen {
+        clients: vec![m.client],
+        peer: m.peer,
+    };
+    start_member_on(spec, index, &listen).await
+}
+
+/// Starts member `index` of `spec`, listening where `listen` says.
+pub async fn start_member_on(
+    spec: &ClusterSpec,
+    index: usize,
+    listen: &Listen,
+) -> Result<RunningMember, String> {
+    let m = &spec.members[index];
     let raft_id = index as NodeId;
-    let peers: BTreeMap<NodeId, SocketAddr> = spec
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (i as NodeId, m.peer))
-        .collect();
     std::fs::create_dir_all(&m.data_dir)
         .map_err(|e| format!("{}: cannot create: {e}", m.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(m.client)
-        .await
-        .map_err(|e| format!("{}: cannot listen for clients on {}: {e}", m.name, m.client))?;
-    let member = Member::start(MemberConfig {
-        id: raft_id,
-        cluster_id: spec.cluster_id,
-        data_dir: m.data_dir.clone(),
-        peers,
-        tick: spec.tick,
-    })?;
+    let mut listeners = Vec::new();
+    for addr in &listen.clients {
+        listeners.push(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            format!(
+                "member {}: cannot listen for clients on {addr}: {e}",
+                m.name
+            )
+        })?);
+    }
+    let tuning = &spec.tuning;
     let infos = spec.infos();
+    let directory: Directory = Arc::new(RwLock::new(infos.clone()));
+    let learn = directory.clone();
+    let on_hello: OnHello = Arc::new(move |hello| {
+        let mut d = learn.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(info) = d.get_mut(hello.from as usize) {
+            info.name.clone_from(&hello.name);
+            info.client_urls.clone_from(&hello.client_urls);
+        }
+    });
+    let member = Member::start(
+        MemberConfig {
+            id: raft_id,
+            cluster_id: spec.cluster_id,
+            member_id: m.member_id,
+            name: m.name.clone(),
+            client_urls: m.client_urls.clone(),
+            data_dir: m.data_dir.clone(),
+            peers: (0..).zip(spec.members.iter().map(|m| m.peer)).collect(),
+            member_ids: (0..)
+                .zip(spec.members.iter().map(|m| m.member_id))
+                .collect(),
+            listen_peer: listen.peer,
+            tick: tuning.tick,
+            election_ticks: election_ticks(tuning),
+            snapshot_every: tuning.snapshot_every,
+            max_txn_ops: tuning.limits.max_txn_ops,
+        },
+        on_hello,
+    )?;
     let backend = Arc::new(MemberBackend {
         cluster_id: spec.cluster_id,
         me: infos[index].clone(),
-        members: infos,
+        member_ids: infos.iter().map(|i| i.id).collect(),
+        members: directory,
         inbox: member.inbox.clone(),
         data_dir: m.data_dir.clone(),
     });
-    let routes = EtcdServer::new(backend, Limits::default()).router();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    // Small responses must not wait for the client's delayed ACK (Nagle):
-    // without this a read took 40 ms.
-    let incoming = TcpListenerStream::new(listener).map(|s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(s)
-    });
-    let api = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .layer(synod_etcd::GrpcGoCompat)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            })
-            .await;
-    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut apis = Vec::new();
+    for listener in listeners {
+        let routes = EtcdServer::new(backend.clone(), tuning.limits).router();
+        // Small responses must not wait for the client's delayed ACK (Nagle):
+        // without this a read took 40 ms.
+        let incoming = TcpListenerStream::new(listener).map(|s| {
+            let s = s?;
+            s.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(s)
+        });
+        let mut stop = stop_rx.clone();
+        apis.push(tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .layer(synod_etcd::GrpcGoCompat)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
     Ok(RunningMember {
         raft_id,
         member,
-        stop_api: Some(stop_tx),
-        api: Some(api),
+        stop_api: stop_tx,
+        apis,
     })
+}
+
+/// Election timeout in ticks, as etcd counts it.
+fn election_ticks(t: &Tuning) -> u32 {
+    let ticks = t.election.as_millis() / t.tick.as_millis().max(1);
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
 /// Starts every member of `spec`.

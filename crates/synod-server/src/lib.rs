@@ -9,10 +9,12 @@
 //! * [`peer`]: member-to-member TCP transport.
 //! * [`disk`]: Raft's records on the WAL, and recovery from it.
 //! * [`backend`]: the etcd API's [`synod_etcd::Backend`] for a member.
-//! * [`cluster`]: starting members with their API (`synod up`, tests).
+//! * [`cluster`]: starting members with their API (`synod serve`, tests).
+//! * [`ids`]: member and cluster ids, derived as etcd derives them.
 
 pub mod backend;
 pub mod cluster;
 pub mod disk;
+pub mod ids;
 pub mod member;
 pub mod peer;

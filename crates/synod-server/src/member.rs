@@ -7,7 +7,7 @@
 //! the leader does.
 
 use crate::disk::MemberDisk;
-use crate::peer::{self, Incoming, PeerMsg, PeerSender};
+use crate::peer::{self, Expect, Hello, Incoming, OnHello, PeerMsg, PeerSender};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -24,12 +24,29 @@ use tokio::sync::{broadcast, oneshot};
 /// How a member is set up.
 #[derive(Clone, Debug)]
 pub struct MemberConfig {
+    /// Raft id: the member's position in the cluster's list.
     pub id: NodeId,
     pub cluster_id: u64,
+    /// etcd member id; also the owner its data directory is tagged with.
+    pub member_id: u64,
+    pub name: String,
+    /// Where this member serves clients, told to its peers.
+    pub client_urls: Vec<String>,
     pub data_dir: PathBuf,
-    /// Every member's peer address, this one's included.
+    /// Every member's peer address (where to reach it), this one's included.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Every member's etcd member id, by raft id.
+    pub member_ids: BTreeMap<NodeId, u64>,
+    /// Where this member accepts peers (`--listen-peer-urls`).
+    pub listen_peer: SocketAddr,
+    /// One tick (`--heartbeat-interval`).
     pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns
+    /// (`--election-timeout` / `--heartbeat-interval`).
+    pub election_ticks: u32,
+    /// Applied entries between snapshots (`--snapshot-count`).
+    pub snapshot_every: u64,
+    pub max_txn_ops: usize,
 }
 
 /// The feed of applied changes a member publishes for watchers.
@@ -60,27 +77,45 @@ pub struct Member {
 
 impl Member {
     /// Recovers the member from its data directory and starts it.
-    pub fn start(cfg: MemberConfig) -> Result<Member, String> {
-        let (disk, recovered, report) = MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.id)
-            .map_err(|e| format!("member {}: {}: {e}", cfg.id, cfg.data_dir.display()))?;
-        if let Some(t) = &report.torn_tail {
-            eprintln!("member {}: recovery cut a torn tail: {t:?}", cfg.id);
-        }
-        let addr = cfg.peers[&cfg.id];
+    /// `on_hello` learns each peer's name and client URLs as it connects.
+    pub fn start(cfg: MemberConfig, on_hello: OnHello) -> Result<Member, String> {
+        let name = cfg.name.clone();
+        // The port first: a member that cannot serve leaves its data untouched.
+        let addr = cfg.listen_peer;
         let listener = TcpListener::bind(addr)
-            .map_err(|e| format!("member {}: cannot listen on {addr}: {e}", cfg.id))?;
+            .map_err(|e| format!("member {name}: cannot listen for peers on {addr}: {e}"))?;
+        let (disk, recovered, report) =
+            MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.member_id)
+                .map_err(|e| format!("member {name}: {e}"))?;
+        if let Some(t) = &report.torn_tail {
+            eprintln!("member {name}: recovery cut a torn tail: {t:?}");
+        }
         let (tx, rx) = mpsc::channel();
-        let listening = peer::listen(listener, tx.clone(), Inbox::Peer)
-            .map_err(|e| format!("member {}: {e}", cfg.id))?;
+        let expect = Expect {
+            cluster_id: cfg.cluster_id,
+            members: cfg.member_ids.clone(),
+        };
+        let listening = peer::listen(listener, expect, on_hello, tx.clone(), Inbox::Peer)
+            .map_err(|e| format!("member {name}: {e}"))?;
+        let hello = Arc::new(Hello::new(
+            cfg.cluster_id,
+            cfg.id,
+            cfg.member_id,
+            cfg.name.clone(),
+            cfg.client_urls.clone(),
+        ));
         let peers: BTreeMap<NodeId, PeerSender> = cfg
             .peers
             .iter()
             .filter(|(id, _)| **id != cfg.id)
-            .map(|(id, a)| (*id, PeerSender::start(cfg.id, *a)))
+            .map(|(id, a)| (*id, PeerSender::start(hello.clone(), *a)))
             .collect();
         let mut rcfg = ReplicaConfig::new(cfg.id, cfg.peers.keys().copied().collect());
         rcfg.tick_ms = cfg.tick.as_millis() as u64;
-        let replica = Replica::new(rcfg, &recovered, cfg.id ^ 0x5eed);
+        rcfg.raft.election_ticks = cfg.election_ticks;
+        rcfg.raft.snapshot_every = cfg.snapshot_every;
+        rcfg.max_txn_ops = cfg.max_txn_ops;
+        let replica = Replica::new(rcfg, &recovered, cfg.member_id ^ 0x5eed);
         let id = cfg.id;
         let loop_tx = tx.clone();
         let thread = std::thread::Builder::new()
@@ -290,7 +325,7 @@ impl Driver {
             }
         }
         if let Err(e) = self.disk.persist(&out.writes) {
-            eprintln!("member {}: storage failed, stopping: {e}", self.cfg.id);
+            eprintln!("member {}: storage failed, stopping: {e}", self.cfg.name);
             return false;
         }
         for env in out.msgs {

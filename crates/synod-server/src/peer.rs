@@ -1,17 +1,25 @@
-//! Members talk over TCP: length-prefixed bincode frames of [`PeerMsg`].
+//! Members talk over TCP: length-prefixed bincode frames of [`PeerMsg`],
+//! after a [`Hello`] that says who is speaking.
 //!
 //! Each peer gets a writer thread that connects lazily and reconnects after a
 //! failure; a message that cannot be written is dropped, which Raft tolerates
 //! (it retransmits) and which a forwarded request's deadline covers. Each
 //! accepted connection gets a reader thread that hands frames to the member.
 //! Traffic goes only where the member's configuration says.
+//!
+//! The hello is checked before any frame is taken: a peer of another cluster
+//! (another `--initial-cluster` or token), of another protocol version, or
+//! claiming an id that the cluster gives to a different member is refused
+//! and its connection closed, so a misconfigured member cannot vote or append
+//! here. Every later frame counts as coming from the member the hello named.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 use synod_kv::replica::{Answer, ReplicaError, Request};
 use synod_protocols::raft::Message;
 use synod_protocols::NodeId;
@@ -37,6 +45,82 @@ pub enum PeerMsg {
 /// What a reader thread hands its member.
 pub type Incoming = (NodeId, PeerMsg);
 
+/// The peer protocol's version; a member refuses hellos of another.
+pub const PROTOCOL_VERSION: u32 = 1;
+const MAGIC: [u8; 4] = *b"SYNP";
+
+/// The first frame on every peer connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    magic: [u8; 4],
+    version: u32,
+    pub cluster_id: u64,
+    /// The sender's raft id and etcd member id.
+    pub from: NodeId,
+    pub member_id: u64,
+    pub name: String,
+    /// Where the sender serves clients, for MemberList on the other members.
+    pub client_urls: Vec<String>,
+}
+
+impl Hello {
+    pub fn new(
+        cluster_id: u64,
+        from: NodeId,
+        member_id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    ) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id,
+            from,
+            member_id,
+            name,
+            client_urls,
+        }
+    }
+}
+
+/// What a listener accepts: this member's cluster, and its members' raft ids
+/// with their etcd member ids.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub cluster_id: u64,
+    pub members: BTreeMap<NodeId, u64>,
+}
+
+impl Expect {
+    /// Why `hello` is refused, if it is.
+    pub fn refusal(&self, hello: &Hello) -> Option<String> {
+        if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
+            return Some(format!(
+                "it speaks peer protocol version {}, this member {PROTOCOL_VERSION}",
+                hello.version
+            ));
+        }
+        if hello.cluster_id != self.cluster_id {
+            return Some(format!(
+                "it belongs to cluster {:x}, this member to cluster {:x} \
+                 (check --initial-cluster and --initial-cluster-token on both)",
+                hello.cluster_id, self.cluster_id
+            ));
+        }
+        match self.members.get(&hello.from) {
+            Some(id) if *id == hello.member_id => None,
+            _ => Some(format!(
+                "it says it is member {:x} ({}), which is not a member of this cluster",
+                hello.member_id, hello.name
+            )),
+        }
+    }
+}
+
+/// What a listener learns from the hellos it accepts: a peer's name and
+/// client URLs, by raft id.
+pub type OnHello = Arc<dyn Fn(&Hello) + Send + Sync>;
+
 /// Sends to one peer; cheap to clone.
 #[derive(Clone)]
 pub struct PeerSender {
@@ -44,12 +128,13 @@ pub struct PeerSender {
 }
 
 impl PeerSender {
-    /// Starts the writer thread for the peer at `addr`; `me` is our id.
-    pub fn start(me: NodeId, addr: SocketAddr) -> PeerSender {
+    /// Starts the writer thread for the peer at `addr`, which opens every
+    /// connection with `hello`.
+    pub fn start(hello: Arc<Hello>, addr: SocketAddr) -> PeerSender {
         let (tx, rx) = mpsc::channel::<PeerMsg>();
         std::thread::Builder::new()
-            .name(format!("synod-peer-{me}-to-{addr}"))
-            .spawn(move || writer(me, addr, rx))
+            .name(format!("synod-peer-{}-to-{addr}", hello.from))
+            .spawn(move || writer(&hello, addr, rx))
             .expect("spawn peer writer");
         PeerSender { tx }
     }
@@ -60,16 +145,47 @@ impl PeerSender {
     }
 }
 
-fn writer(me: NodeId, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
-    while let Ok(first) = rx.recv() {
+/// How often an idle writer makes sure it is connected: every member says
+/// hello to every other soon after it starts (followers send each other
+/// nothing else, but each must know the others' client URLs).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+fn connect(hello: &Hello, addr: SocketAddr) -> Option<BufWriter<TcpStream>> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = s.set_nodelay(true);
+    let mut w = BufWriter::new(s);
+    frame(&mut w, hello).ok()?;
+    w.flush().ok()?;
+    Some(w)
+}
+
+/// Whether the peer has closed `conn` (it restarted, or refused our hello).
+fn closed(conn: &BufWriter<TcpStream>) -> bool {
+    let s = conn.get_ref();
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    // Peers never write on a connection they accepted: any readable byte
+    // or end of stream means it is over.
+    let gone = !matches!(s.peek(&mut [0u8]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    gone || s.set_nonblocking(false).is_err()
+}
+
+fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
+    let mut conn: Option<BufWriter<TcpStream>> = connect(hello, addr);
+    loop {
+        let first = match rx.recv_timeout(IDLE_CHECK) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !matches!(&conn, Some(c) if !closed(c)) {
+                    conn = connect(hello, addr);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         if conn.is_none() {
-            conn = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .map(|s| {
-                    let _ = s.set_nodelay(true);
-                    BufWriter::new(s)
-                });
+            conn = connect(hello, addr);
         }
         let Some(w) = conn.as_mut() else {
             // Peer down: drop what is queued now rather than let it pile up.
@@ -77,10 +193,10 @@ fn writer(me: NodeId, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
             continue;
         };
         // Batch whatever else is queued into the same flush.
-        let mut ok = frame(w, me, &first).is_ok();
+        let mut ok = frame(w, &first).is_ok();
         while ok {
             match rx.try_recv() {
-                Ok(m) => ok = frame(w, me, &m).is_ok(),
+                Ok(m) => ok = frame(w, &m).is_ok(),
                 Err(_) => break,
             }
         }
@@ -90,8 +206,8 @@ fn writer(me: NodeId, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
     }
 }
 
-fn frame(w: &mut impl Write, me: NodeId, msg: &PeerMsg) -> std::io::Result<()> {
-    let body = bincode::serialize(&(me, msg)).expect("peer messages serialize");
+fn frame(w: &mut impl Write, msg: &impl Serialize) -> std::io::Result<()> {
+    let body = bincode::serialize(msg).expect("peer messages serialize");
     w.write_all(&(body.len() as u32).to_le_bytes())?;
     w.write_all(&body)
 }
@@ -115,12 +231,15 @@ impl Drop for Listening {
 /// inbox is gone or the returned guard is dropped.
 pub fn listen<T: Send + 'static>(
     listener: TcpListener,
+    expect: Expect,
+    on_hello: OnHello,
     inbox: mpsc::Sender<T>,
     wrap: fn(Incoming) -> T,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let expect = Arc::new(expect);
     std::thread::Builder::new()
         .name("synod-peer-accept".into())
         .spawn(move || {
@@ -130,37 +249,85 @@ pub fn listen<T: Send + 'static>(
                 }
                 let Ok(stream) = stream else { continue };
                 let inbox = inbox.clone();
+                let (expect, on_hello) = (expect.clone(), on_hello.clone());
                 let _ = std::thread::Builder::new()
                     .name("synod-peer-read".into())
-                    .spawn(move || reader(stream, inbox, wrap));
+                    .spawn(move || reader(stream, &expect, &on_hello, inbox, wrap));
             }
         })?;
     Ok(Listening { addr, stop })
 }
 
-fn reader<T>(stream: TcpStream, inbox: mpsc::Sender<T>, wrap: fn(Incoming) -> T) {
-    let mut r = BufReader::new(stream);
+/// Reads one length-prefixed frame into `body`; false at the end of the
+/// stream, on an error, or on a frame longer than any peer sends.
+fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> bool {
     let mut len = [0u8; 4];
+    if r.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return false;
+    }
+    body.resize(n, 0);
+    r.read_exact(body).is_ok()
+}
+
+fn reader<T>(
+    stream: TcpStream,
+    expect: &Expect,
+    on_hello: &OnHello,
+    inbox: mpsc::Sender<T>,
+    wrap: fn(Incoming) -> T,
+) {
+    let remote = stream.peer_addr().ok();
+    let mut r = BufReader::new(stream);
     let mut body = Vec::new();
+    if !read_frame(&mut r, &mut body) {
+        return;
+    }
+    let hello = match bincode::deserialize::<Hello>(&body) {
+        Ok(h) => h,
+        Err(_) => {
+            refused(remote, "its first frame is not a synod peer hello");
+            return;
+        }
+    };
+    if let Some(why) = expect.refusal(&hello) {
+        refused(remote, &why);
+        return;
+    }
+    on_hello(&hello);
+    let from = hello.from;
     loop {
-        if r.read_exact(&mut len).is_err() {
-            return;
-        }
-        let n = u32::from_le_bytes(len) as usize;
-        if n > MAX_FRAME {
-            return;
-        }
-        body.resize(n, 0);
-        if r.read_exact(&mut body).is_err() {
+        if !read_frame(&mut r, &mut body) {
             return;
         }
         // A frame that does not decode ends the connection: the peer speaks
         // something else, or the stream is out of step.
-        let Ok(msg) = bincode::deserialize::<Incoming>(&body) else {
+        let Ok(msg) = bincode::deserialize::<PeerMsg>(&body) else {
             return;
         };
-        if inbox.send(wrap(msg)).is_err() {
+        if inbox.send(wrap((from, msg))).is_err() {
             return;
         }
     }
+}
+
+/// Says why a peer connection was closed, at most once a minute per remote
+/// host: a misconfigured peer retries with every message it has.
+fn refused(remote: Option<SocketAddr>, why: &str) {
+    static LAST: Mutex<BTreeMap<std::net::IpAddr, Instant>> = Mutex::new(BTreeMap::new());
+    let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if last
+        .get(&ip)
+        .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+    {
+        return;
+    }
+    last.insert(ip, now);
+    let who = remote.map_or("a peer".to_string(), |a| a.to_string());
+    eprintln!("synod: refused a peer connection from {who}: {why}");
 }

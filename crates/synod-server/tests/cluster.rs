@@ -62,8 +62,9 @@ async fn leader_index(spec: &ClusterSpec, alive: &[usize]) -> usize {
             let mut m = MaintenanceClient::new(Channel::from_shared(url).unwrap().connect_lazy());
             if let Ok(s) = m.status(pb::StatusRequest {}).await {
                 let s = s.into_inner();
-                if s.leader != 0 && alive.contains(&(s.leader as usize - 1)) {
-                    return s.leader as usize - 1;
+                let leader = spec.members.iter().position(|m| m.member_id == s.leader);
+                if let Some(l) = leader.filter(|l| alive.contains(l)) {
+                    return l;
                 }
             }
         }

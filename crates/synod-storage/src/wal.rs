@@ -271,12 +271,20 @@ impl<F: Fs> Wal<F> {
             .map_err(|e| Error::io("create directory", dir, e))?;
         let mut report = RecoveryReport::default();
         let (segs, tmps) = list_segments(&fs, dir)?;
-        for name in tmps {
-            let p = join(dir, &name);
-            fs.remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
-            report.removed_files.push(p);
-        }
+        // Leftover temporary files go only once the log is known to be ours
+        // (after replay): a directory that is refused is left as it was.
+        let remove_tmps = |report: &mut RecoveryReport| -> Result<()> {
+            for name in &tmps {
+                let p = join(dir, name);
+                fs.remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+                report.removed_files.push(p);
+            }
+            Ok(())
+        };
         let fresh = segs.is_empty();
+        if fresh {
+            remove_tmps(&mut report)?;
+        }
         let file = match segs.last() {
             Some((_, _, name)) => {
                 let p = join(dir, name);
@@ -312,6 +320,7 @@ impl<F: Fs> Wal<F> {
         }
 
         let rp = replay(&fs, dir, &segs, Some(id), &mut |_, _, _| {})?;
+        remove_tmps(&mut report)?;
         report.records = rp.records;
         for (seq, name, max_index) in &rp.segments {
             wal.segments.push(Segment {

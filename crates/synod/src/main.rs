@@ -7,6 +7,8 @@ use synod_sim::history;
 use synod_sim::linearizability::{self, CheckResult};
 
 mod bench_cmd;
+mod serve_cmd;
+mod signals;
 mod sim_cmd;
 mod up_cmd;
 mod wal_cmd;
@@ -24,9 +26,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local cluster (3 members on 127.0.0.1 by default) serving etcd's
-    /// v3 API, with durable storage; runs until Ctrl-C.
+    /// Start a local cluster (3 members on 127.0.0.1 by default, one `synod
+    /// serve` process each) serving etcd's v3 API, with durable storage; runs
+    /// until Ctrl-C.
     Up(up_cmd::UpArgs),
+    /// Run one member in this process, configured with etcd's flags (and
+    /// their ETCD_* environment variables); runs until SIGINT or SIGTERM.
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Measure put or get throughput and latency through etcd's v3 API against
     /// running endpoints (synod's or etcd's).
     Bench(bench_cmd::BenchArgs),
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),

@@ -1,9 +1,14 @@
-//! `synod up`: a local cluster on this machine, until Ctrl-C.
+//! `synod up`: a local cluster on this machine, one `synod serve` process
+//! per member, until Ctrl-C. Members die alone: one that fails to start or
+//! crashes is reported, and the others go on serving.
 
+use crate::signals::stop_signal;
 use clap::Args;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use synod_server::cluster::{start_cluster, ClusterSpec};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -18,6 +23,59 @@ pub struct UpArgs {
     /// clients and one above that for peers (2379/2380, 12379/12380, ...).
     #[arg(long, default_value_t = 2379)]
     base_port: u16,
+}
+
+/// One member's process and what it last said on stderr.
+struct Proc {
+    name: String,
+    client: String,
+    data_dir: PathBuf,
+    child: Child,
+    last_words: Arc<Mutex<String>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Reports the member as down if its process has ended.
+    fn check(&mut self) -> bool {
+        if self.exited.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status);
+                let why = self
+                    .last_words
+                    .lock()
+                    .map(|w| w.clone())
+                    .unwrap_or_default();
+                println!(
+                    "synod: {} (pid {}) is down: {status}{}{why}",
+                    self.name,
+                    self.child.id(),
+                    if why.is_empty() { "" } else { ": " }
+                );
+            }
+        }
+        self.exited.is_none()
+    }
+}
+
+/// The cluster token of the cluster in `dir`, made on its first start: every
+/// `synod up` cluster gets its own cluster id, so a member given another
+/// cluster's data directory refuses it.
+fn cluster_token(dir: &Path) -> Result<String, String> {
+    let path = dir.join("cluster-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let token = format!("synod-{:x}-{:x}", nanos, std::process::id());
+            std::fs::write(&path, format!("{token}\n"))
+                .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+            Ok(token)
+        }
+        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    }
 }
 
 pub fn run(args: UpArgs) -> Result<ExitCode, String> {
@@ -38,53 +96,183 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
             })
         })
         .collect::<Result<_, _>>()?;
-    let spec = ClusterSpec::local(args.data_dir.clone(), &ports);
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("{}: cannot create: {e}", args.data_dir.display()))?;
+    let token = cluster_token(&args.data_dir)?;
+    let initial_cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("synod-{}=http://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the synod binary: {e}"))?;
+    let mut procs = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let name = format!("synod-{}", i + 1);
+        let data_dir = args.data_dir.join(format!("member-{}", i + 1));
+        let client = format!("http://127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let mut child = Command::new(&exe)
+            .arg("serve")
+            .args(["--name", &name, "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-token", &token])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let last_words = Arc::new(Mutex::new(String::new()));
+        relay_stderr(&name, child.stderr.take(), last_words.clone());
+        procs.push(Proc {
+            name,
+            client,
+            data_dir,
+            child,
+            last_words,
+            exited: None,
+        });
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
-        let members = start_cluster(&spec).await?;
-        let endpoints: Vec<String> = spec.members.iter().map(|m| m.client.to_string()).collect();
+        wait_until_serving(&mut procs, &ports).await;
+        let up = procs.iter().filter(|p| p.exited.is_none()).count();
+        if up == 0 {
+            return Err("no member could start (see above)".to_string());
+        }
         println!(
-            "synod: {} members up, data in {}",
-            members.len(),
+            "synod: {up} of {} members up, data in {}",
+            procs.len(),
             args.data_dir.display()
         );
-        for m in &spec.members {
-            println!("  {}: clients {}  peers {}", m.name, m.client, m.peer);
+        for p in &procs {
+            let state = match p.exited {
+                None => "up".to_string(),
+                Some(s) => format!("down ({s})"),
+            };
+            println!(
+                "  {}  pid {}  clients {}  data {}  {state}",
+                p.name,
+                p.child.id(),
+                p.client,
+                p.data_dir.display()
+            );
         }
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|(c, _)| format!("127.0.0.1:{c}"))
+            .collect();
         println!(
             "try:   ETCDCTL_API=3 etcdctl --endpoints={} put greeting hello",
             endpoints.join(",")
         );
         println!("stop:  Ctrl-C (or SIGTERM)");
-        let signal = stop_signal().await?;
+        let signal = tokio::select! {
+            s = stop_signal() => s?,
+            () = watch_members(&mut procs) => "every member is down",
+        };
         println!("synod: {signal}: stopping");
-        for m in members {
-            m.stop().await;
-        }
+        stop_all(&mut procs).await;
         println!("synod: stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM, which systemd, Kubernetes and
-/// Docker send to stop a service: both stop the members the same orderly
-/// way (open requests answered or failed, streams closed), then exit 0.
-async fn stop_signal() -> Result<&'static str, String> {
+/// Prints a member's stderr with its name, and keeps its last line (a member
+/// that refuses to start says why there).
+fn relay_stderr(name: &str, stderr: Option<std::process::ChildStderr>, last: Arc<Mutex<String>>) {
+    let Some(stderr) = stderr else { return };
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            eprintln!("{name} | {line}");
+            if let Ok(mut l) = last.lock() {
+                *l = line;
+            }
+        }
+    });
+}
+
+/// Waits until every member takes client connections or has died.
+async fn wait_until_serving(procs: &mut [Proc], ports: &[(u16, u16)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (p, (c, _)) in procs.iter_mut().zip(ports) {
+        while p.check() && Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", *c))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Returns once no member is left running, reporting each that dies.
+async fn watch_members(procs: &mut [Proc]) {
+    loop {
+        let mut alive = 0;
+        for p in procs.iter_mut() {
+            if p.check() {
+                alive += 1;
+            }
+        }
+        if alive == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks every member to stop as SIGTERM does, waits for them, and kills any
+/// that has not stopped within ten seconds.
+async fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter_mut().filter(|p| p.exited.is_none()) {
+        terminate(&p.child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in procs.iter_mut() {
+        while p.exited.is_none() {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                p.exited = Some(s);
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = p.child.kill();
+                p.exited = p.child.wait().ok();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn terminate(child: &Child) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| format!("waiting for SIGTERM: {e}"))?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").map_err(|e| format!("waiting for Ctrl-C: {e}")),
-            _ = term.recv() => Ok("SIGTERM"),
+        // SAFETY: kill(2) on a child we spawned and have not yet reaped, so
+        // its pid cannot have been reused.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .map(|()| "Ctrl-C")
-            .map_err(|e| format!("waiting for Ctrl-C: {e}"))
+        let _ = child;
     }
 }

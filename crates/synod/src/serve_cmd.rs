@@ -1,0 +1,572 @@
+//! `synod serve`: one member in this process, configured with etcd's flags
+//! (and their `ETCD_*` environment variables), so that the systemd units,
+//! manifests and scripts written for etcd start synod unchanged.
+
+use crate::signals::stop_signal;
+use clap::Args;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use synod_etcd::Limits;
+use synod_server::cluster::{start_member_on, ClusterSpec, Listen, MemberSpec, Tuning};
+
+/// etcd's flags, names, defaults and meanings (etcd 3.4).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Where this member keeps its WAL and snapshots (default: NAME.etcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub listen_client_urls: String,
+    /// This member's client URLs as told to the rest of the cluster and to clients.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic (one).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs as the other members reach it.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Every initial member as NAME=PEER_URL, comma-separated (the same on every member).
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER",
+        default_value = "default=http://localhost:2380"
+    )]
+    pub initial_cluster: String,
+    /// `new` to bootstrap the cluster; `existing` to restart a member on its data.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Makes the cluster's and members' ids unique to this cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Milliseconds between leader heartbeats (one tick).
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Milliseconds without a leader before a follower campaigns.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots (etcd's default is 100,000; synod's
+    /// snapshots copy the store, so it takes them more often by default).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 1000)]
+    pub snapshot_count: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Most operations in one transaction branch.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Backend quota in bytes; 0 = default. Not implemented yet: only 0 is accepted.
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+    /// `periodic` or `revision`. Auto compaction is not implemented yet.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention; 0 = off (the only value accepted yet).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// URLs for /metrics and /health. Not implemented yet: must be empty.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+    /// `capnslog` or `zap`: accepted for compatibility; synod writes plain lines to stderr.
+    #[arg(long, env = "ETCD_LOGGER", default_value = "capnslog")]
+    pub logger: String,
+    /// debug, info, warn, error, panic or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A parsed `http://host:port` URL.
+struct Url {
+    text: String,
+    host: String,
+    port: u16,
+}
+
+fn parse_url(flag: &str, text: &str) -> Result<Url, String> {
+    let text = text.trim();
+    let rest = match text.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err(format!(
+                "{flag}: {text}: TLS (https) is not implemented yet; use http://"
+            ))
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{flag}: {text}: URL scheme {scheme:?} is not supported; use http://"
+            ))
+        }
+        None => return Err(format!("{flag}: {text}: URL must start with http://")),
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.contains('/') {
+        return Err(format!("{flag}: {text}: URL must not have a path"));
+    }
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| format!("{flag}: {text}: URL must give a host and a port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{flag}: {text}: {port:?} is not a port"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(Url {
+        text: text.to_string(),
+        host,
+        port,
+    })
+}
+
+fn parse_urls(flag: &str, list: &str) -> Result<Vec<Url>, String> {
+    let urls: Vec<Url> = list
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|u| parse_url(flag, u))
+        .collect::<Result<_, _>>()?;
+    if urls.is_empty() {
+        return Err(format!("{flag}: no URL given"));
+    }
+    Ok(urls)
+}
+
+/// The address to bind or dial for `url`: its IPv4 address if it has one
+/// (as Go resolves "localhost"), else its first.
+fn resolve(flag: &str, url: &Url) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{flag}: {}: cannot resolve {}: {e}", url.text, url.host))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{flag}: {}: {} has no address", url.text, url.host))
+}
+
+/// What a member is asked to be, checked.
+#[derive(Debug)]
+pub struct Plan {
+    pub spec: ClusterSpec,
+    pub index: usize,
+    pub listen: Listen,
+}
+
+/// Checks the flags as etcd does and builds the member's plan; every refusal
+/// names the flag.
+pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
+    refuse_unimplemented(a)?;
+    if a.heartbeat_interval == 0 {
+        return Err("--heartbeat-interval must be > 0 ms".into());
+    }
+    if 5 * a.heartbeat_interval > a.election_timeout {
+        return Err(format!(
+            "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+            a.election_timeout, a.heartbeat_interval
+        ));
+    }
+    if a.election_timeout > 50_000 {
+        return Err(format!(
+            "--election-timeout[{}ms] is too long, and should be set less than 50000ms",
+            a.election_timeout
+        ));
+    }
+    if a.max_txn_ops == 0 || a.max_request_bytes == 0 {
+        return Err("--max-txn-ops and --max-request-bytes must be > 0".into());
+    }
+    let advertise_peers = parse_urls(
+        "--initial-advertise-peer-urls",
+        &a.initial_advertise_peer_urls,
+    )?;
+    let advertise_clients = parse_urls("--advertise-client-urls", &a.advertise_client_urls)?;
+    let listen_clients = parse_urls("--listen-client-urls", &a.listen_client_urls)?;
+    let listen_peers = parse_urls("--listen-peer-urls", &a.listen_peer_urls)?;
+    if listen_peers.len() > 1 {
+        return Err("--listen-peer-urls: synod listens for peers on one URL only".into());
+    }
+    // etcd: a member named other than "default" with the default
+    // --initial-cluster is a cluster of itself alone.
+    let initial_cluster =
+        if a.initial_cluster == "default=http://localhost:2380" && a.name != "default" {
+            advertise_peers
+                .iter()
+                .map(|u| format!("{}={}", a.name, u.text))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            a.initial_cluster.clone()
+        };
+    let members = initial_members(&initial_cluster)?;
+    let Some(mine) = members.iter().find(|m| m.name == a.name) else {
+        return Err(format!(
+            "--initial-cluster has no member named {:?} (--name); it lists {}",
+            a.name,
+            members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    let mut listed: Vec<&str> = mine.peer_urls.iter().map(String::as_str).collect();
+    let mut advertised: Vec<&str> = advertise_peers.iter().map(|u| u.text.as_str()).collect();
+    listed.sort_unstable();
+    advertised.sort_unstable();
+    if listed != advertised {
+        return Err(format!(
+            "--initial-cluster gives {} the peer URLs {}, but --initial-advertise-peer-urls says {}",
+            a.name,
+            listed.join(","),
+            advertised.join(",")
+        ));
+    }
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", a.name)));
+    let has_data = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
+    match a.initial_cluster_state.as_str() {
+        "new" => {}
+        "existing" if has_data => {}
+        "existing" => {
+            return Err(format!(
+                "--initial-cluster-state existing: joining a running cluster (after etcdctl member add) \
+                 is not implemented yet; {} holds no data to restart from",
+                data_dir.display()
+            ))
+        }
+        other => {
+            return Err(format!(
+                "--initial-cluster-state: {other:?} is neither \"new\" nor \"existing\""
+            ))
+        }
+    }
+    let mut specs = Vec::new();
+    for m in &members {
+        let first = parse_url("--initial-cluster", &m.peer_urls[0])?;
+        let me = m.name == a.name;
+        specs.push(MemberSpec {
+            name: m.name.clone(),
+            member_id: 0,
+            client: if me {
+                resolve("--advertise-client-urls", &advertise_clients[0])?
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            },
+            client_urls: if me {
+                advertise_clients.iter().map(|u| u.text.clone()).collect()
+            } else {
+                Vec::new()
+            },
+            peer: resolve("--initial-cluster", &first)?,
+            peer_urls: m.peer_urls.clone(),
+            data_dir: data_dir.clone(),
+        });
+    }
+    let tick = Duration::from_millis(a.heartbeat_interval);
+    let election = Duration::from_millis(a.election_timeout);
+    let tuning = Tuning {
+        tick,
+        election,
+        snapshot_every: a.snapshot_count,
+        limits: Limits {
+            max_request_bytes: a.max_request_bytes,
+            max_txn_ops: a.max_txn_ops,
+            min_lease_ttl: Limits::min_lease_ttl_for(tick, election),
+        },
+    };
+    let spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
+    let index = spec.index_of(&a.name).expect("this member is in the spec");
+    let listen = Listen {
+        clients: listen_clients
+            .iter()
+            .map(|u| resolve("--listen-client-urls", u))
+            .collect::<Result<_, _>>()?,
+        peer: resolve("--listen-peer-urls", &listen_peers[0])?,
+    };
+    Ok(Plan {
+        spec,
+        index,
+        listen,
+    })
+}
+
+struct Initial {
+    name: String,
+    peer_urls: Vec<String>,
+}
+
+/// `--initial-cluster`: NAME=URL pairs; a name may repeat for several URLs.
+fn initial_members(list: &str) -> Result<Vec<Initial>, String> {
+    let mut members: Vec<Initial> = Vec::new();
+    let mut urls = BTreeSet::new();
+    for pair in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let (name, url) = pair
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster: {pair:?} is not NAME=URL"))?;
+        let url = parse_url("--initial-cluster", url)?.text;
+        if !urls.insert(url.clone()) {
+            return Err(format!("--initial-cluster: {url} is listed twice"));
+        }
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.peer_urls.push(url),
+            None => members.push(Initial {
+                name: name.to_string(),
+                peer_urls: vec![url],
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster: no member given".into());
+    }
+    Ok(members)
+}
+
+/// Flags synod knows but does not implement yet are refused, never ignored.
+fn refuse_unimplemented(a: &ServeArgs) -> Result<(), String> {
+    let mut refused = Vec::new();
+    if a.quota_backend_bytes != 0 {
+        refused.push("--quota-backend-bytes (space quotas and the NOSPACE alarm)");
+    }
+    if !matches!(a.auto_compaction_retention.trim(), "" | "0") {
+        refused.push(
+            "--auto-compaction-retention (automatic compaction; compact with etcdctl compact)",
+        );
+    }
+    if !matches!(a.auto_compaction_mode.as_str(), "periodic" | "revision") {
+        return Err(format!(
+            "--auto-compaction-mode: {:?} is neither \"periodic\" nor \"revision\"",
+            a.auto_compaction_mode
+        ));
+    }
+    if !a.listen_metrics_urls.trim().is_empty() {
+        refused.push("--listen-metrics-urls (/metrics and /health)");
+    }
+    if !matches!(a.logger.as_str(), "capnslog" | "zap") {
+        return Err(format!(
+            "--logger: {:?} is neither \"capnslog\" nor \"zap\"",
+            a.logger
+        ));
+    }
+    if !matches!(
+        a.log_level.as_str(),
+        "debug" | "info" | "warn" | "error" | "panic" | "fatal"
+    ) {
+        return Err(format!(
+            "--log-level: {:?} is not one of debug, info, warn, error, panic, fatal",
+            a.log_level
+        ));
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "not implemented yet, refusing to start rather than ignore: {}",
+            refused.join("; ")
+        ))
+    }
+}
+
+/// Warns of `ETCD_*` variables that no flag reads, as etcd does.
+fn warn_unknown_env() {
+    const KNOWN: &[&str] = &[
+        "NAME",
+        "DATA_DIR",
+        "LISTEN_CLIENT_URLS",
+        "ADVERTISE_CLIENT_URLS",
+        "LISTEN_PEER_URLS",
+        "INITIAL_ADVERTISE_PEER_URLS",
+        "INITIAL_CLUSTER",
+        "INITIAL_CLUSTER_STATE",
+        "INITIAL_CLUSTER_TOKEN",
+        "HEARTBEAT_INTERVAL",
+        "ELECTION_TIMEOUT",
+        "SNAPSHOT_COUNT",
+        "MAX_REQUEST_BYTES",
+        "MAX_TXN_OPS",
+        "QUOTA_BACKEND_BYTES",
+        "AUTO_COMPACTION_MODE",
+        "AUTO_COMPACTION_RETENTION",
+        "LISTEN_METRICS_URLS",
+        "LOGGER",
+        "LOG_LEVEL",
+    ];
+    for (k, v) in std::env::vars() {
+        if let Some(flag) = k.strip_prefix("ETCD_") {
+            if !KNOWN.contains(&flag) {
+                eprintln!("synod: [WARNING] unrecognized environment variable {k}={v}");
+            }
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    warn_unknown_env();
+    let plan = plan(&args)?;
+    let me = &plan.spec.members[plan.index];
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async {
+        let member = start_member_on(&plan.spec, plan.index, &plan.listen).await?;
+        println!(
+            "synod: member {} ({:x}) of cluster {:x} serving clients on {} (peers on {}), data in {}",
+            me.name,
+            me.member_id,
+            plan.spec.cluster_id,
+            args.listen_client_urls,
+            args.listen_peer_urls,
+            me.data_dir.display()
+        );
+        let signal = stop_signal().await?;
+        println!("synod: member {}: {signal}: stopping", me.name);
+        member.stop().await;
+        println!("synod: member {} stopped", me.name);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("serve").chain(flags.iter().copied())).serve
+    }
+
+    const THREE: &str =
+        "infra1=http://127.0.0.1:12380,infra2=http://127.0.0.1:22380,infra3=http://127.0.0.1:32380";
+
+    fn member(name: &str, peer: u16, client: u16) -> Vec<String> {
+        [
+            "--name",
+            name,
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--initial-cluster-token",
+            "etcd-cluster-1",
+            "--initial-cluster",
+            THREE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn plan_of(flags: &[String]) -> Result<Plan, String> {
+        plan(&args(&flags.iter().map(String::as_str).collect::<Vec<_>>()))
+    }
+
+    #[test]
+    fn every_member_numbers_the_cluster_the_same_way() {
+        let a = plan_of(&member("infra1", 12380, 2379)).unwrap();
+        let b = plan_of(&member("infra3", 32380, 32379)).unwrap();
+        assert_eq!(a.spec.cluster_id, b.spec.cluster_id);
+        let ids = |p: &Plan| {
+            p.spec
+                .members
+                .iter()
+                .map(|m| m.member_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&a), ids(&b));
+        assert_eq!(a.spec.members[a.index].name, "infra1");
+        assert_eq!(b.spec.members[b.index].name, "infra3");
+        // Another token is another cluster.
+        let mut other = member("infra1", 12380, 2379);
+        other[11] = "etcd-cluster-2".into();
+        assert_ne!(plan_of(&other).unwrap().spec.cluster_id, a.spec.cluster_id);
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_naming_the_flag() {
+        let mut f = member("infra9", 12380, 2379);
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("no member named \"infra9\""));
+        f = member("infra1", 12381, 2379);
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("--initial-advertise-peer-urls"));
+        f = member("infra1", 12380, 2379);
+        f.extend(["--quota-backend-bytes".into(), "1000".into()]);
+        assert!(plan_of(&f).unwrap_err().contains("--quota-backend-bytes"));
+        f = member("infra1", 12380, 2379);
+        f.extend([
+            "--listen-metrics-urls".into(),
+            "http://127.0.0.1:2381".into(),
+        ]);
+        assert!(plan_of(&f).unwrap_err().contains("--listen-metrics-urls"));
+        f = member("infra1", 12380, 2379);
+        f.extend(["--election-timeout".into(), "300".into()]);
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("should be at least as 5 times"));
+        f = member("infra1", 12380, 2379);
+        f[7] = "https://127.0.0.1:2379".into();
+        assert!(plan_of(&f).unwrap_err().contains("TLS"));
+        f = member("infra1", 12380, 2379);
+        f.extend(["--initial-cluster-state".into(), "existing".into()]);
+        f.extend(["--data-dir".into(), "/nonexistent/synod-test".into()]);
+        assert!(plan_of(&f).unwrap_err().contains("not implemented yet"));
+    }
+
+    #[test]
+    fn a_named_member_alone_is_its_own_cluster_as_in_etcd() {
+        let p = plan(&args(&[
+            "--name",
+            "solo",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:42380",
+            "--initial-cluster-token",
+            "tkn-1",
+        ]))
+        .unwrap();
+        assert_eq!(p.spec.members.len(), 1);
+        // The id etcd 3.4.23 gives this member (see synod_server::ids).
+        assert_eq!(p.spec.members[0].member_id, 0x88c8b1c64f7aa886);
+        assert_eq!(p.spec.members[0].data_dir, PathBuf::from("solo.etcd"));
+    }
+}

@@ -1,0 +1,317 @@
+//! Three `synod serve` processes on loopback, started with the flags an etcd
+//! three-member cluster is started with: writes through every member, the
+//! leader's process SIGKILLed, every acknowledged write still readable, the
+//! killed member restarted on its data and caught up. And the configurations
+//! a member must refuse, each with its reason and no data touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use synod_client::pb::etcdserverpb as pb;
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: PathBuf,
+    names: Vec<String>,
+    clients: Vec<u16>,
+    peers: Vec<u16>,
+    token: String,
+}
+
+impl Cluster {
+    fn new(dir: &Path, n: usize) -> Cluster {
+        Cluster {
+            dir: dir.to_path_buf(),
+            names: (1..=n).map(|i| format!("infra{i}")).collect(),
+            clients: (0..n).map(|_| free_port()).collect(),
+            peers: (0..n).map(|_| free_port()).collect(),
+            token: "etcd-cluster-1".into(),
+        }
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.names
+            .iter()
+            .zip(&self.peers)
+            .map(|(n, p)| format!("{n}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.etcd", self.names[i]))
+    }
+
+    /// The exact command line of etcd's three-member loopback example.
+    fn command(&self, i: usize) -> Command {
+        let client = format!("http://127.0.0.1:{}", self.clients[i]);
+        let peer = format!("http://127.0.0.1:{}", self.peers[i]);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_synod"));
+        c.arg("serve")
+            .args(["--name", &self.names[i], "--data-dir"])
+            .arg(self.data_dir(i))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn start(&self, i: usize) -> Child {
+        self.command(i).spawn().expect("synod serve starts")
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.clients[i]))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy()
+    }
+}
+
+/// Runs `cmd` to its end (it must fail fast), killing it after 20 s.
+fn run_to_end(mut cmd: Command) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("synod serve did not refuse its configuration within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+struct Reap(Vec<Option<Child>>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn put(ch: Channel, k: &str, v: &str) -> Result<pb::PutResponse, tonic::Status> {
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let req = pb::PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    };
+    kv.put(req).await.map(|r| r.into_inner())
+}
+
+/// Retries a write until the cluster takes it (an election may be under way).
+async fn put_eventually(ch: Channel, k: &str, v: &str) -> pb::PutResponse {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match put(ch.clone(), k, v).await {
+            Ok(r) => return r,
+            Err(e) if Instant::now() < deadline => {
+                assert!(
+                    matches!(
+                        e.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ),
+                    "{e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no write accepted within 30 s: {e:?}"),
+        }
+    }
+}
+
+async fn get(ch: Channel, k: &str, serializable: bool) -> Option<Vec<u8>> {
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let req = pb::RangeRequest {
+        key: k.into(),
+        serializable,
+        ..Default::default()
+    };
+    let r = kv.range(req).await.ok()?.into_inner();
+    r.kvs.first().map(|kv| kv.value.clone())
+}
+
+async fn status(ch: Channel) -> Option<pb::StatusResponse> {
+    let mut m = pb::maintenance_client::MaintenanceClient::new(ch);
+    m.status(pb::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// The index of the member that `alive` members agree leads.
+async fn leader(c: &Cluster, alive: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for &i in alive {
+            if let Some(s) = status(c.channel(i)).await {
+                if s.leader != 0 && s.leader == s.header.as_ref().unwrap().member_id {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader among {alive:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_survive_the_leader_killed_and_catch_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::new(dir.path(), 3);
+    let mut procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
+
+    // Writes through every member: followers forward them to the leader.
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        for j in 0..5 {
+            let (k, v) = (format!("k{i}-{j}"), format!("v{i}-{j}"));
+            put_eventually(c.channel(i), &k, &v).await;
+            acked.push((k, v));
+        }
+    }
+    // Every member reports the same cluster, and a distinct id.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let h = status(c.channel(i)).await.unwrap().header.unwrap();
+        ids.push((h.cluster_id, h.member_id));
+    }
+    assert!(ids.iter().all(|(cid, _)| *cid == ids[0].0), "{ids:?}");
+    ids.dedup_by_key(|(_, m)| *m);
+    assert_eq!(ids.len(), 3, "member ids must differ: {ids:?}");
+
+    // SIGKILL the leader's process: no goodbye, no flush.
+    let l = leader(&c, &[0, 1, 2]).await;
+    let mut killed = procs.0[l].take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let new = leader(&c, &alive).await;
+    assert_ne!(new, l);
+    for &i in &alive {
+        for (k, v) in &acked {
+            assert_eq!(
+                get(c.channel(i), k, false).await.as_deref(),
+                Some(v.as_bytes()),
+                "{k} lost on member {i} after the leader was killed"
+            );
+        }
+    }
+    let r = put_eventually(c.channel(alive[0]), "after", "failover").await;
+    let after = r.header.unwrap().revision;
+
+    // The killed member comes back from its disk and catches up.
+    procs.0[l] = Some(c.start(l));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // A serializable read shows what this member itself has applied.
+        if get(c.channel(l), "after", true).await.as_deref() == Some(b"failover".as_slice()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted member never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status(c.channel(l)).await.unwrap();
+    assert!(s.header.unwrap().revision >= after);
+    for (k, v) in &acked {
+        assert_eq!(
+            get(c.channel(l), k, true).await.as_deref(),
+            Some(v.as_bytes())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configurations_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::new(dir.path(), 1);
+    let mut procs = Reap(vec![Some(c.start(0))]);
+    put_eventually(c.channel(0), "mine", "1").await;
+
+    // The port is in use (by the running member): a clear error, exit != 0.
+    let mut twin = Cluster::new(&dir.path().join("twin"), 1);
+    twin.clients[0] = c.clients[0];
+    let out = run_to_end(twin.command(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot listen") && err.contains("in use"),
+        "{err}"
+    );
+
+    // Stop it; a member of another cluster (another token) given its data
+    // directory refuses it, naming both cluster ids, and leaves it as it was.
+    let mut p = procs.0[0].take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    let before = files(&c.data_dir(0));
+    let mut other = Cluster::new(dir.path(), 1);
+    other.clients = c.clients.clone();
+    other.peers = c.peers.clone();
+    other.token = "another-cluster".into();
+    let out = run_to_end(other.command(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("belongs to cluster") && err.contains("refusing to start"),
+        "{err}"
+    );
+    assert_eq!(
+        files(&c.data_dir(0)),
+        before,
+        "the data directory was touched"
+    );
+
+    // A flag synod knows but does not implement is refused, by name.
+    let mut cmd = c.command(0);
+    cmd.args(["--quota-backend-bytes", "1000000"]);
+    let out = run_to_end(cmd);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--quota-backend-bytes"));
+
+    // The original member still starts on its data and serves it.
+    procs.0[0] = Some(c.start(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c.channel(0), "mine", false).await.as_deref() != Some(b"1".as_slice()) {
+        assert!(Instant::now() < deadline, "member did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every file under `dir` with its size and modification time.
+fn files(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(files(&e.path()));
+        } else {
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
