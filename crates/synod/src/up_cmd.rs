@@ -4,11 +4,19 @@
 
 use crate::signals::stop_signal;
 use clap::Args;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Prints a line to stdout, ignoring a reader that has gone away: the
+/// members must still be stopped when the terminal or pipe is closed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -46,7 +54,7 @@ impl Proc {
                     .lock()
                     .map(|w| w.clone())
                     .unwrap_or_default();
-                println!(
+                say!(
                     "synod: {} (pid {}) is down: {status}{}{why}",
                     self.name,
                     self.child.id(),
@@ -153,7 +161,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
         if up == 0 {
             return Err("no member could start (see above)".to_string());
         }
-        println!(
+        say!(
             "synod: {up} of {} members up, data in {}",
             procs.len(),
             args.data_dir.display()
@@ -163,7 +171,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
                 None => "up".to_string(),
                 Some(s) => format!("down ({s})"),
             };
-            println!(
+            say!(
                 "  {}  pid {}  clients {}  data {}  {state}",
                 p.name,
                 p.child.id(),
@@ -175,18 +183,18 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
             .iter()
             .map(|(c, _)| format!("127.0.0.1:{c}"))
             .collect();
-        println!(
+        say!(
             "try:   ETCDCTL_API=3 etcdctl --endpoints={} put greeting hello",
             endpoints.join(",")
         );
-        println!("stop:  Ctrl-C (or SIGTERM)");
+        say!("stop:  Ctrl-C (or SIGTERM)");
         let signal = tokio::select! {
             s = stop_signal() => s?,
             () = watch_members(&mut procs) => "every member is down",
         };
-        println!("synod: {signal}: stopping");
+        say!("synod: {signal}: stopping");
         stop_all(&mut procs).await;
-        println!("synod: stopped");
+        say!("synod: stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -199,7 +207,7 @@ fn relay_stderr(name: &str, stderr: Option<std::process::ChildStderr>, last: Arc
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
-            eprintln!("{name} | {line}");
+            let _ = writeln!(std::io::stderr(), "{name} | {line}");
             if let Ok(mut l) = last.lock() {
                 *l = line;
             }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 /// A base port whose three members' client and peer ports are all free.
 fn free_base() -> u16 {
-    let start = 30_000 + (std::process::id() % 5_000) as u16;
+    // Tests of one process run in parallel: each call starts elsewhere.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let start = 30_000 + (std::process::id() % 5_000) as u16 + call * 331;
     (start..45_000)
         .step_by(7)
         .find(|&p| {
@@ -22,6 +25,12 @@ fn free_base() -> u16 {
 /// Starts `synod up` and returns it once it says how to stop it, with the
 /// rest of its output on a channel.
 fn up(dir: &std::path::Path, base: u16) -> (Child, mpsc::Receiver<String>) {
+    let (child, rest, _) = up_saying(dir, base);
+    (child, rest)
+}
+
+/// As [`up`], with what it said until then.
+fn up_saying(dir: &std::path::Path, base: u16) -> (Child, mpsc::Receiver<String>, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_synod"))
         .args(["up", "--data-dir"])
         .arg(dir)
@@ -38,10 +47,11 @@ fn up(dir: &std::path::Path, base: u16) -> (Child, mpsc::Receiver<String>) {
             }
         }
     });
+    let mut said = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if line.starts_with("stop:") => return (child, rx),
-            Ok(_) => {}
+            Ok(line) if line.starts_with("stop:") => return (child, rx, said),
+            Ok(line) => said.push(line),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -124,4 +134,68 @@ fn wait(mut child: Child) -> std::process::ExitStatus {
     }
     child.kill().unwrap();
     panic!("synod up did not stop within 30 s of SIGTERM");
+}
+
+/// One member with a corrupted log refuses to start, with the file and
+/// offset, and `synod up` says which member is down and why; the other two
+/// serve.
+#[test]
+fn a_member_with_a_corrupted_log_is_down_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (child, _lines) = up(dir.path(), base);
+    let wrote = etcdctl(base, &["put", "before", "corruption"]).is_some();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait(child).code(), Some(0));
+
+    // Flip a byte inside member 2's first record, with records after it: not
+    // a torn tail but corruption inside the log.
+    let wal = dir.path().join("member-2").join("wal");
+    let seg = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .min()
+        .expect("member 2 has a WAL segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[64 + 12 + 1] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+
+    let (mut again, lines, mut said) = up_saying(dir.path(), base);
+    let got = wrote.then(|| etcdctl(base, &["get", "before", "--print-value-only"]));
+    let _ = Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status();
+    let _ = wait_or_kill(&mut again);
+    said.extend(lines.try_iter());
+    let down = said
+        .iter()
+        .find(|l| l.contains("synod-2") && l.contains("is down"))
+        .unwrap_or_else(|| panic!("synod up did not say synod-2 is down: {said:?}"));
+    assert!(down.contains(&seg.display().to_string()), "{down}");
+    assert!(down.contains("offset"), "{down}");
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("synod: 2 of 3 members up")),
+        "{said:?}"
+    );
+    if let Some(got) = got {
+        assert_eq!(got.as_deref(), Some("corruption\n"));
+    }
+}
+
+fn wait_or_kill(child: &mut Child) -> Option<std::process::ExitStatus> {
+    for _ in 0..300 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait().ok()
 }
