@@ -37,6 +37,7 @@ pub mod pb {
     }
 }
 
+mod authority;
 mod backend;
 mod convert;
 mod grpc_compat;
@@ -45,6 +46,7 @@ mod recipes;
 mod service;
 mod watch;
 
+pub use authority::AuthorityFix;
 pub use backend::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription, API_VERSION,
 };

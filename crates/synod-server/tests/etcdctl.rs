@@ -205,9 +205,9 @@ fn etcdctl_against_a_replicated_cluster() {
     assert!(ok && out == "OK\ngreeting\nhello\n", "{out}{err}");
     let (ok, out, err) = etcdctl(&eps[1], &["member", "list"]);
     assert!(ok && out.lines().count() == 3, "{out}{err}");
-    // Every member by address (etcdctl 3.4's --cluster sends the URL, scheme
-    // and all, as the HTTP/2 authority, which tonic's server refuses).
-    let (ok, out, err) = etcdctl(&all, &["endpoint", "status"]);
+    // Every member, found through MemberList: etcdctl 3.4's --cluster dials
+    // the client URLs and sends each, scheme and all, as the HTTP/2 authority.
+    let (ok, out, err) = etcdctl(&eps[0], &["endpoint", "status", "--cluster"]);
     let leaders = out
         .lines()
         .filter(|l| l.contains(", true, false, "))

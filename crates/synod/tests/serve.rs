@@ -315,3 +315,113 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     out.sort();
     out
 }
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=15s")
+        .args(args)
+        .output();
+    let Ok(out) = out else {
+        assert!(
+            std::env::var_os("SYNOD_REQUIRE_ETCDCTL").is_none(),
+            "SYNOD_REQUIRE_ETCDCTL is set but etcdctl is not installed"
+        );
+        eprintln!("etcdctl not installed: skipping");
+        return None;
+    };
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A table's column names and its rows, cell by cell.
+fn table(out: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut rows = out.lines().filter(|l| l.starts_with('|')).map(|l| {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    });
+    let head = rows.next().unwrap_or_default();
+    (head, rows.collect())
+}
+
+/// etcdctl's tables for three `synod serve` processes, read through one
+/// `http://` endpoint: every member listed with its URLs, every member's
+/// status and health reached through the URLs that MemberList gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_sees_the_processes_as_an_etcd_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::new(dir.path(), 3);
+    let _procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
+    put_eventually(c.channel(0), "k", "v").await;
+    let ep = format!("http://127.0.0.1:{}", c.clients[1]);
+    // Each member learns the others' client URLs when they first connect.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let members = loop {
+        let Some(out) = etcdctl(&ep, &["member", "list", "-w", "table"]) else {
+            return;
+        };
+        let (head, rows) = table(&out);
+        assert_eq!(
+            head,
+            [
+                "ID",
+                "STATUS",
+                "NAME",
+                "PEER ADDRS",
+                "CLIENT ADDRS",
+                "IS LEARNER"
+            ]
+        );
+        if rows.iter().all(|r| !r[4].is_empty()) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "client URLs never known: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(members.len(), 3);
+    for (i, name) in c.names.iter().enumerate() {
+        let row = members.iter().find(|r| &r[2] == name).unwrap();
+        assert_eq!(row[1], "started");
+        assert_eq!(row[3], format!("http://127.0.0.1:{}", c.peers[i]));
+        assert_eq!(row[4], format!("http://127.0.0.1:{}", c.clients[i]));
+        assert_eq!(row[5], "false");
+    }
+
+    let out = etcdctl(&ep, &["endpoint", "status", "--cluster", "-w", "table"]).unwrap();
+    let (head, rows) = table(&out);
+    assert_eq!(
+        head,
+        [
+            "ENDPOINT",
+            "ID",
+            "VERSION",
+            "DB SIZE",
+            "IS LEADER",
+            "IS LEARNER",
+            "RAFT TERM",
+            "RAFT INDEX",
+            "RAFT APPLIED INDEX",
+            "ERRORS"
+        ]
+    );
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows.iter().filter(|r| r[4] == "true").count(), 1, "{out}");
+    let mut ids: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    let mut listed: Vec<&str> = members.iter().map(|r| r[0].as_str()).collect();
+    ids.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(ids, listed, "status and member list name the same members");
+
+    let out = etcdctl(&ep, &["endpoint", "health", "--cluster", "-w", "table"]).unwrap();
+    let (head, rows) = table(&out);
+    assert_eq!(head, ["ENDPOINT", "HEALTH", "TOOK", "ERROR"]);
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows.iter().all(|r| r[1] == "true"), "{out}");
+}
