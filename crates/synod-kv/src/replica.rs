@@ -191,12 +191,16 @@ impl Replica {
         Some((at.saturating_sub(self.ticks) * self.cfg.tick_ms / 1000) as i64)
     }
 
-    /// Ticks a lease must outlive from now. One more than the TTL spans:
+    /// Ticks a lease must outlive from now. Two more than the TTL spans:
     /// now falls somewhere inside the current tick, so counting the current
-    /// tick as whole would revoke up to one tick before `now + TTL`, earlier
-    /// than the client that got the answer now expects.
+    /// tick as whole would revoke up to one tick before `now + TTL`; and the
+    /// client hears of the grant only after this apply (a forwarded answer
+    /// travels back through a follower), so a revocation due exactly at
+    /// `apply + TTL` could still come before `answer + TTL`. The second
+    /// tick covers that trip (found by `lease_expiry.rs` with its watcher on
+    /// the leader: up to 2.5 ms early with one).
     fn ttl_ticks(&self, ttl: i64) -> u64 {
-        (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1)) + 1
+        (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1)) + 2
     }
 
     fn respond(out: &mut Out, id: RequestId, result: Result<Answer, ReplicaError>) {

@@ -2,8 +2,10 @@
 //! `synod serve`, or a whole local cluster in one process for tests.
 
 use crate::backend::{Directory, MemberBackend};
+use crate::http;
 use crate::ids;
 use crate::member::{Member, MemberConfig};
+use crate::metrics::{GrpcMetrics, Metrics};
 use crate::peer::OnHello;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,6 +131,10 @@ pub struct Listen {
     pub peer: SocketAddr,
 }
 
+/// The longest a stopping member waits for its leadership to move (the
+/// member itself gives up after an election timeout).
+const HANDOFF_LIMIT: Duration = Duration::from_secs(5);
+
 /// How long a stopping member lets open client streams finish.
 const STOP_GRACE: Duration = Duration::from_millis(500);
 
@@ -141,8 +147,11 @@ pub struct RunningMember {
 }
 
 impl RunningMember {
-    /// Stops serving clients, then stops the member.
+    /// Hands leadership away if this member leads (as etcd does on a planned
+    /// stop, so the others elect no one and clients barely notice), stops
+    /// serving clients, then stops the member.
     pub async fn stop(mut self) {
+        let _ = tokio::time::timeout(HANDOFF_LIMIT, self.member.handoff()).await;
         let _ = self.stop_api.send(true);
         for mut api in std::mem::take(&mut self.apis) {
             // A graceful shutdown waits for every open stream (a Lock that is
@@ -198,6 +207,7 @@ pub async fn start_member_on(
             info.client_urls.clone_from(&hello.client_urls);
         }
     });
+    let metrics = Metrics::new();
     let member = Member::start(
         MemberConfig {
             id: raft_id,
@@ -217,6 +227,7 @@ pub async fn start_member_on(
             max_txn_ops: tuning.limits.max_txn_ops,
         },
         on_hello,
+        metrics.clone(),
     )?;
     let backend = Arc::new(MemberBackend {
         cluster_id: spec.cluster_id,
@@ -229,7 +240,11 @@ pub async fn start_member_on(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut apis = Vec::new();
     for listener in listeners {
-        let routes = EtcdServer::new(backend.clone(), tuning.limits).router();
+        let grpc = EtcdServer::new(backend.clone(), tuning.limits).router();
+        let routes = tonic::service::Routes::from(
+            grpc.into_axum_router()
+                .merge(http::routes(backend.clone(), metrics.clone())),
+        );
         // Small responses must not wait for the client's delayed ACK (Nagle):
         // without this a read took 40 ms. AuthorityFix lets etcdctl's
         // `http://host:port` authority through (see its docs).
@@ -239,8 +254,12 @@ pub async fn start_member_on(
             Ok::<_, std::io::Error>(synod_etcd::AuthorityFix::new(s))
         });
         let mut stop = stop_rx.clone();
+        let counted = GrpcMetrics(metrics.clone());
         apis.push(tokio::spawn(async move {
+            // HTTP/1.1 too, for /health, /version and /metrics.
             let _ = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(counted)
                 .layer(synod_etcd::GrpcGoCompat)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {

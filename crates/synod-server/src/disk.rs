@@ -10,6 +10,8 @@ use synod_storage::{
 /// Raft's durable records, kept in a synod-storage data directory.
 pub struct MemberDisk {
     storage: RealStorage,
+    /// Observes every sync (`etcd_disk_wal_fsync_duration_seconds`).
+    pub fsync: Option<prometheus::Histogram>,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -68,7 +70,14 @@ impl MemberDisk {
             snapshot,
             entries,
         };
-        Ok((MemberDisk { storage }, disk, report))
+        Ok((
+            MemberDisk {
+                storage,
+                fsync: None,
+            },
+            disk,
+            report,
+        ))
     }
 
     /// Writes a batch of records and makes them durable with one sync (group
@@ -120,7 +129,11 @@ impl MemberDisk {
                 }
             }
         }
+        let started = std::time::Instant::now();
         self.storage.sync()?;
+        if let Some(h) = &self.fsync {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }

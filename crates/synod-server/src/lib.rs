@@ -11,10 +11,14 @@
 //! * [`backend`]: the etcd API's [`synod_etcd::Backend`] for a member.
 //! * [`cluster`]: starting members with their API (`synod serve`, tests).
 //! * [`ids`]: member and cluster ids, derived as etcd derives them.
+//! * [`http`], [`metrics`]: `/health`, `/version` and `/metrics` beside
+//!   gRPC on the client port, under etcd's metric names.
 
 pub mod backend;
 pub mod cluster;
 pub mod disk;
+pub mod http;
 pub mod ids;
 pub mod member;
+pub mod metrics;
 pub mod peer;

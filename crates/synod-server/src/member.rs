@@ -7,11 +7,12 @@
 //! the leader does.
 
 use crate::disk::MemberDisk;
+use crate::metrics::Metrics;
 use crate::peer::{self, Expect, Hello, Incoming, OnHello, PeerMsg, PeerSender};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_etcd::Applied;
 use synod_kv::replica::{
@@ -65,6 +66,9 @@ pub enum Inbox {
     /// Run a closure on the member's state, on its thread (local reads and
     /// status, and subscribing to the feed at a known revision).
     Local(LocalJob),
+    /// Hand leadership to the most up-to-date voter if this member leads;
+    /// answered once it no longer leads, or after an election timeout.
+    Handoff(oneshot::Sender<()>),
     Stop,
 }
 
@@ -78,15 +82,21 @@ pub struct Member {
 impl Member {
     /// Recovers the member from its data directory and starts it.
     /// `on_hello` learns each peer's name and client URLs as it connects.
-    pub fn start(cfg: MemberConfig, on_hello: OnHello) -> Result<Member, String> {
+    pub fn start(
+        cfg: MemberConfig,
+        on_hello: OnHello,
+        metrics: Arc<Metrics>,
+    ) -> Result<Member, String> {
         let name = cfg.name.clone();
         // The port first: a member that cannot serve leaves its data untouched.
         let addr = cfg.listen_peer;
         let listener = TcpListener::bind(addr)
             .map_err(|e| format!("member {name}: cannot listen for peers on {addr}: {e}"))?;
-        let (disk, recovered, report) =
+        let recovery = Instant::now();
+        let (mut disk, recovered, report) =
             MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.member_id)
                 .map_err(|e| format!("member {name}: {e}"))?;
+        disk.fsync = Some(metrics.fsync.clone());
         if let Some(t) = &report.torn_tail {
             eprintln!("member {name}: recovery cut a torn tail: {t:?}");
         }
@@ -95,6 +105,17 @@ impl Member {
             cluster_id: cfg.cluster_id,
             members: cfg.member_ids.clone(),
         };
+        // Which peers have said hello: the driver waits for a quorum of them
+        // before it fast-forwards its first election (see `Driver::run`).
+        let heard: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
+        let heard_in = heard.clone();
+        let on_hello: OnHello = Arc::new(move |h: &Hello| {
+            heard_in
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(h.from);
+            on_hello(h);
+        });
         let listening = peer::listen(listener, expect, on_hello, tx.clone(), Inbox::Peer)
             .map_err(|e| format!("member {name}: {e}"))?;
         let hello = Arc::new(Hello::new(
@@ -116,12 +137,21 @@ impl Member {
         rcfg.raft.snapshot_every = cfg.snapshot_every;
         rcfg.max_txn_ops = cfg.max_txn_ops;
         let replica = Replica::new(rcfg, &recovered, cfg.member_id ^ 0x5eed);
+        if recovered.snapshot.is_some() || !recovered.entries.is_empty() {
+            // What a restart costs before the member can serve.
+            eprintln!(
+                "member {name}: recovered a snapshot at index {} and {} log entries in {} ms",
+                recovered.snapshot.as_ref().map_or(0, |s| s.meta.index),
+                recovered.entries.len(),
+                recovery.elapsed().as_millis()
+            );
+        }
         let id = cfg.id;
         let loop_tx = tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("synod-member-{id}"))
             .spawn(move || {
-                Driver::new(cfg, replica, disk, peers, loop_tx).run(rx);
+                Driver::new(cfg, replica, disk, peers, loop_tx, heard, metrics).run(rx);
                 drop(listening);
             })
             .map_err(|e| format!("member {id}: {e}"))?;
@@ -130,6 +160,15 @@ impl Member {
             inbox: tx,
             thread: Some(thread),
         })
+    }
+
+    /// Asks the member to hand its leadership away (if it leads) before a
+    /// planned stop, so that the others need not wait out an election
+    /// timeout; resolves when it has, or has given up.
+    pub fn handoff(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inbox.send(Inbox::Handoff(tx));
+        rx
     }
 
     /// Stops the member's thread (its peers see it as crashed).
@@ -173,6 +212,14 @@ struct Driver {
     /// write makes a quorum of).
     local_jobs: Vec<LocalJob>,
     out: Output<Write, Message, ReplicaEvent>,
+    /// Peers that have connected to us, until the first election is
+    /// fast-forwarded; `None` after that.
+    heard: Option<Arc<Mutex<BTreeSet<NodeId>>>>,
+    metrics: Arc<Metrics>,
+    /// The leader as last seen, to count leader changes.
+    seen_leader: Option<NodeId>,
+    /// A leadership handoff under way: who waits for it, and until when.
+    handoff: Option<(oneshot::Sender<()>, Instant)>,
 }
 
 impl Driver {
@@ -182,6 +229,8 @@ impl Driver {
         disk: MemberDisk,
         peers: BTreeMap<NodeId, PeerSender>,
         own: mpsc::Sender<Inbox>,
+        heard: Arc<Mutex<BTreeSet<NodeId>>>,
+        metrics: Arc<Metrics>,
     ) -> Driver {
         Driver {
             cfg,
@@ -197,6 +246,91 @@ impl Driver {
             parked: Vec::new(),
             local_jobs: Vec::new(),
             out: Output::default(),
+            heard: Some(heard),
+            metrics,
+            seen_leader: None,
+            handoff: None,
+        }
+    }
+
+    fn start_handoff(&mut self, now: u64, reply: oneshot::Sender<()>) {
+        if !self.replica.is_leader() {
+            let _ = reply.send(());
+            return;
+        }
+        let raft = self.replica.raft();
+        let me = self.cfg.id;
+        let target = raft
+            .voters()
+            .into_iter()
+            .filter(|v| *v != me)
+            .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
+        let Some(target) = target else {
+            let _ = reply.send(());
+            return;
+        };
+        let input = ReplicaInput::TransferLeader(target);
+        self.replica.input(now, input, &mut self.out);
+        let deadline = Instant::now() + self.cfg.tick * self.cfg.election_ticks;
+        self.handoff = Some((reply, deadline));
+    }
+
+    /// Answers a pending handoff once leadership has moved or time is up.
+    fn check_handoff(&mut self) {
+        let done = match &self.handoff {
+            Some((_, deadline)) => !self.replica.is_leader() || Instant::now() >= *deadline,
+            None => false,
+        };
+        if done {
+            if let Some((reply, _)) = self.handoff.take() {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Mirrors the member's state into its metrics, after every round.
+    fn observe(&mut self) {
+        let m = &self.metrics;
+        let raft = self.replica.raft();
+        let leader = raft.leader();
+        if leader != self.seen_leader {
+            if leader.is_some() {
+                m.leader_changes.inc();
+            }
+            self.seen_leader = leader;
+        }
+        m.has_leader.set(i64::from(leader.is_some()));
+        m.is_leader.set(i64::from(self.replica.is_leader()));
+        m.committed.set(raft.commit_index() as i64);
+        m.applied.set(raft.applied_index() as i64);
+        m.pending
+            .set((self.clients.len() + self.forwarded_in.len()) as i64);
+    }
+
+    /// A member that starts (or restarts) would otherwise wait a whole
+    /// randomized election timeout before its first campaign, which is most
+    /// of a restarted cluster's time to its first write. As etcd does, once
+    /// it can reach a quorum (enough peers have said hello) and still knows
+    /// no leader, it fast-forwards its election clock to one tick short of
+    /// the timeout; the randomized part still separates the candidates.
+    fn maybe_fast_forward_election(&mut self, now: u64) {
+        let Some(heard) = &self.heard else { return };
+        if self.replica.is_leader() || self.replica.raft().leader().is_some() {
+            self.heard = None;
+            return;
+        }
+        let voters = self.replica.raft().voters();
+        let reached = 1 + heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|p| voters.contains(p))
+            .count();
+        if reached > voters.len() / 2 {
+            self.heard = None;
+            for _ in 1..self.cfg.election_ticks {
+                self.replica.tick(now, &mut self.out);
+            }
         }
     }
 
@@ -232,6 +366,7 @@ impl Driver {
                 }
             }
             if Instant::now() >= next_tick {
+                self.maybe_fast_forward_election(now);
                 self.replica.tick(now, &mut self.out);
                 // Ticks are at least one tick apart in wall time, and missed
                 // ones are dropped, never caught up in a burst (etcd's ticker
@@ -244,6 +379,8 @@ impl Driver {
             if !self.flush() {
                 return;
             }
+            self.observe();
+            self.check_handoff();
             for job in std::mem::take(&mut self.local_jobs) {
                 job(&self.replica, &self.feed);
             }
@@ -269,6 +406,7 @@ impl Driver {
             }
             Inbox::Client { req, reply } => self.client(now, req, reply),
             Inbox::Local(f) => self.local_jobs.push(f),
+            Inbox::Handoff(reply) => self.start_handoff(now, reply),
             Inbox::Stop => {}
         }
     }
@@ -338,6 +476,9 @@ impl Driver {
         for e in out.events {
             match e {
                 ReplicaEvent::Response { id, result } => {
+                    if matches!(result, Err(ReplicaError::LeaderChanged)) {
+                        self.metrics.failed.inc();
+                    }
                     if let Some(client) = self.clients.remove(&id) {
                         let _ = client.send(result);
                     } else if let Some((member, their)) = self.forwarded_in.remove(&id) {

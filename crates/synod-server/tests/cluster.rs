@@ -228,3 +228,48 @@ async fn status_reports_the_api_level_and_real_sizes() {
         m.stop().await;
     }
 }
+
+/// A leader that is stopped in order hands its leadership to a follower
+/// first, as etcd does: with a 5 s election timeout, an election after a
+/// silent leader would take 5 s or more; the handoff takes a round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_its_leadership_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    spec.tuning.election = Duration::from_secs(5);
+    let mut members: Vec<Option<_>> = start_cluster(&spec)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut kv = client(&spec, 0).await;
+    // The first election, too, is fast: members fast-forward their election
+    // clocks once a quorum is connected.
+    put_eventually(&mut kv, "before", "handoff").await;
+    let l = leader_index(&spec, &[0, 1, 2]).await;
+    let old_term = {
+        let url = format!("http://{}", spec.members[l].client);
+        let mut m = MaintenanceClient::new(Channel::from_shared(url).unwrap().connect_lazy());
+        m.status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .raft_term
+    };
+    let started = Instant::now();
+    members[l].take().unwrap().stop().await;
+    let alive: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let new = leader_index(&spec, &alive).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the survivors waited for an election instead of taking over"
+    );
+    let mut kv = client(&spec, new).await;
+    let r = put_eventually(&mut kv, "after", "handoff").await;
+    assert!(r.header.unwrap().raft_term > old_term);
+    for m in members.into_iter().flatten() {
+        m.stop().await;
+    }
+}

@@ -232,6 +232,7 @@ fn latency_run(dir: &Path, a: &LatencyArgs, out: &mut impl Write) {
         wal: WalOptions {
             segment_size: a.segment_mib << 20,
             prealloc_chunk: a.chunk_mib << 20,
+            prepare_at: 0,
             preallocate: true,
             ..WalOptions::default()
         },

@@ -28,6 +28,11 @@ pub struct WalOptions {
     pub preallocate: bool,
     /// How far ahead to zero-fill, in bytes.
     pub prealloc_chunk: u64,
+    /// Start preparing the next segment once the current one holds this
+    /// many bytes (0: as soon as the current one starts). Half a segment by
+    /// default: a small log then keeps no second 64 MiB file on disk, and
+    /// the second half of a segment leaves ample time to prepare the next.
+    pub prepare_at: u64,
     /// Write buffered appends to the file once this many bytes are pending
     /// (they are written at the latest by the next sync).
     pub write_buffer: usize,
@@ -39,6 +44,7 @@ impl Default for WalOptions {
             segment_size: 64 << 20,
             preallocate: true,
             prealloc_chunk: 16 << 20,
+            prepare_at: 32 << 20,
             write_buffer: 1 << 20,
         }
     }
@@ -315,7 +321,7 @@ impl<F: Fs> Wal<F> {
         if fresh {
             wal.install_segment(1, 1);
             wal.sync()?;
-            wal.start_preparing();
+            wal.maybe_start_preparing();
             return Ok((wal, Recovered::default_with(report)));
         }
 
@@ -372,7 +378,7 @@ impl<F: Fs> Wal<F> {
             entries: log.entries.into_iter().collect(),
             report,
         };
-        wal.start_preparing();
+        wal.maybe_start_preparing();
         Ok((wal, recovered))
     }
 
@@ -571,6 +577,7 @@ impl<F: Fs> Wal<F> {
         self.allocated = self.allocated.max(end);
         self.buf.clear();
         self.flushed_lsn = self.last_lsn();
+        self.maybe_start_preparing();
         Ok(())
     }
 
@@ -696,7 +703,7 @@ impl<F: Fs> Wal<F> {
                 self.file = f;
                 self.install_segment(seq, first_index);
                 self.allocated = len;
-                self.start_preparing();
+                self.maybe_start_preparing();
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),
@@ -704,6 +711,16 @@ impl<F: Fs> Wal<F> {
     }
 
     /// Start preparing the segment after the current one.
+    /// Starts preparing the next segment if the current one has reached
+    /// [`WalOptions::prepare_at`] and none is being prepared.
+    fn maybe_start_preparing(&mut self) {
+        let next = self.segments.last().map_or(0, |s| s.seq + 1);
+        let have = self.prepared.as_ref().is_some_and(|p| p.seq == next);
+        if !have && self.write_off >= self.opts.prepare_at {
+            self.start_preparing();
+        }
+    }
+
     fn start_preparing(&mut self) {
         if !self.opts.preallocate || self.poisoned.is_some() {
             return;

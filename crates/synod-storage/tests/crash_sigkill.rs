@@ -60,6 +60,7 @@ fn options(seed: u64) -> StorageOptions {
             segment_size: 32 << 10,
             preallocate: seed & 1 == 0,
             prealloc_chunk: 16 << 10,
+            prepare_at: 0,
             // Half the runs write each append through to the file at once.
             write_buffer: if seed % 4 < 2 { 0 } else { 1 << 20 },
         },

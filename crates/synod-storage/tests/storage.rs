@@ -19,6 +19,7 @@ fn opts(segment_size: u64, preallocate: bool) -> StorageOptions {
             segment_size,
             preallocate,
             prealloc_chunk: 8192,
+            prepare_at: 0,
             write_buffer: 1 << 20,
         },
     }
@@ -930,4 +931,25 @@ fn crash_at_every_step_of_a_rotation_into_a_prepared_segment() {
     }
     assert!(step > 5, "a rotation has several steps, got {step}");
     assert!(saw_prepared_at_crash > 0);
+}
+
+/// The next segment is prepared only once the current one is half full, so
+/// a small log does not keep a second, empty segment on disk.
+#[test]
+fn the_next_segment_is_prepared_only_past_prepare_at() {
+    let mut o = opts(4096, true);
+    o.wal.prepare_at = 2048;
+    let base = SimFs::new();
+    let mut s = open_sim(&base, o);
+    s.append(&ents(1, 2, 1)).unwrap();
+    s.sync().unwrap();
+    assert!(prepared_files(&base).is_empty(), "{:?}", base.files());
+    let mut last = 2;
+    while s.wal().segment_count() == 1 && prepared_files(&base).is_empty() {
+        s.append(&ents(last + 1, last + 2, 1)).unwrap();
+        s.sync().unwrap();
+        last += 2;
+    }
+    assert_eq!(s.wal().segment_count(), 1, "prepared before the rotation");
+    assert_eq!(prepared_files(&base).len(), 1);
 }

@@ -66,6 +66,7 @@ pub fn storage_options() -> StorageOptions {
             segment_size: SEGMENT_SIZE,
             preallocate: false,
             prealloc_chunk: 0,
+            prepare_at: 0,
             write_buffer: 0,
         },
     }

@@ -1,0 +1,245 @@
+//! A member's metrics under etcd's names, so that dashboards and alerts
+//! written for etcd read synod unchanged. Gauges that mirror the member's
+//! state are set by its driver after every round (a few atomic stores);
+//! the database size and key count are read when `/metrics` is scraped.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::codegen::http;
+
+/// The metrics of one member.
+pub struct Metrics {
+    registry: Registry,
+    pub has_leader: IntGauge,
+    pub is_leader: IntGauge,
+    pub leader_changes: IntCounter,
+    pub committed: IntGauge,
+    pub applied: IntGauge,
+    pub pending: IntGauge,
+    pub failed: IntCounter,
+    pub fsync: Histogram,
+    pub db_size: IntGauge,
+    pub keys: IntGauge,
+    pub grpc_handled: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let fsync = Histogram::with_opts(
+            HistogramOpts::new(
+                "etcd_disk_wal_fsync_duration_seconds",
+                "The latency distributions of fsync called by WAL.",
+            )
+            // etcd's buckets: 1 ms to 8 s, doubling.
+            .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        r.register(Box::new(fsync.clone()))
+            .expect("registered once");
+        let grpc_handled = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_handled_total",
+                "Total number of RPCs completed on the server, regardless of success or failure.",
+            ),
+            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(grpc_handled.clone()))
+            .expect("registered once");
+        let version = IntGaugeVec::new(
+            Opts::new(
+                "etcd_server_version",
+                "Which version is running. 1 for 'server_version' label with current version.",
+            ),
+            &["server_version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(version.clone()))
+            .expect("registered once");
+        version.with_label_values(&[synod_etcd::API_VERSION]).set(1);
+        Arc::new(Metrics {
+            has_leader: gauge(
+                &r,
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            is_leader: gauge(
+                &r,
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            leader_changes: counter(
+                &r,
+                "etcd_server_leader_changes_seen_total",
+                "The number of leader changes seen.",
+            ),
+            committed: gauge(
+                &r,
+                "etcd_server_proposals_committed_total",
+                "The total number of consensus proposals committed.",
+            ),
+            applied: gauge(
+                &r,
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            pending: gauge(
+                &r,
+                "etcd_server_proposals_pending",
+                "The current number of pending proposals to commit.",
+            ),
+            failed: counter(
+                &r,
+                "etcd_server_proposals_failed_total",
+                "The total number of failed proposals seen.",
+            ),
+            fsync,
+            db_size: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ),
+            keys: gauge(
+                &r,
+                "etcd_debugging_mvcc_keys_total",
+                "Total number of keys.",
+            ),
+            grpc_handled,
+            registry: r,
+        })
+    }
+
+    /// Everything in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of valid metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Counts every gRPC call by service, method and final code
+/// (`grpc_server_handled_total`).
+#[derive(Clone)]
+pub struct GrpcMetrics(pub Arc<Metrics>);
+
+impl<S> tower_layer::Layer<S> for GrpcMetrics {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The method's kind, as etcd's interceptor labels it.
+fn grpc_type(method: &str) -> &'static str {
+    match method {
+        "Watch" | "LeaseKeepAlive" => "bidi_stream",
+        "Snapshot" | "Observe" => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// gRPC's status code names, as Go's `codes.Code.String()` prints them.
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
+        b"0" => "OK",
+        b"1" => "Canceled",
+        b"2" => "Unknown",
+        b"3" => "InvalidArgument",
+        b"4" => "DeadlineExceeded",
+        b"5" => "NotFound",
+        b"6" => "AlreadyExists",
+        b"7" => "PermissionDenied",
+        b"8" => "ResourceExhausted",
+        b"9" => "FailedPrecondition",
+        b"10" => "Aborted",
+        b"11" => "OutOfRange",
+        b"12" => "Unimplemented",
+        b"13" => "Internal",
+        b"14" => "Unavailable",
+        b"15" => "DataLoss",
+        b"16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        // "/etcdserverpb.KV/Range": gRPC; anything else (/health) is not counted.
+        let path = req.uri().path();
+        let names = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .filter(|(service, _)| service.contains('.'))
+            .map(|(s, m)| (s.to_string(), m.to_string()));
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            if let Some((service, method)) = names {
+                // An error answers with its status in the headers; a call
+                // that answers normally ends with OK (its trailers), counted
+                // here when its answer starts.
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .map_or("OK", |c| code_name(c.as_bytes()));
+                metrics
+                    .grpc_handled
+                    .with_label_values(&[grpc_type(&method), &service, &method, code])
+                    .inc();
+            }
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! The HTTP endpoints beside gRPC on a member's client port, as etcd serves
+//! them: /health (unhealthy without a leader), /version, /metrics with etcd's
+//! metric names, counting gRPC calls by method and code.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use synod_etcd::pb::etcdserverpb as pb;
+use synod_server::cluster::{start_cluster, ClusterSpec};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request: (status code, body).
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// The value of the metric line that starts with `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_version_and_metrics_as_etcd_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    let mut members = start_cluster(&spec).await.unwrap();
+    let addr = spec.members[0].client;
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let put = pb::PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    while kv.put(put.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "no write accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A read of a future revision fails with OutOfRange.
+    let future = pb::RangeRequest {
+        key: b"k".to_vec(),
+        revision: 1000,
+        ..Default::default()
+    };
+    let err = kv.range(future).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+
+    let (code, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/health"))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, r#"{"health":"true"}"#));
+    let (code, _) = tokio::task::spawn_blocking(move || http(addr, "POST", "/health"))
+        .await
+        .unwrap();
+    assert_eq!(code, 405, "etcd answers only GET");
+    let (code, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/version"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"etcdserver":"3.4.0","etcdcluster":"3.4.0"}"#)
+    );
+
+    let (code, text) = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(metric(&text, "etcd_server_has_leader"), Some(1.0), "{text}");
+    assert!(metric(&text, "etcd_server_leader_changes_seen_total") >= Some(1.0));
+    assert!(metric(&text, "etcd_server_proposals_committed_total") >= Some(2.0));
+    assert!(metric(&text, "etcd_disk_wal_fsync_duration_seconds_count") >= Some(1.0));
+    assert!(metric(&text, "etcd_mvcc_db_total_size_in_bytes") > Some(0.0));
+    assert_eq!(metric(&text, "etcd_debugging_mvcc_keys_total"), Some(1.0));
+    let ok_puts = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
+    assert!(metric(&text, ok_puts) >= Some(1.0), "{text}");
+    let bad_range = r#"grpc_server_handled_total{grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
+    assert_eq!(metric(&text, bad_range), Some(1.0), "{text}");
+
+    // Without a quorum there is no leader (check-quorum steps it down), and
+    // the member says it is unhealthy.
+    for m in members.drain(1..) {
+        m.stop().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/health"))
+            .await
+            .unwrap();
+        if code == 503 {
+            assert_eq!(body, r#"{"health":"false"}"#);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still healthy without a quorum");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, text) = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metric(&text, "etcd_server_has_leader"), Some(0.0), "{text}");
+    for m in members {
+        m.stop().await;
+    }
+}
