@@ -126,6 +126,14 @@ pub trait Backend: Send + Sync + 'static {
 
     fn status(&self) -> impl Future<Output = Result<(Header, StatusInfo), ApiError>> + Send;
 
+    /// This member's digest of the key-value history up to `revision` (0:
+    /// its current one) and its compacted revision: etcd's HashKV, compared
+    /// across members to check that they hold the same data.
+    fn hash_kv(
+        &self,
+        revision: i64,
+    ) -> impl Future<Output = Result<(Header, u32, i64), ApiError>> + Send;
+
     /// Subscribes to every change applied on this member from now on.
     fn subscribe(&self) -> impl Future<Output = Result<Subscription, ApiError>> + Send;
 

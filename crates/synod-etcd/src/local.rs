@@ -189,6 +189,12 @@ impl Backend for LocalBackend {
         Ok(self.header_at(&s.store))
     }
 
+    async fn hash_kv(&self, revision: i64) -> Result<(Header, u32, i64), ApiError> {
+        let s = self.state()?;
+        let (hash, compacted) = s.store.hash_kv(revision)?;
+        Ok((self.header_at(&s.store), hash, compacted))
+    }
+
     async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
         let s = self.state()?;
         Ok((

@@ -730,6 +730,49 @@ impl Store {
         h.0
     }
 
+    /// A digest of the key-value history up to `revision` (0: the current
+    /// revision), from the compacted revision on: etcd's HashKV. Members that
+    /// applied the same commands agree on it at every revision they both
+    /// hold, whatever they applied since, which is what makes it a
+    /// cross-member consistency check. Also returns the compacted revision.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), Error> {
+        let at = if revision <= 0 {
+            self.revision
+        } else {
+            revision
+        };
+        if at > self.revision {
+            return Err(Error::FutureRevision {
+                requested: at,
+                current: self.revision,
+            });
+        }
+        if at < self.compacted {
+            return Err(Error::Compacted {
+                requested: at,
+                compacted: self.compacted,
+            });
+        }
+        let mut h = Fnv::new();
+        for (k, recs) in &self.keys {
+            for r in recs.iter().filter(|r| r.rev.main <= at) {
+                h.bytes(k);
+                h.i64(r.rev.main);
+                h.i64(r.rev.sub);
+                match &r.live {
+                    None => h.i64(-1),
+                    Some(l) => {
+                        h.bytes(&l.value);
+                        h.i64(l.create_revision);
+                        h.i64(l.version);
+                        h.i64(l.lease);
+                    }
+                }
+            }
+        }
+        Ok(((h.0 ^ (h.0 >> 32)) as u32, self.compacted))
+    }
+
     /// Panics if an invariant of the history is broken (tests and debug builds).
     pub fn assert_invariants(&self) {
         let mut attached: BTreeMap<i64, BTreeSet<Vec<u8>>> = BTreeMap::new();

@@ -505,3 +505,39 @@ fn snapshots_round_trip_and_replicas_agree() {
     put(&mut b2, "k", "w");
     assert_ne!(a.hash(), b2.hash());
 }
+
+/// HashKV at a revision does not move when later writes come: two members,
+/// one ahead of the other, agree at every revision both hold.
+#[test]
+fn hash_kv_at_a_revision_ignores_what_came_after() {
+    let (mut ahead, mut behind) = (Store::new(), Store::new());
+    for s in [&mut ahead, &mut behind] {
+        put(s, "a", "1"); // revision 2
+        put(s, "b", "2"); // 3
+    }
+    put(&mut ahead, "a", "3"); // 4, only on the member ahead
+    let (h3, compacted) = behind.hash_kv(3).unwrap();
+    assert_eq!(compacted, 0, "nothing compacted yet");
+    assert_eq!(ahead.hash_kv(3).unwrap().0, h3);
+    assert_eq!(
+        behind.hash_kv(0).unwrap().0,
+        h3,
+        "0 is the current revision"
+    );
+    assert_ne!(ahead.hash_kv(4).unwrap().0, h3);
+    assert_ne!(ahead.hash_kv(2).unwrap().0, h3);
+    assert!(matches!(
+        behind.hash_kv(4),
+        Err(Error::FutureRevision {
+            requested: 4,
+            current: 3
+        })
+    ));
+    ahead.apply(&Command::Compact { revision: 3 }).unwrap();
+    assert!(matches!(ahead.hash_kv(2), Err(Error::Compacted { .. })));
+    // A store that diverged at a revision hashes differently there.
+    let mut other = Store::new();
+    put(&mut other, "a", "1");
+    put(&mut other, "b", "X");
+    assert_ne!(other.hash_kv(3).unwrap().0, h3);
+}

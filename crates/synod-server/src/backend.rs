@@ -232,6 +232,19 @@ impl Backend for MemberBackend {
         Ok((self.header_at(rev, status.raft_term), status))
     }
 
+    async fn hash_kv(&self, revision: i64) -> Result<(Header, u32, i64), ApiError> {
+        // This member's own state, as etcd's HashKV: members are compared
+        // with each other, never through the leader.
+        let (rev, term, hashed) = self
+            .local(move |rep, _| {
+                let s = rep.store();
+                (s.revision(), rep.raft().term(), s.hash_kv(revision))
+            })
+            .await?;
+        let (hash, compacted) = hashed?;
+        Ok((self.header_at(rev, term), hash, compacted))
+    }
+
     async fn subscribe(&self) -> Result<Subscription, ApiError> {
         // On the member's thread, the only sender: nothing applied after this
         // revision can be missed by the new receiver.
