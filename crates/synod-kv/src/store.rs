@@ -707,17 +707,7 @@ impl Store {
         for (k, recs) in &self.keys {
             h.bytes(k);
             for r in recs {
-                h.i64(r.rev.main);
-                h.i64(r.rev.sub);
-                match &r.live {
-                    None => h.i64(-1),
-                    Some(l) => {
-                        h.bytes(&l.value);
-                        h.i64(l.create_revision);
-                        h.i64(l.version);
-                        h.i64(l.lease);
-                    }
-                }
+                h.record(r);
             }
         }
         for (id, l) in &self.leases {
@@ -757,17 +747,7 @@ impl Store {
         for (k, recs) in &self.keys {
             for r in recs.iter().filter(|r| r.rev.main <= at) {
                 h.bytes(k);
-                h.i64(r.rev.main);
-                h.i64(r.rev.sub);
-                match &r.live {
-                    None => h.i64(-1),
-                    Some(l) => {
-                        h.bytes(&l.value);
-                        h.i64(l.create_revision);
-                        h.i64(l.version);
-                        h.i64(l.lease);
-                    }
-                }
+                h.record(r);
             }
         }
         Ok(((h.0 ^ (h.0 >> 32)) as u32, self.compacted))
@@ -815,6 +795,21 @@ impl Store {
 struct Fnv(u64);
 
 impl Fnv {
+    /// One revision of a key: its place in history and what it held.
+    fn record(&mut self, r: &Rec) {
+        self.i64(r.rev.main);
+        self.i64(r.rev.sub);
+        match &r.live {
+            None => self.i64(-1),
+            Some(l) => {
+                self.bytes(&l.value);
+                self.i64(l.create_revision);
+                self.i64(l.version);
+                self.i64(l.lease);
+            }
+        }
+    }
+
     fn new() -> Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
