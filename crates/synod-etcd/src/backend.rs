@@ -82,6 +82,12 @@ pub enum ApiError {
     Timeout,
     /// The member cannot serve (shutting down, disk failed, ...).
     Unavailable(String),
+    /// Only the leader can do this (MoveLeader).
+    NotLeader,
+    /// MoveLeader's target is not a voting member.
+    BadLeaderTransferee,
+    /// MoveLeader's target did not take over in time.
+    LeaderTransferTimeout,
 }
 
 impl From<synod_kv::Error> for ApiError {
@@ -125,6 +131,10 @@ pub trait Backend: Send + Sync + 'static {
     fn members(&self) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send;
 
     fn status(&self) -> impl Future<Output = Result<(Header, StatusInfo), ApiError>> + Send;
+
+    /// Hands leadership to member `target` (etcd member id); only the
+    /// leader can. Moving it to the leader itself succeeds at once.
+    fn move_leader(&self, target: u64) -> impl Future<Output = Result<Header, ApiError>> + Send;
 
     /// This member's digest of the key-value history up to `revision` (0:
     /// its current one) and its compacted revision: etcd's HashKV, compared

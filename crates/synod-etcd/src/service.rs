@@ -77,6 +77,13 @@ pub(crate) fn status(e: &ApiError) -> Status {
         ApiError::NoLeader => Status::unavailable("etcdserver: no leader"),
         ApiError::Timeout => Status::unavailable("etcdserver: request timed out"),
         ApiError::Unavailable(why) => Status::unavailable(why.clone()),
+        ApiError::NotLeader => Status::failed_precondition("etcdserver: not leader"),
+        ApiError::BadLeaderTransferee => {
+            Status::failed_precondition("etcdserver: bad leader transferee")
+        }
+        ApiError::LeaderTransferTimeout => {
+            Status::unavailable("etcdserver: request timed out, leader transfer took too long")
+        }
     }
 }
 
@@ -394,6 +401,21 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let h = self.backend.header().await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::DefragmentResponse {
+            header: convert::header(h),
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        let h = self
+            .backend
+            .move_leader(target)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MoveLeaderResponse {
             header: convert::header(h),
         }))
     }

@@ -232,6 +232,26 @@ impl Backend for MemberBackend {
         Ok((self.header_at(rev, status.raft_term), status))
     }
 
+    async fn move_leader(&self, target: u64) -> Result<Header, ApiError> {
+        use crate::member::Handoff;
+        let Some(raft_id) = self.member_ids.iter().position(|id| *id == target) else {
+            return Err(ApiError::BadLeaderTransferee);
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Inbox::Handoff {
+                target: Some(raft_id as u64),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        match answer.await.map_err(|_| gone())? {
+            Handoff::Moved | Handoff::Stayed => self.header().await,
+            Handoff::NotLeader => Err(ApiError::NotLeader),
+            Handoff::BadTarget => Err(ApiError::BadLeaderTransferee),
+            Handoff::TimedOut => Err(ApiError::LeaderTransferTimeout),
+        }
+    }
+
     async fn hash_kv(&self, revision: i64) -> Result<(Header, u32, i64), ApiError> {
         // This member's own state, as etcd's HashKV: members are compared
         // with each other, never through the leader.

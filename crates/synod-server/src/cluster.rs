@@ -151,7 +151,7 @@ impl RunningMember {
     /// stop, so the others elect no one and clients barely notice), stops
     /// serving clients, then stops the member.
     pub async fn stop(mut self) {
-        let _ = tokio::time::timeout(HANDOFF_LIMIT, self.member.handoff()).await;
+        let _ = tokio::time::timeout(HANDOFF_LIMIT, self.member.handoff(None)).await;
         let _ = self.stop_api.send(true);
         for mut api in std::mem::take(&mut self.apis) {
             // A graceful shutdown waits for every open stream (a Lock that is

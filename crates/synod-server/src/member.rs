@@ -66,10 +66,29 @@ pub enum Inbox {
     /// Run a closure on the member's state, on its thread (local reads and
     /// status, and subscribing to the feed at a known revision).
     Local(LocalJob),
-    /// Hand leadership to the most up-to-date voter if this member leads;
-    /// answered once it no longer leads, or after an election timeout.
-    Handoff(oneshot::Sender<()>),
+    /// Hand leadership to `target` (or, if `None`, to the most up-to-date
+    /// voter); answered once this member no longer leads, or after an
+    /// election timeout.
+    Handoff {
+        target: Option<NodeId>,
+        reply: oneshot::Sender<Handoff>,
+    },
     Stop,
+}
+
+/// How a leadership handoff ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// This member does not lead (any more, or never did).
+    NotLeader,
+    /// Leadership left this member.
+    Moved,
+    /// The target is this member (nothing to do), or there is no other voter.
+    Stayed,
+    /// The target is not a voter of this cluster.
+    BadTarget,
+    /// The target did not take over within an election timeout.
+    TimedOut,
 }
 
 /// A running member.
@@ -165,9 +184,9 @@ impl Member {
     /// Asks the member to hand its leadership away (if it leads) before a
     /// planned stop, so that the others need not wait out an election
     /// timeout; resolves when it has, or has given up.
-    pub fn handoff(&self) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.inbox.send(Inbox::Handoff(tx));
+    pub fn handoff(&self, target: Option<NodeId>) -> oneshot::Receiver<Handoff> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.inbox.send(Inbox::Handoff { target, reply });
         rx
     }
 
@@ -219,7 +238,7 @@ struct Driver {
     /// The leader as last seen, to count leader changes.
     seen_leader: Option<NodeId>,
     /// A leadership handoff under way: who waits for it, and until when.
-    handoff: Option<(oneshot::Sender<()>, Instant)>,
+    handoff: Option<(oneshot::Sender<Handoff>, Instant)>,
 }
 
 impl Driver {
@@ -253,21 +272,35 @@ impl Driver {
         }
     }
 
-    fn start_handoff(&mut self, now: u64, reply: oneshot::Sender<()>) {
+    fn start_handoff(&mut self, now: u64, target: Option<NodeId>, reply: oneshot::Sender<Handoff>) {
         if !self.replica.is_leader() {
-            let _ = reply.send(());
+            let _ = reply.send(Handoff::NotLeader);
             return;
         }
         let raft = self.replica.raft();
         let me = self.cfg.id;
-        let target = raft
-            .voters()
-            .into_iter()
-            .filter(|v| *v != me)
-            .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
-        let Some(target) = target else {
-            let _ = reply.send(());
-            return;
+        let voters = raft.voters();
+        let target = match target {
+            Some(t) if t == me => {
+                let _ = reply.send(Handoff::Stayed);
+                return;
+            }
+            Some(t) if !voters.contains(&t) => {
+                let _ = reply.send(Handoff::BadTarget);
+                return;
+            }
+            Some(t) => t,
+            None => {
+                let best = voters
+                    .into_iter()
+                    .filter(|v| *v != me)
+                    .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
+                let Some(best) = best else {
+                    let _ = reply.send(Handoff::Stayed);
+                    return;
+                };
+                best
+            }
         };
         let input = ReplicaInput::TransferLeader(target);
         self.replica.input(now, input, &mut self.out);
@@ -277,14 +310,13 @@ impl Driver {
 
     /// Answers a pending handoff once leadership has moved or time is up.
     fn check_handoff(&mut self) {
-        let done = match &self.handoff {
-            Some((_, deadline)) => !self.replica.is_leader() || Instant::now() >= *deadline,
-            None => false,
+        let outcome = match &self.handoff {
+            Some(_) if !self.replica.is_leader() => Handoff::Moved,
+            Some((_, deadline)) if Instant::now() >= *deadline => Handoff::TimedOut,
+            _ => return,
         };
-        if done {
-            if let Some((reply, _)) = self.handoff.take() {
-                let _ = reply.send(());
-            }
+        if let Some((reply, _)) = self.handoff.take() {
+            let _ = reply.send(outcome);
         }
     }
 
@@ -406,7 +438,7 @@ impl Driver {
             }
             Inbox::Client { req, reply } => self.client(now, req, reply),
             Inbox::Local(f) => self.local_jobs.push(f),
-            Inbox::Handoff(reply) => self.start_handoff(now, reply),
+            Inbox::Handoff { target, reply } => self.start_handoff(now, target, reply),
             Inbox::Stop => {}
         }
     }

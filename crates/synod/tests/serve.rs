@@ -455,6 +455,33 @@ async fn etcdctl_sees_the_processes_as_an_etcd_cluster() {
         Some(hashes[0]),
         "{out}"
     );
+    // move-leader hands leadership to the member named, as etcd does; an id
+    // that is no member is refused with etcd's error.
+    let all = (0..3)
+        .map(|i| format!("127.0.0.1:{}", c.clients[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let l = leader(&c, &[0, 1, 2]).await;
+    let target = (l + 1) % 3;
+    let id = status(c.channel(target))
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .member_id;
+    let out = etcdctl(&all, &["move-leader", &format!("{id:x}")]).unwrap();
+    assert!(out.contains("Leadership transferred from"), "{out}");
+    assert_eq!(leader(&c, &[0, 1, 2]).await, target);
+    let bad = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={all}"))
+        .args(["move-leader", "1234"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
+
     // Defragment has nothing to reclaim and says it finished, per member.
     let out = etcdctl(&ep, &["defrag", "--cluster"]).unwrap();
     assert_eq!(
