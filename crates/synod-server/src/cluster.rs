@@ -187,14 +187,26 @@ pub async fn start_member_on(
     let raft_id = index as NodeId;
     std::fs::create_dir_all(&m.data_dir)
         .map_err(|e| format!("{}: cannot create: {e}", m.data_dir.display()))?;
-    let mut listeners = Vec::new();
+    // The client ports are taken first (a port in use fails before any data
+    // is touched) but listened on only once the member has recovered: a
+    // client, or `synod up`, that can connect finds a member that serves.
+    let cannot = |addr: &SocketAddr, e: std::io::Error| {
+        format!(
+            "member {}: cannot listen for clients on {addr}: {e}",
+            m.name
+        )
+    };
+    let mut sockets = Vec::new();
     for addr in &listen.clients {
-        listeners.push(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            format!(
-                "member {}: cannot listen for clients on {addr}: {e}",
-                m.name
-            )
-        })?);
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| cannot(addr, e))?;
+        socket.set_reuseaddr(true).map_err(|e| cannot(addr, e))?;
+        socket.bind(*addr).map_err(|e| cannot(addr, e))?;
+        sockets.push((*addr, socket));
     }
     let tuning = &spec.tuning;
     let infos = spec.infos();
@@ -239,6 +251,10 @@ pub async fn start_member_on(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut apis = Vec::new();
+    let mut listeners = Vec::new();
+    for (addr, socket) in sockets {
+        listeners.push(socket.listen(1024).map_err(|e| cannot(&addr, e))?);
+    }
     for listener in listeners {
         let grpc = EtcdServer::new(backend.clone(), tuning.limits).router();
         let routes = tonic::service::Routes::from(
