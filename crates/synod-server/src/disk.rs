@@ -131,8 +131,14 @@ impl MemberDisk {
         }
         let started = std::time::Instant::now();
         self.storage.sync()?;
+        let took = started.elapsed();
         if let Some(h) = &self.fsync {
-            h.observe(started.elapsed().as_secs_f64());
+            h.observe(took.as_secs_f64());
+        }
+        // etcd warns of syncs over a second: the disk is too slow for the
+        // election timeout, and leaders will be lost.
+        if took >= std::time::Duration::from_secs(1) {
+            tracing::warn!(took_ms = took.as_millis() as u64, "slow fdatasync");
         }
         Ok(())
     }

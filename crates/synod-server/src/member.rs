@@ -117,7 +117,7 @@ impl Member {
                 .map_err(|e| format!("member {name}: {e}"))?;
         disk.fsync = Some(metrics.fsync.clone());
         if let Some(t) = &report.torn_tail {
-            eprintln!("member {name}: recovery cut a torn tail: {t:?}");
+            tracing::warn!(member = %name, "recovery cut a torn tail: {t:?}");
         }
         let (tx, rx) = mpsc::channel();
         let expect = Expect {
@@ -158,11 +158,12 @@ impl Member {
         let replica = Replica::new(rcfg, &recovered, cfg.member_id ^ 0x5eed);
         if recovered.snapshot.is_some() || !recovered.entries.is_empty() {
             // What a restart costs before the member can serve.
-            eprintln!(
-                "member {name}: recovered a snapshot at index {} and {} log entries in {} ms",
-                recovered.snapshot.as_ref().map_or(0, |s| s.meta.index),
-                recovered.entries.len(),
-                recovery.elapsed().as_millis()
+            tracing::info!(
+                member = %name,
+                snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.meta.index),
+                entries = recovered.entries.len(),
+                took_ms = recovery.elapsed().as_millis() as u64,
+                "recovered"
             );
         }
         let id = cfg.id;
@@ -302,6 +303,8 @@ impl Driver {
                 best
             }
         };
+        let to = self.cfg.member_ids.get(&target).copied().unwrap_or(0);
+        tracing::info!(member = %self.cfg.name, to = %format_args!("{to:x}"), "transferring leadership");
         let input = ReplicaInput::TransferLeader(target);
         self.replica.input(now, input, &mut self.out);
         let deadline = Instant::now() + self.cfg.tick * self.cfg.election_ticks;
@@ -326,8 +329,17 @@ impl Driver {
         let raft = self.replica.raft();
         let leader = raft.leader();
         if leader != self.seen_leader {
-            if leader.is_some() {
+            if let Some(l) = leader {
                 m.leader_changes.inc();
+                let id = self.cfg.member_ids.get(&l).copied().unwrap_or(0);
+                tracing::info!(
+                    member = %self.cfg.name,
+                    leader = %format_args!("{id:x}"),
+                    term = raft.term(),
+                    "leader elected"
+                );
+            } else {
+                tracing::info!(member = %self.cfg.name, term = raft.term(), "lost leader");
             }
             self.seen_leader = leader;
         }
@@ -495,7 +507,7 @@ impl Driver {
             }
         }
         if let Err(e) = self.disk.persist(&out.writes) {
-            eprintln!("member {}: storage failed, stopping: {e}", self.cfg.name);
+            tracing::error!(member = %self.cfg.name, "storage failed, stopping: {e}");
             return false;
         }
         for env in out.msgs {

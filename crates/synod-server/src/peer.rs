@@ -329,5 +329,5 @@ fn refused(remote: Option<SocketAddr>, why: &str) {
     }
     last.insert(ip, now);
     let who = remote.map_or("a peer".to_string(), |a| a.to_string());
-    eprintln!("synod: refused a peer connection from {who}: {why}");
+    tracing::warn!(peer = %who, "refused a peer connection: {why}");
 }

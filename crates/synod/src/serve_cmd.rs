@@ -431,9 +431,27 @@ fn warn_unknown_env() {
     }
 }
 
+/// Logs go to stderr as plain lines, at `--log-level` (etcd's names;
+/// `panic` and `fatal` show errors only).
+fn init_logs(level: &str) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match level {
+        "debug" => LevelFilter::DEBUG,
+        "info" => LevelFilter::INFO,
+        "warn" => LevelFilter::WARN,
+        _ => LevelFilter::ERROR,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     warn_unknown_env();
     let plan = plan(&args)?;
+    init_logs(&args.log_level);
     let me = &plan.spec.members[plan.index];
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
