@@ -12,6 +12,7 @@ use synod_etcd::pb::etcdserverpb as pb;
 use synod_etcd::pb::mvccpb;
 use synod_etcd::pb::v3electionpb as epb;
 use synod_etcd::pb::v3lockpb as lpb;
+use synod_etcd::prefix_end;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -457,18 +458,6 @@ impl Client {
         });
         rx
     }
-}
-
-/// The end of the range of every key starting with `prefix`.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// A lease kept alive in the background; dropping it stops the keep-alives

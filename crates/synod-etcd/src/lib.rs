@@ -52,4 +52,5 @@ pub use backend::{
 };
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use local::LocalBackend;
+pub use recipes::prefix_end;
 pub use service::{EtcdServer, Limits};

@@ -48,8 +48,9 @@ fn unknown(e: &ApiError) -> Status {
     }
 }
 
-/// The end of the range of every key starting with `prefix`.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// The end of the range of every key starting with `prefix` (etcdctl's
+/// `--prefix`); `[0]`, every key on, when no byte can be raised.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
