@@ -724,7 +724,8 @@ impl Store {
     /// revision), from the compacted revision on: etcd's HashKV. Members that
     /// applied the same commands agree on it at every revision they both
     /// hold, whatever they applied since, which is what makes it a
-    /// cross-member consistency check. Also returns the compacted revision.
+    /// cross-member consistency check. Also returns the compacted revision
+    /// (-1 if never compacted, as etcd).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), Error> {
         let at = if revision <= 0 {
             self.revision
@@ -750,7 +751,13 @@ impl Store {
                 h.record(r);
             }
         }
-        Ok(((h.0 ^ (h.0 >> 32)) as u32, self.compacted))
+        // etcd reports -1 for a store never compacted (checked on 3.4.23).
+        let compacted = if self.compacted > 0 {
+            self.compacted
+        } else {
+            -1
+        };
+        Ok(((h.0 ^ (h.0 >> 32)) as u32, compacted))
     }
 
     /// Panics if an invariant of the history is broken (tests and debug builds).

@@ -517,7 +517,7 @@ fn hash_kv_at_a_revision_ignores_what_came_after() {
     }
     put(&mut ahead, "a", "3"); // 4, only on the member ahead
     let (h3, compacted) = behind.hash_kv(3).unwrap();
-    assert_eq!(compacted, 0, "nothing compacted yet");
+    assert_eq!(compacted, -1, "nothing compacted yet, as etcd says it");
     assert_eq!(ahead.hash_kv(3).unwrap().0, h3);
     assert_eq!(
         behind.hash_kv(0).unwrap().0,
@@ -535,6 +535,7 @@ fn hash_kv_at_a_revision_ignores_what_came_after() {
     ));
     ahead.apply(&Command::Compact { revision: 3 }).unwrap();
     assert!(matches!(ahead.hash_kv(2), Err(Error::Compacted { .. })));
+    assert_eq!(ahead.hash_kv(0).unwrap().1, 3);
     // A store that diverged at a revision hashes differently there.
     let mut other = Store::new();
     put(&mut other, "a", "1");
