@@ -2,18 +2,13 @@
 //! ([`synod_storage::DiskStorage`]) on the simulated disk ([`SimFs`]).
 //!
 //! [`WalBacked`] wraps a [`KvNode`] for the simulator. Its durable image is a
-//! [`WalDisk`]: a `SimFs` holding one data directory, plus the storage handle
-//! the running process has open on it. Every [`Write`] the node asks for is
-//! encoded into the storage API and synced when the simulator completes the
-//! write's sync:
+//! [`WalDisk`]: a `SimFs` holding one data directory, plus the
+//! [`synod_raft_log::RaftLog`] the running process has open on it — the same
+//! adapter, codec and recovery checks the service runs over the real file
+//! system. Every [`Write`] the node asks for goes through it and is synced
+//! when the simulator completes the write's sync.
 //!
-//! | raft write | storage call |
-//! | --- | --- |
-//! | `HardState { term, vote, commit }` | `set_hard_state` (vote `None` is 0, node `v` is `v + 1`) |
-//! | `Entries(es)` | `append`, each entry's [`EntryData`] as JSON in `data` |
-//! | `Snapshot(s)` | `save_snapshot`, the whole raft snapshot (conf, store, sessions) as JSON |
-//!
-//! A restart runs the storage crate's recovery on the disk and turns what it
+//! A restart runs the adapter's recovery on the disk, which turns what the WAL
 //! recovered back into a [`Disk`] for [`KvNode::new`]. The node therefore boots
 //! from exactly what the WAL code can read back, not from the simulator's own
 //! bookkeeping. That bookkeeping is still kept (a shadow [`Disk`] with every
@@ -36,16 +31,16 @@
 //!   [`WalBacked::Stopped`]: it ignores every message, tick and request, so it
 //!   never serves or replicates anything from the damaged disk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::Rng;
 use synod_protocols::kv::{KvEvent, KvInput};
-use synod_protocols::raft::{self, Disk, EntryData, KvNode, Message, RaftNode, Write};
+use synod_protocols::raft::{Disk, KvNode, Message, RaftNode, Write};
 use synod_protocols::{Instant, Node, NodeId, Output};
+use synod_raft_log::RaftLog;
 use synod_storage::{
-    Error as StorageError, Fs, Identity, RecoveryReport, SimFs, SimStorage, Storage,
-    StorageOptions, WalOptions,
+    Error as StorageError, Fs, Identity, RecoveryReport, SimFs, StorageOptions, WalOptions,
 };
 
 /// Where each node's data directory lives on its simulated disk.
@@ -82,7 +77,7 @@ fn identity(id: NodeId) -> Identity {
 /// What the running process has open on the disk.
 #[derive(Default)]
 struct Open {
-    storage: Option<SimStorage>,
+    storage: Option<RaftLog<SimFs>>,
     /// The node the disk belongs to (known from its first boot).
     id: Option<NodeId>,
     /// What raft made durable, applied the simulator's way ([`Disk::apply`]):
@@ -134,64 +129,11 @@ impl std::fmt::Debug for WalDisk {
     }
 }
 
-fn data_error(path: &Path, detail: String) -> StorageError {
-    StorageError::Inconsistent {
-        path: path.to_path_buf(),
-        detail,
-    }
-}
-
-fn encode_entry(e: &raft::Entry) -> synod_storage::Entry {
-    synod_storage::Entry {
-        index: e.index,
-        term: e.term,
-        data: serde_json::to_vec(&e.data).expect("entry data serializes"),
-    }
-}
-
-/// Writes one raft record through the storage API; syncs if `sync`.
-/// Mirrors [`Disk::apply`]: entries at or below the snapshot are skipped and
-/// a batch that would leave a gap is ignored.
-fn write_to(st: &mut SimStorage, w: &Write, sync: bool) -> synod_storage::Result<()> {
-    match w {
-        Write::HardState(hs) => {
-            st.set_hard_state(synod_storage::HardState {
-                term: hs.term,
-                vote: hs.vote.map_or(0, |v| v + 1),
-                commit: hs.commit,
-            })?;
-        }
-        Write::Entries(es) => {
-            let Some(first) = es.first() else {
-                return Ok(());
-            };
-            if first.index > st.last_index() + 1 {
-                return Ok(());
-            }
-            let base = st.snapshot_meta().index;
-            let entries: Vec<_> = es
-                .iter()
-                .filter(|e| e.index > base)
-                .map(encode_entry)
-                .collect();
-            if entries.is_empty() {
-                return Ok(());
-            }
-            st.append(&entries)?;
-        }
-        Write::Snapshot(snap) => {
-            // Durable on return, whatever `sync` says.
-            return st.save_snapshot(&synod_storage::Snapshot {
-                meta: synod_storage::SnapshotMeta {
-                    index: snap.meta.index,
-                    term: snap.meta.term,
-                },
-                data: serde_json::to_vec(snap).expect("snapshot serializes"),
-            });
-        }
-    }
+/// Writes one raft record through the shared adapter; syncs if `sync`.
+fn write_to(log: &mut RaftLog<SimFs>, w: &Write, sync: bool) -> synod_storage::Result<()> {
+    log.write(w)?;
     if sync {
-        st.sync()?;
+        log.sync()?;
     }
     Ok(())
 }
@@ -231,50 +173,6 @@ fn summary(d: &Disk) -> String {
     )
 }
 
-/// Rebuilds raft's durable image from what storage recovered.
-fn to_disk(st: &SimStorage, dir: &Path) -> synod_storage::Result<Disk> {
-    let hs = st.hard_state();
-    let hard = raft::HardState {
-        term: hs.term,
-        vote: hs.vote.checked_sub(1),
-        commit: hs.commit,
-    };
-    let snapshot = match st.snapshot()? {
-        None => None,
-        Some(s) => {
-            let snap: raft::Snapshot = serde_json::from_slice(&s.data).map_err(|e| {
-                data_error(dir, format!("snapshot {:?} does not decode: {e}", s.meta))
-            })?;
-            if (snap.meta.index, snap.meta.term) != (s.meta.index, s.meta.term) {
-                return Err(data_error(
-                    dir,
-                    format!(
-                        "snapshot file at {:?} holds a raft snapshot at index {} term {}",
-                        s.meta, snap.meta.index, snap.meta.term
-                    ),
-                ));
-            }
-            Some(snap)
-        }
-    };
-    let stored = st.entries(st.first_index(), st.last_index() + 1)?;
-    let mut entries = Vec::with_capacity(stored.len());
-    for e in stored {
-        let data: EntryData = serde_json::from_slice(&e.data)
-            .map_err(|err| data_error(dir, format!("entry {} does not decode: {err}", e.index)))?;
-        entries.push(raft::Entry {
-            index: e.index,
-            term: e.term,
-            data,
-        });
-    }
-    Ok(Disk {
-        hard,
-        snapshot,
-        entries,
-    })
-}
-
 impl WalDisk {
     fn lock(&self) -> MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
@@ -302,9 +200,8 @@ impl WalDisk {
         open.storage = None;
         open.id = Some(id);
         let dir = Self::dir();
-        let (st, report) =
-            SimStorage::open(self.fs.clone(), &dir, identity(id), storage_options())?;
-        let disk = to_disk(&st, &dir)?;
+        let (st, disk, report) =
+            RaftLog::open(self.fs.clone(), &dir, identity(id), storage_options())?;
         let torn = open.torn.take();
         if !recovered_ok(&open.shadow, torn.as_ref(), &disk) {
             let msg = format!(
@@ -361,8 +258,8 @@ impl WalDisk {
                     .get_or_insert("a write reached a disk that was never booted".into());
                 return;
             };
-            match SimStorage::open(fs, &Self::dir(), identity(id), storage_options()) {
-                Ok((st, _)) => open.storage = Some(st),
+            match RaftLog::open(fs, &Self::dir(), identity(id), storage_options()) {
+                Ok((st, _, _)) => open.storage = Some(st),
                 Err(e) => {
                     open.error.get_or_insert(e.to_string());
                     return;

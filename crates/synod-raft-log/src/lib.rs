@@ -1,0 +1,213 @@
+//! Raft's durable records on synod's write-ahead log.
+//!
+//! The Raft core (`synod_protocols::raft`) asks its driver to persist
+//! [`Write`]s and boots from a [`Disk`] image. This crate is the one place
+//! where those records meet the storage crate's WAL and snapshot files:
+//!
+//! | Raft record | storage call |
+//! | --- | --- |
+//! | `HardState { term, vote, commit }` | `set_hard_state` (vote `None` is 0, node `v` is `v + 1`) |
+//! | `Entries(es)` | `append`, each entry's [`EntryData`] encoded by [`codec`] |
+//! | `Snapshot(s)` | `save_snapshot`, the whole Raft snapshot (configuration and application state) encoded by [`codec`] |
+//!
+//! Entries a snapshot already covers are skipped, and a batch that would
+//! leave a gap is ignored, exactly as [`Disk::apply`] folds them, so the image
+//! that [`RaftLog::open`] recovers is the one the core's own model of its disk
+//! predicts. The simulator checks that claim on every recovery of every run.
+//!
+//! Recovery is strict: an entry or snapshot that does not decode, or a
+//! snapshot file whose header names another index or term than the Raft
+//! snapshot inside it, is an [`Error::Inconsistent`] naming the directory,
+//! and the member must not start.
+//!
+//! The service runs `RaftLog<RealFs>`; the simulator runs `RaftLog<SimFs>`
+//! with power losses and bit flips underneath. Neither has a copy of the
+//! mapping.
+
+pub mod codec;
+
+use std::path::{Path, PathBuf};
+
+use synod_protocols::raft::{self, Disk, EntryData, Snapshot, Write};
+use synod_storage::{
+    DiskStorage, Error, Fs, Identity, RecoveryReport, Result, Storage, StorageOptions,
+};
+
+/// A member's Raft records in one data directory.
+pub struct RaftLog<F: Fs> {
+    storage: DiskStorage<F>,
+}
+
+fn inconsistent(dir: &Path, detail: String) -> Error {
+    Error::Inconsistent {
+        path: dir.to_path_buf(),
+        detail,
+    }
+}
+
+impl<F: Fs> RaftLog<F> {
+    /// Opens (or creates) the data directory `dir` on `fs` for `id` and
+    /// returns the Raft image recovered from it. Refuses a directory of
+    /// another cluster or member, one damaged before its tail, and one whose
+    /// records do not decode or contradict each other.
+    pub fn open(
+        fs: F,
+        dir: &Path,
+        id: Identity,
+        options: StorageOptions,
+    ) -> Result<(RaftLog<F>, Disk, RecoveryReport)> {
+        let (storage, report) = DiskStorage::open(fs, dir, id, options)?;
+        let log = RaftLog { storage };
+        let disk = log.image()?;
+        Ok((log, disk, report))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.storage.dir()
+    }
+
+    fn dir_buf(&self) -> PathBuf {
+        self.storage.dir().to_path_buf()
+    }
+
+    /// Rebuilds the Raft image from what the storage holds.
+    fn image(&self) -> Result<Disk> {
+        let dir = self.dir_buf();
+        let st = &self.storage;
+        let hs = st.hard_state();
+        let hard = raft::HardState {
+            term: hs.term,
+            vote: hs.vote.checked_sub(1),
+            commit: hs.commit,
+        };
+        let snapshot = match st.snapshot()? {
+            None => None,
+            Some(s) => {
+                let snap: Snapshot = codec::decode(&s.data).map_err(|e| {
+                    inconsistent(&dir, format!("snapshot file at {:?}: {e}", s.meta))
+                })?;
+                if (snap.meta.index, snap.meta.term) != (s.meta.index, s.meta.term) {
+                    return Err(inconsistent(
+                        &dir,
+                        format!(
+                            "snapshot file at {:?} holds a raft snapshot at index {} term {}",
+                            s.meta, snap.meta.index, snap.meta.term
+                        ),
+                    ));
+                }
+                Some(snap)
+            }
+        };
+        let stored = st.entries(st.first_index(), st.last_index() + 1)?;
+        let mut entries = Vec::with_capacity(stored.len());
+        for e in stored {
+            let data: EntryData = codec::decode(&e.data)
+                .map_err(|err| inconsistent(&dir, format!("entry {}: {err}", e.index)))?;
+            entries.push(raft::Entry {
+                index: e.index,
+                term: e.term,
+                data,
+            });
+        }
+        let disk = Disk {
+            hard,
+            snapshot,
+            entries,
+        };
+        check_image(&disk).map_err(|detail| inconsistent(&dir, detail))?;
+        Ok(disk)
+    }
+
+    /// Writes one record without syncing, except that a snapshot is durable
+    /// on return (the storage crate writes it to its own file and syncs it).
+    pub fn write(&mut self, w: &Write) -> Result<()> {
+        match w {
+            Write::HardState(hs) => {
+                self.storage.set_hard_state(synod_storage::HardState {
+                    term: hs.term,
+                    vote: hs.vote.map_or(0, |v| v + 1),
+                    commit: hs.commit,
+                })?;
+            }
+            Write::Entries(es) => {
+                let Some(first) = es.first() else {
+                    return Ok(());
+                };
+                // As Disk::apply: never leave a gap.
+                if first.index > self.storage.last_index() + 1 {
+                    return Ok(());
+                }
+                let base = self.storage.snapshot_meta().index;
+                let entries: Vec<synod_storage::Entry> = es
+                    .iter()
+                    .filter(|e| e.index > base)
+                    .map(|e| synod_storage::Entry {
+                        index: e.index,
+                        term: e.term,
+                        data: codec::encode(&e.data),
+                    })
+                    .collect();
+                if !entries.is_empty() {
+                    self.storage.append(&entries)?;
+                }
+            }
+            Write::Snapshot(snap) => {
+                self.storage.save_snapshot(&synod_storage::Snapshot {
+                    meta: synod_storage::SnapshotMeta {
+                        index: snap.meta.index,
+                        term: snap.meta.term,
+                    },
+                    data: codec::encode(snap),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> Result<()> {
+        self.storage.sync().map(|_| ())
+    }
+
+    /// Writes a batch of records and makes them durable with one sync (group
+    /// commit: every step whose output is in the batch shares it).
+    pub fn persist(&mut self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        for w in writes {
+            self.write(w)?;
+        }
+        self.sync()
+    }
+}
+
+/// The invariants every recovered log must hold, whatever the storage
+/// returned: entries consecutive and right after the snapshot, terms never
+/// decreasing. A violation means the directory was damaged in a way its
+/// checksums did not catch.
+fn check_image(d: &Disk) -> std::result::Result<(), String> {
+    let base = d.snapshot.as_ref().map_or(0, |s| s.meta.index);
+    let base_term = d.snapshot.as_ref().map_or(0, |s| s.meta.term);
+    let mut expect = base + 1;
+    let mut term = base_term;
+    for e in &d.entries {
+        if e.index != expect {
+            return Err(format!(
+                "entry {} follows index {} (snapshot at {base})",
+                e.index,
+                expect - 1
+            ));
+        }
+        if e.term < term {
+            return Err(format!(
+                "entry {} has term {} after term {term}",
+                e.index, e.term
+            ));
+        }
+        expect += 1;
+        term = e.term;
+    }
+    Ok(())
+}
