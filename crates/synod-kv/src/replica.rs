@@ -91,10 +91,14 @@ pub enum ReplicaEvent {
         id: RequestId,
         result: Result<Answer, ReplicaError>,
     },
-    /// Log entry `index` was applied; a write that changed something lists
-    /// its changes at `revision`.
+    /// Log entry `index` (of `term`, its data hashing to `digest`) was
+    /// applied; a write that changed something lists its changes at
+    /// `revision`. The term and digest let a checker compare what members
+    /// applied at one index.
     Applied {
         index: u64,
+        term: u64,
+        digest: u64,
         revision: i64,
         events: Vec<Event>,
     },
@@ -296,6 +300,8 @@ impl Replica {
             if let Ok((_, events)) = &result {
                 out.emit(ReplicaEvent::Applied {
                     index: e.index,
+                    term: e.term,
+                    digest: e.digest(),
                     revision: self.store.revision(),
                     events: events.clone(),
                 });

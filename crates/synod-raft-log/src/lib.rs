@@ -190,9 +190,8 @@ impl<F: Fs> RaftLog<F> {
 fn check_image(d: &Disk) -> std::result::Result<(), String> {
     let base = d.snapshot.as_ref().map_or(0, |s| s.meta.index);
     let base_term = d.snapshot.as_ref().map_or(0, |s| s.meta.term);
-    let mut expect = base + 1;
     let mut term = base_term;
-    for e in &d.entries {
+    for (expect, e) in (base + 1..).zip(&d.entries) {
         if e.index != expect {
             return Err(format!(
                 "entry {} follows index {} (snapshot at {base})",
@@ -206,7 +205,6 @@ fn check_image(d: &Disk) -> std::result::Result<(), String> {
                 e.index, e.term
             ));
         }
-        expect += 1;
         term = e.term;
     }
     Ok(())

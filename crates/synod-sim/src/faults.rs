@@ -245,6 +245,27 @@ impl Schedule {
                 ));
             }
         }
+        if faults.has(Fault::TornWrite) && faults.has(Fault::PowerLoss) && n > 0 {
+            // Power losses aimed at a write in flight (the simulator waits
+            // for the node's next write), so that recovery from a torn
+            // tail happens in most runs, not only when a random power loss
+            // happens to find a sync under way.
+            let count = rng.gen_range(1..=n);
+            for _ in 0..count {
+                let at = rng.gen_range(0..phase);
+                let node = rng.gen_range(0..n64);
+                let restart_after = Some(rng.gen_range(10 * MS..phase / 2 + 20 * MS));
+                s.events.push((
+                    at,
+                    NodeFault::Crash {
+                        node,
+                        power_loss: true,
+                        torn: true,
+                        restart_after,
+                    },
+                ));
+            }
+        }
         if faults.has(Fault::Partition) && n > 1 {
             let count = rng.gen_range(1..=4);
             for _ in 0..count {

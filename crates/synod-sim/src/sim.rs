@@ -51,12 +51,13 @@ pub trait Model {
         false
     }
 
-    /// Applies part of a write that was cut by a power loss. The default drops the
-    /// write entirely, which is what an atomic record write does.
+    /// Applies part of the writes of a batch that a power loss cut while
+    /// they were being synced. The default drops them entirely, which is what
+    /// atomic record writes do.
     fn tear(
         &mut self,
         _disk: &mut <Self::Node as Node>::Disk,
-        _write: &<Self::Node as Node>::Write,
+        _writes: &[<Self::Node as Node>::Write],
         _rng: &mut ChaCha8Rng,
     ) {
     }
@@ -124,6 +125,11 @@ enum Ev<N: Node> {
         token: u64,
     },
     Fault(NodeFault),
+    /// An armed power loss that found no write to cut goes off anyway.
+    ArmedPowerLoss {
+        node: NodeId,
+        incarnation: u64,
+    },
     Restart {
         node: NodeId,
     },
@@ -162,6 +168,10 @@ impl<N: Node> Ord for Queued<N> {
     }
 }
 
+/// How long an armed torn-write power loss waits for a write to cut before
+/// it goes off anyway.
+const ARM_WINDOW: Instant = 50 * MS;
+
 /// Output of one step that waits for its writes to become durable.
 struct Batch<N: Node> {
     writes: Vec<N::Write>,
@@ -180,6 +190,10 @@ struct Slot<N: Node> {
     slow_generation: u64,
     /// Crashed because its disk was found corrupt: it must not come back.
     refuses_to_start: bool,
+    /// A torn-write power loss waiting for the node's next write, so that
+    /// it cuts a write in the middle of its sync: the restart delay it was
+    /// scheduled with.
+    tear_armed: Option<Option<Instant>>,
 }
 
 /// The simulator's state, as far as a [`Model`] may see and steer it.
@@ -440,6 +454,7 @@ impl<M: Model> Simulation<M> {
                     slow_extra: 0,
                     slow_generation: 0,
                     refuses_to_start: false,
+                    tear_armed: None,
                 }
             })
             .collect();
@@ -658,6 +673,14 @@ impl<M: Model> Simulation<M> {
                     self.fault(f);
                 }
             }
+            Ev::ArmedPowerLoss { node, incarnation } => {
+                let slot = &mut self.core.slots[node as usize];
+                if slot.incarnation == incarnation && slot.node.is_some() {
+                    if let Some(restart_after) = slot.tear_armed.take() {
+                        self.crash_then(node, true, true, restart_after);
+                    }
+                }
+            }
             Ev::Restart { node } => {
                 if !self.core.quiet {
                     self.restart(node);
@@ -730,6 +753,10 @@ impl<M: Model> Simulation<M> {
                     incarnation,
                 },
             );
+            if let Some(restart_after) = core.slots[id as usize].tear_armed.take() {
+                // The armed power loss strikes while this write is synced.
+                self.crash_then(id, true, true, restart_after);
+            }
         }
     }
 
@@ -788,18 +815,21 @@ impl<M: Model> Simulation<M> {
                     }
                     return;
                 }
-                self.crash(node, power_loss, torn);
-                match restart_after {
-                    Some(d) => {
-                        let at = self.core.now + d;
-                        self.core.push(at, Ev::Restart { node });
-                    }
-                    None => {
-                        self.core.slots[node as usize].down_for_good = true;
-                        self.core
-                            .trace_line(Some(node), format_args!("stays down for good"));
-                    }
+                let slot = &mut self.core.slots[node as usize];
+                if power_loss && torn && slot.pending.is_empty() {
+                    // Nothing is being written: wait for the next write (up
+                    // to ARM_WINDOW) so that the power loss cuts one.
+                    slot.tear_armed = Some(restart_after);
+                    let incarnation = slot.incarnation;
+                    let at = self.core.now + ARM_WINDOW;
+                    self.core.push(at, Ev::ArmedPowerLoss { node, incarnation });
+                    self.core.trace_line(
+                        Some(node),
+                        format_args!("POWER LOSS armed: during the next write"),
+                    );
+                    return;
                 }
+                self.crash_then(node, power_loss, torn, restart_after);
             }
             NodeFault::Partition { groups, heal_after } => {
                 self.core.partition_id += 1;
@@ -840,26 +870,52 @@ impl<M: Model> Simulation<M> {
         }
     }
 
+    /// Crashes `node`, then restarts it after `restart_after` or keeps it
+    /// down for good.
+    fn crash_then(
+        &mut self,
+        node: NodeId,
+        power_loss: bool,
+        torn: bool,
+        restart_after: Option<Instant>,
+    ) {
+        self.crash(node, power_loss, torn);
+        match restart_after {
+            Some(d) => {
+                let at = self.core.now + d;
+                self.core.push(at, Ev::Restart { node });
+            }
+            None => {
+                self.core.slots[node as usize].down_for_good = true;
+                self.core
+                    .trace_line(Some(node), format_args!("stays down for good"));
+            }
+        }
+    }
+
     fn crash(&mut self, id: NodeId, power_loss: bool, torn: bool) {
         let core = &mut self.core;
         let slot = &mut core.slots[id as usize];
         slot.node = None;
+        slot.tear_armed = None;
         slot.incarnation += 1;
         let pending = std::mem::take(&mut slot.pending);
         let mut unsynced = 0;
         let mut torn_done = false;
         for batch in pending {
-            for w in &batch.writes {
-                if !power_loss {
-                    // The OS had the write; a process crash does not lose it.
+            if !power_loss {
+                // The OS had the writes; a process crash does not lose them.
+                for w in &batch.writes {
                     <M::Node as Node>::apply_write(&mut slot.disk, w);
-                } else {
-                    unsynced += 1;
-                    if torn && !torn_done {
-                        torn_done = true;
-                        self.model.tear(&mut slot.disk, w, &mut core.fault_rng);
-                    }
                 }
+                continue;
+            }
+            unsynced += batch.writes.len();
+            if torn && !torn_done && !batch.writes.is_empty() {
+                // The oldest batch was being synced when the power went.
+                torn_done = true;
+                self.model
+                    .tear(&mut slot.disk, &batch.writes, &mut core.fault_rng);
             }
         }
         let what = if power_loss { "POWER LOSS" } else { "CRASH" };
@@ -915,6 +971,8 @@ impl<M: Model> Simulation<M> {
         for s in core.slots.iter_mut() {
             s.slow_extra = 0;
             s.slow_generation += 1;
+            // No new faults: an armed power loss that has not struck is off.
+            s.tear_armed = None;
         }
         core.trace_line(
             None,

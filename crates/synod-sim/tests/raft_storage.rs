@@ -108,7 +108,7 @@ fn a_torn_write_is_cut_back_to_a_prefix() {
         let mut disk = WalDisk::default();
         disk.recover(0).unwrap();
         base.iter().for_each(|w| disk.apply(w));
-        disk.tear(&torn, seed, 0);
+        disk.tear(std::slice::from_ref(&torn), seed, 0);
         let (back, report) = disk.recover(0).expect("a torn write is not corruption");
         assert!(disk.storage_error().is_none(), "{:?}", disk.storage_error());
         tails += u64::from(report.torn_tail.is_some());
@@ -142,7 +142,7 @@ fn a_torn_write_is_cut_back_to_a_prefix() {
         let mut disk = WalDisk::default();
         disk.recover(0).unwrap();
         base.iter().for_each(|w| disk.apply(w));
-        disk.tear(&snapshot(209, 4), budget, budget);
+        disk.tear(&[snapshot(209, 4)], budget, budget);
         let (back, _) = disk.recover(0).unwrap();
         assert!(disk.storage_error().is_none(), "{:?}", disk.storage_error());
         let at = back.snapshot.as_ref().map(|s| s.meta.index);

@@ -1,7 +1,11 @@
 //! The service's own state machine under the simulator's faults: members are
 //! [`synod_kv::replica::Replica`] (synod-kv's store on the Raft core), exactly
 //! the node the service runs, driven here with virtual time and faults
-//! instead of threads and sockets.
+//! instead of threads and sockets, and kept on the service's WAL adapter
+//! (`synod_raft_log`) over the simulated disk ([`WalBacked`]), so torn writes,
+//! bit flips and power loss reach the same recovery code the service runs.
+//! Members compact their logs every [`SNAPSHOT_EVERY`] entries, so most runs
+//! take snapshots, send them to lagging members and recover from them.
 //!
 //! Clients behave as etcd clients do: each runs single-key operations one at a
 //! time — put, linearizable get, delete, and compare-and-swap as a transaction
@@ -14,16 +18,27 @@
 //! Checked on every run:
 //! * **linearizability** of the client history (the checker of
 //!   [`crate::linearizability`]);
-//! * **state_machine_safety** — every member that applies log entry `i` is at
-//!   the same store revision afterwards.
+//! * the Raft properties and storage checks of [`RaftChecks`] (election
+//!   safety, log matching, leader completeness, state-machine safety, the
+//!   commit rule, storage), on the replica's own Raft core;
+//! * **state_machine_safety** also on the store: every member that applies
+//!   log entry `i` is at the same store revision afterwards, and members that
+//!   have applied the same index hold stores with the same [`Store::hash`]
+//!   (history, leases, revisions), compared every [`LOG_CHECK_EVERY`] and at
+//!   the end.
 //!
 //! Liveness: in the quiet phase every client finishes its operations.
+//!
+//! [`Store::hash`]: synod_kv::Store::hash
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{self, CheckOptions};
+use crate::models::raft_checks::RaftChecks;
+use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::sim::{Ctl, Model};
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use synod_kv::replica::{
     Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
@@ -32,11 +47,47 @@ use synod_kv::{
     Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use synod_protocols::raft::Disk;
-use synod_protocols::{NodeId, MS};
+use synod_protocols::raft::{Disk, Write};
+use synod_protocols::{Instant, NodeId, MS};
 
-pub const PROPERTIES: &[&str] = &["linearizability", "state_machine_safety"];
-pub const COUNTERS: &[&str] = &["ops_ok", "ops_indefinite", "retries"];
+pub const PROPERTIES: &[&str] = &[
+    "election_safety",
+    "log_matching",
+    "leader_completeness",
+    "state_machine_safety",
+    "commit_rule",
+    "linearizability",
+    "storage",
+];
+pub const COUNTERS: &[&str] = &[
+    "ops_ok",
+    "ops_indefinite",
+    "retries",
+    "store_hash_checks",
+    "elections",
+    "entries_committed",
+    "messages",
+    "failovers",
+    "failover_us_total",
+    "torn_writes",
+    "torn_tails",
+    "corruptions",
+    "corruption_detected",
+    "snapshots_taken",
+    "snapshots_installed",
+];
+
+/// Members compact their logs after this many applied entries (the service:
+/// `--snapshot-count`, 10,000 by default), so that snapshots are taken, sent
+/// and recovered from in most runs.
+pub const SNAPSHOT_EVERY: u64 = 16;
+/// How often the logs and stores of the up members are compared.
+pub const LOG_CHECK_EVERY: Instant = 250 * MS;
+/// The wake-up token of the periodic comparison (client tokens are smaller).
+const LOG_CHECK: u64 = u64::MAX;
+
+/// Builds a member from its config, recovered image and seed.
+pub type Boot = fn(ReplicaConfig, &Disk, u64) -> Replica;
 
 /// Operations per client and run.
 const OPS: u32 = 40;
@@ -68,7 +119,32 @@ pub struct EtcdModel {
     /// Deliberately broken (tests only): reads are answered from the
     /// member's own store, without ReadIndex.
     local_reads: bool,
+    checks: RaftChecks,
+    boot: Boot,
+    store_hash_checks: u64,
 }
+
+/// The bytes stored for value `v`: the name, then up to [`MAX_PAD`] bytes
+/// of padding that depend only on the name (so a compare-and-swap can
+/// name the stored bytes). Real values span WAL sectors, and a power loss
+/// can tear a record in the middle, which is what `torn-write` is about.
+fn padded(v: &str) -> Vec<u8> {
+    let n: u64 = v.trim_start_matches('v').parse().unwrap_or(0);
+    let mut bytes = v.as_bytes().to_vec();
+    bytes.resize(
+        bytes.len() + (n.wrapping_mul(7919) % MAX_PAD) as usize,
+        b'.',
+    );
+    bytes
+}
+
+/// The value's name, without its padding.
+fn unpadded(stored: &str) -> String {
+    stored.trim_end_matches('.').to_string()
+}
+
+/// Values carry up to this much padding.
+const MAX_PAD: u64 = 1200;
 
 fn token(client: usize, generation: u64) -> u64 {
     ((client as u64) << 32) | (generation & 0xffff_ffff)
@@ -93,6 +169,42 @@ impl EtcdModel {
             revisions: BTreeMap::new(),
             retries: 0,
             local_reads: false,
+            checks: RaftChecks::new(n),
+            boot: Replica::new,
+            store_hash_checks: 0,
+        }
+    }
+
+    /// Builds members with `boot` instead of [`Replica::new`] (the tests'
+    /// deliberately broken replicas).
+    pub fn with_boot(mut self, boot: Boot) -> EtcdModel {
+        self.boot = boot;
+        self
+    }
+
+    /// Members that have applied the same index must hold equal stores.
+    fn check_stores(&mut self, ctl: &mut Ctl<'_, Node>) {
+        let mut seen: BTreeMap<u64, (u64, NodeId)> = BTreeMap::new();
+        for id in 0..self.n as NodeId {
+            let Some(r) = ctl.node(id).and_then(WalBacked::inner) else {
+                continue;
+            };
+            let applied = r.raft().applied_index();
+            let hash = r.store().hash();
+            match seen.get(&applied) {
+                Some(&(h, other)) if h != hash => {
+                    ctl.violation(
+                        "state_machine_safety",
+                        Some(id),
+                        format!("store hash {hash:#x} at applied index {applied}, n{other} has {h:#x} there"),
+                    );
+                    return;
+                }
+                Some(_) => self.store_hash_checks += 1,
+                None => {
+                    seen.insert(applied, (hash, id));
+                }
+            }
         }
     }
 
@@ -106,7 +218,7 @@ impl EtcdModel {
         match kind {
             OpKind::Put { key, value } => Request::Write(Command::Put(PutRequest {
                 key: key.clone().into_bytes(),
-                value: value.clone().into_bytes(),
+                value: padded(value),
                 ..PutRequest::default()
             })),
             OpKind::Get { key } => Request::Read(RangeRequest {
@@ -127,13 +239,13 @@ impl EtcdModel {
                     range_end: Vec::new(),
                     result: CompareResult::Equal,
                     target: match expected {
-                        Some(v) => CompareTarget::Value(v.clone().into_bytes()),
+                        Some(v) => CompareTarget::Value(padded(v)),
                         None => CompareTarget::Version(0),
                     },
                 }],
                 success: vec![RequestOp::Put(PutRequest {
                     key: key.clone().into_bytes(),
-                    value: value.clone().into_bytes(),
+                    value: padded(value),
                     ..PutRequest::default()
                 })],
                 failure: Vec::new(),
@@ -146,7 +258,7 @@ impl EtcdModel {
         Some(match (kind, answer) {
             (OpKind::Put { .. }, Answer::Write { .. }) => OpResult::Ok,
             (OpKind::Get { .. }, Answer::Read { resp, .. }) => {
-                OpResult::Read(resp.kvs.first().map(|kv| text(&kv.value)))
+                OpResult::Read(resp.kvs.first().map(|kv| unpadded(&text(&kv.value))))
             }
             (
                 OpKind::Delete { .. },
@@ -166,7 +278,7 @@ impl EtcdModel {
         })
     }
 
-    fn next_op(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize) {
+    fn next_op(&mut self, ctl: &mut Ctl<'_, Node>, c: usize) {
         let client = &mut self.clients[c];
         if client.done >= OPS {
             client.op = None;
@@ -199,7 +311,7 @@ impl EtcdModel {
     }
 
     /// Sends client `c`'s operation to its current target.
-    fn send(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize) {
+    fn send(&mut self, ctl: &mut Ctl<'_, Node>, c: usize) {
         let Some((kind, _)) = self.clients[c].op.clone() else {
             return;
         };
@@ -209,7 +321,7 @@ impl EtcdModel {
         let target = client.target;
         if self.local_reads {
             if let OpKind::Get { key } = &kind {
-                if let Some(node) = ctl.node(target) {
+                if let Some(node) = ctl.node(target).and_then(WalBacked::inner) {
                     let resp = node
                         .store()
                         .range(&RangeRequest {
@@ -236,7 +348,7 @@ impl EtcdModel {
         ctl.wake(latency + CLIENT_TIMEOUT, token(c, generation));
     }
 
-    fn complete(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize, answer: &Answer) {
+    fn complete(&mut self, ctl: &mut Ctl<'_, Node>, c: usize, answer: &Answer) {
         let Some((kind, invoked)) = self.clients[c].op.take() else {
             return;
         };
@@ -260,7 +372,7 @@ impl EtcdModel {
 
     /// The outcome of client `c`'s write is unknown: it stays indefinite in the
     /// history; a read is simply tried again.
-    fn give_up_or_retry(&mut self, ctl: &mut Ctl<'_, Replica>, c: usize, next_target: NodeId) {
+    fn give_up_or_retry(&mut self, ctl: &mut Ctl<'_, Node>, c: usize, next_target: NodeId) {
         self.retries += 1;
         self.clients[c].target = next_target;
         let Some((kind, invoked)) = self.clients[c].op.clone() else {
@@ -278,37 +390,70 @@ impl EtcdModel {
     }
 }
 
-impl Model for EtcdModel {
-    type Node = Replica;
+type Node = WalBacked<Replica>;
 
-    fn boot(&mut self, id: NodeId, disk: &Disk, seed: u64) -> Replica {
+impl Model for EtcdModel {
+    type Node = Node;
+
+    fn boot(&mut self, id: NodeId, disk: &WalDisk, seed: u64) -> Node {
         let mut cfg = ReplicaConfig::new(id, (0..self.n as NodeId).collect());
         // The simulator ticks every 10 ms.
         cfg.tick_ms = 10;
-        Replica::new(cfg, disk, seed)
+        cfg.raft.snapshot_every = SNAPSHOT_EVERY;
+        let boot = self.boot;
+        self.checks.boot(id, disk, |d| boot(cfg.clone(), d, seed))
     }
 
-    fn on_start(&mut self, ctl: &mut Ctl<'_, Replica>) {
+    fn corrupt(&mut self, disk: &mut WalDisk, rng: &mut ChaCha8Rng) -> bool {
+        self.checks.corrupt(disk, rng)
+    }
+
+    fn tear(&mut self, disk: &mut WalDisk, writes: &[Write], rng: &mut ChaCha8Rng) {
+        self.checks.tear(disk, writes, rng);
+    }
+
+    fn on_start(&mut self, ctl: &mut Ctl<'_, Node>) {
         for c in 0..self.clients.len() {
             self.next_op(ctl, c);
         }
+        ctl.wake(LOG_CHECK_EVERY, LOG_CHECK);
     }
 
-    fn on_event(&mut self, ctl: &mut Ctl<'_, Replica>, node: NodeId, event: ReplicaEvent) {
+    fn on_crash(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId) {
+        self.checks.on_crash(ctl, node);
+    }
+
+    fn on_restart(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId) {
+        self.checks.on_restart(ctl, node);
+    }
+
+    fn on_quiet(&mut self, ctl: &mut Ctl<'_, Node>) {
+        self.checks.check_logs(ctl);
+        self.check_stores(ctl);
+    }
+
+    fn on_event(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId, event: ReplicaEvent) {
         match event {
             ReplicaEvent::Applied {
-                index, revision, ..
-            } => match self.revisions.get(&index) {
-                Some((r, first)) if *r != revision => ctl.violation(
-                    "state_machine_safety",
-                    Some(node),
-                    format!("entry {index}: revision {revision} here, {r} at n{first}"),
-                ),
-                Some(_) => {}
-                None => {
-                    self.revisions.insert(index, (revision, node));
+                index,
+                term,
+                digest,
+                revision,
+                ..
+            } => {
+                self.checks.on_applied(ctl, node, index, term, digest);
+                match self.revisions.get(&index) {
+                    Some((r, first)) if *r != revision => ctl.violation(
+                        "state_machine_safety",
+                        Some(node),
+                        format!("entry {index}: revision {revision} here, {r} at n{first}"),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        self.revisions.insert(index, (revision, node));
+                    }
                 }
-            },
+            }
             ReplicaEvent::Response { id, result } => {
                 let Some((c, generation)) = self.inflight.remove(&id) else {
                     return;
@@ -339,11 +484,17 @@ impl Model for EtcdModel {
                     ),
                 }
             }
-            ReplicaEvent::BecameLeader { .. } => {}
+            ReplicaEvent::BecameLeader { term } => self.checks.on_became_leader(ctl, node, term),
         }
     }
 
-    fn on_wake(&mut self, ctl: &mut Ctl<'_, Replica>, tok: u64) {
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, Node>, tok: u64) {
+        if tok == LOG_CHECK {
+            self.checks.check_logs(ctl);
+            self.check_stores(ctl);
+            ctl.wake(LOG_CHECK_EVERY, LOG_CHECK);
+            return;
+        }
         let c = (tok >> 32) as usize;
         let resend = tok & (1 << 31) != 0;
         let generation = tok & 0x7fff_ffff;
@@ -362,11 +513,14 @@ impl Model for EtcdModel {
         }
     }
 
-    fn done(&self, _ctl: &Ctl<'_, Replica>) -> bool {
+    fn done(&self, _ctl: &Ctl<'_, Node>) -> bool {
         self.clients.iter().all(|c| c.done >= OPS && c.op.is_none())
     }
 
-    fn finish(&mut self, ctl: &mut Ctl<'_, Replica>, _terminated: bool, report: &mut RunReport) {
+    fn finish(&mut self, ctl: &mut Ctl<'_, Node>, _terminated: bool, report: &mut RunReport) {
+        self.checks.finish(ctl, report);
+        self.check_stores(ctl);
+        report.count("store_hash_checks", self.store_hash_checks);
         // An operation still in progress at the end is indefinite.
         for (c, client) in self.clients.iter().enumerate() {
             if let Some((kind, invoked)) = &client.op {

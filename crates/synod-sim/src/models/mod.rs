@@ -4,5 +4,6 @@
 pub mod commit;
 pub mod etcd;
 pub mod raft;
+pub mod raft_checks;
 pub mod wal_disk;
 pub mod write_once;

@@ -90,6 +90,7 @@
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{check, CheckResult};
+use crate::models::raft_checks::RaftChecks;
 use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::runner::RunSpec;
@@ -97,10 +98,9 @@ use crate::sim::{Ctl, Model, SimConfig, Simulation};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
-use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Role, Write};
+use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The safety properties checked on every run.
@@ -129,6 +129,8 @@ pub const COUNTERS: &[&str] = &[
     "torn_tails",
     "corruptions",
     "corruption_detected",
+    "snapshots_taken",
+    "snapshots_installed",
 ];
 
 /// How long a client waits for an answer before retrying elsewhere.
@@ -211,23 +213,7 @@ pub struct RaftModel<B> {
     n: usize,
     clients: Vec<Client>,
     history: Vec<Operation>,
-    /// Leader of each term seen in a `BecameLeader` event.
-    leaders: HashMap<u64, NodeId>,
-    max_leader_term: u64,
-    /// Per node: the term it was last seen becoming leader of, and its commit
-    /// index then.
-    elected: Vec<Option<(u64, u64)>>,
-    /// The first entry seen applied at each index: (term, digest, the highest
-    /// leader term known when it was first seen applied).
-    committed: BTreeMap<u64, (u64, u64, u64)>,
-    /// Per node, the last index it applied in its current incarnation.
-    last_applied: Vec<Option<u64>>,
-    /// When the current leader crashed, if a new one is awaited: (time, term).
-    leader_crash: Option<(Instant, u64)>,
-    failovers: Vec<Instant>,
-    elections: u64,
-    /// Membership changes committed.
-    config_changes: u64,
+    checks: RaftChecks,
     /// When the first client command was applied, and the messages sent by then.
     first_commit: Option<(Instant, u64)>,
     admin: bool,
@@ -238,25 +224,6 @@ pub struct RaftModel<B> {
     /// are spares that membership changes may bring in.
     voters: usize,
     recording: Option<Rc<RefCell<Recording>>>,
-    storage: StorageCounters,
-    /// The deliberately broken recovery (tests only): see
-    /// [`RaftModel::with_wipe_on_corruption`].
-    wipe_on_corruption: bool,
-}
-
-/// What the storage layer saw in one run.
-#[derive(Clone, Copy, Debug, Default)]
-struct StorageCounters {
-    /// Power losses that cut a write in the middle.
-    torn_writes: u64,
-    /// Recoveries that found a torn tail and cut it off.
-    torn_tails: u64,
-    /// Bits flipped in stored files.
-    corruptions: u64,
-    /// Recoveries that refused a damaged disk (the node stopped).
-    corruption_detected: u64,
-    /// Recoveries that failed for another reason (a bug if ever non-zero).
-    recovery_errors: u64,
 }
 
 impl<B> RaftModel<B>
@@ -282,22 +249,12 @@ where
                 })
                 .collect(),
             history: Vec::new(),
-            leaders: HashMap::new(),
-            max_leader_term: 0,
-            elected: vec![None; nodes],
-            committed: BTreeMap::new(),
-            last_applied: vec![None; nodes],
-            leader_crash: None,
-            failovers: Vec::new(),
-            elections: 0,
-            config_changes: 0,
+            checks: RaftChecks::new(nodes),
             first_commit: None,
             admin: true,
             impatience: (IMPATIENT, DEADLINES),
             voters: nodes,
             recording: None,
-            storage: StorageCounters::default(),
-            wipe_on_corruption: false,
         }
     }
 
@@ -306,7 +263,7 @@ where
     /// with no vote, instead of staying down. It forgets promises it made
     /// (votes, acknowledged entries), which the checkers must catch.
     pub fn with_wipe_on_corruption(mut self) -> Self {
-        self.wipe_on_corruption = true;
+        self.checks.wipe_on_corruption();
         self
     }
 
@@ -333,8 +290,7 @@ where
     /// (possibly itself) whenever there are more voters than at the start.
     pub fn with_spares(mut self, spares: usize) -> Self {
         self.n = self.voters + spares;
-        self.last_applied = vec![None; self.n];
-        self.elected = vec![None; self.n];
+        self.checks.resize(self.n);
         self
     }
 
@@ -595,16 +551,6 @@ where
         term: u64,
         digest: u64,
     ) {
-        if let Some(last) = self.last_applied[node as usize] {
-            if index <= last {
-                ctl.violation(
-                    "state_machine_safety",
-                    Some(node),
-                    format!("applied index {index} after index {last}"),
-                );
-            }
-        }
-        self.last_applied[node as usize] = Some(index);
         if self.first_commit.is_none() {
             let raft = ctl.node(node).and_then(WalBacked::raft);
             if raft
@@ -614,165 +560,11 @@ where
                 self.first_commit = Some((ctl.now(), ctl.messages_sent()));
             }
         }
-        self.check_commit_rule(ctl, node);
-        match self.committed.get(&index) {
-            Some(&(t, d, _)) if (t, d) != (term, digest) => ctl.violation(
-                "state_machine_safety",
-                Some(node),
-                format!("applied entry (term {term}, digest {digest:#x}) at index {index}, where (term {t}, digest {d:#x}) was applied before"),
-            ),
-            Some(_) => {}
-            None => {
-                self.committed.insert(index, (term, digest, self.max_leader_term));
-                let raft = ctl.node(node).and_then(WalBacked::raft);
-                if raft
-                    .and_then(|r| r.entry(index))
-                    .is_some_and(|e| matches!(e.data, EntryData::Config(_)))
-                {
-                    self.config_changes += 1;
-                }
-            }
-        }
-    }
-
-    fn check_commit_rule(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
-        let Some((term, base)) = self.elected[node as usize] else {
-            return;
-        };
-        let Some(r) = ctl.node(node).and_then(WalBacked::raft) else {
-            return;
-        };
-        if r.role() != Role::Leader || r.term() != term {
-            return;
-        }
-        let commit = r.commit_index();
-        if commit <= base {
-            return;
-        }
-        if let Some(t) = r.entry_term(commit) {
-            if t != term {
-                ctl.violation(
-                    "commit_rule",
-                    Some(node),
-                    format!("leader of term {term} advanced its commit index to {commit}, an entry of term {t}"),
-                );
-                // Once per election is enough.
-                self.elected[node as usize] = None;
-            }
-        }
-    }
-
-    fn on_became_leader(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId, term: u64) {
-        self.elections += 1;
-        match self.leaders.get(&term) {
-            Some(&other) if other != node => ctl.violation(
-                "election_safety",
-                Some(node),
-                format!("became leader of term {term}, which n{other} leads"),
-            ),
-            Some(_) => {}
-            None => {
-                self.leaders.insert(term, node);
-            }
-        }
-        if let Some((at, old)) = self.leader_crash {
-            if term > old {
-                self.failovers.push(ctl.now() - at);
-                self.leader_crash = None;
-            }
-        }
-        self.max_leader_term = self.max_leader_term.max(term);
-        if let Some(r) = ctl.node(node).and_then(WalBacked::raft) {
-            if r.term() == term {
-                self.elected[node as usize] = Some((term, r.commit_index()));
-            }
-        }
-        // Leader completeness: every entry committed before a leader of this term
-        // (or a later one) existed must be in this leader's log or snapshot.
-        let Some(raft) = ctl.node(node).and_then(WalBacked::raft) else {
-            return;
-        };
-        let (first, last) = (raft.first_index(), raft.last_index());
-        let mut missing = None;
-        for (&index, &(t, _, known_leader)) in self.committed.range(first..) {
-            if known_leader >= term {
-                continue;
-            }
-            let have = if index <= last {
-                raft.entry_term(index)
-            } else {
-                None
-            };
-            if have != Some(t) {
-                missing = Some((index, t, have));
-                break;
-            }
-        }
-        if let Some((index, t, have)) = missing {
-            let have = have.map_or("nothing".to_string(), |h| format!("term {h}"));
-            ctl.violation(
-                "leader_completeness",
-                Some(node),
-                format!("leader of term {term} holds {have} at index {index}, where an entry of term {t} was committed"),
-            );
-        }
-    }
-
-    /// Compares the logs of every pair of up nodes.
-    fn check_logs(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
-        let mut found = None;
-        'pairs: for a in 0..self.n as NodeId {
-            let Some(ra) = ctl.node(a).and_then(WalBacked::raft) else {
-                continue;
-            };
-            for b in a + 1..self.n as NodeId {
-                let Some(rb) = ctl.node(b).and_then(WalBacked::raft) else {
-                    continue;
-                };
-                let lo = ra.first_index().max(rb.first_index());
-                let hi = ra.last_index().min(rb.last_index());
-                let mut anchor: Option<u64> = None;
-                let mut i = hi;
-                while i >= lo && i > 0 {
-                    let (ta, tb) = (ra.entry_term(i), rb.entry_term(i));
-                    if let (Some(ta), Some(tb)) = (ta, tb) {
-                        if ta == tb {
-                            anchor.get_or_insert(i);
-                        } else if let Some(at) = anchor {
-                            found = Some(format!(
-                                "n{a} and n{b} agree on index {at} (term {}) but differ at index {i} (terms {ta} and {tb})",
-                                ra.entry_term(at).unwrap_or(0)
-                            ));
-                            break 'pairs;
-                        }
-                    }
-                    i -= 1;
-                }
-            }
-        }
-        if let Some(detail) = found {
-            ctl.violation("log_matching", None, detail);
-        }
+        self.checks.on_applied(ctl, node, index, term, digest);
     }
 
     fn current_leader(&self, ctl: &Ctl<'_, WalBacked>) -> Option<(NodeId, u64)> {
-        let mut max_term = 0;
-        let mut leader = None;
-        for i in 0..self.n as NodeId {
-            // Nodes outside the configuration (spares, removed nodes) never
-            // campaign, whatever term they remember.
-            if let Some(r) = ctl
-                .node(i)
-                .and_then(WalBacked::raft)
-                .filter(|r| r.promotable())
-            {
-                max_term = max_term.max(r.term());
-                if r.role() == Role::Leader {
-                    leader = Some((i, r.term()));
-                }
-            }
-        }
-        leader.filter(|&(_, t)| t == max_term)
+        self.checks.current_leader(ctl)
     }
 
     fn admin(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
@@ -844,42 +636,15 @@ where
 
     fn boot(&mut self, id: NodeId, disk: &WalDisk, seed: u64) -> WalBacked {
         let build = &mut self.boot;
-        let (node, recovery) = WalBacked::boot(id, disk, |d| build(id, d, seed));
-        match recovery {
-            Ok(report) => {
-                if report.torn_tail.is_some() {
-                    self.storage.torn_tails += 1;
-                }
-                node
-            }
-            Err(e) => {
-                if e.is_data_error() {
-                    self.storage.corruption_detected += 1;
-                } else {
-                    self.storage.recovery_errors += 1;
-                }
-                if self.wipe_on_corruption {
-                    // The deliberately broken recovery: start over from an
-                    // empty disk, forgetting the log and the vote.
-                    disk.wipe();
-                    WalBacked::boot(id, disk, |d| build(id, d, seed)).0
-                } else {
-                    node
-                }
-            }
-        }
+        self.checks.boot(id, disk, |d| build(id, d, seed))
     }
 
     fn corrupt(&mut self, disk: &mut WalDisk, rng: &mut ChaCha8Rng) -> bool {
-        let hit = disk.corrupt(rng).is_some();
-        self.storage.corruptions += u64::from(hit);
-        hit
+        self.checks.corrupt(disk, rng)
     }
 
-    fn tear(&mut self, disk: &mut WalDisk, write: &Write, rng: &mut ChaCha8Rng) {
-        self.storage.torn_writes += 1;
-        let (seed, budget) = (rng.gen(), rng.gen_range(0..12));
-        disk.tear(write, seed, budget);
+    fn tear(&mut self, disk: &mut WalDisk, writes: &[Write], rng: &mut ChaCha8Rng) {
+        self.checks.tear(disk, writes, rng);
     }
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
@@ -909,7 +674,7 @@ where
                 term,
                 digest,
             } => self.on_applied(ctl, node, index, term, digest),
-            KvEvent::BecameLeader { term } => self.on_became_leader(ctl, node, term),
+            KvEvent::BecameLeader { term } => self.checks.on_became_leader(ctl, node, term),
         }
     }
 
@@ -932,7 +697,7 @@ where
             WAKE_DEADLINE if c < self.clients.len() => self.deadline_passed(ctl, c, generation),
             WAKE_ADMIN => self.admin(ctl),
             WAKE_LOG_CHECK => {
-                self.check_logs(ctl);
+                self.checks.check_logs(ctl);
                 ctl.wake(LOG_CHECK_EVERY, token(WAKE_LOG_CHECK, 0, 0));
             }
             _ => {}
@@ -940,21 +705,7 @@ where
     }
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
-        self.last_applied[node as usize] = None;
-        self.elected[node as usize] = None;
-        if self.leader_crash.is_none() {
-            let led = self
-                .leaders
-                .iter()
-                .filter(|&(_, &l)| l == node)
-                .map(|(&t, _)| t)
-                .max();
-            if let Some(t) = led {
-                if t == self.max_leader_term {
-                    self.leader_crash = Some((ctl.now(), t));
-                }
-            }
-        }
+        self.checks.on_crash(ctl, node);
         for c in 0..self.clients.len() {
             if self.clients[c]
                 .pending
@@ -967,18 +718,11 @@ where
     }
 
     fn on_restart(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
-        self.last_applied[node as usize] = None;
-        if let Some(WalBacked::Stopped { reason }) = ctl.node(node) {
-            if ctl.tracing() {
-                let reason = reason.clone();
-                ctl.trace(format_args!("n{node} refuses to start: {reason}"));
-            }
-            ctl.refuse_to_start(node);
-        }
+        self.checks.on_restart(ctl, node);
     }
 
     fn on_quiet(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
-        self.check_logs(ctl);
+        self.checks.check_logs(ctl);
     }
 
     fn done(&self, ctl: &Ctl<'_, WalBacked>) -> bool {
@@ -986,7 +730,7 @@ where
     }
 
     fn finish(&mut self, ctl: &mut Ctl<'_, WalBacked>, _terminated: bool, report: &mut RunReport) {
-        self.check_logs(ctl);
+        self.checks.finish(ctl, report);
         let ok = self.history.iter().filter(|o| !o.is_indefinite()).count() as u64;
         report.count("ops_ok", ok);
         report.count("ops_indefinite", self.history.len() as u64 - ok);
@@ -1007,35 +751,6 @@ where
                 ctl.violation("linearizability", None, detail);
             }
         }
-        for node in 0..self.n as NodeId {
-            if let Some(e) = ctl.disk(node).storage_error() {
-                ctl.violation("storage", Some(node), e);
-            }
-        }
-        let st = self.storage;
-        if st.recovery_errors > 0 {
-            ctl.violation(
-                "storage",
-                None,
-                format!(
-                    "{} recoveries failed without a data error",
-                    st.recovery_errors
-                ),
-            );
-        }
-        report.count("torn_writes", st.torn_writes);
-        report.count("torn_tails", st.torn_tails);
-        report.count("corruptions", st.corruptions);
-        report.count("corruption_detected", st.corruption_detected);
-        report.count("elections", self.elections);
-        report.count("config_changes", self.config_changes);
-        report.count(
-            "entries_committed",
-            self.committed.keys().next_back().copied().unwrap_or(0),
-        );
-        report.count("messages", ctl.messages_sent());
-        report.count("failovers", self.failovers.len() as u64);
-        report.count("failover_us_total", self.failovers.iter().sum());
         if let Some((t, m)) = self.first_commit {
             report.decision_time = Some(t);
             report.decision_messages = Some(m);
@@ -1043,7 +758,7 @@ where
         if let Some(rec) = &self.recording {
             let mut rec = rec.borrow_mut();
             rec.history = std::mem::take(&mut self.history);
-            rec.failovers = std::mem::take(&mut self.failovers);
+            rec.failovers = self.checks.take_failovers();
         }
     }
 }

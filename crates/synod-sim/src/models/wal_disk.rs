@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::Rng;
-use synod_protocols::kv::{KvEvent, KvInput};
 use synod_protocols::raft::{Disk, KvNode, Message, RaftNode, Write};
 use synod_protocols::{Instant, Node, NodeId, Output};
 use synod_raft_log::RaftLog;
@@ -83,13 +82,16 @@ struct Open {
     /// What raft made durable, applied the simulator's way ([`Disk::apply`]):
     /// the next recovery must return exactly this.
     shadow: Disk,
-    /// The write a power loss cut since the last recovery: the recovery may
-    /// also return the shadow plus a prefix of it.
-    torn: Option<Write>,
+    /// The writes a power loss cut since the last recovery: the recovery may
+    /// also return the shadow plus a prefix of them.
+    torn: Vec<Write>,
     /// The first storage failure that is not the disk's fault: a write the
     /// WAL refused, or a recovery that returned something other than what
     /// was made durable. The model reports it as a violation.
     error: Option<String>,
+    /// Snapshots made durable: (taken by compacting the node's own log,
+    /// received from a leader and installed).
+    snapshots: (u64, u64),
 }
 
 /// A node's disk: a [`SimFs`] with its data directory, and the storage
@@ -115,6 +117,7 @@ impl Clone for WalDisk {
                 shadow: open.shadow.clone(),
                 torn: open.torn.clone(),
                 error: open.error.clone(),
+                snapshots: open.snapshots,
             })),
         }
     }
@@ -139,26 +142,30 @@ fn write_to(log: &mut RaftLog<SimFs>, w: &Write, sync: bool) -> synod_storage::R
 }
 
 /// Whether `got` is what a recovery may return when `shadow` was durable and
-/// `torn` (if any) was cut by a power loss: the shadow, or for a torn write
-/// the shadow with a prefix of its entries (a hard state or a snapshot is
-/// all or nothing).
-fn recovered_ok(shadow: &Disk, torn: Option<&Write>, got: &Disk) -> bool {
-    if got == shadow {
+/// the batch `torn` was cut by a power loss: the shadow with the batch's
+/// first k writes whole and a prefix of the next one's entries (a hard state
+/// or a snapshot is all or nothing), for some k.
+fn recovered_ok(shadow: &Disk, torn: &[Write], got: &Disk) -> bool {
+    let mut d = shadow.clone();
+    if d == *got {
         return true;
     }
-    match torn {
-        None => false,
-        Some(Write::Entries(es)) => (1..=es.len()).any(|j| {
-            let mut d = shadow.clone();
-            d.apply(&Write::Entries(es[..j].to_vec()));
-            d == *got
-        }),
-        Some(w) => {
-            let mut d = shadow.clone();
-            d.apply(w);
-            d == *got
+    for w in torn {
+        if let Write::Entries(es) = w {
+            for j in 1..es.len() {
+                let mut partial = d.clone();
+                partial.apply(&Write::Entries(es[..j].to_vec()));
+                if partial == *got {
+                    return true;
+                }
+            }
+        }
+        d.apply(w);
+        if d == *got {
+            return true;
         }
     }
+    false
 }
 
 fn summary(d: &Disk) -> String {
@@ -202,13 +209,13 @@ impl WalDisk {
         let dir = Self::dir();
         let (st, disk, report) =
             RaftLog::open(self.fs.clone(), &dir, identity(id), storage_options())?;
-        let torn = open.torn.take();
-        if !recovered_ok(&open.shadow, torn.as_ref(), &disk) {
+        let torn = std::mem::take(&mut open.torn);
+        if !recovered_ok(&open.shadow, &torn, &disk) {
             let msg = format!(
                 "recovery returned {}, but {} was made durable{}",
                 summary(&disk),
                 summary(&open.shadow),
-                if torn.is_some() {
+                if !torn.is_empty() {
                     " (before a torn write)"
                 } else {
                     ""
@@ -229,7 +236,7 @@ impl WalDisk {
             let mut open = self.lock();
             open.storage = None;
             open.shadow = Disk::default();
-            open.torn = None;
+            open.torn.clear();
         }
         self.fs.clear_read_faults();
         let mut dirs = Vec::new();
@@ -250,6 +257,20 @@ impl WalDisk {
     pub fn apply(&mut self, w: &Write) {
         let fs = self.fs.clone();
         let mut open = self.lock();
+        if let Write::Snapshot(snap) = w {
+            // A node compacts only entries it holds; a snapshot beyond its
+            // log, or disagreeing with it, came from a leader.
+            let held = open
+                .shadow
+                .entries
+                .iter()
+                .any(|e| (e.index, e.term) == (snap.meta.index, snap.meta.term));
+            if held {
+                open.snapshots.0 += 1;
+            } else {
+                open.snapshots.1 += 1;
+            }
+        }
         open.shadow.apply(w);
         if open.storage.is_none() {
             // A copy made by `clone`: open it (never the case in a run).
@@ -273,28 +294,32 @@ impl WalDisk {
         }
     }
 
+    /// Snapshots made durable on this disk: (taken by the node compacting its
+    /// own log, installed from a leader).
+    pub fn snapshots(&self) -> (u64, u64) {
+        self.lock().snapshots
+    }
+
     /// The first storage failure that is not the disk's fault (see the
     /// module docs), if any.
     pub fn storage_error(&self) -> Option<String> {
         self.lock().error.clone()
     }
 
-    /// Power loss in the middle of `w`: its bytes reach the file without a
-    /// sync (a snapshot is saved with the disk failing after `budget`
-    /// operations), then the power goes (`seed` picks which unsynced sectors
-    /// survive). The open storage dies with the process.
-    pub fn tear(&mut self, w: &Write, seed: u64, budget: u64) {
+    /// Power loss in the middle of syncing `writes`: their bytes reach the
+    /// files without a sync (a snapshot is saved with the disk failing after
+    /// `budget` operations, which also fails every write after it), then the
+    /// power goes (`seed` picks which unsynced sectors survive). The open
+    /// storage dies with the process.
+    pub fn tear(&mut self, writes: &[Write], seed: u64, budget: u64) {
         let mut open = self.lock();
-        open.torn = Some(w.clone());
+        open.torn = writes.to_vec();
         if let Some(st) = open.storage.as_mut() {
-            match w {
-                Write::Snapshot(_) => {
+            for w in writes {
+                if matches!(w, Write::Snapshot(_)) {
                     self.fs.crash_after(Some(budget));
-                    let _ = write_to(st, w, false);
                 }
-                _ => {
-                    let _ = write_to(st, w, false);
-                }
+                let _ = write_to(st, w, false);
             }
         }
         open.storage = None;
@@ -336,12 +361,32 @@ impl WalDisk {
     }
 }
 
-/// A [`KvNode`] whose durable state lives in the WAL on a [`WalDisk`], or a
-/// node that found its disk damaged and stopped.
+/// A node built on the Raft core whose durable image is a Raft [`Disk`]: the
+/// toy [`KvNode`] and the service's `synod_kv::replica::Replica` alike, so
+/// both run on the WAL over the simulated disk and under the same checkers.
+pub trait OnRaft: Node<Msg = Message, Write = Write, Disk = Disk> {
+    /// The node's Raft core, for the checkers.
+    fn raft(&self) -> &RaftNode;
+}
+
+impl OnRaft for KvNode {
+    fn raft(&self) -> &RaftNode {
+        KvNode::raft(self)
+    }
+}
+
+impl OnRaft for synod_kv::replica::Replica {
+    fn raft(&self) -> &RaftNode {
+        synod_kv::replica::Replica::raft(self)
+    }
+}
+
+/// A node whose durable state lives in the WAL on a [`WalDisk`], or a node
+/// that found its disk damaged and stopped.
 #[derive(Debug)]
-pub enum WalBacked {
+pub enum WalBacked<N = KvNode> {
     /// Recovered and running.
-    Running(Box<KvNode>),
+    Running(Box<N>),
     /// Recovery refused the disk: does nothing, ever.
     Stopped {
         /// The storage error.
@@ -349,9 +394,16 @@ pub enum WalBacked {
     },
 }
 
-impl WalBacked {
+impl WalBacked<KvNode> {
     /// The key-value node, unless stopped.
     pub fn kv(&self) -> Option<&KvNode> {
+        self.inner()
+    }
+}
+
+impl<N: OnRaft> WalBacked<N> {
+    /// The node, unless stopped.
+    pub fn inner(&self) -> Option<&N> {
         match self {
             WalBacked::Running(n) => Some(n),
             WalBacked::Stopped { .. } => None,
@@ -360,7 +412,7 @@ impl WalBacked {
 
     /// The Raft core, unless stopped.
     pub fn raft(&self) -> Option<&RaftNode> {
-        self.kv().map(KvNode::raft)
+        self.inner().map(OnRaft::raft)
     }
 
     /// Whether the node stopped on a damaged disk.
@@ -373,8 +425,8 @@ impl WalBacked {
     pub fn boot(
         id: NodeId,
         disk: &WalDisk,
-        build: impl FnOnce(&Disk) -> KvNode,
-    ) -> (WalBacked, Result<RecoveryReport, StorageError>) {
+        build: impl FnOnce(&Disk) -> N,
+    ) -> (WalBacked<N>, Result<RecoveryReport, StorageError>) {
         match disk.recover(id) {
             Ok((d, report)) => (WalBacked::Running(Box::new(build(&d))), Ok(report)),
             Err(e) => (
@@ -387,32 +439,32 @@ impl WalBacked {
     }
 }
 
-type Out = Output<Write, Message, KvEvent>;
+type Out<N> = Output<Write, Message, <N as Node>::Event>;
 
-impl Node for WalBacked {
+impl<N: OnRaft> Node for WalBacked<N> {
     type Msg = Message;
     type Write = Write;
     type Disk = WalDisk;
-    type Event = KvEvent;
-    type Input = KvInput;
+    type Event = N::Event;
+    type Input = N::Input;
 
     fn apply_write(disk: &mut WalDisk, write: &Write) {
         disk.apply(write);
     }
 
-    fn step(&mut self, now: Instant, from: NodeId, msg: Message, out: &mut Out) {
+    fn step(&mut self, now: Instant, from: NodeId, msg: Message, out: &mut Out<N>) {
         if let WalBacked::Running(n) = self {
             n.step(now, from, msg, out);
         }
     }
 
-    fn tick(&mut self, now: Instant, out: &mut Out) {
+    fn tick(&mut self, now: Instant, out: &mut Out<N>) {
         if let WalBacked::Running(n) = self {
             n.tick(now, out);
         }
     }
 
-    fn input(&mut self, now: Instant, input: KvInput, out: &mut Out) {
+    fn input(&mut self, now: Instant, input: N::Input, out: &mut Out<N>) {
         if let WalBacked::Running(n) = self {
             n.input(now, input, out);
         }

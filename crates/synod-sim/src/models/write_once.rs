@@ -152,6 +152,20 @@ where
         }
     }
 
+    fn on_quiet(&mut self, ctl: &mut Ctl<'_, N>) {
+        // A client whose node is gone for good fails over, as a real client
+        // would: it offers its value to a node that is up. Without this, a
+        // run whose every proposer crashed for good has nothing to decide.
+        let Some(live) = (0..ctl.nodes() as NodeId).find(|&j| !ctl.is_down_for_good(j)) else {
+            return;
+        };
+        for i in 0..self.proposers as NodeId {
+            if ctl.is_down_for_good(i) {
+                ctl.input(live, proposal_of(i), MS);
+            }
+        }
+    }
+
     fn done(&self, ctl: &Ctl<'_, N>) -> bool {
         (0..ctl.nodes() as NodeId).all(|i| match ctl.node(i) {
             Some(n) => n.decided().is_some(),
