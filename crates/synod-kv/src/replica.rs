@@ -129,6 +129,20 @@ impl ReplicaConfig {
 
 type Out = Output<Write, Message, ReplicaEvent>;
 
+/// Deliberately broken persistence, for the simulator's tests that show
+/// `--algo etcd` catches it. All off by default; only the `broken` feature
+/// can turn one on ([`Replica::with_bugs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaBugs {
+    /// The snapshot is labelled with the applied index but holds the store
+    /// as it was one entry earlier: the applied index is persisted ahead of
+    /// the state it describes.
+    pub stale_snapshot: bool,
+    /// A restarted member counts the committed entries after its snapshot
+    /// as applied without applying them.
+    pub skip_replay: bool,
+}
+
 /// One member: the Raft core, the store, and the requests it owes answers.
 #[derive(Clone, Debug)]
 pub struct Replica {
@@ -146,12 +160,25 @@ pub struct Replica {
     deadlines: BTreeMap<i64, u64>,
     /// Leases whose revoke this leader proposed and has not seen applied.
     revoking: BTreeSet<i64>,
+    bugs: ReplicaBugs,
+    /// The store before the last apply (kept only for `stale_snapshot`).
+    before_last: Option<Store>,
 }
 
 impl Replica {
     /// Boots a member, or recovers it from `disk`: the store comes from the
     /// snapshot, and committed entries are applied again without events.
     pub fn new(cfg: ReplicaConfig, disk: &Disk, seed: u64) -> Replica {
+        Self::boot(cfg, disk, seed, ReplicaBugs::default())
+    }
+
+    /// A member with deliberately broken persistence (tests only).
+    #[cfg(feature = "broken")]
+    pub fn with_bugs(cfg: ReplicaConfig, disk: &Disk, seed: u64, bugs: ReplicaBugs) -> Replica {
+        Self::boot(cfg, disk, seed, bugs)
+    }
+
+    fn boot(cfg: ReplicaConfig, disk: &Disk, seed: u64, bugs: ReplicaBugs) -> Replica {
         let raft = RaftNode::new(cfg.raft.clone(), disk, seed);
         let store = disk
             .snapshot
@@ -169,7 +196,12 @@ impl Replica {
             ticks: 0,
             deadlines: BTreeMap::new(),
             revoking: BTreeSet::new(),
+            bugs,
+            before_last: None,
         };
+        if r.bugs.skip_replay {
+            while r.raft.next_committed().is_some() {}
+        }
         r.apply_committed(&mut Out::default());
         r
     }
@@ -272,7 +304,10 @@ impl Replica {
         self.serve_reads(out);
         let every = self.raft.config().snapshot_every;
         if every > 0 && self.raft.applied_index() >= self.raft.snapshot_index() + every {
-            let data = Payload::encode(&self.store);
+            let data = match (&self.before_last, self.bugs.stale_snapshot) {
+                (Some(stale), true) => Payload::encode(stale),
+                _ => Payload::encode(&self.store),
+            };
             self.with_raft(out, |r, out| {
                 r.with_step(out, |r, out| r.compact(data, out))
             });
@@ -285,6 +320,9 @@ impl Replica {
                 continue;
             };
             let cmd: Command = p.decode("log entry");
+            if self.bugs.stale_snapshot {
+                self.before_last = Some(self.store.clone());
+            }
             let result = self.store.apply(&cmd);
             match (&cmd, &result) {
                 (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {

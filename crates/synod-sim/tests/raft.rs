@@ -613,6 +613,7 @@ mod etcd_replica {
     //! The service's replicated store (`synod_kv::replica::Replica`) in the
     //! simulator: linearizable under every fault, and the checker catches a
     //! member that answers reads from its own store without ReadIndex.
+    use synod_kv::replica::{Replica, ReplicaBugs};
     use synod_sim::models::etcd::EtcdModel;
     use synod_sim::{run_batch, Algo, FaultSet, RunSpec, SimConfig, Simulation};
 
@@ -634,6 +635,62 @@ mod etcd_replica {
             assert_eq!(s.stuck, 0, "{nodes} nodes: {:?}", s.stuck_seeds);
             assert!(s.counters["ops_ok"] > 0 && s.counters["ops_indefinite"] > 0);
         }
+    }
+
+    /// The first seed below `limit` whose run with `bugs` violates a
+    /// property, and the property.
+    fn first_caught(bugs: ReplicaBugs, limit: u64) -> Option<(u64, &'static str)> {
+        (0..limit).find_map(|seed| {
+            let model = EtcdModel::new(3, 3).with_boot(match bugs {
+                ReplicaBugs {
+                    stale_snapshot: true,
+                    ..
+                } => |cfg, disk: &_, seed| {
+                    let bugs = ReplicaBugs {
+                        stale_snapshot: true,
+                        ..ReplicaBugs::default()
+                    };
+                    Replica::with_bugs(cfg, disk, seed, bugs)
+                },
+                _ => |cfg, disk: &_, seed| {
+                    let bugs = ReplicaBugs {
+                        skip_replay: true,
+                        ..ReplicaBugs::default()
+                    };
+                    Replica::with_bugs(cfg, disk, seed, bugs)
+                },
+            });
+            let r = Simulation::new(SimConfig::new(3, FaultSet::all()), seed, model).run(seed);
+            r.violations.first().map(|v| (seed, v.property))
+        })
+    }
+
+    #[test]
+    fn a_snapshot_labelled_ahead_of_its_store_is_caught() {
+        let bugs = ReplicaBugs {
+            stale_snapshot: true,
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught(bugs, 200);
+        eprintln!("stale snapshot caught: {caught:?}");
+        assert!(
+            caught.is_some(),
+            "a stale snapshot went unnoticed in 200 runs"
+        );
+    }
+
+    #[test]
+    fn a_restart_that_skips_replaying_the_log_is_caught() {
+        let bugs = ReplicaBugs {
+            skip_replay: true,
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught(bugs, 200);
+        eprintln!("skipped replay caught: {caught:?}");
+        assert!(
+            caught.is_some(),
+            "skipped replay went unnoticed in 200 runs"
+        );
     }
 
     #[test]

@@ -1,0 +1,123 @@
+//! Recovery returns what was persisted, and refuses records that contradict
+//! themselves instead of booting a member from them.
+
+use std::path::Path;
+use synod_protocols::raft::{
+    ConfState, Disk, Entry, EntryData, HardState, Payload, Snapshot, SnapshotMeta, Write,
+};
+use synod_raft_log::{codec, RaftLog};
+use synod_storage::{DiskStorage, Error, Identity, SimFs, Storage, StorageOptions, WalOptions};
+
+const DIR: &str = "/member";
+
+fn options() -> StorageOptions {
+    StorageOptions {
+        wal: WalOptions {
+            segment_size: 8 << 10,
+            preallocate: false,
+            prealloc_chunk: 0,
+            prepare_at: 0,
+            write_buffer: 0,
+        },
+    }
+}
+
+fn id() -> Identity {
+    Identity {
+        cluster_id: 7,
+        node_id: 1,
+    }
+}
+
+fn entries(from: u64, to: u64, term: u64) -> Write {
+    Write::Entries(
+        (from..to)
+            .map(|index| Entry {
+                index,
+                term,
+                data: EntryData::App(Payload(vec![index as u8; 100])),
+            })
+            .collect(),
+    )
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            conf: ConfState::default(),
+        },
+        data: Payload(vec![9; 40]),
+    }
+}
+
+fn open(fs: &SimFs) -> Result<Disk, Error> {
+    RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).map(|(_, d, _)| d)
+}
+
+#[test]
+fn what_was_persisted_comes_back() {
+    let fs = SimFs::default();
+    let (mut log, disk, _) = RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+    assert_eq!(disk, Disk::default());
+    let writes = vec![
+        Write::HardState(HardState {
+            term: 2,
+            vote: Some(0),
+            commit: 0,
+        }),
+        entries(1, 60, 2),
+        Write::Snapshot(snapshot(30, 2)),
+        entries(55, 80, 3),
+        Write::HardState(HardState {
+            term: 3,
+            vote: None,
+            commit: 70,
+        }),
+    ];
+    log.persist(&writes).unwrap();
+    drop(log);
+    let mut expected = Disk::default();
+    writes.iter().for_each(|w| expected.apply(w));
+    assert_eq!(open(&fs).unwrap(), expected);
+}
+
+#[test]
+fn a_snapshot_file_that_names_another_snapshot_is_refused() {
+    let fs = SimFs::default();
+    let (mut st, _) = DiskStorage::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+    // The file's header says index 12 term 3, the snapshot inside is at 11.
+    st.save_snapshot(&synod_storage::Snapshot {
+        meta: synod_storage::SnapshotMeta { index: 12, term: 3 },
+        data: codec::encode(&snapshot(11, 3)),
+    })
+    .unwrap();
+    drop(st);
+    let err = open(&fs).unwrap_err().to_string();
+    assert!(
+        err.contains("holds a raft snapshot at index 11 term 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_entry_of_an_unknown_format_is_refused_by_name() {
+    let fs = SimFs::default();
+    let (mut st, _) = DiskStorage::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+    let mut data = codec::encode(&EntryData::Empty);
+    data[0] = 9;
+    st.append(&[synod_storage::Entry {
+        index: 1,
+        term: 1,
+        data,
+    }])
+    .unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let err = open(&fs).unwrap_err().to_string();
+    assert!(
+        err.contains("entry 1") && err.contains("version 9"),
+        "{err}"
+    );
+}
