@@ -273,3 +273,100 @@ async fn a_stopping_leader_hands_its_leadership_over() {
         m.stop().await;
     }
 }
+
+/// Writes `bytes` to `addr` on a fresh connection and waits until the
+/// member closes it (every case below must end in a close, not a crash).
+fn send_and_wait_for_close(addr: std::net::SocketAddr, bytes: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The member may close before reading everything: a reset is a close too.
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the member neither closed the connection nor failed it: {r:?}"
+    );
+    assert!(
+        rest.is_empty(),
+        "a member never writes to a peer connection"
+    );
+}
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_peer_frames_leave_every_member_serving() {
+    use synod_protocols::raft::{Entry, EntryData, Message};
+    use synod_server::peer::{Hello, PeerMsg};
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    let members = start_cluster(&spec).await.unwrap();
+    let mut kv = client(&spec, 0).await;
+    put_eventually(&mut kv, "before", "1").await;
+
+    // Speaking as member 2 (the hello passes), then sending an append whose
+    // entries skip an index: a correct leader never sends it, and applying
+    // it would break the log.
+    let m2 = &spec.members[2];
+    let hello = Hello::new(
+        spec.cluster_id,
+        2,
+        m2.member_id,
+        m2.name.clone(),
+        m2.client_urls.clone(),
+    );
+    let gap = PeerMsg::Raft(Message::Append {
+        term: 1_000,
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            index: 5,
+            term: 1_000,
+            data: EntryData::Empty,
+        }],
+        commit: 5,
+    });
+    let hello_bytes = framed(&bincode::serialize(&hello).unwrap());
+    let mut bad_append = hello_bytes.clone();
+    bad_append.extend(framed(&bincode::serialize(&gap).unwrap()));
+    let mut garbage_after_hello = hello_bytes.clone();
+    garbage_after_hello.extend(framed(&[0xff; 64]));
+    let mut huge_after_hello = hello_bytes.clone();
+    huge_after_hello.extend((512u32 << 20).to_le_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a hello that claims 4 GiB", u32::MAX.to_le_bytes().to_vec()),
+        ("a hello that is not one", framed(b"GET / HTTP/1.1\r\n\r\n")),
+        ("a frame of garbage after the hello", garbage_after_hello),
+        ("a 512 MiB frame that never comes", huge_after_hello),
+        ("an append with a gap", bad_append),
+    ];
+    for m in 0..2 {
+        for (what, bytes) in &cases {
+            let addr = spec.members[m].peer;
+            let bytes = bytes.clone();
+            tokio::task::spawn_blocking(move || send_and_wait_for_close(addr, &bytes))
+                .await
+                .unwrap_or_else(|e| panic!("n{m}, {what}: {e}"));
+        }
+    }
+
+    // Every member still serves, and the cluster still replicates.
+    for i in 0..3 {
+        let mut kv = client(&spec, i).await;
+        put_eventually(&mut kv, &format!("after{i}"), "ok").await;
+        assert_eq!(get(&mut kv, "before").await, Some(b"1".to_vec()));
+    }
+    for m in members {
+        m.stop().await;
+    }
+}

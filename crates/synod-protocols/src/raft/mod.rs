@@ -486,6 +486,55 @@ pub enum Message {
 }
 
 impl Message {
+    /// Whether the message is one a correct node could have sent: the
+    /// entries of an append consecutive from `prev_index + 1`, no term above
+    /// the message's own, terms never decreasing. A message that fails comes
+    /// from a broken or hostile peer, or from damaged bytes; the node drops
+    /// it rather than let it break the log's invariants.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Message::PreVote {
+                term, last_term, ..
+            }
+            | Message::Vote {
+                term, last_term, ..
+            } if last_term > term => Err(format!(
+                "a vote request of term {term} claims a last term of {last_term}"
+            )),
+            Message::Append {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => {
+                if prev_term > term {
+                    return Err(format!(
+                        "an append of term {term} has a previous term of {prev_term}"
+                    ));
+                }
+                let mut last = (*prev_index, *prev_term);
+                for e in entries {
+                    if e.index != last.0.saturating_add(1) || e.term < last.1 || e.term > *term {
+                        return Err(format!(
+                            "an append of term {term} has entry {} of term {} after entry {} of term {}",
+                            e.index, e.term, last.0, last.1
+                        ));
+                    }
+                    last = (e.index, e.term);
+                }
+                Ok(())
+            }
+            Message::InstallSnapshot { term, snapshot } if snapshot.meta.term > *term => {
+                Err(format!(
+                    "a snapshot of term {} sent in term {term}",
+                    snapshot.meta.term
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn term(&self) -> u64 {
         match self {
             Message::PreVote { term, .. }

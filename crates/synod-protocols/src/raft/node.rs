@@ -1095,6 +1095,11 @@ impl RaftNode {
 
     /// Handles a message from a peer.
     pub fn step(&mut self, from: NodeId, msg: Message, out: &mut Out) {
+        if msg.check().is_err() {
+            // Not something a correct peer sends: never let it reach the
+            // log (drivers check first, to log it and drop the connection).
+            return;
+        }
         let before = self.snapshot_for_checks();
         self.step_inner(from, msg, out);
         self.finish(before, out);

@@ -1721,3 +1721,44 @@ fn the_core_replicates_opaque_payloads_for_any_application() {
     c.handle(l, out);
     assert_eq!(c.disks[l].snapshot.as_ref().unwrap().data.0, b"count=10");
 }
+
+/// Messages no correct node sends are dropped before they touch the log.
+#[test]
+fn a_malformed_append_is_ignored() {
+    let entry = |index, term| Entry {
+        index,
+        term,
+        data: EntryData::Empty,
+    };
+    let append = |prev_index, prev_term, entries| Message::Append {
+        term: 2,
+        prev_index,
+        prev_term,
+        entries,
+        commit: 0,
+    };
+    assert!(append(0, 0, vec![entry(1, 1), entry(2, 2)]).check().is_ok());
+    for (bad, why) in [
+        (append(0, 0, vec![entry(2, 2)]), "skips an index"),
+        (
+            append(0, 0, vec![entry(1, 2), entry(2, 1)]),
+            "term goes back",
+        ),
+        (
+            append(0, 0, vec![entry(1, 3)]),
+            "entry above the message's term",
+        ),
+        (
+            append(1, 3, vec![]),
+            "previous term above the message's term",
+        ),
+    ] {
+        assert!(bad.check().is_err(), "{why}");
+        let mut node = RaftNode::new(cfg(0, &[0, 1, 2]), &Disk::default(), 1);
+        let mut out = RaftOutput::default();
+        node.step(1, bad, &mut out);
+        assert_eq!(node.last_index(), 0, "{why}");
+        assert_eq!(node.term(), 0, "{why}: a dropped message changes nothing");
+        assert!(out.msgs.is_empty() && out.writes.is_empty(), "{why}");
+    }
+}
