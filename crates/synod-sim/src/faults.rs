@@ -250,7 +250,7 @@ impl Schedule {
             // for the node's next write), so that recovery from a torn
             // tail happens in most runs, not only when a random power loss
             // happens to find a sync under way.
-            let count = rng.gen_range(1..=n);
+            let count = rng.gen_range(2..=2 * n);
             for _ in 0..count {
                 let at = rng.gen_range(0..phase);
                 let node = rng.gen_range(0..n64);

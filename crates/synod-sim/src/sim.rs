@@ -62,6 +62,13 @@ pub trait Model {
     ) {
     }
 
+    /// Whether an armed torn-write power loss should strike while `writes`
+    /// are synced, or wait for a later batch (at most the arming window).
+    /// The default strikes at the first write.
+    fn worth_tearing(&self, _writes: &[<Self::Node as Node>::Write]) -> bool {
+        true
+    }
+
     /// In the quiet phase: has the liveness goal been reached? Checked after every
     /// event, so it should be cheap.
     fn done(&self, ctl: &Ctl<'_, Self::Node>) -> bool;
@@ -739,6 +746,9 @@ impl<M: Model> Simulation<M> {
             done_at,
         };
         core.scratch = out;
+        let strike = core.slots[id as usize].tear_armed.is_some()
+            && !batch.writes.is_empty()
+            && self.model.worth_tearing(&batch.writes);
         let slot = &mut core.slots[id as usize];
         slot.pending.push_back(batch);
         if done_at <= core.now {
@@ -753,8 +763,9 @@ impl<M: Model> Simulation<M> {
                     incarnation,
                 },
             );
-            if let Some(restart_after) = core.slots[id as usize].tear_armed.take() {
+            if strike {
                 // The armed power loss strikes while this write is synced.
+                let restart_after = core.slots[id as usize].tear_armed.take().flatten();
                 self.crash_then(id, true, true, restart_after);
             }
         }

@@ -634,6 +634,17 @@ mod etcd_replica {
             );
             assert_eq!(s.stuck, 0, "{nodes} nodes: {:?}", s.stuck_seeds);
             assert!(s.counters["ops_ok"] > 0 && s.counters["ops_indefinite"] > 0);
+            // The faults reached the replica's persistence, not only its
+            // network: snapshots sent and installed, torn tails cut,
+            // corruption refused.
+            for c in [
+                "runs_with_snapshots_installed",
+                "runs_with_torn_tails",
+                "runs_with_corruption_detected",
+                "store_hash_checks",
+            ] {
+                assert!(s.counters[c] > 0, "{nodes} nodes: no {c}");
+            }
         }
     }
 

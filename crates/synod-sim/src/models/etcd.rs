@@ -75,6 +75,9 @@ pub const COUNTERS: &[&str] = &[
     "corruption_detected",
     "snapshots_taken",
     "snapshots_installed",
+    "runs_with_torn_tails",
+    "runs_with_corruption_detected",
+    "runs_with_snapshots_installed",
 ];
 
 /// Members compact their logs after this many applied entries (the service:
@@ -410,6 +413,10 @@ impl Model for EtcdModel {
 
     fn tear(&mut self, disk: &mut WalDisk, writes: &[Write], rng: &mut ChaCha8Rng) {
         self.checks.tear(disk, writes, rng);
+    }
+
+    fn worth_tearing(&self, writes: &[Write]) -> bool {
+        RaftChecks::worth_tearing(writes)
     }
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, Node>) {

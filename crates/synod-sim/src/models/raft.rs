@@ -131,6 +131,9 @@ pub const COUNTERS: &[&str] = &[
     "corruption_detected",
     "snapshots_taken",
     "snapshots_installed",
+    "runs_with_torn_tails",
+    "runs_with_corruption_detected",
+    "runs_with_snapshots_installed",
 ];
 
 /// How long a client waits for an answer before retrying elsewhere.
@@ -645,6 +648,10 @@ where
 
     fn tear(&mut self, disk: &mut WalDisk, writes: &[Write], rng: &mut ChaCha8Rng) {
         self.checks.tear(disk, writes, rng);
+    }
+
+    fn worth_tearing(&self, writes: &[Write]) -> bool {
+        RaftChecks::worth_tearing(writes)
     }
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, WalBacked>) {

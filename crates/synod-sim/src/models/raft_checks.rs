@@ -58,6 +58,9 @@ pub const COUNTERS: &[&str] = &[
     "corruption_detected",
     "snapshots_taken",
     "snapshots_installed",
+    "runs_with_torn_tails",
+    "runs_with_corruption_detected",
+    "runs_with_snapshots_installed",
 ];
 
 /// What the storage layer saw in one run.
@@ -184,6 +187,12 @@ impl RaftChecks {
         self.storage.torn_writes += 1;
         let (seed, budget) = (rng.gen(), rng.gen_range(0..12));
         disk.tear(writes, seed, budget);
+    }
+
+    /// Armed power losses wait for a batch with entries or a snapshot: a
+    /// hard state alone fits in one sector and cannot be torn.
+    pub fn worth_tearing(writes: &[Write]) -> bool {
+        writes.iter().any(|w| !matches!(w, Write::HardState(_)))
     }
 
     /// Node `node` applied entry `index` of term `term` with data `digest`.
@@ -425,6 +434,11 @@ impl RaftChecks {
                 ),
             );
         }
+        report.count("runs_with_torn_tails", u64::from(st.torn_tails > 0));
+        report.count(
+            "runs_with_corruption_detected",
+            u64::from(st.corruption_detected > 0),
+        );
         report.count("torn_writes", st.torn_writes);
         report.count("torn_tails", st.torn_tails);
         report.count("corruptions", st.corruptions);
@@ -437,6 +451,7 @@ impl RaftChecks {
         }
         report.count("snapshots_taken", taken);
         report.count("snapshots_installed", installed);
+        report.count("runs_with_snapshots_installed", u64::from(installed > 0));
         report.count("elections", self.elections);
         report.count("config_changes", self.config_changes);
         report.count(
