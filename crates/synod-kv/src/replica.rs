@@ -487,10 +487,6 @@ impl Node for Replica {
         disk.apply(write);
     }
 
-    fn sends_before_sync(&self, msg: &Message) -> bool {
-        self.raft.sends_before_sync(msg)
-    }
-
     fn step(&mut self, _now: Instant, from: NodeId, msg: Message, out: &mut Out) {
         self.with_raft(out, |r, out| r.step(from, msg, out));
         self.after(out);

@@ -23,6 +23,14 @@
 //!
 //! Crashing between steps 1 and 2 is always allowed and the protocols are written
 //! for it: whatever was written but not yet synced may or may not survive.
+//!
+//! One exception to step 2 is carried as data: a message marked
+//! [`Envelope::early`] may leave while its own output's writes are still being
+//! synced, provided every *earlier* output's writes are already durable (a
+//! driver that syncs outputs one at a time always satisfies that). Raft
+//! leaders mark their appends and heartbeats so, replicating entries while
+//! they write them (Ongaro's thesis, §10.2.1). The node decides when it
+//! produces the message; the driver never has to ask.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +50,9 @@ pub const MS: Instant = 1_000;
 pub struct Envelope<M> {
     pub to: NodeId,
     pub msg: M,
+    /// May leave before the writes of the output it belongs to are durable
+    /// (see the module docs for the condition).
+    pub early: bool,
 }
 
 /// What one call into a node asks its driver to do. See the module docs for the
@@ -71,8 +82,22 @@ impl<W, M, E> Output<W, M, E> {
     pub fn persist(&mut self, w: W) {
         self.writes.push(w);
     }
+    /// A message to send once this output's writes are durable.
     pub fn send(&mut self, to: NodeId, msg: M) {
-        self.msgs.push(Envelope { to, msg });
+        self.msgs.push(Envelope {
+            to,
+            msg,
+            early: false,
+        });
+    }
+    /// A message that may leave while this output's writes are being synced
+    /// (see the module docs).
+    pub fn send_early(&mut self, to: NodeId, msg: M) {
+        self.msgs.push(Envelope {
+            to,
+            msg,
+            early: true,
+        });
     }
     pub fn emit(&mut self, e: E) {
         self.events.push(e);
@@ -136,16 +161,6 @@ pub trait Node {
         input: Self::Input,
         out: &mut Output<Self::Write, Self::Msg, Self::Event>,
     );
-
-    /// Whether `msg`, just produced, may leave before the writes of its own
-    /// output are durable — allowed only when every earlier output's writes
-    /// already are (a driver that handles outputs one at a time always
-    /// satisfies that). Raft leaders use it to replicate entries while they
-    /// write them (Ongaro's thesis, §10.2.1) instead of after. Called right
-    /// after the call that produced `msg`. Default: never.
-    fn sends_before_sync(&self, _msg: &Self::Msg) -> bool {
-        false
-    }
 }
 
 /// Shorthand for a node's output type.

@@ -3,7 +3,7 @@
 //! in one round are made durable with one sync (group commit) before any of
 //! the round's messages leave or any answer is given — except the messages the
 //! replica allows out before the sync (a leader's appends and heartbeats, see
-//! `Node::sends_before_sync`), which go first so that followers write while
+//! `Envelope::early`), which go first so that followers write while
 //! the leader does.
 
 use crate::disk::MemberDisk;
@@ -498,7 +498,7 @@ impl Driver {
         if !out.writes.is_empty() {
             let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
                 .into_iter()
-                .partition(|env| self.replica.sends_before_sync(&env.msg));
+                .partition(|env| env.early);
             out.msgs = late;
             for env in early {
                 if let Some(p) = self.peers.get(&env.to) {

@@ -717,19 +717,17 @@ impl<M: Model> Simulation<M> {
             core.scratch = out;
             return;
         }
-        // Messages the node lets leave before this output's writes are
-        // durable go now, but only if nothing earlier is still being synced
-        // (the condition `Node::sends_before_sync` states).
+        // Messages marked early leave before this output's writes are
+        // durable, but only if nothing earlier is still being synced (the
+        // condition `Envelope::early` carries).
         let slot = &core.slots[id as usize];
-        if slot.pending.is_empty() && !out.writes.is_empty() {
-            if let Some(node) = slot.node.as_ref() {
-                let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
-                    .into_iter()
-                    .partition(|e| node.sends_before_sync(&e.msg));
-                out.msgs = late;
-                for env in early {
-                    core.send(id, env.to, env.msg);
-                }
+        if slot.pending.is_empty() && !out.writes.is_empty() && slot.node.is_some() {
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
+                .into_iter()
+                .partition(|e| e.early);
+            out.msgs = late;
+            for env in early {
+                core.send(id, env.to, env.msg);
             }
         }
         let slot = &mut core.slots[id as usize];

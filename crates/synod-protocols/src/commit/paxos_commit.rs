@@ -204,6 +204,7 @@ impl PaxosCommitNode {
             .extend(inner.msgs.drain(..).map(|e| crate::Envelope {
                 to: e.to,
                 msg: Msg::Inst { key, msg: e.msg },
+                early: e.early,
             }));
         let decided = !inner.events.is_empty();
         inner.clear();

@@ -301,10 +301,6 @@ impl Node for KvNode {
         disk.apply(write);
     }
 
-    fn sends_before_sync(&self, msg: &Message) -> bool {
-        self.raft.sends_before_sync(msg)
-    }
-
     fn step(
         &mut self,
         _now: Instant,

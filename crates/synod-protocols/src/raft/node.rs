@@ -276,18 +276,18 @@ impl RaftNode {
     pub fn conf_change_pending(&self) -> bool {
         self.pending_conf > self.commit
     }
-    /// Whether the leader has committed an entry of its own term.
-    /// Whether `msg` may be sent before this call's writes are durable (see
-    /// [`crate::sansio::Node::sends_before_sync`]). A leader's appends and
-    /// heartbeats may: a follower acknowledges only what it made durable
-    /// itself, and the commit index they carry cannot count entries of the
-    /// unsynced output, since those are acknowledged only later — unless the
-    /// leader is the only voter, which counts itself alone.
-    pub fn sends_before_sync(&self, msg: &Message) -> bool {
-        self.role == Role::Leader
-            && self.conf.voters.len() > 1
-            && matches!(msg, Message::Append { .. } | Message::Heartbeat { .. })
+    /// Whether this leader's appends and heartbeats may leave before the
+    /// writes of the call that produced them are durable (they are marked
+    /// [`crate::sansio::Envelope::early`]). A follower acknowledges only
+    /// what it made durable itself, and the commit index they carry cannot
+    /// count entries of the unsynced output, since those are acknowledged
+    /// only later — unless the leader is the only voter, which counts itself
+    /// alone.
+    fn sends_early(&self) -> bool {
+        self.role == Role::Leader && self.conf.voters.len() > 1
     }
+
+    /// Whether the leader has committed an entry of its own term.
 
     pub fn committed_own_term(&self) -> bool {
         self.log.term(self.commit) == Some(self.term)
@@ -538,6 +538,7 @@ impl RaftNode {
     /// whether something carrying entries or a snapshot was sent.
     fn send_append(&mut self, to: NodeId, allow_empty: bool, out: &mut Out) -> bool {
         let max_inflight = self.cfg.max_inflight;
+        let early = self.sends_early();
         let Some(pr) = self.prs.get_mut(&to) else {
             return false;
         };
@@ -571,16 +572,18 @@ impl RaftNode {
         let last = prev_index + entries.len() as u64;
         let carried = !entries.is_empty();
         pr.sent(last, carried);
-        out.send(
-            to,
-            Message::Append {
-                term: self.term,
-                prev_index,
-                prev_term,
-                entries,
-                commit: self.commit,
-            },
-        );
+        let msg = Message::Append {
+            term: self.term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit,
+        };
+        if early {
+            out.send_early(to, msg);
+        } else {
+            out.send(to, msg);
+        }
         carried
     }
 
@@ -613,16 +616,19 @@ impl RaftNode {
             self.rounds.pop_front();
         }
         self.round_wanted = false;
+        let early = self.sends_early();
         for (&p, pr) in &self.prs {
             let commit = self.commit.min(pr.matched);
-            out.send(
-                p,
-                Message::Heartbeat {
-                    term: self.term,
-                    commit,
-                    ctx: self.read_seq,
-                },
-            );
+            let msg = Message::Heartbeat {
+                term: self.term,
+                commit,
+                ctx: self.read_seq,
+            };
+            if early {
+                out.send_early(p, msg);
+            } else {
+                out.send(p, msg);
+            }
         }
     }
 

@@ -469,11 +469,4 @@ impl<N: OnRaft> Node for WalBacked<N> {
             n.input(now, input, out);
         }
     }
-
-    fn sends_before_sync(&self, msg: &Message) -> bool {
-        match self {
-            WalBacked::Running(n) => n.sends_before_sync(msg),
-            WalBacked::Stopped { .. } => false,
-        }
-    }
 }
