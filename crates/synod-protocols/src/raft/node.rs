@@ -288,7 +288,6 @@ impl RaftNode {
     }
 
     /// Whether the leader has committed an entry of its own term.
-
     pub fn committed_own_term(&self) -> bool {
         self.log.term(self.commit) == Some(self.term)
     }
