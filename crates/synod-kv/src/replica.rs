@@ -17,12 +17,16 @@
 //!
 //! The driver's contract is the Raft core's ([`synod_protocols::raft`]):
 //! persist an output's writes, then send its messages, then report its events.
+//! The glue between the store and the core is the core's own
+//! ([`synod_protocols::raft::app`]): this file only says what applying,
+//! snapshotting and stepping down mean for the store.
 
 use crate::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use synod_protocols::raft::{
-    Disk, EntryData, Message, Payload, RaftConfig, RaftEvent, RaftNode, RaftOutput, Role, Write,
+    Application, Disk, Entry, EntryData, Message, Payload, RaftApp, RaftConfig, RaftNode, Role,
+    Snapshot, Write,
 };
 use synod_protocols::{Instant, Node, NodeId, Output};
 
@@ -146,9 +150,13 @@ pub struct ReplicaBugs {
 /// One member: the Raft core, the store, and the requests it owes answers.
 #[derive(Clone, Debug)]
 pub struct Replica {
+    node: RaftApp<State>,
+}
+
+/// Everything of a member that is not the Raft core.
+#[derive(Clone, Debug)]
+struct State {
     cfg: ReplicaConfig,
-    raft: RaftNode,
-    scratch: RaftOutput,
     store: Store,
     /// Writes proposed here, by log index: (term, request).
     writes: BTreeMap<u64, (u64, RequestId)>,
@@ -163,6 +171,8 @@ pub struct Replica {
     bugs: ReplicaBugs,
     /// The store before the last apply (kept only for `stale_snapshot`).
     before_last: Option<Store>,
+    /// Replaying the log at boot (only `skip_replay` cares).
+    booting: bool,
 }
 
 impl Replica {
@@ -179,17 +189,9 @@ impl Replica {
     }
 
     fn boot(cfg: ReplicaConfig, disk: &Disk, seed: u64, bugs: ReplicaBugs) -> Replica {
-        let raft = RaftNode::new(cfg.raft.clone(), disk, seed);
-        let store = disk
-            .snapshot
-            .as_ref()
-            .map(|s| s.data.decode("snapshot"))
-            .unwrap_or_else(|| Store::new().with_max_txn_ops(cfg.max_txn_ops));
-        let mut r = Replica {
-            cfg,
-            raft,
-            scratch: RaftOutput::default(),
-            store,
+        let state = State {
+            store: Store::new().with_max_txn_ops(cfg.max_txn_ops),
+            cfg: cfg.clone(),
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             next_read: 0,
@@ -198,31 +200,135 @@ impl Replica {
             revoking: BTreeSet::new(),
             bugs,
             before_last: None,
+            booting: true,
         };
-        if r.bugs.skip_replay {
-            while r.raft.next_committed().is_some() {}
-        }
-        r.apply_committed(&mut Out::default());
-        r
+        let mut node = RaftApp::new(cfg.raft, disk, seed, state);
+        node.app_mut().booting = false;
+        Replica { node }
     }
 
     pub fn raft(&self) -> &RaftNode {
-        &self.raft
+        self.node.raft()
     }
 
     /// The member's store, for serializable reads: possibly behind the
     /// cluster, never ahead of it.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.node.app().store
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.role() == Role::Leader
+        self.raft().role() == Role::Leader
     }
 
     /// Seconds left on a lease as this member counts them (only the leader's
     /// count decides anything).
     pub fn lease_remaining(&self, lease: i64) -> Option<i64> {
+        self.node.app().lease_remaining(lease)
+    }
+
+    fn not_leader(&self) -> ReplicaError {
+        let raft = self.raft();
+        ReplicaError::NotLeader {
+            hint: raft.leader().filter(|l| *l != raft.id()),
+        }
+    }
+
+    fn client(&mut self, id: RequestId, req: Request, out: &mut Out) {
+        if !self.is_leader() {
+            let e = self.not_leader();
+            respond(out, id, Err(e));
+            return;
+        }
+        match req {
+            Request::Write(cmd) => {
+                if let Err(e) = cmd.validate(self.node.app().cfg.max_txn_ops) {
+                    respond(out, id, Err(ReplicaError::Kv(e)));
+                    return;
+                }
+                if let Some(target) = self.raft().transferring_to() {
+                    let hint = Some(target);
+                    respond(out, id, Err(ReplicaError::NotLeader { hint }));
+                    return;
+                }
+                let data = EntryData::App(Payload::encode(&cmd));
+                match self.node.call(out, |r, out| r.propose(data, out)) {
+                    Some((index, term)) => {
+                        self.node.app_mut().writes.insert(index, (term, id));
+                    }
+                    None => {
+                        let e = self.not_leader();
+                        respond(out, id, Err(e));
+                    }
+                }
+            }
+            Request::Read(range) => {
+                let app = self.node.app_mut();
+                let read = app.next_read;
+                app.next_read += 1;
+                app.reads.insert(read, (id, range, None));
+                if !self.node.call(out, |r, out| r.read_index(read, out)) {
+                    self.node.app_mut().reads.remove(&read);
+                    let e = self.not_leader();
+                    respond(out, id, Err(e));
+                }
+            }
+            Request::KeepAlive { lease } => {
+                let app = self.node.app_mut();
+                let result = match app.store.lease(lease) {
+                    Some(l) => {
+                        let at = app.ticks + app.ttl_ticks(l.ttl);
+                        app.deadlines.insert(lease, at);
+                        Ok(Answer::KeepAlive { ttl: l.ttl })
+                    }
+                    None => Err(ReplicaError::Kv(Error::LeaseNotFound(lease))),
+                };
+                respond(out, id, result);
+            }
+            Request::TimeToLive { lease } => {
+                let app = self.node.app();
+                let result = match app.store.lease(lease) {
+                    Some(l) => Ok(Answer::TimeToLive {
+                        remaining: app.lease_remaining(lease).unwrap_or(l.ttl),
+                        granted: l.ttl,
+                        keys: l.keys,
+                    }),
+                    None => Err(ReplicaError::Kv(Error::LeaseNotFound(lease))),
+                };
+                respond(out, id, result);
+            }
+        }
+    }
+
+    /// The leader revokes leases whose deadline passed, once each.
+    fn expire_leases(&mut self, out: &mut Out) {
+        if !self.is_leader() || !self.raft().committed_own_term() {
+            return;
+        }
+        let app = self.node.app();
+        let due: Vec<i64> = app
+            .deadlines
+            .iter()
+            .filter(|(id, at)| **at <= app.ticks && !app.revoking.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let data = EntryData::App(Payload::encode(&Command::LeaseRevoke { id }));
+            let placed = self.node.call(out, |r, out| r.propose(data, out));
+            if placed.is_some() {
+                self.node.app_mut().revoking.insert(id);
+            }
+        }
+    }
+}
+
+fn respond(out: &mut Out, id: RequestId, result: Result<Answer, ReplicaError>) {
+    out.emit(ReplicaEvent::Response { id, result });
+}
+
+impl State {
+    /// Seconds left on a lease as this member counts them.
+    fn lease_remaining(&self, lease: i64) -> Option<i64> {
         let at = *self.deadlines.get(&lease)?;
         Some((at.saturating_sub(self.ticks) * self.cfg.tick_ms / 1000) as i64)
     }
@@ -238,132 +344,101 @@ impl Replica {
     fn ttl_ticks(&self, ttl: i64) -> u64 {
         (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1)) + 2
     }
+}
 
-    fn respond(out: &mut Out, id: RequestId, result: Result<Answer, ReplicaError>) {
-        out.emit(ReplicaEvent::Response { id, result });
+impl Application for State {
+    type Event = ReplicaEvent;
+
+    fn restore(&mut self, snapshot: &Snapshot) {
+        self.store = snapshot.data.decode("snapshot");
     }
 
-    fn not_leader(&self) -> ReplicaError {
-        ReplicaError::NotLeader {
-            hint: self.raft.leader().filter(|l| *l != self.raft.id()),
+    fn apply(&mut self, _raft: &RaftNode, e: &Entry, out: &mut Out) {
+        let EntryData::App(p) = &e.data else {
+            return;
+        };
+        if self.booting && self.bugs.skip_replay {
+            return;
         }
-    }
-
-    /// Runs `f` on the Raft core as one step and folds its output into ours.
-    fn with_raft<R>(
-        &mut self,
-        out: &mut Out,
-        f: impl FnOnce(&mut RaftNode, &mut RaftOutput) -> R,
-    ) -> R {
-        let mut inner = std::mem::take(&mut self.scratch);
-        let r = f(&mut self.raft, &mut inner);
-        out.take_writes_and_msgs(&mut inner);
-        for e in inner.events.drain(..) {
-            let RaftEvent::BecameLeader { term } = e;
-            // Leases restart at their full TTL under a new leader, plus one
-            // election timeout (as etcd extends them): keep-alives sent
-            // while there was no leader had nobody to reach.
-            let now = self.ticks + u64::from(self.cfg.raft.election_ticks);
-            let ttls: Vec<(i64, i64)> = self
-                .store
-                .leases()
-                .into_iter()
-                .filter_map(|id| self.store.lease(id).map(|l| (id, l.ttl)))
-                .collect();
-            for (id, ttl) in ttls {
-                let at = now + self.ttl_ticks(ttl);
-                self.deadlines.insert(id, at);
+        let cmd: Command = p.decode("log entry");
+        if self.bugs.stale_snapshot {
+            self.before_last = Some(self.store.clone());
+        }
+        let result = self.store.apply(&cmd);
+        match (&cmd, &result) {
+            (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {
+                let at = self.ticks + self.ttl_ticks(*ttl);
+                self.deadlines.insert(*id, at);
             }
-            self.revoking.clear();
-            out.emit(ReplicaEvent::BecameLeader { term });
-        }
-        self.scratch = inner;
-        r
-    }
-
-    /// Catches the application up with the core after any call.
-    fn after(&mut self, out: &mut Out) {
-        if let Some(snap) = self.raft.take_installed() {
-            self.store = snap.data.decode("snapshot");
-        }
-        if self.raft.take_stepped_down() {
-            for (_, (_, id)) in std::mem::take(&mut self.writes) {
-                Self::respond(out, id, Err(ReplicaError::LeaderChanged));
+            (Command::LeaseRevoke { id }, _) => {
+                self.deadlines.remove(id);
+                self.revoking.remove(id);
             }
-            for (_, (id, _, _)) in std::mem::take(&mut self.reads) {
-                Self::respond(out, id, Err(ReplicaError::LeaderChanged));
-            }
-            self.revoking.clear();
+            _ => {}
         }
-        self.apply_committed(out);
-        for (read, index) in self.raft.take_ready_reads() {
-            if let Some(r) = self.reads.get_mut(&read) {
-                r.2 = Some(index);
-            }
-        }
-        self.serve_reads(out);
-        let every = self.raft.config().snapshot_every;
-        if every > 0 && self.raft.applied_index() >= self.raft.snapshot_index() + every {
-            let data = match (&self.before_last, self.bugs.stale_snapshot) {
-                (Some(stale), true) => Payload::encode(stale),
-                _ => Payload::encode(&self.store),
-            };
-            self.with_raft(out, |r, out| {
-                r.with_step(out, |r, out| r.compact(data, out))
+        if let Ok((_, events)) = &result {
+            out.emit(ReplicaEvent::Applied {
+                index: e.index,
+                term: e.term,
+                digest: e.digest(),
+                revision: self.store.revision(),
+                events: events.clone(),
             });
         }
-    }
-
-    fn apply_committed(&mut self, out: &mut Out) {
-        while let Some(e) = self.raft.next_committed() {
-            let EntryData::App(p) = &e.data else {
-                continue;
+        if let Some((term, id)) = self.writes.remove(&e.index) {
+            let answer = if term == e.term {
+                result
+                    .map_err(ReplicaError::Kv)
+                    .map(|(resp, _)| Answer::Write {
+                        revision: self.store.revision(),
+                        term: e.term,
+                        resp,
+                    })
+            } else {
+                // Another leader's entry took the slot: ours was lost.
+                Err(ReplicaError::LeaderChanged)
             };
-            let cmd: Command = p.decode("log entry");
-            if self.bugs.stale_snapshot {
-                self.before_last = Some(self.store.clone());
-            }
-            let result = self.store.apply(&cmd);
-            match (&cmd, &result) {
-                (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {
-                    let at = self.ticks + self.ttl_ticks(*ttl);
-                    self.deadlines.insert(*id, at);
-                }
-                (Command::LeaseRevoke { id }, _) => {
-                    self.deadlines.remove(id);
-                    self.revoking.remove(id);
-                }
-                _ => {}
-            }
-            if let Ok((_, events)) = &result {
-                out.emit(ReplicaEvent::Applied {
-                    index: e.index,
-                    term: e.term,
-                    digest: e.digest(),
-                    revision: self.store.revision(),
-                    events: events.clone(),
-                });
-            }
-            if let Some((term, id)) = self.writes.remove(&e.index) {
-                let answer = if term == e.term {
-                    result
-                        .map_err(ReplicaError::Kv)
-                        .map(|(resp, _)| Answer::Write {
-                            revision: self.store.revision(),
-                            term: e.term,
-                            resp,
-                        })
-                } else {
-                    // Another leader's entry took the slot: ours was lost.
-                    Err(ReplicaError::LeaderChanged)
-                };
-                Self::respond(out, id, answer);
-            }
+            respond(out, id, answer);
         }
     }
 
-    fn serve_reads(&mut self, out: &mut Out) {
-        let applied = self.raft.applied_index();
+    fn became_leader(&mut self, raft: &RaftNode, term: u64, out: &mut Out) {
+        // Leases restart at their full TTL under a new leader, plus one
+        // election timeout (as etcd extends them): keep-alives sent while
+        // there was no leader had nobody to reach.
+        let now = self.ticks + u64::from(raft.config().election_ticks);
+        let ttls: Vec<(i64, i64)> = self
+            .store
+            .leases()
+            .into_iter()
+            .filter_map(|id| self.store.lease(id).map(|l| (id, l.ttl)))
+            .collect();
+        for (id, ttl) in ttls {
+            let at = now + self.ttl_ticks(ttl);
+            self.deadlines.insert(id, at);
+        }
+        self.revoking.clear();
+        out.emit(ReplicaEvent::BecameLeader { term });
+    }
+
+    fn stepped_down(&mut self, out: &mut Out) {
+        for (_, (_, id)) in std::mem::take(&mut self.writes) {
+            respond(out, id, Err(ReplicaError::LeaderChanged));
+        }
+        for (_, (id, _, _)) in std::mem::take(&mut self.reads) {
+            respond(out, id, Err(ReplicaError::LeaderChanged));
+        }
+        self.revoking.clear();
+    }
+
+    fn read_ready(&mut self, id: u64, index: u64) {
+        if let Some(r) = self.reads.get_mut(&id) {
+            r.2 = Some(index);
+        }
+    }
+
+    fn serve_reads(&mut self, raft: &RaftNode, out: &mut Out) {
+        let applied = raft.applied_index();
         let ready: Vec<u64> = self
             .reads
             .iter()
@@ -377,101 +452,18 @@ impl Replica {
                 .range(&req)
                 .map(|resp| Answer::Read {
                     revision: self.store.revision(),
-                    term: self.raft.term(),
+                    term: raft.term(),
                     resp,
                 })
                 .map_err(ReplicaError::Kv);
-            Self::respond(out, id, result);
+            respond(out, id, result);
         }
     }
 
-    fn client(&mut self, id: RequestId, req: Request, out: &mut Out) {
-        if !self.is_leader() {
-            let e = self.not_leader();
-            Self::respond(out, id, Err(e));
-            return;
-        }
-        match req {
-            Request::Write(cmd) => {
-                if let Err(e) = cmd.validate(self.cfg.max_txn_ops) {
-                    Self::respond(out, id, Err(ReplicaError::Kv(e)));
-                    return;
-                }
-                if let Some(target) = self.raft.transferring_to() {
-                    let hint = Some(target);
-                    Self::respond(out, id, Err(ReplicaError::NotLeader { hint }));
-                    return;
-                }
-                let data = EntryData::App(Payload::encode(&cmd));
-                match self.with_raft(out, |r, out| {
-                    r.with_step(out, |r, out| r.propose(data, out))
-                }) {
-                    Some((index, term)) => {
-                        self.writes.insert(index, (term, id));
-                    }
-                    None => {
-                        let e = self.not_leader();
-                        Self::respond(out, id, Err(e));
-                    }
-                }
-            }
-            Request::Read(range) => {
-                let read = self.next_read;
-                self.next_read += 1;
-                self.reads.insert(read, (id, range, None));
-                let ok = self.with_raft(out, |r, out| {
-                    r.with_step(out, |r, out| r.read_index(read, out))
-                });
-                if !ok {
-                    self.reads.remove(&read);
-                    let e = self.not_leader();
-                    Self::respond(out, id, Err(e));
-                }
-            }
-            Request::KeepAlive { lease } => {
-                let result = match self.store.lease(lease) {
-                    Some(l) => {
-                        let at = self.ticks + self.ttl_ticks(l.ttl);
-                        self.deadlines.insert(lease, at);
-                        Ok(Answer::KeepAlive { ttl: l.ttl })
-                    }
-                    None => Err(ReplicaError::Kv(Error::LeaseNotFound(lease))),
-                };
-                Self::respond(out, id, result);
-            }
-            Request::TimeToLive { lease } => {
-                let result = match self.store.lease(lease) {
-                    Some(l) => Ok(Answer::TimeToLive {
-                        remaining: self.lease_remaining(lease).unwrap_or(l.ttl),
-                        granted: l.ttl,
-                        keys: l.keys,
-                    }),
-                    None => Err(ReplicaError::Kv(Error::LeaseNotFound(lease))),
-                };
-                Self::respond(out, id, result);
-            }
-        }
-    }
-
-    /// The leader revokes leases whose deadline passed, once each.
-    fn expire_leases(&mut self, out: &mut Out) {
-        if !self.is_leader() || !self.raft.committed_own_term() {
-            return;
-        }
-        let due: Vec<i64> = self
-            .deadlines
-            .iter()
-            .filter(|(id, at)| **at <= self.ticks && !self.revoking.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let data = EntryData::App(Payload::encode(&Command::LeaseRevoke { id }));
-            let placed = self.with_raft(out, |r, out| {
-                r.with_step(out, |r, out| r.propose(data, out))
-            });
-            if placed.is_some() {
-                self.revoking.insert(id);
-            }
+    fn snapshot(&self) -> Payload {
+        match (&self.before_last, self.bugs.stale_snapshot) {
+            (Some(stale), true) => Payload::encode(stale),
+            _ => Payload::encode(&self.store),
         }
     }
 }
@@ -488,14 +480,12 @@ impl Node for Replica {
     }
 
     fn step(&mut self, _now: Instant, from: NodeId, msg: Message, out: &mut Out) {
-        self.with_raft(out, |r, out| r.step(from, msg, out));
-        self.after(out);
+        self.node.step(from, msg, out);
     }
 
     fn tick(&mut self, _now: Instant, out: &mut Out) {
-        self.ticks += 1;
-        self.with_raft(out, |r, out| r.tick(out));
-        self.after(out);
+        self.node.app_mut().ticks += 1;
+        self.node.tick(out);
         self.expire_leases(out);
     }
 
@@ -503,11 +493,9 @@ impl Node for Replica {
         match input {
             ReplicaInput::Client { id, req } => self.client(id, req, out),
             ReplicaInput::TransferLeader(target) => {
-                self.with_raft(out, |r, out| {
-                    r.with_step(out, |r, out| r.transfer_leader(target, out))
-                });
+                self.node.call(out, |r, out| r.transfer_leader(target, out));
             }
         }
-        self.after(out);
+        self.node.settle(out);
     }
 }

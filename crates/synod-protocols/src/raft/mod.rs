@@ -100,6 +100,7 @@
 //!   once, with a flag that lets voters ignore their leader lease. The leader
 //!   abandons the transfer after an election timeout.
 
+pub mod app;
 mod kv_node;
 mod log;
 mod node;
@@ -107,6 +108,7 @@ mod progress;
 #[cfg(test)]
 mod tests;
 
+pub use app::{AppOutput, Application, RaftApp};
 pub use kv_node::KvNode;
 pub use node::{RaftEvent, RaftNode, RaftOutput, Role};
 
