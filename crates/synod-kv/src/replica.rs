@@ -145,6 +145,9 @@ pub struct ReplicaBugs {
     /// A restarted member counts the committed entries after its snapshot
     /// as applied without applying them.
     pub skip_replay: bool,
+    /// Lease deadlines are counted without the ticks that cover the
+    /// current tick and the answer's trip (the lease ends a little early).
+    pub short_leases: bool,
 }
 
 /// One member: the Raft core, the store, and the requests it owes answers.
@@ -342,7 +345,11 @@ impl State {
     /// tick covers that trip (found by `lease_expiry.rs` with its watcher on
     /// the leader: up to 2.5 ms early with one).
     fn ttl_ticks(&self, ttl: i64) -> u64 {
-        (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1)) + 2
+        let ticks = (ttl.max(0) as u64 * 1000).div_ceil(self.cfg.tick_ms.max(1));
+        if self.bugs.short_leases {
+            return ticks.saturating_sub(1);
+        }
+        ticks + 2
     }
 }
 

@@ -651,29 +651,31 @@ mod etcd_replica {
     /// The first seed below `limit` whose run with `bugs` violates a
     /// property, and the property.
     fn first_caught(bugs: ReplicaBugs, limit: u64) -> Option<(u64, &'static str)> {
+        thread_local! {
+            static BUGS: std::cell::Cell<ReplicaBugs> = std::cell::Cell::new(ReplicaBugs::default());
+        }
+        BUGS.with(|b| b.set(bugs));
         (0..limit).find_map(|seed| {
-            let model = EtcdModel::new(3, 3).with_boot(match bugs {
-                ReplicaBugs {
-                    stale_snapshot: true,
-                    ..
-                } => |cfg, disk: &_, seed| {
-                    let bugs = ReplicaBugs {
-                        stale_snapshot: true,
-                        ..ReplicaBugs::default()
-                    };
-                    Replica::with_bugs(cfg, disk, seed, bugs)
-                },
-                _ => |cfg, disk: &_, seed| {
-                    let bugs = ReplicaBugs {
-                        skip_replay: true,
-                        ..ReplicaBugs::default()
-                    };
-                    Replica::with_bugs(cfg, disk, seed, bugs)
-                },
+            let model = EtcdModel::new(3, 3).with_boot(|cfg, disk: &_, seed| {
+                Replica::with_bugs(cfg, disk, seed, BUGS.with(|b| b.get()))
             });
             let r = Simulation::new(SimConfig::new(3, FaultSet::all()), seed, model).run(seed);
             r.violations.first().map(|v| (seed, v.property))
         })
+    }
+
+    #[test]
+    fn leases_that_end_early_are_caught() {
+        let bugs = ReplicaBugs {
+            short_leases: true,
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught(bugs, 200);
+        eprintln!("short leases caught: {caught:?}");
+        assert!(
+            matches!(caught, Some((_, "lease_expiry"))),
+            "leases ending early went unnoticed in 200 runs: {caught:?}"
+        );
     }
 
     #[test]

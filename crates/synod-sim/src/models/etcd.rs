@@ -27,7 +27,14 @@
 //!   (history, leases, revisions), compared every [`LOG_CHECK_EVERY`] and at
 //!   the end.
 //!
-//! Liveness: in the quiet phase every client finishes its operations.
+//! * **lease_expiry** — a lease client grants [`LEASES`] leases one after
+//!   the other (TTL 1 or 2 s, never kept alive) and attaches a key to each;
+//!   no member deletes a lease's key before the lease's TTL has passed since
+//!   the grant was acknowledged (the leader counts TTLs in its own ticks, and
+//!   a new leader restarts them).
+//!
+//! Liveness: in the quiet phase every client finishes its operations, and
+//! every lease whose key was attached expires.
 //!
 //! [`Store::hash`]: synod_kv::Store::hash
 
@@ -58,9 +65,11 @@ pub const PROPERTIES: &[&str] = &[
     "commit_rule",
     "linearizability",
     "storage",
+    "lease_expiry",
 ];
 pub const COUNTERS: &[&str] = &[
     "ops_ok",
+    "leases_expired",
     "ops_indefinite",
     "retries",
     "store_hash_checks",
@@ -91,6 +100,37 @@ const LOG_CHECK: u64 = u64::MAX;
 
 /// Builds a member from its config, recovered image and seed.
 pub type Boot = fn(ReplicaConfig, &Disk, u64) -> Replica;
+
+/// Leases the lease client grants per run.
+pub const LEASES: i64 = 4;
+
+/// One lease of the lease client.
+#[derive(Clone, Debug, Default)]
+struct Lease {
+    ttl_s: i64,
+    /// When the grant was acknowledged (unknown if it was only found to
+    /// exist on a retry).
+    acked: Option<Instant>,
+    /// Whether a key is attached to it for sure.
+    attached: bool,
+    /// When a member was first seen deleting its key.
+    deleted: Option<Instant>,
+}
+
+/// The lease client: grant, then attach, one lease at a time.
+#[derive(Clone, Debug, Default)]
+struct LeaseClient {
+    leases: Vec<Lease>,
+    /// The lease being worked on (index into `leases`) and whether its key
+    /// is being attached (else it is being granted).
+    current: Option<(usize, bool)>,
+    generation: u64,
+    target: NodeId,
+}
+
+fn lease_key(i: usize) -> Vec<u8> {
+    format!("lease-{i}").into_bytes()
+}
 
 /// Operations per client and run.
 const OPS: u32 = 40;
@@ -125,6 +165,9 @@ pub struct EtcdModel {
     checks: RaftChecks,
     boot: Boot,
     store_hash_checks: u64,
+    lessee: LeaseClient,
+    /// Request id -> generation of the lease client's request.
+    lease_inflight: BTreeMap<u64, u64>,
 }
 
 /// The bytes stored for value `v`: the name, then up to [`MAX_PAD`] bytes
@@ -175,6 +218,149 @@ impl EtcdModel {
             checks: RaftChecks::new(n),
             boot: Replica::new,
             store_hash_checks: 0,
+            lessee: LeaseClient::default(),
+            lease_inflight: BTreeMap::new(),
+        }
+    }
+
+    /// The lease client's wake-up tokens carry this client number.
+    fn lease_client(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Starts (or retries) the lease client's current step.
+    fn lease_send(&mut self, ctl: &mut Ctl<'_, Node>) {
+        let Some((i, attaching)) = self.lessee.current else {
+            return;
+        };
+        let id = 1 + i as i64;
+        let cmd = if attaching {
+            Command::Put(PutRequest {
+                key: lease_key(i),
+                value: b"held".to_vec(),
+                lease: id,
+                ..PutRequest::default()
+            })
+        } else {
+            Command::LeaseGrant {
+                id,
+                ttl: self.lessee.leases[i].ttl_s,
+            }
+        };
+        self.lessee.generation += 1;
+        let generation = self.lessee.generation;
+        let req_id = self.next_request;
+        self.next_request += 1;
+        self.lease_inflight.insert(req_id, generation);
+        let latency = ctl.rng().gen_range(MS / 2..2 * MS);
+        let req = ReplicaInput::Client {
+            id: req_id,
+            req: Request::Write(cmd),
+        };
+        ctl.input(self.lessee.target, req, latency);
+        ctl.wake(
+            latency + CLIENT_TIMEOUT,
+            token(self.lease_client(), generation),
+        );
+    }
+
+    /// Moves the lease client on: attach after a grant, grant the next
+    /// lease after an attach.
+    fn lease_next(&mut self, ctl: &mut Ctl<'_, Node>) {
+        self.lessee.current = match self.lessee.current {
+            Some((i, false)) => Some((i, true)),
+            Some((i, true)) if (i as i64) + 1 < LEASES => Some((i + 1, false)),
+            Some(_) => None,
+            None if self.lessee.leases.is_empty() => Some((0, false)),
+            None => None,
+        };
+        if let Some((i, false)) = self.lessee.current {
+            let ttl_s = ctl.rng().gen_range(1..=2);
+            self.lessee.leases.push(Lease {
+                ttl_s,
+                ..Lease::default()
+            });
+            debug_assert_eq!(self.lessee.leases.len(), i + 1);
+        }
+        self.lease_send(ctl);
+    }
+
+    fn lease_answer(
+        &mut self,
+        ctl: &mut Ctl<'_, Node>,
+        node: NodeId,
+        result: Result<Answer, ReplicaError>,
+    ) {
+        let Some((i, attaching)) = self.lessee.current else {
+            return;
+        };
+        let n = self.n as NodeId;
+        match result {
+            Ok(_) => {
+                if attaching {
+                    self.lessee.leases[i].attached = true;
+                } else {
+                    self.lessee.leases[i].acked = Some(ctl.now());
+                }
+                self.lease_next(ctl);
+            }
+            // Granted by an earlier try whose answer was lost: when is
+            // unknown, so its expiry is not checked against a time.
+            Err(ReplicaError::Kv(synod_kv::Error::LeaseExists(_))) if !attaching => {
+                self.lease_next(ctl)
+            }
+            // Expired before its key could be attached: nothing to watch.
+            Err(ReplicaError::Kv(synod_kv::Error::LeaseNotFound(_))) if attaching => {
+                self.lease_next(ctl)
+            }
+            Err(ReplicaError::NotLeader { hint }) => {
+                self.lessee.target = hint.unwrap_or((self.lessee.target + 1) % n);
+                self.lease_send(ctl);
+            }
+            Err(ReplicaError::LeaderChanged) => {
+                self.lessee.target = (self.lessee.target + 1) % n;
+                self.lease_send(ctl);
+            }
+            Err(ReplicaError::Kv(e)) => ctl.violation(
+                "lease_expiry",
+                Some(node),
+                format!(
+                    "lease {}: the store refused a well-formed request: {e}",
+                    i + 1
+                ),
+            ),
+        }
+    }
+
+    /// A member deleted keys: a lease key may go only once its TTL has
+    /// passed since the grant was acknowledged.
+    fn lease_deletes(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId, events: &[synod_kv::Event]) {
+        for e in events {
+            if e.kind != synod_kv::EventKind::Delete {
+                continue;
+            }
+            let Some(i) = (0..self.lessee.leases.len()).find(|&i| e.kv.key == lease_key(i)) else {
+                continue;
+            };
+            let now = ctl.now();
+            let lease = &mut self.lessee.leases[i];
+            if let Some(acked) = lease.acked {
+                let due = acked + lease.ttl_s as u64 * 1_000 * MS;
+                if now < due {
+                    ctl.violation(
+                        "lease_expiry",
+                        Some(node),
+                        format!(
+                            "lease {} ({} s) acknowledged at {} ms, its key deleted at {} ms",
+                            i + 1,
+                            lease.ttl_s,
+                            acked / MS,
+                            now / MS
+                        ),
+                    );
+                }
+            }
+            lease.deleted.get_or_insert(now);
         }
     }
 
@@ -423,6 +609,7 @@ impl Model for EtcdModel {
         for c in 0..self.clients.len() {
             self.next_op(ctl, c);
         }
+        self.lease_next(ctl);
         ctl.wake(LOG_CHECK_EVERY, LOG_CHECK);
     }
 
@@ -446,9 +633,10 @@ impl Model for EtcdModel {
                 term,
                 digest,
                 revision,
-                ..
+                events,
             } => {
                 self.checks.on_applied(ctl, node, index, term, digest);
+                self.lease_deletes(ctl, node, &events);
                 match self.revisions.get(&index) {
                     Some((r, first)) if *r != revision => ctl.violation(
                         "state_machine_safety",
@@ -462,6 +650,12 @@ impl Model for EtcdModel {
                 }
             }
             ReplicaEvent::Response { id, result } => {
+                if let Some(generation) = self.lease_inflight.remove(&id) {
+                    if generation == self.lessee.generation {
+                        self.lease_answer(ctl, node, result);
+                    }
+                    return;
+                }
                 let Some((c, generation)) = self.inflight.remove(&id) else {
                     return;
                 };
@@ -505,6 +699,14 @@ impl Model for EtcdModel {
         let c = (tok >> 32) as usize;
         let resend = tok & (1 << 31) != 0;
         let generation = tok & 0x7fff_ffff;
+        if c == self.lease_client() {
+            // No answer in time: ask the next member.
+            if self.lessee.generation & 0x7fff_ffff == generation {
+                self.lessee.target = (self.lessee.target + 1) % self.n as NodeId;
+                self.lease_send(ctl);
+            }
+            return;
+        }
         if c >= self.clients.len() || self.clients[c].generation & 0x7fff_ffff != generation {
             return;
         }
@@ -522,12 +724,20 @@ impl Model for EtcdModel {
 
     fn done(&self, _ctl: &Ctl<'_, Node>) -> bool {
         self.clients.iter().all(|c| c.done >= OPS && c.op.is_none())
+            && self.lessee.current.is_none()
+            && self
+                .lessee
+                .leases
+                .iter()
+                .all(|l| !l.attached || l.deleted.is_some())
     }
 
     fn finish(&mut self, ctl: &mut Ctl<'_, Node>, _terminated: bool, report: &mut RunReport) {
         self.checks.finish(ctl, report);
         self.check_stores(ctl);
         report.count("store_hash_checks", self.store_hash_checks);
+        let expired = self.lessee.leases.iter().filter(|l| l.deleted.is_some());
+        report.count("leases_expired", expired.count() as u64);
         // An operation still in progress at the end is indefinite.
         for (c, client) in self.clients.iter().enumerate() {
             if let Some((kind, invoked)) = &client.op {
