@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_kv::replica::{Answer, ReplicaError, Request};
-use synod_protocols::raft::Message;
+use synod_kv::{Command, Store};
+use synod_protocols::raft::{EntryData, Message};
 use synod_protocols::NodeId;
 
 /// Largest frame accepted: a snapshot of a large store, with room to spare.
@@ -48,12 +49,33 @@ pub enum PeerMsg {
 }
 
 impl PeerMsg {
-    /// Whether a correct member could have sent this (see
-    /// [`Message::check`]); forwarded requests are validated by the leader
-    /// like any client's.
+    /// Whether a correct member of this build could have sent this: a Raft
+    /// message of the right shape ([`Message::check`]) whose entries hold
+    /// commands and whose snapshot holds a store this build can read, so
+    /// that nothing undecodable is ever appended or installed here.
+    /// Forwarded requests are validated by the leader like any client's.
     pub fn check(&self) -> Result<(), String> {
         match self {
-            PeerMsg::Raft(m) => m.check(),
+            PeerMsg::Raft(m) => {
+                m.check()?;
+                match m {
+                    Message::Append { entries, .. } => {
+                        for e in entries {
+                            if let EntryData::App(p) = &e.data {
+                                p.try_decode::<Command>()
+                                    .map_err(|err| format!("entry {}: {err}", e.index))?;
+                            }
+                        }
+                        Ok(())
+                    }
+                    Message::InstallSnapshot { snapshot, .. } => snapshot
+                        .data
+                        .try_decode::<Store>()
+                        .map(|_| ())
+                        .map_err(|err| format!("snapshot at {}: {err}", snapshot.meta.index)),
+                    _ => Ok(()),
+                }
+            }
             PeerMsg::Forward { .. } | PeerMsg::Reply { .. } => Ok(()),
         }
     }
@@ -374,7 +396,7 @@ mod tests {
     //! decoding give a message or a closed connection, never a panic.
     use super::*;
     use proptest::prelude::*;
-    use synod_protocols::raft::{Entry, EntryData, Payload};
+    use synod_protocols::raft::{Entry, Payload};
 
     /// Everything a reader does with a connection's bytes, minus the socket.
     fn read_all(bytes: &[u8]) -> usize {
@@ -408,7 +430,7 @@ mod tests {
                 .map(|index| Entry {
                     index,
                     term: 3,
-                    data: EntryData::App(Payload(vec![1; 20])),
+                    data: EntryData::App(Payload::encode(&Command::LeaseRevoke { id: 7 })),
                 })
                 .collect(),
             commit: 8,

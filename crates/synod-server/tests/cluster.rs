@@ -305,7 +305,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_peer_frames_leave_every_member_serving() {
-    use synod_protocols::raft::{Entry, EntryData, Message};
+    use synod_protocols::raft::{Entry, EntryData, Message, Payload};
     use synod_server::peer::{Hello, PeerMsg};
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -341,6 +341,21 @@ async fn malformed_peer_frames_leave_every_member_serving() {
     bad_append.extend(framed(&bincode::serialize(&gap).unwrap()));
     let mut garbage_after_hello = hello_bytes.clone();
     garbage_after_hello.extend(framed(&[0xff; 64]));
+    // Well-formed, but the entry is no command this build can read: were it
+    // appended and committed, every member would fail to apply it.
+    let not_a_command = PeerMsg::Raft(Message::Append {
+        term: 1_000,
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            index: 1,
+            term: 1_000,
+            data: EntryData::App(Payload(vec![7, 1, 2, 3])),
+        }],
+        commit: 0,
+    });
+    let mut bad_payload = hello_bytes.clone();
+    bad_payload.extend(framed(&bincode::serialize(&not_a_command).unwrap()));
     let mut huge_after_hello = hello_bytes.clone();
     huge_after_hello.extend((512u32 << 20).to_le_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -349,6 +364,7 @@ async fn malformed_peer_frames_leave_every_member_serving() {
         ("a frame of garbage after the hello", garbage_after_hello),
         ("a 512 MiB frame that never comes", huge_after_hello),
         ("an append with a gap", bad_append),
+        ("an entry that is not a command", bad_payload),
     ];
     for m in 0..2 {
         for (what, bytes) in &cases {

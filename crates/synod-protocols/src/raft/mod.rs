@@ -121,18 +121,69 @@ use std::fmt;
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Payload(pub Vec<u8>);
 
+/// The encoding [`Payload::encode`] writes: the first byte of every payload,
+/// so that a build that changes an application encoding can still read (or
+/// refuse by name) what an older one replicated.
+pub const PAYLOAD_VERSION: u8 = 1;
+
+/// Why a payload is not the value it should hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Written by an encoding this build does not read.
+    UnknownVersion(u8),
+    /// Not a value of the expected type.
+    Malformed(String),
+}
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayloadError::UnknownVersion(v) => write!(
+                f,
+                "encoding version {v}, but this build reads version {PAYLOAD_VERSION}"
+            ),
+            PayloadError::Malformed(e) => write!(f, "does not decode: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
 impl Payload {
-    /// An application value as a payload (bincode).
+    /// An application value as a payload: [`PAYLOAD_VERSION`], then bincode.
     pub fn encode<T: Serialize>(value: &T) -> Payload {
-        Payload(bincode::serialize(value).expect("in-memory values serialize"))
+        let mut bytes = Vec::with_capacity(64);
+        bytes.push(PAYLOAD_VERSION);
+        bincode::serialize_into(&mut bytes, value).expect("in-memory values serialize");
+        Payload(bytes)
+    }
+
+    /// The value `encode` made, or why these bytes are not one. Never panics,
+    /// whatever the bytes: peers' payloads are checked with it before they
+    /// reach the log.
+    pub fn try_decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        use bincode::Options;
+        let (&version, body) = self
+            .0
+            .split_first()
+            .ok_or_else(|| PayloadError::Malformed("empty".into()))?;
+        if version != PAYLOAD_VERSION {
+            return Err(PayloadError::UnknownVersion(version));
+        }
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(self.0.len() as u64)
+            .deserialize(body)
+            .map_err(|e| PayloadError::Malformed(e.to_string()))
     }
 
     /// The value `encode` made. Committed entries and snapshots hold only the
-    /// application's own encodings; anything else means replicated state is
-    /// damaged, which no replica may paper over, so this panics, naming `what`.
+    /// application's own encodings (members check peers' payloads before
+    /// accepting them); anything else means replicated state is damaged,
+    /// which no replica may paper over, so this panics, naming `what`.
     pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> T {
-        bincode::deserialize(&self.0)
-            .unwrap_or_else(|e| panic!("undecodable {what} ({self:?}): {e}"))
+        self.try_decode()
+            .unwrap_or_else(|e| panic!("{what} ({self:?}): {e}"))
     }
 }
 

@@ -1762,3 +1762,34 @@ fn a_malformed_append_is_ignored() {
         assert!(out.msgs.is_empty() && out.writes.is_empty(), "{why}");
     }
 }
+
+/// Payloads name their encoding, and bytes that are no payload give an
+/// error rather than a panic.
+#[test]
+fn payloads_are_versioned_and_never_panic_on_bad_bytes() {
+    let p = Payload::encode(&("k", 7u64));
+    assert_eq!(p.0[0], PAYLOAD_VERSION);
+    assert_eq!(p.try_decode::<(String, u64)>(), Ok(("k".to_string(), 7)));
+    let mut newer = p.clone();
+    newer.0[0] = PAYLOAD_VERSION + 1;
+    let err = newer.try_decode::<(String, u64)>().unwrap_err();
+    assert_eq!(err, PayloadError::UnknownVersion(PAYLOAD_VERSION + 1));
+    assert!(err.to_string().contains("reads version 1"), "{err}");
+    for bytes in [
+        vec![],
+        vec![PAYLOAD_VERSION],
+        vec![
+            PAYLOAD_VERSION,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+        ],
+    ] {
+        assert!(Payload(bytes).try_decode::<(String, u64)>().is_err());
+    }
+}
