@@ -88,6 +88,9 @@ pub enum ApiError {
     BadLeaderTransferee,
     /// MoveLeader's target did not take over in time.
     LeaderTransferTimeout,
+    /// The member has more requests queued than it takes; the client
+    /// should back off and retry.
+    TooManyRequests,
 }
 
 impl From<synod_kv::Error> for ApiError {

@@ -84,6 +84,7 @@ pub(crate) fn status(e: &ApiError) -> Status {
         ApiError::LeaderTransferTimeout => {
             Status::unavailable("etcdserver: request timed out, leader transfer took too long")
         }
+        ApiError::TooManyRequests => Status::resource_exhausted("etcdserver: too many requests"),
     }
 }
 

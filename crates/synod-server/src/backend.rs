@@ -25,7 +25,7 @@ pub struct MemberBackend {
     /// etcd member ids by raft id.
     pub member_ids: Vec<u64>,
     pub members: Directory,
-    pub inbox: mpsc::Sender<Inbox>,
+    pub inbox: mpsc::SyncSender<Inbox>,
     /// Where the member keeps its WAL and snapshots (sized for Status).
     pub data_dir: std::path::PathBuf,
 }
@@ -68,11 +68,19 @@ impl MemberBackend {
         }
     }
 
+    /// Hands `m` to the member. Never blocks an API thread on a full inbox:
+    /// the client is told to back off, as etcd does when its apply falls
+    /// behind.
+    fn queue(&self, m: Inbox) -> Result<(), ApiError> {
+        self.inbox.try_send(m).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => ApiError::TooManyRequests,
+            mpsc::TrySendError::Disconnected(_) => gone(),
+        })
+    }
+
     async fn ask(&self, req: Request) -> Result<Answer, ApiError> {
         let (reply, answer) = oneshot::channel();
-        self.inbox
-            .send(Inbox::Client { req, reply })
-            .map_err(|_| gone())?;
+        self.queue(Inbox::Client { req, reply })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
             Err(_) => Err(ApiError::Timeout),
             Ok(Err(_)) => Err(gone()),
@@ -89,7 +97,7 @@ impl MemberBackend {
         let job = Box::new(move |r: &Replica, feed: &broadcast::Sender<Arc<Applied>>| {
             let _ = tx.send(f(r, feed));
         });
-        self.inbox.send(Inbox::Local(job)).map_err(|_| gone())?;
+        self.queue(Inbox::Local(job))?;
         rx.await.map_err(|_| gone())
     }
 }
@@ -238,12 +246,10 @@ impl Backend for MemberBackend {
             return Err(ApiError::BadLeaderTransferee);
         };
         let (reply, answer) = oneshot::channel();
-        self.inbox
-            .send(Inbox::Handoff {
-                target: Some(raft_id as u64),
-                reply,
-            })
-            .map_err(|_| gone())?;
+        self.queue(Inbox::Handoff {
+            target: Some(raft_id as u64),
+            reply,
+        })?;
         match answer.await.map_err(|_| gone())? {
             Handoff::Moved | Handoff::Stayed => self.header().await,
             Handoff::NotLeader => Err(ApiError::NotLeader),

@@ -51,6 +51,14 @@ pub struct MemberConfig {
 }
 
 /// The feed of applied changes a member publishes for watchers.
+/// Messages a member's inbox holds. Peer readers block when it is full (TCP
+/// then slows the sender down); clients are told to back off
+/// ("etcdserver: too many requests").
+pub const INBOX_CAPACITY: usize = 64 * 1024;
+/// Requests parked while no leader is known; more are refused at once with
+/// "no leader" instead of piling up during a long election.
+const MAX_PARKED: usize = 16 * 1024;
+
 pub type Feed = broadcast::Sender<Arc<Applied>>;
 
 /// Work run on a member's thread against its state.
@@ -94,7 +102,7 @@ pub enum Handoff {
 /// A running member.
 pub struct Member {
     pub id: NodeId,
-    pub inbox: mpsc::Sender<Inbox>,
+    pub inbox: mpsc::SyncSender<Inbox>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -119,7 +127,7 @@ impl Member {
         if let Some(t) = &report.torn_tail {
             tracing::warn!(member = %name, "recovery cut a torn tail: {t:?}");
         }
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(INBOX_CAPACITY);
         let expect = Expect {
             cluster_id: cfg.cluster_id,
             members: cfg.member_ids.clone(),
@@ -214,7 +222,7 @@ struct Driver {
     replica: Replica,
     disk: MemberDisk,
     peers: BTreeMap<NodeId, PeerSender>,
-    own: mpsc::Sender<Inbox>,
+    own: mpsc::SyncSender<Inbox>,
     feed: Feed,
     next_id: u64,
     /// Requests of local clients by request id.
@@ -248,7 +256,7 @@ impl Driver {
         replica: Replica,
         disk: MemberDisk,
         peers: BTreeMap<NodeId, PeerSender>,
-        own: mpsc::Sender<Inbox>,
+        own: mpsc::SyncSender<Inbox>,
         heard: Arc<Mutex<BTreeSet<NodeId>>>,
         metrics: Arc<Metrics>,
     ) -> Driver {
@@ -477,8 +485,12 @@ impl Driver {
                         return;
                     }
                 }
-                None => {
+                None if self.parked.len() < MAX_PARKED => {
                     self.parked.push((req, reply));
+                    return;
+                }
+                None => {
+                    let _ = reply.send(Err(ReplicaError::NotLeader { hint: None }));
                     return;
                 }
             }
@@ -512,7 +524,11 @@ impl Driver {
         }
         for env in out.msgs {
             if env.to == self.cfg.id {
-                let _ = self.own.send(Inbox::Peer((env.to, PeerMsg::Raft(env.msg))));
+                // Never block on its own inbox: a full one drops the message,
+                // which Raft treats as lost and sends again.
+                let _ = self
+                    .own
+                    .try_send(Inbox::Peer((env.to, PeerMsg::Raft(env.msg))));
             } else if let Some(p) = self.peers.get(&env.to) {
                 p.send(PeerMsg::Raft(env.msg));
             }

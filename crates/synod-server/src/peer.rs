@@ -29,6 +29,8 @@ use synod_protocols::NodeId;
 /// Memory follows the bytes that actually arrive, not the length a header
 /// claims, so a lying header costs nothing.
 const MAX_FRAME: usize = 512 << 20;
+/// Messages queued for one peer before more are dropped.
+const PEER_QUEUE: usize = 16 * 1024;
 /// Largest first frame: a hello is a few hundred bytes. Until a peer has
 /// said who it is, it gets no more.
 const MAX_HELLO: usize = 64 << 10;
@@ -163,14 +165,14 @@ pub type OnHello = Arc<dyn Fn(&Hello) + Send + Sync>;
 /// Sends to one peer; cheap to clone.
 #[derive(Clone)]
 pub struct PeerSender {
-    tx: mpsc::Sender<PeerMsg>,
+    tx: mpsc::SyncSender<PeerMsg>,
 }
 
 impl PeerSender {
     /// Starts the writer thread for the peer at `addr`, which opens every
     /// connection with `hello`.
     pub fn start(hello: Arc<Hello>, addr: SocketAddr) -> PeerSender {
-        let (tx, rx) = mpsc::channel::<PeerMsg>();
+        let (tx, rx) = mpsc::sync_channel::<PeerMsg>(PEER_QUEUE);
         std::thread::Builder::new()
             .name(format!("synod-peer-{}-to-{addr}", hello.from))
             .spawn(move || writer(&hello, addr, rx))
@@ -178,9 +180,11 @@ impl PeerSender {
         PeerSender { tx }
     }
 
+    /// Queues `msg` for the peer; drops it if the queue is full (the peer
+    /// is slow or gone): Raft sends again, and a forwarded request's
+    /// deadline covers its loss. The member thread never blocks here.
     pub fn send(&self, msg: PeerMsg) {
-        // The writer only stops when the member is gone.
-        let _ = self.tx.send(msg);
+        let _ = self.tx.try_send(msg);
     }
 }
 
@@ -272,7 +276,7 @@ pub fn listen<T: Send + 'static>(
     listener: TcpListener,
     expect: Expect,
     on_hello: OnHello,
-    inbox: mpsc::Sender<T>,
+    inbox: mpsc::SyncSender<T>,
     wrap: fn(Incoming) -> T,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
@@ -329,7 +333,7 @@ fn reader<T>(
     stream: TcpStream,
     expect: &Expect,
     on_hello: &OnHello,
-    inbox: mpsc::Sender<T>,
+    inbox: mpsc::SyncSender<T>,
     wrap: fn(Incoming) -> T,
 ) {
     let remote = stream.peer_addr().ok();
