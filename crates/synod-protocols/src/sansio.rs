@@ -84,20 +84,16 @@ impl<W, M, E> Output<W, M, E> {
     }
     /// A message to send once this output's writes are durable.
     pub fn send(&mut self, to: NodeId, msg: M) {
-        self.msgs.push(Envelope {
-            to,
-            msg,
-            early: false,
-        });
+        self.send_with(to, msg, false);
     }
     /// A message that may leave while this output's writes are being synced
     /// (see the module docs).
     pub fn send_early(&mut self, to: NodeId, msg: M) {
-        self.msgs.push(Envelope {
-            to,
-            msg,
-            early: true,
-        });
+        self.send_with(to, msg, true);
+    }
+    /// A message, early or not (see [`Envelope::early`]).
+    pub fn send_with(&mut self, to: NodeId, msg: M, early: bool) {
+        self.msgs.push(Envelope { to, msg, early });
     }
     pub fn emit(&mut self, e: E) {
         self.events.push(e);

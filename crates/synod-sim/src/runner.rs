@@ -4,6 +4,7 @@ use crate::faults::FaultSet;
 use crate::models::commit::{self, CommitModel};
 use crate::models::etcd::{self, EtcdModel};
 use crate::models::raft;
+use crate::models::raft_checks;
 use crate::models::write_once::{self, WriteOnceModel};
 use crate::report::{RunReport, Summary};
 use crate::sim::{SimConfig, Simulation};
@@ -55,12 +56,12 @@ impl Algo {
 
     /// The safety properties checked for this algorithm (each gets a
     /// `<property>_violations` count in the JSON summary, zero included).
-    pub fn properties(self) -> &'static [&'static str] {
+    pub fn properties(self) -> Vec<&'static str> {
         match self {
-            Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES,
-            Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::PROPERTIES,
-            Algo::Raft => raft::PROPERTIES,
-            Algo::Etcd => etcd::PROPERTIES,
+            Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES.to_vec(),
+            Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::PROPERTIES.to_vec(),
+            Algo::Raft => [raft_checks::PROPERTIES, raft::PROPERTIES].concat(),
+            Algo::Etcd => [raft_checks::PROPERTIES, etcd::PROPERTIES].concat(),
         }
     }
 
@@ -70,12 +71,12 @@ impl Algo {
     }
 
     /// Extra counters this algorithm reports.
-    pub fn counters(self) -> &'static [&'static str] {
+    pub fn counters(self) -> Vec<&'static str> {
         match self {
-            Algo::Coordinator | Algo::Majority | Algo::Paxos => &[],
-            Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::COUNTERS,
-            Algo::Raft => raft::COUNTERS,
-            Algo::Etcd => etcd::COUNTERS,
+            Algo::Coordinator | Algo::Majority | Algo::Paxos => Vec::new(),
+            Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::COUNTERS.to_vec(),
+            Algo::Raft => [raft::COUNTERS, raft_checks::COUNTERS].concat(),
+            Algo::Etcd => [etcd::COUNTERS, raft_checks::COUNTERS].concat(),
         }
     }
 }
@@ -228,8 +229,8 @@ pub fn run_batch(
         spec.nodes,
         spec.faults.to_string(),
         first_seed,
-        spec.algo.properties(),
-        spec.algo.counters(),
+        &spec.algo.properties(),
+        &spec.algo.counters(),
     );
     for seed in first_seed..first_seed.saturating_add(runs) {
         let report = run_one(spec, seed);

@@ -578,11 +578,7 @@ impl RaftNode {
             entries,
             commit: self.commit,
         };
-        if early {
-            out.send_early(to, msg);
-        } else {
-            out.send(to, msg);
-        }
+        out.send_with(to, msg, early);
         carried
     }
 
@@ -623,11 +619,7 @@ impl RaftNode {
                 commit,
                 ctx: self.read_seq,
             };
-            if early {
-                out.send_early(p, msg);
-            } else {
-                out.send(p, msg);
-            }
+            out.send_with(p, msg, early);
         }
     }
 

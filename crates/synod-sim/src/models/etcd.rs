@@ -57,36 +57,15 @@ use synod_kv::{
 use synod_protocols::raft::{Disk, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
-pub const PROPERTIES: &[&str] = &[
-    "election_safety",
-    "log_matching",
-    "leader_completeness",
-    "state_machine_safety",
-    "commit_rule",
-    "linearizability",
-    "storage",
-    "lease_expiry",
-];
+/// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
+pub const PROPERTIES: &[&str] = &["linearizability", "lease_expiry"];
+/// The counters this model reports besides [`crate::models::raft_checks::COUNTERS`].
 pub const COUNTERS: &[&str] = &[
     "ops_ok",
-    "leases_expired",
     "ops_indefinite",
     "retries",
     "store_hash_checks",
-    "elections",
-    "entries_committed",
-    "messages",
-    "failovers",
-    "failover_us_total",
-    "torn_writes",
-    "torn_tails",
-    "corruptions",
-    "corruption_detected",
-    "snapshots_taken",
-    "snapshots_installed",
-    "runs_with_torn_tails",
-    "runs_with_corruption_detected",
-    "runs_with_snapshots_installed",
+    "leases_expired",
 ];
 
 /// Members compact their logs after this many applied entries (the service:

@@ -103,38 +103,11 @@ use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, K
 use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
-/// The safety properties checked on every run.
-pub const PROPERTIES: &[&str] = &[
-    "election_safety",
-    "log_matching",
-    "leader_completeness",
-    "state_machine_safety",
-    "commit_rule",
-    "linearizability",
-    "storage",
-];
+/// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
+pub const PROPERTIES: &[&str] = &["linearizability"];
 
-/// The counters every run reports.
-pub const COUNTERS: &[&str] = &[
-    "ops_ok",
-    "ops_indefinite",
-    "ops_unknown_checks",
-    "elections",
-    "entries_committed",
-    "messages",
-    "failovers",
-    "failover_us_total",
-    "config_changes",
-    "torn_writes",
-    "torn_tails",
-    "corruptions",
-    "corruption_detected",
-    "snapshots_taken",
-    "snapshots_installed",
-    "runs_with_torn_tails",
-    "runs_with_corruption_detected",
-    "runs_with_snapshots_installed",
-];
+/// The counters this model reports besides [`crate::models::raft_checks::COUNTERS`].
+pub const COUNTERS: &[&str] = &["ops_ok", "ops_indefinite", "ops_unknown_checks"];
 
 /// How long a client waits for an answer before retrying elsewhere.
 pub const CLIENT_TIMEOUT: Instant = 200 * MS;
