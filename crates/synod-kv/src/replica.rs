@@ -25,8 +25,8 @@ use crate::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse,
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use synod_protocols::raft::{
-    Application, Disk, Entry, EntryData, Message, Payload, RaftApp, RaftConfig, RaftNode, Role,
-    Snapshot, Write,
+    Application, ConfChange, Disk, Entry, EntryData, Message, Payload, RaftApp, RaftConfig,
+    RaftNode, Role, Snapshot, Write,
 };
 use synod_protocols::{Instant, Node, NodeId, Output};
 
@@ -53,6 +53,9 @@ pub enum ReplicaInput {
     },
     /// Hand leadership to `target` (leader only).
     TransferLeader(NodeId),
+    /// Change the membership by one server (leader only; one change at a
+    /// time). The change takes effect when its entry commits.
+    ConfChange(ConfChange),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,7 +364,21 @@ impl Application for State {
     }
 
     fn apply(&mut self, _raft: &RaftNode, e: &Entry, out: &mut Out) {
+        // Every entry is reported, no-ops and configurations included, so
+        // checkers see each index applied; only writes list changes.
+        let applied = |store: &Store, events: Vec<Event>| ReplicaEvent::Applied {
+            index: e.index,
+            term: e.term,
+            digest: e.digest(),
+            revision: store.revision(),
+            events,
+        };
         let EntryData::App(p) = &e.data else {
+            out.emit(applied(&self.store, Vec::new()));
+            if let Some((_, id)) = self.writes.remove(&e.index) {
+                // Another leader's entry took the slot: ours was lost.
+                respond(out, id, Err(ReplicaError::LeaderChanged));
+            }
             return;
         };
         if self.booting && self.bugs.skip_replay {
@@ -383,15 +400,11 @@ impl Application for State {
             }
             _ => {}
         }
-        if let Ok((_, events)) = &result {
-            out.emit(ReplicaEvent::Applied {
-                index: e.index,
-                term: e.term,
-                digest: e.digest(),
-                revision: self.store.revision(),
-                events: events.clone(),
-            });
-        }
+        let events = match &result {
+            Ok((_, events)) => events.clone(),
+            Err(_) => Vec::new(),
+        };
+        out.emit(applied(&self.store, events));
         if let Some((term, id)) = self.writes.remove(&e.index) {
             let answer = if term == e.term {
                 result
@@ -501,6 +514,9 @@ impl Node for Replica {
             ReplicaInput::Client { id, req } => self.client(id, req, out),
             ReplicaInput::TransferLeader(target) => {
                 self.node.call(out, |r, out| r.transfer_leader(target, out));
+            }
+            ReplicaInput::ConfChange(change) => {
+                self.node.call(out, |r, out| r.propose_conf(change, out));
             }
         }
         self.node.settle(out);

@@ -188,7 +188,10 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
         Algo::Raft => {
             Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed)
         }
-        Algo::Etcd => Simulation::new(cfg, seed, EtcdModel::new(n, 3)).run(seed),
+        Algo::Etcd => {
+            let model = EtcdModel::new(n, 3).with_spares(etcd::SPARES);
+            Simulation::new(etcd::sim_config(spec), seed, model).run(seed)
+        }
         Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => {
             // Node 0 coordinates, nodes 1..=k participate; the votes come from the seed.
             let layout = Layout::new(n, spec.participants);

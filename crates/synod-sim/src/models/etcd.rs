@@ -5,7 +5,10 @@
 //! (`synod_raft_log`) over the simulated disk ([`WalBacked`]), so torn writes,
 //! bit flips and power loss reach the same recovery code the service runs.
 //! Members compact their logs every [`SNAPSHOT_EVERY`] entries, so most runs
-//! take snapshots, send them to lagging members and recover from them.
+//! take snapshots, send them to lagging members and recover from them. With
+//! [`EtcdModel::with_spares`] (as `synod sim --algo etcd` runs it) the leader
+//! is also asked, one change at a time, to add a spare member as a learner or
+//! voter, promote a learner, or remove a voter (itself included).
 //!
 //! Clients behave as etcd clients do: each runs single-key operations one at a
 //! time — put, linearizable get, delete, and compare-and-swap as a transaction
@@ -40,7 +43,7 @@
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{self, CheckOptions};
-use crate::models::raft_checks::RaftChecks;
+use crate::models::raft_checks::{self, RaftChecks};
 use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::sim::{Ctl, Model};
@@ -76,6 +79,11 @@ pub const SNAPSHOT_EVERY: u64 = 16;
 pub const LOG_CHECK_EVERY: Instant = 250 * MS;
 /// The wake-up token of the periodic comparison (client tokens are smaller).
 const LOG_CHECK: u64 = u64::MAX;
+/// The wake-up token of the next membership change.
+const MEMBERSHIP: u64 = u64::MAX - 1;
+/// Spare members beyond the `--nodes` initial voters, which membership
+/// changes bring in and out (as `--algo raft` has).
+pub const SPARES: usize = 1;
 
 /// Builds a member from its config, recovered image and seed.
 pub type Boot = fn(ReplicaConfig, &Disk, u64) -> Replica;
@@ -147,6 +155,8 @@ pub struct EtcdModel {
     lessee: LeaseClient,
     /// Request id -> generation of the lease client's request.
     lease_inflight: BTreeMap<u64, u64>,
+    /// The initial voters are members `0..voters`; the rest are spares.
+    voters: usize,
 }
 
 /// The bytes stored for value `v`: the name, then up to [`MAX_PAD`] bytes
@@ -199,6 +209,34 @@ impl EtcdModel {
             store_hash_checks: 0,
             lessee: LeaseClient::default(),
             lease_inflight: BTreeMap::new(),
+            voters: n,
+        }
+    }
+
+    /// Adds `spares` members outside the initial configuration (the
+    /// simulation must have `nodes + spares` nodes) and turns on membership
+    /// changes in the fault phase: spares are added as learners or voters,
+    /// learners promoted, voters (the leader included) removed.
+    pub fn with_spares(mut self, spares: usize) -> EtcdModel {
+        self.n = self.voters + spares;
+        self.checks.resize(self.n);
+        self
+    }
+
+    /// Asks the leader for the next membership change, one at a time.
+    fn change_membership(&mut self, ctl: &mut Ctl<'_, Node>) {
+        let Some((leader, _)) = self.checks.current_leader(ctl) else {
+            return;
+        };
+        let Some(r) = ctl.node(leader).and_then(WalBacked::raft).cloned() else {
+            return;
+        };
+        let change = raft_checks::next_membership_change(&r, self.n, self.voters, ctl.rng());
+        if let Some(change) = change {
+            if ctl.tracing() {
+                ctl.trace(format_args!("admin: asks n{leader} to {change:?}"));
+            }
+            ctl.input(leader, ReplicaInput::ConfChange(change), MS);
         }
     }
 
@@ -282,6 +320,9 @@ impl EtcdModel {
                     self.lessee.leases[i].acked = Some(ctl.now());
                 }
                 self.lease_next(ctl);
+                if self.n > self.voters {
+                    ctl.wake(100 * MS, MEMBERSHIP);
+                }
             }
             // Granted by an earlier try whose answer was lost: when is
             // unknown, so its expiry is not checked against a time.
@@ -564,7 +605,8 @@ impl Model for EtcdModel {
     type Node = Node;
 
     fn boot(&mut self, id: NodeId, disk: &WalDisk, seed: u64) -> Node {
-        let mut cfg = ReplicaConfig::new(id, (0..self.n as NodeId).collect());
+        // Spares boot outside the configuration and wait to be added.
+        let mut cfg = ReplicaConfig::new(id, (0..self.voters as NodeId).collect());
         // The simulator ticks every 10 ms.
         cfg.tick_ms = 10;
         cfg.raft.snapshot_every = SNAPSHOT_EVERY;
@@ -669,6 +711,14 @@ impl Model for EtcdModel {
     }
 
     fn on_wake(&mut self, ctl: &mut Ctl<'_, Node>, tok: u64) {
+        if tok == MEMBERSHIP {
+            if !ctl.in_quiet_phase() {
+                self.change_membership(ctl);
+                let after = ctl.rng().gen_range(100 * MS..400 * MS);
+                ctl.wake(after, MEMBERSHIP);
+            }
+            return;
+        }
         if tok == LOG_CHECK {
             self.checks.check_logs(ctl);
             self.check_stores(ctl);
@@ -733,4 +783,13 @@ impl Model for EtcdModel {
         report.count("ops_indefinite", self.history.len() as u64 - ok);
         report.count("retries", self.retries);
     }
+}
+
+/// The simulator configuration for `--algo etcd`: the voters plus the
+/// spares, with f taken from the initial voters.
+pub fn sim_config(spec: &crate::runner::RunSpec) -> crate::sim::SimConfig {
+    let mut cfg = crate::sim::SimConfig::new(spec.nodes + SPARES, spec.faults);
+    cfg.f = spec.nodes.saturating_sub(1) / 2;
+    cfg.trace = spec.trace;
+    cfg
 }

@@ -90,7 +90,7 @@
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{check, CheckResult};
-use crate::models::raft_checks::RaftChecks;
+use crate::models::raft_checks::{self, RaftChecks};
 use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::runner::RunSpec;
@@ -100,7 +100,7 @@ use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::rc::Rc;
 use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
-use synod_protocols::raft::{Disk, EntryData, KvNode, RaftConfig, Write};
+use synod_protocols::raft::{ConfChange, Disk, EntryData, KvNode, RaftConfig, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
@@ -565,32 +565,18 @@ where
         let Some((leader, _)) = self.current_leader(ctl) else {
             return;
         };
-        let Some(r) = ctl.node(leader).and_then(WalBacked::raft) else {
+        let Some(r) = ctl.node(leader).and_then(WalBacked::raft).cloned() else {
             return;
         };
-        let (voters, learners) = (r.voters(), r.learners());
-        let outside: Vec<NodeId> = (0..self.n as NodeId)
-            .filter(|i| !voters.contains(i) && !learners.contains(i))
-            .collect();
-        // The configuration in force is the latest committed one. Only a leader
-        // that has committed an entry of its term, with no change pending, knows
-        // it for sure; asking anything else to remove a voter could take the
-        // cluster below the initial voter count, and so below the f nodes the
-        // run may keep down for good.
-        let settled = r.committed_own_term() && !r.conf_change_pending();
-        let op = if voters.len() > self.voters && settled {
-            AdminOp::RemoveNode(voters[ctl.rng().gen_range(0..voters.len())])
-        } else if let Some(&l) = learners.first() {
-            AdminOp::PromoteLearner(l)
-        } else if !outside.is_empty() {
-            let x = outside[ctl.rng().gen_range(0..outside.len())];
-            if ctl.rng().gen_bool(0.3) {
-                AdminOp::AddVoter(x)
-            } else {
-                AdminOp::AddLearner(x)
-            }
-        } else {
+        let Some(change) = raft_checks::next_membership_change(&r, self.n, self.voters, ctl.rng())
+        else {
             return;
+        };
+        let op = match change {
+            ConfChange::AddVoter(x) => AdminOp::AddVoter(x),
+            ConfChange::AddLearner(x) => AdminOp::AddLearner(x),
+            ConfChange::PromoteLearner(x) => AdminOp::PromoteLearner(x),
+            ConfChange::RemoveNode(x) => AdminOp::RemoveNode(x),
         };
         if ctl.tracing() {
             ctl.trace(format_args!("admin: asks n{leader} to {op:?}"));

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use synod_protocols::raft::{Disk, EntryData, Role, Write};
+use synod_protocols::raft::{ConfChange, Disk, EntryData, RaftNode, Role, Write};
 use synod_protocols::{Instant, NodeId};
 
 use crate::models::wal_disk::{OnRaft, WalBacked, WalDisk};
@@ -462,4 +462,40 @@ impl RaftChecks {
         report.count("failovers", self.failovers.len() as u64);
         report.count("failover_us_total", self.failovers.iter().sum());
     }
+}
+
+/// The next membership change a run asks `leader` for, one server at a
+/// time: remove a voter while there are more than `initial_voters`, else
+/// promote a learner, else add one of the `n` nodes that is outside the
+/// configuration (as a voter or, more often, a learner).
+pub fn next_membership_change(
+    leader: &RaftNode,
+    n: usize,
+    initial_voters: usize,
+    rng: &mut impl Rng,
+) -> Option<ConfChange> {
+    let (voters, learners) = (leader.voters(), leader.learners());
+    let outside: Vec<NodeId> = (0..n as NodeId)
+        .filter(|i| !voters.contains(i) && !learners.contains(i))
+        .collect();
+    // The configuration in force is the latest committed one. Only a leader
+    // that has committed an entry of its term, with no change pending, knows
+    // it for sure; asking anything else to remove a voter could take the
+    // cluster below the initial voter count, and so below the f nodes the
+    // run may keep down for good.
+    let settled = leader.committed_own_term() && !leader.conf_change_pending();
+    Some(if voters.len() > initial_voters && settled {
+        ConfChange::RemoveNode(voters[rng.gen_range(0..voters.len())])
+    } else if let Some(&l) = learners.first() {
+        ConfChange::PromoteLearner(l)
+    } else if !outside.is_empty() {
+        let x = outside[rng.gen_range(0..outside.len())];
+        if rng.gen_bool(0.3) {
+            ConfChange::AddVoter(x)
+        } else {
+            ConfChange::AddLearner(x)
+        }
+    } else {
+        return None;
+    })
 }
