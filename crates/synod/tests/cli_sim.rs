@@ -123,3 +123,30 @@ fn the_summary_does_not_depend_on_the_number_of_threads() {
     let three = json(&["sim", "--runs", "300", "--json", "--jobs", "3"]);
     assert_eq!(one, three);
 }
+
+#[test]
+fn a_summary_lists_only_the_faults_its_model_exercises() {
+    let faults = |algo: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_synod"))
+            .args([
+                "sim", "--algo", algo, "--faults", "all", "--runs", "2", "--json",
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        v["faults"].as_str().unwrap().to_string()
+    };
+    // Write-once disks are records written whole or not at all: no torn
+    // writes, no bit flips to detect.
+    let paxos = faults("paxos");
+    assert!(
+        !paxos.contains("torn-write") && !paxos.contains("corruption"),
+        "{paxos}"
+    );
+    assert!(paxos.contains("power-loss"), "{paxos}");
+    let etcd = faults("etcd");
+    assert!(
+        etcd.contains("torn-write") && etcd.contains("corruption"),
+        "{etcd}"
+    );
+}
