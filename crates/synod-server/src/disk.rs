@@ -5,10 +5,44 @@
 //! histogram and the slow-disk warning.
 
 use std::path::Path;
+use synod_kv::Command;
 use synod_protocols::raft::{Disk, Write};
+use synod_protocols::raft::{EntryData, PAYLOAD_VERSION};
 use synod_protocols::NodeId;
 use synod_raft_log::RaftLog;
 use synod_storage::{Identity, RealFs, RecoveryReport, StorageOptions};
+
+/// Refuses a log this build cannot replay, naming what it cannot read,
+/// rather than fail half-way through the replay: every command after the
+/// snapshot must decode, and the snapshot must be in this build's encoding
+/// (decoding a large snapshot twice would double the restart time; its
+/// bytes passed the storage checksums).
+fn readable(dir: &Path, disk: &Disk) -> synod_storage::Result<()> {
+    let refuse = |detail: String| synod_storage::Error::Inconsistent {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    if let Some(s) = &disk.snapshot {
+        let version = s.data.0.first().copied();
+        if version != Some(PAYLOAD_VERSION) {
+            return Err(refuse(format!(
+                "the snapshot at index {} is in encoding {version:?}; this build reads {PAYLOAD_VERSION}",
+                s.meta.index
+            )));
+        }
+    }
+    for e in &disk.entries {
+        if let EntryData::App(p) = &e.data {
+            p.try_decode::<Command>().map_err(|err| {
+                refuse(format!(
+                    "entry {} holds no command this build reads: {err}",
+                    e.index
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
 
 /// Raft's durable records, kept in a synod-storage data directory.
 pub struct MemberDisk {
@@ -31,6 +65,7 @@ impl MemberDisk {
             node_id: node,
         };
         let (log, disk, report) = RaftLog::open(RealFs, dir, id, StorageOptions::default())?;
+        readable(dir, &disk)?;
         Ok((MemberDisk { log, fsync: None }, disk, report))
     }
 
@@ -55,5 +90,53 @@ impl MemberDisk {
             tracing::warn!(took_ms = took.as_millis() as u64, "slow fdatasync");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synod_protocols::raft::{Entry, HardState, Payload};
+
+    #[test]
+    fn a_log_this_build_cannot_replay_is_refused_by_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity {
+            cluster_id: 9,
+            node_id: 1,
+        };
+        let (mut log, _, _) =
+            RaftLog::open(RealFs, dir.path(), id, StorageOptions::default()).unwrap();
+        let good = EntryData::App(Payload::encode(&Command::LeaseRevoke { id: 1 }));
+        let newer = EntryData::App(Payload(vec![PAYLOAD_VERSION + 1, 0, 0]));
+        log.persist(&[
+            Write::HardState(HardState {
+                term: 1,
+                vote: Some(0),
+                commit: 2,
+            }),
+            Write::Entries(vec![
+                Entry {
+                    index: 1,
+                    term: 1,
+                    data: good,
+                },
+                Entry {
+                    index: 2,
+                    term: 1,
+                    data: newer,
+                },
+            ]),
+        ])
+        .unwrap();
+        drop(log);
+        let err = MemberDisk::open(dir.path(), 9, 1)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("entry 2") && err.contains("encoding version 2"),
+            "{err}"
+        );
     }
 }
