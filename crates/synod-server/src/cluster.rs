@@ -48,6 +48,9 @@ pub struct Tuning {
     /// `--snapshot-count`.
     pub snapshot_every: u64,
     pub limits: Limits,
+    /// The largest peer frame a member takes (a snapshot of the whole
+    /// store travels in one); a peer that sends more is disconnected.
+    pub max_peer_frame: usize,
 }
 
 impl Default for Tuning {
@@ -57,6 +60,7 @@ impl Default for Tuning {
             election: Duration::from_millis(1000),
             snapshot_every: 1000,
             limits: Limits::default(),
+            max_peer_frame: crate::peer::MAX_FRAME,
         }
     }
 }
@@ -237,6 +241,7 @@ pub async fn start_member_on(
             election_ticks: election_ticks(tuning),
             snapshot_every: tuning.snapshot_every,
             max_txn_ops: tuning.limits.max_txn_ops,
+            max_peer_frame: tuning.max_peer_frame,
         },
         on_hello,
         metrics.clone(),

@@ -48,6 +48,8 @@ pub struct MemberConfig {
     /// Applied entries between snapshots (`--snapshot-count`).
     pub snapshot_every: u64,
     pub max_txn_ops: usize,
+    /// The largest peer frame taken (see `Tuning::max_peer_frame`).
+    pub max_peer_frame: usize,
 }
 
 /// The feed of applied changes a member publishes for watchers.
@@ -131,6 +133,7 @@ impl Member {
         let expect = Expect {
             cluster_id: cfg.cluster_id,
             members: cfg.member_ids.clone(),
+            max_frame: cfg.max_peer_frame,
         };
         // Which peers have said hello: the driver waits for a quorum of them
         // before it fast-forwards its first election (see `Driver::run`).

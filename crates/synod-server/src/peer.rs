@@ -25,10 +25,11 @@ use synod_kv::{Command, Store};
 use synod_protocols::raft::{EntryData, Message};
 use synod_protocols::NodeId;
 
-/// Largest frame accepted: a snapshot of a large store, with room to spare.
-/// Memory follows the bytes that actually arrive, not the length a header
-/// claims, so a lying header costs nothing.
-const MAX_FRAME: usize = 512 << 20;
+/// The default bound on a frame (`Tuning::max_peer_frame`): a snapshot of
+/// a large store, with room to spare. Memory follows the bytes that
+/// actually arrive, not the length a header claims, so a lying header costs
+/// nothing.
+pub const MAX_FRAME: usize = 512 << 20;
 /// Messages queued for one peer before more are dropped.
 const PEER_QUEUE: usize = 16 * 1024;
 /// Largest first frame: a hello is a few hundred bytes. Until a peer has
@@ -130,6 +131,8 @@ impl Hello {
 pub struct Expect {
     pub cluster_id: u64,
     pub members: BTreeMap<NodeId, u64>,
+    /// The largest frame taken after the hello.
+    pub max_frame: usize,
 }
 
 impl Expect {
@@ -357,7 +360,7 @@ fn reader<T>(
     on_hello(&hello);
     let from = hello.from;
     loop {
-        if !read_frame(&mut r, &mut body, MAX_FRAME) {
+        if !read_frame(&mut r, &mut body, expect.max_frame) {
             return;
         }
         // A frame that does not decode ends the connection: the peer speaks

@@ -9,13 +9,8 @@ use synod_etcd::pb::etcdserverpb as pb;
 use synod_server::cluster::{start_cluster, start_member, ClusterSpec};
 use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 async fn client(spec: &ClusterSpec, i: usize) -> KvClient<Channel> {
     let url = format!("http://{}", spec.members[i].client);

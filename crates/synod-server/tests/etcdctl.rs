@@ -22,13 +22,8 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 /// Whether etcdctl can run; false means skip (fails instead under CI's
 /// `SYNOD_REQUIRE_ETCDCTL`).

@@ -9,13 +9,8 @@ use synod_etcd::pb::etcdserverpb as pb;
 use synod_server::cluster::{start_cluster, ClusterSpec};
 use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 /// One HTTP/1.1 request: (status code, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {

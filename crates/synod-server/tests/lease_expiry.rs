@@ -18,13 +18,8 @@ use tonic::transport::Channel;
 const LEASES: usize = 1_000;
 const PREFIX: &str = "lease-expiry/";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 fn channel(spec: &ClusterSpec, i: usize) -> Channel {
     let url = format!("http://{}", spec.members[i].client);

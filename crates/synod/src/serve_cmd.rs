@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// Most operations in one transaction branch.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Largest frame taken from a peer, in bytes (synod only; etcd has no
+    /// such flag). A snapshot of the whole store travels in one frame, so
+    /// this must exceed the store's encoded size.
+    #[arg(long, env = "SYNOD_MAX_PEER_FRAME_BYTES", default_value_t = synod_server::peer::MAX_FRAME)]
+    pub max_peer_frame_bytes: usize,
     /// Backend quota in bytes; 0 = default. Not implemented yet: only 0 is accepted.
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
@@ -304,6 +309,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             max_txn_ops: a.max_txn_ops,
             min_lease_ttl: Limits::min_lease_ttl_for(tick, election),
         },
+        max_peer_frame: a.max_peer_frame_bytes,
     };
     let spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
     let index = spec.index_of(&a.name).expect("this member is in the spec");
