@@ -84,6 +84,37 @@ impl PeerMsg {
     }
 }
 
+/// Every frame after the hello: the identity agreed by the hello again,
+/// then the message. A frame that names another cluster, version or sender
+/// than its connection's hello (a stream out of step, or bytes spliced in)
+/// closes the connection.
+#[derive(Serialize)]
+struct FrameOut<'a> {
+    cluster_id: u64,
+    version: u32,
+    from: NodeId,
+    msg: &'a PeerMsg,
+}
+
+impl<'a> FrameOut<'a> {
+    fn new(hello: &Hello, msg: &'a PeerMsg) -> FrameOut<'a> {
+        FrameOut {
+            cluster_id: hello.cluster_id,
+            version: PROTOCOL_VERSION,
+            from: hello.from,
+            msg,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FrameIn {
+    cluster_id: u64,
+    version: u32,
+    from: NodeId,
+    msg: PeerMsg,
+}
+
 /// What a reader thread hands its member.
 pub type Incoming = (NodeId, PeerMsg);
 
@@ -239,10 +270,10 @@ fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
             continue;
         };
         // Batch whatever else is queued into the same flush.
-        let mut ok = frame(w, &first).is_ok();
+        let mut ok = frame(w, &FrameOut::new(hello, &first)).is_ok();
         while ok {
             match rx.try_recv() {
-                Ok(m) => ok = frame(w, &m).is_ok(),
+                Ok(m) => ok = frame(w, &FrameOut::new(hello, &m)).is_ok(),
                 Err(_) => break,
             }
         }
@@ -365,10 +396,26 @@ fn reader<T>(
         }
         // A frame that does not decode ends the connection: the peer speaks
         // something else, or the stream is out of step.
-        let Some(msg) = decode::<PeerMsg>(&body) else {
+        let Some(FrameIn {
+            cluster_id,
+            version,
+            from: sender,
+            msg,
+        }) = decode::<FrameIn>(&body)
+        else {
             refused(remote, "it sent a frame that is not a peer message");
             return;
         };
+        if (cluster_id, version, sender) != (hello.cluster_id, hello.version, from) {
+            refused(
+                remote,
+                &format!(
+                    "a frame names cluster {cluster_id:x}, version {version}, member {sender}, \
+                     not what its hello said"
+                ),
+            );
+            return;
+        }
         if let Err(why) = msg.check() {
             refused(remote, &format!("it sent a malformed message: {why}"));
             return;
@@ -414,8 +461,8 @@ mod tests {
         }
         let mut taken = 0;
         while read_frame(&mut r, &mut body, MAX_FRAME) {
-            match decode::<PeerMsg>(&body) {
-                Some(m) if m.check().is_ok() => taken += 1,
+            match decode::<FrameIn>(&body) {
+                Some(f) if f.cluster_id == 1 && f.from == 0 && f.msg.check().is_ok() => taken += 1,
                 _ => break,
             }
         }
@@ -443,7 +490,13 @@ mod tests {
             commit: 8,
         });
         let mut out = Vec::new();
-        frame(&mut out, &msg).unwrap();
+        let framed = FrameOut {
+            cluster_id: 1,
+            version: PROTOCOL_VERSION,
+            from: 0,
+            msg: &msg,
+        };
+        frame(&mut out, &framed).unwrap();
         out
     }
 

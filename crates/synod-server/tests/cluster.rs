@@ -301,7 +301,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_peer_frames_leave_every_member_serving() {
     use synod_protocols::raft::{Entry, EntryData, Message, Payload};
-    use synod_server::peer::{Hello, PeerMsg};
+    use synod_server::peer::{Hello, PeerMsg, PROTOCOL_VERSION};
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
@@ -333,7 +333,11 @@ async fn malformed_peer_frames_leave_every_member_serving() {
     });
     let hello_bytes = framed(&bincode::serialize(&hello).unwrap());
     let mut bad_append = hello_bytes.clone();
-    bad_append.extend(framed(&bincode::serialize(&gap).unwrap()));
+    // After the hello every frame repeats the identity the hello agreed.
+    let as_member_2 = |msg: &PeerMsg| {
+        framed(&bincode::serialize(&(spec.cluster_id, PROTOCOL_VERSION, 2u64, msg)).unwrap())
+    };
+    bad_append.extend(as_member_2(&gap));
     let mut garbage_after_hello = hello_bytes.clone();
     garbage_after_hello.extend(framed(&[0xff; 64]));
     // Well-formed, but the entry is no command this build can read: were it
@@ -350,7 +354,17 @@ async fn malformed_peer_frames_leave_every_member_serving() {
         commit: 0,
     });
     let mut bad_payload = hello_bytes.clone();
-    bad_payload.extend(framed(&bincode::serialize(&not_a_command).unwrap()));
+    bad_payload.extend(as_member_2(&not_a_command));
+    // A well-formed heartbeat, but the frame says it is from member 1.
+    let heartbeat = PeerMsg::Raft(Message::Heartbeat {
+        term: 0,
+        commit: 0,
+        ctx: 0,
+    });
+    let mut other_sender = hello_bytes.clone();
+    other_sender.extend(framed(
+        &bincode::serialize(&(spec.cluster_id, PROTOCOL_VERSION, 1u64, &heartbeat)).unwrap(),
+    ));
     let mut huge_after_hello = hello_bytes.clone();
     huge_after_hello.extend((512u32 << 20).to_le_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -360,6 +374,7 @@ async fn malformed_peer_frames_leave_every_member_serving() {
         ("a 512 MiB frame that never comes", huge_after_hello),
         ("an append with a gap", bad_append),
         ("an entry that is not a command", bad_payload),
+        ("a frame from another sender than the hello's", other_sender),
     ];
     for m in 0..2 {
         for (what, bytes) in &cases {
