@@ -99,8 +99,9 @@ pub enum ReplicaEvent {
         result: Result<Answer, ReplicaError>,
     },
     /// Log entry `index` (of `term`, its data hashing to `digest`) was
-    /// applied; a write that changed something lists its changes at
-    /// `revision`. The term and digest let a checker compare what members
+    /// applied. Every entry is reported, no-ops, configurations and refused
+    /// commands included; a write that changed something lists its changes
+    /// at `revision`. The term and digest let a checker compare what members
     /// applied at one index.
     Applied {
         index: u64,

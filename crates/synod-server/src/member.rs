@@ -52,7 +52,6 @@ pub struct MemberConfig {
     pub max_peer_frame: usize,
 }
 
-/// The feed of applied changes a member publishes for watchers.
 /// Messages a member's inbox holds. Peer readers block when it is full (TCP
 /// then slows the sender down); clients are told to back off
 /// ("etcdserver: too many requests").
@@ -61,6 +60,7 @@ pub const INBOX_CAPACITY: usize = 64 * 1024;
 /// "no leader" instead of piling up during a long election.
 const MAX_PARKED: usize = 16 * 1024;
 
+/// The feed of applied changes a member publishes for watchers.
 pub type Feed = broadcast::Sender<Arc<Applied>>;
 
 /// Work run on a member's thread against its state.
