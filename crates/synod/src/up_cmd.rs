@@ -120,7 +120,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
         let data_dir = args.data_dir.join(format!("member-{}", i + 1));
         let client = format!("http://127.0.0.1:{c}");
         let peer = format!("http://127.0.0.1:{p}");
-        let mut child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        stop_with_parent(&mut cmd);
+        let mut child = cmd
             .arg("serve")
             .args(["--name", &name, "--data-dir"])
             .arg(&data_dir)
@@ -283,4 +285,31 @@ fn terminate(child: &Child) {
     {
         let _ = child;
     }
+}
+
+/// Members stop (SIGTERM, an orderly stop) when `synod up` dies, however it
+/// dies: a SIGKILLed `synod up` would otherwise leave three members running
+/// with nobody to stop them.
+fn stop_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure makes only
+        // async-signal-safe calls (prctl, getppid) and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }

@@ -116,10 +116,15 @@ fn sigterm_stops_cleanly_with_exit_0_and_the_data_survives() {
     assert!(said.iter().any(|l| l == "synod: stopped"), "{said:?}");
 
     if wrote {
-        let (mut again, _) = up(dir.path(), base);
+        let (again, _) = up(dir.path(), base);
         let got = etcdctl(base, &["get", "survives", "--print-value-only"]);
-        again.kill().unwrap();
-        again.wait().unwrap();
+        // An orderly stop, so that the members stop with it.
+        assert!(Command::new("kill")
+            .args(["-TERM", &again.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(wait(again).code(), Some(0));
         assert_eq!(got.as_deref(), Some("sigterm\n"));
     }
 }
@@ -198,4 +203,25 @@ fn wait_or_kill(child: &mut Child) -> Option<std::process::ExitStatus> {
     }
     let _ = child.kill();
     child.wait().ok()
+}
+
+#[test]
+fn members_stop_when_synod_up_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (mut child, _lines) = up(dir.path(), base);
+    let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let clients = [base, base + 10_000, base + 20_000];
+    assert!(clients.iter().all(|p| listening(*p)), "members serve");
+    // SIGKILL: synod up gets no chance to stop its members itself.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while clients.iter().any(|p| listening(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "members of a killed synod up still serve after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
