@@ -4,6 +4,8 @@
 
 use crate::types::*;
 use crate::Error;
+use bytes::Bytes;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -30,7 +32,9 @@ struct Rec {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Live {
-    value: Vec<u8>,
+    /// Shared, so that copying a history (when a snapshot shares it) does
+    /// not copy values. Encodes as `Vec<u8>` does.
+    value: Bytes,
     create_revision: i64,
     version: i64,
     lease: i64,
@@ -54,8 +58,13 @@ pub struct Store {
     compacted: i64,
     /// Per key, its revisions in order. Invariant: non-empty, strictly
     /// increasing `rev`, and never two tombstones in a row.
-    keys: BTreeMap<Vec<u8>, Vec<Rec>>,
-    leases: BTreeMap<i64, Lease>,
+    ///
+    /// Persistent maps (structure shared between copies): a copy of the
+    /// store is taken in O(1) so that a snapshot can be encoded on another
+    /// thread while this one goes on applying (issue 11). They encode as
+    /// ordered maps, like `BTreeMap`.
+    keys: OrdMap<Vec<u8>, Vec<Rec>>,
+    leases: OrdMap<i64, Lease>,
     /// The last id the store picked for a grant that asked for id 0.
     last_lease_id: i64,
     max_txn_ops: usize,
@@ -126,7 +135,7 @@ fn kv(key: &[u8], rec: &Rec) -> Option<KeyValue> {
         create_revision: l.create_revision,
         mod_revision: rec.rev.main,
         version: l.version,
-        value: l.value.clone(),
+        value: l.value.to_vec(),
         lease: l.lease,
     })
 }
@@ -154,8 +163,8 @@ impl Store {
         Store {
             revision: 1,
             compacted: 0,
-            keys: BTreeMap::new(),
-            leases: BTreeMap::new(),
+            keys: OrdMap::new(),
+            leases: OrdMap::new(),
             last_lease_id: 0,
             max_txn_ops: MAX_TXN_OPS,
         }
@@ -449,8 +458,8 @@ impl Store {
     fn put(&mut self, p: &PutRequest, ctx: &mut Ctx) -> PutResponse {
         let prev = self.latest(&p.key);
         let value = match (&prev, p.ignore_value) {
-            (Some(prev), true) => prev.value.clone(),
-            _ => p.value.clone(),
+            (Some(prev), true) => Bytes::from(prev.value.clone()),
+            _ => Bytes::copy_from_slice(&p.value),
         };
         let lease = match (&prev, p.ignore_lease) {
             (Some(prev), true) => prev.lease,
@@ -543,10 +552,13 @@ impl Store {
                 compacted: self.compacted,
             });
         }
-        self.keys.retain(|_, recs| {
+        // Only keys with history to drop are touched (and copied, if a
+        // snapshot shares them).
+        let mut cut = Vec::new();
+        for (k, recs) in &self.keys {
             let i = recs.partition_point(|r| r.rev.main <= revision);
             if i == 0 {
-                return true;
+                continue;
             }
             // Keep the record in force at `revision` (reads there need it), but
             // not a tombstone from before it: the key simply does not exist then.
@@ -555,9 +567,17 @@ impl Store {
                 Rec { live: None, rev } if rev.main < revision => i,
                 _ => i - 1,
             };
+            if keep_from > 0 {
+                cut.push((k.clone(), keep_from));
+            }
+        }
+        for (k, keep_from) in cut {
+            let recs = self.keys.get_mut(&k).expect("listed above");
             recs.drain(..keep_from);
-            !recs.is_empty()
-        });
+            if recs.is_empty() {
+                self.keys.remove(&k);
+            }
+        }
         self.compacted = revision;
         Ok(())
     }

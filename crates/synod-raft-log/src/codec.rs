@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let data = EntryData::App(Payload(vec![1, 2, 3]));
+        let data = EntryData::App(Payload(vec![1, 2, 3].into()));
         assert_eq!(decode::<EntryData>(&encode(&data)), Ok(data));
         let snap = Snapshot::default();
         assert_eq!(decode::<Snapshot>(&encode(&snap)), Ok(snap));

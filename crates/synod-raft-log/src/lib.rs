@@ -10,6 +10,10 @@
 //! | `Entries(es)` | `append`, each entry's [`EntryData`] encoded by [`codec`] |
 //! | `Snapshot(s)` | `save_snapshot`, the whole Raft snapshot (configuration and application state) encoded by [`codec`] |
 //!
+//! A snapshot of entries the log still holds may be written later than the
+//! records after it ([`RaftLog::write_deferring`], [`DeferredSnapshot`]): the
+//! service writes large snapshots on another thread.
+//!
 //! Entries a snapshot already covers are skipped, and a batch that would
 //! leave a gap is ignored, exactly as [`Disk::apply`] folds them, so the image
 //! that [`RaftLog::open`] recovers is the one the core's own model of its disk
@@ -30,8 +34,42 @@ use std::path::{Path, PathBuf};
 
 use synod_protocols::raft::{self, Disk, EntryData, Snapshot, Write};
 use synod_storage::{
-    DiskStorage, Error, Fs, Identity, RecoveryReport, Result, Storage, StorageOptions,
+    DiskStorage, Error, Fs, Identity, RecoveryReport, Result, SnapStore, Storage, StorageOptions,
 };
+
+/// A snapshot the log already covers, held back by
+/// [`RaftLog::write_deferring`] so that the caller can write its file away
+/// from the writes that follow ([`DeferredSnapshot::write`], on any thread)
+/// and then adopt it ([`RaftLog::adopt`]).
+///
+/// Why this is safe: the log keeps every entry the snapshot covers until it
+/// is adopted, so a crash before then recovers the previous snapshot and the
+/// entries after it, which is the same state; a file written but never
+/// adopted is newer than the log's snapshot mark, and recovery removes it.
+pub struct DeferredSnapshot<F: Fs> {
+    snaps: SnapStore<F>,
+    snap: Snapshot,
+}
+
+impl<F: Fs> DeferredSnapshot<F> {
+    /// Where the snapshot ends.
+    pub fn meta(&self) -> synod_storage::SnapshotMeta {
+        synod_storage::SnapshotMeta {
+            index: self.snap.meta.index,
+            term: self.snap.meta.term,
+        }
+    }
+
+    /// Encodes the snapshot and writes its file durably; adopt the result.
+    pub fn write(self) -> Result<synod_storage::SnapshotMeta> {
+        let meta = self.meta();
+        self.snaps.save(&synod_storage::Snapshot {
+            meta,
+            data: codec::encode(&self.snap),
+        })?;
+        Ok(meta)
+    }
+}
 
 /// A member's Raft records in one data directory.
 pub struct RaftLog<F: Fs> {
@@ -163,6 +201,32 @@ impl<F: Fs> RaftLog<F> {
             }
         }
         Ok(())
+    }
+
+    /// As [`RaftLog::write`], except that a snapshot the log covers (the
+    /// node compacting its own log, never one installed from a leader) is
+    /// not written but handed back (see [`DeferredSnapshot`]).
+    pub fn write_deferring(&mut self, w: &Write) -> Result<Option<DeferredSnapshot<F>>> {
+        if let Write::Snapshot(snap) = w {
+            let meta = synod_storage::SnapshotMeta {
+                index: snap.meta.index,
+                term: snap.meta.term,
+            };
+            if self.storage.covers(meta) {
+                return Ok(Some(DeferredSnapshot {
+                    snaps: self.storage.snap_store(),
+                    snap: snap.clone(),
+                }));
+            }
+        }
+        self.write(w).map(|()| None)
+    }
+
+    /// Makes the snapshot file that [`DeferredSnapshot::write`] made durable
+    /// the base of the log, and drops what it supersedes; false (and the
+    /// file removed) if a newer snapshot replaced the log meanwhile.
+    pub fn adopt(&mut self, meta: synod_storage::SnapshotMeta) -> Result<bool> {
+        self.storage.adopt_snapshot(meta)
     }
 
     /// Makes everything written so far durable.

@@ -35,7 +35,7 @@ fn entries(from: u64, to: u64, term: u64) -> Write {
             .map(|index| Entry {
                 index,
                 term,
-                data: EntryData::App(Payload(vec![index as u8; 100])),
+                data: EntryData::App(Payload(vec![index as u8; 100].into())),
             })
             .collect(),
     )
@@ -48,7 +48,7 @@ fn snapshot(index: u64, term: u64) -> Snapshot {
             term,
             conf: ConfState::default(),
         },
-        data: Payload(vec![9; 40]),
+        data: Payload(vec![9; 40].into()),
     }
 }
 
@@ -81,6 +81,77 @@ fn what_was_persisted_comes_back() {
     let mut expected = Disk::default();
     writes.iter().for_each(|w| expected.apply(w));
     assert_eq!(open(&fs).unwrap(), expected);
+}
+
+fn snap_files(fs: &SimFs) -> Vec<String> {
+    fs.files()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_deferred_snapshot_counts_only_once_adopted() {
+    let fs = SimFs::default();
+    let (mut log, _, _) = RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+    let before = vec![
+        Write::HardState(HardState {
+            term: 2,
+            vote: Some(0),
+            commit: 50,
+        }),
+        entries(1, 60, 2),
+    ];
+    log.persist(&before).unwrap();
+    // A snapshot of the log's own entries is handed back, not written...
+    let own = Write::Snapshot(snapshot(40, 2));
+    let deferred = log
+        .write_deferring(&own)
+        .unwrap()
+        .expect("the log covers index 40");
+    // ...and the log goes on meanwhile.
+    log.persist(&[entries(60, 70, 2)]).unwrap();
+    let meta = deferred.write().unwrap();
+    assert_eq!(snap_files(&fs).len(), 1);
+    // Power lost before adoption: the file is not part of the log, and
+    // recovery removes it; every entry is still there.
+    let copy = fs.fork();
+    copy.power_loss(1);
+    let mut expected = Disk::default();
+    before.iter().for_each(|w| expected.apply(w));
+    expected.apply(&entries(60, 70, 2));
+    assert_eq!(open(&copy).unwrap(), expected);
+    assert!(snap_files(&copy).is_empty(), "{:?}", snap_files(&copy));
+    // Adopted: the log starts at the snapshot.
+    assert!(log.adopt(meta).unwrap());
+    drop(log);
+    expected.apply(&own);
+    let recovered = open(&fs).unwrap();
+    assert_eq!(recovered, expected);
+    assert_eq!(recovered.snapshot.unwrap().meta.index, 40);
+}
+
+#[test]
+fn a_snapshot_from_the_leader_is_written_at_once_and_wins_over_a_deferred_one() {
+    let fs = SimFs::default();
+    let (mut log, _, _) = RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+    log.persist(&[entries(1, 30, 2)]).unwrap();
+    let deferred = log
+        .write_deferring(&Write::Snapshot(snapshot(20, 2)))
+        .unwrap()
+        .expect("covered");
+    let meta = deferred.write().unwrap();
+    // A snapshot beyond the log (installed from a leader) is not deferred.
+    let installed = Write::Snapshot(snapshot(50, 3));
+    assert!(log.write_deferring(&installed).unwrap().is_none());
+    log.sync().unwrap();
+    // The older file is no longer needed: adopting it removes it.
+    assert!(!log.adopt(meta).unwrap());
+    drop(log);
+    let recovered = open(&fs).unwrap();
+    assert_eq!(recovered.snapshot.unwrap().meta.index, 50);
+    assert_eq!(snap_files(&fs).len(), 1);
 }
 
 #[test]

@@ -45,10 +45,23 @@ fn readable(dir: &Path, disk: &Disk) -> synod_storage::Result<()> {
 }
 
 /// Raft's durable records, kept in a synod-storage data directory.
+///
+/// A snapshot the member takes of its own state is written on a thread of
+/// its own (see `synod_raft_log::DeferredSnapshot`): encoding, writing and
+/// syncing a store of tens of megabytes took a few hundred milliseconds, and
+/// every write of the member waited behind it. The log keeps what the
+/// snapshot covers until its file is durable and adopted ([`MemberDisk::poll`]).
 pub struct MemberDisk {
     log: RaftLog<RealFs>,
     /// Observes every sync (`etcd_disk_wal_fsync_duration_seconds`).
     pub fsync: Option<prometheus::Histogram>,
+    /// The snapshot being written, if any (at most one at a time).
+    saving: Option<Saving>,
+}
+
+struct Saving {
+    index: u64,
+    thread: std::thread::JoinHandle<synod_storage::Result<synod_storage::SnapshotMeta>>,
 }
 
 impl MemberDisk {
@@ -66,17 +79,46 @@ impl MemberDisk {
         };
         let (log, disk, report) = RaftLog::open(RealFs, dir, id, StorageOptions::default())?;
         readable(dir, &disk)?;
-        Ok((MemberDisk { log, fsync: None }, disk, report))
+        let disk_handle = MemberDisk {
+            log,
+            fsync: None,
+            saving: None,
+        };
+        Ok((disk_handle, disk, report))
     }
 
     /// Writes a batch of records and makes them durable with one sync (group
-    /// commit: every step whose output is in the batch shares it).
+    /// commit: every step whose output is in the batch shares it). A snapshot
+    /// of the member's own log is written on another thread instead.
     pub fn persist(&mut self, writes: &[Write]) -> synod_storage::Result<()> {
         if writes.is_empty() {
             return Ok(());
         }
+        if writes.iter().any(|w| matches!(w, Write::Snapshot(_))) {
+            // One snapshot file at a time: saving one removes the others.
+            self.finish_saving()?;
+        }
+        let mut deferred = None;
         for w in writes {
-            self.log.write(w)?;
+            match self.log.write_deferring(w)? {
+                Some(d) => deferred = Some(d),
+                // A snapshot written now (installed from the leader) replaces
+                // the log, and any snapshot of it taken earlier in the batch.
+                None if matches!(w, Write::Snapshot(_)) => deferred = None,
+                None => {}
+            }
+        }
+        if let Some(d) = deferred {
+            let index = d.meta().index;
+            let thread = std::thread::Builder::new()
+                .name("synod-snapshot".into())
+                .spawn(move || d.write())
+                .map_err(|source| synod_storage::Error::Io {
+                    op: "start the snapshot writer",
+                    path: self.log.dir().to_path_buf(),
+                    source,
+                })?;
+            self.saving = Some(Saving { index, thread });
         }
         let started = std::time::Instant::now();
         self.log.sync()?;
@@ -90,6 +132,41 @@ impl MemberDisk {
             tracing::warn!(took_ms = took.as_millis() as u64, "slow fdatasync");
         }
         Ok(())
+    }
+
+    /// Adopts the snapshot being written once its file is durable (the log
+    /// is then cut at it); call between rounds.
+    pub fn poll(&mut self) -> synod_storage::Result<()> {
+        if self.saving.as_ref().is_some_and(|s| s.thread.is_finished()) {
+            self.finish_saving()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the snapshot being written, if any, and adopts it.
+    fn finish_saving(&mut self) -> synod_storage::Result<()> {
+        let Some(s) = self.saving.take() else {
+            return Ok(());
+        };
+        let meta = s.thread.join().unwrap_or_else(|_| {
+            Err(synod_storage::Error::InvalidArgument(format!(
+                "the thread writing the snapshot at index {} panicked",
+                s.index
+            )))
+        })?;
+        let adopted = self.log.adopt(meta)?;
+        tracing::debug!(index = meta.index, adopted, "snapshot saved");
+        Ok(())
+    }
+}
+
+impl Drop for MemberDisk {
+    /// A stopping member leaves no writer behind in its directory (a
+    /// restart in the same process would open it meanwhile).
+    fn drop(&mut self) {
+        if let Some(s) = self.saving.take() {
+            let _ = s.thread.join();
+        }
     }
 }
 
@@ -108,7 +185,7 @@ mod tests {
         let (mut log, _, _) =
             RaftLog::open(RealFs, dir.path(), id, StorageOptions::default()).unwrap();
         let good = EntryData::App(Payload::encode(&Command::LeaseRevoke { id: 1 }));
-        let newer = EntryData::App(Payload(vec![PAYLOAD_VERSION + 1, 0, 0]));
+        let newer = EntryData::App(Payload(vec![PAYLOAD_VERSION + 1, 0, 0].into()));
         log.persist(&[
             Write::HardState(HardState {
                 term: 1,

@@ -349,7 +349,7 @@ async fn malformed_peer_frames_leave_every_member_serving() {
         entries: vec![Entry {
             index: 1,
             term: 1_000,
-            data: EntryData::App(Payload(vec![7, 1, 2, 3])),
+            data: EntryData::App(Payload(vec![7, 1, 2, 3].into())),
         }],
         commit: 0,
     });

@@ -642,6 +642,7 @@ mod etcd_replica {
                 "runs_with_torn_tails",
                 "runs_with_corruption_detected",
                 "store_hash_checks",
+                "snapshots_encoded_elsewhere",
             ] {
                 assert!(s.counters[c] > 0, "{nodes} nodes: no {c}");
             }
@@ -689,6 +690,23 @@ mod etcd_replica {
         assert!(
             caught.is_some(),
             "a stale snapshot went unnoticed in 200 runs"
+        );
+    }
+
+    /// The ordering rule that lets the service encode snapshots on another
+    /// thread: the image keeps the index it was taken at, however many
+    /// entries were applied before it came back.
+    #[test]
+    fn an_image_labelled_with_a_later_index_is_caught() {
+        let bugs = ReplicaBugs {
+            late_image_index: true,
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught(bugs, 200);
+        eprintln!("late image index caught: {caught:?}");
+        assert!(
+            caught.is_some(),
+            "images labelled with a later index went unnoticed in 200 runs"
         );
     }
 

@@ -221,6 +221,19 @@ impl<F: Fs> SnapStore<F> {
         Ok(snap)
     }
 
+    /// Removes the snapshot file `meta` if it exists.
+    pub fn remove(&self, meta: SnapshotMeta) -> Result<()> {
+        let path = self.path(meta);
+        match self.fs.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("remove", &path, e)),
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
+    }
+
     /// Remove every snapshot and temp file except `keep`; returns what was
     /// removed.
     pub fn remove_except(&self, keep: SnapshotMeta) -> Result<Vec<PathBuf>> {

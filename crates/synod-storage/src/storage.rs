@@ -148,6 +148,51 @@ impl<F: Fs> DiskStorage<F> {
     pub fn last_lsn(&self) -> Lsn {
         self.wal.last_lsn()
     }
+
+    /// The snapshot directory, for writing a snapshot file away from the
+    /// log's owner ([`SnapStore::save`], then [`DiskStorage::adopt_snapshot`]).
+    pub fn snap_store(&self) -> SnapStore<F> {
+        self.snaps.clone()
+    }
+
+    /// Whether the log holds the entry a snapshot at `meta` would end with,
+    /// above the current snapshot: such a snapshot only shortens the log,
+    /// so it may become durable later than the writes that follow it, as
+    /// long as the log is kept until it is.
+    pub fn covers(&self, meta: SnapshotMeta) -> bool {
+        meta.index > self.snapshot.index
+            && self
+                .log
+                .get(meta.index)
+                .is_some_and(|e| e.term == meta.term)
+    }
+
+    /// Makes the snapshot file at `meta`, already durable, the log's base
+    /// (as [`Storage::save_snapshot`] does after writing it) if the log
+    /// still covers it; otherwise (a newer snapshot replaced the log in the
+    /// meantime) removes the file and returns false.
+    pub fn adopt_snapshot(&mut self, meta: SnapshotMeta) -> Result<bool> {
+        if !self.covers(meta) {
+            self.snaps.remove(meta)?;
+            return Ok(false);
+        }
+        self.mark_snapshot(meta)?;
+        Ok(true)
+    }
+
+    /// Records in the log that the durable snapshot file `meta` is its base,
+    /// then drops what it supersedes.
+    fn mark_snapshot(&mut self, meta: SnapshotMeta) -> Result<()> {
+        self.wal.append_snapshot_mark(meta)?;
+        self.log.apply_snapshot(meta);
+        self.wal.set_last_index(self.log.last_index());
+        self.wal.sync()?;
+        self.snapshot = meta;
+        // Syncs again (re-recording the hard state) only if it deletes.
+        self.wal.compact(meta.index)?;
+        self.snaps.remove_except(meta)?;
+        Ok(())
+    }
 }
 
 impl<F: Fs> Storage for DiskStorage<F> {
@@ -181,15 +226,7 @@ impl<F: Fs> Storage for DiskStorage<F> {
             )));
         }
         self.snaps.save(snap)?;
-        self.wal.append_snapshot_mark(snap.meta)?;
-        self.log.apply_snapshot(snap.meta);
-        self.wal.set_last_index(self.log.last_index());
-        self.wal.sync()?;
-        self.snapshot = snap.meta;
-        // Syncs again (re-recording the hard state) only if it deletes.
-        self.wal.compact(snap.meta.index)?;
-        self.snaps.remove_except(snap.meta)?;
-        Ok(())
+        self.mark_snapshot(snap.meta)
     }
 
     fn snapshot(&self) -> Result<Option<Snapshot>> {

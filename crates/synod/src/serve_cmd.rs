@@ -73,7 +73,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Applied entries between snapshots (etcd's default is 100,000; synod's
-    /// snapshots copy the store, so it takes them more often by default).
+    /// snapshots copy the store, so it takes them more often by default). A
+    /// snapshot also waits until the commands applied since the last one are
+    /// as large as it, so that a large store is not rewritten every few
+    /// thousand small writes.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 1000)]
     pub snapshot_count: u64,
     /// Largest client request accepted, in bytes.

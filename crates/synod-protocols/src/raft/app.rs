@@ -36,9 +36,13 @@
 //!    4. reads whose ReadIndex is confirmed are handed over
 //!       ([`Application::read_ready`]), then the application serves those the
 //!       applied index has reached ([`Application::serve_reads`]);
-//!    5. if `snapshot_every` entries were applied since the last snapshot,
+//!    5. if `snapshot_every` entries were applied since the last snapshot
+//!       (and their commands add up to `snapshot_log_percent` of its size),
 //!       the log is compacted with the application's encoded state
-//!       ([`Application::snapshot`]).
+//!       ([`Application::snapshot`]); or the application hands an image of
+//!       its state to the driver, which encodes it elsewhere and brings it
+//!       back ([`Application::start_snapshot`], [`RaftApp::snapshot_encoded`]);
+//!       meanwhile no other snapshot starts.
 //! 4. **Boot** ([`RaftApp::new`]) restores the application from the disk's
 //!    snapshot and re-applies the durable log up to the durable commit
 //!    index, silently: the events of that replay are dropped, since they
@@ -48,7 +52,7 @@
 //! [`Envelope::early`]: crate::sansio::Envelope::early
 
 use super::node::{RaftEvent, RaftNode, RaftOutput};
-use super::{Disk, Entry, Message, Payload, RaftConfig, Snapshot, Write};
+use super::{Disk, Entry, EntryData, Message, Payload, RaftConfig, Snapshot, Write};
 use crate::sansio::Output;
 
 /// The output type of an application with events `E`.
@@ -83,6 +87,16 @@ pub trait Application {
 
     /// The state to snapshot, encoded; it reflects every applied entry.
     fn snapshot(&self) -> Payload;
+
+    /// A snapshot is due at applied entry `index`. Returns the encoded state
+    /// (by default [`Application::snapshot`]), or `None` after handing a
+    /// frozen image of the state to the driver (as an event) to encode
+    /// elsewhere and bring back through [`RaftApp::snapshot_encoded`]: a
+    /// large state then costs its owner a copy, not an encoding.
+    fn start_snapshot(&mut self, index: u64, out: &mut AppOutput<Self::Event>) -> Option<Payload> {
+        let _ = (index, out);
+        Some(self.snapshot())
+    }
 }
 
 /// The Raft core with an application on top, glued by the contract above.
@@ -92,6 +106,12 @@ pub struct RaftApp<A> {
     /// Reused for every call into the core; merged into the caller's output.
     scratch: RaftOutput,
     app: A,
+    /// The size of the last snapshot's state and of the commands applied
+    /// since, for `RaftConfig::snapshot_log_percent`.
+    snapshot_bytes: u64,
+    applied_bytes: u64,
+    /// The applied index of a snapshot being encoded by the driver.
+    encoding: Option<u64>,
 }
 
 impl<A: Application> RaftApp<A> {
@@ -104,6 +124,9 @@ impl<A: Application> RaftApp<A> {
             raft: RaftNode::new(cfg, disk, seed),
             scratch: RaftOutput::default(),
             app,
+            snapshot_bytes: disk.snapshot.as_ref().map_or(0, |s| s.data.0.len() as u64),
+            applied_bytes: 0,
+            encoding: None,
         };
         node.apply_committed(&mut Output::default());
         node
@@ -175,6 +198,8 @@ impl<A: Application> RaftApp<A> {
     pub fn settle(&mut self, out: &mut AppOutput<A::Event>) {
         if let Some(snap) = self.raft.take_installed() {
             self.app.restore(&snap);
+            self.snapshot_bytes = snap.data.0.len() as u64;
+            self.applied_bytes = 0;
         }
         if self.raft.take_stepped_down() {
             self.app.stepped_down(out);
@@ -184,15 +209,49 @@ impl<A: Application> RaftApp<A> {
             self.app.read_ready(id, index);
         }
         self.app.serve_reads(&self.raft, out);
-        let every = self.raft.config().snapshot_every;
-        if every > 0 && self.raft.applied_index() >= self.raft.snapshot_index() + every {
-            let data = self.app.snapshot();
-            self.core(out, |r, o| r.with_step(o, |r, o| r.compact(data, o)));
+        if self.encoding.is_none() && self.snapshot_due() {
+            let index = self.raft.applied_index();
+            self.applied_bytes = 0;
+            match self.app.start_snapshot(index, out) {
+                Some(data) => self.compact(index, data, out),
+                None => self.encoding = Some(index),
+            }
         }
+    }
+
+    /// The driver encoded the image of the state at applied entry `index`
+    /// that [`Application::start_snapshot`] handed out: compact the log
+    /// with it. Any image of this state machine at an index the node has
+    /// applied is right, so one of an earlier life of the node is used too.
+    pub fn snapshot_encoded(&mut self, index: u64, data: Payload, out: &mut AppOutput<A::Event>) {
+        if self.encoding == Some(index) {
+            self.encoding = None;
+        }
+        self.compact(index, data, out);
+    }
+
+    fn compact(&mut self, index: u64, data: Payload, out: &mut AppOutput<A::Event>) {
+        self.snapshot_bytes = data.0.len() as u64;
+        self.core(out, |r, o| {
+            r.with_step(o, |r, o| r.compact_at(index, data, o))
+        });
+    }
+
+    /// Whether enough was applied since the last snapshot to take another.
+    fn snapshot_due(&self) -> bool {
+        let cfg = self.raft.config();
+        let every = cfg.snapshot_every;
+        every > 0
+            && self.raft.applied_index() >= self.raft.snapshot_index() + every
+            && self.applied_bytes.saturating_mul(100)
+                >= self.snapshot_bytes.saturating_mul(cfg.snapshot_log_percent)
     }
 
     fn apply_committed(&mut self, out: &mut AppOutput<A::Event>) {
         while let Some(e) = self.raft.next_committed() {
+            if let EntryData::App(p) = &e.data {
+                self.applied_bytes += p.0.len() as u64;
+            }
             self.app.apply(&self.raft, &e, out);
         }
     }

@@ -957,8 +957,15 @@ impl RaftNode {
     /// Snapshots the application state `store` (as of the applied index) and
     /// drops the log up to it.
     pub fn compact(&mut self, data: Payload, out: &mut Out) {
-        let index = self.applied;
-        if index <= self.log.snap.index {
+        self.compact_at(self.applied, data, out);
+    }
+
+    /// Snapshots `data`, the application state as of applied entry `index`
+    /// (encoded while later entries were being applied), and drops the log
+    /// up to it. Ignored if the node has a snapshot at or beyond `index`
+    /// already, or has not applied `index` (a job of an earlier life).
+    pub fn compact_at(&mut self, index: u64, data: Payload, out: &mut Out) {
+        if index <= self.log.snap.index || index > self.applied {
             return;
         }
         let term = self.log.term(index).expect("applied entry missing");

@@ -1645,7 +1645,7 @@ impl Bare {
         }
         while let Some(e) = self.nodes[id].next_committed() {
             if let EntryData::App(p) = e.data {
-                self.applied[id].push(p.0);
+                self.applied[id].push(p.0.to_vec());
             }
         }
     }
@@ -1699,7 +1699,7 @@ fn the_core_replicates_opaque_payloads_for_any_application() {
     for i in 0..10u8 {
         let mut out = RaftOutput::default();
         let placed = c.nodes[l].with_step(&mut out, |r, out| {
-            r.propose(EntryData::App(Payload(vec![i; i as usize + 1])), out)
+            r.propose(EntryData::App(Payload(vec![i; i as usize + 1].into())), out)
         });
         assert!(placed.is_some());
         c.handle(l, out);
@@ -1716,10 +1716,13 @@ fn the_core_replicates_opaque_payloads_for_any_application() {
     assert_eq!(c.leaders.len(), 1);
     let mut out = RaftOutput::default();
     c.nodes[l].with_step(&mut out, |r, out| {
-        r.compact(Payload(b"count=10".to_vec()), out)
+        r.compact(Payload(b"count=10".to_vec().into()), out)
     });
     c.handle(l, out);
-    assert_eq!(c.disks[l].snapshot.as_ref().unwrap().data.0, b"count=10");
+    assert_eq!(
+        &c.disks[l].snapshot.as_ref().unwrap().data.0[..],
+        b"count=10"
+    );
 }
 
 /// Messages no correct node sends are dropped before they touch the log.
@@ -1770,8 +1773,9 @@ fn payloads_are_versioned_and_never_panic_on_bad_bytes() {
     let p = Payload::encode(&("k", 7u64));
     assert_eq!(p.0[0], PAYLOAD_VERSION);
     assert_eq!(p.try_decode::<(String, u64)>(), Ok(("k".to_string(), 7)));
-    let mut newer = p.clone();
-    newer.0[0] = PAYLOAD_VERSION + 1;
+    let mut bytes = p.0.to_vec();
+    bytes[0] = PAYLOAD_VERSION + 1;
+    let newer = Payload(bytes.into());
     let err = newer.try_decode::<(String, u64)>().unwrap_err();
     assert_eq!(err, PayloadError::UnknownVersion(PAYLOAD_VERSION + 1));
     assert!(err.to_string().contains("reads version 1"), "{err}");
@@ -1790,6 +1794,6 @@ fn payloads_are_versioned_and_never_panic_on_bad_bytes() {
             0x7f,
         ],
     ] {
-        assert!(Payload(bytes).try_decode::<(String, u64)>().is_err());
+        assert!(Payload(bytes.into()).try_decode::<(String, u64)>().is_err());
     }
 }

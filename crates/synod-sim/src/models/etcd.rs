@@ -69,6 +69,7 @@ pub const COUNTERS: &[&str] = &[
     "retries",
     "store_hash_checks",
     "leases_expired",
+    "snapshots_encoded_elsewhere",
 ];
 
 /// Members compact their logs after this many applied entries (the service:
@@ -152,6 +153,8 @@ pub struct EtcdModel {
     checks: RaftChecks,
     boot: Boot,
     store_hash_checks: u64,
+    /// Snapshot images members handed out and got back encoded.
+    images_encoded: u64,
     lessee: LeaseClient,
     /// Request id -> generation of the lease client's request.
     lease_inflight: BTreeMap<u64, u64>,
@@ -207,6 +210,7 @@ impl EtcdModel {
             checks: RaftChecks::new(n),
             boot: Replica::new,
             store_hash_checks: 0,
+            images_encoded: 0,
             lessee: LeaseClient::default(),
             lease_inflight: BTreeMap::new(),
             voters: n,
@@ -610,6 +614,14 @@ impl Model for EtcdModel {
         // The simulator ticks every 10 ms.
         cfg.tick_ms = 10;
         cfg.raft.snapshot_every = SNAPSHOT_EVERY;
+        // Both snapshot policies: by entries alone, and the service's (also
+        // by the size of the log against the last snapshot's).
+        if seed.is_multiple_of(2) {
+            cfg.raft.snapshot_log_percent = 0;
+        }
+        // Both ways of encoding a snapshot: inside the step, and elsewhere
+        // (the service), with entries applied in between.
+        cfg.encode_snapshots_elsewhere = seed & 2 != 0;
         let boot = self.boot;
         self.checks.boot(id, disk, |d| boot(cfg.clone(), d, seed))
     }
@@ -707,6 +719,15 @@ impl Model for EtcdModel {
                 }
             }
             ReplicaEvent::BecameLeader { term } => self.checks.on_became_leader(ctl, node, term),
+            ReplicaEvent::SnapshotImage { index, image } => {
+                // The service encodes on another thread while the member
+                // goes on applying: the encoding comes back after a while,
+                // or never (the member crashed meanwhile).
+                self.images_encoded += 1;
+                let data = image.encode();
+                let latency = ctl.rng().gen_range(MS..30 * MS);
+                ctl.input(node, ReplicaInput::SnapshotEncoded { index, data }, latency);
+            }
         }
     }
 
@@ -765,6 +786,7 @@ impl Model for EtcdModel {
         self.checks.finish(ctl, report);
         self.check_stores(ctl);
         report.count("store_hash_checks", self.store_hash_checks);
+        report.count("snapshots_encoded_elsewhere", self.images_encoded);
         let expired = self.lessee.leases.iter().filter(|l| l.deleted.is_some());
         report.count("leases_expired", expired.count() as u64);
         // An operation still in progress at the end is indefinite.

@@ -92,6 +92,11 @@ struct Open {
     /// Snapshots made durable: (taken by compacting the node's own log,
     /// received from a leader and installed).
     snapshots: (u64, u64),
+    /// A snapshot of the node's own log whose file is written but not yet
+    /// adopted by the log: as the service does (`DeferredSnapshot`), it is
+    /// adopted with the next write, and until then the log is the durable
+    /// truth (a power loss meanwhile recovers the previous snapshot).
+    deferred: Option<Write>,
 }
 
 /// A node's disk: a [`SimFs`] with its data directory, and the storage
@@ -118,6 +123,9 @@ impl Clone for WalDisk {
                 torn: open.torn.clone(),
                 error: open.error.clone(),
                 snapshots: open.snapshots,
+                // An unadopted file is newer than the log's mark: the
+                // copy's recovery removes it.
+                deferred: None,
             })),
         }
     }
@@ -180,6 +188,31 @@ fn summary(d: &Disk) -> String {
     )
 }
 
+impl Open {
+    /// Adopts the snapshot whose file an earlier write left durable.
+    fn adopt(&mut self, pending: Write) {
+        let Write::Snapshot(snap) = &pending else {
+            unreachable!("only snapshots are deferred")
+        };
+        let meta = synod_storage::SnapshotMeta {
+            index: snap.meta.index,
+            term: snap.meta.term,
+        };
+        let Some(st) = self.storage.as_mut() else {
+            return;
+        };
+        match st.adopt(meta) {
+            Ok(true) => self.shadow.apply(&pending),
+            Ok(false) => {}
+            Err(e) => {
+                self.error.get_or_insert(format!(
+                    "the WAL refused to adopt a snapshot: {e} ({pending:?})"
+                ));
+            }
+        }
+    }
+}
+
 impl WalDisk {
     fn lock(&self) -> MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
@@ -205,6 +238,7 @@ impl WalDisk {
     pub fn recover(&self, id: NodeId) -> synod_storage::Result<(Disk, RecoveryReport)> {
         let mut open = self.lock();
         open.storage = None;
+        open.deferred = None;
         open.id = Some(id);
         let dir = Self::dir();
         let (st, disk, report) =
@@ -235,6 +269,7 @@ impl WalDisk {
         {
             let mut open = self.lock();
             open.storage = None;
+            open.deferred = None;
             open.shadow = Disk::default();
             open.torn.clear();
         }
@@ -271,7 +306,6 @@ impl WalDisk {
                 open.snapshots.1 += 1;
             }
         }
-        open.shadow.apply(w);
         if open.storage.is_none() {
             // A copy made by `clone`: open it (never the case in a run).
             let Some(id) = open.id else {
@@ -287,8 +321,23 @@ impl WalDisk {
                 }
             }
         }
+        if let Some(pending) = open.deferred.take() {
+            open.adopt(pending);
+        }
         let st = open.storage.as_mut().expect("opened above");
-        if let Err(e) = write_to(st, w, true) {
+        let written = match st.write_deferring(w) {
+            Ok(Some(d)) => match d.write() {
+                Ok(_) => {
+                    open.deferred = Some(w.clone());
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            Ok(None) => st.sync(),
+            Err(e) => Err(e),
+        };
+        open.shadow.apply(w);
+        if let Err(e) = written {
             open.error
                 .get_or_insert(format!("the WAL refused a write: {e} ({w:?})"));
         }
@@ -323,6 +372,7 @@ impl WalDisk {
             }
         }
         open.storage = None;
+        open.deferred = None;
         // Also lifts the crash budget.
         self.fs.power_loss(seed);
     }
