@@ -493,15 +493,29 @@ impl Disk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// "Would you vote for me in `term`?" The sender does not change its term.
+    ///
+    /// Vote requests and their answers also carry the sender's commit index
+    /// and the term of its entry there: a node holding that entry learns
+    /// that its log is committed that far, and with it which configuration
+    /// is in force. Without it, when a leader dies before telling the others
+    /// that a membership change committed, a learner it promoted never
+    /// campaigns although its log is the longest, or the voters that remain
+    /// after it removed itself still need its vote, which it refuses them
+    /// because its log is longer: nobody can be elected (both found by the
+    /// simulator).
     PreVote {
         term: u64,
         last_index: u64,
         last_term: u64,
+        commit: u64,
+        commit_term: u64,
     },
     /// `term` is the term asked about when granted, the voter's term otherwise.
     PreVoteResp {
         term: u64,
         granted: bool,
+        commit: u64,
+        commit_term: u64,
     },
     /// `transfer`: the candidate campaigns on its leader's request, so voters
     /// must not refuse it for having heard from that leader recently.
@@ -509,11 +523,15 @@ pub enum Message {
         term: u64,
         last_index: u64,
         last_term: u64,
+        commit: u64,
+        commit_term: u64,
         transfer: bool,
     },
     VoteResp {
         term: u64,
         granted: bool,
+        commit: u64,
+        commit_term: u64,
     },
     Append {
         term: u64,
@@ -552,6 +570,34 @@ pub enum Message {
 }
 
 impl Message {
+    /// The sender's commit index and the term of its entry there, carried
+    /// by vote requests and answers (see [`Message::PreVote`]).
+    pub fn commit_mark(&self) -> Option<(u64, u64)> {
+        match *self {
+            Message::PreVote {
+                commit,
+                commit_term,
+                ..
+            }
+            | Message::Vote {
+                commit,
+                commit_term,
+                ..
+            }
+            | Message::PreVoteResp {
+                commit,
+                commit_term,
+                ..
+            }
+            | Message::VoteResp {
+                commit,
+                commit_term,
+                ..
+            } => Some((commit, commit_term)),
+            _ => None,
+        }
+    }
+
     /// Whether the message is one a correct node could have sent: the
     /// entries of an append consecutive from `prev_index + 1`, no term above
     /// the message's own, terms never decreasing. A message that fails comes
@@ -566,6 +612,22 @@ impl Message {
                 term, last_term, ..
             } if last_term > term => Err(format!(
                 "a vote request of term {term} claims a last term of {last_term}"
+            )),
+            Message::PreVote {
+                last_index,
+                last_term,
+                commit,
+                commit_term,
+                ..
+            }
+            | Message::Vote {
+                last_index,
+                last_term,
+                commit,
+                commit_term,
+                ..
+            } if commit > last_index || commit_term > last_term => Err(format!(
+                "a vote request claims commit index {commit} (term {commit_term}) beyond its last entry {last_index} (term {last_term})"
             )),
             Message::Append {
                 term,

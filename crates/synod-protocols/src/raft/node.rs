@@ -266,11 +266,14 @@ impl RaftNode {
         self.conf.is_voter(self.id())
     }
 
-    /// Whether this leader has appended its own removal, not yet committed.
+    /// Whether this leader has appended its own removal (committed or not).
     /// It then takes no new proposals, so that when it steps down its log ends
     /// with the removal and it can vote for any voter that holds it.
     fn leaving(&self) -> bool {
-        self.pending_conf > self.commit && !self.log.conf_at(self.pending_conf).is_voter(self.id())
+        !self
+            .log
+            .conf_at(self.pending_conf.max(self.commit))
+            .is_voter(self.id())
     }
     /// Whether a configuration change is appended but not yet committed.
     pub fn conf_change_pending(&self) -> bool {
@@ -405,6 +408,7 @@ impl RaftNode {
             return;
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let (commit, commit_term) = self.commit_mark();
         for v in self.conf.voters.clone() {
             if v == self.id() {
                 continue;
@@ -414,12 +418,16 @@ impl RaftNode {
                     term: ask_term,
                     last_index,
                     last_term,
+                    commit,
+                    commit_term,
                 }
             } else {
                 Message::Vote {
                     term: ask_term,
                     last_index,
                     last_term,
+                    commit,
+                    commit_term,
                     transfer,
                 }
             };
@@ -506,6 +514,46 @@ impl RaftNode {
     /// a cluster: a node holding an uncommitted promotion needed the vote of a
     /// learner whose log was newer but which, by its own log, could not
     /// campaign.)
+    /// Another node knows entries up to `commit` (of `commit_term`) are
+    /// committed. If this log holds that entry, it holds the same entries up
+    /// to it (log matching), so they are committed here too.
+    fn learn_commit(&mut self, commit: u64, commit_term: u64) {
+        // A leader learns its commit index from its own quorum only.
+        if self.role != Role::Leader
+            && commit > self.commit
+            && self.log.term(commit) == Some(commit_term)
+        {
+            self.commit = commit;
+            self.sync_conf();
+        }
+    }
+
+    /// The commit index and the term of the entry there, as vote messages
+    /// carry them (see [`Message::PreVote`]).
+    fn commit_mark(&self) -> (u64, u64) {
+        let term = self
+            .log
+            .term(self.commit)
+            .expect("the commit index is in the log");
+        (self.commit, term)
+    }
+
+    /// [`Self::learn_commit`]; a (pre-)candidate that learns a configuration
+    /// with no vote for it stops campaigning. Returns whether a campaign
+    /// goes on. (Counting the votes in the newer configuration
+    /// is safe: with one change at a time, any majority of it and any
+    /// majority of the one before share a voter, who votes once a term.)
+    fn learn_commit_in_campaign(&mut self, commit: u64, commit_term: u64, out: &mut Out) -> bool {
+        self.learn_commit(commit, commit_term);
+        let campaigning = matches!(self.role, Role::PreCandidate | Role::Candidate);
+        if !campaigning || self.promotable() {
+            return true;
+        }
+        let t = self.term;
+        self.become_follower(t, None, out);
+        false
+    }
+
     fn sync_conf(&mut self) {
         let c = self.log.conf_at(self.commit);
         if c != self.conf {
@@ -666,9 +714,34 @@ impl RaftNode {
         // Tell the followers first: they put the new configuration in force
         // only when they learn it is committed.
         self.bcast_append(true, out);
-        if self.pending_conf <= self.commit && !self.conf.is_voter(self.cfg.id) {
-            // Our own removal is committed: stop leading. We are not a voter,
-            // so we stay an idle follower (one that still answers votes).
+        self.maybe_hand_over(out);
+    }
+
+    /// Stops leading once our own removal is committed and a quorum of the
+    /// remaining voters hold it. Stepping down as soon as it commits (on the
+    /// old configuration's quorum, which may include only one of the new
+    /// voters) could leave every remaining voter without the removal while
+    /// this node, the one with the longest log, no longer campaigns and
+    /// refuses them its vote: nobody could be elected. We are not a voter,
+    /// so afterwards we stay an idle follower (one that still answers votes).
+    fn maybe_hand_over(&mut self, out: &mut Out) {
+        if self.role != Role::Leader
+            || self.pending_conf > self.commit
+            || self.conf.is_voter(self.cfg.id)
+        {
+            return;
+        }
+        let holding = self
+            .conf
+            .voters
+            .iter()
+            .filter(|v| {
+                self.prs
+                    .get(v)
+                    .is_some_and(|p| p.matched >= self.pending_conf)
+            })
+            .count();
+        if holding >= self.quorum() {
             let t = self.term;
             self.become_follower(t, None, out);
         }
@@ -694,8 +767,8 @@ impl RaftNode {
                 ProgressState::Snapshot(si) if pr.matched >= si => pr.become_replicate(tick),
                 _ => {}
             }
-            if news {
-                self.maybe_commit(out);
+            if news && !self.maybe_commit(out) {
+                self.maybe_hand_over(out);
             }
             if self.role != Role::Leader {
                 return;
@@ -1186,6 +1259,11 @@ impl RaftNode {
                 _ => self.become_follower(mterm, None, out),
             }
         } else if mterm < self.term {
+            // What is committed does not depend on terms: a stale vote
+            // message still tells what its sender knows (see `learn_commit`).
+            if let Some((commit, commit_term)) = msg.commit_mark() {
+                self.learn_commit_in_campaign(commit, commit_term, out);
+            }
             match msg {
                 Message::Append { .. } | Message::Heartbeat { .. }
                     if self.cfg.check_quorum || self.cfg.pre_vote =>
@@ -1202,11 +1280,14 @@ impl RaftNode {
                     );
                 }
                 Message::PreVote { .. } => {
+                    let (commit, commit_term) = self.commit_mark();
                     out.send(
                         from,
                         Message::PreVoteResp {
                             term: self.term,
                             granted: false,
+                            commit,
+                            commit_term,
                         },
                     );
                 }
@@ -1219,17 +1300,32 @@ impl RaftNode {
                 term,
                 last_index,
                 last_term,
+                commit,
+                commit_term,
             } => {
+                self.learn_commit_in_campaign(commit, commit_term, out);
                 let granted = term > self.term
                     && (self.log_ok(last_index, last_term) || self.bugs.vote_without_log_check);
                 let term = if granted { term } else { self.term };
-                out.send(from, Message::PreVoteResp { term, granted });
+                let (commit, commit_term) = self.commit_mark();
+                out.send(
+                    from,
+                    Message::PreVoteResp {
+                        term,
+                        granted,
+                        commit,
+                        commit_term,
+                    },
+                );
             }
             Message::Vote {
                 last_index,
                 last_term,
+                commit,
+                commit_term,
                 ..
             } => {
+                self.learn_commit_in_campaign(commit, commit_term, out);
                 let can_vote =
                     self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
                 let granted = can_vote
@@ -1243,22 +1339,40 @@ impl RaftNode {
                         self.persist_hard(out);
                     }
                 }
+                let (commit, commit_term) = self.commit_mark();
                 out.send(
                     from,
                     Message::VoteResp {
                         term: self.term,
                         granted,
+                        commit,
+                        commit_term,
                     },
                 );
             }
-            Message::PreVoteResp { term, granted } => {
-                if self.role == Role::PreCandidate && (term == self.term + 1 || !granted) {
+            Message::PreVoteResp {
+                term,
+                granted,
+                commit,
+                commit_term,
+            } => {
+                if self.role == Role::PreCandidate
+                    && (term == self.term + 1 || !granted)
+                    && self.learn_commit_in_campaign(commit, commit_term, out)
+                {
                     self.votes.insert(from, granted);
                     self.poll(out);
                 }
             }
-            Message::VoteResp { granted, .. } => {
-                if self.role == Role::Candidate {
+            Message::VoteResp {
+                granted,
+                commit,
+                commit_term,
+                ..
+            } => {
+                if self.role == Role::Candidate
+                    && self.learn_commit_in_campaign(commit, commit_term, out)
+                {
                     self.votes.insert(from, granted);
                     self.poll(out);
                 }

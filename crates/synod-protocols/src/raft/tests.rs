@@ -624,15 +624,15 @@ fn a_vote_is_on_disk_before_the_reply_leaves() {
             term: 5,
             last_index: 0,
             last_term: 0,
+            commit: 0,
+            commit_term: 0,
             transfer: false,
         },
         &mut out,
     );
-    assert!(out.msgs.iter().any(|m| m.msg
-        == Message::VoteResp {
-            term: 5,
-            granted: true
-        }));
+    assert!(out.msgs.iter().any(
+        |m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 5 && g == true)
+    ));
     for w in &out.writes {
         KvNode::apply_write(&mut disk, w);
     }
@@ -651,15 +651,15 @@ fn a_vote_is_on_disk_before_the_reply_leaves() {
             term: 5,
             last_index: 9,
             last_term: 4,
+            commit: 0,
+            commit_term: 0,
             transfer: false,
         },
         &mut out,
     );
-    assert!(out.msgs.iter().any(|m| m.msg
-        == Message::VoteResp {
-            term: 5,
-            granted: false
-        }));
+    assert!(out.msgs.iter().any(
+        |m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 5 && g == false)
+    ));
 }
 
 // ---- pre-vote and check-quorum -----------------------------------------------------
@@ -994,6 +994,84 @@ fn a_retried_proposal_applies_exactly_once() {
     );
 }
 
+/// A learner whose promotion is in its log, but whose leader died before
+/// telling it the promotion committed: it does not campaign, though its log
+/// may be the one the others need.
+fn promoted_unknowingly() -> (KvNode, Out) {
+    let conf = |voters: &[NodeId], learners: &[NodeId]| {
+        EntryData::Config(ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+        })
+    };
+    let mut disk = Disk::default();
+    disk.apply(&Write::Entries(vec![
+        Entry {
+            index: 1,
+            term: 1,
+            data: conf(&[0, 1, 2], &[3]),
+        },
+        Entry {
+            index: 2,
+            term: 1,
+            data: conf(&[0, 1, 2, 3], &[]),
+        },
+    ]));
+    disk.hard.term = 1;
+    disk.hard.commit = 1;
+    let mut n = KvNode::new(cfg(3, &[]), &disk, 3);
+    let mut out = Out::default();
+    for _ in 0..40 {
+        n.tick(0, &mut out);
+    }
+    assert!(
+        out.msgs.is_empty(),
+        "a learner never campaigns: {:?}",
+        out.msgs
+    );
+    (n, out)
+}
+
+#[test]
+fn a_vote_request_tells_a_node_what_is_committed() {
+    let pre_vote = |commit_term| Message::PreVote {
+        term: 2,
+        last_index: 2,
+        last_term: 1,
+        commit: 2,
+        commit_term,
+    };
+    // Another term at index 2 there: the logs differ, nothing is learnt.
+    let (mut n, mut out) = promoted_unknowingly();
+    n.step(0, 0, pre_vote(2), &mut out);
+    assert_eq!(n.raft().commit_index(), 1);
+    assert!(!n.raft().voters().contains(&3));
+    // The same entry: the promotion is committed, so the node is a voter,
+    // and it campaigns when its election timer runs out.
+    let (mut n, mut out) = promoted_unknowingly();
+    n.step(0, 0, pre_vote(1), &mut out);
+    assert_eq!(n.raft().commit_index(), 2);
+    assert_eq!(n.raft().voters(), vec![0, 1, 2, 3]);
+    assert!(out.msgs.iter().any(|m| matches!(
+        m.msg,
+        Message::PreVoteResp {
+            commit: 2,
+            commit_term: 1,
+            ..
+        }
+    )));
+    out.clear();
+    for _ in 0..40 {
+        n.tick(0, &mut out);
+    }
+    assert!(
+        out.msgs
+            .iter()
+            .any(|m| matches!(m.msg, Message::PreVote { .. })),
+        "the promoted node campaigns"
+    );
+}
+
 // ---- deliberate bugs -------------------------------------------------------------------
 
 /// A follower whose election timer has expired (so it holds no lease).
@@ -1025,6 +1103,8 @@ fn bug_vote_without_log_check_grants_stale_candidates() {
         term: 9,
         last_index: 1,
         last_term: 1,
+        commit: 0,
+        commit_term: 0,
         transfer: false,
     };
     for (bug, granted) in [(false, false), (true, true)] {
@@ -1038,7 +1118,7 @@ fn bug_vote_without_log_check_grants_stale_candidates() {
         assert!(
             out.msgs
                 .iter()
-                .any(|m| m.msg == Message::VoteResp { term: 9, granted }),
+                .any(|m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 9 && g == granted)),
             "bug={bug}"
         );
     }
@@ -1066,6 +1146,8 @@ fn bug_commit_old_term_by_counting_commits_an_old_entry() {
             Message::VoteResp {
                 term,
                 granted: true,
+                commit: 0,
+                commit_term: 0,
             },
             &mut out,
         );
@@ -1104,15 +1186,13 @@ fn bug_reply_before_persist_skips_the_write() {
                 term: 4,
                 last_index: 0,
                 last_term: 0,
+                commit: 0,
+                commit_term: 0,
                 transfer: false,
             },
             &mut out,
         );
-        assert!(out.msgs.iter().any(|m| m.msg
-            == Message::VoteResp {
-                term: 4,
-                granted: true
-            }));
+        assert!(out.msgs.iter().any(|m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 4 && g == true)));
         let voted = out
             .writes
             .iter()

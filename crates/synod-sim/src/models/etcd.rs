@@ -133,6 +133,14 @@ struct Client {
     op: Option<(OpKind, u64)>,
     generation: u64,
     target: NodeId,
+    /// "Not the leader" answers since the last completed operation. Past
+    /// one per node, hints are no longer followed and the client tries the
+    /// members in turn: a member removed while it was cut off never learns
+    /// so and keeps naming the leader it last knew (perhaps one that is
+    /// down, or another stale member), and a client that always followed
+    /// hints could go round such members for ever (found by the
+    /// simulator). etcd's clients do not follow hints at all.
+    redirects: u32,
     done: u32,
 }
 
@@ -197,6 +205,7 @@ impl EtcdModel {
                     op: None,
                     generation: 0,
                     target: (c % n) as NodeId,
+                    redirects: 0,
                     done: 0,
                 })
                 .collect(),
@@ -565,6 +574,7 @@ impl EtcdModel {
         let Some((kind, invoked)) = self.clients[c].op.take() else {
             return;
         };
+        self.clients[c].redirects = 0;
         match Self::result(&kind, answer) {
             Some(result) => self.history.push(Operation::completed(
                 c as u64,
@@ -701,8 +711,11 @@ impl Model for EtcdModel {
                         // Not proposed anywhere: safe to send again.
                         self.retries += 1;
                         let n = self.n as NodeId;
-                        self.clients[c].target =
-                            hint.unwrap_or_else(|| (self.clients[c].target + 1) % n);
+                        self.clients[c].redirects += 1;
+                        let follow = self.clients[c].redirects <= n as u32;
+                        self.clients[c].target = hint
+                            .filter(|_| follow)
+                            .unwrap_or_else(|| (self.clients[c].target + 1) % n);
                         let backoff = if hint.is_some() { MS } else { 20 * MS };
                         let tok = token(c, self.clients[c].generation) | (1 << 31);
                         ctl.wake(backoff, tok);
