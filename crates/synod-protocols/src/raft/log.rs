@@ -11,14 +11,34 @@ pub(crate) struct RaftLog {
     /// The prefix replaced by the latest snapshot (index 0: none).
     pub snap: SnapshotMeta,
     /// Entries `snap.index + 1 ..= last_index()`.
-    pub entries: Vec<Entry>,
+    entries: Vec<Entry>,
+    /// The indexes of the configuration entries among `entries`, ascending:
+    /// the configuration in force is looked up on every commit, and a
+    /// scan back through a long log cost a fifth of a member's CPU.
+    confs: Vec<u64>,
+}
+
+fn conf_indexes(es: &[Entry]) -> impl Iterator<Item = u64> + '_ {
+    es.iter()
+        .filter(|e| matches!(e.data, EntryData::Config(_)))
+        .map(|e| e.index)
 }
 
 impl RaftLog {
     pub fn new(snap: SnapshotMeta, entries: Vec<Entry>) -> Self {
-        let log = RaftLog { snap, entries };
+        let confs = conf_indexes(&entries).collect();
+        let log = RaftLog {
+            snap,
+            entries,
+            confs,
+        };
         log.check();
         log
+    }
+
+    /// The entries after the snapshot.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
     }
 
     pub fn first_index(&self) -> u64 {
@@ -83,6 +103,9 @@ impl RaftLog {
         let dropped = self.entries.len() - keep;
         self.entries.truncate(keep);
         self.entries.extend_from_slice(es);
+        let kept = self.confs.partition_point(|i| *i < first.index);
+        self.confs.truncate(kept);
+        self.confs.extend(conf_indexes(es));
         dropped
     }
 
@@ -123,8 +146,11 @@ impl RaftLog {
         if self.matches(meta.index, meta.term) && meta.index >= self.snap.index {
             let n = (meta.index - self.snap.index) as usize;
             self.entries.drain(..n);
+            let gone = self.confs.partition_point(|i| *i <= meta.index);
+            self.confs.drain(..gone);
         } else {
             self.entries.clear();
+            self.confs.clear();
         }
         self.snap = meta;
         self.check();
@@ -134,31 +160,26 @@ impl RaftLog {
     /// configuration entry at or before it, else the snapshot's.
     pub fn conf_at(&self, index: u64) -> ConfState {
         let upto = index.min(self.last_index());
-        let mut i = upto;
-        while i > self.snap.index {
-            if let Some(Entry {
+        let n = self.confs.partition_point(|i| *i <= upto);
+        match n.checked_sub(1).and_then(|k| self.entry(self.confs[k])) {
+            Some(Entry {
                 data: EntryData::Config(c),
                 ..
-            }) = self.entry(i)
-            {
-                return c.clone();
-            }
-            i -= 1;
+            }) => c.clone(),
+            Some(e) => panic!("entry {} is indexed as a configuration", e.index),
+            None => self.snap.conf.clone(),
         }
-        self.snap.conf.clone()
     }
 
     /// The index of the last configuration entry, if any after the snapshot.
     pub fn last_conf_index(&self) -> Option<u64> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| matches!(e.data, EntryData::Config(_)))
-            .map(|e| e.index)
+        self.confs.last().copied()
     }
 
-    /// Structural invariants: consecutive indices, terms that never decrease.
+    /// Structural invariants: consecutive indices, terms that never
+    /// decrease, the configuration index up to date.
     pub fn check(&self) {
+        debug_assert!(conf_indexes(&self.entries).eq(self.confs.iter().copied()));
         let mut prev = (self.snap.index, self.snap.term);
         for e in &self.entries {
             assert_eq!(e.index, prev.0 + 1, "log indices not consecutive");

@@ -1514,7 +1514,7 @@ impl RaftNode {
             self.log.last_term() <= self.term,
             "node {id}: log term beyond the current term"
         );
-        if let Some(e) = self.log.entries.last() {
+        if let Some(e) = self.log.entries().last() {
             assert_eq!(e.index, self.log.last_index(), "node {id}: log indices");
         }
         match self.role {
