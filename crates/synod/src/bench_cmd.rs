@@ -353,6 +353,13 @@ async fn keep_alive(ch: Channel, plan: Plan, leases: &[i64], c: usize, clients: 
         return s;
     }
     let (tx, rx) = mpsc::channel(1);
+    // The first request is queued before the call: etcd sends the
+    // response headers only with the first answer.
+    let mut t = Instant::now();
+    let first = pb::LeaseKeepAliveRequest { id: mine[0] };
+    if tx.send(first).await.is_err() {
+        return s;
+    }
     let Ok(stream) = pb::lease_client::LeaseClient::new(ch)
         .lease_keep_alive(ReceiverStream::new(rx))
         .await
@@ -362,14 +369,17 @@ async fn keep_alive(ch: Channel, plan: Plan, leases: &[i64], c: usize, clients: 
     };
     let mut stream = stream.into_inner();
     let mut i = 0;
+    let mut sent = true;
     while plan.more(s.latencies.len() + s.errors) {
-        let t = Instant::now();
-        let sent = tx
-            .send(pb::LeaseKeepAliveRequest {
-                id: mine[i % mine.len()],
-            })
-            .await
-            .is_ok();
+        if i > 0 {
+            t = Instant::now();
+            sent = tx
+                .send(pb::LeaseKeepAliveRequest {
+                    id: mine[i % mine.len()],
+                })
+                .await
+                .is_ok();
+        }
         let ok = sent && matches!(stream.message().await, Ok(Some(r)) if r.ttl > 0);
         s.record(&plan, t, ok);
         if !ok && !sent {
