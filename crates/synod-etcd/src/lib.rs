@@ -42,6 +42,7 @@ mod backend;
 mod convert;
 mod grpc_compat;
 mod local;
+mod noop;
 mod recipes;
 mod service;
 mod watch;
@@ -52,5 +53,6 @@ pub use backend::{
 };
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use local::LocalBackend;
+pub use noop::NoopBackend;
 pub use recipes::prefix_end;
 pub use service::{EtcdServer, Limits};

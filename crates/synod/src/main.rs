@@ -12,6 +12,7 @@ use synod_sim::linearizability::{self, CheckResult};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench_cmd;
+mod ceiling_cmd;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;
@@ -38,9 +39,13 @@ enum Command {
     /// Run one member in this process, configured with etcd's flags (and
     /// their ETCD_* environment variables); runs until SIGINT or SIGTERM.
     Serve(Box<serve_cmd::ServeArgs>),
-    /// Measure put or get throughput and latency through etcd's v3 API against
-    /// running endpoints (synod's or etcd's).
+    /// Measure throughput and latency of puts, gets, transactions, watches or
+    /// lease keep-alives through etcd's v3 API against running endpoints
+    /// (synod's or etcd's).
     Bench(bench_cmd::BenchArgs),
+    /// Serve etcd's API from members that answer at once and store nothing:
+    /// the most any server could reach through `synod bench` on this machine.
+    Ceiling(ceiling_cmd::CeilingArgs),
     /// Run an algorithm many times in the deterministic simulator under faults and
     /// check its properties on every run.
     Sim(sim_cmd::SimArgs),
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up_cmd::run(args),
         Command::Serve(args) => serve_cmd::run(*args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Ceiling(args) => ceiling_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),
