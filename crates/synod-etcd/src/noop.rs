@@ -12,8 +12,8 @@ use crate::backend::{
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use synod_kv::{
-    Command, CommandResponse, DeleteRangeResponse, Event, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseOp, TxnResponse,
+    Command, CommandResponse, DeleteRangeResponse, Event, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseOp, TxnResponse,
 };
 use tokio::sync::broadcast;
 
