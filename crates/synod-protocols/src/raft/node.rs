@@ -506,14 +506,6 @@ impl RaftNode {
         index
     }
 
-    /// Puts the latest committed configuration in force. A configuration entry
-    /// takes effect when it is committed, not when it is appended: with at most
-    /// one uncommitted change at a time, every node is then in one of two
-    /// adjacent configurations, whose majorities always intersect. (Taking
-    /// effect on append, as the Raft dissertation does, let the simulator wedge
-    /// a cluster: a node holding an uncommitted promotion needed the vote of a
-    /// learner whose log was newer but which, by its own log, could not
-    /// campaign.)
     /// Another node knows entries up to `commit` (of `commit_term`) are
     /// committed. If this log holds that entry, it holds the same entries up
     /// to it (log matching), so they are committed here too.
@@ -554,6 +546,15 @@ impl RaftNode {
         false
     }
 
+    /// Puts the latest committed configuration in force. A configuration entry
+    /// takes effect when it is committed, not when it is appended: with at most
+    /// one uncommitted change at a time, every node is then in one of two
+    /// adjacent configurations, whose majorities always intersect. (Taking
+    /// effect on append, as the Raft dissertation does, let the simulator wedge
+    /// a cluster: a node holding an uncommitted promotion needed the vote of a
+    /// learner whose log was newer but which, by its own log, could not
+    /// campaign.) Taking effect on commit needs every node to learn commits
+    /// even when the leader that knew them is gone: see `learn_commit`.
     fn sync_conf(&mut self) {
         let c = self.log.conf_at(self.commit);
         if c != self.conf {
