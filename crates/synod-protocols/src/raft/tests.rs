@@ -630,9 +630,10 @@ fn a_vote_is_on_disk_before_the_reply_leaves() {
         },
         &mut out,
     );
-    assert!(out.msgs.iter().any(
-        |m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 5 && g == true)
-    ));
+    assert!(out
+        .msgs
+        .iter()
+        .any(|m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 5 && g)));
     for w in &out.writes {
         KvNode::apply_write(&mut disk, w);
     }
@@ -657,9 +658,10 @@ fn a_vote_is_on_disk_before_the_reply_leaves() {
         },
         &mut out,
     );
-    assert!(out.msgs.iter().any(
-        |m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 5 && g == false)
-    ));
+    assert!(out
+        .msgs
+        .iter()
+        .any(|m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 5 && !g)));
 }
 
 // ---- pre-vote and check-quorum -----------------------------------------------------
@@ -1192,7 +1194,9 @@ fn bug_reply_before_persist_skips_the_write() {
             },
             &mut out,
         );
-        assert!(out.msgs.iter().any(|m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 4 && g == true)));
+        assert!(out.msgs.iter().any(
+            |m| matches!(m.msg, Message::VoteResp { term: t, granted: g, .. } if t == 4 && g)
+        ));
         let voted = out
             .writes
             .iter()
