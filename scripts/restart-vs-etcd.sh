@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Restart time and disk use, synod against etcd, on the same machine in one run.
+# Restart time, memory and disk use, synod against etcd, on the same machine in
+# one run.
 #
 # For each round and each system (interleaved: synod, etcd, synod, etcd, ...):
 # start three members as separate processes with the same etcd flags, load KEYS
-# keys of 256 bytes with `synod bench`, stop them with SIGTERM, measure the data
-# directories, start them again and time from the launch of the processes to the
-# first acknowledged write (an etcdctl put, retried every few milliseconds).
+# keys of 256 bytes with `synod bench`, read the members' resident memory, stop
+# them with SIGTERM, measure the data directories, start them again and time
+# from the launch of the processes to the first acknowledged write (an etcdctl
+# put, retried every few milliseconds), and read their memory once more.
 #
 # Usage: scripts/restart-vs-etcd.sh [KEYS] [ROUNDS]   (defaults: 200000 2)
 # Needs: etcd and etcdctl (Debian: etcd-server, etcd-client), and a release build
@@ -52,6 +54,13 @@ stop() {
   pids=()
 }
 
+# Resident memory of the running members together, in MB.
+rss_mb() {
+  local kb=0 p
+  for p in "${pids[@]}"; do kb=$((kb + $(awk '/^VmRSS/ {print $2}' /proc/$p/status))); done
+  echo $((kb / 1024))
+}
+
 # Milliseconds from $1 (ns since the epoch) to the first acknowledged write.
 first_write_ms() {
   local t0=$1
@@ -62,8 +71,8 @@ first_write_ms() {
   echo $((($(date +%s%N) - t0) / 1000000))
 }
 
-echo "| round | system | keys | disk after load (MB) | start to first write, restarted (ms) |"
-echo "| --- | --- | --- | --- | --- |"
+echo "| round | system | keys | RSS after load (MB, 3 members) | disk after load (MB) | start to first write, restarted (ms) | RSS after restart (MB) |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 for round in $(seq 1 "$ROUNDS"); do
   for sys in ${SYSTEMS:-synod etcd}; do
     dir="$work/$sys-$round"
@@ -72,13 +81,15 @@ for round in $(seq 1 "$ROUNDS"); do
     first_write_ms "$(date +%s%N)" >/dev/null
     "$SYNOD" bench --endpoints "$endpoints" --clients 64 --requests "$KEYS" --keys "$KEYS" \
       >"$dir/bench.log"
+    rss=$(rss_mb)
     stop
     mb=$(du -sm "$dir" | cut -f1)
     t0=$(date +%s%N)
     start "$sys" "$dir"
     ms=$(first_write_ms "$t0")
+    rss2=$(rss_mb)
     stop
-    echo "| $round | $sys | $KEYS | $mb | $ms |"
+    echo "| $round | $sys | $KEYS | $rss | $mb | $ms | $rss2 |"
     [ -n "${KEEP:-}" ] || rm -rf "$dir"
   done
 done
