@@ -416,6 +416,10 @@ impl Driver {
                 }
             }
             let now = start.elapsed().as_micros() as u64;
+            let stepping = Instant::now();
+            if !batch.is_empty() {
+                self.metrics.round_inputs.observe(batch.len() as f64);
+            }
             for m in batch {
                 match m {
                     Inbox::Stop => return,
@@ -440,6 +444,9 @@ impl Driver {
                 // Clients that gave up on a forwarded request no longer wait.
                 self.forwarded_out.retain(|_, c| !c.is_closed());
             }
+            self.metrics
+                .round_step
+                .observe(stepping.elapsed().as_secs_f64());
             if !self.flush() {
                 return;
             }

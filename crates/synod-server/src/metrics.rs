@@ -24,6 +24,12 @@ pub struct Metrics {
     pub pending: IntGauge,
     pub failed: IntCounter,
     pub fsync: Histogram,
+    /// Seconds a member's thread spent in the replica in one round (the
+    /// Raft steps and applying what committed), before its sync.
+    pub round_step: Histogram,
+    /// Inputs handled in one round (requests, peer messages): how much one
+    /// sync is shared by.
+    pub round_inputs: Histogram,
     pub db_size: IntGauge,
     pub keys: IntGauge,
     pub grpc_handled: IntCounterVec,
@@ -60,6 +66,26 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(fsync.clone()))
+            .expect("registered once");
+        let round_step = Histogram::with_opts(
+            HistogramOpts::new(
+                "synod_member_round_step_duration_seconds",
+                "Time a member's thread spent stepping its replica (Raft and apply) in one round, before the round's sync.",
+            )
+            .buckets(exponential_buckets(0.00001, 2.0, 18).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        r.register(Box::new(round_step.clone()))
+            .expect("registered once");
+        let round_inputs = Histogram::with_opts(
+            HistogramOpts::new(
+                "synod_member_round_inputs",
+                "Inputs (client requests, peer messages) a member handled in one round, sharing one sync.",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        r.register(Box::new(round_inputs.clone()))
             .expect("registered once");
         let grpc_handled = IntCounterVec::new(
             Opts::new(
@@ -119,6 +145,8 @@ impl Metrics {
                 "The total number of failed proposals seen.",
             ),
             fsync,
+            round_step,
+            round_inputs,
             db_size: gauge(
                 &r,
                 "etcd_mvcc_db_total_size_in_bytes",
