@@ -71,6 +71,24 @@ pub struct StatusInfo {
     pub is_learner: bool,
 }
 
+impl StatusInfo {
+    /// The status of a member that is the whole cluster (and so its leader)
+    /// and keeps no Raft log on disk: `size` bytes of data, all in use.
+    pub fn single_member(id: u64, size: i64) -> StatusInfo {
+        StatusInfo {
+            version: API_VERSION.into(),
+            db_size: size,
+            db_size_in_use: size,
+            leader: id,
+            raft_index: 0,
+            raft_term: 1,
+            raft_applied_index: 0,
+            errors: Vec::new(),
+            is_learner: false,
+        }
+    }
+}
+
 /// Why a backend could not serve a request, in etcd's terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiError {

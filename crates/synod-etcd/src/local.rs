@@ -206,20 +206,11 @@ impl Backend for LocalBackend {
 
     async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
         let s = self.state()?;
+        // Nothing on disk: the size is that of the data held.
+        let size = s.store.retained_bytes() as i64;
         Ok((
             self.header_at(&s.store),
-            StatusInfo {
-                version: crate::backend::API_VERSION.into(),
-                // Nothing on disk: the size is that of the data held.
-                db_size: s.store.retained_bytes() as i64,
-                db_size_in_use: s.store.retained_bytes() as i64,
-                leader: self.member.id,
-                raft_index: 0,
-                raft_term: 1,
-                raft_applied_index: 0,
-                errors: Vec::new(),
-                is_learner: false,
-            },
+            StatusInfo::single_member(self.member.id, size),
         ))
     }
 }

@@ -7,9 +7,7 @@
 //! client here, so a member's throughput is judged against it. Never a
 //! store: writes are acknowledged and forgotten, reads find nothing.
 
-use crate::backend::{
-    ApiError, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription, API_VERSION,
-};
+use crate::backend::{ApiError, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription};
 use std::sync::atomic::{AtomicI64, Ordering};
 use synod_kv::{
     Command, CommandResponse, DeleteRangeResponse, Event, PutResponse, RangeRequest, RangeResponse,
@@ -112,18 +110,7 @@ impl Backend for NoopBackend {
     }
 
     async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
-        let status = StatusInfo {
-            version: API_VERSION.into(),
-            db_size: 0,
-            db_size_in_use: 0,
-            leader: self.member.id,
-            raft_index: 0,
-            raft_term: 1,
-            raft_applied_index: 0,
-            errors: Vec::new(),
-            is_learner: false,
-        };
-        Ok((self.header(), status))
+        Ok((self.header(), StatusInfo::single_member(self.member.id, 0)))
     }
 
     async fn move_leader(&self, target: u64) -> Result<Header, ApiError> {

@@ -53,40 +53,37 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+/// A histogram with `count` buckets doubling from `first`.
+fn histogram(r: &Registry, name: &str, help: &str, (first, count): (f64, usize)) -> Histogram {
+    let opts = HistogramOpts::new(name, help)
+        .buckets(exponential_buckets(first, 2.0, count).expect("valid buckets"));
+    let h = Histogram::with_opts(opts).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
-        let fsync = Histogram::with_opts(
-            HistogramOpts::new(
-                "etcd_disk_wal_fsync_duration_seconds",
-                "The latency distributions of fsync called by WAL.",
-            )
-            // etcd's buckets: 1 ms to 8 s, doubling.
-            .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        r.register(Box::new(fsync.clone()))
-            .expect("registered once");
-        let round_step = Histogram::with_opts(
-            HistogramOpts::new(
-                "synod_member_round_step_duration_seconds",
-                "Time a member's thread spent stepping its replica (Raft and apply) in one round, before the round's sync.",
-            )
-            .buckets(exponential_buckets(0.00001, 2.0, 18).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        r.register(Box::new(round_step.clone()))
-            .expect("registered once");
-        let round_inputs = Histogram::with_opts(
-            HistogramOpts::new(
-                "synod_member_round_inputs",
-                "Inputs (client requests, peer messages) a member handled in one round, sharing one sync.",
-            )
-            .buckets(exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        r.register(Box::new(round_inputs.clone()))
-            .expect("registered once");
+        // etcd's buckets: 1 ms to 8 s, doubling.
+        let fsync = histogram(
+            &r,
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+            (0.001, 14),
+        );
+        let round_step = histogram(
+            &r,
+            "synod_member_round_step_duration_seconds",
+            "Time a member's thread spent stepping its replica (Raft and apply) in one round, before the round's sync.",
+            (0.00001, 18),
+        );
+        let round_inputs = histogram(
+            &r,
+            "synod_member_round_inputs",
+            "Inputs (client requests, peer messages) a member handled in one round, sharing one sync.",
+            (1.0, 12),
+        );
         let grpc_handled = IntCounterVec::new(
             Opts::new(
                 "grpc_server_handled_total",
