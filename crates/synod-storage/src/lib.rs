@@ -48,7 +48,7 @@ pub use inspect::{dump, dump_with, verify, verify_with, VerifyReport};
 pub use simfs::{SimFile, SimFs, SimStats, SECTOR};
 pub use snap::SnapStore;
 pub use storage::{DiskStorage, RealStorage, SimStorage, Storage, StorageOptions};
-pub use wal::{Recovered, RecoveryReport, SyncTicket, TornTail, Wal, WalOptions};
+pub use wal::{owner, Recovered, RecoveryReport, SyncTicket, TornTail, Wal, WalOptions};
 
 /// Log sequence number: the position of a record in this process's stream
 /// of appends. Every record (entry, hard state, snapshot marker) gets the

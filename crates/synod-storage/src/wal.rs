@@ -899,6 +899,24 @@ pub(crate) struct Replayed {
     pub(crate) tail: Tail,
 }
 
+/// Who owns the WAL in `dir` (a data directory's `wal/`), from its first
+/// segment's header alone: `None` if it holds no segment. A member that
+/// restarts on its data learns its cluster and id from it, as etcd reads
+/// them from its WAL's metadata.
+pub fn owner<F: Fs>(fs: &F, dir: &Path) -> Result<Option<Identity>> {
+    if !fs.exists(dir) {
+        return Ok(None);
+    }
+    let (segs, _) = list_segments(fs, dir)?;
+    let Some((_, _, name)) = segs.first() else {
+        return Ok(None);
+    };
+    let path = dir.join(name);
+    let bytes = fs.read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let header = crate::format::decode_segment_header(&path, &bytes)?;
+    Ok(Some(header.identity))
+}
+
 /// List the segment files of `dir` as `(seq, first_index, name)`, sorted,
 /// plus the names of leftover temp files.
 pub(crate) fn list_segments<F: Fs>(fs: &F, dir: &Path) -> Result<(Vec<SegmentName>, Vec<String>)> {
