@@ -109,6 +109,54 @@ pub enum ApiError {
     /// The member has more requests queued than it takes; the client
     /// should back off and retry.
     TooManyRequests,
+    /// A membership change refused by etcd's rules.
+    Member(MemberError),
+    /// This backend cannot do that (a single-member backend has no peers).
+    Unimplemented(&'static str),
+}
+
+/// Why a membership change was refused, each with etcd's code and message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberError {
+    /// The id is in the cluster already.
+    Exists,
+    /// Another member has one of these peer URLs.
+    PeerUrlExists,
+    /// A peer URL does not parse.
+    BadUrls,
+    /// No such member (or it was removed).
+    NotFound,
+    NotLearner,
+    LearnerNotReady,
+    TooManyLearners,
+    /// Another change is under way (synod refuses at once where etcd 3.4
+    /// drops the proposal and times out).
+    Pending,
+    /// It would leave the cluster without a voter.
+    LastVoter,
+}
+
+impl MemberError {
+    /// etcd's message for it, which clients match on.
+    pub fn etcd_message(self) -> &'static str {
+        match self {
+            MemberError::Exists => "etcdserver: member ID already exist",
+            MemberError::PeerUrlExists => "etcdserver: Peer URLs already exists",
+            MemberError::BadUrls => "etcdserver: given member URLs are invalid",
+            MemberError::NotFound => "etcdserver: member not found",
+            MemberError::NotLearner => "etcdserver: can only promote a learner member",
+            MemberError::LearnerNotReady => {
+                "etcdserver: can only promote a learner member which is in sync with leader"
+            }
+            MemberError::TooManyLearners => "etcdserver: too many learner members in cluster",
+            MemberError::Pending => {
+                "etcdserver: another membership change is in progress; retry when it is done"
+            }
+            MemberError::LastVoter => {
+                "etcdserver: re-configuration failed: the cluster would have no voting member"
+            }
+        }
+    }
 }
 
 impl From<synod_kv::Error> for ApiError {
@@ -150,6 +198,54 @@ pub trait Backend: Send + Sync + 'static {
     fn leases(&self) -> impl Future<Output = Result<(Header, Vec<i64>), ApiError>> + Send;
 
     fn members(&self) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send;
+
+    /// Adds a member reached at `peer_urls` (a learner if `learner`);
+    /// answers once the change is in force, with the new member and the
+    /// whole membership.
+    fn member_add(
+        &self,
+        _peer_urls: Vec<String>,
+        _learner: bool,
+    ) -> impl Future<Output = Result<(Header, MemberInfo, Vec<MemberInfo>), ApiError>> + Send {
+        async {
+            Err(ApiError::Unimplemented(
+                "this member has no peers to add to",
+            ))
+        }
+    }
+
+    /// Removes member `id` (etcd member id) for good.
+    fn member_remove(
+        &self,
+        _id: u64,
+    ) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send {
+        async {
+            Err(ApiError::Unimplemented(
+                "this member has no peers to remove",
+            ))
+        }
+    }
+
+    /// Changes where member `id` is reached.
+    fn member_update(
+        &self,
+        _id: u64,
+        _peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send {
+        async {
+            Err(ApiError::Unimplemented(
+                "this member has no peers to update",
+            ))
+        }
+    }
+
+    /// Makes learner `id` a voter.
+    fn member_promote(
+        &self,
+        _id: u64,
+    ) -> impl Future<Output = Result<(Header, Vec<MemberInfo>), ApiError>> + Send {
+        async { Err(ApiError::Unimplemented("this member has no learners")) }
+    }
 
     fn status(&self) -> impl Future<Output = Result<(Header, StatusInfo), ApiError>> + Send;
 

@@ -49,7 +49,8 @@ mod watch;
 
 pub use authority::AuthorityFix;
 pub use backend::{
-    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription, API_VERSION,
+    ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo,
+    Subscription, API_VERSION,
 };
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use local::LocalBackend;

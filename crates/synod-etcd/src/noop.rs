@@ -89,6 +89,7 @@ impl Backend for NoopBackend {
                 ttl,
             },
             Command::LeaseRevoke { .. } => CommandResponse::LeaseRevoke,
+            Command::Member(_) => CommandResponse::Member,
         };
         Ok((self.header(), resp))
     }

@@ -1,7 +1,7 @@
 //! etcd's KV, Watch, Lease, Cluster and Maintenance services over a [`Backend`]
 //! (Lock and Election: `recipes.rs`).
 
-use crate::backend::{ApiError, Backend};
+use crate::backend::{ApiError, Backend, MemberError, MemberInfo};
 use crate::convert;
 use crate::pb::etcdserverpb as pb;
 use pb::cluster_server::{Cluster, ClusterServer};
@@ -85,7 +85,30 @@ pub(crate) fn status(e: &ApiError) -> Status {
             Status::unavailable("etcdserver: request timed out, leader transfer took too long")
         }
         ApiError::TooManyRequests => Status::resource_exhausted("etcdserver: too many requests"),
+        ApiError::Member(m) => {
+            let code = match m {
+                MemberError::BadUrls => Code::InvalidArgument,
+                MemberError::NotFound => Code::NotFound,
+                _ => Code::FailedPrecondition,
+            };
+            Status::new(code, m.etcd_message())
+        }
+        ApiError::Unimplemented(why) => Status::unimplemented(*why),
     }
+}
+
+fn member(m: MemberInfo) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+fn members(ms: Vec<MemberInfo>) -> Vec<pb::Member> {
+    ms.into_iter().map(member).collect()
 }
 
 fn too_large() -> Status {
@@ -372,19 +395,73 @@ impl<B: Backend> Cluster for EtcdServer<B> {
         &self,
         _req: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let (h, members) = self.backend.members().await.map_err(|e| status(&e))?;
+        let (h, all) = self.backend.members().await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::MemberListResponse {
             header: convert::header(h),
-            members: members
-                .into_iter()
-                .map(|m| pb::Member {
-                    id: m.id,
-                    name: m.name,
-                    peer_ur_ls: m.peer_urls,
-                    client_ur_ls: m.client_urls,
-                    is_learner: m.is_learner,
-                })
-                .collect(),
+            members: members(all),
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        req: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let req = req.into_inner();
+        let (h, added, all) = self
+            .backend
+            .member_add(req.peer_ur_ls, req.is_learner)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: convert::header(h),
+            member: Some(member(added)),
+            members: members(all),
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let (h, all) = self
+            .backend
+            .member_remove(req.into_inner().id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: convert::header(h),
+            members: members(all),
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let req = req.into_inner();
+        let (h, all) = self
+            .backend
+            .member_update(req.id, req.peer_ur_ls)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: convert::header(h),
+            members: members(all),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let (h, all) = self
+            .backend
+            .member_promote(req.into_inner().id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: convert::header(h),
+            members: members(all),
         }))
     }
 }

@@ -43,6 +43,9 @@ pub enum Request {
     KeepAlive { lease: i64 },
     /// What is left of a lease, as the leader (whose count decides) sees it.
     TimeToLive { lease: i64 },
+    /// A membership change, answered once its configuration entry is
+    /// applied, or refused at once by etcd's rules ([`ConfRefusal`]).
+    Conf(ConfChange),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +108,29 @@ pub enum Answer {
         granted: i64,
         keys: Vec<Vec<u8>>,
     },
+    /// The membership change is in force.
+    Conf,
+}
+
+/// Why the leader refused a membership change (etcd's rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfRefusal {
+    /// The member to add is in the cluster already.
+    Exists,
+    /// The member to remove or promote is not in the cluster.
+    NotFound,
+    /// Only a learner can be promoted.
+    NotLearner,
+    /// A learner is promoted only once its log is within 10% of the
+    /// leader's: a voter that lags would cost the cluster its quorum.
+    LearnerNotReady,
+    /// etcd allows one learner at a time.
+    TooManyLearners,
+    /// Another change is not yet committed, or the leader has not committed
+    /// an entry of its term yet: changes go one at a time.
+    Pending,
+    /// The change would leave the cluster without a voter.
+    LastVoter,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +142,8 @@ pub enum ReplicaError {
     LeaderChanged,
     /// The store refused the request; every member would refuse it alike.
     Kv(Error),
+    /// The leader refused a membership change.
+    Conf(ConfRefusal),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +229,9 @@ pub struct ReplicaBugs {
     /// comes back, not the one it was taken at: the entries applied in
     /// between are missing from the snapshot.
     pub late_image_index: bool,
+    /// A membership change is answered as done when the leader proposes
+    /// it, before it is committed and in force.
+    pub conf_answered_early: bool,
 }
 
 /// One member: the Raft core, the store, and the requests it owes answers.
@@ -290,6 +321,71 @@ impl Replica {
         }
     }
 
+    /// etcd's rules for a membership change, checked on the leader.
+    fn conf_refusal(&self, change: ConfChange) -> Option<ConfRefusal> {
+        let raft = self.raft();
+        let conf = raft.conf();
+        if raft.conf_change_pending() || !raft.committed_own_term() {
+            return Some(ConfRefusal::Pending);
+        }
+        match change {
+            ConfChange::AddVoter(n) | ConfChange::AddLearner(n) if conf.contains(n) => {
+                Some(ConfRefusal::Exists)
+            }
+            ConfChange::AddLearner(_) if !conf.learners.is_empty() => {
+                Some(ConfRefusal::TooManyLearners)
+            }
+            ConfChange::PromoteLearner(n) | ConfChange::RemoveNode(n) if !conf.contains(n) => {
+                Some(ConfRefusal::NotFound)
+            }
+            ConfChange::PromoteLearner(n) if !conf.is_learner(n) => Some(ConfRefusal::NotLearner),
+            ConfChange::PromoteLearner(n) => {
+                // etcd: the learner's match index is at least 90% of the
+                // leader's.
+                let matched = raft.match_index(n).unwrap_or(0);
+                (matched * 10 < raft.last_index() * 9).then_some(ConfRefusal::LearnerNotReady)
+            }
+            ConfChange::RemoveNode(n) if conf.voters == [n] => Some(ConfRefusal::LastVoter),
+            _ => None,
+        }
+    }
+
+    /// Proposes a membership change. A leader asked to remove itself hands
+    /// leadership to the most up-to-date other voter first and sends the
+    /// client there (as a hint), so that the cluster never waits out an
+    /// election for a leader that is leaving.
+    fn conf_change(&mut self, id: RequestId, change: ConfChange, out: &mut Out) {
+        if let Some(refusal) = self.conf_refusal(change) {
+            respond(out, id, Err(ReplicaError::Conf(refusal)));
+            return;
+        }
+        let me = self.raft().id();
+        if change == ConfChange::RemoveNode(me) {
+            let raft = self.raft();
+            let successor = raft
+                .voters()
+                .into_iter()
+                .filter(|v| *v != me)
+                .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
+            if let Some(to) = successor {
+                self.node.call(out, |r, out| r.transfer_leader(to, out));
+                respond(out, id, Err(ReplicaError::NotLeader { hint: Some(to) }));
+                return;
+            }
+        }
+        if self.node.call(out, |r, out| r.propose_conf(change, out)) {
+            if self.node.app().bugs.conf_answered_early {
+                respond(out, id, Ok(Answer::Conf));
+                return;
+            }
+            let raft = self.raft();
+            let (index, term) = (raft.last_index(), raft.term());
+            self.node.app_mut().writes.insert(index, (term, id));
+        } else {
+            respond(out, id, Err(ReplicaError::Conf(ConfRefusal::Pending)));
+        }
+    }
+
     fn client(&mut self, id: RequestId, req: Request, out: &mut Out) {
         if !self.is_leader() {
             let e = self.not_leader();
@@ -341,6 +437,7 @@ impl Replica {
                 };
                 respond(out, id, result);
             }
+            Request::Conf(change) => self.conf_change(id, change, out),
             Request::TimeToLive { lease } => {
                 let app = self.node.app();
                 let result = match app.store.lease(lease) {
@@ -425,9 +522,14 @@ impl Application for State {
         };
         let EntryData::App(p) = &e.data else {
             out.emit(applied(&self.store, Vec::new()));
-            if let Some((_, id)) = self.writes.remove(&e.index) {
-                // Another leader's entry took the slot: ours was lost.
-                respond(out, id, Err(ReplicaError::LeaderChanged));
+            if let Some((term, id)) = self.writes.remove(&e.index) {
+                let answer = if term == e.term && matches!(e.data, EntryData::Config(_)) {
+                    Ok(Answer::Conf)
+                } else {
+                    // Another leader's entry took the slot: ours was lost.
+                    Err(ReplicaError::LeaderChanged)
+                };
+                respond(out, id, answer);
             }
             return;
         };

@@ -68,6 +68,10 @@ pub struct Store {
     /// The last id the store picked for a grant that asked for id 0.
     last_lease_id: i64,
     max_txn_ops: usize,
+    /// Members by etcd member id, removed ones included (see
+    /// [`MemberRecord::removed`]). Replicated with the keys so that a member
+    /// restored from a snapshot knows where its peers are.
+    members: BTreeMap<u64, MemberRecord>,
 }
 
 impl Default for Store {
@@ -167,6 +171,7 @@ impl Store {
             leases: OrdMap::new(),
             last_lease_id: 0,
             max_txn_ops: MAX_TXN_OPS,
+            members: BTreeMap::new(),
         }
     }
 
@@ -237,7 +242,37 @@ impl Store {
                 let events = self.lease_revoke(*id)?;
                 Ok((CommandResponse::LeaseRevoke, events))
             }
+            Command::Member(change) => {
+                self.change_member(change);
+                Ok((CommandResponse::Member, Vec::new()))
+            }
         }
+    }
+
+    fn change_member(&mut self, change: &MemberChange) {
+        match change {
+            MemberChange::PeerUrls { id, peer_urls } => {
+                let m = self.members.entry(*id).or_default();
+                m.peer_urls.clone_from(peer_urls);
+            }
+            MemberChange::Attributes {
+                id,
+                name,
+                client_urls,
+            } => {
+                let m = self.members.entry(*id).or_default();
+                m.name.clone_from(name);
+                m.client_urls.clone_from(client_urls);
+            }
+            MemberChange::Removed { id } => {
+                self.members.entry(*id).or_default().removed = true;
+            }
+        }
+    }
+
+    /// What the cluster records of its members, removed ones included.
+    pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
+        &self.members
     }
 
     fn check_revision(&self, requested: i64, current: i64) -> Result<(), Error> {
@@ -736,6 +771,14 @@ impl Store {
             for k in &l.keys {
                 h.bytes(k);
             }
+        }
+        for (id, m) in &self.members {
+            h.i64(*id as i64);
+            h.bytes(m.name.as_bytes());
+            for u in m.peer_urls.iter().chain(&m.client_urls) {
+                h.bytes(u.as_bytes());
+            }
+            h.i64(i64::from(m.removed));
         }
         h.0
     }

@@ -192,6 +192,38 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// A change to what the cluster records of its members. It lives beside
+    /// the key space, not in it: no revision, no event, not in HashKV.
+    Member(MemberChange),
+}
+
+/// What the cluster records of one member besides its vote (which the Raft
+/// configuration holds): what `MemberList` shows, and where peers reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Empty until the member has started and published it.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    /// Removed for good: its id is never given again, and the others refuse
+    /// to talk to it.
+    pub removed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Where member `id` is reached: recorded before the configuration
+    /// change that adds it, and by `MemberUpdate`.
+    PeerUrls { id: u64, peer_urls: Vec<String> },
+    /// A member's own name and client URLs, published when it starts.
+    Attributes {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    /// Member `id` left the cluster, recorded after the configuration change
+    /// that removed it.
+    Removed { id: u64 },
 }
 
 /// The answer to a [`Command`].
@@ -203,6 +235,7 @@ pub enum CommandResponse {
     Compact,
     LeaseGrant { id: i64, ttl: i64 },
     LeaseRevoke,
+    Member,
 }
 
 /// A lease as the store knows it. Time is not the store's business: the TTL is

@@ -1,29 +1,56 @@
 //! The etcd API's view of a member: requests go to the member's thread, and
 //! from a follower on to the leader.
 
-use crate::member::Inbox;
-use std::sync::{mpsc, Arc, RwLock};
+use crate::member::{Directory, Inbox};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use synod_etcd::{
-    ApiError, Applied, Backend, Header, LeaseTtl, MemberInfo, StatusInfo, Subscription,
+    ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo, Subscription,
 };
-use synod_kv::replica::{Answer, Replica, ReplicaError, Request};
-use synod_kv::{Command, CommandResponse, Event, RangeRequest, RangeResponse};
+use synod_kv::replica::{Answer, ConfRefusal, Replica, ReplicaError, Request};
+use synod_kv::{Command, CommandResponse, Event, MemberChange, RangeRequest, RangeResponse};
+use synod_protocols::raft::ConfChange;
 use tokio::sync::{broadcast, oneshot};
 
 /// How long a request may wait for its answer before the client hears
 /// "request timed out" (etcd's default is about as long).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// Between tries of a membership change while leadership moves.
+const CONF_RETRY: Duration = Duration::from_millis(100);
 
-/// What a member knows of every member, by raft id: names and client URLs
-/// are learnt from the peers' hellos.
-pub type Directory = Arc<RwLock<Vec<MemberInfo>>>;
+/// Peer URLs as etcd takes them: `http` or `https`, a host and a port.
+fn check_peer_urls(urls: &[String]) -> Result<(), ApiError> {
+    let ok = |u: &String| {
+        let Some((scheme, rest)) = u.split_once("://") else {
+            return false;
+        };
+        let host_port = rest.trim_end_matches('/');
+        matches!(scheme, "http" | "https")
+            && host_port
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    };
+    if urls.is_empty() || !urls.iter().all(ok) {
+        return Err(ApiError::Member(MemberError::BadUrls));
+    }
+    Ok(())
+}
+
+/// A new member's id, as etcd makes one for MemberAdd: from its peer URLs,
+/// the cluster and the time, so that a member removed and added again at
+/// the same address gets a new id.
+fn new_member_id(peer_urls: &[String], cluster_id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let token = format!("{cluster_id:x}:{nanos}");
+    crate::ids::member_id(peer_urls, &token)
+}
 
 pub struct MemberBackend {
     pub cluster_id: u64,
     pub me: MemberInfo,
-    /// etcd member ids by raft id.
-    pub member_ids: Vec<u64>,
+    /// The membership as the member last applied it.
     pub members: Directory,
     pub inbox: mpsc::SyncSender<Inbox>,
     /// Where the member keeps its WAL and snapshots (sized for Status).
@@ -55,6 +82,15 @@ fn replica_error(e: ReplicaError) -> ApiError {
         ReplicaError::Kv(e) => ApiError::Kv(e),
         ReplicaError::NotLeader { .. } => ApiError::NoLeader,
         ReplicaError::LeaderChanged => ApiError::Unavailable("etcdserver: leader changed".into()),
+        ReplicaError::Conf(r) => ApiError::Member(match r {
+            ConfRefusal::Exists => MemberError::Exists,
+            ConfRefusal::NotFound => MemberError::NotFound,
+            ConfRefusal::NotLearner => MemberError::NotLearner,
+            ConfRefusal::LearnerNotReady => MemberError::LearnerNotReady,
+            ConfRefusal::TooManyLearners => MemberError::TooManyLearners,
+            ConfRefusal::Pending => MemberError::Pending,
+            ConfRefusal::LastVoter => MemberError::LastVoter,
+        }),
     }
 }
 
@@ -86,6 +122,45 @@ impl MemberBackend {
             Ok(Err(_)) => Err(gone()),
             Ok(Ok(r)) => r.map_err(replica_error),
         }
+    }
+
+    fn directory(&self) -> Vec<MemberInfo> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks the leader for a membership change, and again while leadership
+    /// moves (a leader asked to remove itself hands leadership on first and
+    /// sends the request after it). `done` says whether a refusal on a
+    /// retry means an earlier try took effect.
+    async fn conf(
+        &self,
+        change: ConfChange,
+        done: impl Fn(&ApiError) -> bool,
+    ) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut retried = false;
+        loop {
+            match self.ask(Request::Conf(change)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if retried && done(&e) => return Ok(()),
+                Err(ApiError::NoLeader | ApiError::Unavailable(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    retried = true;
+                    tokio::time::sleep(CONF_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes what the cluster records of a member.
+    async fn record(&self, change: MemberChange) -> Result<Header, ApiError> {
+        let (h, _) = self.write(Command::Member(change)).await?;
+        Ok(h)
     }
 
     /// Runs `f` on the member's thread and returns what it computed.
@@ -196,16 +271,133 @@ impl Backend for MemberBackend {
 
     async fn members(&self) -> Result<(Header, Vec<MemberInfo>), ApiError> {
         let h = self.header().await?;
-        let members = self
-            .members
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok((h, members))
+        Ok((h, self.directory()))
+    }
+
+    async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<(Header, MemberInfo, Vec<MemberInfo>), ApiError> {
+        check_peer_urls(&peer_urls)?;
+        let taken = self.directory();
+        if taken
+            .iter()
+            .any(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
+            return Err(ApiError::Member(MemberError::PeerUrlExists));
+        }
+        let id = new_member_id(&peer_urls, self.cluster_id);
+        // Where the member is reached first, then its vote: every member
+        // applies the record before the change, so the leader can reach
+        // the new member as soon as the change is in force.
+        let urls = peer_urls.clone();
+        self.record(MemberChange::PeerUrls {
+            id,
+            peer_urls: urls,
+        })
+        .await?;
+        let change = if learner {
+            ConfChange::AddLearner(id)
+        } else {
+            ConfChange::AddVoter(id)
+        };
+        self.conf(change, |e| {
+            matches!(e, ApiError::Member(MemberError::Exists))
+        })
+        .await?;
+        let added = MemberInfo {
+            id,
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner: learner,
+        };
+        let mut all = self.directory();
+        if !all.iter().any(|m| m.id == id) {
+            all.push(added.clone());
+        }
+        Ok((self.header().await?, added, all))
+    }
+
+    async fn member_remove(&self, id: u64) -> Result<(Header, Vec<MemberInfo>), ApiError> {
+        if !self.directory().iter().any(|m| m.id == id) {
+            return Err(ApiError::Member(MemberError::NotFound));
+        }
+        self.conf(ConfChange::RemoveNode(id), |e| {
+            matches!(e, ApiError::Member(MemberError::NotFound))
+        })
+        .await?;
+        // Recorded so that the others refuse it for good and tell it so if
+        // it never learns. The removal is in force already: a record that
+        // fails (this member may be the one removed, and stopping) only
+        // means the removed member must learn it from its own log.
+        if let Err(e) = self.record(MemberChange::Removed { id }).await {
+            tracing::warn!(member = %format_args!("{id:x}"), "removed, but the record of it failed: {e:?}");
+        }
+        let all = self
+            .directory()
+            .into_iter()
+            .filter(|m| m.id != id)
+            .collect();
+        Ok((self.header().await.unwrap_or(self.header_at(0, 0)), all))
+    }
+
+    async fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<(Header, Vec<MemberInfo>), ApiError> {
+        check_peer_urls(&peer_urls)?;
+        let all = self.directory();
+        if !all.iter().any(|m| m.id == id) {
+            return Err(ApiError::Member(MemberError::NotFound));
+        }
+        if all
+            .iter()
+            .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
+            return Err(ApiError::Member(MemberError::PeerUrlExists));
+        }
+        let urls = peer_urls.clone();
+        let h = self
+            .record(MemberChange::PeerUrls {
+                id,
+                peer_urls: urls,
+            })
+            .await?;
+        let all = all
+            .into_iter()
+            .map(|mut m| {
+                if m.id == id {
+                    m.peer_urls.clone_from(&peer_urls);
+                }
+                m
+            })
+            .collect();
+        Ok((h, all))
+    }
+
+    async fn member_promote(&self, id: u64) -> Result<(Header, Vec<MemberInfo>), ApiError> {
+        self.conf(ConfChange::PromoteLearner(id), |e| {
+            matches!(e, ApiError::Member(MemberError::NotLearner))
+        })
+        .await?;
+        let all = self
+            .directory()
+            .into_iter()
+            .map(|mut m| {
+                if m.id == id {
+                    m.is_learner = false;
+                }
+                m
+            })
+            .collect();
+        Ok((self.header().await?, all))
     }
 
     async fn status(&self) -> Result<(Header, StatusInfo), ApiError> {
-        let ids = self.member_ids.clone();
+        let me = self.me.id;
         let (rev, status) = self
             .local(move |rep, _| {
                 let raft = rep.raft();
@@ -216,15 +408,12 @@ impl Backend for MemberBackend {
                         db_size: 0,
                         db_size_in_use: rep.store().retained_bytes() as i64,
                         // 0: no leader known, as in etcd.
-                        leader: raft
-                            .leader()
-                            .and_then(|l| ids.get(l as usize).copied())
-                            .unwrap_or(0),
+                        leader: raft.leader().unwrap_or(0),
                         raft_index: raft.commit_index(),
                         raft_term: raft.term(),
                         raft_applied_index: raft.applied_index(),
                         errors: Vec::new(),
-                        is_learner: false,
+                        is_learner: raft.conf().is_learner(me),
                     },
                 )
             })
@@ -242,12 +431,9 @@ impl Backend for MemberBackend {
 
     async fn move_leader(&self, target: u64) -> Result<Header, ApiError> {
         use crate::member::Handoff;
-        let Some(raft_id) = self.member_ids.iter().position(|id| *id == target) else {
-            return Err(ApiError::BadLeaderTransferee);
-        };
         let (reply, answer) = oneshot::channel();
         self.queue(Inbox::Handoff {
-            target: Some(raft_id as u64),
+            target: Some(target),
             reply,
         })?;
         match answer.await.map_err(|_| gone())? {

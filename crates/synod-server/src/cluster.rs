@@ -1,7 +1,7 @@
 //! Starting members with their etcd API: one member per process for
 //! `synod serve`, or a whole local cluster in one process for tests.
 
-use crate::backend::{Directory, MemberBackend};
+use crate::backend::MemberBackend;
 use crate::http;
 use crate::ids;
 use crate::member::{Member, MemberConfig};
@@ -9,7 +9,7 @@ use crate::metrics::{GrpcMetrics, Metrics};
 use crate::peer::OnHello;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use synod_etcd::{EtcdServer, Limits, MemberInfo};
 use synod_protocols::NodeId;
@@ -17,10 +17,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-/// One member of the initial cluster. Its raft id is its position in
-/// [`ClusterSpec::members`], which is sorted by member id so that every
-/// member numbers the cluster the same way whatever order its
-/// `--initial-cluster` lists it in.
+/// One member of the initial cluster. Its raft id is its etcd member id,
+/// as in etcd; [`ClusterSpec::members`] is sorted by it.
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
     pub name: String,
@@ -70,6 +68,10 @@ pub struct ClusterSpec {
     pub cluster_id: u64,
     pub members: Vec<MemberSpec>,
     pub tuning: Tuning,
+    /// The members join a running cluster (`--initial-cluster-state
+    /// existing`): they start with no voters of their own and wait for the
+    /// leader, and `members` only says where the others are.
+    pub joining: bool,
 }
 
 impl ClusterSpec {
@@ -85,6 +87,7 @@ impl ClusterSpec {
             cluster_id,
             members,
             tuning,
+            joining: false,
         }
     }
 
@@ -151,6 +154,20 @@ pub struct RunningMember {
 }
 
 impl RunningMember {
+    /// Resolves with the reason when the member stops by itself (removed
+    /// from the cluster, storage failed); never while it runs.
+    pub async fn ended(&self) -> String {
+        let mut ended = self.member.ended.clone();
+        let why = match ended.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Hands leadership away if this member leads (as etcd does on a planned
     /// stop, so the others elect no one and clients barely notice), stops
     /// serving clients, then stops the member.
@@ -188,7 +205,7 @@ pub async fn start_member_on(
     listen: &Listen,
 ) -> Result<RunningMember, String> {
     let m = &spec.members[index];
-    let raft_id = index as NodeId;
+    let raft_id = m.member_id;
     std::fs::create_dir_all(&m.data_dir)
         .map_err(|e| format!("{}: cannot create: {e}", m.data_dir.display()))?;
     // The client ports are taken first (a port in use fails before any data
@@ -214,28 +231,24 @@ pub async fn start_member_on(
     }
     let tuning = &spec.tuning;
     let infos = spec.infos();
-    let directory: Directory = Arc::new(RwLock::new(infos.clone()));
-    let learn = directory.clone();
-    let on_hello: OnHello = Arc::new(move |hello| {
-        let mut d = learn.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(info) = d.get_mut(hello.from as usize) {
-            info.name.clone_from(&hello.name);
-            info.client_urls.clone_from(&hello.client_urls);
-        }
-    });
+    // Names and client URLs reach the others through the log (each member
+    // publishes its own), not through hellos.
+    let on_hello: OnHello = Arc::new(|_| {});
     let metrics = Metrics::new();
+    let voters = if spec.joining {
+        Vec::new()
+    } else {
+        infos.iter().map(|i| i.id).collect()
+    };
     let member = Member::start(
         MemberConfig {
             id: raft_id,
             cluster_id: spec.cluster_id,
-            member_id: m.member_id,
             name: m.name.clone(),
             client_urls: m.client_urls.clone(),
             data_dir: m.data_dir.clone(),
-            peers: (0..).zip(spec.members.iter().map(|m| m.peer)).collect(),
-            member_ids: (0..)
-                .zip(spec.members.iter().map(|m| m.member_id))
-                .collect(),
+            initial: infos.clone(),
+            voters,
             listen_peer: listen.peer,
             tick: tuning.tick,
             election_ticks: election_ticks(tuning),
@@ -249,8 +262,7 @@ pub async fn start_member_on(
     let backend = Arc::new(MemberBackend {
         cluster_id: spec.cluster_id,
         me: infos[index].clone(),
-        member_ids: infos.iter().map(|i| i.id).collect(),
-        members: directory,
+        members: member.directory.clone(),
         inbox: member.inbox.clone(),
         data_dir: m.data_dir.clone(),
     });

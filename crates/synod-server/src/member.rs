@@ -8,36 +8,40 @@
 
 use crate::disk::MemberDisk;
 use crate::metrics::Metrics;
-use crate::peer::{self, Expect, Hello, Incoming, OnHello, PeerMsg, PeerSender};
+use crate::peer::{
+    self, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerMsg, PeerSender,
+};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use synod_etcd::Applied;
+use synod_etcd::{Applied, MemberInfo};
 use synod_kv::replica::{
     Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request, StoreImage,
 };
-use synod_protocols::raft::{Message, Payload, Write};
+use synod_kv::{Command, MemberChange, MemberRecord};
+use synod_protocols::raft::{ConfState, Message, Payload, Write};
 use synod_protocols::{Node, NodeId, Output};
 use tokio::sync::{broadcast, oneshot};
 
 /// How a member is set up.
 #[derive(Clone, Debug)]
 pub struct MemberConfig {
-    /// Raft id: the member's position in the cluster's list.
+    /// Raft id: the member's etcd member id, as in etcd. Also the owner
+    /// its data directory is tagged with.
     pub id: NodeId,
     pub cluster_id: u64,
-    /// etcd member id; also the owner its data directory is tagged with.
-    pub member_id: u64,
     pub name: String,
-    /// Where this member serves clients, told to its peers.
+    /// Where this member serves clients, published to the cluster.
     pub client_urls: Vec<String>,
     pub data_dir: PathBuf,
-    /// Every member's peer address (where to reach it), this one's included.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// Every member's etcd member id, by raft id.
-    pub member_ids: BTreeMap<NodeId, u64>,
+    /// The initial cluster as the flags describe it (id, name, peer URLs):
+    /// where to reach a member the replicated records do not place yet.
+    pub initial: Vec<MemberInfo>,
+    /// The voters a new cluster starts with; empty for a member that joins
+    /// a running cluster (it waits until the leader reaches it).
+    pub voters: Vec<NodeId>,
     /// Where this member accepts peers (`--listen-peer-urls`).
     pub listen_peer: SocketAddr,
     /// One tick (`--heartbeat-interval`).
@@ -48,9 +52,13 @@ pub struct MemberConfig {
     /// Applied entries between snapshots (`--snapshot-count`).
     pub snapshot_every: u64,
     pub max_txn_ops: usize,
-    /// The largest peer frame taken (see `Tuning::max_peer_frame`).
+    /// The largest peer message taken (see `Tuning::max_peer_frame`).
     pub max_peer_frame: usize,
 }
+
+/// What the member publishes of the cluster's membership after every
+/// change (MemberList, join queries): one entry per voter and learner.
+pub type Directory = Arc<RwLock<Vec<MemberInfo>>>;
 
 /// Messages a member's inbox holds. Peer readers block when it is full (TCP
 /// then slows the sender down); clients are told to back off
@@ -111,6 +119,11 @@ pub enum Handoff {
 pub struct Member {
     pub id: NodeId,
     pub inbox: mpsc::SyncSender<Inbox>,
+    /// The membership as this member last applied it.
+    pub directory: Directory,
+    /// Set when the member stops by itself, with the reason (removed from
+    /// the cluster, storage failed).
+    pub ended: tokio::sync::watch::Receiver<Option<String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -128,9 +141,8 @@ impl Member {
         let listener = TcpListener::bind(addr)
             .map_err(|e| format!("member {name}: cannot listen for peers on {addr}: {e}"))?;
         let recovery = Instant::now();
-        let (mut disk, recovered, report) =
-            MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.member_id)
-                .map_err(|e| format!("member {name}: {e}"))?;
+        let (mut disk, recovered, report) = MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.id)
+            .map_err(|e| format!("member {name}: {e}"))?;
         disk.fsync = Some(metrics.fsync.clone());
         if let Some(t) = &report.torn_tail {
             tracing::warn!(member = %name, "recovery cut a torn tail: {t:?}");
@@ -138,9 +150,25 @@ impl Member {
         let (tx, rx) = mpsc::sync_channel(INBOX_CAPACITY);
         let expect = Expect {
             cluster_id: cfg.cluster_id,
-            members: cfg.member_ids.clone(),
             max_frame: cfg.max_peer_frame,
         };
+        let directory: Directory = Arc::new(RwLock::new(cfg.initial.clone()));
+        let cluster_id = cfg.cluster_id;
+        let published = directory.clone();
+        let on_join: OnJoin = Arc::new(move || JoinInfo {
+            cluster_id,
+            members: published
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|m| JoinMember {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+        });
         // Which peers have said hello: the driver waits for a quorum of them
         // before it fast-forwards its first election (see `Driver::run`).
         let heard: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
@@ -152,22 +180,16 @@ impl Member {
                 .insert(h.from);
             on_hello(h);
         });
-        let listening = peer::listen(listener, expect, on_hello, tx.clone(), Inbox::Peer)
+        let listening = peer::listen(listener, expect, on_hello, on_join, tx.clone(), Inbox::Peer)
             .map_err(|e| format!("member {name}: {e}"))?;
         let hello = Arc::new(Hello::new(
             cfg.cluster_id,
             cfg.id,
-            cfg.member_id,
+            cfg.id,
             cfg.name.clone(),
             cfg.client_urls.clone(),
         ));
-        let peers: BTreeMap<NodeId, PeerSender> = cfg
-            .peers
-            .iter()
-            .filter(|(id, _)| **id != cfg.id)
-            .map(|(id, a)| (*id, PeerSender::start(hello.clone(), *a)))
-            .collect();
-        let mut rcfg = ReplicaConfig::new(cfg.id, cfg.peers.keys().copied().collect());
+        let mut rcfg = ReplicaConfig::new(cfg.id, cfg.voters.clone());
         rcfg.tick_ms = cfg.tick.as_millis() as u64;
         rcfg.raft.election_ticks = cfg.election_ticks;
         rcfg.raft.snapshot_every = cfg.snapshot_every;
@@ -175,7 +197,7 @@ impl Member {
         // Encoding a store of tens of megabytes took the member's thread away
         // from every request for a tenth of a second (issue 11).
         rcfg.encode_snapshots_elsewhere = true;
-        let replica = Replica::new(rcfg, &recovered, cfg.member_id ^ 0x5eed);
+        let replica = Replica::new(rcfg, &recovered, cfg.id ^ 0x5eed);
         if recovered.snapshot.is_some() || !recovered.entries.is_empty() {
             // What a restart costs before the member can serve.
             tracing::info!(
@@ -188,16 +210,25 @@ impl Member {
         }
         let id = cfg.id;
         let loop_tx = tx.clone();
+        let (end_tx, ended) = tokio::sync::watch::channel(None);
+        let shared = directory.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("synod-member-{id}"))
+            .name(format!("synod-member-{id:x}"))
             .spawn(move || {
-                Driver::new(cfg, replica, disk, peers, loop_tx, heard, metrics).run(rx);
+                let mut driver = Driver::new(cfg, replica, disk, hello, loop_tx, heard, metrics);
+                driver.directory = shared;
+                if let Err(why) = driver.run(rx) {
+                    tracing::error!(member = %driver.cfg.name, "stopping: {why}");
+                    let _ = end_tx.send(Some(why));
+                }
                 drop(listening);
             })
-            .map_err(|e| format!("member {id}: {e}"))?;
+            .map_err(|e| format!("member {id:x}: {e}"))?;
         Ok(Member {
             id,
             inbox: tx,
+            directory,
+            ended,
             thread: Some(thread),
         })
     }
@@ -233,7 +264,23 @@ struct Driver {
     cfg: MemberConfig,
     replica: Replica,
     disk: MemberDisk,
+    /// Opens every connection this member makes to a peer.
+    hello: Arc<Hello>,
+    /// A writer per member of the configuration (and per removed member
+    /// that still has to be told).
     peers: BTreeMap<NodeId, PeerSender>,
+    directory: Directory,
+    /// The configuration and member records `directory` was made from.
+    seen_conf: Option<(ConfState, BTreeMap<u64, MemberRecord>)>,
+    /// Whether this member has been in the configuration (a member that
+    /// joins is not, until the leader's change reaches it).
+    was_member: bool,
+    /// When this member, removed from the configuration, stops.
+    leaving: Option<Instant>,
+    /// Removed members told so, and when (at most once a second each).
+    told_removed: BTreeMap<NodeId, Instant>,
+    /// This member's name and client URLs, being published to the cluster.
+    publishing: Option<oneshot::Receiver<Result<Answer, ReplicaError>>>,
     own: mpsc::SyncSender<Inbox>,
     feed: Feed,
     next_id: u64,
@@ -267,16 +314,23 @@ impl Driver {
         cfg: MemberConfig,
         replica: Replica,
         disk: MemberDisk,
-        peers: BTreeMap<NodeId, PeerSender>,
+        hello: Arc<Hello>,
         own: mpsc::SyncSender<Inbox>,
         heard: Arc<Mutex<BTreeSet<NodeId>>>,
         metrics: Arc<Metrics>,
     ) -> Driver {
         Driver {
+            directory: Arc::new(RwLock::new(cfg.initial.clone())),
             cfg,
             replica,
             disk,
-            peers,
+            hello,
+            peers: BTreeMap::new(),
+            seen_conf: None,
+            was_member: false,
+            leaving: None,
+            told_removed: BTreeMap::new(),
+            publishing: None,
             own,
             feed: broadcast::channel(4096).0,
             next_id: 1,
@@ -323,8 +377,7 @@ impl Driver {
                 best
             }
         };
-        let to = self.cfg.member_ids.get(&target).copied().unwrap_or(0);
-        tracing::info!(member = %self.cfg.name, to = %format_args!("{to:x}"), "transferring leadership");
+        tracing::info!(member = %self.cfg.name, to = %format_args!("{target:x}"), "transferring leadership");
         let input = ReplicaInput::TransferLeader(target);
         self.replica.input(now, input, &mut self.out);
         let deadline = Instant::now() + self.cfg.tick * self.cfg.election_ticks;
@@ -351,10 +404,9 @@ impl Driver {
         if leader != self.seen_leader {
             if let Some(l) = leader {
                 m.leader_changes.inc();
-                let id = self.cfg.member_ids.get(&l).copied().unwrap_or(0);
                 tracing::info!(
                     member = %self.cfg.name,
-                    leader = %format_args!("{id:x}"),
+                    leader = %format_args!("{l:x}"),
                     term = raft.term(),
                     "leader elected"
                 );
@@ -398,16 +450,19 @@ impl Driver {
         }
     }
 
-    fn run(mut self, inbox: mpsc::Receiver<Inbox>) {
+    /// Runs until asked to stop (`Ok`), or until the member must stop by
+    /// itself: its storage failed, or it was removed from the cluster.
+    fn run(&mut self, inbox: mpsc::Receiver<Inbox>) -> Result<(), String> {
         let start = Instant::now();
         let mut next_tick = start + self.cfg.tick;
+        self.sync_members();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut batch = Vec::new();
             match inbox.recv_timeout(wait) {
                 Ok(m) => batch.push(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             }
             while batch.len() < MAX_BATCH {
                 match inbox.try_recv() {
@@ -422,7 +477,12 @@ impl Driver {
             }
             for m in batch {
                 match m {
-                    Inbox::Stop => return,
+                    Inbox::Stop => return Ok(()),
+                    Inbox::Peer((from, PeerMsg::Removed)) => {
+                        return Err(format!(
+                            "member {from:x} says this member was removed from the cluster"
+                        ))
+                    }
                     m => self.handle(now, m),
                 }
             }
@@ -443,12 +503,23 @@ impl Driver {
                 next_tick = (next_tick + self.cfg.tick).max(Instant::now() + self.cfg.tick);
                 // Clients that gave up on a forwarded request no longer wait.
                 self.forwarded_out.retain(|_, c| !c.is_closed());
+                self.publish(now);
             }
             self.metrics
                 .round_step
                 .observe(stepping.elapsed().as_secs_f64());
-            if !self.flush() {
-                return;
+            self.sync_members();
+            self.flush()?;
+            if self.was_member && !self.replica.raft().conf().contains(self.cfg.id) {
+                // As etcd, stop a little later: the answer to the removal
+                // (this member may have served it) and the record of it
+                // still have to get out.
+                let at = *self
+                    .leaving
+                    .get_or_insert_with(|| Instant::now() + self.cfg.tick * 10);
+                if Instant::now() >= at {
+                    return Err("this member was removed from the cluster".into());
+                }
             }
             self.observe();
             self.check_handoff();
@@ -461,6 +532,10 @@ impl Driver {
     fn handle(&mut self, now: u64, m: Inbox) {
         match m {
             Inbox::Peer((from, PeerMsg::Raft(msg))) => {
+                if self.is_removed(from) {
+                    self.tell_removed(from);
+                    return;
+                }
                 self.replica.step(now, from, msg, &mut self.out);
             }
             Inbox::Peer((from, PeerMsg::Forward { id, req })) => {
@@ -482,8 +557,168 @@ impl Driver {
                 self.replica.input(now, input, &mut self.out);
             }
             Inbox::Handoff { target, reply } => self.start_handoff(now, target, reply),
-            Inbox::Stop => {}
+            Inbox::Stop | Inbox::Peer((_, PeerMsg::Removed)) => {}
         }
+    }
+
+    /// Whether the cluster recorded member `id` as removed for good.
+    fn is_removed(&self, id: NodeId) -> bool {
+        self.replica
+            .store()
+            .members()
+            .get(&id)
+            .is_some_and(|m| m.removed)
+    }
+
+    /// Tells a removed member so, at most once a second: it still sends
+    /// (it may never have applied its removal) and must stop.
+    fn tell_removed(&mut self, id: NodeId) {
+        let now = Instant::now();
+        if self
+            .told_removed
+            .get(&id)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.told_removed.insert(id, now);
+        if !self.peers.contains_key(&id) {
+            let Some(addr) = self.peer_addr(id) else {
+                return;
+            };
+            self.peers
+                .insert(id, PeerSender::start(self.hello.clone(), addr));
+        }
+        if let Some(p) = self.peers.get(&id) {
+            p.send(PeerMsg::Removed);
+        }
+    }
+
+    /// The writer to member `id`, started on first use: a member that joins
+    /// has no configuration yet and answers whoever reaches it (its leader).
+    fn sender(&mut self, id: NodeId) -> Option<PeerSender> {
+        if !self.peers.contains_key(&id) && !self.is_removed(id) {
+            let addr = self.peer_addr(id)?;
+            self.peers
+                .insert(id, PeerSender::start(self.hello.clone(), addr));
+        }
+        self.peers.get(&id).cloned()
+    }
+
+    /// Where member `id` is reached: what the cluster recorded, else what
+    /// the initial cluster said.
+    fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        let recorded = self.replica.store().members().get(&id);
+        let urls = match recorded {
+            Some(r) if !r.peer_urls.is_empty() => &r.peer_urls,
+            _ => &self.cfg.initial.iter().find(|m| m.id == id)?.peer_urls,
+        };
+        let url = urls.first()?;
+        let host_port = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let host_port = host_port.trim_end_matches('/');
+        match host_port.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => Some(a),
+            _ => {
+                tracing::warn!(member = %self.cfg.name, peer = %format_args!("{id:x}"), "cannot resolve peer URL {url}");
+                None
+            }
+        }
+    }
+
+    /// After a membership change: a writer for every new member, none for
+    /// the ones that left (a removed one is told so first), and the
+    /// directory that MemberList and join queries read.
+    fn sync_members(&mut self) {
+        let conf = self.replica.raft().conf();
+        let records = self.replica.store().members();
+        if matches!(&self.seen_conf, Some((c, r)) if c == conf && r == records) {
+            return;
+        }
+        let (conf, records) = (conf.clone(), records.clone());
+        let me = self.cfg.id;
+        self.was_member |= conf.contains(me);
+        for id in conf.members().filter(|id| *id != me) {
+            if !self.peers.contains_key(&id) {
+                if let Some(addr) = self.peer_addr(id) {
+                    self.peers
+                        .insert(id, PeerSender::start(self.hello.clone(), addr));
+                }
+            }
+        }
+        let gone: Vec<NodeId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| !conf.contains(*id))
+            .collect();
+        for id in gone {
+            if self.is_removed(id) {
+                self.tell_removed(id);
+            }
+            if records.get(&id).is_none_or(|r| r.removed) {
+                // Keep the writer of a member whose removal is not recorded
+                // yet: it is told once it is.
+                self.peers.remove(&id);
+            }
+        }
+        let mut infos: Vec<MemberInfo> = conf
+            .members()
+            .map(|id| {
+                let initial = self.cfg.initial.iter().find(|m| m.id == id);
+                let r = records.get(&id);
+                let pick = |recorded: Option<&Vec<String>>, initial: Option<&Vec<String>>| {
+                    recorded
+                        .filter(|v| !v.is_empty())
+                        .or(initial)
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                MemberInfo {
+                    id,
+                    name: r
+                        .map(|r| r.name.clone())
+                        .filter(|n| !n.is_empty())
+                        .or_else(|| initial.map(|m| m.name.clone()))
+                        .unwrap_or_default(),
+                    peer_urls: pick(r.map(|r| &r.peer_urls), initial.map(|m| &m.peer_urls)),
+                    client_urls: pick(r.map(|r| &r.client_urls), initial.map(|m| &m.client_urls)),
+                    is_learner: conf.is_learner(id),
+                }
+            })
+            .collect();
+        // In id order, as etcd lists them.
+        infos.sort_by_key(|m| m.id);
+        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = infos;
+        self.seen_conf = Some((conf, records));
+    }
+
+    /// Publishes this member's name and client URLs to the cluster (as etcd
+    /// does when a member starts), once a leader is known and until the
+    /// cluster's record says what the flags say.
+    fn publish(&mut self, now: u64) {
+        if let Some(rx) = &mut self.publishing {
+            match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                _ => self.publishing = None,
+            }
+        }
+        let raft = self.replica.raft();
+        if raft.leader().is_none() || !raft.conf().contains(self.cfg.id) {
+            return;
+        }
+        let current = self.replica.store().members().get(&self.cfg.id);
+        if current.is_some_and(|r| r.name == self.cfg.name && r.client_urls == self.cfg.client_urls)
+        {
+            return;
+        }
+        let change = MemberChange::Attributes {
+            id: self.cfg.id,
+            name: self.cfg.name.clone(),
+            client_urls: self.cfg.client_urls.clone(),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.publishing = Some(rx);
+        self.client(now, Request::Write(Command::Member(change)), reply);
     }
 
     /// Serves a client's request here if this member leads, forwards it if
@@ -502,7 +737,7 @@ impl Driver {
         if !self.replica.is_leader() {
             match self.replica.raft().leader() {
                 Some(leader) => {
-                    if let Some(p) = self.peers.get(&leader) {
+                    if let Some(p) = self.sender(leader) {
                         self.forwarded_out.insert(id, reply);
                         p.send(PeerMsg::Forward { id, req });
                         return;
@@ -540,9 +775,9 @@ impl Driver {
         }
     }
 
-    /// Persist, then send, then answer. False if the disk failed: the member
-    /// stops rather than answer anything it could not make durable.
-    fn flush(&mut self) -> bool {
+    /// Persist, then send, then answer. An error if the disk failed: the
+    /// member stops rather than answer anything it could not make durable.
+    fn flush(&mut self) -> Result<(), String> {
         let mut out = std::mem::take(&mut self.out);
         // Rounds are handled one at a time, so every earlier round is durable:
         // what the replica allows (a leader's appends) leaves now, and the
@@ -553,7 +788,7 @@ impl Driver {
                 .partition(|env| env.early);
             out.msgs = late;
             for env in early {
-                if let Some(p) = self.peers.get(&env.to) {
+                if let Some(p) = self.sender(env.to) {
                     p.send(PeerMsg::Raft(env.msg));
                 }
             }
@@ -564,8 +799,7 @@ impl Driver {
             .persist(&out.writes)
             .and_then(|()| self.disk.poll())
         {
-            tracing::error!(member = %self.cfg.name, "storage failed, stopping: {e}");
-            return false;
+            return Err(format!("storage failed: {e}"));
         }
         for env in out.msgs {
             if env.to == self.cfg.id {
@@ -574,7 +808,7 @@ impl Driver {
                 let _ = self
                     .own
                     .try_send(Inbox::Peer((env.to, PeerMsg::Raft(env.msg))));
-            } else if let Some(p) = self.peers.get(&env.to) {
+            } else if let Some(p) = self.sender(env.to) {
                 p.send(PeerMsg::Raft(env.msg));
             }
         }
@@ -587,7 +821,7 @@ impl Driver {
                     if let Some(client) = self.clients.remove(&id) {
                         let _ = client.send(result);
                     } else if let Some((member, their)) = self.forwarded_in.remove(&id) {
-                        if let Some(p) = self.peers.get(&member) {
+                        if let Some(p) = self.sender(member) {
                             p.send(PeerMsg::Reply { id: their, result });
                         }
                     }
@@ -603,6 +837,6 @@ impl Driver {
                 ReplicaEvent::SnapshotImage { index, image } => self.encode_snapshot(index, image),
             }
         }
-        true
+        Ok(())
     }
 }

@@ -8,10 +8,19 @@
 //! Traffic goes only where the member's configuration says.
 //!
 //! The hello is checked before any frame is taken: a peer of another cluster
-//! (another `--initial-cluster` or token), of another protocol version, or
-//! claiming an id that the cluster gives to a different member is refused
-//! and its connection closed, so a misconfigured member cannot vote or append
-//! here. Every later frame counts as coming from the member the hello named.
+//! (another `--initial-cluster` or token) or of another protocol version is
+//! refused and its connection closed, so a misconfigured member cannot vote
+//! or append here. Every later frame counts as coming from the member the
+//! hello named. (Raft ids are etcd member ids; which of them are members is
+//! the replicated configuration's business, not the transport's.)
+//!
+//! A message larger than [`CHUNK`] travels as several frames (a snapshot of
+//! a large store among them), so no single frame holds it whole and the
+//! reader's memory grows only with the bytes that arrive.
+//!
+//! A member joining a running cluster (`--initial-cluster-state existing`)
+//! first asks a peer who the cluster is ([`ask_cluster`]): the cluster id
+//! and the members with their ids, as etcd asks its peers' `/members`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,6 +58,9 @@ pub enum PeerMsg {
         id: u64,
         result: Result<Answer, ReplicaError>,
     },
+    /// The receiver was removed from the cluster: it must stop (etcd's
+    /// peers answer a removed member's messages the same way).
+    Removed,
 }
 
 impl PeerMsg {
@@ -79,7 +91,7 @@ impl PeerMsg {
                     _ => Ok(()),
                 }
             }
-            PeerMsg::Forward { .. } | PeerMsg::Reply { .. } => Ok(()),
+            PeerMsg::Forward { .. } | PeerMsg::Reply { .. } | PeerMsg::Removed => Ok(()),
         }
     }
 }
@@ -119,8 +131,63 @@ struct FrameIn {
 pub type Incoming = (NodeId, PeerMsg);
 
 /// The peer protocol's version; a member refuses hellos of another.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: raft ids are etcd member ids, messages travel in chunks, join queries.
+pub const PROTOCOL_VERSION: u32 = 2;
 const MAGIC: [u8; 4] = *b"SYNP";
+/// The first bytes of a [`JoinQuery`] instead of a hello.
+const JOIN_MAGIC: [u8; 4] = *b"SYNJ";
+/// The largest frame on the wire; longer messages are split.
+pub const CHUNK: usize = 1 << 20;
+/// A frame header's top bit: more frames of the same message follow.
+const MORE: u32 = 1 << 31;
+
+/// What a member joining a running cluster asks a peer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JoinQuery {
+    magic: [u8; 4],
+    version: u32,
+}
+
+/// The cluster as a member sees it, for a member that joins.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JoinInfo {
+    pub cluster_id: u64,
+    pub members: Vec<JoinMember>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// What a listener answers a join query with.
+pub type OnJoin = Arc<dyn Fn() -> JoinInfo + Send + Sync>;
+
+/// Asks the member at `addr` who the cluster is.
+pub fn ask_cluster(addr: SocketAddr) -> Result<JoinInfo, String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut w = BufWriter::new(&s);
+    let q = JoinQuery {
+        magic: JOIN_MAGIC,
+        version: PROTOCOL_VERSION,
+    };
+    frame(&mut w, &q).map_err(|e| e.to_string())?;
+    w.flush().map_err(|e| e.to_string())?;
+    drop(w);
+    let mut r = BufReader::new(&s);
+    let mut body = Vec::new();
+    if !read_frame(&mut r, &mut body, MAX_HELLO) {
+        return Err(
+            "it closed the connection without an answer (another peer protocol version?)".into(),
+        );
+    }
+    decode::<JoinInfo>(&body).ok_or_else(|| "its answer is not a cluster description".into())
+}
 
 /// The first frame on every peer connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,13 +223,11 @@ impl Hello {
     }
 }
 
-/// What a listener accepts: this member's cluster, and its members' raft ids
-/// with their etcd member ids.
+/// What a listener accepts: peers of this member's cluster.
 #[derive(Clone, Debug)]
 pub struct Expect {
     pub cluster_id: u64,
-    pub members: BTreeMap<NodeId, u64>,
-    /// The largest frame taken after the hello.
+    /// The largest message taken after the hello (all its frames together).
     pub max_frame: usize,
 }
 
@@ -182,13 +247,13 @@ impl Expect {
                 hello.cluster_id, self.cluster_id
             ));
         }
-        match self.members.get(&hello.from) {
-            Some(id) if *id == hello.member_id => None,
-            _ => Some(format!(
-                "it says it is member {:x} ({}), which is not a member of this cluster",
-                hello.member_id, hello.name
-            )),
+        if hello.from != hello.member_id {
+            return Some(format!(
+                "it says it is member {:x} ({}) but speaks as raft id {:x}",
+                hello.member_id, hello.name, hello.from
+            ));
         }
+        None
     }
 }
 
@@ -208,7 +273,7 @@ impl PeerSender {
     pub fn start(hello: Arc<Hello>, addr: SocketAddr) -> PeerSender {
         let (tx, rx) = mpsc::sync_channel::<PeerMsg>(PEER_QUEUE);
         std::thread::Builder::new()
-            .name(format!("synod-peer-{}-to-{addr}", hello.from))
+            .name(format!("synod-peer-to-{addr}"))
             .spawn(move || writer(&hello, addr, rx))
             .expect("spawn peer writer");
         PeerSender { tx }
@@ -283,10 +348,19 @@ fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
     }
 }
 
+/// Writes `msg` as one frame, or as several of at most [`CHUNK`] bytes.
 fn frame(w: &mut impl Write, msg: &impl Serialize) -> std::io::Result<()> {
     let body = bincode::serialize(msg).expect("peer messages serialize");
-    w.write_all(&(body.len() as u32).to_le_bytes())?;
-    w.write_all(&body)
+    let mut chunks = body.chunks(CHUNK).peekable();
+    if chunks.peek().is_none() {
+        return w.write_all(&0u32.to_le_bytes());
+    }
+    while let Some(chunk) = chunks.next() {
+        let more = if chunks.peek().is_some() { MORE } else { 0 };
+        w.write_all(&(chunk.len() as u32 | more).to_le_bytes())?;
+        w.write_all(chunk)?;
+    }
+    Ok(())
 }
 
 /// Stops a member's peer listener when dropped, freeing its port (so the
@@ -310,6 +384,7 @@ pub fn listen<T: Send + 'static>(
     listener: TcpListener,
     expect: Expect,
     on_hello: OnHello,
+    on_join: OnJoin,
     inbox: mpsc::SyncSender<T>,
     wrap: fn(Incoming) -> T,
 ) -> std::io::Result<Listening> {
@@ -327,29 +402,41 @@ pub fn listen<T: Send + 'static>(
                 let Ok(stream) = stream else { continue };
                 let inbox = inbox.clone();
                 let (expect, on_hello) = (expect.clone(), on_hello.clone());
+                let on_join = on_join.clone();
                 let _ = std::thread::Builder::new()
                     .name("synod-peer-read".into())
-                    .spawn(move || reader(stream, &expect, &on_hello, inbox, wrap));
+                    .spawn(move || reader(stream, &expect, &on_hello, &on_join, inbox, wrap));
             }
         })?;
     Ok(Listening { addr, stop })
 }
 
-/// Reads one length-prefixed frame into `body`; false at the end of the
-/// stream, on an error, or on a frame longer than `max`.
+/// Reads one message (one frame, or the frames of a split one) into
+/// `body`; false at the end of the stream, on an error, on a frame longer
+/// than [`CHUNK`], or on a message longer than `max`.
 pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>, max: usize) -> bool {
-    let mut len = [0u8; 4];
-    if r.read_exact(&mut len).is_err() {
-        return false;
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n > max {
-        return false;
-    }
     body.clear();
-    // Grows with what arrives: a header that promises 512 MiB and sends
-    // nothing allocates nothing.
-    matches!(r.take(n as u64).read_to_end(body), Ok(got) if got == n)
+    loop {
+        let mut len = [0u8; 4];
+        if r.read_exact(&mut len).is_err() {
+            return false;
+        }
+        let header = u32::from_le_bytes(len);
+        let n = (header & !MORE) as usize;
+        if n > CHUNK || body.len() + n > max {
+            return false;
+        }
+        // Grows with what arrives: a header that promises a megabyte and
+        // sends nothing allocates nothing.
+        let before = body.len();
+        if !matches!(r.take(n as u64).read_to_end(body), Ok(got) if got == n) {
+            return false;
+        }
+        debug_assert_eq!(body.len(), before + n);
+        if header & MORE == 0 {
+            return true;
+        }
+    }
 }
 
 /// Decodes a peer frame's body; an error (never a panic) for bytes that are
@@ -367,6 +454,7 @@ fn reader<T>(
     stream: TcpStream,
     expect: &Expect,
     on_hello: &OnHello,
+    on_join: &OnJoin,
     inbox: mpsc::SyncSender<T>,
     wrap: fn(Incoming) -> T,
 ) {
@@ -375,6 +463,19 @@ fn reader<T>(
     let mut body = Vec::new();
     if !read_frame(&mut r, &mut body, MAX_HELLO) {
         refused(remote, "its first frame is not a synod peer hello");
+        return;
+    }
+    if body.starts_with(&JOIN_MAGIC) {
+        match decode::<JoinQuery>(&body) {
+            Some(q) if q.version == PROTOCOL_VERSION => {
+                let mut w = BufWriter::new(r.get_ref());
+                let _ = frame(&mut w, &on_join()).and_then(|()| w.flush());
+            }
+            _ => refused(
+                remote,
+                "it asked who the cluster is in another protocol version",
+            ),
+        }
         return;
     }
     let hello = match decode::<Hello>(&body) {

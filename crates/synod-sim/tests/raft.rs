@@ -652,17 +652,46 @@ mod etcd_replica {
     /// The first seed below `limit` whose run with `bugs` violates a
     /// property, and the property.
     fn first_caught(bugs: ReplicaBugs, limit: u64) -> Option<(u64, &'static str)> {
+        first_caught_with(bugs, limit, 0)
+    }
+
+    /// With `spares` members outside the initial configuration, and so
+    /// membership changes.
+    fn first_caught_with(
+        bugs: ReplicaBugs,
+        limit: u64,
+        spares: usize,
+    ) -> Option<(u64, &'static str)> {
         thread_local! {
             static BUGS: std::cell::Cell<ReplicaBugs> = std::cell::Cell::new(ReplicaBugs::default());
         }
         BUGS.with(|b| b.set(bugs));
         (0..limit).find_map(|seed| {
-            let model = EtcdModel::new(3, 3).with_boot(|cfg, disk: &_, seed| {
-                Replica::with_bugs(cfg, disk, seed, BUGS.with(|b| b.get()))
-            });
-            let r = Simulation::new(SimConfig::new(3, FaultSet::all()), seed, model).run(seed);
+            let model =
+                EtcdModel::new(3, 3)
+                    .with_spares(spares)
+                    .with_boot(|cfg, disk: &_, seed| {
+                        Replica::with_bugs(cfg, disk, seed, BUGS.with(|b| b.get()))
+                    });
+            let mut cfg = SimConfig::new(3 + spares, FaultSet::all());
+            cfg.f = 1;
+            let r = Simulation::new(cfg, seed, model).run(seed);
             r.violations.first().map(|v| (seed, v.property))
         })
+    }
+
+    #[test]
+    fn a_membership_change_answered_before_it_is_in_force_is_caught() {
+        let bugs = ReplicaBugs {
+            conf_answered_early: true,
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught_with(bugs, 200, 1);
+        eprintln!("early membership answer caught: {caught:?}");
+        assert!(
+            matches!(caught, Some((_, "membership"))),
+            "membership changes answered early went unnoticed in 200 runs: {caught:?}"
+        );
     }
 
     #[test]

@@ -263,22 +263,15 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", a.name)));
     let has_data = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
-    match a.initial_cluster_state.as_str() {
-        "new" => {}
-        "existing" if has_data => {}
-        "existing" => {
-            return Err(format!(
-                "--initial-cluster-state existing: joining a running cluster (after etcdctl member add) \
-                 is not implemented yet; {} holds no data to restart from",
-                data_dir.display()
-            ))
-        }
+    let joining = match a.initial_cluster_state.as_str() {
+        "new" => false,
+        "existing" => true,
         other => {
             return Err(format!(
                 "--initial-cluster-state: {other:?} is neither \"new\" nor \"existing\""
             ))
         }
-    }
+    };
     let mut specs = Vec::new();
     for m in &members {
         let first = parse_url("--initial-cluster", &m.peer_urls[0])?;
@@ -314,7 +307,11 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         },
         max_peer_frame: a.max_peer_frame_bytes,
     };
-    let spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
+    let mut spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
+    if joining {
+        let mine: Vec<String> = advertise_peers.iter().map(|u| u.text.clone()).collect();
+        existing_cluster(&mut spec, &a.name, &mine, &data_dir, has_data)?;
+    }
     let index = spec.index_of(&a.name).expect("this member is in the spec");
     let listen = Listen {
         clients: listen_clients
@@ -328,6 +325,94 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         index,
         listen,
     })
+}
+
+/// `--initial-cluster-state existing`: the member belongs to a running
+/// cluster whose id, and its own, do not follow from the flags (a member
+/// added with `etcdctl member add` gets an id of its own). On its data it
+/// reads them from its WAL; without data it asks the other members listed
+/// in `--initial-cluster`, finds itself by its peer URLs, and joins.
+fn existing_cluster(
+    spec: &mut ClusterSpec,
+    name: &str,
+    my_peer_urls: &[String],
+    data_dir: &std::path::Path,
+    has_data: bool,
+) -> Result<(), String> {
+    spec.joining = true;
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    if has_data {
+        let owner = synod_storage::owner(&synod_storage::RealFs, &data_dir.join("wal"))
+            .map_err(|e| format!("{}: {e}", data_dir.display()))?
+            .ok_or_else(|| {
+                format!(
+                    "--initial-cluster-state existing: {} holds no WAL to restart from; \
+                     empty the directory to join the cluster afresh",
+                    data_dir.display()
+                )
+            })?;
+        spec.cluster_id = owner.cluster_id;
+        for m in &mut spec.members {
+            if m.name == name {
+                m.member_id = owner.node_id;
+            }
+        }
+        spec.members.sort_by_key(|m| m.member_id);
+        return Ok(());
+    }
+    let mut why = Vec::new();
+    let mut info = None;
+    for m in spec.members.iter().filter(|m| m.name != name) {
+        match synod_server::peer::ask_cluster(m.peer) {
+            Ok(i) => {
+                info = Some(i);
+                break;
+            }
+            Err(e) => why.push(format!("{} ({}): {e}", m.name, m.peer)),
+        }
+    }
+    let Some(info) = info else {
+        return Err(format!(
+            "--initial-cluster-state existing: could not retrieve the cluster's members from \
+             any other member of --initial-cluster{}",
+            if why.is_empty() {
+                " (it lists no other member)".to_string()
+            } else {
+                format!(": {}", why.join("; "))
+            }
+        ));
+    };
+    let Some(me) = info
+        .members
+        .iter()
+        .find(|m| sorted(&m.peer_urls) == sorted(my_peer_urls))
+    else {
+        return Err(format!(
+            "--initial-cluster-state existing: cluster {:x} has no member with the peer URLs {} \
+             (add it first: etcdctl member add {name} --peer-urls={})",
+            info.cluster_id,
+            my_peer_urls.join(","),
+            my_peer_urls.join(",")
+        ));
+    };
+    spec.cluster_id = info.cluster_id;
+    for m in &mut spec.members {
+        let known = info
+            .members
+            .iter()
+            .find(|i| sorted(&i.peer_urls) == sorted(&m.peer_urls));
+        if m.name == name {
+            m.member_id = me.id;
+        } else if let Some(k) = known {
+            m.member_id = k.id;
+        }
+    }
+    spec.members.sort_by_key(|m| m.member_id);
+    Ok(())
 }
 
 struct Initial {
@@ -474,7 +559,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             args.listen_peer_urls,
             me.data_dir.display()
         );
-        let signal = stop_signal().await?;
+        let signal = tokio::select! {
+            s = stop_signal() => s?,
+            why = member.ended() => {
+                eprintln!("synod: member {}: {why}", me.name);
+                member.stop().await;
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         println!("synod: member {}: {signal}: stopping", me.name);
         member.stop().await;
         println!("synod: member {} stopped", me.name);
@@ -577,7 +669,9 @@ mod tests {
         f = member("infra1", 12380, 2379);
         f.extend(["--initial-cluster-state".into(), "existing".into()]);
         f.extend(["--data-dir".into(), "/nonexistent/synod-test".into()]);
-        assert!(plan_of(&f).unwrap_err().contains("not implemented yet"));
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("could not retrieve the cluster's members"));
     }
 
     #[test]

@@ -24,6 +24,11 @@ struct Cluster {
     clients: Vec<u16>,
     peers: Vec<u16>,
     token: String,
+    /// Members `0..initial` form the cluster; the others join it later
+    /// (`--initial-cluster-state existing`, after `etcdctl member add`).
+    initial: usize,
+    /// Flags given to every member.
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -34,13 +39,19 @@ impl Cluster {
             clients: (0..n).map(|_| free_port()).collect(),
             peers: (0..n).map(|_| free_port()).collect(),
             token: "etcd-cluster-1".into(),
+            initial: n,
+            extra: Vec::new(),
         }
     }
 
-    fn initial_cluster(&self) -> String {
+    /// The `--initial-cluster` of member `i`: the initial members, and for
+    /// a member that joins, every member up to it (as etcdctl's `member
+    /// add` prints it).
+    fn initial_cluster_of(&self, i: usize) -> String {
         self.names
             .iter()
             .zip(&self.peers)
+            .take(self.initial.max(i + 1))
             .map(|(n, p)| format!("{n}=http://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
@@ -54,6 +65,7 @@ impl Cluster {
     fn command(&self, i: usize) -> Command {
         let client = format!("http://127.0.0.1:{}", self.clients[i]);
         let peer = format!("http://127.0.0.1:{}", self.peers[i]);
+        let state = if i < self.initial { "new" } else { "existing" };
         let mut c = Command::new(env!("CARGO_BIN_EXE_synod"));
         c.arg("serve")
             .args(["--name", &self.names[i], "--data-dir"])
@@ -62,9 +74,10 @@ impl Cluster {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster", &self.initial_cluster_of(i)])
             .args(["--initial-cluster-token", &self.token])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-state", state])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -489,4 +502,196 @@ async fn etcdctl_sees_the_processes_as_an_etcd_cluster() {
         3,
         "{out}"
     );
+}
+
+/// etcdctl output, or its error text, whether it succeeded or not (`None`
+/// when etcdctl is not installed).
+fn etcdctl_any(endpoint: &str, args: &[&str]) -> Option<(bool, String)> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=15s")
+        .args(args)
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.success(), text))
+}
+
+/// The id of the member whose peer URL ends in `:port`, from `member list`.
+fn member_id_at(endpoint: &str, port: u16) -> String {
+    let out = etcdctl(endpoint, &["member", "list"]).unwrap();
+    out.lines()
+        .find(|l| l.contains(&format!(":{port},")))
+        .and_then(|l| l.split(", ").next())
+        .unwrap_or_else(|| panic!("no member at port {port}: {out}"))
+        .to_string()
+}
+
+/// Waits for a child process to end by itself; its exit status and stderr.
+fn ends_within(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status, err);
+        }
+        assert!(Instant::now() < deadline, "the process did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Membership through etcdctl, as an operator changes an etcd cluster: a
+/// fourth process added as a learner catches up from a compacted log (by a
+/// snapshot streamed in chunks), is promoted, and is removed, after which
+/// it stops by itself; etcd's refusals word for word; and removing the
+/// leader hands leadership over first, with no write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_adds_promotes_and_removes_members() {
+    if Command::new("etcdctl").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("SYNOD_REQUIRE_ETCDCTL").is_none(),
+            "SYNOD_REQUIRE_ETCDCTL is set but etcdctl is not installed"
+        );
+        eprintln!("etcdctl not installed: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 4);
+    c.initial = 3;
+    // Snapshots every 20 entries: the log is compacted before the fourth
+    // member arrives, so it can only catch up from a snapshot, which at
+    // 1.5 MB travels in two chunks.
+    c.extra = vec!["--snapshot-count".into(), "20".into()];
+    let mut procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
+    let big = "x".repeat(15_000);
+    for i in 0..100 {
+        put_eventually(c.channel(i % 3), &format!("k{i}"), &big).await;
+    }
+    let ep = format!("http://127.0.0.1:{}", c.clients[0]);
+    let peer4 = format!("http://127.0.0.1:{}", c.peers[3]);
+
+    let out = etcdctl(
+        &ep,
+        &[
+            "member",
+            "add",
+            "infra4",
+            "--peer-urls",
+            &peer4,
+            "--learner",
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("added to cluster"), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let (ok, err) = etcdctl_any(&ep, &["member", "add", "again", "--peer-urls", &peer4]).unwrap();
+    assert!(
+        !ok && err.contains("etcdserver: Peer URLs already exists"),
+        "{err}"
+    );
+
+    procs.0.push(Some(c.start(3)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c.channel(3), "k99", true).await.as_deref() != Some(big.as_bytes()) {
+        assert!(Instant::now() < deadline, "the learner never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id4 = member_id_at(&ep, c.peers[3]);
+    // The learner published its name and client URL through the log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = etcdctl(&ep, &["member", "list", "-w", "table"]).unwrap();
+        let (_, rows) = table(&out);
+        assert_eq!(rows.len(), 4, "{out}");
+        let row = rows.iter().find(|r| r[0] == id4).unwrap();
+        if row[2] == "infra4" {
+            assert_eq!(row[1], "started");
+            assert_eq!(row[4], format!("http://127.0.0.1:{}", c.clients[3]));
+            assert_eq!(row[5], "true", "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner never published: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = etcdctl_any(&ep, &["member", "promote", &id4]).unwrap();
+        if ok {
+            assert!(out.contains("promoted in cluster"), "{out}");
+            break;
+        }
+        assert!(out.contains("in sync with leader"), "{out}");
+        assert!(Instant::now() < deadline, "never promoted: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, err) = etcdctl_any(&ep, &["member", "promote", &id4]).unwrap();
+    assert!(
+        !ok && err.contains("etcdserver: can only promote a learner member"),
+        "{err}"
+    );
+    let out = etcdctl(&ep, &["endpoint", "status", "--cluster", "-w", "table"]).unwrap();
+    let (_, rows) = table(&out);
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(
+        rows.iter().all(|r| r[5] == "false"),
+        "no learner left: {out}"
+    );
+    put_eventually(c.channel(3), "through-the-fourth", "1").await;
+
+    let (ok, err) = etcdctl_any(&ep, &["member", "remove", "1234"]).unwrap();
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+    let out = etcdctl(&ep, &["member", "remove", &id4]).unwrap();
+    assert!(out.contains("removed from cluster"), "{out}");
+    let mut fourth = procs.0[3].take().unwrap();
+    let (status, err) = ends_within(&mut fourth, Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(err.contains("removed from the cluster"), "{err}");
+
+    // Removing the leader: it hands leadership over, then leaves and stops.
+    let l = leader(&c, &[0, 1, 2]).await;
+    let all = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}", c.clients[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let lid = member_id_at(&all, c.peers[l]);
+    let out = etcdctl(&all, &["member", "remove", &lid]).unwrap();
+    assert!(out.contains("removed from cluster"), "{out}");
+    let mut old = procs.0[l].take().unwrap();
+    let (status, err) = ends_within(&mut old, Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(err.contains("removed from the cluster"), "{err}");
+    let rest: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let after = put_eventually(c.channel(rest[0]), "after-removal", "1").await;
+    assert!(after.header.unwrap().revision > 100);
+    for &i in &rest {
+        assert_eq!(
+            get(c.channel(i), "through-the-fourth", false)
+                .await
+                .as_deref(),
+            Some(b"1".as_slice())
+        );
+        assert_eq!(
+            get(c.channel(i), "k0", false).await.as_deref(),
+            Some(big.as_bytes())
+        );
+    }
+    let out = etcdctl(
+        &format!("http://127.0.0.1:{}", c.clients[rest[0]]),
+        &["member", "list"],
+    )
+    .unwrap();
+    assert_eq!(out.lines().count(), 2, "{out}");
 }

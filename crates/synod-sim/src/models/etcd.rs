@@ -57,7 +57,7 @@ use synod_kv::{
     Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use synod_protocols::raft::{Disk, Write};
+use synod_protocols::raft::{ConfChange, Disk, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
@@ -168,6 +168,12 @@ pub struct EtcdModel {
     lease_inflight: BTreeMap<u64, u64>,
     /// The initial voters are members `0..voters`; the rest are spares.
     voters: usize,
+    /// Request id -> the membership change asked for, as the service asks
+    /// (`Request::Conf`).
+    conf_inflight: BTreeMap<u64, ConfChange>,
+    /// Membership changes answered as in force, and refused by the leader.
+    confs_acked: u64,
+    confs_refused: u64,
 }
 
 /// The bytes stored for value `v`: the name, then up to [`MAX_PAD`] bytes
@@ -222,6 +228,9 @@ impl EtcdModel {
             images_encoded: 0,
             lessee: LeaseClient::default(),
             lease_inflight: BTreeMap::new(),
+            conf_inflight: BTreeMap::new(),
+            confs_acked: 0,
+            confs_refused: 0,
             voters: n,
         }
     }
@@ -249,7 +258,49 @@ impl EtcdModel {
             if ctl.tracing() {
                 ctl.trace(format_args!("admin: asks n{leader} to {change:?}"));
             }
-            ctl.input(leader, ReplicaInput::ConfChange(change), MS);
+            let id = self.next_request;
+            self.next_request += 1;
+            self.conf_inflight.insert(id, change);
+            let req = Request::Conf(change);
+            ctl.input(leader, ReplicaInput::Client { id, req }, MS);
+        }
+    }
+
+    /// The service answers a membership change once it is in force: the
+    /// answering member's configuration must show it then.
+    fn conf_answer(
+        &mut self,
+        ctl: &mut Ctl<'_, Node>,
+        node: NodeId,
+        change: ConfChange,
+        result: Result<Answer, ReplicaError>,
+    ) {
+        match result {
+            Ok(_) => {
+                self.confs_acked += 1;
+                let Some(conf) = ctl
+                    .node(node)
+                    .and_then(WalBacked::raft)
+                    .map(|r| r.conf().clone())
+                else {
+                    return;
+                };
+                let in_force = match change {
+                    ConfChange::AddVoter(n) | ConfChange::PromoteLearner(n) => conf.is_voter(n),
+                    ConfChange::AddLearner(n) => conf.is_learner(n),
+                    ConfChange::RemoveNode(n) => !conf.contains(n),
+                };
+                if !in_force {
+                    ctl.violation(
+                        "membership",
+                        Some(node),
+                        format!("{change:?} answered as done, but the configuration is {conf:?}"),
+                    );
+                }
+            }
+            Err(ReplicaError::Conf(_)) => self.confs_refused += 1,
+            // Asked again at the next membership tick.
+            Err(_) => {}
         }
     }
 
@@ -361,6 +412,11 @@ impl EtcdModel {
                     "lease {}: the store refused a well-formed request: {e}",
                     i + 1
                 ),
+            ),
+            Err(ReplicaError::Conf(e)) => ctl.violation(
+                "lease_expiry",
+                Some(node),
+                format!("lease {}: refused as a membership change: {e:?}", i + 1),
             ),
         }
     }
@@ -693,6 +749,10 @@ impl Model for EtcdModel {
                 }
             }
             ReplicaEvent::Response { id, result } => {
+                if let Some(change) = self.conf_inflight.remove(&id) {
+                    self.conf_answer(ctl, node, change, result);
+                    return;
+                }
                 if let Some(generation) = self.lease_inflight.remove(&id) {
                     if generation == self.lessee.generation {
                         self.lease_answer(ctl, node, result);
@@ -728,6 +788,13 @@ impl Model for EtcdModel {
                         "linearizability",
                         Some(node),
                         format!("client {c}: the store refused a well-formed request: {e}"),
+                    ),
+                    Err(ReplicaError::Conf(e)) => ctl.violation(
+                        "linearizability",
+                        Some(node),
+                        format!(
+                            "client {c}: a key-value request refused as a membership change: {e:?}"
+                        ),
                     ),
                 }
             }
@@ -800,6 +867,8 @@ impl Model for EtcdModel {
         self.check_stores(ctl);
         report.count("store_hash_checks", self.store_hash_checks);
         report.count("snapshots_encoded_elsewhere", self.images_encoded);
+        report.count("membership_changes_answered", self.confs_acked);
+        report.count("membership_changes_refused", self.confs_refused);
         let expired = self.lessee.leases.iter().filter(|l| l.deleted.is_some());
         report.count("leases_expired", expired.count() as u64);
         // An operation still in progress at the end is indefinite.
