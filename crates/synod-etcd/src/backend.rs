@@ -261,6 +261,12 @@ pub trait Backend: Send + Sync + 'static {
         revision: i64,
     ) -> impl Future<Output = Result<(Header, u32, i64), ApiError>> + Send;
 
+    /// This member's whole store as a backup file ([`synod_kv::backup`]),
+    /// as of its applied state: what `etcdctl snapshot save` streams.
+    fn snapshot(&self) -> impl Future<Output = Result<(Header, Vec<u8>), ApiError>> + Send {
+        async { Err(ApiError::Unimplemented("this member keeps no snapshot")) }
+    }
+
     /// Subscribes to every change applied on this member from now on.
     fn subscribe(&self) -> impl Future<Output = Result<Subscription, ApiError>> + Send;
 

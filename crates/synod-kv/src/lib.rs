@@ -25,6 +25,7 @@
 //! [`replica::Replica`] puts the store on synod's Raft core as a sans-IO node:
 //! what each member of the service runs, with its driver doing the I/O.
 
+pub mod backup;
 mod error;
 pub mod replica;
 mod store;

@@ -270,6 +270,21 @@ impl Store {
         }
     }
 
+    /// The store without its member records (a backup carries data, not
+    /// the membership of the cluster it came from).
+    pub fn without_members(mut self) -> Store {
+        self.members.clear();
+        self
+    }
+
+    /// Keys alive at the current revision.
+    pub fn live_keys(&self) -> i64 {
+        self.keys
+            .values()
+            .filter(|recs| recs.last().is_some_and(|r| r.live.is_some()))
+            .count() as i64
+    }
+
     /// What the cluster records of its members, removed ones included.
     pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
         &self.members

@@ -457,6 +457,24 @@ impl Backend for MemberBackend {
         Ok((self.header_at(rev, term), hash, compacted))
     }
 
+    async fn snapshot(&self) -> Result<(Header, Vec<u8>), ApiError> {
+        // The store is copied in O(1) on the member's thread and encoded off
+        // it, as the member's own snapshots are.
+        let (rev, term, store) = self
+            .local(|rep, _| {
+                (
+                    rep.store().revision(),
+                    rep.raft().term(),
+                    rep.store().clone(),
+                )
+            })
+            .await?;
+        let file = tokio::task::spawn_blocking(move || synod_kv::backup::encode(&store))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("synod: snapshot encoder failed: {e}")))?;
+        Ok((self.header_at(rev, term), file))
+    }
+
     async fn subscribe(&self) -> Result<Subscription, ApiError> {
         // On the member's thread, the only sender: nothing applied after this
         // revision can be missed by the new receiver.

@@ -16,6 +16,7 @@ mod ceiling_cmd;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;
+mod snapshot_cmd;
 mod up_cmd;
 mod wal_cmd;
 
@@ -59,6 +60,10 @@ enum Command {
     /// Inspect a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal_cmd::WalCmd),
+    /// Check a snapshot file (`etcdctl snapshot save` from a synod member),
+    /// or start a new cluster from one.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCmd),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),
+        Command::Snapshot(cmd) => snapshot_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,
