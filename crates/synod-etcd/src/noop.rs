@@ -90,6 +90,7 @@ impl Backend for NoopBackend {
             },
             Command::LeaseRevoke { .. } => CommandResponse::LeaseRevoke,
             Command::Member(_) => CommandResponse::Member,
+            Command::Alarm { .. } => CommandResponse::Alarm,
         };
         Ok((self.header(), resp))
     }

@@ -71,6 +71,7 @@ pub(crate) fn status(e: &ApiError) -> Status {
                 kv::ErrorClass::NotFound => Code::NotFound,
                 kv::ErrorClass::FailedPrecondition => Code::FailedPrecondition,
                 kv::ErrorClass::OutOfRange => Code::OutOfRange,
+                kv::ErrorClass::ResourceExhausted => Code::ResourceExhausted,
             };
             Status::new(code, e.etcd_message())
         }
@@ -522,6 +523,43 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
             })
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let req = req.into_inner();
+        let change = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => None,
+            Ok(AlarmAction::Activate) => Some(true),
+            Ok(AlarmAction::Deactivate) => Some(false),
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        let alarm = match pb::AlarmType::try_from(req.alarm) {
+            Ok(pb::AlarmType::Nospace) => Some(kv::AlarmType::NoSpace),
+            Ok(pb::AlarmType::Corrupt) => Some(kv::AlarmType::Corrupt),
+            _ => None,
+        };
+        let (h, alarms) = self
+            .backend
+            .alarm(change, req.member_id, alarm)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: convert::header(h),
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, a)| pb::AlarmMember {
+                    member_id,
+                    alarm: match a {
+                        kv::AlarmType::NoSpace => pb::AlarmType::Nospace,
+                        kv::AlarmType::Corrupt => pb::AlarmType::Corrupt,
+                    } as i32,
+                })
+                .collect(),
+        }))
     }
 
     /// The digest of the whole key-value history this member holds.

@@ -28,6 +28,9 @@ pub enum Error {
     DuplicateKey,
     /// A transaction has more operations in one branch than the store allows.
     TooManyOps { ops: usize, max: usize },
+    /// The space quota is exceeded (the NOSPACE alarm is raised): only
+    /// requests that free space or change nothing are taken.
+    NoSpace,
 }
 
 /// How a front end should classify an [`Error`]; the names are gRPC's codes, as
@@ -38,6 +41,7 @@ pub enum ErrorClass {
     NotFound,
     FailedPrecondition,
     OutOfRange,
+    ResourceExhausted,
 }
 
 impl Error {
@@ -54,6 +58,7 @@ impl Error {
             Error::LeaseTtlTooLarge(_) | Error::FutureRevision { .. } | Error::Compacted { .. } => {
                 ErrorClass::OutOfRange
             }
+            Error::NoSpace => ErrorClass::ResourceExhausted,
         }
     }
 }
@@ -76,6 +81,7 @@ impl Error {
             Error::Compacted { .. } => "etcdserver: mvcc: required revision has been compacted",
             Error::DuplicateKey => "etcdserver: duplicate key given in txn request",
             Error::TooManyOps { .. } => "etcdserver: too many operations in txn request",
+            Error::NoSpace => "etcdserver: mvcc: database space exceeded",
         }
     }
 }

@@ -189,6 +189,11 @@ pub struct ReplicaConfig {
     /// Hand snapshots out to be encoded ([`ReplicaEvent::SnapshotImage`])
     /// instead of encoding them inside the step that makes them due.
     pub encode_snapshots_elsewhere: bool,
+    /// Bytes the store may hold (`--quota-backend-bytes`; 0: no limit). The
+    /// leader checks it before proposing a write that takes space; past it,
+    /// it raises the NOSPACE alarm through the log, as etcd does, so every
+    /// member refuses such writes alike whatever its own flag.
+    pub quota_bytes: u64,
 }
 
 impl ReplicaConfig {
@@ -204,6 +209,7 @@ impl ReplicaConfig {
             tick_ms: 100,
             max_txn_ops: crate::MAX_TXN_OPS,
             encode_snapshots_elsewhere: false,
+            quota_bytes: 0,
         }
     }
 }
@@ -321,6 +327,28 @@ impl Replica {
         }
     }
 
+    /// Whether `cmd` (`cost` bytes encoded) would take the store past its
+    /// quota. Once the alarm is raised, the store itself refuses.
+    fn over_quota(&self, cmd: &Command, cost: usize) -> bool {
+        let quota = self.node.app().cfg.quota_bytes;
+        let store = self.store();
+        quota > 0
+            && cmd.takes_space()
+            && !store.no_space()
+            && store.retained_bytes() + cost as u64 > quota
+    }
+
+    /// Proposes the NOSPACE alarm in this member's name.
+    fn raise_no_space(&mut self, out: &mut Out) {
+        let alarm = Command::Alarm {
+            active: true,
+            member: self.raft().id(),
+            alarm: crate::AlarmType::NoSpace,
+        };
+        let data = EntryData::App(Payload::encode(&alarm));
+        self.node.call(out, |r, out| r.propose(data, out));
+    }
+
     /// etcd's rules for a membership change, checked on the leader.
     fn conf_refusal(&self, change: ConfChange) -> Option<ConfRefusal> {
         let raft = self.raft();
@@ -403,7 +431,13 @@ impl Replica {
                     respond(out, id, Err(ReplicaError::NotLeader { hint }));
                     return;
                 }
-                let data = EntryData::App(Payload::encode(&cmd));
+                let data = Payload::encode(&cmd);
+                if self.over_quota(&cmd, data.0.len()) {
+                    self.raise_no_space(out);
+                    respond(out, id, Err(ReplicaError::Kv(Error::NoSpace)));
+                    return;
+                }
+                let data = EntryData::App(data);
                 match self.node.call(out, |r, out| r.propose(data, out)) {
                     Some((index, term)) => {
                         self.node.app_mut().writes.insert(index, (term, id));

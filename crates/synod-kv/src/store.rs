@@ -72,6 +72,8 @@ pub struct Store {
     /// [`MemberRecord::removed`]). Replicated with the keys so that a member
     /// restored from a snapshot knows where its peers are.
     members: BTreeMap<u64, MemberRecord>,
+    /// Alarms raised and not yet cleared, by member.
+    alarms: BTreeSet<(u64, AlarmType)>,
 }
 
 impl Default for Store {
@@ -172,6 +174,7 @@ impl Store {
             last_lease_id: 0,
             max_txn_ops: MAX_TXN_OPS,
             members: BTreeMap::new(),
+            alarms: BTreeSet::new(),
         }
     }
 
@@ -203,6 +206,9 @@ impl Store {
     /// every replica gets the same error.
     pub fn apply(&mut self, cmd: &Command) -> Result<(CommandResponse, Vec<Event>), Error> {
         cmd.validate(self.max_txn_ops)?;
+        if cmd.takes_space() && self.no_space() {
+            return Err(Error::NoSpace);
+        }
         match cmd {
             Command::Put(p) => {
                 let txn = TxnRequest {
@@ -246,7 +252,29 @@ impl Store {
                 self.change_member(change);
                 Ok((CommandResponse::Member, Vec::new()))
             }
+            Command::Alarm {
+                active,
+                member,
+                alarm,
+            } => {
+                if *active {
+                    self.alarms.insert((*member, *alarm));
+                } else {
+                    self.alarms.remove(&(*member, *alarm));
+                }
+                Ok((CommandResponse::Alarm, Vec::new()))
+            }
         }
+    }
+
+    /// Whether the NOSPACE alarm is raised (by any member).
+    pub fn no_space(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == AlarmType::NoSpace)
+    }
+
+    /// The alarms raised, by member.
+    pub fn alarms(&self) -> &BTreeSet<(u64, AlarmType)> {
+        &self.alarms
     }
 
     fn change_member(&mut self, change: &MemberChange) {
@@ -274,6 +302,7 @@ impl Store {
     /// the membership of the cluster it came from).
     pub fn without_members(mut self) -> Store {
         self.members.clear();
+        self.alarms.clear();
         self
     }
 
@@ -795,6 +824,10 @@ impl Store {
             }
             h.i64(i64::from(m.removed));
         }
+        for (id, a) in &self.alarms {
+            h.i64(*id as i64);
+            h.i64(*a as i64);
+        }
         h.0
     }
 
@@ -1010,6 +1043,24 @@ fn check_overlaps(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Dels), Error>
 }
 
 impl Command {
+    /// Whether the command may make the store larger: refused while the
+    /// NOSPACE alarm is raised (etcd takes deletes, compactions and lease
+    /// revocations then, which is how an operator frees space).
+    pub fn takes_space(&self) -> bool {
+        fn puts(t: &TxnRequest) -> bool {
+            t.success.iter().chain(&t.failure).any(|op| match op {
+                RequestOp::Put(_) => true,
+                RequestOp::Txn(inner) => puts(inner),
+                _ => false,
+            })
+        }
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(t) => puts(t),
+            _ => false,
+        }
+    }
+
     /// The checks that need no store: a front end runs them before proposing,
     /// and [`Store::apply`] runs them again.
     pub fn validate(&self, max_txn_ops: usize) -> Result<(), Error> {

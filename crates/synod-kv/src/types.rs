@@ -195,6 +195,23 @@ pub enum Command {
     /// A change to what the cluster records of its members. It lives beside
     /// the key space, not in it: no revision, no event, not in HashKV.
     Member(MemberChange),
+    /// Raises (`active`) or clears an alarm of member `member`. Like member
+    /// records, alarms live beside the key space.
+    Alarm {
+        active: bool,
+        member: u64,
+        alarm: AlarmType,
+    },
+}
+
+/// etcd's alarms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmType {
+    /// The space quota (`--quota-backend-bytes`) is exceeded: writes that
+    /// take space are refused until an operator frees some and disarms it.
+    NoSpace,
+    /// A member's data was found corrupt.
+    Corrupt,
 }
 
 /// What the cluster records of one member besides its vote (which the Raft
@@ -236,6 +253,7 @@ pub enum CommandResponse {
     LeaseGrant { id: i64, ttl: i64 },
     LeaseRevoke,
     Member,
+    Alarm,
 }
 
 /// A lease as the store knows it. Time is not the store's business: the TTL is

@@ -8,7 +8,9 @@ use synod_etcd::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo, Subscription,
 };
 use synod_kv::replica::{Answer, ConfRefusal, Replica, ReplicaError, Request};
-use synod_kv::{Command, CommandResponse, Event, MemberChange, RangeRequest, RangeResponse};
+use synod_kv::{
+    AlarmType, Command, CommandResponse, Event, MemberChange, RangeRequest, RangeResponse,
+};
 use synod_protocols::raft::ConfChange;
 use tokio::sync::{broadcast, oneshot};
 
@@ -412,7 +414,19 @@ impl Backend for MemberBackend {
                         raft_index: raft.commit_index(),
                         raft_term: raft.term(),
                         raft_applied_index: raft.applied_index(),
-                        errors: Vec::new(),
+                        // As etcd words an AlarmMember.
+                        errors: rep
+                            .store()
+                            .alarms()
+                            .iter()
+                            .map(|(m, a)| {
+                                let name = match a {
+                                    AlarmType::NoSpace => "NOSPACE",
+                                    AlarmType::Corrupt => "CORRUPT",
+                                };
+                                format!("memberID:{m} alarm:{name} ")
+                            })
+                            .collect(),
                         is_learner: raft.conf().is_learner(me),
                     },
                 )
@@ -455,6 +469,44 @@ impl Backend for MemberBackend {
             .await?;
         let (hash, compacted) = hashed?;
         Ok((self.header_at(rev, term), hash, compacted))
+    }
+
+    async fn alarm(
+        &self,
+        change: Option<bool>,
+        member: u64,
+        alarm: Option<AlarmType>,
+    ) -> Result<(Header, Vec<(u64, AlarmType)>), ApiError> {
+        let raised = |rep: &Replica| rep.store().alarms().iter().copied().collect::<Vec<_>>();
+        let (Some(active), Some(alarm)) = (change, alarm) else {
+            // GET: every alarm raised, or those of one type, as etcd lists them.
+            let (rev, term, all) = self
+                .local(move |rep, _| (rep.store().revision(), rep.raft().term(), raised(rep)))
+                .await?;
+            let listed = all
+                .into_iter()
+                .filter(|(_, a)| alarm.is_none_or(|want| *a == want))
+                .collect();
+            return Ok((self.header_at(rev, term), listed));
+        };
+        let before = self.local(move |rep, _| raised(rep)).await?;
+        let (h, _) = self
+            .write(Command::Alarm {
+                active,
+                member,
+                alarm,
+            })
+            .await?;
+        // etcd answers the alarm that changed: a cleared alarm only if it was raised.
+        let changed = active || before.contains(&(member, alarm));
+        Ok((
+            h,
+            if changed {
+                vec![(member, alarm)]
+            } else {
+                Vec::new()
+            },
+        ))
     }
 
     async fn snapshot(&self) -> Result<(Header, Vec<u8>), ApiError> {

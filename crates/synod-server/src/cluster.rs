@@ -46,9 +46,11 @@ pub struct Tuning {
     /// `--snapshot-count`.
     pub snapshot_every: u64,
     pub limits: Limits,
-    /// The largest peer frame a member takes (a snapshot of the whole
-    /// store travels in one); a peer that sends more is disconnected.
+    /// The largest peer message a member takes (a snapshot of the whole
+    /// store is one); a peer that sends more is disconnected.
     pub max_peer_frame: usize,
+    /// `--quota-backend-bytes` (0: no quota).
+    pub quota_bytes: u64,
 }
 
 impl Default for Tuning {
@@ -59,6 +61,7 @@ impl Default for Tuning {
             snapshot_every: 1000,
             limits: Limits::default(),
             max_peer_frame: crate::peer::MAX_FRAME,
+            quota_bytes: 2 << 30,
         }
     }
 }
@@ -255,6 +258,7 @@ pub async fn start_member_on(
             snapshot_every: tuning.snapshot_every,
             max_txn_ops: tuning.limits.max_txn_ops,
             max_peer_frame: tuning.max_peer_frame,
+            quota_bytes: tuning.quota_bytes,
         },
         on_hello,
         metrics.clone(),

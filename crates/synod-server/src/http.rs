@@ -31,10 +31,11 @@ pub fn routes(backend: Arc<MemberBackend>, metrics: Arc<Metrics>) -> axum::Route
 /// How long the health check's read may take (etcd: its request timeout).
 const HEALTH_READ: Duration = Duration::from_secs(2);
 
-/// Healthy, as etcd 3.4 decides it: a leader is known and a linearizable
-/// read (a round through the leader) answers in time.
+/// Healthy, as etcd 3.4 decides it: no alarm is raised, a leader is known
+/// and a linearizable read (a round through the leader) answers in time.
 async fn health(State(h): State<Http>) -> impl IntoResponse {
-    let leader = matches!(h.backend.status().await, Ok((_, s)) if s.leader != 0);
+    let leader =
+        matches!(h.backend.status().await, Ok((_, s)) if s.leader != 0 && s.errors.is_empty());
     let read = RangeRequest {
         key: b"health".to_vec(),
         limit: 1,

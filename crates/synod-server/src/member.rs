@@ -54,6 +54,8 @@ pub struct MemberConfig {
     pub max_txn_ops: usize,
     /// The largest peer message taken (see `Tuning::max_peer_frame`).
     pub max_peer_frame: usize,
+    /// `--quota-backend-bytes` (0: no quota).
+    pub quota_bytes: u64,
 }
 
 /// What the member publishes of the cluster's membership after every
@@ -194,6 +196,7 @@ impl Member {
         rcfg.raft.election_ticks = cfg.election_ticks;
         rcfg.raft.snapshot_every = cfg.snapshot_every;
         rcfg.max_txn_ops = cfg.max_txn_ops;
+        rcfg.quota_bytes = cfg.quota_bytes;
         // Encoding a store of tens of megabytes took the member's thread away
         // from every request for a tenth of a second (issue 11).
         rcfg.encode_snapshots_elsewhere = true;

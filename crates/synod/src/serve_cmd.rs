@@ -90,7 +90,8 @@ pub struct ServeArgs {
     /// this must exceed the store's encoded size.
     #[arg(long, env = "SYNOD_MAX_PEER_FRAME_BYTES", default_value_t = synod_server::peer::MAX_FRAME)]
     pub max_peer_frame_bytes: usize,
-    /// Backend quota in bytes; 0 = default. Not implemented yet: only 0 is accepted.
+    /// Bytes the store may hold before the NOSPACE alarm refuses writes that
+    /// take space; 0: etcd's default, 2 GiB; negative: no quota.
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
     /// `periodic` or `revision`. Auto compaction is not implemented yet.
@@ -189,6 +190,9 @@ pub struct Plan {
     pub index: usize,
     pub listen: Listen,
 }
+
+/// etcd's quota when `--quota-backend-bytes` is 0.
+const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 
 /// Checks the flags as etcd does and builds the member's plan; every refusal
 /// names the flag.
@@ -306,6 +310,11 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             min_lease_ttl: Limits::min_lease_ttl_for(tick, election),
         },
         max_peer_frame: a.max_peer_frame_bytes,
+        quota_bytes: match a.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            q if q < 0 => 0,
+            q => q as u64,
+        },
     };
     let mut spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
     if joining {
@@ -450,9 +459,6 @@ fn initial_members(list: &str) -> Result<Vec<Initial>, String> {
 /// Flags synod knows but does not implement yet are refused, never ignored.
 fn refuse_unimplemented(a: &ServeArgs) -> Result<(), String> {
     let mut refused = Vec::new();
-    if a.quota_backend_bytes != 0 {
-        refused.push("--quota-backend-bytes (space quotas and the NOSPACE alarm)");
-    }
     if !matches!(a.auto_compaction_retention.trim(), "" | "0") {
         refused.push(
             "--auto-compaction-retention (automatic compaction; compact with etcdctl compact)",
@@ -650,8 +656,10 @@ mod tests {
             .unwrap_err()
             .contains("--initial-advertise-peer-urls"));
         f = member("infra1", 12380, 2379);
-        f.extend(["--quota-backend-bytes".into(), "1000".into()]);
-        assert!(plan_of(&f).unwrap_err().contains("--quota-backend-bytes"));
+        f.extend(["--auto-compaction-retention".into(), "1h".into()]);
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("--auto-compaction-retention"));
         f = member("infra1", 12380, 2379);
         f.extend([
             "--listen-metrics-urls".into(),
