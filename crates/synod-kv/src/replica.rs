@@ -5,8 +5,10 @@
 //! payloads; every member applies them in log order and reports the changes
 //! ([`ReplicaEvent::Applied`], what watchers follow), and the leader answers
 //! the request once it is applied. Linearizable reads go through ReadIndex and
-//! are answered once the member has applied up to the read index. A member that
-//! is not the leader refuses requests with a hint, for the driver to forward.
+//! are answered once the member has applied up to the read index, on any
+//! member: a follower asks its leader for the index and serves the read from
+//! its own store. A member that is not the leader refuses other requests with
+//! a hint, for the driver to forward.
 //!
 //! **Leases without clocks in the log.** Every member counts lease deadlines
 //! in ticks as it applies grants; only the leader acts on them: a keep-alive
@@ -238,6 +240,8 @@ pub struct ReplicaBugs {
     /// A membership change is answered as done when the leader proposes
     /// it, before it is committed and in force.
     pub conf_answered_early: bool,
+    /// Bugs of the Raft core underneath (with the `broken` feature).
+    pub raft: synod_protocols::raft::Bugs,
 }
 
 /// One member: the Raft core, the store, and the requests it owes answers.
@@ -296,6 +300,8 @@ impl Replica {
             booting: true,
         };
         let mut node = RaftApp::new(cfg.raft, disk, seed, state);
+        #[cfg(feature = "broken")]
+        node.set_raft_bugs(bugs.raft);
         node.app_mut().booting = false;
         Replica { node }
     }
@@ -324,6 +330,18 @@ impl Replica {
         let raft = self.raft();
         ReplicaError::NotLeader {
             hint: raft.leader().filter(|l| *l != raft.id()),
+        }
+    }
+
+    fn read(&mut self, id: RequestId, range: RangeRequest, out: &mut Out) {
+        let app = self.node.app_mut();
+        let read = app.next_read;
+        app.next_read += 1;
+        app.reads.insert(read, (id, range, None));
+        if !self.node.call(out, |r, out| r.read_index(read, out)) {
+            self.node.app_mut().reads.remove(&read);
+            let e = self.not_leader();
+            respond(out, id, Err(e));
         }
     }
 
@@ -415,6 +433,13 @@ impl Replica {
     }
 
     fn client(&mut self, id: RequestId, req: Request, out: &mut Out) {
+        if let Request::Read(range) = req {
+            // Any member serves a linearizable read: a follower asks its
+            // leader for the read index and answers from its own store once
+            // it has applied that far.
+            self.read(id, range, out);
+            return;
+        }
         if !self.is_leader() {
             let e = self.not_leader();
             respond(out, id, Err(e));
@@ -448,17 +473,7 @@ impl Replica {
                     }
                 }
             }
-            Request::Read(range) => {
-                let app = self.node.app_mut();
-                let read = app.next_read;
-                app.next_read += 1;
-                app.reads.insert(read, (id, range, None));
-                if !self.node.call(out, |r, out| r.read_index(read, out)) {
-                    self.node.app_mut().reads.remove(&read);
-                    let e = self.not_leader();
-                    respond(out, id, Err(e));
-                }
-            }
+            Request::Read(range) => self.read(id, range, out),
             Request::KeepAlive { lease } => {
                 let app = self.node.app_mut();
                 let result = match app.store.lease(lease) {
@@ -640,6 +655,12 @@ impl Application for State {
     fn read_ready(&mut self, id: u64, index: u64) {
         if let Some(r) = self.reads.get_mut(&id) {
             r.2 = Some(index);
+        }
+    }
+
+    fn read_failed(&mut self, id: u64, out: &mut Out) {
+        if let Some((client, _, _)) = self.reads.remove(&id) {
+            respond(out, client, Err(ReplicaError::LeaderChanged));
         }
     }
 

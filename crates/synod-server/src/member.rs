@@ -737,7 +737,10 @@ impl Driver {
         }
         let id = self.next_id;
         self.next_id += 1;
-        if !self.replica.is_leader() {
+        // A linearizable read is served here whoever leads: the replica asks
+        // the leader for a read index (ReadIndex), not for the answer.
+        let here = matches!(req, Request::Read(_)) && self.replica.raft().leader().is_some();
+        if !self.replica.is_leader() && !here {
             match self.replica.raft().leader() {
                 Some(leader) => {
                     if let Some(p) = self.sender(leader) {

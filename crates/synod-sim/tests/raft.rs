@@ -377,6 +377,7 @@ fn bugs(which: &str) -> Bugs {
         vote_without_log_check: which == "vote_without_log_check",
         commit_old_term_by_counting: which == "commit_old_term_by_counting",
         reply_before_persist: which == "reply_before_persist",
+        follower_reads_own_commit: which == "follower_reads_own_commit",
     }
 }
 
@@ -678,6 +679,23 @@ mod etcd_replica {
             let r = Simulation::new(cfg, seed, model).run(seed);
             r.violations.first().map(|v| (seed, v.property))
         })
+    }
+
+    #[test]
+    fn a_follower_read_at_its_own_commit_index_is_caught() {
+        let bugs = ReplicaBugs {
+            raft: synod_protocols::raft::Bugs {
+                follower_reads_own_commit: true,
+                ..Default::default()
+            },
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught(bugs, 300);
+        eprintln!("follower reads at their own commit index caught: {caught:?}");
+        assert!(
+            matches!(caught, Some((_, "linearizability"))),
+            "stale follower reads went unnoticed in 300 runs: {caught:?}"
+        );
     }
 
     #[test]

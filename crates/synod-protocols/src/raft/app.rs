@@ -82,6 +82,12 @@ pub trait Application {
     /// The read `id` may be served once the applied index reaches `index`.
     fn read_ready(&mut self, id: u64, index: u64);
 
+    /// The read `id` will get no index (the leader asked for it changed, or
+    /// did not answer): answer it, so its client can ask again.
+    fn read_failed(&mut self, id: u64, out: &mut AppOutput<Self::Event>) {
+        let _ = (id, out);
+    }
+
     /// Serves the reads the applied index has reached.
     fn serve_reads(&mut self, raft: &RaftNode, out: &mut AppOutput<Self::Event>);
 
@@ -154,6 +160,12 @@ impl<A: Application> RaftApp<A> {
         &mut self.raft
     }
 
+    /// Installs deliberate bugs in the core (tests of the checkers only).
+    #[cfg(feature = "broken")]
+    pub fn set_raft_bugs(&mut self, bugs: super::Bugs) {
+        self.raft.bugs = bugs;
+    }
+
     /// Runs `f` on the core as one step. The only way an application
     /// changes the core; settle before handing the output to the driver.
     pub fn call<R>(
@@ -207,6 +219,9 @@ impl<A: Application> RaftApp<A> {
         self.apply_committed(out);
         for (id, index) in self.raft.take_ready_reads() {
             self.app.read_ready(id, index);
+        }
+        for id in self.raft.take_failed_reads() {
+            self.app.read_failed(id, out);
         }
         self.app.serve_reads(&self.raft, out);
         if self.encoding.is_none() && self.snapshot_due() {

@@ -323,6 +323,9 @@ pub struct Bugs {
     /// Send vote and append acknowledgements without persisting the hard state
     /// or the entries they acknowledge.
     pub reply_before_persist: bool,
+    /// A follower answers a read at its own commit index instead of asking
+    /// the leader for one.
+    pub follower_reads_own_commit: bool,
 }
 
 /// A cluster configuration: who votes, who only replicates.
@@ -568,6 +571,21 @@ pub enum Message {
     TimeoutNow {
         term: u64,
     },
+    /// A follower asks its leader for a read index, for its read `id`: a
+    /// linearizable read served by the follower itself once it has applied
+    /// that far (the Raft dissertation, 6.4), instead of the read travelling
+    /// to the leader and its answer back.
+    ReadIndex {
+        term: u64,
+        id: u64,
+    },
+    /// The leader's commit index once it confirmed it still leads (after
+    /// the request arrived); `None` if it cannot serve the read.
+    ReadIndexResp {
+        term: u64,
+        id: u64,
+        index: Option<u64>,
+    },
 }
 
 impl Message {
@@ -675,7 +693,9 @@ impl Message {
             | Message::Heartbeat { term, .. }
             | Message::HeartbeatResp { term, .. }
             | Message::InstallSnapshot { term, .. }
-            | Message::TimeoutNow { term } => *term,
+            | Message::TimeoutNow { term }
+            | Message::ReadIndex { term, .. }
+            | Message::ReadIndexResp { term, .. } => *term,
         }
     }
 }

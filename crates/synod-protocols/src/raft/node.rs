@@ -41,6 +41,8 @@ pub enum Role {
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
     id: u64,
+    /// The follower that asked (`None`: a read of this node's own).
+    from: Option<NodeId>,
     index: u64,
     /// The first heartbeat round sent after the read arrived.
     ctx: u64,
@@ -102,11 +104,17 @@ pub struct RaftNode {
     round_wanted: bool,
     /// `(ctx, tick sent)` of heartbeat rounds not yet known to be quorum-acked.
     rounds: VecDeque<(u64, u64)>,
-    reads_waiting_commit: Vec<u64>,
+    reads_waiting_commit: Vec<(u64, Option<NodeId>)>,
     reads: Vec<PendingRead>,
+
+    // Follower state: reads asked of the leader, by id, with the leader
+    // asked and the tick they were asked at.
+    asked_reads: BTreeMap<u64, (NodeId, u64)>,
 
     // Notifications for the application layer.
     ready_reads: Vec<(u64, u64)>,
+    /// Reads that got no index (the leader changed or did not answer).
+    failed_reads: Vec<u64>,
     stepped_down: bool,
     installed: Option<Snapshot>,
 }
@@ -176,6 +184,8 @@ impl RaftNode {
             round_wanted: false,
             rounds: VecDeque::new(),
             reads_waiting_commit: Vec::new(),
+            asked_reads: BTreeMap::new(),
+            failed_reads: Vec::new(),
             reads: Vec::new(),
             ready_reads: Vec::new(),
             stepped_down: false,
@@ -313,6 +323,12 @@ impl RaftNode {
     pub fn take_ready_reads(&mut self) -> Vec<(u64, u64)> {
         std::mem::take(&mut self.ready_reads)
     }
+    /// Reads started on this follower that will get no read index: the
+    /// leader changed, refused, or did not answer within an election
+    /// timeout. The caller may try them again.
+    pub fn take_failed_reads(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.failed_reads)
+    }
     pub fn take_stepped_down(&mut self) -> bool {
         std::mem::take(&mut self.stepped_down)
     }
@@ -370,6 +386,12 @@ impl RaftNode {
         self.round_wanted = false;
         self.reads.clear();
         self.reads_waiting_commit.clear();
+        self.fail_asked_reads();
+    }
+
+    fn fail_asked_reads(&mut self) {
+        let asked = std::mem::take(&mut self.asked_reads);
+        self.failed_reads.extend(asked.into_keys());
     }
 
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>, out: &mut Out) {
@@ -708,8 +730,8 @@ impl RaftNode {
     fn on_commit_advanced(&mut self, out: &mut Out) {
         self.sync_conf();
         if self.committed_own_term() && !self.reads_waiting_commit.is_empty() {
-            for id in std::mem::take(&mut self.reads_waiting_commit) {
-                self.register_read(id, out);
+            for (id, from) in std::mem::take(&mut self.reads_waiting_commit) {
+                self.register_read(id, from, out);
             }
         }
         // Tell the followers first: they put the new configuration in force
@@ -884,8 +906,9 @@ impl RaftNode {
         let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
             self.reads.iter().partition(|r| r.ctx <= qc);
         self.reads = waiting;
-        self.ready_reads
-            .extend(ready.into_iter().map(|r| (r.id, r.index)));
+        for r in ready {
+            self.read_ready(r.id, r.from, r.index, out);
+        }
         if self.round_wanted && qc >= self.read_seq {
             self.bcast_heartbeat(out);
         }
@@ -910,29 +933,69 @@ impl RaftNode {
 
     /// Starts a linearizable read with id `id` (chosen by the caller). Its
     /// read index is reported by `take_ready_reads` once leadership is
-    /// confirmed. Returns false if this node is not the leader.
+    /// confirmed: the leader confirms its own, a follower asks its leader
+    /// (and reports a read that gets no index in `take_failed_reads`).
+    /// Returns false if this node has no leader to ask.
     pub fn read_index(&mut self, id: u64, out: &mut Out) -> bool {
-        if self.role != Role::Leader {
-            return false;
+        match (self.role, self.leader) {
+            (Role::Leader, _) => {
+                self.leader_read(id, None, out);
+                true
+            }
+            (Role::Follower, Some(leader)) if leader != self.cfg.id => {
+                if self.bugs.follower_reads_own_commit {
+                    self.ready_reads.push((id, self.commit));
+                    return true;
+                }
+                self.asked_reads.insert(id, (leader, self.ticks));
+                out.send(
+                    leader,
+                    Message::ReadIndex {
+                        term: self.term,
+                        id,
+                    },
+                );
+                true
+            }
+            _ => false,
         }
+    }
+
+    fn leader_read(&mut self, id: u64, from: Option<NodeId>, out: &mut Out) {
         if !self.committed_own_term() {
             // The commit index of a new leader may lag the true one until it
             // commits an entry of its own term.
-            self.reads_waiting_commit.push(id);
-            return true;
+            self.reads_waiting_commit.push((id, from));
+            return;
         }
-        self.register_read(id, out);
-        true
+        self.register_read(id, from, out);
     }
 
-    fn register_read(&mut self, id: u64, out: &mut Out) {
+    /// A read's index is known: this node's own read is ready; a follower's
+    /// is sent to it.
+    fn read_ready(&mut self, id: u64, from: Option<NodeId>, index: u64, out: &mut Out) {
+        match from {
+            None => self.ready_reads.push((id, index)),
+            Some(f) => out.send(
+                f,
+                Message::ReadIndexResp {
+                    term: self.term,
+                    id,
+                    index: Some(index),
+                },
+            ),
+        }
+    }
+
+    fn register_read(&mut self, id: u64, from: Option<NodeId>, out: &mut Out) {
         let index = self.commit;
         if self.conf.voters == [self.cfg.id] || self.lease_valid() {
-            self.ready_reads.push((id, index));
+            self.read_ready(id, from, index, out);
             return;
         }
         self.reads.push(PendingRead {
             id,
+            from,
             index,
             ctx: self.read_seq + 1,
         });
@@ -1200,6 +1263,20 @@ impl RaftNode {
 
     fn tick_inner(&mut self, out: &mut Out) {
         self.ticks += 1;
+        // A read the leader never answered (the request or the answer was
+        // lost): the caller may ask again.
+        let limit = u64::from(self.cfg.election_ticks);
+        let ticks = self.ticks;
+        let late: Vec<u64> = self
+            .asked_reads
+            .iter()
+            .filter(|(_, (_, at))| ticks - at >= limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.asked_reads.remove(&id);
+            self.failed_reads.push(id);
+        }
         if self.role == Role::Leader {
             self.since_leader = 0;
             self.elapsed += 1;
@@ -1431,6 +1508,24 @@ impl RaftNode {
             Message::TimeoutNow { .. } => {
                 if self.role == Role::Follower && self.leader == Some(from) {
                     self.campaign(false, true, out);
+                }
+            }
+            Message::ReadIndex { id, .. } => {
+                if self.role == Role::Leader && self.conf.contains(from) {
+                    self.leader_read(id, Some(from), out);
+                } else {
+                    let term = self.term;
+                    let index = None;
+                    out.send(from, Message::ReadIndexResp { term, id, index });
+                }
+            }
+            Message::ReadIndexResp { id, index, .. } => {
+                if self.asked_reads.get(&id).is_some_and(|(l, _)| *l == from) {
+                    self.asked_reads.remove(&id);
+                    match index {
+                        Some(i) => self.ready_reads.push((id, i)),
+                        None => self.failed_reads.push(id),
+                    }
                 }
             }
         }

@@ -174,6 +174,8 @@ pub struct EtcdModel {
     /// Membership changes answered as in force, and refused by the leader.
     confs_acked: u64,
     confs_refused: u64,
+    /// Linearizable reads a follower answered (by ReadIndex).
+    follower_reads: u64,
 }
 
 /// The bytes stored for value `v`: the name, then up to [`MAX_PAD`] bytes
@@ -231,6 +233,7 @@ impl EtcdModel {
             conf_inflight: BTreeMap::new(),
             confs_acked: 0,
             confs_refused: 0,
+            follower_reads: 0,
             voters: n,
         }
     }
@@ -596,7 +599,12 @@ impl EtcdModel {
         let client = &mut self.clients[c];
         client.generation += 1;
         let generation = client.generation;
-        let target = client.target;
+        let mut target = client.target;
+        // Half the reads go to any member: a follower serves them by
+        // ReadIndex, which is what this exercises.
+        if matches!(kind, OpKind::Get { .. }) && !self.local_reads && ctl.rng().gen_bool(0.5) {
+            target = ctl.rng().gen_range(0..self.n) as NodeId;
+        }
         if self.local_reads {
             if let OpKind::Get { key } = &kind {
                 if let Some(node) = ctl.node(target).and_then(WalBacked::inner) {
@@ -766,7 +774,17 @@ impl Model for EtcdModel {
                     return;
                 }
                 match result {
-                    Ok(answer) => self.complete(ctl, c, &answer),
+                    Ok(answer) => {
+                        if matches!(answer, Answer::Read { .. })
+                            && ctl
+                                .node(node)
+                                .and_then(WalBacked::raft)
+                                .is_some_and(|r| r.role() != synod_protocols::raft::Role::Leader)
+                        {
+                            self.follower_reads += 1;
+                        }
+                        self.complete(ctl, c, &answer)
+                    }
                     Err(ReplicaError::NotLeader { hint }) => {
                         // Not proposed anywhere: safe to send again.
                         self.retries += 1;
@@ -869,6 +887,7 @@ impl Model for EtcdModel {
         report.count("snapshots_encoded_elsewhere", self.images_encoded);
         report.count("membership_changes_answered", self.confs_acked);
         report.count("membership_changes_refused", self.confs_refused);
+        report.count("reads_served_by_followers", self.follower_reads);
         let expired = self.lessee.leases.iter().filter(|l| l.deleted.is_some());
         report.count("leases_expired", expired.count() as u64);
         // An operation still in progress at the end is indefinite.
