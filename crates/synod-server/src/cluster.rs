@@ -139,6 +139,8 @@ impl ClusterSpec {
 pub struct Listen {
     pub clients: Vec<SocketAddr>,
     pub peer: SocketAddr,
+    /// `--listen-metrics-urls`: HTTP only (/metrics, /health, /version).
+    pub metrics: Vec<SocketAddr>,
 }
 
 /// The longest a stopping member waits for its leadership to move (the
@@ -197,6 +199,7 @@ pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMem
     let listen = Listen {
         clients: vec![m.client],
         peer: m.peer,
+        metrics: Vec::new(),
     };
     start_member_on(spec, index, &listen).await
 }
@@ -221,7 +224,8 @@ pub async fn start_member_on(
         )
     };
     let mut sockets = Vec::new();
-    for addr in &listen.clients {
+    let metrics_from = listen.clients.len();
+    for addr in listen.clients.iter().chain(&listen.metrics) {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -276,12 +280,14 @@ pub async fn start_member_on(
     for (addr, socket) in sockets {
         listeners.push(socket.listen(1024).map_err(|e| cannot(&addr, e))?);
     }
-    for listener in listeners {
-        let grpc = EtcdServer::new(backend.clone(), tuning.limits).router();
-        let routes = tonic::service::Routes::from(
-            grpc.into_axum_router()
-                .merge(http::routes(backend.clone(), metrics.clone())),
-        );
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let web = http::routes(backend.clone(), metrics.clone());
+        let routes = if i < metrics_from {
+            let grpc = EtcdServer::new(backend.clone(), tuning.limits).router();
+            tonic::service::Routes::from(grpc.into_axum_router().merge(web))
+        } else {
+            tonic::service::Routes::from(web)
+        };
         // Small responses must not wait for the client's delayed ACK (Nagle):
         // without this a read took 40 ms. AuthorityFix lets etcdctl's
         // `http://host:port` authority through (see its docs).

@@ -282,6 +282,9 @@ struct Driver {
     leaving: Option<Instant>,
     /// Removed members told so, and when (at most once a second each).
     told_removed: BTreeMap<NodeId, Instant>,
+    /// Heartbeats sent and not yet answered, by (peer, round): when they
+    /// left, for the peer round-trip metric.
+    heartbeats: BTreeMap<(NodeId, u64), Instant>,
     /// This member's name and client URLs, being published to the cluster.
     publishing: Option<oneshot::Receiver<Result<Answer, ReplicaError>>>,
     own: mpsc::SyncSender<Inbox>,
@@ -333,6 +336,7 @@ impl Driver {
             was_member: false,
             leaving: None,
             told_removed: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
             publishing: None,
             own,
             feed: broadcast::channel(4096).0,
@@ -539,6 +543,15 @@ impl Driver {
                     self.tell_removed(from);
                     return;
                 }
+                if let Message::HeartbeatResp { ctx, .. } = msg {
+                    if let Some(sent) = self.heartbeats.remove(&(from, ctx)) {
+                        let to = format!("{from:x}");
+                        self.metrics
+                            .peer_rtt
+                            .with_label_values(&[to.as_str()])
+                            .observe(sent.elapsed().as_secs_f64());
+                    }
+                }
                 self.replica.step(now, from, msg, &mut self.out);
             }
             Inbox::Peer((from, PeerMsg::Forward { id, req })) => {
@@ -561,6 +574,22 @@ impl Driver {
             }
             Inbox::Handoff { target, reply } => self.start_handoff(now, target, reply),
             Inbox::Stop | Inbox::Peer((_, PeerMsg::Removed)) => {}
+        }
+    }
+
+    /// Remembers when a heartbeat left, to time its answer. Rounds never
+    /// answered (a peer down) are forgotten after a few seconds.
+    fn note_heartbeat(&mut self, to: NodeId, msg: &Message) {
+        if let Message::Heartbeat { ctx, .. } = msg {
+            let now = Instant::now();
+            if self.heartbeats.len() >= 1024 {
+                self.heartbeats
+                    .retain(|_, at| now.duration_since(*at) < Duration::from_secs(5));
+                if self.heartbeats.len() >= 1024 {
+                    self.heartbeats.clear();
+                }
+            }
+            self.heartbeats.insert((to, *ctx), now);
         }
     }
 
@@ -794,6 +823,7 @@ impl Driver {
                 .partition(|env| env.early);
             out.msgs = late;
             for env in early {
+                self.note_heartbeat(env.to, &env.msg);
                 if let Some(p) = self.sender(env.to) {
                     p.send(PeerMsg::Raft(env.msg));
                 }
@@ -815,6 +845,7 @@ impl Driver {
                     .own
                     .try_send(Inbox::Peer((env.to, PeerMsg::Raft(env.msg))));
             } else if let Some(p) = self.sender(env.to) {
+                self.note_heartbeat(env.to, &env.msg);
                 p.send(PeerMsg::Raft(env.msg));
             }
         }

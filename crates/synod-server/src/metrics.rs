@@ -4,8 +4,8 @@
 //! the database size and key count are read when `/metrics` is scraped.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +33,9 @@ pub struct Metrics {
     pub db_size: IntGauge,
     pub keys: IntGauge,
     pub grpc_handled: IntCounterVec,
+    /// Leader to follower and back, by peer (`To`: its member id in hex),
+    /// timed from a heartbeat to its answer.
+    pub peer_rtt: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,6 +97,18 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(grpc_handled.clone()))
             .expect("registered once");
+        // etcd's buckets: 0.1 ms to 3.3 s, doubling.
+        let peer_rtt = HistogramVec::new(
+            HistogramOpts::new(
+                "etcd_network_peer_round_trip_time_seconds",
+                "Round-Trip-Time histogram between peers",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+            &["To"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(peer_rtt.clone()))
+            .expect("registered once");
         let version = IntGaugeVec::new(
             Opts::new(
                 "etcd_server_version",
@@ -106,6 +121,7 @@ impl Metrics {
             .expect("registered once");
         version.with_label_values(&[synod_etcd::API_VERSION]).set(1);
         Arc::new(Metrics {
+            peer_rtt,
             has_leader: gauge(
                 &r,
                 "etcd_server_has_leader",

@@ -100,7 +100,8 @@ pub struct ServeArgs {
     /// Auto compaction retention; 0 = off (the only value accepted yet).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
-    /// URLs for /metrics and /health. Not implemented yet: must be empty.
+    /// More URLs to serve /metrics, /health and /version on (HTTP only, no
+    /// gRPC), besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
     /// `capnslog` or `zap`: accepted for compatibility; synod writes plain lines to stderr.
@@ -328,6 +329,14 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             .map(|u| resolve("--listen-client-urls", u))
             .collect::<Result<_, _>>()?,
         peer: resolve("--listen-peer-urls", &listen_peers[0])?,
+        metrics: if a.listen_metrics_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_urls("--listen-metrics-urls", &a.listen_metrics_urls)?
+                .iter()
+                .map(|u| resolve("--listen-metrics-urls", u))
+                .collect::<Result<_, _>>()?
+        },
     };
     Ok(Plan {
         spec,
@@ -469,9 +478,6 @@ fn refuse_unimplemented(a: &ServeArgs) -> Result<(), String> {
             "--auto-compaction-mode: {:?} is neither \"periodic\" nor \"revision\"",
             a.auto_compaction_mode
         ));
-    }
-    if !a.listen_metrics_urls.trim().is_empty() {
-        refused.push("--listen-metrics-urls (/metrics and /health)");
     }
     if !matches!(a.logger.as_str(), "capnslog" | "zap") {
         return Err(format!(
@@ -663,7 +669,7 @@ mod tests {
         f = member("infra1", 12380, 2379);
         f.extend([
             "--listen-metrics-urls".into(),
-            "http://127.0.0.1:2381".into(),
+            "ftp://127.0.0.1:2381".into(),
         ]);
         assert!(plan_of(&f).unwrap_err().contains("--listen-metrics-urls"));
         f = member("infra1", 12380, 2379);

@@ -371,7 +371,20 @@ fn table(out: &str) -> (Vec<String>, Vec<Vec<String>>) {
 async fn etcdctl_sees_the_processes_as_an_etcd_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::new(dir.path(), 3);
-    let _procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
+    // Member 0 also serves its metrics on a port of their own.
+    let metrics_port = free_port();
+    let _procs = Reap(
+        (0..3)
+            .map(|i| {
+                let mut cmd = c.command(i);
+                if i == 0 {
+                    let url = format!("http://127.0.0.1:{metrics_port}");
+                    cmd.args(["--listen-metrics-urls", &url]);
+                }
+                Some(cmd.spawn().unwrap())
+            })
+            .collect(),
+    );
     put_eventually(c.channel(0), "k", "v").await;
     let ep = format!("http://127.0.0.1:{}", c.clients[1]);
     // Each member learns the others' client URLs when they first connect.
@@ -494,6 +507,27 @@ async fn etcdctl_sees_the_processes_as_an_etcd_cluster() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
+
+    // The metrics port answers /metrics and /health, no gRPC; a leader's
+    // heartbeats have timed the round trip to its peers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = leader(&c, &[0, 1, 2]).await;
+        let text = http_get(c.clients[l], "/metrics");
+        assert!(text.contains("etcd_server_has_leader 1"), "{text}");
+        if text.contains("etcd_network_peer_round_trip_time_seconds_count{To=") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no peer round trip timed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = http_get(metrics_port, "/metrics");
+    assert!(text.contains("etcd_server_has_leader 1"), "{text}");
+    assert!(http_get(metrics_port, "/health").contains(r#"{"health":"true"}"#));
+    assert!(http_get(metrics_port, "/version").contains("etcdserver"));
 
     // Defragment has nothing to reclaim and says it finished, per member.
     let out = etcdctl(&ep, &["defrag", "--cluster"]).unwrap();
