@@ -51,6 +51,8 @@ pub struct Tuning {
     pub max_peer_frame: usize,
     /// `--quota-backend-bytes` (0: no quota).
     pub quota_bytes: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: Option<crate::compactor::AutoCompaction>,
 }
 
 impl Default for Tuning {
@@ -62,6 +64,7 @@ impl Default for Tuning {
             limits: Limits::default(),
             max_peer_frame: crate::peer::MAX_FRAME,
             quota_bytes: 2 << 30,
+            auto_compaction: None,
         }
     }
 }
@@ -263,6 +266,7 @@ pub async fn start_member_on(
             max_txn_ops: tuning.limits.max_txn_ops,
             max_peer_frame: tuning.max_peer_frame,
             quota_bytes: tuning.quota_bytes,
+            auto_compaction: tuning.auto_compaction,
         },
         on_hello,
         metrics.clone(),

@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod compactor;
 pub mod disk;
 pub mod http;
 pub mod ids;

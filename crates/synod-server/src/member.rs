@@ -6,6 +6,7 @@
 //! `Envelope::early`), which go first so that followers write while
 //! the leader does.
 
+use crate::compactor::{AutoCompaction, Compactor};
 use crate::disk::MemberDisk;
 use crate::metrics::Metrics;
 use crate::peer::{
@@ -56,6 +57,8 @@ pub struct MemberConfig {
     pub max_peer_frame: usize,
     /// `--quota-backend-bytes` (0: no quota).
     pub quota_bytes: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: Option<AutoCompaction>,
 }
 
 /// What the member publishes of the cluster's membership after every
@@ -218,8 +221,10 @@ impl Member {
         let thread = std::thread::Builder::new()
             .name(format!("synod-member-{id:x}"))
             .spawn(move || {
+                let compactor = cfg.auto_compaction.map(Compactor::new);
                 let mut driver = Driver::new(cfg, replica, disk, hello, loop_tx, heard, metrics);
                 driver.directory = shared;
+                driver.compactor = compactor;
                 if let Err(why) = driver.run(rx) {
                     tracing::error!(member = %driver.cfg.name, "stopping: {why}");
                     let _ = end_tx.send(Some(why));
@@ -285,6 +290,10 @@ struct Driver {
     /// Heartbeats sent and not yet answered, by (peer, round): when they
     /// left, for the peer round-trip metric.
     heartbeats: BTreeMap<(NodeId, u64), Instant>,
+    /// Compacts the history while this member leads (auto compaction).
+    compactor: Option<Compactor>,
+    /// The compaction it asked for, until answered.
+    compacting: Option<oneshot::Receiver<Result<Answer, ReplicaError>>>,
     /// This member's name and client URLs, being published to the cluster.
     publishing: Option<oneshot::Receiver<Result<Answer, ReplicaError>>>,
     own: mpsc::SyncSender<Inbox>,
@@ -337,6 +346,8 @@ impl Driver {
             leaving: None,
             told_removed: BTreeMap::new(),
             heartbeats: BTreeMap::new(),
+            compactor: None,
+            compacting: None,
             publishing: None,
             own,
             feed: broadcast::channel(4096).0,
@@ -511,6 +522,7 @@ impl Driver {
                 // Clients that gave up on a forwarded request no longer wait.
                 self.forwarded_out.retain(|_, c| !c.is_closed());
                 self.publish(now);
+                self.auto_compact(now);
             }
             self.metrics
                 .round_step
@@ -542,6 +554,15 @@ impl Driver {
                 if self.is_removed(from) {
                     self.tell_removed(from);
                     return;
+                }
+                if let Message::InstallSnapshot { snapshot, .. } = &msg {
+                    tracing::info!(
+                        member = %self.cfg.name,
+                        from = %format_args!("{from:x}"),
+                        index = snapshot.meta.index,
+                        bytes = snapshot.data.0.len(),
+                        "received snapshot"
+                    );
                 }
                 if let Message::HeartbeatResp { ctx, .. } = msg {
                     if let Some(sent) = self.heartbeats.remove(&(from, ctx)) {
@@ -577,9 +598,19 @@ impl Driver {
         }
     }
 
-    /// Remembers when a heartbeat left, to time its answer. Rounds never
-    /// answered (a peer down) are forgotten after a few seconds.
+    /// Remembers when a heartbeat left, to time its answer (rounds never
+    /// answered, a peer down, are forgotten after a few seconds), and logs
+    /// a snapshot sent.
     fn note_heartbeat(&mut self, to: NodeId, msg: &Message) {
+        if let Message::InstallSnapshot { snapshot, .. } = msg {
+            tracing::info!(
+                member = %self.cfg.name,
+                to = %format_args!("{to:x}"),
+                index = snapshot.meta.index,
+                bytes = snapshot.data.0.len(),
+                "sending snapshot"
+            );
+        }
         if let Message::Heartbeat { ctx, .. } = msg {
             let now = Instant::now();
             if self.heartbeats.len() >= 1024 {
@@ -667,6 +698,15 @@ impl Driver {
             return;
         }
         let (conf, records) = (conf.clone(), records.clone());
+        if self.seen_conf.as_ref().is_some_and(|(c, _)| *c != conf) {
+            let ids = |v: &[NodeId]| v.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>();
+            tracing::info!(
+                member = %self.cfg.name,
+                voters = ?ids(&conf.voters),
+                learners = ?ids(&conf.learners),
+                "membership changed"
+            );
+        }
         let me = self.cfg.id;
         self.was_member |= conf.contains(me);
         for id in conf.members().filter(|id| *id != me) {
@@ -722,6 +762,39 @@ impl Driver {
         infos.sort_by_key(|m| m.id);
         *self.directory.write().unwrap_or_else(|p| p.into_inner()) = infos;
         self.seen_conf = Some((conf, records));
+    }
+
+    /// Compacts the history as `--auto-compaction-*` say, while this member
+    /// leads, through the log like any client's compaction.
+    fn auto_compact(&mut self, now: u64) {
+        let leader = self.replica.is_leader();
+        let Some(c) = &mut self.compactor else {
+            return;
+        };
+        if !leader {
+            c.pause();
+            return;
+        }
+        if let Some(rx) = &mut self.compacting {
+            match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(_)) => tracing::info!(member = %self.cfg.name, "finished auto compaction"),
+                Ok(Err(e)) => {
+                    tracing::warn!(member = %self.cfg.name, "auto compaction failed: {e:?}")
+                }
+                Err(_) => {}
+            }
+            self.compacting = None;
+        }
+        let store = self.replica.store();
+        let (revision, compacted) = (store.revision(), store.compact_revision());
+        if let Some(target) = c.poll(Instant::now(), revision, compacted) {
+            tracing::info!(member = %self.cfg.name, revision = target, "starting auto compaction");
+            let (reply, rx) = oneshot::channel();
+            self.compacting = Some(rx);
+            let cmd = Command::Compact { revision: target };
+            self.client(now, Request::Write(cmd), reply);
+        }
     }
 
     /// Publishes this member's name and client URLs to the cluster (as etcd
