@@ -689,6 +689,18 @@ async fn etcdctl_adds_promotes_and_removes_members() {
     );
     put_eventually(c.channel(3), "through-the-fourth", "1").await;
 
+    // MemberUpdate records new peer URLs (here the same), refuses an
+    // unknown id and URLs another member has.
+    let out = etcdctl(&ep, &["member", "update", &id4, "--peer-urls", &peer4]).unwrap();
+    assert!(out.contains("updated in cluster"), "{out}");
+    let (ok, err) = etcdctl_any(&ep, &["member", "update", "1234", "--peer-urls", &peer4]).unwrap();
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+    let peer1 = format!("http://127.0.0.1:{}", c.peers[0]);
+    let (ok, err) = etcdctl_any(&ep, &["member", "update", &id4, "--peer-urls", &peer1]).unwrap();
+    assert!(
+        !ok && err.contains("etcdserver: Peer URLs already exists"),
+        "{err}"
+    );
     let (ok, err) = etcdctl_any(&ep, &["member", "remove", "1234"]).unwrap();
     assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
     let out = etcdctl(&ep, &["member", "remove", &id4]).unwrap();
