@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use synod_kv::replica::ConfRefusal;
 use synod_kv::{Command, CommandResponse, Event, RangeRequest, RangeResponse};
 use tokio::sync::broadcast;
 
@@ -118,43 +119,36 @@ pub enum ApiError {
 /// Why a membership change was refused, each with etcd's code and message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberError {
-    /// The id is in the cluster already.
-    Exists,
+    /// The leader refused it by etcd's rules.
+    Refused(ConfRefusal),
     /// Another member has one of these peer URLs.
     PeerUrlExists,
     /// A peer URL does not parse.
     BadUrls,
-    /// No such member (or it was removed).
-    NotFound,
-    NotLearner,
-    LearnerNotReady,
-    TooManyLearners,
-    /// Another change is under way (synod refuses at once where etcd 3.4
-    /// drops the proposal and times out).
-    Pending,
-    /// It would leave the cluster without a voter.
-    LastVoter,
 }
 
 impl MemberError {
     /// etcd's message for it, which clients match on.
     pub fn etcd_message(self) -> &'static str {
         match self {
-            MemberError::Exists => "etcdserver: member ID already exist",
             MemberError::PeerUrlExists => "etcdserver: Peer URLs already exists",
             MemberError::BadUrls => "etcdserver: given member URLs are invalid",
-            MemberError::NotFound => "etcdserver: member not found",
-            MemberError::NotLearner => "etcdserver: can only promote a learner member",
-            MemberError::LearnerNotReady => {
-                "etcdserver: can only promote a learner member which is in sync with leader"
-            }
-            MemberError::TooManyLearners => "etcdserver: too many learner members in cluster",
-            MemberError::Pending => {
-                "etcdserver: another membership change is in progress; retry when it is done"
-            }
-            MemberError::LastVoter => {
-                "etcdserver: re-configuration failed: the cluster would have no voting member"
-            }
+            MemberError::Refused(r) => match r {
+                ConfRefusal::Exists => "etcdserver: member ID already exist",
+                ConfRefusal::NotFound => "etcdserver: member not found",
+                ConfRefusal::NotLearner => "etcdserver: can only promote a learner member",
+                ConfRefusal::LearnerNotReady => {
+                    "etcdserver: can only promote a learner member which is in sync with leader"
+                }
+                ConfRefusal::TooManyLearners => "etcdserver: too many learner members in cluster",
+                // etcd 3.4 drops the proposal and times out; synod refuses at once.
+                ConfRefusal::Pending => {
+                    "etcdserver: another membership change is in progress; retry when it is done"
+                }
+                ConfRefusal::LastVoter => {
+                    "etcdserver: re-configuration failed: the cluster would have no voting member"
+                }
+            },
         }
     }
 }

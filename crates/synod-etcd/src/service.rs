@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use synod_kv as kv;
+use synod_kv::replica::ConfRefusal;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -89,7 +90,7 @@ pub(crate) fn status(e: &ApiError) -> Status {
         ApiError::Member(m) => {
             let code = match m {
                 MemberError::BadUrls => Code::InvalidArgument,
-                MemberError::NotFound => Code::NotFound,
+                MemberError::Refused(ConfRefusal::NotFound) => Code::NotFound,
                 _ => Code::FailedPrecondition,
             };
             Status::new(code, m.etcd_message())

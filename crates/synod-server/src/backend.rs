@@ -84,15 +84,7 @@ fn replica_error(e: ReplicaError) -> ApiError {
         ReplicaError::Kv(e) => ApiError::Kv(e),
         ReplicaError::NotLeader { .. } => ApiError::NoLeader,
         ReplicaError::LeaderChanged => ApiError::Unavailable("etcdserver: leader changed".into()),
-        ReplicaError::Conf(r) => ApiError::Member(match r {
-            ConfRefusal::Exists => MemberError::Exists,
-            ConfRefusal::NotFound => MemberError::NotFound,
-            ConfRefusal::NotLearner => MemberError::NotLearner,
-            ConfRefusal::LearnerNotReady => MemberError::LearnerNotReady,
-            ConfRefusal::TooManyLearners => MemberError::TooManyLearners,
-            ConfRefusal::Pending => MemberError::Pending,
-            ConfRefusal::LastVoter => MemberError::LastVoter,
-        }),
+        ReplicaError::Conf(r) => ApiError::Member(MemberError::Refused(r)),
     }
 }
 
@@ -305,7 +297,10 @@ impl Backend for MemberBackend {
             ConfChange::AddVoter(id)
         };
         self.conf(change, |e| {
-            matches!(e, ApiError::Member(MemberError::Exists))
+            matches!(
+                e,
+                ApiError::Member(MemberError::Refused(ConfRefusal::Exists))
+            )
         })
         .await?;
         let added = MemberInfo {
@@ -324,10 +319,15 @@ impl Backend for MemberBackend {
 
     async fn member_remove(&self, id: u64) -> Result<(Header, Vec<MemberInfo>), ApiError> {
         if !self.directory().iter().any(|m| m.id == id) {
-            return Err(ApiError::Member(MemberError::NotFound));
+            return Err(ApiError::Member(MemberError::Refused(
+                ConfRefusal::NotFound,
+            )));
         }
         self.conf(ConfChange::RemoveNode(id), |e| {
-            matches!(e, ApiError::Member(MemberError::NotFound))
+            matches!(
+                e,
+                ApiError::Member(MemberError::Refused(ConfRefusal::NotFound))
+            )
         })
         .await?;
         // Recorded so that the others refuse it for good and tell it so if
@@ -353,7 +353,9 @@ impl Backend for MemberBackend {
         check_peer_urls(&peer_urls)?;
         let all = self.directory();
         if !all.iter().any(|m| m.id == id) {
-            return Err(ApiError::Member(MemberError::NotFound));
+            return Err(ApiError::Member(MemberError::Refused(
+                ConfRefusal::NotFound,
+            )));
         }
         if all
             .iter()
@@ -382,7 +384,10 @@ impl Backend for MemberBackend {
 
     async fn member_promote(&self, id: u64) -> Result<(Header, Vec<MemberInfo>), ApiError> {
         self.conf(ConfChange::PromoteLearner(id), |e| {
-            matches!(e, ApiError::Member(MemberError::NotLearner))
+            matches!(
+                e,
+                ApiError::Member(MemberError::Refused(ConfRefusal::NotLearner))
+            )
         })
         .await?;
         let all = self

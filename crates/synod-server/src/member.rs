@@ -555,15 +555,7 @@ impl Driver {
                     self.tell_removed(from);
                     return;
                 }
-                if let Message::InstallSnapshot { snapshot, .. } = &msg {
-                    tracing::info!(
-                        member = %self.cfg.name,
-                        from = %format_args!("{from:x}"),
-                        index = snapshot.meta.index,
-                        bytes = snapshot.data.0.len(),
-                        "received snapshot"
-                    );
-                }
+                self.log_snapshot("received snapshot from", from, &msg);
                 if let Message::HeartbeatResp { ctx, .. } = msg {
                     if let Some(sent) = self.heartbeats.remove(&(from, ctx)) {
                         let to = format!("{from:x}");
@@ -602,15 +594,7 @@ impl Driver {
     /// answered, a peer down, are forgotten after a few seconds), and logs
     /// a snapshot sent.
     fn note_heartbeat(&mut self, to: NodeId, msg: &Message) {
-        if let Message::InstallSnapshot { snapshot, .. } = msg {
-            tracing::info!(
-                member = %self.cfg.name,
-                to = %format_args!("{to:x}"),
-                index = snapshot.meta.index,
-                bytes = snapshot.data.0.len(),
-                "sending snapshot"
-            );
-        }
+        self.log_snapshot("sending snapshot to", to, msg);
         if let Message::Heartbeat { ctx, .. } = msg {
             let now = Instant::now();
             if self.heartbeats.len() >= 1024 {
@@ -621,6 +605,18 @@ impl Driver {
                 }
             }
             self.heartbeats.insert((to, *ctx), now);
+        }
+    }
+
+    /// Logs a snapshot that travels between members (`what` the peer).
+    fn log_snapshot(&self, what: &str, peer: NodeId, msg: &Message) {
+        if let Message::InstallSnapshot { snapshot, .. } = msg {
+            tracing::info!(
+                member = %self.cfg.name,
+                index = snapshot.meta.index,
+                bytes = snapshot.data.0.len(),
+                "{what} {peer:x}"
+            );
         }
     }
 
