@@ -13,6 +13,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench_cmd;
 mod ceiling_cmd;
+mod chaos_cmd;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;
@@ -60,6 +61,9 @@ enum Command {
     /// Inspect a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal_cmd::WalCmd),
+    /// Run a cluster of real member processes (synod's, or etcd's), a client
+    /// workload and injected faults, then check the whole history.
+    Chaos(chaos_cmd::ChaosArgs),
     /// Check a snapshot file (`etcdctl snapshot save` from a synod member),
     /// or start a new cluster from one.
     #[command(subcommand)]
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),
         Command::Snapshot(cmd) => snapshot_cmd::run(cmd),
+        Command::Chaos(args) => chaos_cmd::run(args),
     };
     match result {
         Ok(code) => code,
