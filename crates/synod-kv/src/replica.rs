@@ -58,6 +58,9 @@ pub enum ReplicaInput {
     },
     /// Hand leadership to `target` (leader only).
     TransferLeader(NodeId),
+    /// The driver saw member `from` go away (its connections closed): if it
+    /// is the leader, campaign soon (see `RaftNode::leader_unreachable`).
+    PeerGone(NodeId),
     /// Change the membership by one server (leader only; one change at a
     /// time). The change takes effect when its entry commits.
     ConfChange(ConfChange),
@@ -736,6 +739,9 @@ impl Node for Replica {
             ReplicaInput::Client { id, req } => self.client(id, req, out),
             ReplicaInput::TransferLeader(target) => {
                 self.node.call(out, |r, out| r.transfer_leader(target, out));
+            }
+            ReplicaInput::PeerGone(from) => {
+                self.node.call(out, |r, _| r.leader_unreachable(from));
             }
             ReplicaInput::ConfChange(change) => {
                 self.node.call(out, |r, out| r.propose_conf(change, out));

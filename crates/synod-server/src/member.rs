@@ -203,7 +203,12 @@ impl Member {
         // Encoding a store of tens of megabytes took the member's thread away
         // from every request for a tenth of a second (issue 11).
         rcfg.encode_snapshots_elsewhere = true;
-        let replica = Replica::new(rcfg, &recovered, cfg.id ^ 0x5eed);
+        // A seed of its own per life: the core draws the nonce that keeps a
+        // read of an earlier life from matching one of this life from it.
+        let life = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let replica = Replica::new(rcfg, &recovered, cfg.id ^ life);
         if recovered.snapshot.is_some() || !recovered.entries.is_empty() {
             // What a restart costs before the member can serve.
             tracing::info!(
@@ -586,6 +591,10 @@ impl Driver {
                 self.replica.input(now, input, &mut self.out);
             }
             Inbox::Handoff { target, reply } => self.start_handoff(now, target, reply),
+            Inbox::Peer((from, PeerMsg::Closed)) => {
+                let input = ReplicaInput::PeerGone(from);
+                self.replica.input(now, input, &mut self.out);
+            }
             Inbox::Stop | Inbox::Peer((_, PeerMsg::Removed)) => {}
         }
     }

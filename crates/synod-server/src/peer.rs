@@ -61,6 +61,10 @@ pub enum PeerMsg {
     /// The receiver was removed from the cluster: it must stop (etcd's
     /// peers answer a removed member's messages the same way).
     Removed,
+    /// Never on the wire: a reader tells its member that the connection
+    /// from this peer ended (a dead process closes all of its connections,
+    /// which is how followers learn of a dead leader before any timeout).
+    Closed,
 }
 
 impl PeerMsg {
@@ -92,6 +96,7 @@ impl PeerMsg {
                 }
             }
             PeerMsg::Forward { .. } | PeerMsg::Reply { .. } | PeerMsg::Removed => Ok(()),
+            PeerMsg::Closed => Err("a connection-closed notice never travels".into()),
         }
     }
 }
@@ -493,6 +498,7 @@ fn reader<T>(
     let from = hello.from;
     loop {
         if !read_frame(&mut r, &mut body, expect.max_frame) {
+            let _ = inbox.send(wrap((from, PeerMsg::Closed)));
             return;
         }
         // A frame that does not decode ends the connection: the peer speaks

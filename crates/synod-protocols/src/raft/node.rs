@@ -107,9 +107,14 @@ pub struct RaftNode {
     reads_waiting_commit: Vec<(u64, Option<NodeId>)>,
     reads: Vec<PendingRead>,
 
-    // Follower state: reads asked of the leader, by id, with the leader
-    // asked and the tick they were asked at.
-    asked_reads: BTreeMap<u64, (NodeId, u64)>,
+    // Follower state: reads asked of the leader, by the id on the wire,
+    // with the caller's id, the leader asked and the tick they were asked at.
+    asked_reads: BTreeMap<u64, (u64, NodeId, u64)>,
+    /// Added to a caller's read id to make the id on the wire: random per
+    /// boot, so that a late or duplicated answer to a read of an earlier
+    /// life (whose caller numbered its reads from 0 again) never matches a
+    /// read of this one. The simulator found exactly that: a stale read.
+    read_nonce: u64,
 
     // Notifications for the application layer.
     ready_reads: Vec<(u64, u64)>,
@@ -185,6 +190,7 @@ impl RaftNode {
             rounds: VecDeque::new(),
             reads_waiting_commit: Vec::new(),
             asked_reads: BTreeMap::new(),
+            read_nonce: 0,
             failed_reads: Vec::new(),
             reads: Vec::new(),
             ready_reads: Vec::new(),
@@ -194,6 +200,7 @@ impl RaftNode {
             cfg,
         };
         node.timeout = node.random_timeout();
+        node.read_nonce = node.rng.gen();
         node.check_invariants();
         node
     }
@@ -391,7 +398,8 @@ impl RaftNode {
 
     fn fail_asked_reads(&mut self) {
         let asked = std::mem::take(&mut self.asked_reads);
-        self.failed_reads.extend(asked.into_keys());
+        self.failed_reads
+            .extend(asked.into_values().map(|(caller, _, _)| caller));
     }
 
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>, out: &mut Out) {
@@ -931,6 +939,25 @@ impl RaftNode {
         self.ticks + 2 < sent + u64::from(self.cfg.election_ticks)
     }
 
+    /// The driver learned that `leader` is gone (its process closed every
+    /// connection, as a dead process does): stop trusting it and campaign
+    /// within a few ticks instead of waiting out a whole election timeout.
+    /// Safe whatever the truth: it only moves this node's timers, and if the
+    /// leader is in fact alive, the others, still hearing from it, ignore
+    /// the pre-vote. Returns whether it applied (this node followed
+    /// `leader`).
+    pub fn leader_unreachable(&mut self, leader: NodeId) -> bool {
+        if self.role != Role::Follower || self.leader != Some(leader) {
+            return false;
+        }
+        self.since_leader = self.cfg.election_ticks;
+        // One to three ticks left, spread by the node's own random timeout
+        // so that the followers do not all campaign in the same tick.
+        let spread = self.timeout.saturating_sub(self.cfg.election_ticks) % 3;
+        self.elapsed = self.elapsed.max(self.timeout.saturating_sub(1 + spread));
+        true
+    }
+
     /// Starts a linearizable read with id `id` (chosen by the caller). Its
     /// read index is reported by `take_ready_reads` once leadership is
     /// confirmed: the leader confirms its own, a follower asks its leader
@@ -947,12 +974,13 @@ impl RaftNode {
                     self.ready_reads.push((id, self.commit));
                     return true;
                 }
-                self.asked_reads.insert(id, (leader, self.ticks));
+                let wire = self.read_nonce.wrapping_add(id);
+                self.asked_reads.insert(wire, (id, leader, self.ticks));
                 out.send(
                     leader,
                     Message::ReadIndex {
                         term: self.term,
-                        id,
+                        id: wire,
                     },
                 );
                 true
@@ -1270,12 +1298,13 @@ impl RaftNode {
         let late: Vec<u64> = self
             .asked_reads
             .iter()
-            .filter(|(_, (_, at))| ticks - at >= limit)
-            .map(|(id, _)| *id)
+            .filter(|(_, (_, _, at))| ticks - at >= limit)
+            .map(|(wire, _)| *wire)
             .collect();
-        for id in late {
-            self.asked_reads.remove(&id);
-            self.failed_reads.push(id);
+        for wire in late {
+            if let Some((caller, _, _)) = self.asked_reads.remove(&wire) {
+                self.failed_reads.push(caller);
+            }
         }
         if self.role == Role::Leader {
             self.since_leader = 0;
@@ -1520,11 +1549,15 @@ impl RaftNode {
                 }
             }
             Message::ReadIndexResp { id, index, .. } => {
-                if self.asked_reads.get(&id).is_some_and(|(l, _)| *l == from) {
-                    self.asked_reads.remove(&id);
+                if self
+                    .asked_reads
+                    .get(&id)
+                    .is_some_and(|(_, l, _)| *l == from)
+                {
+                    let (caller, _, _) = self.asked_reads.remove(&id).expect("checked above");
                     match index {
-                        Some(i) => self.ready_reads.push((id, i)),
-                        None => self.failed_reads.push(id),
+                        Some(i) => self.ready_reads.push((caller, i)),
+                        None => self.failed_reads.push(caller),
                     }
                 }
             }

@@ -722,6 +722,12 @@ impl Model for EtcdModel {
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId) {
         self.checks.on_crash(ctl, node);
+        // As the service's peer readers do when a process dies: every other
+        // member learns, a moment later, that the crashed one is gone.
+        for other in (0..self.n as NodeId).filter(|o| *o != node) {
+            let delay = ctl.rng().gen_range(MS / 2..5 * MS);
+            ctl.input(other, ReplicaInput::PeerGone(node), delay);
+        }
     }
 
     fn on_restart(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId) {
