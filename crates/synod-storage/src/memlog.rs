@@ -47,6 +47,17 @@ impl MemLog {
         self.entries.push_back(e);
     }
 
+    /// Drop every entry after `last`. Below the base, the log is emptied
+    /// and restarts after `last`.
+    pub(crate) fn truncate_after(&mut self, last: u64) {
+        if last < self.base {
+            self.entries.clear();
+            self.base = last;
+        } else {
+            self.entries.truncate((last - self.base) as usize);
+        }
+    }
+
     /// Apply a snapshot marker: entries up to `s.index` are dropped. If the
     /// log holds the entry at `s.index` with term `s.term`, later entries are
     /// kept; otherwise the whole log is discarded (the snapshot replaces it).

@@ -183,10 +183,16 @@ impl<F: Fs> DiskStorage<F> {
     /// Records in the log that the durable snapshot file `meta` is its base,
     /// then drops what it supersedes.
     fn mark_snapshot(&mut self, meta: SnapshotMeta) -> Result<()> {
+        let discards = self.log.last_index() > meta.index && !self.covers(meta);
         self.wal.append_snapshot_mark(meta)?;
         self.log.apply_snapshot(meta);
         self.wal.set_last_index(self.log.last_index());
         self.wal.sync()?;
+        if discards {
+            // Before compaction may delete the entry whose term showed the
+            // tail to be dead (see `Wal::start_next_segment`).
+            self.wal.start_next_segment()?;
+        }
         self.snapshot = meta;
         // Syncs again (re-recording the hard state) only if it deletes.
         self.wal.compact(meta.index)?;

@@ -525,6 +525,17 @@ impl<F: Fs> Wal<F> {
         Ok(self.last_lsn())
     }
 
+    /// Seal the current segment and start the next one now, named after
+    /// the current last index. `DiskStorage` calls it after a snapshot
+    /// marker that discarded the entries after it: once the segment that
+    /// held the conflicting entry at the snapshot index is compacted away,
+    /// replay cannot compare terms to see that the discarded entries in the
+    /// current segment are dead, but the next segment's name says so.
+    pub(crate) fn start_next_segment(&mut self) -> Result<()> {
+        self.check_poison()?;
+        self.rotate()
+    }
+
     /// Tell the WAL the log was emptied by a snapshot that did not match it
     /// (so the last index is the snapshot's). Used by `DiskStorage`.
     pub(crate) fn set_last_index(&mut self, last: u64) {
@@ -974,6 +985,12 @@ pub(crate) fn replay<F: Fs>(
         let id = *identity.get_or_insert(header.identity);
         check_header(&path, &header, id, *seq, *first)?;
         let mut max_index = 0;
+        if i > 0 {
+            // The log held exactly `first - 1` entries when this segment
+            // was started (see `Wal::rotate`): anything later in the
+            // replayed log had been discarded by then.
+            log.truncate_after(first - 1);
+        }
         for (off, rec) in recs {
             records += 1;
             match rec {
