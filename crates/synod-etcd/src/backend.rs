@@ -125,6 +125,12 @@ pub enum MemberError {
     PeerUrlExists,
     /// A peer URL does not parse.
     BadUrls,
+    /// `--strict-reconfig-check`: too few voters have started (published
+    /// their names) for the cluster to keep a quorum after the change.
+    NotEnoughStarted,
+    /// `--strict-reconfig-check`: this member has not been connected to
+    /// enough voters for long enough for the change to be safe.
+    Unhealthy,
 }
 
 impl MemberError {
@@ -133,6 +139,10 @@ impl MemberError {
         match self {
             MemberError::PeerUrlExists => "etcdserver: Peer URLs already exists",
             MemberError::BadUrls => "etcdserver: given member URLs are invalid",
+            MemberError::NotEnoughStarted => {
+                "etcdserver: re-configuration failed due to not enough started members"
+            }
+            MemberError::Unhealthy => "etcdserver: unhealthy cluster",
             MemberError::Refused(r) => match r {
                 ConfRefusal::Exists => "etcdserver: member ID already exist",
                 ConfRefusal::NotFound => "etcdserver: member not found",

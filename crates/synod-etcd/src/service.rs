@@ -91,6 +91,7 @@ pub(crate) fn status(e: &ApiError) -> Status {
             let code = match m {
                 MemberError::BadUrls => Code::InvalidArgument,
                 MemberError::Refused(ConfRefusal::NotFound) => Code::NotFound,
+                MemberError::Unhealthy => Code::Unavailable,
                 _ => Code::FailedPrecondition,
             };
             Status::new(code, m.etcd_message())

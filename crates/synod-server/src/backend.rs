@@ -2,6 +2,8 @@
 //! from a follower on to the leader.
 
 use crate::member::{Directory, Inbox};
+use crate::peer::ActiveSince;
+use crate::reconfig;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use synod_etcd::{
@@ -57,6 +59,11 @@ pub struct MemberBackend {
     pub inbox: mpsc::SyncSender<Inbox>,
     /// Where the member keeps its WAL and snapshots (sized for Status).
     pub data_dir: std::path::PathBuf,
+    /// `--strict-reconfig-check`: refuse membership changes that would
+    /// leave no working quorum (see [`crate::reconfig`]).
+    pub strict_reconfig: bool,
+    /// Since when each peer has been reachable.
+    pub active: ActiveSince,
 }
 
 /// Bytes of every file under `dir`, preallocated space included (it is
@@ -116,6 +123,26 @@ impl MemberBackend {
             Ok(Err(_)) => Err(gone()),
             Ok(Ok(r)) => r.map_err(replica_error),
         }
+    }
+
+    /// Whether this member's link to `id` is up now (`for_health`: and has
+    /// been for the whole health interval).
+    fn link(&self, id: u64, for_health: bool) -> bool {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active
+            .get(&id)
+            .is_some_and(|since| !for_health || since.elapsed() >= reconfig::HEALTH_INTERVAL)
+    }
+
+    /// Runs a `--strict-reconfig-check` rule, if the check is on.
+    fn strict(
+        &self,
+        rule: impl FnOnce(&[MemberInfo]) -> Result<(), MemberError>,
+    ) -> Result<(), ApiError> {
+        if !self.strict_reconfig {
+            return Ok(());
+        }
+        rule(&self.directory()).map_err(ApiError::Member)
     }
 
     fn directory(&self) -> Vec<MemberInfo> {
@@ -274,6 +301,9 @@ impl Backend for MemberBackend {
         learner: bool,
     ) -> Result<(Header, MemberInfo, Vec<MemberInfo>), ApiError> {
         check_peer_urls(&peer_urls)?;
+        // etcd checks health before it looks at the URLs.
+        let me = self.me.id;
+        self.strict(|all| reconfig::may_add(all, me, learner, |id| self.link(id, true)))?;
         let taken = self.directory();
         if taken
             .iter()
@@ -323,6 +353,10 @@ impl Backend for MemberBackend {
                 ConfRefusal::NotFound,
             )));
         }
+        let me = self.me.id;
+        self.strict(|all| {
+            reconfig::may_remove(all, me, id, |p| self.link(p, true), |p| self.link(p, false))
+        })?;
         self.conf(ConfChange::RemoveNode(id), |e| {
             matches!(
                 e,
@@ -383,6 +417,7 @@ impl Backend for MemberBackend {
     }
 
     async fn member_promote(&self, id: u64) -> Result<(Header, Vec<MemberInfo>), ApiError> {
+        self.strict(reconfig::may_promote)?;
         self.conf(ConfChange::PromoteLearner(id), |e| {
             matches!(
                 e,

@@ -53,6 +53,8 @@ pub struct Tuning {
     pub quota_bytes: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: Option<crate::compactor::AutoCompaction>,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig: bool,
 }
 
 impl Default for Tuning {
@@ -65,6 +67,7 @@ impl Default for Tuning {
             max_peer_frame: crate::peer::MAX_FRAME,
             quota_bytes: 2 << 30,
             auto_compaction: None,
+            strict_reconfig: true,
         }
     }
 }
@@ -277,6 +280,8 @@ pub async fn start_member_on(
         members: member.directory.clone(),
         inbox: member.inbox.clone(),
         data_dir: m.data_dir.clone(),
+        strict_reconfig: tuning.strict_reconfig,
+        active: member.active.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut apis = Vec::new();

@@ -23,3 +23,4 @@ pub mod ids;
 pub mod member;
 pub mod metrics;
 pub mod peer;
+pub mod reconfig;

@@ -10,7 +10,8 @@ use crate::compactor::{AutoCompaction, Compactor};
 use crate::disk::MemberDisk;
 use crate::metrics::Metrics;
 use crate::peer::{
-    self, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerMsg, PeerSender,
+    self, ActiveSince, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerMsg,
+    PeerSender,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -126,6 +127,8 @@ pub struct Member {
     pub inbox: mpsc::SyncSender<Inbox>,
     /// The membership as this member last applied it.
     pub directory: Directory,
+    /// Since when each peer has been reachable (see [`ActiveSince`]).
+    pub active: ActiveSince,
     /// Set when the member stops by itself, with the reason (removed from
     /// the cluster, storage failed).
     pub ended: tokio::sync::watch::Receiver<Option<String>>,
@@ -223,12 +226,15 @@ impl Member {
         let loop_tx = tx.clone();
         let (end_tx, ended) = tokio::sync::watch::channel(None);
         let shared = directory.clone();
+        let active = ActiveSince::default();
+        let active_in = active.clone();
         let thread = std::thread::Builder::new()
             .name(format!("synod-member-{id:x}"))
             .spawn(move || {
                 let compactor = cfg.auto_compaction.map(Compactor::new);
                 let mut driver = Driver::new(cfg, replica, disk, hello, loop_tx, heard, metrics);
                 driver.directory = shared;
+                driver.active = active_in;
                 driver.compactor = compactor;
                 if let Err(why) = driver.run(rx) {
                     tracing::error!(member = %driver.cfg.name, "stopping: {why}");
@@ -241,6 +247,7 @@ impl Member {
             id,
             inbox: tx,
             directory,
+            active,
             ended,
             thread: Some(thread),
         })
@@ -282,6 +289,8 @@ struct Driver {
     /// A writer per member of the configuration (and per removed member
     /// that still has to be told).
     peers: BTreeMap<NodeId, PeerSender>,
+    /// Since when each peer's writer has been connected.
+    active: ActiveSince,
     directory: Directory,
     /// The configuration and member records `directory` was made from.
     seen_conf: Option<(ConfState, BTreeMap<u64, MemberRecord>)>,
@@ -346,6 +355,7 @@ impl Driver {
             disk,
             hello,
             peers: BTreeMap::new(),
+            active: ActiveSince::default(),
             seen_conf: None,
             was_member: false,
             leaving: None,
@@ -654,8 +664,10 @@ impl Driver {
             let Some(addr) = self.peer_addr(id) else {
                 return;
             };
-            self.peers
-                .insert(id, PeerSender::start(self.hello.clone(), addr));
+            self.peers.insert(
+                id,
+                PeerSender::start(self.hello.clone(), id, addr, self.active.clone()),
+            );
         }
         if let Some(p) = self.peers.get(&id) {
             p.send(PeerMsg::Removed);
@@ -667,8 +679,10 @@ impl Driver {
     fn sender(&mut self, id: NodeId) -> Option<PeerSender> {
         if !self.peers.contains_key(&id) && !self.is_removed(id) {
             let addr = self.peer_addr(id)?;
-            self.peers
-                .insert(id, PeerSender::start(self.hello.clone(), addr));
+            self.peers.insert(
+                id,
+                PeerSender::start(self.hello.clone(), id, addr, self.active.clone()),
+            );
         }
         self.peers.get(&id).cloned()
     }
@@ -717,8 +731,10 @@ impl Driver {
         for id in conf.members().filter(|id| *id != me) {
             if !self.peers.contains_key(&id) {
                 if let Some(addr) = self.peer_addr(id) {
-                    self.peers
-                        .insert(id, PeerSender::start(self.hello.clone(), addr));
+                    self.peers.insert(
+                        id,
+                        PeerSender::start(self.hello.clone(), id, addr, self.active.clone()),
+                    );
                 }
             }
         }

@@ -266,6 +266,11 @@ impl Expect {
 /// client URLs, by raft id.
 pub type OnHello = Arc<dyn Fn(&Hello) + Send + Sync>;
 
+/// Since when each peer has been reachable without a break: its writer's
+/// connection has stood since then. etcd's `--strict-reconfig-check` reads
+/// it (a peer missing is not connected now).
+pub type ActiveSince = Arc<Mutex<BTreeMap<u64, Instant>>>;
+
 /// Sends to one peer; cheap to clone.
 #[derive(Clone)]
 pub struct PeerSender {
@@ -273,13 +278,17 @@ pub struct PeerSender {
 }
 
 impl PeerSender {
-    /// Starts the writer thread for the peer at `addr`, which opens every
-    /// connection with `hello`.
-    pub fn start(hello: Arc<Hello>, addr: SocketAddr) -> PeerSender {
+    /// Starts the writer thread for peer `id` at `addr`, which opens every
+    /// connection with `hello` and keeps `active` up to date for `id`.
+    pub fn start(hello: Arc<Hello>, id: u64, addr: SocketAddr, active: ActiveSince) -> PeerSender {
         let (tx, rx) = mpsc::sync_channel::<PeerMsg>(PEER_QUEUE);
         std::thread::Builder::new()
             .name(format!("synod-peer-to-{addr}"))
-            .spawn(move || writer(&hello, addr, rx))
+            .spawn(move || {
+                let mut link = Link { id, active };
+                writer(&hello, addr, rx, &mut link);
+                link.set(false);
+            })
             .expect("spawn peer writer");
         PeerSender { tx }
     }
@@ -318,14 +327,35 @@ fn closed(conn: &BufWriter<TcpStream>) -> bool {
     gone || s.set_nonblocking(false).is_err()
 }
 
-fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
+/// A writer's record of whether its peer is reachable.
+struct Link {
+    id: u64,
+    active: ActiveSince,
+}
+
+impl Link {
+    fn set(&mut self, up: bool) {
+        let mut map = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            map.entry(self.id).or_insert_with(Instant::now);
+        } else {
+            map.remove(&self.id);
+        }
+    }
+}
+
+fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>, link: &mut Link) {
     let mut conn: Option<BufWriter<TcpStream>> = connect(hello, addr);
+    link.set(conn.is_some());
     loop {
         let first = match rx.recv_timeout(IDLE_CHECK) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if !matches!(&conn, Some(c) if !closed(c)) {
                     conn = connect(hello, addr);
+                    // A reconnect counts from now: the peer was down.
+                    link.set(false);
+                    link.set(conn.is_some());
                 }
                 continue;
             }
@@ -333,6 +363,7 @@ fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
         };
         if conn.is_none() {
             conn = connect(hello, addr);
+            link.set(conn.is_some());
         }
         let Some(w) = conn.as_mut() else {
             // Peer down: drop what is queued now rather than let it pile up.
@@ -349,6 +380,7 @@ fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>) {
         }
         if !ok || w.flush().is_err() {
             conn = None;
+            link.set(false);
         }
     }
 }

@@ -102,6 +102,18 @@ pub struct ServeArgs {
     /// Auto compaction retention; 0 = off.
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Refuse membership changes that would leave the cluster without a
+    /// working quorum (too few started members, or peers not connected for
+    /// 5 s). `--strict-reconfig-check=false` turns it off.
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub strict_reconfig_check: bool,
     /// More URLs to serve /metrics, /health and /version on (HTTP only, no
     /// gRPC), besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
@@ -322,6 +334,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             &a.auto_compaction_mode,
             &a.auto_compaction_retention,
         )?,
+        strict_reconfig: a.strict_reconfig_check,
     };
     let mut spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
     if joining {
@@ -513,6 +526,7 @@ fn warn_unknown_env() {
         "AUTO_COMPACTION_MODE",
         "AUTO_COMPACTION_RETENTION",
         "LISTEN_METRICS_URLS",
+        "STRICT_RECONFIG_CHECK",
         "LOGGER",
         "LOG_LEVEL",
     ];

@@ -584,6 +584,105 @@ fn ends_within(child: &mut Child, limit: Duration) -> (std::process::ExitStatus,
     }
 }
 
+/// `etcdctl member add ARGS`, again while the answer is etcd's
+/// `--strict-reconfig-check` refusal of a cluster whose links are younger
+/// than 5 s; its output.
+fn add_when_healthy(ep: &str, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = etcdctl_any(ep, &[&["member", "add"], args].concat()).unwrap();
+        if ok {
+            return out;
+        }
+        assert!(out.contains("etcdserver: unhealthy cluster"), "{out}");
+        assert!(Instant::now() < deadline, "never healthy: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// etcd's `--strict-reconfig-check` (on by default), answer for answer as
+/// etcd 3.4.23 gave them for the same steps: no change until every voter
+/// has been connected for 5 s, no member added while one is down, a live
+/// voter removed only if the started ones still make a quorum, a member
+/// that never started removed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_reconfig_check_refuses_as_etcd_does() {
+    if Command::new("etcdctl").arg("version").output().is_err() {
+        assert!(std::env::var_os("SYNOD_REQUIRE_ETCDCTL").is_none());
+        eprintln!("etcdctl not installed: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::new(dir.path(), 3);
+    let started = Instant::now();
+    let mut procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
+    put_eventually(c.channel(0), "k", "v").await;
+    let ep = format!("http://127.0.0.1:{}", c.clients[0]);
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let refused = |args: &[&str], why: &str| {
+        let (ok, out) = etcdctl_any(&ep, args).unwrap();
+        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    };
+    // No link can be older than its process.
+    if started.elapsed() < Duration::from_secs(4) {
+        refused(
+            &[
+                "member",
+                "add",
+                "l",
+                "--learner",
+                "--peer-urls",
+                &url(free_port()),
+            ],
+            "etcdserver: unhealthy cluster",
+        );
+    }
+    let x = url(free_port());
+    let out = add_when_healthy(&ep, &["x", "--peer-urls", &x]);
+    assert!(out.contains("added to cluster"), "{out}");
+    // x never starts: nothing more is added, whatever else is wrong.
+    refused(
+        &["member", "add", "y", "--peer-urls", &url(free_port())],
+        "etcdserver: unhealthy cluster",
+    );
+    refused(
+        &[
+            "member",
+            "add",
+            "w",
+            "--learner",
+            "--peer-urls",
+            &url(c.peers[1]),
+        ],
+        "etcdserver: unhealthy cluster",
+    );
+    // Three of four voters started: infra2 may go, and stops.
+    let id2 = member_id_at(&ep, c.peers[1]);
+    let out = etcdctl(&ep, &["member", "remove", &id2]).unwrap();
+    assert!(out.contains("removed from cluster"), "{out}");
+    let (status, _) = ends_within(procs.0[1].as_mut().unwrap(), Duration::from_secs(20));
+    assert!(!status.success());
+    // infra1, infra3 and x: two started of three.
+    refused(
+        &["member", "add", "x2", "--peer-urls", &url(free_port())],
+        "etcdserver: re-configuration failed due to not enough started members",
+    );
+    let id3 = member_id_at(&ep, c.peers[2]);
+    refused(
+        &["member", "remove", &id3],
+        "etcdserver: re-configuration failed due to not enough started members",
+    );
+    let xid = member_id_at(&ep, x.rsplit(':').next().unwrap().parse().unwrap());
+    let out = etcdctl(&ep, &["member", "remove", &xid]).unwrap();
+    assert!(out.contains("removed from cluster"), "{out}");
+    refused(&["member", "remove", &id2], "etcdserver: member not found");
+    put_eventually(c.channel(2), "after", "1").await;
+    assert_eq!(
+        etcdctl(&ep, &["member", "list"]).unwrap().lines().count(),
+        2
+    );
+}
+
 /// Membership through etcdctl, as an operator changes an etcd cluster: a
 /// fourth process added as a learner catches up from a compacted log (by a
 /// snapshot streamed in chunks), is promoted, and is removed, after which
@@ -614,18 +713,9 @@ async fn etcdctl_adds_promotes_and_removes_members() {
     let ep = format!("http://127.0.0.1:{}", c.clients[0]);
     let peer4 = format!("http://127.0.0.1:{}", c.peers[3]);
 
-    let out = etcdctl(
-        &ep,
-        &[
-            "member",
-            "add",
-            "infra4",
-            "--peer-urls",
-            &peer4,
-            "--learner",
-        ],
-    )
-    .unwrap();
+    // --strict-reconfig-check: refused until every voter has been
+    // connected for 5 s.
+    let out = add_when_healthy(&ep, &["infra4", "--peer-urls", &peer4, "--learner"]);
     assert!(out.contains("added to cluster"), "{out}");
     assert!(
         out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
