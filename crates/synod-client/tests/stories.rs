@@ -5,6 +5,9 @@ use std::collections::BTreeSet;
 use synod_client::{stories, Client, ServiceWriteOnce};
 use synod_protocols::write_once::{LocalWriteOnce, SharedWriteOnce, WriteOnce};
 use synod_server::cluster::{start_cluster, ClusterSpec, RunningMember};
+use synod_sim::faults::Schedule;
+use synod_sim::sim_write_once::{self, SimWriteOnce};
+use synod_sim::Algo;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -78,6 +81,14 @@ async fn the_stories_hold_on_a_real_cluster() {
         "alice",
         "the first offer in time wins"
     );
+    // And on simulated nodes of each write-once algorithm, one handle per
+    // node, the same function and the same outcome.
+    for algo in [Algo::Coordinator, Algo::Majority, Algo::Paxos] {
+        let nodes = sim_write_once::cluster::<String>(algo, 5, 1, Schedule::default());
+        let refs: Vec<&SimWriteOnce<String>> = nodes.iter().take(3).collect();
+        let got = offers_then_learn(&refs, &offers).await;
+        assert_eq!(one_winner_among(&got, &offers), "alice", "{}", algo.name());
+    }
 
     // A reader waiting before any offer learns the value once decided.
     let waiter = {

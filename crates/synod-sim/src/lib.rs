@@ -52,6 +52,7 @@ pub mod models;
 pub mod report;
 pub mod runner;
 pub mod sim;
+pub mod sim_write_once;
 
 pub use faults::{Fault, FaultSet};
 pub use report::{RunReport, Summary, Violation};

@@ -512,6 +512,20 @@ impl<M: Model> Simulation<M> {
 
     /// Runs to the end and hands back the model too, for tests that inspect it.
     pub fn run_keep_model(mut self, seed: u64) -> (RunReport, M) {
+        self.start(seed);
+        let deadline = self.core.cfg.fault_phase + self.core.cfg.quiet_limit;
+        let terminated = self.run_until(deadline, |m, ctl| ctl.in_quiet_phase() && m.done(ctl));
+        if !terminated {
+            self.core.now = self.core.now.max(deadline);
+        }
+        self.finish(seed, terminated)
+    }
+
+    /// Schedules the faults, the quiet phase and the first ticks, and lets
+    /// the model schedule its clients. [`Simulation::run_keep_model`] does
+    /// this; a driver that steps the run itself ([`Simulation::run_until`])
+    /// calls it once first.
+    pub fn start(&mut self, seed: u64) {
         let cfg = self.core.cfg.clone();
         if self.core.tracing() {
             let s = &self.schedule;
@@ -547,27 +561,66 @@ impl<M: Model> Simulation<M> {
         self.model.on_start(&mut Ctl {
             core: &mut self.core,
         });
-        let deadline = cfg.fault_phase + cfg.quiet_limit;
-        let mut terminated = false;
-        while let Some(q) = self.core.queue.pop() {
-            if q.at > deadline {
-                break;
-            }
+    }
+
+    /// Handles events in time order until `stop` holds (checked after
+    /// every event: true is returned) or the next event is later than
+    /// `limit` (false; the clock then stands at the last event handled).
+    pub fn run_until(
+        &mut self,
+        limit: Instant,
+        mut stop: impl FnMut(&M, &Ctl<'_, M::Node>) -> bool,
+    ) -> bool {
+        if stop(
+            &self.model,
+            &Ctl {
+                core: &mut self.core,
+            },
+        ) {
+            return true;
+        }
+        while self.core.queue.peek().is_some_and(|q| q.at <= limit) {
+            let q = self.core.queue.pop().expect("peeked");
             debug_assert!(q.at >= self.core.now, "time went backwards");
             self.core.now = q.at;
             self.handle(q.ev);
-            if self.core.quiet
-                && self.model.done(&Ctl {
+            if stop(
+                &self.model,
+                &Ctl {
                     core: &mut self.core,
-                })
-            {
-                terminated = true;
-                break;
+                },
+            ) {
+                return true;
             }
         }
-        if !terminated {
-            self.core.now = self.core.now.max(deadline);
+        false
+    }
+
+    /// Hands `input` to `node` now (dropped if the node is down), for a
+    /// driver that steps the run itself.
+    pub fn input(&mut self, node: NodeId, input: <M::Node as Node>::Input) {
+        Ctl {
+            core: &mut self.core,
         }
+        .input(node, input, 0);
+    }
+
+    /// The simulated time.
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// The model, for a driver that steps the run itself.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    /// Ends the run: the model's end-of-run checks, and the report.
+    fn finish(mut self, seed: u64, terminated: bool) -> (RunReport, M) {
         let mut report = RunReport {
             seed,
             terminated,
@@ -594,6 +647,11 @@ impl<M: Model> Simulation<M> {
         report.deliveries = self.core.deliveries;
         report.trace = self.core.trace.take();
         (report, self.model)
+    }
+
+    /// The violations recorded so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.core.violations
     }
 
     fn handle(&mut self, ev: Ev<M::Node>) {

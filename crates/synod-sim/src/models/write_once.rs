@@ -28,9 +28,18 @@ pub fn proposal_of(i: NodeId) -> u64 {
     100 + i
 }
 
+/// One client's offer: a value, at a node, at a fixed time or (`None`) at a
+/// random one drawn from the seed.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    pub node: NodeId,
+    pub value: u64,
+    pub at: Option<u64>,
+}
+
 pub struct WriteOnceModel<N, B> {
     boot: B,
-    proposers: usize,
+    offers: Vec<Offer>,
     decided: Vec<Option<u64>>,
     first: Option<u64>,
     /// When the first offer was made, and how many messages had been sent by then.
@@ -45,10 +54,25 @@ where
     N: Node<Input = u64, Event = Decided<u64>> + WriteOnceNode<u64>,
     B: FnMut(NodeId, &N::Disk, u64) -> N,
 {
+    /// The first `proposers` nodes each offer their [`proposal_of`] at a
+    /// random time.
     pub fn new(nodes: usize, proposers: usize, boot: B) -> Self {
+        let offers = (0..proposers.min(nodes) as NodeId)
+            .map(|i| Offer {
+                node: i,
+                value: proposal_of(i),
+                at: None,
+            })
+            .collect();
+        Self::with_offers(nodes, offers, boot)
+    }
+
+    /// These offers and no others (a scenario, or none at all for a driver
+    /// that offers values itself with [`WriteOnceModel::offered`]).
+    pub fn with_offers(nodes: usize, offers: Vec<Offer>, boot: B) -> Self {
         WriteOnceModel {
             boot,
-            proposers: proposers.min(nodes),
+            offers,
             decided: vec![None; nodes],
             first: None,
             first_offer: None,
@@ -59,7 +83,22 @@ where
     }
 
     fn is_proposed(&self, v: u64) -> bool {
-        (0..self.proposers as NodeId).any(|i| proposal_of(i) == v)
+        self.offers.iter().any(|o| o.value == v)
+    }
+
+    /// Records an offer that the driver hands to `node` itself, so that the
+    /// checks know the value and the client retries it after a restart.
+    pub fn offered(&mut self, node: NodeId, value: u64) {
+        self.offers.push(Offer {
+            node,
+            value,
+            at: Some(0),
+        });
+    }
+
+    /// What each node has decided so far (`None`: nothing yet).
+    pub fn decisions(&self) -> &[Option<u64>] {
+        &self.decided
     }
 }
 
@@ -80,13 +119,18 @@ where
         // proposers must discover (not overwrite) what earlier ones chose.
         let spread = ctl.config().fault_phase / 2;
         let mut first = u64::MAX;
-        for i in 0..self.proposers as NodeId {
-            let delay = ctl.rng().gen_range(0..spread.max(1));
+        for o in &self.offers {
+            let delay = match o.at {
+                Some(at) => at,
+                None => ctl.rng().gen_range(0..spread.max(1)),
+            };
             first = first.min(delay);
-            ctl.input(i, proposal_of(i), delay);
+            ctl.input(o.node, o.value, delay);
         }
         // Decision time and messages are measured from the first offer.
-        ctl.wake(first, FIRST_OFFER);
+        if first != u64::MAX {
+            ctl.wake(first, FIRST_OFFER);
+        }
     }
 
     fn on_wake(&mut self, ctl: &mut Ctl<'_, N>, token: u64) {
@@ -146,9 +190,9 @@ where
                 ),
             }
         }
-        if (node as usize) < self.proposers {
-            // The client retries its offer with the restarted node.
-            ctl.input(node, proposal_of(node), MS);
+        // A client retries its offer with the restarted node.
+        for o in self.offers.iter().filter(|o| o.node == node) {
+            ctl.input(node, o.value, MS);
         }
     }
 
@@ -159,9 +203,9 @@ where
         let Some(live) = (0..ctl.nodes() as NodeId).find(|&j| !ctl.is_down_for_good(j)) else {
             return;
         };
-        for i in 0..self.proposers as NodeId {
-            if ctl.is_down_for_good(i) {
-                ctl.input(live, proposal_of(i), MS);
+        for o in &self.offers {
+            if ctl.is_down_for_good(o.node) {
+                ctl.input(live, o.value, MS);
             }
         }
     }
