@@ -51,6 +51,7 @@ pub mod linearizability;
 pub mod models;
 pub mod report;
 pub mod runner;
+pub mod scenarios;
 pub mod sim;
 pub mod sim_write_once;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use synod_sim::models::raft;
-use synod_sim::{history, run_batch_parallel, run_one, Algo, FaultSet, RunSpec};
+use synod_sim::{history, run_batch_parallel, run_one, scenarios, Algo, FaultSet, RunSpec};
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -50,6 +50,41 @@ pub struct SimArgs {
     /// and an algorithm with clients: raft); `synod check-history FILE` re-checks it.
     #[arg(long, value_name = "FILE")]
     history: Option<PathBuf>,
+    /// Play one of the seeds' write-once stories (`list` names them) on the
+    /// coordinator, majority and Paxos algorithms alike: fixed offers and
+    /// failures instead of random ones; --seed still drives latencies.
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+}
+
+/// `--scenario NAME`: the story, then one line per algorithm.
+fn play(name: &str, seed: u64) -> Result<ExitCode, String> {
+    let names = || {
+        scenarios::SCENARIOS
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if name == "list" {
+        println!("{}", names());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(scenario) = scenarios::find(name) else {
+        return Err(format!("no scenario {name:?}; there are: {}", names()));
+    };
+    println!("{}: {}", scenario.name, scenario.story);
+    let mut violated = false;
+    for algo in scenarios::ALGOS {
+        let outcome = scenarios::run(scenario, algo, seed);
+        violated |= outcome.report.violation_count > 0;
+        println!("  {}", outcome.describe());
+    }
+    Ok(if violated {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn parse_algo(s: &str) -> Result<Algo, String> {
@@ -57,6 +92,9 @@ fn parse_algo(s: &str) -> Result<Algo, String> {
 }
 
 pub fn run(args: SimArgs) -> Result<ExitCode, String> {
+    if let Some(name) = &args.scenario {
+        return play(name, args.seed);
+    }
     let mut spec = RunSpec::new(args.algo, args.nodes, args.faults);
     spec.proposers = args.proposers;
     spec.participants = args.participants;

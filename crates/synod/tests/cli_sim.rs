@@ -150,3 +150,31 @@ fn a_summary_lists_only_the_faults_its_model_exercises() {
         "{etcd}"
     );
 }
+
+#[test]
+fn scenarios_tell_which_algorithm_decides() {
+    let out = synod(&["sim", "--scenario", "list"]);
+    assert!(out.status.success());
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(names.contains("user-of-the-day") && names.contains("order-cancellation"));
+
+    let out = synod(&["sim", "--scenario", "order-cancellation", "--seed", "4"]);
+    assert!(
+        out.status.success(),
+        "stuck algorithms are the story, not a failure"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |algo: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(algo))
+            .unwrap_or_else(|| panic!("no {algo} line in {text}"))
+            .to_string()
+    };
+    assert!(line("coordinator").contains("stuck"), "{text}");
+    assert!(line("majority").contains("stuck"), "{text}");
+    assert!(line("paxos").contains("decided"), "{text}");
+
+    let out = synod(&["sim", "--scenario", "no-such-story"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user-of-the-day"));
+}

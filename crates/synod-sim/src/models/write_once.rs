@@ -41,6 +41,8 @@ pub struct WriteOnceModel<N, B> {
     boot: B,
     offers: Vec<Offer>,
     decided: Vec<Option<u64>>,
+    /// When each node first reported its decision.
+    decided_at: Vec<Option<u64>>,
     first: Option<u64>,
     /// When the first offer was made, and how many messages had been sent by then.
     first_offer: Option<(u64, u64)>,
@@ -74,6 +76,7 @@ where
             boot,
             offers,
             decided: vec![None; nodes],
+            decided_at: vec![None; nodes],
             first: None,
             first_offer: None,
             decision_time: None,
@@ -99,6 +102,11 @@ where
     /// What each node has decided so far (`None`: nothing yet).
     pub fn decisions(&self) -> &[Option<u64>] {
         &self.decided
+    }
+
+    /// When each node first reported its decision (simulated time).
+    pub fn decision_times(&self) -> &[Option<u64>] {
+        &self.decided_at
     }
 }
 
@@ -169,7 +177,10 @@ where
                 Some(node),
                 format!("decided {v} after having decided {old}"),
             ),
-            _ => self.decided[node as usize] = Some(v),
+            _ => {
+                self.decided[node as usize] = Some(v);
+                self.decided_at[node as usize].get_or_insert(ctl.now());
+            }
         }
     }
 
