@@ -55,6 +55,9 @@ pub struct Tuning {
     pub auto_compaction: Option<crate::compactor::AutoCompaction>,
     /// `--strict-reconfig-check`.
     pub strict_reconfig: bool,
+    /// Deliberate bugs in every member (`--unsafe-bug`; tests of `synod
+    /// chaos` only, and only with the `broken` feature).
+    pub bugs: synod_kv::replica::ReplicaBugs,
 }
 
 impl Default for Tuning {
@@ -68,6 +71,7 @@ impl Default for Tuning {
             quota_bytes: 2 << 30,
             auto_compaction: None,
             strict_reconfig: true,
+            bugs: Default::default(),
         }
     }
 }
@@ -270,6 +274,7 @@ pub async fn start_member_on(
             max_peer_frame: tuning.max_peer_frame,
             quota_bytes: tuning.quota_bytes,
             auto_compaction: tuning.auto_compaction,
+            bugs: tuning.bugs,
         },
         on_hello,
         metrics.clone(),

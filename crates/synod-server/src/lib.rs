@@ -24,3 +24,7 @@ pub mod member;
 pub mod metrics;
 pub mod peer;
 pub mod reconfig;
+
+/// Whether this build can plant deliberate bugs in members (the `broken`
+/// feature; test builds of `synod` have it, release builds do not).
+pub const CAN_PLANT_BUGS: bool = cfg!(feature = "broken");

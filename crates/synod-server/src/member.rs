@@ -20,7 +20,8 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use synod_etcd::{Applied, MemberInfo};
 use synod_kv::replica::{
-    Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request, StoreImage,
+    Answer, Replica, ReplicaBugs, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
+    StoreImage,
 };
 use synod_kv::{Command, MemberChange, MemberRecord};
 use synod_protocols::raft::{ConfState, Message, Payload, Write};
@@ -60,6 +61,8 @@ pub struct MemberConfig {
     pub quota_bytes: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: Option<AutoCompaction>,
+    /// Deliberate bugs (`--unsafe-bug`; only with the `broken` feature).
+    pub bugs: ReplicaBugs,
 }
 
 /// What the member publishes of the cluster's membership after every
@@ -211,7 +214,17 @@ impl Member {
         let life = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let replica = Replica::new(rcfg, &recovered, cfg.id ^ life);
+        #[cfg(feature = "broken")]
+        let replica = Replica::with_bugs(rcfg, &recovered, cfg.id ^ life, cfg.bugs);
+        #[cfg(not(feature = "broken"))]
+        let replica = {
+            if cfg.bugs != ReplicaBugs::default() {
+                return Err(format!(
+                    "member {name}: deliberate bugs need a build with the `broken` feature"
+                ));
+            }
+            Replica::new(rcfg, &recovered, cfg.id ^ life)
+        };
         if recovered.snapshot.is_some() || !recovered.entries.is_empty() {
             // What a restart costs before the member can serve.
             tracing::info!(

@@ -2,7 +2,6 @@
 //! when etcdctl is missing, unless `SYNOD_REQUIRE_ETCDCTL` is set (CI).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 use synod_server::cluster::{start_cluster, ClusterSpec};
 
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {

@@ -60,6 +60,12 @@ pub struct ChaosArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Plant a deliberate bug in every synod member (`synod serve
+    /// --unsafe-bug`; builds with the `broken` feature only), to see the run
+    /// catch it: follower-reads-own-commit, reply-before-persist,
+    /// vote-without-log-check, commit-old-term-by-counting.
+    #[arg(long, value_name = "NAME")]
+    unsafe_bug: Option<String>,
 }
 
 /// How long a client waits for one answer.
@@ -78,6 +84,8 @@ struct Member {
 
 struct Cluster {
     target: String,
+    /// `--unsafe-bug`, handed to every synod member.
+    bug: Option<String>,
     dir: PathBuf,
     members: Vec<Member>,
 }
@@ -100,6 +108,7 @@ impl Cluster {
         }
         Ok(Cluster {
             target: target.to_string(),
+            bug: None,
             dir: dir.to_path_buf(),
             members,
         })
@@ -131,6 +140,9 @@ impl Cluster {
         let mut cmd = Command::new(&program);
         if self.target == "synod" {
             cmd.arg("serve");
+            if let Some(bug) = &self.bug {
+                cmd.args(["--unsafe-bug", bug]);
+            }
         }
         let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
@@ -543,6 +555,14 @@ pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
 
 async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode, String> {
     let mut cluster = Cluster::new(&a.target, &dir, a.members)?;
+    if let Some(bug) = &a.unsafe_bug {
+        if a.target != "synod" {
+            return Err("--unsafe-bug plants bugs in synod members only".into());
+        }
+        // Refused here, before any member starts, if this build cannot.
+        crate::serve_cmd::unsafe_bugs(Some(bug))?;
+        cluster.bug = Some(bug.clone());
+    }
     for i in 0..a.members {
         cluster.start(i)?;
     }
@@ -610,7 +630,7 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     let median = unavail.get(unavail.len() / 2).copied();
     let verdict_text = match &verdict {
         CheckResult::Linearizable => "linearizable".to_string(),
-        CheckResult::NotLinearizable(v) => format!("NOT linearizable: {v:?}"),
+        CheckResult::NotLinearizable(v) => format!("NOT linearizable: {}", v.explanation),
         CheckResult::Unknown { keys } => format!("unknown (search budget ran out on {keys:?})"),
         CheckResult::Malformed { index, reason } => format!("malformed op {index}: {reason}"),
     };
@@ -619,6 +639,7 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
             "{}",
             serde_json::json!({
                 "target": a.target,
+                "unsafe_bug": a.unsafe_bug,
                 "seed": a.seed,
                 "members": a.members,
                 "duration_s": a.duration,

@@ -114,6 +114,11 @@ pub struct ServeArgs {
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
+    /// A deliberate bug, to show that `synod chaos` catches it (builds with
+    /// the `broken` feature only; never for real use): see
+    /// `unsafe_bugs` for the names.
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub unsafe_bug: Option<String>,
     /// More URLs to serve /metrics, /health and /version on (HTTP only, no
     /// gRPC), besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
@@ -335,6 +340,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             &a.auto_compaction_retention,
         )?,
         strict_reconfig: a.strict_reconfig_check,
+        bugs: unsafe_bugs(a.unsafe_bug.as_deref())?,
     };
     let mut spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
     if joining {
@@ -482,6 +488,40 @@ fn initial_members(list: &str) -> Result<Vec<Initial>, String> {
         return Err("--initial-cluster: no member given".into());
     }
     Ok(members)
+}
+
+/// The bugs `--unsafe-bug` can plant, by name: each one a way a real
+/// member could break linearizability or durability.
+pub const UNSAFE_BUGS: &[&str] = &[
+    "follower-reads-own-commit",
+    "reply-before-persist",
+    "vote-without-log-check",
+    "commit-old-term-by-counting",
+];
+
+/// `--unsafe-bug NAME` as the member's deliberate bugs.
+pub fn unsafe_bugs(name: Option<&str>) -> Result<synod_kv::replica::ReplicaBugs, String> {
+    let mut bugs = synod_kv::replica::ReplicaBugs::default();
+    let Some(name) = name else {
+        return Ok(bugs);
+    };
+    if !synod_server::CAN_PLANT_BUGS {
+        return Err("--unsafe-bug: this synod was built without the `broken` feature".into());
+    }
+    let raft = &mut bugs.raft;
+    match name {
+        "follower-reads-own-commit" => raft.follower_reads_own_commit = true,
+        "reply-before-persist" => raft.reply_before_persist = true,
+        "vote-without-log-check" => raft.vote_without_log_check = true,
+        "commit-old-term-by-counting" => raft.commit_old_term_by_counting = true,
+        _ => {
+            return Err(format!(
+                "--unsafe-bug: no bug {name:?}; there are: {}",
+                UNSAFE_BUGS.join(", ")
+            ))
+        }
+    }
+    Ok(bugs)
 }
 
 /// Values etcd would refuse are refused. (What synod does not implement

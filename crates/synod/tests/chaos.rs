@@ -37,3 +37,34 @@ fn a_short_chaos_run_keeps_the_history_linearizable() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// The run must catch a member that breaks linearizability: here every
+/// follower answers linearizable reads from its own store, without asking
+/// the leader (`--unsafe-bug`, in test builds only). A few seconds of the
+/// register workload show a stale read; RELIABILITY.md has the figures.
+#[test]
+fn a_synod_whose_followers_read_locally_is_caught() {
+    let mut caught = None;
+    for seed in 1..=3 {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_synod"))
+            .args(["chaos", "--duration", "4", "--json", "--out"])
+            .arg(dir.path().join("run"))
+            .args(["--seed", &seed.to_string()])
+            .args(["--unsafe-bug", "follower-reads-own-commit"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(summary["unsafe_bug"], "follower-reads-own-commit");
+        if summary["linearizable"] == false {
+            assert!(!out.status.success(), "a failed check fails the command");
+            let verdict = summary["verdict"].as_str().unwrap();
+            assert!(verdict.contains("no order of its"), "{verdict}");
+            caught = Some(seed);
+            break;
+        }
+    }
+    assert!(caught.is_some(), "three seeds never caught the stale reads");
+}
