@@ -43,8 +43,10 @@ pub struct ChaosArgs {
     duration: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Comma-separated: `kill` (a random member), `kill-leader`, `pause`;
-    /// or `all`.
+    /// Comma-separated: `kill` (a random member), `kill-leader`, `pause`,
+    /// `partition` (a random minority cut off), `partition-leader` (the
+    /// leader cut off); or `all`. Partitions need root (network namespaces);
+    /// without it `all` leaves them out and says so.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Concurrent clients.
@@ -74,9 +76,13 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const PAUSE: Duration = Duration::from_millis(1500);
 /// How long a killed member stays down.
 const DOWN: Duration = Duration::from_millis(1000);
+/// How long a partition lasts: more than an election timeout.
+const SPLIT: Duration = Duration::from_millis(2000);
 
 struct Member {
     name: String,
+    /// Where it listens: 127.0.0.1, or its namespace's address.
+    host: String,
     client: u16,
     peer: u16,
     process: Option<Child>,
@@ -86,6 +92,8 @@ struct Cluster {
     target: String,
     /// `--unsafe-bug`, handed to every synod member.
     bug: Option<String>,
+    /// The members' namespaces, when partitions are run.
+    net: Option<crate::chaos_net::Net>,
     dir: PathBuf,
     members: Vec<Member>,
 }
@@ -96,26 +104,39 @@ fn free_port() -> Result<u16, String> {
 }
 
 impl Cluster {
-    fn new(target: &str, dir: &Path, n: usize) -> Result<Cluster, String> {
+    fn new(
+        target: &str,
+        dir: &Path,
+        n: usize,
+        net: Option<crate::chaos_net::Net>,
+    ) -> Result<Cluster, String> {
         let mut members = Vec::new();
-        for i in 1..=n {
+        for i in 0..n {
+            // In its own namespace each member has the ports to itself.
+            let (host, client, peer) = match &net {
+                Some(net) => (net.ip(i), 2379, 2380),
+                None => ("127.0.0.1".to_string(), free_port()?, free_port()?),
+            };
             members.push(Member {
-                name: format!("m{i}"),
-                client: free_port()?,
-                peer: free_port()?,
+                name: format!("m{}", i + 1),
+                host,
+                client,
+                peer,
                 process: None,
             });
         }
         Ok(Cluster {
             target: target.to_string(),
             bug: None,
+            net,
             dir: dir.to_path_buf(),
             members,
         })
     }
 
     fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client)
+        let m = &self.members[i];
+        format!("http://{}:{}", m.host, m.client)
     }
 
     /// Starts member `i` with the flags of etcd's loopback cluster example
@@ -124,7 +145,7 @@ impl Cluster {
         let initial = self
             .members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.host, m.peer))
             .collect::<Vec<_>>()
             .join(",");
         let m = &self.members[i];
@@ -137,15 +158,23 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
             .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&program);
+        let mut cmd = match &self.net {
+            // `ip netns exec` execs the member in place: signals reach it.
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.ns(i)]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
         if self.target == "synod" {
             cmd.arg("serve");
             if let Some(bug) = &self.bug {
                 cmd.args(["--unsafe-bug", bug]);
             }
         }
-        let client = format!("http://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let client = format!("http://{}:{}", m.host, m.client);
+        let peer = format!("http://{}:{}", m.host, m.peer);
         cmd.args(["--name", &m.name, "--data-dir"])
             .arg(self.dir.join(&m.name))
             .args(["--listen-client-urls", &client])
@@ -344,19 +373,36 @@ enum Fault {
     Kill,
     KillLeader,
     Pause,
+    Partition,
+    PartitionLeader,
+}
+
+impl Fault {
+    fn needs_net(self) -> bool {
+        matches!(self, Fault::Partition | Fault::PartitionLeader)
+    }
 }
 
 fn faults(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = Vec::new();
     for f in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         match f {
-            "all" => out.extend([Fault::Kill, Fault::KillLeader, Fault::Pause]),
+            "all" => out.extend([
+                Fault::Kill,
+                Fault::KillLeader,
+                Fault::Pause,
+                Fault::Partition,
+                Fault::PartitionLeader,
+            ]),
             "kill" => out.push(Fault::Kill),
             "kill-leader" => out.push(Fault::KillLeader),
             "pause" => out.push(Fault::Pause),
+            "partition" => out.push(Fault::Partition),
+            "partition-leader" => out.push(Fault::PartitionLeader),
             other => {
                 return Err(format!(
-                    "--faults: {other:?} is not one of kill, kill-leader, pause, all"
+                    "--faults: {other:?} is not one of kill, kill-leader, pause, partition, \
+                     partition-leader, all"
                 ))
             }
         }
@@ -369,6 +415,8 @@ struct Timeline {
     events: Vec<(u64, String)>,
     /// When each leader was killed.
     leader_kills: Vec<u64>,
+    /// When each leader was cut off from the others.
+    leader_isolations: Vec<u64>,
 }
 
 async fn nemesis(
@@ -385,14 +433,14 @@ async fn nemesis(
     let n = cluster.members.len();
     loop {
         let wait = Duration::from_millis(rng.gen_range(1000..3000));
-        if Instant::now() + wait + PAUSE >= until || kinds.is_empty() {
+        if Instant::now() + wait + SPLIT >= until || kinds.is_empty() {
             return Ok(());
         }
         tokio::time::sleep(wait).await;
         let kind = kinds[rng.gen_range(0..kinds.len())];
         let random = rng.gen_range(0..n);
         let (victim, was_leader) = match kind {
-            Fault::KillLeader => match leader(&endpoints).await {
+            Fault::KillLeader | Fault::PartitionLeader => match leader(&endpoints).await {
                 Some(l) => (l, true),
                 None => (random, false),
             },
@@ -424,6 +472,44 @@ async fn nemesis(
                 timeline
                     .events
                     .push((micros(start), format!("SIGCONT {name}")));
+            }
+            Fault::Partition | Fault::PartitionLeader => {
+                // The victim and, for a plain partition, whoever else makes
+                // up a minority, against the rest.
+                let mut minority = vec![victim];
+                if kind == Fault::Partition {
+                    while minority.len() < (n - 1) / 2 {
+                        let other = rng.gen_range(0..n);
+                        if !minority.contains(&other) {
+                            minority.push(other);
+                        }
+                    }
+                }
+                let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
+                let names = |g: &[usize]| {
+                    g.iter()
+                        .map(|i| cluster.members[*i].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let line = format!(
+                    "partition [{}]{role} | [{}]",
+                    names(&minority),
+                    names(&majority)
+                );
+                let net = cluster
+                    .net
+                    .as_ref()
+                    .expect("partitions run with namespaces");
+                net.partition(&[minority.clone(), majority])?;
+                let at = micros(start);
+                if was_leader {
+                    timeline.leader_isolations.push(at);
+                }
+                timeline.events.push((at, line));
+                tokio::time::sleep(SPLIT).await;
+                net.heal()?;
+                timeline.events.push((micros(start), "heal".to_string()));
             }
         }
     }
@@ -475,8 +561,10 @@ async fn final_reads(
     Ok(())
 }
 
-/// Every member's HashKV at one revision all of them have applied.
-async fn hashes(endpoints: &[String]) -> Result<Vec<u32>, String> {
+/// Every member's HashKV at the revision the first member reports, or why a
+/// member could not give one within 30 s (one that never reaches that
+/// revision lost writes: a failed check, not a failed run).
+async fn hashes(endpoints: &[String]) -> Result<Vec<Result<u32, String>>, String> {
     let mut kv = pb::kv_client::KvClient::new(channel(&endpoints[0]));
     let req = pb::RangeRequest {
         key: b"k0".to_vec(),
@@ -496,10 +584,13 @@ async fn hashes(endpoints: &[String]) -> Result<Vec<u32>, String> {
         loop {
             match m.hash_kv(pb::HashKvRequest { revision: rev }).await {
                 Ok(r) => {
-                    out.push(r.into_inner().hash);
+                    out.push(Ok(r.into_inner().hash));
                     break;
                 }
-                Err(e) if Instant::now() > deadline => return Err(format!("{ep}: {e}")),
+                Err(e) if Instant::now() > deadline => {
+                    out.push(Err(format!("{ep}: {}", e.message())));
+                    break;
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -533,7 +624,19 @@ pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
     if a.members == 0 || a.clients == 0 || a.keys == 0 {
         return Err("--members, --clients and --keys must be > 0".into());
     }
-    let kinds = faults(&a.faults)?;
+    let mut kinds = faults(&a.faults)?;
+    if kinds.iter().any(|k| k.needs_net()) {
+        if let Some(why) = crate::chaos_net::Net::unavailable() {
+            if a.faults
+                .split(',')
+                .any(|f| f.trim().starts_with("partition"))
+            {
+                return Err(format!("--faults: partitions cannot run here: {why}"));
+            }
+            eprintln!("synod chaos: no partitions in this run: {why}");
+            kinds.retain(|k| !k.needs_net());
+        }
+    }
     // Without --out, a run that passes leaves nothing behind; one that fails
     // keeps its evidence and says where.
     let keep = a.out.is_some();
@@ -554,7 +657,12 @@ pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
 }
 
 async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode, String> {
-    let mut cluster = Cluster::new(&a.target, &dir, a.members)?;
+    let net = if kinds.iter().any(|k| k.needs_net()) {
+        Some(crate::chaos_net::Net::create(a.members)?)
+    } else {
+        None
+    };
+    let mut cluster = Cluster::new(&a.target, &dir, a.members, net)?;
     if let Some(bug) = &a.unsafe_bug {
         if a.target != "synod" {
             return Err("--unsafe-bug plants bugs in synod members only".into());
@@ -602,6 +710,7 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     let mut timeline = Timeline {
         events: Vec::new(),
         leader_kills: Vec::new(),
+        leader_isolations: Vec::new(),
     };
     nemesis(&mut cluster, &kinds, &mut rng, start, until, &mut timeline).await?;
     for w in workers {
@@ -623,9 +732,11 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     let verdict = linearizability::check(&history);
     let ok_ops = history.iter().filter(|o| o.complete_us.is_some()).count();
     let indefinite = history.len() - ok_ops;
-    let hashes_equal = hashes.iter().all(|h| *h == hashes[0]);
+    let hashes_equal = hashes.iter().all(|h| h.is_ok() && *h == hashes[0]);
     let mut unavail = unavailability(&history, &timeline.leader_kills);
     unavail.sort_unstable();
+    let mut isolated = unavailability(&history, &timeline.leader_isolations);
+    isolated.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
     let median = unavail.get(unavail.len() / 2).copied();
     let verdict_text = match &verdict {
@@ -646,9 +757,16 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 "operations": history.len(),
                 "completed": ok_ops,
                 "indefinite": indefinite,
-                "faults": timeline.events.iter().filter(|(_, e)| e.starts_with("SIG")).count(),
+                "faults": timeline
+                    .events
+                    .iter()
+                    .filter(|(_, e)| e.starts_with("SIG") || e.starts_with("partition"))
+                    .count(),
                 "leader_kills": timeline.leader_kills.len(),
                 "write_unavailability_ms": unavail.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
+                "leader_isolations": timeline.leader_isolations.len(),
+                "write_unavailability_after_isolation_ms":
+                    isolated.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
                 "linearizable": verdict.is_linearizable(),
                 "verdict": verdict_text,
                 "hashkv_equal": hashes_equal,
@@ -669,12 +787,20 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
         );
         println!("history:    {verdict_text}");
         println!(
-            "HashKV:     {} ({hashes:x?})",
+            "HashKV:     {} ({})",
             if hashes_equal {
                 "equal on every member"
             } else {
                 "DIFFERS"
-            }
+            },
+            hashes
+                .iter()
+                .map(|h| match h {
+                    Ok(h) => format!("{h:08x}"),
+                    Err(e) => e.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         match median {
             Some(m) => println!(
@@ -684,6 +810,15 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 ms(*unavail.last().expect("non-empty"))
             ),
             None => println!("write unavailability: no leader was killed"),
+        }
+        if let (Some(first), Some(last)) = (isolated.first(), isolated.last()) {
+            println!(
+                "write unavailability after {} leader isolations: median {:.0} ms, min {:.0} ms, max {:.0} ms",
+                isolated.len(),
+                ms(isolated[isolated.len() / 2]),
+                ms(*first),
+                ms(*last)
+            );
         }
         println!(
             "history, timeline and member logs in {} (kept with --out, or when a check fails)",

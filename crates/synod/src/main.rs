@@ -14,6 +14,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench_cmd;
 mod ceiling_cmd;
 mod chaos_cmd;
+mod chaos_net;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;
