@@ -12,7 +12,7 @@ use crate::faults::Schedule;
 use crate::models::write_once::WriteOnceModel;
 use crate::report::Violation;
 use crate::runner::Algo;
-use crate::sim::{Model, SimConfig, Simulation};
+use crate::sim::{SimConfig, Simulation};
 use crate::FaultSet;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -92,44 +92,19 @@ pub fn cluster<T: 'static>(
     schedule: Schedule,
 ) -> Vec<SimWriteOnce<T>> {
     let cfg = SimConfig::new(nodes, FaultSet::NONE);
-    fn started<M: Model + 'static>(mut sim: Simulation<M>, seed: u64) -> Simulation<M> {
-        sim.start(seed);
-        sim
+    // One started run, whatever the node type.
+    macro_rules! run {
+        ($boot:expr) => {{
+            let model = WriteOnceModel::with_offers(nodes, Vec::new(), $boot);
+            let mut sim = Simulation::with_schedule(cfg, seed, model, schedule);
+            sim.start(seed);
+            Box::new(sim) as Box<dyn Stepper>
+        }};
     }
-    let sim: Box<dyn Stepper> = match algo {
-        Algo::Coordinator => Box::new(started(
-            Simulation::with_schedule(
-                cfg,
-                seed,
-                WriteOnceModel::with_offers(nodes, Vec::new(), move |id, disk: &_, _| {
-                    CoordinatorNode::new(id, nodes, disk)
-                }),
-                schedule,
-            ),
-            seed,
-        )),
-        Algo::Majority => Box::new(started(
-            Simulation::with_schedule(
-                cfg,
-                seed,
-                WriteOnceModel::with_offers(nodes, Vec::new(), move |id, disk: &_, _| {
-                    MajorityNode::new(id, nodes, disk)
-                }),
-                schedule,
-            ),
-            seed,
-        )),
-        Algo::Paxos => Box::new(started(
-            Simulation::with_schedule(
-                cfg,
-                seed,
-                WriteOnceModel::with_offers(nodes, Vec::new(), move |id, disk: &_, s| {
-                    PaxosNode::new(id, nodes, disk, s)
-                }),
-                schedule,
-            ),
-            seed,
-        )),
+    let sim = match algo {
+        Algo::Coordinator => run!(move |id, disk: &_, _| CoordinatorNode::new(id, nodes, disk)),
+        Algo::Majority => run!(move |id, disk: &_, _| MajorityNode::new(id, nodes, disk)),
+        Algo::Paxos => run!(move |id, disk: &_, s| PaxosNode::new(id, nodes, disk, s)),
         other => panic!("{} is not a write-once algorithm", other.name()),
     };
     let shared = Rc::new(RefCell::new(Shared {
