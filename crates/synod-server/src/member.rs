@@ -330,8 +330,9 @@ struct Driver {
     clients: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
     /// Requests forwarded by other members: our request id -> (member, their id).
     forwarded_in: BTreeMap<u64, (NodeId, u64)>,
-    /// Requests we forwarded to the leader: their id here -> the client.
-    forwarded_out: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
+    /// Requests we forwarded to the leader: their id here -> (the leader
+    /// it went to, the client).
+    forwarded_out: BTreeMap<u64, (NodeId, oneshot::Sender<Result<Answer, ReplicaError>>)>,
     /// Requests that arrived while no leader was known (during an election):
     /// held until one is, as etcd holds them, rather than refused at once.
     /// The client's own deadline bounds the wait.
@@ -459,6 +460,23 @@ impl Driver {
             } else {
                 tracing::info!(member = %self.cfg.name, term = raft.term(), "lost leader");
             }
+            // What was forwarded to the old leader may never be answered (it
+            // died, or was cut off): its clients hear "leader changed" now,
+            // as etcd's do, and retry, instead of waiting out their deadline.
+            // Such a write may still have taken effect; the error says so.
+            if let Some(old) = self.seen_leader {
+                let lost: Vec<u64> = self
+                    .forwarded_out
+                    .iter()
+                    .filter(|(_, (to, _))| *to == old)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lost {
+                    if let Some((_, client)) = self.forwarded_out.remove(&id) {
+                        let _ = client.send(Err(ReplicaError::LeaderChanged));
+                    }
+                }
+            }
             self.seen_leader = leader;
         }
         m.has_leader.set(i64::from(leader.is_some()));
@@ -548,7 +566,7 @@ impl Driver {
                 // wall time and end a lease before its TTL.
                 next_tick = (next_tick + self.cfg.tick).max(Instant::now() + self.cfg.tick);
                 // Clients that gave up on a forwarded request no longer wait.
-                self.forwarded_out.retain(|_, c| !c.is_closed());
+                self.forwarded_out.retain(|_, (_, c)| !c.is_closed());
                 self.publish(now);
                 self.auto_compact(now);
             }
@@ -603,7 +621,7 @@ impl Driver {
                 self.replica.input(now, input, &mut self.out);
             }
             Inbox::Peer((_, PeerMsg::Reply { id, result })) => {
-                if let Some(client) = self.forwarded_out.remove(&id) {
+                if let Some((_, client)) = self.forwarded_out.remove(&id) {
                     let _ = client.send(result);
                 }
             }
@@ -880,7 +898,7 @@ impl Driver {
             match self.replica.raft().leader() {
                 Some(leader) => {
                     if let Some(p) = self.sender(leader) {
-                        self.forwarded_out.insert(id, reply);
+                        self.forwarded_out.insert(id, (leader, reply));
                         p.send(PeerMsg::Forward { id, req });
                         return;
                     }
