@@ -1,8 +1,9 @@
 //! Network namespaces for `synod chaos`: one per member, each with a veth
 //! to a bridge that the run creates and removes, so that partitions are
 //! real dropped packets between processes (blackhole routes in the
-//! members' namespaces), not a proxy's pretence. Root and iproute2's `ip` are needed; without
-//! them the partition faults are refused and the rest runs on loopback.
+//! members' namespaces), not a proxy's pretence. Root and iproute2's `ip`
+//! are needed; without them the partition faults are refused and the rest
+//! runs on loopback.
 
 use std::process::Command;
 
