@@ -989,7 +989,7 @@ pub(crate) fn replay<F: Fs>(
             // The log held exactly `first - 1` entries when this segment
             // was started (see `Wal::rotate`): anything later in the
             // replayed log had been discarded by then.
-            log.truncate_after(first - 1);
+            log.truncate_after(first.saturating_sub(1));
         }
         for (off, rec) in recs {
             records += 1;
