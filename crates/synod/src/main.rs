@@ -13,8 +13,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench_cmd;
 mod ceiling_cmd;
-mod chaos_cmd;
-mod chaos_net;
+mod chaos;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;
@@ -64,7 +63,7 @@ enum Command {
     Wal(wal_cmd::WalCmd),
     /// Run a cluster of real member processes (synod's, or etcd's), a client
     /// workload and injected faults, then check the whole history.
-    Chaos(chaos_cmd::ChaosArgs),
+    Chaos(chaos::ChaosArgs),
     /// Check a snapshot file (`etcdctl snapshot save` from a synod member),
     /// or start a new cluster from one.
     #[command(subcommand)]
@@ -82,7 +81,7 @@ fn main() -> ExitCode {
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),
         Command::Snapshot(cmd) => snapshot_cmd::run(cmd),
-        Command::Chaos(args) => chaos_cmd::run(args),
+        Command::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,365 @@
+//! `synod chaos`: real member processes on this machine, a client workload
+//! through etcd's API, faults injected into the processes, and the whole
+//! history checked afterwards. The same run works against etcd
+//! (`--target etcd`), for a side-by-side comparison.
+//!
+//! What this first version does (issue 12 has the rest):
+//! - **workload**: a register workload on a few hot keys (linearizable get,
+//!   put, compare-and-swap), each operation recorded with its invoke and
+//!   completion times; a write whose outcome the client could not learn is
+//!   indefinite, and that client continues under a new identity;
+//! - **nemesis**: SIGKILL of the leader or of a random member and restart on
+//!   its data, and SIGSTOP/SIGCONT of a member for longer than an election
+//!   timeout;
+//! - **checks**: linearizability of the history (the project's checker, as
+//!   `synod check-history`), equal HashKV on every member at one revision,
+//!   and the write unavailability after each leader kill.
+//!
+//! Everything random is drawn from `--seed`; the processes and the kernel
+//! are not, so a seed repeats the schedule, not the interleaving.
+
+mod cluster;
+mod nemesis;
+mod net;
+mod register;
+
+use cluster::{channel, Cluster};
+use nemesis::{faults, nemesis, Fault, Timeline};
+use register::{client, final_reads};
+
+use clap::Args;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use synod_etcd::pb::etcdserverpb as pb;
+use synod_sim::history::{OpKind, Operation};
+use synod_sim::linearizability::{self, CheckResult};
+
+#[derive(Args)]
+pub struct ChaosArgs {
+    /// `synod` (this binary's `serve`) or `etcd` (the `etcd` on PATH).
+    #[arg(long, default_value = "synod")]
+    target: String,
+    /// Members of the cluster.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Seconds of workload and faults.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Comma-separated: `kill` (a random member), `kill-leader`, `pause`,
+    /// `partition` (a random minority cut off), `partition-leader` (the
+    /// leader cut off); or `all`. Partitions need root (network namespaces);
+    /// without it `all` leaves them out and says so.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 4)]
+    keys: usize,
+    /// Where the members' data and logs, the history (`history.jsonl`) and
+    /// the fault timeline go; a temporary directory if not given.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Plant a deliberate bug in every synod member (`synod serve
+    /// --unsafe-bug`; builds with the `broken` feature only), to see the run
+    /// catch it: follower-reads-own-commit, reply-before-persist,
+    /// vote-without-log-check, commit-old-term-by-counting.
+    #[arg(long, value_name = "NAME")]
+    unsafe_bug: Option<String>,
+}
+
+/// How long a client waits for one answer.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a paused member stays paused: more than an election timeout.
+const PAUSE: Duration = Duration::from_millis(1500);
+/// How long a killed member stays down.
+const DOWN: Duration = Duration::from_millis(1000);
+/// How long a partition lasts: more than an election timeout.
+const SPLIT: Duration = Duration::from_millis(2000);
+
+/// Microseconds since the run started.
+fn micros(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// Every member's HashKV at the revision the first member reports, or why a
+/// member could not give one within 30 s (one that never reaches that
+/// revision lost writes: a failed check, not a failed run).
+async fn hashes(endpoints: &[String]) -> Result<Vec<Result<u32, String>>, String> {
+    let mut kv = pb::kv_client::KvClient::new(channel(&endpoints[0]));
+    let req = pb::RangeRequest {
+        key: b"k0".to_vec(),
+        ..Default::default()
+    };
+    let rev = kv
+        .range(req)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .header
+        .map_or(0, |h| h.revision);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for ep in endpoints {
+        let mut m = pb::maintenance_client::MaintenanceClient::new(channel(ep));
+        loop {
+            match m.hash_kv(pb::HashKvRequest { revision: rev }).await {
+                Ok(r) => {
+                    out.push(Ok(r.into_inner().hash));
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    out.push(Err(format!("{ep}: {}", e.message())));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// For each leader kill, microseconds from the kill to the first write
+/// invoked after it and acknowledged.
+fn unavailability(history: &[Operation], kills: &[u64]) -> Vec<u64> {
+    kills
+        .iter()
+        .filter_map(|&at| {
+            history
+                .iter()
+                .filter(|op| !matches!(op.kind, OpKind::Get { .. }) && op.invoke_us >= at)
+                .filter_map(|op| op.complete_us)
+                .min()
+                .map(|done| done - at)
+        })
+        .collect()
+}
+
+pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
+    if !matches!(a.target.as_str(), "synod" | "etcd") {
+        return Err(format!(
+            "--target: {:?} is neither synod nor etcd",
+            a.target
+        ));
+    }
+    if a.members == 0 || a.clients == 0 || a.keys == 0 {
+        return Err("--members, --clients and --keys must be > 0".into());
+    }
+    let mut kinds = faults(&a.faults)?;
+    if kinds.iter().any(|k| k.needs_net()) {
+        if let Some(why) = net::Net::unavailable() {
+            if a.faults
+                .split(',')
+                .any(|f| f.trim().starts_with("partition"))
+            {
+                return Err(format!("--faults: partitions cannot run here: {why}"));
+            }
+            eprintln!("synod chaos: no partitions in this run: {why}");
+            kinds.retain(|k| !k.needs_net());
+        }
+    }
+    // Without --out, a run that passes leaves nothing behind; one that fails
+    // keeps its evidence and says where.
+    let keep = a.out.is_some();
+    let dir = match &a.out {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("synod-chaos-{}", std::process::id())),
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+    let result = runtime.block_on(chaos(a, kinds, dir.clone()));
+    if !keep && matches!(result, Ok(ExitCode::SUCCESS)) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode, String> {
+    let net = if kinds.iter().any(|k| k.needs_net()) {
+        Some(net::Net::create(a.members)?)
+    } else {
+        None
+    };
+    let mut cluster = Cluster::new(&a.target, &dir, a.members, net)?;
+    if let Some(bug) = &a.unsafe_bug {
+        if a.target != "synod" {
+            return Err("--unsafe-bug plants bugs in synod members only".into());
+        }
+        // Refused here, before any member starts, if this build cannot.
+        crate::serve_cmd::unsafe_bugs(Some(bug))?;
+        cluster.bug = Some(bug.clone());
+    }
+    for i in 0..a.members {
+        cluster.start(i)?;
+    }
+    let endpoints: Vec<String> = (0..a.members).map(|i| cluster.endpoint(i)).collect();
+    // The cluster must take a write before the clock starts.
+    let ready = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut kv = pb::kv_client::KvClient::new(channel(&endpoints[0]));
+        let req = pb::PutRequest {
+            key: b"chaos/ready".to_vec(),
+            ..Default::default()
+        };
+        if kv.put(req).await.is_ok() {
+            break;
+        }
+        if Instant::now() > ready {
+            return Err(format!(
+                "the {} cluster did not take a write within 30 s (logs in {})",
+                a.target,
+                dir.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_secs(a.duration);
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for w in 0..a.clients {
+        let h = history.clone();
+        let eps = endpoints.clone();
+        workers.push(tokio::spawn(client(
+            w, a.seed, eps, a.keys, start, until, h,
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
+    let mut timeline = Timeline {
+        events: Vec::new(),
+        leader_kills: Vec::new(),
+        leader_isolations: Vec::new(),
+    };
+    nemesis(&mut cluster, &kinds, &mut rng, start, until, &mut timeline).await?;
+    for w in workers {
+        let _ = w.await;
+    }
+    final_reads(&endpoints, a.keys, start, &history).await?;
+    let hashes = hashes(&endpoints).await?;
+    let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+    let file = std::fs::File::create(dir.join("history.jsonl")).map_err(|e| e.to_string())?;
+    synod_sim::history::write_jsonl(&history, std::io::BufWriter::new(file))
+        .map_err(|e| e.to_string())?;
+    let lines: String = timeline
+        .events
+        .iter()
+        .map(|(t, e)| format!("{:.3}s {e}\n", *t as f64 / 1e6))
+        .collect();
+    std::fs::write(dir.join("timeline.txt"), lines).map_err(|e| e.to_string())?;
+
+    let verdict = linearizability::check(&history);
+    let ok_ops = history.iter().filter(|o| o.complete_us.is_some()).count();
+    let indefinite = history.len() - ok_ops;
+    let hashes_equal = hashes.iter().all(|h| h.is_ok() && *h == hashes[0]);
+    let mut unavail = unavailability(&history, &timeline.leader_kills);
+    unavail.sort_unstable();
+    let mut isolated = unavailability(&history, &timeline.leader_isolations);
+    isolated.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let median = unavail.get(unavail.len() / 2).copied();
+    let verdict_text = match &verdict {
+        CheckResult::Linearizable => "linearizable".to_string(),
+        CheckResult::NotLinearizable(v) => format!("NOT linearizable: {}", v.explanation),
+        CheckResult::Unknown { keys } => format!("unknown (search budget ran out on {keys:?})"),
+        CheckResult::Malformed { index, reason } => format!("malformed op {index}: {reason}"),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "target": a.target,
+                "unsafe_bug": a.unsafe_bug,
+                "seed": a.seed,
+                "members": a.members,
+                "duration_s": a.duration,
+                "operations": history.len(),
+                "completed": ok_ops,
+                "indefinite": indefinite,
+                "faults": timeline
+                    .events
+                    .iter()
+                    .filter(|(_, e)| e.starts_with("SIG") || e.starts_with("partition"))
+                    .count(),
+                "leader_kills": timeline.leader_kills.len(),
+                "write_unavailability_ms": unavail.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
+                "leader_isolations": timeline.leader_isolations.len(),
+                "write_unavailability_after_isolation_ms":
+                    isolated.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
+                "linearizable": verdict.is_linearizable(),
+                "verdict": verdict_text,
+                "hashkv_equal": hashes_equal,
+                "out": dir.display().to_string(),
+            })
+        );
+    } else {
+        println!(
+            "synod chaos: {} x{}, seed {}, {} s, faults {:?}",
+            a.target, a.members, a.seed, a.duration, kinds
+        );
+        for (t, e) in &timeline.events {
+            println!("  {:>8.3}s  {e}", *t as f64 / 1e6);
+        }
+        println!(
+            "operations: {} ({ok_ops} completed, {indefinite} indefinite)",
+            history.len()
+        );
+        println!("history:    {verdict_text}");
+        println!(
+            "HashKV:     {} ({})",
+            if hashes_equal {
+                "equal on every member"
+            } else {
+                "DIFFERS"
+            },
+            hashes
+                .iter()
+                .map(|h| match h {
+                    Ok(h) => format!("{h:08x}"),
+                    Err(e) => e.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        match median {
+            Some(m) => println!(
+                "write unavailability after {} leader kills: median {:.0} ms, max {:.0} ms",
+                unavail.len(),
+                ms(m),
+                ms(*unavail.last().expect("non-empty"))
+            ),
+            None => println!("write unavailability: no leader was killed"),
+        }
+        if let (Some(first), Some(last)) = (isolated.first(), isolated.last()) {
+            println!(
+                "write unavailability after {} leader isolations: median {:.0} ms, min {:.0} ms, max {:.0} ms",
+                isolated.len(),
+                ms(isolated[isolated.len() / 2]),
+                ms(*first),
+                ms(*last)
+            );
+        }
+        println!(
+            "history, timeline and member logs in {} (kept with --out, or when a check fails)",
+            dir.display()
+        );
+    }
+    drop(cluster);
+    if verdict.is_linearizable() && hashes_equal {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
