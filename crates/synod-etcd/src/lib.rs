@@ -56,4 +56,4 @@ pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use local::LocalBackend;
 pub use noop::NoopBackend;
 pub use recipes::prefix_end;
-pub use service::{EtcdServer, Limits};
+pub use service::{ApiBugs, EtcdServer, Limits};

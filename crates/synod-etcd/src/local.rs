@@ -52,6 +52,15 @@ impl LocalBackend {
         }
     }
 
+    /// Replaces the whole store, as a member does when it installs a
+    /// leader's snapshot: the revisions it skips are published to no
+    /// watcher one by one; watchers find them in the new store's history.
+    pub fn install(&self, store: Store) {
+        if let Ok(mut s) = self.state() {
+            s.store = store;
+        }
+    }
+
     fn publish(&self, store: &Store, events: Vec<Event>) {
         if !events.is_empty() {
             // No subscriber is not an error.

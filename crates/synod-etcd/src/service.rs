@@ -121,10 +121,20 @@ fn too_large() -> Status {
     Status::invalid_argument("etcdserver: request is too large")
 }
 
+/// Deliberate bugs in the API layer, to show that `synod chaos` catches
+/// them. They take effect only in builds with the `broken` feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiBugs {
+    /// A watch created with a start revision begins one revision later: a
+    /// client that resumes after a disconnect misses an event.
+    pub watch_resume_skips_one: bool,
+}
+
 /// The etcd API of one member.
 pub struct EtcdServer<B> {
     backend: Arc<B>,
     limits: Limits,
+    bugs: ApiBugs,
 }
 
 impl<B> Clone for EtcdServer<B> {
@@ -132,13 +142,24 @@ impl<B> Clone for EtcdServer<B> {
         EtcdServer {
             backend: self.backend.clone(),
             limits: self.limits,
+            bugs: self.bugs,
         }
     }
 }
 
 impl<B: Backend> EtcdServer<B> {
     pub fn new(backend: Arc<B>, limits: Limits) -> Self {
-        EtcdServer { backend, limits }
+        EtcdServer {
+            backend,
+            limits,
+            bugs: ApiBugs::default(),
+        }
+    }
+
+    /// Plants deliberate bugs (ignored unless built with `broken`).
+    pub fn with_bugs(mut self, bugs: ApiBugs) -> Self {
+        self.bugs = bugs;
+        self
     }
 
     pub(crate) fn backend(&self) -> Arc<B> {
@@ -267,6 +288,7 @@ impl<B: Backend> Watch for EtcdServer<B> {
             self.backend.clone(),
             req.into_inner(),
             tx,
+            self.bugs,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

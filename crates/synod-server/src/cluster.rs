@@ -58,6 +58,8 @@ pub struct Tuning {
     /// Deliberate bugs in every member (`--unsafe-bug`; tests of `synod
     /// chaos` only, and only with the `broken` feature).
     pub bugs: synod_kv::replica::ReplicaBugs,
+    /// The same, in the etcd API layer.
+    pub api_bugs: synod_etcd::ApiBugs,
 }
 
 impl Default for Tuning {
@@ -72,6 +74,7 @@ impl Default for Tuning {
             auto_compaction: None,
             strict_reconfig: true,
             bugs: Default::default(),
+            api_bugs: Default::default(),
         }
     }
 }
@@ -297,7 +300,9 @@ pub async fn start_member_on(
     for (i, listener) in listeners.into_iter().enumerate() {
         let web = http::routes(backend.clone(), metrics.clone());
         let routes = if i < metrics_from {
-            let grpc = EtcdServer::new(backend.clone(), tuning.limits).router();
+            let grpc = EtcdServer::new(backend.clone(), tuning.limits)
+                .with_bugs(tuning.api_bugs)
+                .router();
             tonic::service::Routes::from(grpc.into_axum_router().merge(web))
         } else {
             tonic::service::Routes::from(web)

@@ -320,6 +320,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     }
     let tick = Duration::from_millis(a.heartbeat_interval);
     let election = Duration::from_millis(a.election_timeout);
+    let (bugs, api_bugs) = unsafe_bugs(a.unsafe_bug.as_deref())?;
     let tuning = Tuning {
         tick,
         election,
@@ -340,7 +341,8 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             &a.auto_compaction_retention,
         )?,
         strict_reconfig: a.strict_reconfig_check,
-        bugs: unsafe_bugs(a.unsafe_bug.as_deref())?,
+        bugs,
+        api_bugs,
     };
     let mut spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
     if joining {
@@ -497,13 +499,17 @@ pub const UNSAFE_BUGS: &[&str] = &[
     "reply-before-persist",
     "vote-without-log-check",
     "commit-old-term-by-counting",
+    "watch-resume-skips-one",
 ];
 
 /// `--unsafe-bug NAME` as the member's deliberate bugs.
-pub fn unsafe_bugs(name: Option<&str>) -> Result<synod_kv::replica::ReplicaBugs, String> {
+pub fn unsafe_bugs(
+    name: Option<&str>,
+) -> Result<(synod_kv::replica::ReplicaBugs, synod_etcd::ApiBugs), String> {
     let mut bugs = synod_kv::replica::ReplicaBugs::default();
+    let mut api = synod_etcd::ApiBugs::default();
     let Some(name) = name else {
-        return Ok(bugs);
+        return Ok((bugs, api));
     };
     if !synod_server::CAN_PLANT_BUGS {
         return Err("--unsafe-bug: this synod was built without the `broken` feature".into());
@@ -514,6 +520,7 @@ pub fn unsafe_bugs(name: Option<&str>) -> Result<synod_kv::replica::ReplicaBugs,
         "reply-before-persist" => raft.reply_before_persist = true,
         "vote-without-log-check" => raft.vote_without_log_check = true,
         "commit-old-term-by-counting" => raft.commit_old_term_by_counting = true,
+        "watch-resume-skips-one" => api.watch_resume_skips_one = true,
         _ => {
             return Err(format!(
                 "--unsafe-bug: no bug {name:?}; there are: {}",
@@ -521,7 +528,7 @@ pub fn unsafe_bugs(name: Option<&str>) -> Result<synod_kv::replica::ReplicaBugs,
             ))
         }
     }
-    Ok(bugs)
+    Ok((bugs, api))
 }
 
 /// Values etcd would refuse are refused. (What synod does not implement

@@ -1,7 +1,8 @@
 //! A short `synod chaos` run in the default suite: three real `synod serve`
 //! processes, SIGKILLs (the leader's among them) and SIGSTOPs for a few
 //! seconds under a register workload; the history must be linearizable and
-//! every member's HashKV equal afterwards.
+//! every member's HashKV equal afterwards, and every watcher must have seen
+//! the committed events without a gap.
 
 use std::process::Command;
 
@@ -24,6 +25,11 @@ fn a_short_chaos_run_keeps_the_history_linearizable() {
     assert_eq!(summary["hashkv_equal"], true, "{summary}");
     assert!(summary["faults"].as_u64().unwrap() >= 2, "{summary}");
     assert!(summary["completed"].as_u64().unwrap() > 100, "{summary}");
+    assert_eq!(summary["watch"]["gap_free"], true, "{summary}");
+    assert!(
+        summary["watch"]["resumes"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     // What it writes, a user can check again on its own.
     let history = dir.path().join("run/history.jsonl");
     let check = Command::new(env!("CARGO_BIN_EXE_synod"))
@@ -67,6 +73,33 @@ fn a_synod_whose_followers_read_locally_is_caught() {
         }
     }
     assert!(caught.is_some(), "three seeds never caught the stale reads");
+}
+
+/// The watch check must catch a member that resumes a watch one revision
+/// late: every watcher that reconnects (the run makes them reconnect on
+/// purpose) misses one event.
+#[test]
+fn a_watch_that_resumes_one_revision_late_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_synod"))
+        .args(["chaos", "--duration", "4", "--seed", "1", "--json"])
+        .args([
+            "--faults",
+            "pause",
+            "--unsafe-bug",
+            "watch-resume-skips-one",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(!out.status.success(), "{summary}");
+    assert_eq!(summary["watch"]["gap_free"], false, "{summary}");
+    let problems = summary["watch"]["problems"].to_string();
+    assert!(problems.contains("gap: missed revision"), "{problems}");
 }
 
 /// Partitions for real: each member in a network namespace of its own, a

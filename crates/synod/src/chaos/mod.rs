@@ -22,10 +22,11 @@ mod cluster;
 mod nemesis;
 mod net;
 mod register;
+mod watch;
 
 use cluster::{channel, Cluster};
 use nemesis::{faults, nemesis, Fault, Timeline};
-use register::{client, final_reads};
+use register::{client, final_reads, Records};
 
 use clap::Args;
 use rand::SeedableRng;
@@ -60,6 +61,10 @@ pub struct ChaosArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Watchers on the clients' keys, resuming on another member whenever
+    /// their stream breaks (0: none).
+    #[arg(long, default_value_t = 3)]
+    watchers: usize,
     /// Keys the clients share.
     #[arg(long, default_value_t = 4)]
     keys: usize,
@@ -73,7 +78,8 @@ pub struct ChaosArgs {
     /// Plant a deliberate bug in every synod member (`synod serve
     /// --unsafe-bug`; builds with the `broken` feature only), to see the run
     /// catch it: follower-reads-own-commit, reply-before-persist,
-    /// vote-without-log-check, commit-old-term-by-counting.
+    /// vote-without-log-check, commit-old-term-by-counting,
+    /// watch-resume-skips-one.
     #[arg(long, value_name = "NAME")]
     unsafe_bug: Option<String>,
 }
@@ -86,6 +92,12 @@ const PAUSE: Duration = Duration::from_millis(1500);
 const DOWN: Duration = Duration::from_millis(1000);
 /// How long a partition lasts: more than an election timeout.
 const SPLIT: Duration = Duration::from_millis(2000);
+
+/// A poisoned lock only means that a client task panicked; what it
+/// recorded before stands.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Microseconds since the run started.
 fn micros(start: Instant) -> u64 {
@@ -208,14 +220,14 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     let endpoints: Vec<String> = (0..a.members).map(|i| cluster.endpoint(i)).collect();
     // The cluster must take a write before the clock starts.
     let ready = Instant::now() + Duration::from_secs(30);
-    loop {
+    let ready_revision = loop {
         let mut kv = pb::kv_client::KvClient::new(channel(&endpoints[0]));
         let req = pb::PutRequest {
             key: b"chaos/ready".to_vec(),
             ..Default::default()
         };
-        if kv.put(req).await.is_ok() {
-            break;
+        if let Ok(r) = kv.put(req).await {
+            break r.into_inner().header.map_or(0, |h| h.revision);
         }
         if Instant::now() > ready {
             return Err(format!(
@@ -225,18 +237,40 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let start = Instant::now();
     let until = start + Duration::from_secs(a.duration);
-    let history = Arc::new(Mutex::new(Vec::new()));
+    let records = Arc::new(Records::default());
     let mut workers = Vec::new();
     for w in 0..a.clients {
-        let h = history.clone();
         let eps = endpoints.clone();
         workers.push(tokio::spawn(client(
-            w, a.seed, eps, a.keys, start, until, h,
+            w,
+            a.seed,
+            eps,
+            a.keys,
+            start,
+            until,
+            records.clone(),
         )));
     }
+    // Watchers follow the register's keys from the first revision of the
+    // run until the end marker, however long recovery takes (bounded).
+    let watch_from = ready_revision + 1;
+    let watch_deadline = until + Duration::from_secs(90);
+    let watchers: Vec<_> = (0..a.watchers)
+        .map(|w| {
+            let eps = endpoints.clone();
+            tokio::spawn(watch::watcher(
+                w,
+                a.seed,
+                eps,
+                watch_from,
+                until,
+                watch_deadline,
+            ))
+        })
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
     let mut timeline = Timeline {
         events: Vec::new(),
@@ -247,9 +281,24 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     for w in workers {
         let _ = w.await;
     }
-    final_reads(&endpoints, a.keys, start, &history).await?;
+    final_reads(&endpoints, a.keys, start, &records.history).await?;
+    watch::write_end(&endpoints, start).await?;
+    let mut watch_logs = Vec::new();
+    for w in watchers {
+        watch_logs.push(w.await.map_err(|e| format!("watcher: {e}"))?);
+    }
+    let reference = watch::watcher(
+        0,
+        a.seed,
+        endpoints.clone(),
+        watch_from,
+        Instant::now(),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await;
+    let watch_problems = watch::check(&reference, &watch_logs, &lock(&records.acked));
     let hashes = hashes(&endpoints).await?;
-    let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+    let history = std::mem::take(&mut *lock(&records.history));
     let file = std::fs::File::create(dir.join("history.jsonl")).map_err(|e| e.to_string())?;
     synod_sim::history::write_jsonl(&history, std::io::BufWriter::new(file))
         .map_err(|e| e.to_string())?;
@@ -301,6 +350,13 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 "linearizable": verdict.is_linearizable(),
                 "verdict": verdict_text,
                 "hashkv_equal": hashes_equal,
+                "watch": {
+                    "watchers": watch_logs.len(),
+                    "events": reference.events.len(),
+                    "resumes": watch_logs.iter().map(|l| l.resumes).sum::<u32>(),
+                    "gap_free": watch_problems.is_empty(),
+                    "problems": watch_problems,
+                },
                 "out": dir.display().to_string(),
             })
         );
@@ -333,6 +389,22 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let resumes: u32 = watch_logs.iter().map(|l| l.resumes).sum();
+        let voluntary: u32 = watch_logs.iter().map(|l| l.voluntary).sum();
+        match watch_problems.first() {
+            None => println!(
+                "watch:      {} watchers saw the same {} events, no gap, no duplicate \
+                 ({resumes} resumes, {voluntary} of them on purpose)",
+                watch_logs.len(),
+                reference.events.len()
+            ),
+            Some(_) => {
+                println!("watch:      {} PROBLEMS", watch_problems.len());
+                for p in watch_problems.iter().take(10) {
+                    println!("            {p}");
+                }
+            }
+        }
         match median {
             Some(m) => println!(
                 "write unavailability after {} leader kills: median {:.0} ms, max {:.0} ms",
@@ -357,7 +429,7 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
         );
     }
     drop(cluster);
-    if verdict.is_linearizable() && hashes_equal {
+    if verdict.is_linearizable() && hashes_equal && watch_problems.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::from(1))

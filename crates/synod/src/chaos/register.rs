@@ -2,13 +2,22 @@
 //! a few hot keys, each recorded for the linearizability checker.
 
 use super::cluster::channel;
-use super::micros;
+use super::watch::Acked;
+use super::{lock, micros};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_etcd::pb::etcdserverpb as pb;
 use synod_sim::history::{OpKind, OpResult, Operation};
+
+/// What the register clients record, shared among them.
+#[derive(Default)]
+pub(super) struct Records {
+    pub(super) history: Mutex<Vec<Operation>>,
+    /// Writes acknowledged, with the revision each answer gave.
+    pub(super) acked: Mutex<Vec<Acked>>,
+}
 
 /// One client: operations on shared keys until `until`, each recorded.
 pub(super) async fn client(
@@ -18,7 +27,7 @@ pub(super) async fn client(
     keys: usize,
     start: Instant,
     until: Instant,
-    history: Arc<Mutex<Vec<Operation>>>,
+    records: Arc<Records>,
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (worker as u64).wrapping_mul(0x9e37_79b9));
     let mut generation = 0u64;
@@ -57,14 +66,25 @@ pub(super) async fn client(
                 value: value.clone().into_bytes(),
                 ..Default::default()
             };
-            let r = kv.put(req).await.map(|_| OpResult::Ok);
+            let r = kv.put(req).await.map(|r| {
+                let revision = r.into_inner().header.map_or(0, |h| h.revision);
+                lock(&records.acked).push((key.clone(), value.clone(), revision));
+                OpResult::Ok
+            });
             (OpKind::Put { key, value }, r)
         } else {
             let expected = seen[k].clone();
             let r = kv
                 .txn(cas(&key, expected.as_deref(), &value))
                 .await
-                .map(|r| OpResult::Swapped(r.into_inner().succeeded));
+                .map(|r| {
+                    let r = r.into_inner();
+                    if r.succeeded {
+                        let revision = r.header.map_or(0, |h| h.revision);
+                        lock(&records.acked).push((key.clone(), value.clone(), revision));
+                    }
+                    OpResult::Swapped(r.succeeded)
+                });
             (
                 OpKind::Cas {
                     key,
@@ -91,7 +111,7 @@ pub(super) async fn client(
                 Operation::indefinite(id, kind, invoke)
             }
         };
-        history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+        lock(&records.history).push(op);
     }
 }
 
@@ -160,7 +180,7 @@ pub(super) async fn final_reads(
                         micros(start),
                         OpResult::Read(v),
                     );
-                    history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+                    lock(history).push(op);
                     break;
                 }
                 Err(e) if Instant::now() > deadline => {
