@@ -500,6 +500,7 @@ pub const UNSAFE_BUGS: &[&str] = &[
     "vote-without-log-check",
     "commit-old-term-by-counting",
     "watch-resume-skips-one",
+    "short-leases",
 ];
 
 /// `--unsafe-bug NAME` as the member's deliberate bugs.
@@ -521,6 +522,7 @@ pub fn unsafe_bugs(
         "vote-without-log-check" => raft.vote_without_log_check = true,
         "commit-old-term-by-counting" => raft.commit_old_term_by_counting = true,
         "watch-resume-skips-one" => api.watch_resume_skips_one = true,
+        "short-leases" => bugs.short_leases = true,
         _ => {
             return Err(format!(
                 "--unsafe-bug: no bug {name:?}; there are: {}",

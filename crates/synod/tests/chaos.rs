@@ -2,7 +2,8 @@
 //! processes, SIGKILLs (the leader's among them) and SIGSTOPs for a few
 //! seconds under a register workload; the history must be linearizable and
 //! every member's HashKV equal afterwards, and every watcher must have seen
-//! the committed events without a gap.
+//! the committed events without a gap, and no kept-alive lease may have
+//! expired.
 
 use std::process::Command;
 
@@ -100,6 +101,36 @@ fn a_watch_that_resumes_one_revision_late_is_caught() {
     assert_eq!(summary["watch"]["gap_free"], false, "{summary}");
     let problems = summary["watch"]["problems"].to_string();
     assert!(problems.contains("gap: missed revision"), "{problems}");
+}
+
+/// The lease check must catch leases that end a little early (the leader
+/// counts a lease's ticks without the two that cover the current tick and
+/// the answer's trip back): some key is gone before its TTL has passed
+/// since the grant was sent.
+#[test]
+fn leases_that_end_early_are_caught() {
+    let mut caught = false;
+    for seed in 1..=3 {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_synod"))
+            .args(["chaos", "--duration", "6", "--json", "--faults", "pause"])
+            .args(["--seed", &seed.to_string(), "--leases", "8"])
+            .args(["--unsafe-bug", "short-leases", "--out"])
+            .arg(dir.path().join("run"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        if summary["lease"]["ok"] == false {
+            assert!(!out.status.success(), "{summary}");
+            let problems = summary["lease"]["problems"].to_string();
+            assert!(problems.contains("after the grant was sent"), "{problems}");
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "three seeds never caught the short leases");
 }
 
 /// Partitions for real: each member in a network namespace of its own, a

@@ -19,6 +19,7 @@
 //! are not, so a seed repeats the schedule, not the interleaving.
 
 mod cluster;
+mod lease;
 mod nemesis;
 mod net;
 mod register;
@@ -65,6 +66,10 @@ pub struct ChaosArgs {
     /// their stream breaks (0: none).
     #[arg(long, default_value_t = 3)]
     watchers: usize,
+    /// Lease clients: half keep their leases alive, half leave them to
+    /// expire (0: none).
+    #[arg(long, default_value_t = 4)]
+    leases: usize,
     /// Keys the clients share.
     #[arg(long, default_value_t = 4)]
     keys: usize,
@@ -79,7 +84,7 @@ pub struct ChaosArgs {
     /// --unsafe-bug`; builds with the `broken` feature only), to see the run
     /// catch it: follower-reads-own-commit, reply-before-persist,
     /// vote-without-log-check, commit-old-term-by-counting,
-    /// watch-resume-skips-one.
+    /// watch-resume-skips-one, short-leases.
     #[arg(long, value_name = "NAME")]
     unsafe_bug: Option<String>,
 }
@@ -97,6 +102,14 @@ const SPLIT: Duration = Duration::from_millis(2000);
 /// recorded before stands.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a run is, on stderr: the end of a run can take a while.
+fn progress(start: Instant, what: &str) {
+    eprintln!(
+        "synod chaos: {:.1} s: {what}",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// Microseconds since the run started.
@@ -192,7 +205,14 @@ pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
-    let result = runtime.block_on(chaos(a, kinds, dir.clone()));
+    // Interrupted, the run drops its cluster and network on the way out:
+    // no member process or namespace outlives it.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = chaos(a, kinds, dir.clone()) => r,
+            s = crate::signals::stop_signal() => Err(format!("stopped by {}", s?)),
+        }
+    });
     if !keep && matches!(result, Ok(ExitCode::SUCCESS)) {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -254,6 +274,17 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
             records.clone(),
         )));
     }
+    let (stop_keepers, stop) = tokio::sync::watch::channel(false);
+    let lease_clients: Vec<_> = (0..a.leases)
+        .map(|c| {
+            let eps = endpoints.clone();
+            if c % 2 == 0 {
+                tokio::spawn(lease::keeper(c, eps, start, stop.clone()))
+            } else {
+                tokio::spawn(lease::expirer(c, eps, start, until))
+            }
+        })
+        .collect();
     // Watchers follow the register's keys from the first revision of the
     // run until the end marker, however long recovery takes (bounded).
     let watch_from = ready_revision + 1;
@@ -276,12 +307,15 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
         events: Vec::new(),
         leader_kills: Vec::new(),
         leader_isolations: Vec::new(),
+        windows: Vec::new(),
     };
     nemesis(&mut cluster, &kinds, &mut rng, start, until, &mut timeline).await?;
     for w in workers {
         let _ = w.await;
     }
+    progress(start, "workload over; final reads");
     final_reads(&endpoints, a.keys, start, &records.history).await?;
+    progress(start, "waiting for the watchers to see the end");
     watch::write_end(&endpoints, start).await?;
     let mut watch_logs = Vec::new();
     for w in watchers {
@@ -297,7 +331,16 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     )
     .await;
     let watch_problems = watch::check(&reference, &watch_logs, &lock(&records.acked));
+    progress(start, "waiting for the lease clients");
+    let _ = stop_keepers.send(true);
+    let mut lease_logs = Vec::new();
+    for c in lease_clients {
+        lease_logs.push(c.await.map_err(|e| format!("lease client: {e}"))?);
+    }
+    let (lease_problems, overstays) = lease::check(&lease_logs, &timeline.windows);
+    progress(start, "comparing HashKV");
     let hashes = hashes(&endpoints).await?;
+    progress(start, "checking the history");
     let history = std::mem::take(&mut *lock(&records.history));
     let file = std::fs::File::create(dir.join("history.jsonl")).map_err(|e| e.to_string())?;
     synod_sim::history::write_jsonl(&history, std::io::BufWriter::new(file))
@@ -357,6 +400,15 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                     "gap_free": watch_problems.is_empty(),
                     "problems": watch_problems,
                 },
+                "lease": {
+                    "clients": lease_logs.len(),
+                    "granted": lease_logs.iter().map(|l| l.granted).sum::<u32>(),
+                    "keep_alives": lease_logs.iter().map(|l| l.keep_alives).sum::<u32>(),
+                    "lapsed": lease_logs.iter().map(|l| l.lapsed).sum::<u32>(),
+                    "overstay_ms": overstays.iter().map(|o| *o as f64 / 1e3).collect::<Vec<_>>(),
+                    "ok": lease_problems.is_empty(),
+                    "problems": lease_problems,
+                },
                 "out": dir.display().to_string(),
             })
         );
@@ -405,6 +457,31 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 }
             }
         }
+        let granted: u32 = lease_logs.iter().map(|l| l.granted).sum();
+        let kept: u32 = lease_logs.iter().map(|l| l.keep_alives).sum();
+        let lapsed: u32 = lease_logs.iter().map(|l| l.lapsed).sum();
+        let overstay = match (overstays.get(overstays.len() / 2), overstays.last()) {
+            (Some(m), Some(x)) => format!(
+                "keys outlived their TTL by median {:.0} ms, max {:.0} ms (allowed: \
+                 {} ms past the end the faults allow)",
+                *m as f64 / 1e3,
+                *x as f64 / 1e3,
+                lease::MARGIN.as_millis()
+            ),
+            _ => "no lease was left to expire".into(),
+        };
+        match lease_problems.first() {
+            None => println!(
+                "leases:     {granted} granted, {kept} keep-alives, no kept-alive lease expired \
+                 ({lapsed} lapsed after a whole TTL without answers); {overstay}"
+            ),
+            Some(_) => {
+                println!("leases:     {} PROBLEMS; {overstay}", lease_problems.len());
+                for p in lease_problems.iter().take(10) {
+                    println!("            {p}");
+                }
+            }
+        }
         match median {
             Some(m) => println!(
                 "write unavailability after {} leader kills: median {:.0} ms, max {:.0} ms",
@@ -429,7 +506,11 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
         );
     }
     drop(cluster);
-    if verdict.is_linearizable() && hashes_equal && watch_problems.is_empty() {
+    if verdict.is_linearizable()
+        && hashes_equal
+        && watch_problems.is_empty()
+        && lease_problems.is_empty()
+    {
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::from(1))

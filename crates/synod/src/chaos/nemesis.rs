@@ -55,6 +55,8 @@ pub(super) struct Timeline {
     pub(super) leader_kills: Vec<u64>,
     /// When each leader was cut off from the others.
     pub(super) leader_isolations: Vec<u64>,
+    /// When each fault began and ended.
+    pub(super) windows: Vec<(u64, u64)>,
 }
 
 pub(super) async fn nemesis(
@@ -96,20 +98,19 @@ pub(super) async fn nemesis(
                 timeline.events.push((at, format!("SIGKILL {name}{role}")));
                 tokio::time::sleep(DOWN).await;
                 cluster.start(victim)?;
-                timeline
-                    .events
-                    .push((micros(start), format!("restart {name}")));
+                let end = micros(start);
+                timeline.windows.push((at, end));
+                timeline.events.push((end, format!("restart {name}")));
             }
             Fault::Pause => {
                 cluster.signal(victim, libc::SIGSTOP);
-                timeline
-                    .events
-                    .push((micros(start), format!("SIGSTOP {name}{role}")));
+                let at = micros(start);
+                timeline.events.push((at, format!("SIGSTOP {name}{role}")));
                 tokio::time::sleep(PAUSE).await;
                 cluster.signal(victim, libc::SIGCONT);
-                timeline
-                    .events
-                    .push((micros(start), format!("SIGCONT {name}")));
+                let end = micros(start);
+                timeline.windows.push((at, end));
+                timeline.events.push((end, format!("SIGCONT {name}")));
             }
             Fault::Partition | Fault::PartitionLeader => {
                 // The victim and, for a plain partition, whoever else makes
@@ -147,7 +148,9 @@ pub(super) async fn nemesis(
                 timeline.events.push((at, line));
                 tokio::time::sleep(SPLIT).await;
                 net.heal()?;
-                timeline.events.push((micros(start), "heal".to_string()));
+                let end = micros(start);
+                timeline.windows.push((at, end));
+                timeline.events.push((end, "heal".to_string()));
             }
         }
     }

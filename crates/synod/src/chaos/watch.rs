@@ -77,9 +77,13 @@ async fn open(
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
     };
     tx.send(req).await.expect("the receiver is alive");
-    let stream = pb::watch_client::WatchClient::new(stream_channel(endpoint))
-        .watch(ReceiverStream::new(rx))
-        .await?
+    // A member that never answers (paused, or cut off) must not hold the
+    // watcher past its deadline.
+    let mut client = pb::watch_client::WatchClient::new(stream_channel(endpoint));
+    let opening = client.watch(ReceiverStream::new(rx));
+    let stream = tokio::time::timeout(super::OP_TIMEOUT, opening)
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("no answer"))??
         .into_inner();
     Ok((tx, stream))
 }
