@@ -3,7 +3,7 @@
 //! seconds under a register workload; the history must be linearizable and
 //! every member's HashKV equal afterwards, and every watcher must have seen
 //! the committed events without a gap, and no kept-alive lease may have
-//! expired.
+//! expired, and the lock's fenced counter must be exact.
 
 use std::process::Command;
 

@@ -20,6 +20,7 @@
 
 mod cluster;
 mod lease;
+mod lock;
 mod nemesis;
 mod net;
 mod register;
@@ -70,6 +71,10 @@ pub struct ChaosArgs {
     /// expire (0: none).
     #[arg(long, default_value_t = 4)]
     leases: usize,
+    /// Clients taking etcd's Lock around two counters, one written blindly
+    /// and one fenced by the lock key (0: none).
+    #[arg(long, default_value_t = 3)]
+    lockers: usize,
     /// Keys the clients share.
     #[arg(long, default_value_t = 4)]
     keys: usize,
@@ -285,6 +290,9 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
             }
         })
         .collect();
+    let lockers: Vec<_> = (0..a.lockers)
+        .map(|c| tokio::spawn(lock::locker(c, a.seed, endpoints.clone(), start, until)))
+        .collect();
     // Watchers follow the register's keys from the first revision of the
     // run until the end marker, however long recovery takes (bounded).
     let watch_from = ready_revision + 1;
@@ -331,6 +339,14 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     )
     .await;
     let watch_problems = watch::check(&reference, &watch_logs, &lock(&records.acked));
+    progress(start, "waiting for the lockers");
+    let mut lock_logs = Vec::new();
+    for c in lockers {
+        lock_logs.push(c.await.map_err(|e| format!("locker: {e}"))?);
+    }
+    let plain = lock::final_value(&endpoints, lock::PLAIN).await?;
+    let fenced = lock::final_value(&endpoints, lock::FENCED).await?;
+    let locks = lock::check(&lock_logs, plain, fenced);
     progress(start, "waiting for the lease clients");
     let _ = stop_keepers.send(true);
     let mut lease_logs = Vec::new();
@@ -409,6 +425,16 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                     "ok": lease_problems.is_empty(),
                     "problems": lease_problems,
                 },
+                "lock": {
+                    "lockers": lock_logs.len(),
+                    "holds": locks.holds,
+                    "stalls": locks.stalls,
+                    "overlapping_holds": locks.overlaps,
+                    "blind_increments_lost": locks.plain_lost,
+                    "fenced_writes_refused": locks.fenced_refused,
+                    "fenced_counter_exact": locks.problem.is_none(),
+                    "problem": locks.problem,
+                },
                 "out": dir.display().to_string(),
             })
         );
@@ -482,6 +508,21 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 }
             }
         }
+        if !lock_logs.is_empty() {
+            println!(
+                "lock:       {} holds, {} stalls past the TTL, {} overlapping holds; \
+                 blind counter lost {} increments; fenced counter {} ({} stale writes refused)",
+                locks.holds,
+                locks.stalls,
+                locks.overlaps,
+                locks.plain_lost,
+                match &locks.problem {
+                    None => "exact".to_string(),
+                    Some(p) => format!("WRONG: {p}"),
+                },
+                locks.fenced_refused
+            );
+        }
         match median {
             Some(m) => println!(
                 "write unavailability after {} leader kills: median {:.0} ms, max {:.0} ms",
@@ -510,6 +551,7 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
         && hashes_equal
         && watch_problems.is_empty()
         && lease_problems.is_empty()
+        && locks.problem.is_none()
     {
         Ok(ExitCode::SUCCESS)
     } else {
