@@ -406,6 +406,7 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 "leader_isolations": timeline.leader_isolations.len(),
                 "write_unavailability_after_isolation_ms":
                     isolated.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
+                "client_errors": *lock(&records.errors),
                 "linearizable": verdict.is_linearizable(),
                 "verdict": verdict_text,
                 "hashkv_equal": hashes_equal,
@@ -451,6 +452,15 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
             history.len()
         );
         println!("history:    {verdict_text}");
+        let errors = lock(&records.errors);
+        if !errors.is_empty() {
+            println!(
+                "errors the register clients saw (each client then moved to the next member):"
+            );
+            for (e, n) in errors.iter() {
+                println!("  {n:>6}  {e}");
+            }
+        }
         println!(
             "HashKV:     {} ({})",
             if hashes_equal {

@@ -17,6 +17,8 @@ pub(super) struct Records {
     pub(super) history: Mutex<Vec<Operation>>,
     /// Writes acknowledged, with the revision each answer gave.
     pub(super) acked: Mutex<Vec<Acked>>,
+    /// The errors the clients saw, by kind of operation, code and message.
+    pub(super) errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// One client: operations on shared keys until `until`, each recorded.
@@ -94,6 +96,20 @@ pub(super) async fn client(
                 r,
             )
         };
+        if let Err(e) = &answer {
+            let what = if matches!(kind, OpKind::Get { .. }) {
+                "read"
+            } else {
+                "write"
+            };
+            let mut message: String = e.message().chars().take(100).collect();
+            if message.is_empty() {
+                message = "(no message)".into();
+            }
+            *lock(&records.errors)
+                .entry(format!("{what}: {:?}: {message}", e.code()))
+                .or_default() += 1;
+        }
         let op = match answer {
             Ok(result) => Operation::completed(id, kind, invoke, micros(start), result),
             // A read that failed changed nothing: it is left out.
