@@ -161,6 +161,7 @@ impl Member {
         let (tx, rx) = mpsc::sync_channel(INBOX_CAPACITY);
         let expect = Expect {
             cluster_id: cfg.cluster_id,
+            member_id: cfg.id,
             max_frame: cfg.max_peer_frame,
         };
         let directory: Directory = Arc::new(RwLock::new(cfg.initial.clone()));

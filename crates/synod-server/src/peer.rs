@@ -137,7 +137,7 @@ pub type Incoming = (NodeId, PeerMsg);
 
 /// The peer protocol's version; a member refuses hellos of another.
 /// 2: raft ids are etcd member ids, messages travel in chunks, join queries.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 const MAGIC: [u8; 4] = *b"SYNP";
 /// The first bytes of a [`JoinQuery`] instead of a hello.
 const JOIN_MAGIC: [u8; 4] = *b"SYNJ";
@@ -206,6 +206,10 @@ pub struct Hello {
     pub name: String,
     /// Where the sender serves clients, for MemberList on the other members.
     pub client_urls: Vec<String>,
+    /// The member this connection is for. A member removed and added back
+    /// gets a new id but keeps its URL: what its peers still send to the
+    /// old id must not reach the new one (etcd checks `X-Raft-To` alike).
+    pub to: NodeId,
 }
 
 impl Hello {
@@ -224,6 +228,15 @@ impl Hello {
             member_id,
             name,
             client_urls,
+            to: 0,
+        }
+    }
+
+    /// The same hello, for a connection to member `id`.
+    pub fn to(&self, id: NodeId) -> Hello {
+        Hello {
+            to: id,
+            ..self.clone()
         }
     }
 }
@@ -232,6 +245,8 @@ impl Hello {
 #[derive(Clone, Debug)]
 pub struct Expect {
     pub cluster_id: u64,
+    /// This member's id: hellos addressed to another are refused.
+    pub member_id: NodeId,
     /// The largest message taken after the hello (all its frames together).
     pub max_frame: usize,
 }
@@ -250,6 +265,13 @@ impl Expect {
                 "it belongs to cluster {:x}, this member to cluster {:x} \
                  (check --initial-cluster and --initial-cluster-token on both)",
                 hello.cluster_id, self.cluster_id
+            ));
+        }
+        if hello.to != self.member_id {
+            return Some(format!(
+                "it addresses member {:x}, this is member {:x} (a member removed and added \
+                 back under a new id keeps its URL; its peers may still send to the old id)",
+                hello.to, self.member_id
             ));
         }
         if hello.from != hello.member_id {
@@ -286,7 +308,7 @@ impl PeerSender {
             .name(format!("synod-peer-to-{addr}"))
             .spawn(move || {
                 let mut link = Link { id, active };
-                writer(&hello, addr, rx, &mut link);
+                writer(&hello.to(id), addr, rx, &mut link);
                 link.set(false);
             })
             .expect("spawn peer writer");
@@ -606,6 +628,24 @@ mod tests {
             }
         }
         taken
+    }
+
+    /// A member removed and added back under a new id keeps its URL; what
+    /// its peers still address to the old id is refused.
+    #[test]
+    fn a_hello_for_another_member_id_is_refused() {
+        let expect = Expect {
+            cluster_id: 1,
+            member_id: 7,
+            max_frame: MAX_FRAME,
+        };
+        let hello = Hello::new(1, 2, 2, "n2".into(), vec![]);
+        assert_eq!(expect.refusal(&hello.to(7)), None);
+        let why = expect.refusal(&hello.to(8)).expect("refused");
+        assert!(
+            why.contains("addresses member 8, this is member 7"),
+            "{why}"
+        );
     }
 
     fn hello() -> Vec<u8> {

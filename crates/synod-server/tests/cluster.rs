@@ -331,53 +331,56 @@ async fn malformed_peer_frames_leave_every_member_serving() {
         }],
         commit: 5,
     });
-    let hello_bytes = framed(&bincode::serialize(&hello).unwrap());
-    let mut bad_append = hello_bytes.clone();
-    // After the hello every frame repeats the identity the hello agreed.
-    let as_member_2 = |msg: &PeerMsg| {
-        framed(&bincode::serialize(&(spec.cluster_id, PROTOCOL_VERSION, 2u64, msg)).unwrap())
-    };
-    bad_append.extend(as_member_2(&gap));
-    let mut garbage_after_hello = hello_bytes.clone();
-    garbage_after_hello.extend(framed(&[0xff; 64]));
-    // Well-formed, but the entry is no command this build can read: were it
-    // appended and committed, every member would fail to apply it.
-    let not_a_command = PeerMsg::Raft(Message::Append {
-        term: 1_000,
-        prev_index: 0,
-        prev_term: 0,
-        entries: vec![Entry {
-            index: 1,
+    // Every hello is addressed to the member it is sent to.
+    let cases_for = |to: u64| -> Vec<(&str, Vec<u8>)> {
+        let hello_bytes = framed(&bincode::serialize(&hello.to(to)).unwrap());
+        let mut bad_append = hello_bytes.clone();
+        // After the hello every frame repeats the identity the hello agreed.
+        let as_member_2 = |msg: &PeerMsg| {
+            framed(&bincode::serialize(&(spec.cluster_id, PROTOCOL_VERSION, 2u64, msg)).unwrap())
+        };
+        bad_append.extend(as_member_2(&gap));
+        let mut garbage_after_hello = hello_bytes.clone();
+        garbage_after_hello.extend(framed(&[0xff; 64]));
+        // Well-formed, but the entry is no command this build can read: were it
+        // appended and committed, every member would fail to apply it.
+        let not_a_command = PeerMsg::Raft(Message::Append {
             term: 1_000,
-            data: EntryData::App(Payload(vec![7, 1, 2, 3].into())),
-        }],
-        commit: 0,
-    });
-    let mut bad_payload = hello_bytes.clone();
-    bad_payload.extend(as_member_2(&not_a_command));
-    // A well-formed heartbeat, but the frame says it is from member 1.
-    let heartbeat = PeerMsg::Raft(Message::Heartbeat {
-        term: 0,
-        commit: 0,
-        ctx: 0,
-    });
-    let mut other_sender = hello_bytes.clone();
-    other_sender.extend(framed(
-        &bincode::serialize(&(spec.cluster_id, PROTOCOL_VERSION, 1u64, &heartbeat)).unwrap(),
-    ));
-    let mut huge_after_hello = hello_bytes.clone();
-    huge_after_hello.extend((512u32 << 20).to_le_bytes());
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("a hello that claims 4 GiB", u32::MAX.to_le_bytes().to_vec()),
-        ("a hello that is not one", framed(b"GET / HTTP/1.1\r\n\r\n")),
-        ("a frame of garbage after the hello", garbage_after_hello),
-        ("a 512 MiB frame that never comes", huge_after_hello),
-        ("an append with a gap", bad_append),
-        ("an entry that is not a command", bad_payload),
-        ("a frame from another sender than the hello's", other_sender),
-    ];
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry {
+                index: 1,
+                term: 1_000,
+                data: EntryData::App(Payload(vec![7, 1, 2, 3].into())),
+            }],
+            commit: 0,
+        });
+        let mut bad_payload = hello_bytes.clone();
+        bad_payload.extend(as_member_2(&not_a_command));
+        // A well-formed heartbeat, but the frame says it is from member 1.
+        let heartbeat = PeerMsg::Raft(Message::Heartbeat {
+            term: 0,
+            commit: 0,
+            ctx: 0,
+        });
+        let mut other_sender = hello_bytes.clone();
+        other_sender.extend(framed(
+            &bincode::serialize(&(spec.cluster_id, PROTOCOL_VERSION, 1u64, &heartbeat)).unwrap(),
+        ));
+        let mut huge_after_hello = hello_bytes.clone();
+        huge_after_hello.extend((512u32 << 20).to_le_bytes());
+        vec![
+            ("a hello that claims 4 GiB", u32::MAX.to_le_bytes().to_vec()),
+            ("a hello that is not one", framed(b"GET / HTTP/1.1\r\n\r\n")),
+            ("a frame of garbage after the hello", garbage_after_hello),
+            ("a 512 MiB frame that never comes", huge_after_hello),
+            ("an append with a gap", bad_append),
+            ("an entry that is not a command", bad_payload),
+            ("a frame from another sender than the hello's", other_sender),
+        ]
+    };
     for m in 0..2 {
-        for (what, bytes) in &cases {
+        for (what, bytes) in &cases_for(spec.members[m].member_id) {
             let addr = spec.members[m].peer;
             let bytes = bytes.clone();
             tokio::task::spawn_blocking(move || send_and_wait_for_close(addr, &bytes))
