@@ -17,6 +17,8 @@ pub(super) struct Member {
     pub(super) client: u16,
     pub(super) peer: u16,
     pub(super) process: Option<Child>,
+    /// Removed and added back: it joins a cluster that exists.
+    pub(super) joined: bool,
 }
 
 pub(super) struct Cluster {
@@ -54,6 +56,7 @@ impl Cluster {
                 client,
                 peer,
                 process: None,
+                joined: false,
             });
         }
         Ok(Cluster {
@@ -63,6 +66,11 @@ impl Cluster {
             dir: dir.to_path_buf(),
             members,
         })
+    }
+
+    pub(super) fn peer_url(&self, i: usize) -> String {
+        let m = &self.members[i];
+        format!("http://{}:{}", m.host, m.peer)
     }
 
     pub(super) fn endpoint(&self, i: usize) -> String {
@@ -114,7 +122,10 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-token", "chaos"])
-            .args(["--initial-cluster-state", "new"])
+            .args([
+                "--initial-cluster-state",
+                if m.joined { "existing" } else { "new" },
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);

@@ -3,17 +3,23 @@
 //! history checked afterwards. The same run works against etcd
 //! (`--target etcd`), for a side-by-side comparison.
 //!
-//! What this first version does (issue 12 has the rest):
-//! - **workload**: a register workload on a few hot keys (linearizable get,
-//!   put, compare-and-swap), each operation recorded with its invoke and
-//!   completion times; a write whose outcome the client could not learn is
-//!   indefinite, and that client continues under a new identity;
-//! - **nemesis**: SIGKILL of the leader or of a random member and restart on
-//!   its data, and SIGSTOP/SIGCONT of a member for longer than an election
-//!   timeout;
+//! What a run does:
+//! - **workloads** (one module each): a register on a few hot keys
+//!   (`register.rs`: linearizable get, put, compare-and-swap, each operation
+//!   recorded with its invoke and completion times; a write whose outcome
+//!   the client could not learn is indefinite, and that client continues
+//!   under a new identity); watchers on those keys that resume on another
+//!   member (`watch.rs`); leases kept alive or left to expire (`lease.rs`);
+//!   etcd's Lock around a blind and a fenced counter (`lock.rs`);
+//! - **nemesis** (`nemesis.rs`): SIGKILL of the leader or of a random member
+//!   and restart on its data, SIGSTOP/SIGCONT for longer than an election
+//!   timeout, and as root partitions between network namespaces (`net.rs`);
 //! - **checks**: linearizability of the history (the project's checker, as
 //!   `synod check-history`), equal HashKV on every member at one revision,
-//!   and the write unavailability after each leader kill.
+//!   gap-free watchers, no kept-alive lease expired and no leased key kept
+//!   too long, an exact fenced counter; and the figures: write
+//!   unavailability after each leader kill and isolation, the errors the
+//!   clients saw, overlapping lock holds.
 //!
 //! Everything random is drawn from `--seed`; the processes and the kernel
 //! are not, so a seed repeats the schedule, not the interleaving.

@@ -1,10 +1,11 @@
 //! The nemesis: the faults of a chaos run, drawn from the seed.
 
-use super::cluster::{leader, Cluster};
+use super::cluster::{channel, leader, Cluster};
 use super::{micros, DOWN, PAUSE, SPLIT};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
+use synod_etcd::pb::etcdserverpb as pb;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Fault {
@@ -13,6 +14,7 @@ pub(super) enum Fault {
     Pause,
     Partition,
     PartitionLeader,
+    Churn,
 }
 
 impl Fault {
@@ -31,16 +33,18 @@ pub(super) fn faults(list: &str) -> Result<Vec<Fault>, String> {
                 Fault::Pause,
                 Fault::Partition,
                 Fault::PartitionLeader,
+                Fault::Churn,
             ]),
             "kill" => out.push(Fault::Kill),
             "kill-leader" => out.push(Fault::KillLeader),
             "pause" => out.push(Fault::Pause),
             "partition" => out.push(Fault::Partition),
             "partition-leader" => out.push(Fault::PartitionLeader),
+            "churn" => out.push(Fault::Churn),
             other => {
                 return Err(format!(
                     "--faults: {other:?} is not one of kill, kill-leader, pause, partition, \
-                     partition-leader, all"
+                     partition-leader, churn, all"
                 ))
             }
         }
@@ -84,6 +88,11 @@ pub(super) async fn nemesis(
                 Some(l) => (l, true),
                 None => (random, false),
             },
+            // A follower: removing the leader is a handover, another fault.
+            Fault::Churn => match leader(&endpoints).await {
+                Some(l) => ((l + 1 + random % (n - 1).max(1)) % n, false),
+                None => (random, false),
+            },
             _ => (random, leader(&endpoints).await == Some(random)),
         };
         let name = cluster.members[victim].name.clone();
@@ -111,6 +120,13 @@ pub(super) async fn nemesis(
                 let end = micros(start);
                 timeline.windows.push((at, end));
                 timeline.events.push((end, format!("SIGCONT {name}")));
+            }
+            Fault::Churn => {
+                let at = micros(start);
+                let line = churn(cluster, victim, &endpoints).await?;
+                let end = micros(start);
+                timeline.windows.push((at, end));
+                timeline.events.push((at, line));
             }
             Fault::Partition | Fault::PartitionLeader => {
                 // The victim and, for a plain partition, whoever else makes
@@ -154,4 +170,116 @@ pub(super) async fn nemesis(
             }
         }
     }
+}
+
+/// Asks the members in turn until one answers `call` with success, for up
+/// to `patience`; the last refusal otherwise.
+async fn ask<T, F, Fut>(
+    endpoints: &[String],
+    skip: usize,
+    patience: Duration,
+    call: F,
+) -> Result<T, String>
+where
+    F: Fn(pb::cluster_client::ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + patience;
+    let mut i = (skip + 1) % endpoints.len();
+    loop {
+        let client = pb::cluster_client::ClusterClient::new(channel(&endpoints[i]));
+        match call(client).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) if Instant::now() > deadline => return Err(e.message().to_string()),
+            Err(_) => {
+                i = (i + 1) % endpoints.len();
+                if i == skip {
+                    i = (i + 1) % endpoints.len();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Membership churn: removes member `victim`, wipes its data, adds it back
+/// as a learner with the same name and peer URL, starts it to join the
+/// cluster that exists, and promotes it once it has caught up. Returns the
+/// timeline's line; a refusal is recorded there, not an error of the run.
+async fn churn(
+    cluster: &mut Cluster,
+    victim: usize,
+    endpoints: &[String],
+) -> Result<String, String> {
+    let name = cluster.members[victim].name.clone();
+    let peer = cluster.peer_url(victim);
+    let list = ask(
+        endpoints,
+        victim,
+        Duration::from_secs(5),
+        |mut c| async move {
+            c.member_list(pb::MemberListRequest { linearizable: true })
+                .await
+        },
+    )
+    .await;
+    let id = match list {
+        Ok(l) => match l.members.iter().find(|m| m.peer_ur_ls.contains(&peer)) {
+            Some(m) => m.id,
+            None => return Ok(format!("churn {name}: not in the member list")),
+        },
+        Err(e) => return Ok(format!("churn {name}: no member list: {e}")),
+    };
+    // A cluster still settling after the last fault refuses (strict
+    // reconfiguration check); it is asked again for a few seconds.
+    let removed = ask(
+        endpoints,
+        victim,
+        Duration::from_secs(5),
+        |mut c| async move { c.member_remove(pb::MemberRemoveRequest { id }).await },
+    )
+    .await;
+    if let Err(e) = removed {
+        return Ok(format!("churn {name}: removal refused: {e}"));
+    }
+    cluster.kill(victim);
+    let data = cluster.dir.join(&name);
+    std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let urls = vec![peer.clone()];
+    let added = ask(endpoints, victim, Duration::from_secs(10), |mut c| {
+        let peer_ur_ls = urls.clone();
+        async move {
+            c.member_add(pb::MemberAddRequest {
+                peer_ur_ls,
+                is_learner: true,
+            })
+            .await
+        }
+    })
+    .await;
+    let new_id = match added {
+        Ok(a) => a.member.map_or(0, |m| m.id),
+        Err(e) => {
+            return Ok(format!(
+                "churn {name}: removed, but adding it back failed: {e}"
+            ))
+        }
+    };
+    cluster.members[victim].joined = true;
+    cluster.start(victim)?;
+    // etcd promotes a learner only once its log is close to the leader's.
+    let promoted = ask(
+        endpoints,
+        victim,
+        Duration::from_secs(10),
+        |mut c| async move {
+            c.member_promote(pb::MemberPromoteRequest { id: new_id })
+                .await
+        },
+    )
+    .await;
+    Ok(match promoted {
+        Ok(_) => format!("churn {name}: removed, wiped, added back as a learner, promoted"),
+        Err(e) => format!("churn {name}: removed, added back as a learner, not promoted: {e}"),
+    })
 }
