@@ -27,6 +27,9 @@ pub(super) struct Cluster {
     pub(super) bug: Option<String>,
     /// The members' namespaces, when partitions are run.
     pub(super) net: Option<Net>,
+    /// The member whose data directory is a small disk of its own (for
+    /// the `disk-full` fault).
+    pub(super) small_disk: Option<(usize, super::disk::SmallDisk)>,
     pub(super) dir: PathBuf,
     pub(super) members: Vec<Member>,
 }
@@ -63,6 +66,7 @@ impl Cluster {
             target: target.to_string(),
             bug: None,
             net,
+            small_disk: None,
             dir: dir.to_path_buf(),
             members,
         })

@@ -25,6 +25,7 @@
 //! are not, so a seed repeats the schedule, not the interleaving.
 
 mod cluster;
+mod disk;
 mod lease;
 mod lock;
 mod nemesis;
@@ -62,8 +63,11 @@ pub struct ChaosArgs {
     seed: u64,
     /// Comma-separated: `kill` (a random member), `kill-leader`, `pause`,
     /// `partition` (a random minority cut off), `partition-leader` (the
-    /// leader cut off); or `all`. Partitions need root (network namespaces);
-    /// without it `all` leaves them out and says so.
+    /// leader cut off), `churn` (a follower removed, wiped, added back as a
+    /// learner and promoted), `disk-full` (one member's small disk filled
+    /// for 2 s); or `all`. Partitions and the small disk need root (network
+    /// namespaces, a tmpfs mount); without it `all` leaves them out and says
+    /// so.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Concurrent clients.
@@ -204,6 +208,15 @@ pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
             kinds.retain(|k| !k.needs_net());
         }
     }
+    if kinds.contains(&Fault::DiskFull) {
+        if let Some(why) = disk::SmallDisk::unavailable() {
+            if a.faults.split(',').any(|f| f.trim() == "disk-full") {
+                return Err(format!("--faults: disk-full cannot run here: {why}"));
+            }
+            eprintln!("synod chaos: no full disk in this run: {why}");
+            kinds.retain(|k| *k != Fault::DiskFull);
+        }
+    }
     // Without --out, a run that passes leaves nothing behind; one that fails
     // keeps its evidence and says where.
     let keep = a.out.is_some();
@@ -244,6 +257,11 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
         // Refused here, before any member starts, if this build cannot.
         crate::serve_cmd::unsafe_bugs(Some(bug))?;
         cluster.bug = Some(bug.clone());
+    }
+    if kinds.contains(&Fault::DiskFull) {
+        let i = (a.seed % a.members as u64) as usize;
+        let small = disk::SmallDisk::mount(&dir.join(&cluster.members[i].name))?;
+        cluster.small_disk = Some((i, small));
     }
     for i in 0..a.members {
         cluster.start(i)?;
@@ -375,6 +393,14 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     std::fs::write(dir.join("timeline.txt"), lines).map_err(|e| e.to_string())?;
 
     let verdict = linearizability::check(&history);
+    // A client that retries a failed operation on each other member in turn
+    // sees an error only when every member failed it.
+    let outages = lock(&records.outages).clone();
+    let retry_failures = outages
+        .iter()
+        .filter(|(count, _)| *count as usize >= a.members)
+        .count();
+    let longest_outage = outages.iter().map(|(_, us)| *us).max().unwrap_or(0);
     let ok_ops = history.iter().filter(|o| o.complete_us.is_some()).count();
     let indefinite = history.len() - ok_ops;
     let hashes_equal = hashes.iter().all(|h| h.is_ok() && *h == hashes[0]);
@@ -402,17 +428,15 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
                 "operations": history.len(),
                 "completed": ok_ops,
                 "indefinite": indefinite,
-                "faults": timeline
-                    .events
-                    .iter()
-                    .filter(|(_, e)| e.starts_with("SIG") || e.starts_with("partition"))
-                    .count(),
+                "faults": timeline.windows.len(),
                 "leader_kills": timeline.leader_kills.len(),
                 "write_unavailability_ms": unavail.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
                 "leader_isolations": timeline.leader_isolations.len(),
                 "write_unavailability_after_isolation_ms":
                     isolated.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
                 "client_errors": *lock(&records.errors),
+                "failed_after_trying_every_member": retry_failures,
+                "longest_client_outage_ms": longest_outage as f64 / 1e3,
                 "linearizable": verdict.is_linearizable(),
                 "verdict": verdict_text,
                 "hashkv_equal": hashes_equal,
@@ -466,6 +490,11 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
             for (e, n) in errors.iter() {
                 println!("  {n:>6}  {e}");
             }
+            println!(
+                "            {retry_failures} times every member failed a client in a row; \
+                 longest from a client's first failure to its next success: {:.0} ms",
+                longest_outage as f64 / 1e3
+            );
         }
         println!(
             "HashKV:     {} ({})",

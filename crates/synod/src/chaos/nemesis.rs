@@ -15,6 +15,7 @@ pub(super) enum Fault {
     Partition,
     PartitionLeader,
     Churn,
+    DiskFull,
 }
 
 impl Fault {
@@ -34,6 +35,7 @@ pub(super) fn faults(list: &str) -> Result<Vec<Fault>, String> {
                 Fault::Partition,
                 Fault::PartitionLeader,
                 Fault::Churn,
+                Fault::DiskFull,
             ]),
             "kill" => out.push(Fault::Kill),
             "kill-leader" => out.push(Fault::KillLeader),
@@ -41,10 +43,11 @@ pub(super) fn faults(list: &str) -> Result<Vec<Fault>, String> {
             "partition" => out.push(Fault::Partition),
             "partition-leader" => out.push(Fault::PartitionLeader),
             "churn" => out.push(Fault::Churn),
+            "disk-full" => out.push(Fault::DiskFull),
             other => {
                 return Err(format!(
                     "--faults: {other:?} is not one of kill, kill-leader, pause, partition, \
-                     partition-leader, churn, all"
+                     partition-leader, churn, disk-full, all"
                 ))
             }
         }
@@ -89,6 +92,10 @@ pub(super) async fn nemesis(
                 None => (random, false),
             },
             // A follower: removing the leader is a handover, another fault.
+            Fault::DiskFull => {
+                let v = cluster.small_disk.as_ref().map_or(0, |(i, _)| *i);
+                (v, leader(&endpoints).await == Some(v))
+            }
             Fault::Churn => match leader(&endpoints).await {
                 Some(l) => ((l + 1 + random % (n - 1).max(1)) % n, false),
                 None => (random, false),
@@ -120,6 +127,35 @@ pub(super) async fn nemesis(
                 let end = micros(start);
                 timeline.windows.push((at, end));
                 timeline.events.push((end, format!("SIGCONT {name}")));
+            }
+            Fault::DiskFull => {
+                let at = micros(start);
+                let (_, disk) = cluster.small_disk.as_ref().expect("a small disk");
+                let taken = disk.fill()?;
+                timeline.events.push((
+                    at,
+                    format!("disk of {name}{role} full ({} MiB of ballast)", taken >> 20),
+                ));
+                tokio::time::sleep(SPLIT).await;
+                disk.free()?;
+                let end = micros(start);
+                timeline.windows.push((at, end));
+                // A member that stopped on the full disk is started again.
+                let stopped = cluster.members[victim]
+                    .process
+                    .as_mut()
+                    .is_some_and(|p| matches!(p.try_wait(), Ok(Some(_))));
+                if stopped {
+                    cluster.kill(victim);
+                    cluster.start(victim)?;
+                    timeline
+                        .events
+                        .push((end, format!("disk freed; {name} had stopped: restarted")));
+                } else {
+                    timeline
+                        .events
+                        .push((end, format!("disk freed; {name} kept running")));
+                }
             }
             Fault::Churn => {
                 let at = micros(start);
@@ -243,8 +279,7 @@ async fn churn(
         return Ok(format!("churn {name}: removal refused: {e}"));
     }
     cluster.kill(victim);
-    let data = cluster.dir.join(&name);
-    std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    super::disk::empty(&cluster.dir.join(&name))?;
     let urls = vec![peer.clone()];
     let added = ask(endpoints, victim, Duration::from_secs(10), |mut c| {
         let peer_ur_ls = urls.clone();

@@ -19,6 +19,10 @@ pub(super) struct Records {
     pub(super) acked: Mutex<Vec<Acked>>,
     /// The errors the clients saw, by kind of operation, code and message.
     pub(super) errors: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Each run of failures a client had before its next success: how many
+    /// operations failed in a row (each on the next member) and the time
+    /// from the first failure's invocation to that success (µs).
+    pub(super) outages: Mutex<Vec<(u32, u64)>>,
 }
 
 /// One client: operations on shared keys until `until`, each recorded.
@@ -37,6 +41,7 @@ pub(super) async fn client(
     let mut kv = pb::kv_client::KvClient::new(channel(&endpoints[target]));
     let mut seen: Vec<Option<String>> = vec![None; keys];
     let mut n = 0u64;
+    let mut failing: Option<(u32, u64)> = None;
     while Instant::now() < until {
         let id = (worker as u64) * 1_000_000 + generation;
         let k = rng.gen_range(0..keys);
@@ -96,6 +101,15 @@ pub(super) async fn client(
                 r,
             )
         };
+        match (&answer, &mut failing) {
+            (Ok(_), f) => {
+                if let Some((count, since)) = f.take() {
+                    lock(&records.outages).push((count, micros(start) - since));
+                }
+            }
+            (Err(_), Some((count, _))) => *count += 1,
+            (Err(_), f) => *f = Some((1, invoke)),
+        }
         if let Err(e) = &answer {
             let what = if matches!(kind, OpKind::Get { .. }) {
                 "read"
