@@ -91,11 +91,11 @@ pub(super) async fn nemesis(
                 Some(l) => (l, true),
                 None => (random, false),
             },
-            // A follower: removing the leader is a handover, another fault.
             Fault::DiskFull => {
                 let v = cluster.small_disk.as_ref().map_or(0, |(i, _)| *i);
                 (v, leader(&endpoints).await == Some(v))
             }
+            // A follower: removing the leader is a handover, another fault.
             Fault::Churn => match leader(&endpoints).await {
                 Some(l) => ((l + 1 + random % (n - 1).max(1)) % n, false),
                 None => (random, false),
