@@ -9,13 +9,7 @@ use synod_sim::faults::Schedule;
 use synod_sim::sim_write_once::{self, SimWriteOnce};
 use synod_sim::Algo;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use synod_server::cluster::free_loopback_port as free_port;
 
 async fn cluster(dir: &std::path::Path) -> (Vec<RunningMember>, Vec<String>) {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();

@@ -352,3 +352,25 @@ pub async fn start_cluster(spec: &ClusterSpec) -> Result<Vec<RunningMember>, Str
     }
     Ok(running)
 }
+
+/// A loopback port nobody listens on, for a member started on this machine
+/// (tests, `synod chaos`).
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux): a port
+/// the kernel hands out for `bind(0)` may meanwhile become the local end of
+/// an outgoing connection, and the member's bind then fails. Counted per
+/// process from a base that depends on its id, so callers in one process
+/// never pick the same one and concurrent processes rarely do.
+pub fn free_loopback_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() % 100) * 200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 10000..32000: below the ephemeral range.
+        let port = (10_000 + (base + n) % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

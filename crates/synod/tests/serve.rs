@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 use synod_client::pb::etcdserverpb as pb;
 use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use synod_server::cluster::free_loopback_port as free_port;
 
 struct Cluster {
     dir: PathBuf,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use synod_etcd::pb::etcdserverpb as pb;
+use synod_server::cluster::free_loopback_port;
 use tonic::transport::Channel;
 
 pub(super) struct Member {
@@ -34,11 +35,6 @@ pub(super) struct Cluster {
     pub(super) members: Vec<Member>,
 }
 
-pub(super) fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 impl Cluster {
     pub(super) fn new(
         target: &str,
@@ -51,7 +47,11 @@ impl Cluster {
             // In its own namespace each member has the ports to itself.
             let (host, client, peer) = match &net {
                 Some(net) => (net.ip(i), 2379, 2380),
-                None => ("127.0.0.1".to_string(), free_port()?, free_port()?),
+                None => (
+                    "127.0.0.1".to_string(),
+                    free_loopback_port(),
+                    free_loopback_port(),
+                ),
             };
             members.push(Member {
                 name: format!("m{}", i + 1),
