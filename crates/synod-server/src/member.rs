@@ -329,6 +329,11 @@ struct Driver {
     next_id: u64,
     /// Requests of local clients by request id.
     clients: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
+    /// Linearizable reads in flight here, by request id: one that loses its
+    /// leader (its read index never comes) is asked again once a leader is
+    /// known instead of failing. A read changes nothing, so a new attempt is
+    /// safe; the client's deadline bounds the attempts.
+    reads: BTreeMap<u64, Request>,
     /// Requests forwarded by other members: our request id -> (member, their id).
     forwarded_in: BTreeMap<u64, (NodeId, u64)>,
     /// Requests we forwarded to the leader: their id here -> (the leader
@@ -383,6 +388,7 @@ impl Driver {
             feed: broadcast::channel(4096).0,
             next_id: 1,
             clients: BTreeMap::new(),
+            reads: BTreeMap::new(),
             forwarded_in: BTreeMap::new(),
             forwarded_out: BTreeMap::new(),
             parked: Vec::new(),
@@ -915,6 +921,9 @@ impl Driver {
             }
         }
         self.clients.insert(id, reply);
+        if matches!(req, Request::Read(_)) {
+            self.reads.insert(id, req.clone());
+        }
         let input = ReplicaInput::Client { id, req };
         self.replica.input(now, input, &mut self.out);
     }
@@ -978,6 +987,15 @@ impl Driver {
         for e in out.events {
             match e {
                 ReplicaEvent::Response { id, result } => {
+                    let read = self.reads.remove(&id);
+                    if let (Some(req), Err(ReplicaError::LeaderChanged)) = (read, &result) {
+                        if self.parked.len() < MAX_PARKED {
+                            if let Some(client) = self.clients.remove(&id) {
+                                self.parked.push((req, client));
+                                continue;
+                            }
+                        }
+                    }
                     if matches!(result, Err(ReplicaError::LeaderChanged)) {
                         self.metrics.failed.inc();
                     }
