@@ -45,51 +45,14 @@ fn a_short_chaos_run_keeps_the_history_linearizable() {
     );
 }
 
-/// The run must catch a member that breaks linearizability: here every
-/// follower answers linearizable reads from its own store, without asking
-/// the leader (`--unsafe-bug`, in test builds only). A few seconds of the
-/// register workload show a stale read; RELIABILITY.md has the figures.
-#[test]
-fn a_synod_whose_followers_read_locally_is_caught() {
-    let mut caught = None;
-    for seed in 1..=3 {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-            .args(["chaos", "--duration", "4", "--json", "--out"])
-            .arg(dir.path().join("run"))
-            .args(["--seed", &seed.to_string()])
-            .args(["--unsafe-bug", "follower-reads-own-commit"])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let summary: serde_json::Value = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-        assert_eq!(summary["unsafe_bug"], "follower-reads-own-commit");
-        if summary["linearizable"] == false {
-            assert!(!out.status.success(), "a failed check fails the command");
-            let verdict = summary["verdict"].as_str().unwrap();
-            assert!(verdict.contains("no order of its"), "{verdict}");
-            caught = Some(seed);
-            break;
-        }
-    }
-    assert!(caught.is_some(), "three seeds never caught the stale reads");
-}
-
-/// The watch check must catch a member that resumes a watch one revision
-/// late: every watcher that reconnects (the run makes them reconnect on
-/// purpose) misses one event.
-#[test]
-fn a_watch_that_resumes_one_revision_late_is_caught() {
+/// Runs `synod chaos` with `--unsafe-bug BUG` and `args`; returns its
+/// summary and whether the command succeeded.
+fn run_broken(bug: &str, seed: u64, args: &[&str]) -> (serde_json::Value, bool) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-        .args(["chaos", "--duration", "4", "--seed", "1", "--json"])
-        .args([
-            "--faults",
-            "pause",
-            "--unsafe-bug",
-            "watch-resume-skips-one",
-        ])
+        .args(["chaos", "--json", "--seed", &seed.to_string()])
+        .args(["--unsafe-bug", bug])
+        .args(args)
         .arg("--out")
         .arg(dir.path().join("run"))
         .output()
@@ -97,7 +60,37 @@ fn a_watch_that_resumes_one_revision_late_is_caught() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary: serde_json::Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(!out.status.success(), "{summary}");
+    assert_eq!(summary["unsafe_bug"], bug);
+    (summary, out.status.success())
+}
+
+/// The run must catch a member that breaks linearizability: here every
+/// follower answers linearizable reads from its own store, without asking
+/// the leader (`--unsafe-bug`, in test builds only). A few seconds of the
+/// register workload show a stale read; RELIABILITY.md has the figures.
+#[test]
+fn a_synod_whose_followers_read_locally_is_caught() {
+    let caught = (1..=3).any(|seed| {
+        let (summary, ok) = run_broken("follower-reads-own-commit", seed, &["--duration", "4"]);
+        if summary["linearizable"] == true {
+            return false;
+        }
+        assert!(!ok, "a failed check fails the command");
+        let verdict = summary["verdict"].as_str().unwrap();
+        assert!(verdict.contains("no order of its"), "{verdict}");
+        true
+    });
+    assert!(caught, "three seeds never caught the stale reads");
+}
+
+/// The watch check must catch a member that resumes a watch one revision
+/// late: every watcher that reconnects (the run makes them reconnect on
+/// purpose) misses one event.
+#[test]
+fn a_watch_that_resumes_one_revision_late_is_caught() {
+    let args = ["--duration", "4", "--faults", "pause"];
+    let (summary, ok) = run_broken("watch-resume-skips-one", 1, &args);
+    assert!(!ok, "{summary}");
     assert_eq!(summary["watch"]["gap_free"], false, "{summary}");
     let problems = summary["watch"]["problems"].to_string();
     assert!(problems.contains("gap: missed revision"), "{problems}");
@@ -109,28 +102,44 @@ fn a_watch_that_resumes_one_revision_late_is_caught() {
 /// since the grant was sent.
 #[test]
 fn leases_that_end_early_are_caught() {
-    let mut caught = false;
-    for seed in 1..=3 {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-            .args(["chaos", "--duration", "6", "--json", "--faults", "pause"])
-            .args(["--seed", &seed.to_string(), "--leases", "8"])
-            .args(["--unsafe-bug", "short-leases", "--out"])
-            .arg(dir.path().join("run"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let summary: serde_json::Value = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-        if summary["lease"]["ok"] == false {
-            assert!(!out.status.success(), "{summary}");
-            let problems = summary["lease"]["problems"].to_string();
-            assert!(problems.contains("after the grant was sent"), "{problems}");
-            caught = true;
-            break;
+    let args = ["--duration", "6", "--faults", "pause", "--leases", "8"];
+    let caught = (1..=3).any(|seed| {
+        let (summary, ok) = run_broken("short-leases", seed, &args);
+        if summary["lease"]["ok"] == true {
+            return false;
         }
-    }
+        assert!(!ok, "{summary}");
+        let problems = summary["lease"]["problems"].to_string();
+        assert!(problems.contains("after the grant was sent"), "{problems}");
+        true
+    });
     assert!(caught, "three seeds never caught the short leases");
+}
+
+/// Runs `synod chaos --faults FAULTS` for `seconds` as root, and returns
+/// its summary and timeline; `None` (with the reason printed) where those
+/// faults cannot run (no root, no `ip` or `mount`).
+fn run_as_root(faults: &str, seconds: &str, seed: &str) -> Option<(serde_json::Value, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_synod"))
+        .args(["chaos", "--duration", seconds, "--seed", seed, "--json"])
+        .args(["--faults", faults, "--out"])
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("cannot run here") {
+        eprintln!("{faults} skipped: {}", stderr.trim());
+        return None;
+    }
+    assert!(out.status.success(), "{faults}: {stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["linearizable"], true, "{summary}");
+    assert_eq!(summary["hashkv_equal"], true, "{summary}");
+    assert_eq!(summary["watch"]["gap_free"], true, "{summary}");
+    let timeline = std::fs::read_to_string(dir.path().join("run/timeline.txt")).unwrap();
+    Some((summary, timeline))
 }
 
 /// Partitions for real: each member in a network namespace of its own, a
@@ -138,25 +147,10 @@ fn leases_that_end_early_are_caught() {
 /// Needs root and iproute2; skipped with the reason otherwise.
 #[test]
 fn partitions_keep_the_history_linearizable() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-        .args(["chaos", "--duration", "8", "--seed", "1", "--json"])
-        .args(["--faults", "partition,partition-leader", "--out"])
-        .arg(dir.path().join("run"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("partitions cannot run here") {
-        eprintln!("skipped: {}", stderr.trim());
+    let Some((summary, timeline)) = run_as_root("partition,partition-leader", "8", "1") else {
         return;
-    }
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(summary["linearizable"], true, "{summary}");
-    assert_eq!(summary["hashkv_equal"], true, "{summary}");
+    };
     assert!(summary["faults"].as_u64().unwrap() >= 2, "{summary}");
-    let timeline = std::fs::read_to_string(dir.path().join("run/timeline.txt")).unwrap();
     assert!(timeline.contains("partition ["), "{timeline}");
     assert!(timeline.contains("heal"), "{timeline}");
 }
@@ -167,31 +161,14 @@ fn partitions_keep_the_history_linearizable() {
 /// skipped with the reason otherwise.
 #[test]
 fn churn_and_a_full_disk_keep_every_check_passing() {
+    // A churned member must come back as a voter; a full disk must fill.
     let kinds = [
         ("churn", "added back as a learner, promoted"),
         ("disk-full", "full ("),
     ];
     for (kind, mark) in kinds {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-            .args(["chaos", "--duration", "6", "--seed", "2", "--json"])
-            .args(["--faults", kind, "--out"])
-            .arg(dir.path().join("run"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("cannot run here") {
-            eprintln!("{kind} skipped: {}", stderr.trim());
-            continue;
+        if let Some((_, timeline)) = run_as_root(kind, "6", "2") {
+            assert!(timeline.contains(mark), "{kind}: {timeline}");
         }
-        assert!(out.status.success(), "{kind}: {stdout}\n{stderr}");
-        let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(summary["linearizable"], true, "{summary}");
-        assert_eq!(summary["hashkv_equal"], true, "{summary}");
-        assert_eq!(summary["watch"]["gap_free"], true, "{summary}");
-        let timeline = std::fs::read_to_string(dir.path().join("run/timeline.txt")).unwrap();
-        // A churned member must come back as a voter; a full disk must fill.
-        assert!(timeline.contains(mark), "{kind}: {timeline}");
     }
 }

@@ -31,6 +31,7 @@ mod lock;
 mod nemesis;
 mod net;
 mod register;
+mod report;
 mod watch;
 
 use cluster::{channel, Cluster};
@@ -46,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_etcd::pb::etcdserverpb as pb;
 use synod_sim::history::{OpKind, Operation};
-use synod_sim::linearizability::{self, CheckResult};
+use synod_sim::linearizability;
 
 #[derive(Args)]
 pub struct ChaosArgs {
@@ -393,213 +394,37 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     std::fs::write(dir.join("timeline.txt"), lines).map_err(|e| e.to_string())?;
 
     let verdict = linearizability::check(&history);
-    // A client that retries a failed operation on each other member in turn
-    // sees an error only when every member failed it.
-    let outages = lock(&records.outages).clone();
-    let retry_failures = outages
-        .iter()
-        .filter(|(count, _)| *count as usize >= a.members)
-        .count();
-    let longest_outage = outages.iter().map(|(_, us)| *us).max().unwrap_or(0);
-    let ok_ops = history.iter().filter(|o| o.complete_us.is_some()).count();
-    let indefinite = history.len() - ok_ops;
-    let hashes_equal = hashes.iter().all(|h| h.is_ok() && *h == hashes[0]);
-    let mut unavail = unavailability(&history, &timeline.leader_kills);
-    unavail.sort_unstable();
-    let mut isolated = unavailability(&history, &timeline.leader_isolations);
-    isolated.sort_unstable();
-    let ms = |us: u64| us as f64 / 1000.0;
-    let median = unavail.get(unavail.len() / 2).copied();
-    let verdict_text = match &verdict {
-        CheckResult::Linearizable => "linearizable".to_string(),
-        CheckResult::NotLinearizable(v) => format!("NOT linearizable: {}", v.explanation),
-        CheckResult::Unknown { keys } => format!("unknown (search budget ran out on {keys:?})"),
-        CheckResult::Malformed { index, reason } => format!("malformed op {index}: {reason}"),
+    let errors = std::mem::take(&mut *lock(&records.errors));
+    let outages = std::mem::take(&mut *lock(&records.outages));
+    let report = report::Report {
+        args: &a,
+        kinds: &kinds,
+        timeline: &timeline,
+        history: &history,
+        verdict: &verdict,
+        errors: &errors,
+        outages: &outages,
+        hashes: &hashes,
+        watch_logs: &watch_logs,
+        reference: &reference,
+        watch_problems: &watch_problems,
+        lease_logs: &lease_logs,
+        overstays: &overstays,
+        lease_problems: &lease_problems,
+        lock_logs: &lock_logs,
+        locks: &locks,
+        dir: &dir,
     };
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "target": a.target,
-                "unsafe_bug": a.unsafe_bug,
-                "seed": a.seed,
-                "members": a.members,
-                "duration_s": a.duration,
-                "operations": history.len(),
-                "completed": ok_ops,
-                "indefinite": indefinite,
-                "faults": timeline.windows.len(),
-                "leader_kills": timeline.leader_kills.len(),
-                "write_unavailability_ms": unavail.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
-                "leader_isolations": timeline.leader_isolations.len(),
-                "write_unavailability_after_isolation_ms":
-                    isolated.iter().map(|u| ms(*u)).collect::<Vec<_>>(),
-                "client_errors": *lock(&records.errors),
-                "failed_after_trying_every_member": retry_failures,
-                "longest_client_outage_ms": longest_outage as f64 / 1e3,
-                "linearizable": verdict.is_linearizable(),
-                "verdict": verdict_text,
-                "hashkv_equal": hashes_equal,
-                "watch": {
-                    "watchers": watch_logs.len(),
-                    "events": reference.events.len(),
-                    "resumes": watch_logs.iter().map(|l| l.resumes).sum::<u32>(),
-                    "gap_free": watch_problems.is_empty(),
-                    "problems": watch_problems,
-                },
-                "lease": {
-                    "clients": lease_logs.len(),
-                    "granted": lease_logs.iter().map(|l| l.granted).sum::<u32>(),
-                    "keep_alives": lease_logs.iter().map(|l| l.keep_alives).sum::<u32>(),
-                    "lapsed": lease_logs.iter().map(|l| l.lapsed).sum::<u32>(),
-                    "overstay_ms": overstays.iter().map(|o| *o as f64 / 1e3).collect::<Vec<_>>(),
-                    "ok": lease_problems.is_empty(),
-                    "problems": lease_problems,
-                },
-                "lock": {
-                    "lockers": lock_logs.len(),
-                    "holds": locks.holds,
-                    "stalls": locks.stalls,
-                    "overlapping_holds": locks.overlaps,
-                    "blind_increments_lost": locks.plain_lost,
-                    "fenced_writes_refused": locks.fenced_refused,
-                    "fenced_counter_exact": locks.problem.is_none(),
-                    "problem": locks.problem,
-                },
-                "out": dir.display().to_string(),
-            })
-        );
+        println!("{}", report.json());
     } else {
-        println!(
-            "synod chaos: {} x{}, seed {}, {} s, faults {:?}",
-            a.target, a.members, a.seed, a.duration, kinds
-        );
-        for (t, e) in &timeline.events {
-            println!("  {:>8.3}s  {e}", *t as f64 / 1e6);
-        }
-        println!(
-            "operations: {} ({ok_ops} completed, {indefinite} indefinite)",
-            history.len()
-        );
-        println!("history:    {verdict_text}");
-        let errors = lock(&records.errors);
-        if !errors.is_empty() {
-            println!(
-                "errors the register clients saw (each client then moved to the next member):"
-            );
-            for (e, n) in errors.iter() {
-                println!("  {n:>6}  {e}");
-            }
-            println!(
-                "            {retry_failures} times every member failed a client in a row; \
-                 longest from a client's first failure to its next success: {:.0} ms",
-                longest_outage as f64 / 1e3
-            );
-        }
-        println!(
-            "HashKV:     {} ({})",
-            if hashes_equal {
-                "equal on every member"
-            } else {
-                "DIFFERS"
-            },
-            hashes
-                .iter()
-                .map(|h| match h {
-                    Ok(h) => format!("{h:08x}"),
-                    Err(e) => e.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let resumes: u32 = watch_logs.iter().map(|l| l.resumes).sum();
-        let voluntary: u32 = watch_logs.iter().map(|l| l.voluntary).sum();
-        match watch_problems.first() {
-            None => println!(
-                "watch:      {} watchers saw the same {} events, no gap, no duplicate \
-                 ({resumes} resumes, {voluntary} of them on purpose)",
-                watch_logs.len(),
-                reference.events.len()
-            ),
-            Some(_) => {
-                println!("watch:      {} PROBLEMS", watch_problems.len());
-                for p in watch_problems.iter().take(10) {
-                    println!("            {p}");
-                }
-            }
-        }
-        let granted: u32 = lease_logs.iter().map(|l| l.granted).sum();
-        let kept: u32 = lease_logs.iter().map(|l| l.keep_alives).sum();
-        let lapsed: u32 = lease_logs.iter().map(|l| l.lapsed).sum();
-        let overstay = match (overstays.get(overstays.len() / 2), overstays.last()) {
-            (Some(m), Some(x)) => format!(
-                "keys outlived their TTL by median {:.0} ms, max {:.0} ms (allowed: \
-                 {} ms past the end the faults allow)",
-                *m as f64 / 1e3,
-                *x as f64 / 1e3,
-                lease::MARGIN.as_millis()
-            ),
-            _ => "no lease was left to expire".into(),
-        };
-        match lease_problems.first() {
-            None => println!(
-                "leases:     {granted} granted, {kept} keep-alives, no kept-alive lease expired \
-                 ({lapsed} lapsed after a whole TTL without answers); {overstay}"
-            ),
-            Some(_) => {
-                println!("leases:     {} PROBLEMS; {overstay}", lease_problems.len());
-                for p in lease_problems.iter().take(10) {
-                    println!("            {p}");
-                }
-            }
-        }
-        if !lock_logs.is_empty() {
-            println!(
-                "lock:       {} holds, {} stalls past the TTL, {} overlapping holds; \
-                 blind counter lost {} increments; fenced counter {} ({} stale writes refused)",
-                locks.holds,
-                locks.stalls,
-                locks.overlaps,
-                locks.plain_lost,
-                match &locks.problem {
-                    None => "exact".to_string(),
-                    Some(p) => format!("WRONG: {p}"),
-                },
-                locks.fenced_refused
-            );
-        }
-        match median {
-            Some(m) => println!(
-                "write unavailability after {} leader kills: median {:.0} ms, max {:.0} ms",
-                unavail.len(),
-                ms(m),
-                ms(*unavail.last().expect("non-empty"))
-            ),
-            None => println!("write unavailability: no leader was killed"),
-        }
-        if let (Some(first), Some(last)) = (isolated.first(), isolated.last()) {
-            println!(
-                "write unavailability after {} leader isolations: median {:.0} ms, min {:.0} ms, max {:.0} ms",
-                isolated.len(),
-                ms(isolated[isolated.len() / 2]),
-                ms(*first),
-                ms(*last)
-            );
-        }
-        println!(
-            "history, timeline and member logs in {} (kept with --out, or when a check fails)",
-            dir.display()
-        );
+        report.print();
     }
+    let passed = report.passed();
     drop(cluster);
-    if verdict.is_linearizable()
-        && hashes_equal
-        && watch_problems.is_empty()
-        && lease_problems.is_empty()
-        && locks.problem.is_none()
-    {
-        Ok(ExitCode::SUCCESS)
+    Ok(if passed {
+        ExitCode::SUCCESS
     } else {
-        Ok(ExitCode::from(1))
-    }
+        ExitCode::from(1)
+    })
 }
