@@ -137,6 +137,7 @@ pub type Incoming = (NodeId, PeerMsg);
 
 /// The peer protocol's version; a member refuses hellos of another.
 /// 2: raft ids are etcd member ids, messages travel in chunks, join queries.
+/// 3: a hello names the member it is for (`Hello::to`).
 pub const PROTOCOL_VERSION: u32 = 3;
 const MAGIC: [u8; 4] = *b"SYNP";
 /// The first bytes of a [`JoinQuery`] instead of a hello.
