@@ -150,6 +150,24 @@ impl Cluster {
         }
     }
 
+    /// Starts again every member whose process has exited (a full disk can
+    /// stop one after the nemesis looked); returns their names.
+    pub(super) fn restart_stopped(&mut self) -> Result<Vec<String>, String> {
+        let mut restarted = Vec::new();
+        for i in 0..self.members.len() {
+            let exited = match self.members[i].process.as_mut() {
+                Some(p) => matches!(p.try_wait(), Ok(Some(_))),
+                None => true,
+            };
+            if exited {
+                self.kill(i);
+                self.start(i)?;
+                restarted.push(self.members[i].name.clone());
+            }
+        }
+        Ok(restarted)
+    }
+
     pub(super) fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.members[i].process.take() {
             let _ = p.kill();

@@ -346,6 +346,11 @@ async fn chaos(a: ChaosArgs, kinds: Vec<Fault>, dir: PathBuf) -> Result<ExitCode
     for w in workers {
         let _ = w.await;
     }
+    // Heal everything before the final reads: every member runs again.
+    for name in cluster.restart_stopped()? {
+        let line = format!("{name} had stopped: restarted for the final checks");
+        timeline.events.push((micros(start), line));
+    }
     progress(start, "workload over; final reads");
     final_reads(&endpoints, a.keys, start, &records.history).await?;
     progress(start, "waiting for the watchers to see the end");

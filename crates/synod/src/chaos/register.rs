@@ -188,8 +188,9 @@ pub(super) async fn final_reads(
     let deadline = Instant::now() + Duration::from_secs(30);
     for k in 0..keys {
         let key = format!("k{k}");
+        let mut target = k % endpoints.len();
         loop {
-            let ep = &endpoints[k % endpoints.len()];
+            let ep = &endpoints[target];
             let mut kv = pb::kv_client::KvClient::new(channel(ep));
             let invoke = micros(start);
             let req = pb::RangeRequest {
@@ -216,7 +217,10 @@ pub(super) async fn final_reads(
                 Err(e) if Instant::now() > deadline => {
                     return Err(format!("the cluster did not recover within 30 s: {e}"))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => {
+                    target = (target + 1) % endpoints.len();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
