@@ -4,6 +4,7 @@
 fn main() {
     let protos = [
         "proto/etcd/api/mvccpb/kv.proto",
+        "proto/etcd/api/authpb/auth.proto",
         "proto/etcd/api/etcdserverpb/rpc.proto",
         "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
         "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use synod_kv::auth::AuthState;
 use synod_kv::replica::ConfRefusal;
 use synod_kv::{Command, CommandResponse, Event, RangeRequest, RangeResponse};
 use tokio::sync::broadcast;
@@ -302,4 +303,25 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The member's current revision (for watch headers).
     fn header(&self) -> impl Future<Output = Result<Header, ApiError>> + Send;
+
+    /// Users, roles and permissions as this member has applied them. Called
+    /// on every request, so it must be cheap (a shared copy, not a clone).
+    fn auth(&self) -> Arc<AuthState> {
+        static DISABLED: std::sync::LazyLock<Arc<AuthState>> =
+            std::sync::LazyLock::new(|| Arc::new(AuthState::default()));
+        DISABLED.clone()
+    }
+
+    /// Waits until this member has applied everything acknowledged before
+    /// the call (a linearizable read of nothing).
+    fn barrier(&self) -> impl Future<Output = Result<Header, ApiError>> + Send {
+        async {
+            let req = RangeRequest {
+                key: vec![0],
+                count_only: true,
+                ..RangeRequest::default()
+            };
+            Ok(self.range(req, false).await?.0)
+        }
+    }
 }

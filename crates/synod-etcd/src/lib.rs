@@ -8,8 +8,8 @@
 //! * [`Backend`]: what the services need from a member — reads, replicated
 //!   writes, lease clocks, membership and status — with etcd's error vocabulary
 //!   ([`ApiError`]);
-//! * [`EtcdServer`]: the KV, Watch, Lease, Cluster, Maintenance, Lock and Election
-//!   services on top of
+//! * [`EtcdServer`]: the KV, Watch, Lease, Cluster, Maintenance, Auth, Lock and
+//!   Election services on top of
 //!   any backend: request checks and size limits, conversion between wire types
 //!   and [`synod_kv`]'s, and etcd's exact error codes and messages, which
 //!   etcd's clients match on.
@@ -20,11 +20,14 @@
 //! `synod_server::backend::MemberBackend`.
 
 pub mod pb {
-    //! Generated from `proto/`: etcd's `mvccpb`, `etcdserverpb`, `v3lockpb`
+    //! Generated from `proto/`: etcd's `mvccpb`, `authpb`, `etcdserverpb`, `v3lockpb`
     //! and `v3electionpb` packages.
     #![allow(clippy::all, missing_docs)]
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
     }
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
@@ -37,6 +40,7 @@ pub mod pb {
     }
 }
 
+mod auth;
 mod authority;
 mod backend;
 mod convert;
@@ -47,6 +51,7 @@ mod recipes;
 mod service;
 mod watch;
 
+pub use auth::{BCRYPT_COST, DEFAULT_TOKEN_TTL};
 pub use authority::AuthorityFix;
 pub use backend::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo,

@@ -10,6 +10,7 @@ use crate::backend::{
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use synod_kv::auth::AuthState;
 use synod_kv::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
 use tokio::sync::broadcast;
 
@@ -23,6 +24,9 @@ struct State {
     store: Store,
     /// When each lease expires unless kept alive.
     deadlines: BTreeMap<i64, Instant>,
+    /// The store's auth state, shared with the services (replaced, never
+    /// changed in place, when an auth command is applied).
+    auth: Arc<AuthState>,
 }
 
 pub struct LocalBackend {
@@ -47,6 +51,7 @@ impl LocalBackend {
             state: Mutex::new(State {
                 store: Store::new(),
                 deadlines: BTreeMap::new(),
+                auth: Arc::new(AuthState::default()),
             }),
             feed: broadcast::channel(FEED_CAPACITY).0,
         }
@@ -57,6 +62,7 @@ impl LocalBackend {
     /// watcher one by one; watchers find them in the new store's history.
     pub fn install(&self, store: Store) {
         if let Ok(mut s) = self.state() {
+            s.auth = Arc::new(store.auth().clone());
             s.store = store;
         }
     }
@@ -107,6 +113,11 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
+    fn auth(&self) -> Arc<AuthState> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.auth.clone()
+    }
+
     async fn range(
         &self,
         req: RangeRequest,
@@ -125,10 +136,16 @@ impl Backend for LocalBackend {
             },
             other => other,
         };
+        if let Command::Auth(_) = cmd.inner() {
+            let mut s = self.state()?;
+            let (resp, _) = s.store.apply(&cmd)?;
+            s.auth = Arc::new(s.store.auth().clone());
+            return Ok((self.header_at(&s.store), resp));
+        }
         let mut s = self.state()?;
         let (resp, events) = s.store.apply(&cmd)?;
         self.publish(&s.store, events);
-        match (&cmd, &resp) {
+        match (cmd.inner(), &resp) {
             (_, CommandResponse::LeaseGrant { id, ttl }) => {
                 let at = Instant::now() + Duration::from_secs(*ttl as u64);
                 s.deadlines.insert(*id, at);

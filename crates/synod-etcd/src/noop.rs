@@ -71,7 +71,10 @@ impl Backend for NoopBackend {
         Ok((self.header(), RangeResponse::default()))
     }
 
-    async fn write(&self, cmd: Command) -> Result<(Header, CommandResponse), ApiError> {
+    async fn write(&self, mut cmd: Command) -> Result<(Header, CommandResponse), ApiError> {
+        while let Command::As { cmd: inner, .. } = cmd {
+            cmd = *inner;
+        }
         let resp = match cmd {
             Command::Put(_) => CommandResponse::Put(PutResponse::default()),
             Command::DeleteRange(_) => CommandResponse::DeleteRange(DeleteRangeResponse::default()),
@@ -91,6 +94,8 @@ impl Backend for NoopBackend {
             Command::LeaseRevoke { .. } => CommandResponse::LeaseRevoke,
             Command::Member(_) => CommandResponse::Member,
             Command::Alarm { .. } => CommandResponse::Alarm,
+            Command::Auth(_) => CommandResponse::Auth,
+            Command::As { .. } => unreachable!("unwrapped above"),
         };
         Ok((self.header(), resp))
     }

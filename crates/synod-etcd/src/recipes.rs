@@ -17,6 +17,7 @@
 //! with the error's message (`election: no leader`, `etcdserver: requested
 //! lease not found`, ...).
 
+use crate::auth::AsUser;
 use crate::backend::{ApiError, Backend, Header};
 use crate::convert;
 use crate::pb::etcdserverpb::ResponseHeader;
@@ -251,8 +252,10 @@ impl<B: Backend> Drop for Withdraw<B> {
 }
 
 impl<B: Backend> EtcdServer<B> {
-    fn recipe_backend(&self) -> Arc<B> {
-        self.backend()
+    /// The backend a recipe runs on: acting for the caller of `req`.
+    fn recipe_backend<T>(&self, req: &Request<T>) -> Result<Arc<AsUser<B>>, Status> {
+        let caller = self.caller(req)?;
+        Ok(Arc::new(AsUser::new(self.backend(), caller)))
     }
 }
 
@@ -262,8 +265,8 @@ impl<B: Backend> lpb::lock_server::Lock for EtcdServer<B> {
         &self,
         req: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
+        let b = self.recipe_backend(&req)?;
         let req = req.into_inner();
-        let b = self.recipe_backend();
         let lease = lease_or_grant(&*b, req.lease)
             .await
             .map_err(|e| unknown(&e))?;
@@ -327,11 +330,11 @@ impl<B: Backend> lpb::lock_server::Lock for EtcdServer<B> {
         &self,
         req: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let b = self.recipe_backend(&req)?;
         let key = req.into_inner().key;
         if key.is_empty() {
             return Err(unknown(&kv::Error::EmptyKey.into()));
         }
-        let b = self.recipe_backend();
         let (h, _) = b
             .write(kv::Command::DeleteRange(kv::DeleteRangeRequest {
                 key,
@@ -483,8 +486,8 @@ impl<B: Backend> epb::election_server::Election for EtcdServer<B> {
         &self,
         req: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let b = self.recipe_backend(&req)?;
         let req = req.into_inner();
-        let b = self.recipe_backend();
         let lease = lease_or_grant(&*b, req.lease)
             .await
             .map_err(|e| unknown(&e))?;
@@ -537,11 +540,12 @@ impl<B: Backend> epb::election_server::Election for EtcdServer<B> {
         &self,
         req: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let b = self.recipe_backend(&req)?;
         let req = req.into_inner();
         let leader = req
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
-        let h = proclaim(&*self.recipe_backend(), &leader, &req.value).await?;
+        let h = proclaim(&*b, &leader, &req.value).await?;
         Ok(Response::new(epb::ProclaimResponse { header: hdr(h) }))
     }
 
@@ -549,9 +553,9 @@ impl<B: Backend> epb::election_server::Election for EtcdServer<B> {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let b = self.recipe_backend(&req)?;
         let (prefix, _) = contender_key(&req.into_inner().name, 0);
-        let (h, r) = self
-            .recipe_backend()
+        let (h, r) = b
             .range(first_created(&prefix), false)
             .await
             .map_err(|e| unknown(&e))?;
@@ -570,9 +574,10 @@ impl<B: Backend> epb::election_server::Election for EtcdServer<B> {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let b = self.recipe_backend(&req)?;
         let (prefix, _) = contender_key(&req.into_inner().name, 0);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let task = tokio::spawn(observe(self.recipe_backend(), prefix, tx.clone()));
+        let task = tokio::spawn(observe(b, prefix, tx.clone()));
         // Stop following when the client goes away.
         tokio::spawn(async move {
             tx.closed().await;
@@ -585,11 +590,12 @@ impl<B: Backend> epb::election_server::Election for EtcdServer<B> {
         &self,
         req: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        let b = self.recipe_backend(&req)?;
         let leader = req
             .into_inner()
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
-        let h = resign(&*self.recipe_backend(), &leader).await?;
+        let h = resign(&*b, &leader).await?;
         Ok(Response::new(epb::ResignResponse { header: hdr(h) }))
     }
 }

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use synod_kv as kv;
+use synod_kv::auth::PermKind;
 use synod_kv::replica::ConfRefusal;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -32,6 +33,9 @@ pub struct Limits {
     /// election that a leader change may need, or it would expire while no
     /// leader can take its keep-alives. See [`Limits::min_lease_ttl_for`].
     pub min_lease_ttl: i64,
+    /// How long an auth token stays valid without use
+    /// (`--auth-token-ttl`, 300 s).
+    pub auth_token_ttl: Duration,
 }
 
 impl Limits {
@@ -55,6 +59,7 @@ impl Default for Limits {
                 Duration::from_millis(100),
                 Duration::from_millis(1000),
             ),
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
         }
     }
 }
@@ -73,6 +78,8 @@ pub(crate) fn status(e: &ApiError) -> Status {
                 kv::ErrorClass::FailedPrecondition => Code::FailedPrecondition,
                 kv::ErrorClass::OutOfRange => Code::OutOfRange,
                 kv::ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+                kv::ErrorClass::PermissionDenied => Code::PermissionDenied,
+                kv::ErrorClass::Unauthenticated => Code::Unauthenticated,
             };
             Status::new(code, e.etcd_message())
         }
@@ -135,6 +142,7 @@ pub struct EtcdServer<B> {
     backend: Arc<B>,
     limits: Limits,
     bugs: ApiBugs,
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl<B> Clone for EtcdServer<B> {
@@ -143,6 +151,7 @@ impl<B> Clone for EtcdServer<B> {
             backend: self.backend.clone(),
             limits: self.limits,
             bugs: self.bugs,
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -153,7 +162,12 @@ impl<B: Backend> EtcdServer<B> {
             backend,
             limits,
             bugs: ApiBugs::default(),
+            tokens: Arc::new(crate::auth::Tokens::new(limits.auth_token_ttl)),
         }
+    }
+
+    pub(crate) fn tokens(&self) -> &crate::auth::Tokens {
+        &self.tokens
     }
 
     /// Plants deliberate bugs (ignored unless built with `broken`).
@@ -166,7 +180,7 @@ impl<B: Backend> EtcdServer<B> {
         self.backend.clone()
     }
 
-    /// All seven services, ready to serve (`.serve(addr)` or
+    /// All eight services, ready to serve (`.serve(addr)` or
     /// `.serve_with_incoming(listener)`).
     pub fn router(self) -> tonic::service::Routes {
         let max = self.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -175,13 +189,14 @@ impl<B: Backend> EtcdServer<B> {
             .add_service(WatchServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(MaintenanceServer::new(self.clone()))
+            .add_service(pb::auth_server::AuthServer::new(self.clone()))
             .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(
                 self.clone(),
             ))
             .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(self))
     }
 
-    async fn write(
+    pub(crate) async fn write(
         &self,
         cmd: kv::Command,
     ) -> Result<(crate::Header, kv::CommandResponse), Status> {
@@ -208,12 +223,14 @@ impl<B: Backend> Kv for EtcdServer<B> {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         let serializable = req.serializable;
         let r = convert::range_request(req)?;
         if r.key.is_empty() {
             return Err(status(&kv::Error::EmptyKey.into()));
         }
+        caller.check(&r.key, &r.range_end, PermKind::Read)?;
         let (h, resp) = self
             .backend
             .range(r, serializable)
@@ -223,10 +240,11 @@ impl<B: Backend> Kv for EtcdServer<B> {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         self.check_size(&req)?;
         match self
-            .write(kv::Command::Put(convert::put_request(req)))
+            .write(caller.wrap(kv::Command::Put(convert::put_request(req))))
             .await?
         {
             (h, kv::CommandResponse::Put(p)) => Ok(Response::new(convert::put_response(h, p))),
@@ -238,10 +256,11 @@ impl<B: Backend> Kv for EtcdServer<B> {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         self.check_size(&req)?;
         match self
-            .write(kv::Command::DeleteRange(convert::delete_request(req)))
+            .write(caller.wrap(kv::Command::DeleteRange(convert::delete_request(req))))
             .await?
         {
             (h, kv::CommandResponse::DeleteRange(d)) => {
@@ -252,10 +271,11 @@ impl<B: Backend> Kv for EtcdServer<B> {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         self.check_size(&req)?;
         let t = convert::txn_request(req)?;
-        match self.write(kv::Command::Txn(t)).await? {
+        match self.write(caller.wrap(kv::Command::Txn(t))).await? {
             (h, kv::CommandResponse::Txn(t)) => Ok(Response::new(convert::txn_response(h, t))),
             (_, other) => Err(unexpected("txn", &other)),
         }
@@ -265,8 +285,11 @@ impl<B: Backend> Kv for EtcdServer<B> {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let caller = self.caller(&req)?;
         let revision = req.into_inner().revision;
-        let (h, _) = self.write(kv::Command::Compact { revision }).await?;
+        let (h, _) = self
+            .write(caller.wrap(kv::Command::Compact { revision }))
+            .await?;
         Ok(Response::new(pb::CompactionResponse {
             header: convert::header(h),
         }))
@@ -283,9 +306,11 @@ impl<B: Backend> Watch for EtcdServer<B> {
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        let caller = self.caller(&req)?;
         let (tx, rx) = tokio::sync::mpsc::channel(128);
         tokio::spawn(crate::watch::serve(
             self.backend.clone(),
+            caller,
             req.into_inner(),
             tx,
             self.bugs,
@@ -303,6 +328,7 @@ impl<B: Backend> Lease for EtcdServer<B> {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.caller(&req)?;
         let req = req.into_inner();
         let cmd = kv::Command::LeaseGrant {
             id: req.id,
@@ -325,8 +351,11 @@ impl<B: Backend> Lease for EtcdServer<B> {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.caller(&req)?;
         let id = req.into_inner().id;
-        let (h, _) = self.write(kv::Command::LeaseRevoke { id }).await?;
+        let (h, _) = self
+            .write(caller.wrap(kv::Command::LeaseRevoke { id }))
+            .await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: convert::header(h),
         }))
@@ -434,6 +463,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
         &self,
         req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.caller(&req)?.admin()?;
         let req = req.into_inner();
         let (h, added, all) = self
             .backend
@@ -451,6 +481,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
         &self,
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.caller(&req)?.admin()?;
         let (h, all) = self
             .backend
             .member_remove(req.into_inner().id)
@@ -466,6 +497,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
         &self,
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.caller(&req)?.admin()?;
         let req = req.into_inner();
         let (h, all) = self
             .backend
@@ -482,6 +514,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
         &self,
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.caller(&req)?.admin()?;
         let (h, all) = self
             .backend
             .member_promote(req.into_inner().id)
@@ -503,8 +536,9 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
     /// `defrag` expects of a healthy member.
     async fn defragment(
         &self,
-        _req: Request<pb::DefragmentRequest>,
+        req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.caller(&req)?.admin_raw()?;
         let h = self.backend.header().await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::DefragmentResponse {
             header: convert::header(h),
@@ -515,6 +549,7 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.caller(&req)?.admin_raw()?;
         let target = req.into_inner().target_id;
         let h = self
             .backend
@@ -533,8 +568,9 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
     /// etcd streams its database file).
     async fn snapshot(
         &self,
-        _req: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.caller(&req)?.admin_raw()?;
         let (h, file) = self.backend.snapshot().await.map_err(|e| status(&e))?;
         let header = convert::header(h);
         let total = file.len();
@@ -589,8 +625,9 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
     /// The digest of the whole key-value history this member holds.
     async fn hash(
         &self,
-        _req: Request<pb::HashRequest>,
+        req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.caller(&req)?.admin_raw()?;
         let (h, hash, _) = self.backend.hash_kv(0).await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::HashResponse {
             header: convert::header(h),
@@ -602,6 +639,7 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.caller(&req)?.admin_raw()?;
         let revision = req.into_inner().revision;
         let (h, hash, compact_revision) = self
             .backend

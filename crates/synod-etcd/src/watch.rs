@@ -8,12 +8,14 @@
 //! are skipped). A watcher that falls behind the feed catches up from history
 //! the same way; if compaction got there first it is canceled, as in etcd.
 
+use crate::auth::Caller;
 use crate::backend::{ApiError, Backend, Header};
 use crate::convert;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::mvccpb;
 use std::collections::HashMap;
 use std::sync::Arc;
+use synod_kv::auth::PermKind;
 use synod_kv::{Event, EventKind, Store};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -28,6 +30,7 @@ const HISTORY_BATCH_REVISIONS: usize = 1000;
 /// Serves one Watch stream until the client closes it.
 pub(crate) async fn serve<B: Backend>(
     backend: Arc<B>,
+    caller: Caller,
     mut inbound: Streaming<pb::WatchRequest>,
     out: Out,
     bugs: crate::ApiBugs,
@@ -63,7 +66,28 @@ pub(crate) async fn serve<B: Backend>(
                         .await;
                     continue;
                 }
-                let task = tokio::spawn(watcher(backend.clone(), id, c, out.clone(), bugs));
+                if let Err(reason) = may_watch(&caller, &c.key, &c.range_end) {
+                    let header = backend.header().await.unwrap_or_default();
+                    let _ = out
+                        .send(Ok(pb::WatchResponse {
+                            header: convert::header(header),
+                            watch_id: -1,
+                            created: true,
+                            canceled: true,
+                            cancel_reason: reason,
+                            ..Default::default()
+                        }))
+                        .await;
+                    continue;
+                }
+                let task = tokio::spawn(watcher(
+                    backend.clone(),
+                    caller.clone(),
+                    id,
+                    c,
+                    out.clone(),
+                    bugs,
+                ));
                 watchers.insert(id, task);
             }
             Some(R::CancelRequest(c)) => {
@@ -98,6 +122,14 @@ pub(crate) async fn serve<B: Backend>(
     for task in watchers.values() {
         task.abort();
     }
+}
+
+/// Whether the caller may watch `[key, range_end)`; if not, the reason a
+/// refused watch carries, worded as etcd's (a gRPC status as Go prints it).
+fn may_watch(caller: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), String> {
+    caller
+        .check(key, range_end, PermKind::Read)
+        .map_err(|st| format!("rpc error: code = {:?} desc = {}", st.code(), st.message()))
 }
 
 struct Watcher {
@@ -242,6 +274,7 @@ impl Watcher {
 
 async fn watcher<B: Backend>(
     backend: Arc<B>,
+    mut caller: Caller,
     id: i64,
     c: pb::WatchCreateRequest,
     out: Out,
@@ -309,6 +342,16 @@ async fn watcher<B: Backend>(
                     }
                     if applied.revision < next {
                         continue;
+                    }
+                }
+                // A permission revoked while the watch is open stops it
+                // (etcd 3.4 only checks when the watch is created).
+                let auth = backend.auth();
+                if !Arc::ptr_eq(&caller.auth, &auth) {
+                    caller.auth = auth;
+                    if let Err(reason) = may_watch(&caller, &w.key, &w.range_end) {
+                        w.cancel(applied.revision, 0, reason).await;
+                        return;
                     }
                 }
                 if !w.deliver(&applied.events).await {

@@ -31,6 +31,9 @@ pub enum Error {
     /// The space quota is exceeded (the NOSPACE alarm is raised): only
     /// requests that free space or change nothing are taken.
     NoSpace,
+    /// Refused by the auth store: no or unknown user, no permission, or an
+    /// auth change etcd's rules forbid.
+    Auth(crate::auth::AuthError),
 }
 
 /// How a front end should classify an [`Error`]; the names are gRPC's codes, as
@@ -42,6 +45,8 @@ pub enum ErrorClass {
     FailedPrecondition,
     OutOfRange,
     ResourceExhausted,
+    PermissionDenied,
+    Unauthenticated,
 }
 
 impl Error {
@@ -59,6 +64,19 @@ impl Error {
                 ErrorClass::OutOfRange
             }
             Error::NoSpace => ErrorClass::ResourceExhausted,
+            Error::Auth(a) => {
+                use crate::auth::AuthError as A;
+                match a {
+                    A::UserEmpty
+                    | A::RoleEmpty
+                    | A::AuthFailed
+                    | A::PermissionNotGiven
+                    | A::InvalidAuthMgmt => ErrorClass::InvalidArgument,
+                    A::PermissionDenied => ErrorClass::PermissionDenied,
+                    A::InvalidAuthToken => ErrorClass::Unauthenticated,
+                    _ => ErrorClass::FailedPrecondition,
+                }
+            }
         }
     }
 }
@@ -82,6 +100,7 @@ impl Error {
             Error::DuplicateKey => "etcdserver: duplicate key given in txn request",
             Error::TooManyOps { .. } => "etcdserver: too many operations in txn request",
             Error::NoSpace => "etcdserver: mvcc: database space exceeded",
+            Error::Auth(a) => a.etcd_message(),
         }
     }
 }

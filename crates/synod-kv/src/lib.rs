@@ -16,6 +16,8 @@
 //! * **leases**: keys attached to a lease are deleted when it is revoked. Time is
 //!   not the store's business: the leader counts TTLs down and proposes the
 //!   revoke, so expiry happens at the same log position everywhere;
+//! * **auth**: users, roles and key permissions ([`auth`]), replicated with
+//!   the keys and checked when a write is applied;
 //! * **compaction** and the **history** a watch replays ([`Store::events_since`]).
 //!
 //! No I/O, clocks or randomness: a store is a pure function of the commands
@@ -25,6 +27,7 @@
 //! [`replica::Replica`] puts the store on synod's Raft core as a sans-IO node:
 //! what each member of the service runs, with its driver doing the I/O.
 
+pub mod auth;
 pub mod backup;
 mod error;
 pub mod replica;

@@ -593,11 +593,13 @@ impl Application for State {
             self.before_last = Some(self.store.clone());
         }
         let result = self.store.apply(&cmd);
-        match (&cmd, &result) {
+        match (cmd.inner(), &result) {
             (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {
                 let at = self.ticks + self.ttl_ticks(*ttl);
                 self.deadlines.insert(*id, at);
             }
+            // A revoke its sender had no right to leaves the lease running.
+            (Command::LeaseRevoke { .. }, Err(crate::Error::Auth(_))) => {}
             (Command::LeaseRevoke { id }, _) => {
                 self.deadlines.remove(id);
                 self.revoking.remove(id);

@@ -2,6 +2,7 @@
 //! compaction, so reads at a past revision and watches from a past revision work
 //! as they do in etcd.
 
+use crate::auth::{AuthError, AuthState};
 use crate::types::*;
 use crate::Error;
 use bytes::Bytes;
@@ -74,6 +75,8 @@ pub struct Store {
     members: BTreeMap<u64, MemberRecord>,
     /// Alarms raised and not yet cleared, by member.
     alarms: BTreeSet<(u64, AlarmType)>,
+    /// Users, roles and permissions (etcd's auth store).
+    auth: AuthState,
 }
 
 impl Default for Store {
@@ -175,6 +178,7 @@ impl Store {
             max_txn_ops: MAX_TXN_OPS,
             members: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            auth: AuthState::default(),
         }
     }
 
@@ -210,6 +214,32 @@ impl Store {
             return Err(Error::NoSpace);
         }
         match cmd {
+            Command::As { user, cmd } => {
+                let leases = &self.leases;
+                self.auth
+                    .check_command(user, cmd, &|id| leases.get(&id).map(|l| &l.keys))
+                    .map_err(Error::Auth)?;
+                self.apply_checked(cmd)
+            }
+            // A client's request proposed while auth looked disabled, applied
+            // after it was enabled: refused as a request without a user.
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) | Command::Auth(_)
+                if self.auth.enabled() =>
+            {
+                Err(Error::Auth(AuthError::UserEmpty))
+            }
+            _ => self.apply_checked(cmd),
+        }
+    }
+
+    /// Applies a command whose permissions were checked.
+    fn apply_checked(&mut self, cmd: &Command) -> Result<(CommandResponse, Vec<Event>), Error> {
+        match cmd {
+            Command::As { .. } => unreachable!("validate refuses a nested As"),
+            Command::Auth(a) => {
+                self.auth.apply(a).map_err(Error::Auth)?;
+                Ok((CommandResponse::Auth, Vec::new()))
+            }
             Command::Put(p) => {
                 let txn = TxnRequest {
                     success: vec![RequestOp::Put(p.clone())],
@@ -317,6 +347,11 @@ impl Store {
     /// What the cluster records of its members, removed ones included.
     pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
         &self.members
+    }
+
+    /// Users, roles and permissions.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
     }
 
     fn check_revision(&self, requested: i64, current: i64) -> Result<(), Error> {
@@ -828,6 +863,7 @@ impl Store {
             h.i64(*id as i64);
             h.i64(*a as i64);
         }
+        self.auth.digest(&mut |b| h.bytes(b));
         h.0
     }
 
@@ -873,6 +909,7 @@ impl Store {
 
     /// Panics if an invariant of the history is broken (tests and debug builds).
     pub fn assert_invariants(&self) {
+        self.auth.assert_invariants();
         let mut attached: BTreeMap<i64, BTreeSet<Vec<u8>>> = BTreeMap::new();
         for (k, recs) in &self.keys {
             assert!(!recs.is_empty(), "key {k:?} has an empty history");
@@ -1057,7 +1094,16 @@ impl Command {
         match self {
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(t) => puts(t),
+            Command::As { cmd, .. } => cmd.takes_space(),
             _ => false,
+        }
+    }
+
+    /// The request itself, without the [`Command::As`] that names its sender.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::As { cmd, .. } => cmd.inner(),
+            other => other,
         }
     }
 
@@ -1071,6 +1117,10 @@ impl Command {
             Command::LeaseGrant { ttl, .. } if *ttl > MAX_LEASE_TTL => {
                 Err(Error::LeaseTtlTooLarge(*ttl))
             }
+            Command::As { cmd, .. } if matches!(**cmd, Command::As { .. }) => {
+                Err(Error::Auth(AuthError::InvalidAuthMgmt))
+            }
+            Command::As { cmd, .. } => cmd.validate(max_txn_ops),
             _ => Ok(()),
         }
     }

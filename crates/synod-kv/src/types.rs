@@ -202,6 +202,15 @@ pub enum Command {
         member: u64,
         alarm: AlarmType,
     },
+    /// A change to users, roles or permissions.
+    Auth(crate::auth::AuthCommand),
+    /// A client's request on behalf of `user` ("" for none), checked
+    /// against the auth store when applied. Proposed while auth is enabled;
+    /// while it is, a bare `Put`, `DeleteRange`, `Txn` or `Auth` is refused.
+    As {
+        user: String,
+        cmd: Box<Command>,
+    },
 }
 
 /// etcd's alarms.
@@ -254,6 +263,7 @@ pub enum CommandResponse {
     LeaseRevoke,
     Member,
     Alarm,
+    Auth,
 }
 
 /// A lease as the store knows it. Time is not the store's business: the TTL is

@@ -1,7 +1,7 @@
 //! The etcd API's view of a member: requests go to the member's thread, and
 //! from a follower on to the leader.
 
-use crate::member::{Directory, Inbox};
+use crate::member::{AuthView, Directory, Inbox};
 use crate::peer::ActiveSince;
 use crate::reconfig;
 use std::sync::{mpsc, Arc};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use synod_etcd::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo, Subscription,
 };
+use synod_kv::auth::AuthState;
 use synod_kv::replica::{Answer, ConfRefusal, Replica, ReplicaError, Request};
 use synod_kv::{
     AlarmType, Command, CommandResponse, Event, MemberChange, RangeRequest, RangeResponse,
@@ -56,6 +57,8 @@ pub struct MemberBackend {
     pub me: MemberInfo,
     /// The membership as the member last applied it.
     pub members: Directory,
+    /// The auth store as the member last applied it.
+    pub auth: AuthView,
     pub inbox: mpsc::SyncSender<Inbox>,
     /// Where the member keeps its WAL and snapshots (sized for Status).
     pub data_dir: std::path::PathBuf,
@@ -590,6 +593,10 @@ impl Backend for MemberBackend {
             })
             .await?;
         Ok((rev, events?))
+    }
+
+    fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn header(&self) -> Result<Header, ApiError> {

@@ -286,6 +286,7 @@ pub async fn start_member_on(
         cluster_id: spec.cluster_id,
         me: infos[index].clone(),
         members: member.directory.clone(),
+        auth: member.auth.clone(),
         inbox: member.inbox.clone(),
         data_dir: m.data_dir.clone(),
         strict_reconfig: tuning.strict_reconfig,

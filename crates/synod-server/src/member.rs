@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use synod_etcd::{Applied, MemberInfo};
+use synod_kv::auth::AuthState;
 use synod_kv::replica::{
     Answer, Replica, ReplicaBugs, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
     StoreImage,
@@ -68,6 +69,11 @@ pub struct MemberConfig {
 /// What the member publishes of the cluster's membership after every
 /// change (MemberList, join queries): one entry per voter and learner.
 pub type Directory = Arc<RwLock<Vec<MemberInfo>>>;
+
+/// The auth store as the member last applied it, shared with the API
+/// services, which check every request against it. Replaced (a new `Arc`)
+/// whenever it changes, before any answer that depends on the change.
+pub type AuthView = Arc<RwLock<Arc<AuthState>>>;
 
 /// Messages a member's inbox holds. Peer readers block when it is full (TCP
 /// then slows the sender down); clients are told to back off
@@ -130,6 +136,8 @@ pub struct Member {
     pub inbox: mpsc::SyncSender<Inbox>,
     /// The membership as this member last applied it.
     pub directory: Directory,
+    /// The auth store as this member last applied it.
+    pub auth: AuthView,
     /// Since when each peer has been reachable (see [`ActiveSince`]).
     pub active: ActiveSince,
     /// Set when the member stops by itself, with the reason (removed from
@@ -240,6 +248,8 @@ impl Member {
         let loop_tx = tx.clone();
         let (end_tx, ended) = tokio::sync::watch::channel(None);
         let shared = directory.clone();
+        let auth: AuthView = Arc::new(RwLock::new(Arc::new(replica.store().auth().clone())));
+        let auth_in = auth.clone();
         let active = ActiveSince::default();
         let active_in = active.clone();
         let thread = std::thread::Builder::new()
@@ -248,6 +258,7 @@ impl Member {
                 let compactor = cfg.auto_compaction.map(Compactor::new);
                 let mut driver = Driver::new(cfg, replica, disk, hello, loop_tx, heard, metrics);
                 driver.directory = shared;
+                driver.auth = auth_in;
                 driver.active = active_in;
                 driver.compactor = compactor;
                 if let Err(why) = driver.run(rx) {
@@ -261,6 +272,7 @@ impl Member {
             id,
             inbox: tx,
             directory,
+            auth,
             active,
             ended,
             thread: Some(thread),
@@ -306,6 +318,7 @@ struct Driver {
     /// Since when each peer's writer has been connected.
     active: ActiveSince,
     directory: Directory,
+    auth: AuthView,
     /// The configuration and member records `directory` was made from.
     seen_conf: Option<(ConfState, BTreeMap<u64, MemberRecord>)>,
     /// Whether this member has been in the configuration (a member that
@@ -370,6 +383,7 @@ impl Driver {
     ) -> Driver {
         Driver {
             directory: Arc::new(RwLock::new(cfg.initial.clone())),
+            auth: Arc::new(RwLock::new(Arc::new(replica.store().auth().clone()))),
             cfg,
             replica,
             disk,
@@ -823,6 +837,17 @@ impl Driver {
         self.seen_conf = Some((conf, records));
     }
 
+    /// Publishes the auth store if an applied command or an installed
+    /// snapshot changed it. Every change bumps its revision except enabling
+    /// it, so the pair tells.
+    fn sync_auth(&mut self) {
+        let now = self.replica.store().auth();
+        let mut shared = self.auth.write().unwrap_or_else(|p| p.into_inner());
+        if shared.revision() != now.revision() || shared.enabled() != now.enabled() {
+            *shared = Arc::new(now.clone());
+        }
+    }
+
     /// Compacts the history as `--auto-compaction-*` say, while this member
     /// leads, through the log like any client's compaction.
     fn auto_compact(&mut self, now: u64) {
@@ -984,6 +1009,9 @@ impl Driver {
                 p.send(PeerMsg::Raft(env.msg));
             }
         }
+        // Before any answer: a client told its auth change is done must find
+        // it in force on its next request.
+        self.sync_auth();
         for e in out.events {
             match e {
                 ReplicaEvent::Response { id, result } => {

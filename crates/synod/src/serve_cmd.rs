@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Most operations in one transaction branch.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Seconds an auth token stays valid without use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
     /// Largest frame taken from a peer, in bytes (synod only; etcd has no
     /// such flag). A snapshot of the whole store travels in one frame, so
     /// this must exceed the store's encoded size.
@@ -329,6 +332,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             max_request_bytes: a.max_request_bytes,
             max_txn_ops: a.max_txn_ops,
             min_lease_ttl: Limits::min_lease_ttl_for(tick, election),
+            auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
         },
         max_peer_frame: a.max_peer_frame_bytes,
         quota_bytes: match a.quota_backend_bytes {

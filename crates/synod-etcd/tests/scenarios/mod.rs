@@ -5,6 +5,8 @@
 //! etcd to record `tests/golden/*.json`; `tests/parity.rs` runs them against
 //! synod and compares.
 
+mod auth;
+
 use serde_json::{json, Value};
 use std::time::Duration;
 use synod_etcd::pb::etcdserverpb as pb;
@@ -29,6 +31,8 @@ pub const SCENARIOS: &[Scenario] = &[
     ("lease_ttl_floor", |c| Box::pin(lease_ttl_floor(c))),
     ("lock", |c| Box::pin(lock(c))),
     ("election", |c| Box::pin(election(c))),
+    // Last: it turns auth on and off again.
+    ("auth", |c| Box::pin(auth::auth(c))),
 ];
 
 /// How long a scenario waits for one response before it records a timeout.
