@@ -243,6 +243,9 @@ pub struct ReplicaBugs {
     /// A membership change is answered as done when the leader proposes
     /// it, before it is committed and in force.
     pub conf_answered_early: bool,
+    /// A write sent on a user's behalf is applied without checking that
+    /// user's permissions.
+    pub auth_unchecked: bool,
     /// Bugs of the Raft core underneath (with the `broken` feature).
     pub raft: synod_protocols::raft::Bugs,
 }
@@ -592,7 +595,11 @@ impl Application for State {
         if self.bugs.stale_snapshot {
             self.before_last = Some(self.store.clone());
         }
-        let result = self.store.apply(&cmd);
+        let result = if self.bugs.auth_unchecked {
+            self.store.apply_unchecked(&cmd)
+        } else {
+            self.store.apply(&cmd)
+        };
         match (cmd.inner(), &result) {
             (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {
                 let at = self.ticks + self.ttl_ticks(*ttl);

@@ -232,6 +232,17 @@ impl Store {
         }
     }
 
+    /// Applies `cmd` as if its sender had every permission: the
+    /// `auth_unchecked` bug of [`crate::replica::ReplicaBugs`], which the
+    /// simulator must catch.
+    pub fn apply_unchecked(
+        &mut self,
+        cmd: &Command,
+    ) -> Result<(CommandResponse, Vec<Event>), Error> {
+        cmd.validate(self.max_txn_ops)?;
+        self.apply_checked(cmd.inner())
+    }
+
     /// Applies a command whose permissions were checked.
     fn apply_checked(&mut self, cmd: &Command) -> Result<(CommandResponse, Vec<Event>), Error> {
         match cmd {

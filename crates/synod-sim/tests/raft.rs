@@ -727,6 +727,20 @@ mod etcd_replica {
     }
 
     #[test]
+    fn writes_applied_without_their_senders_permissions_are_caught() {
+        let bugs = ReplicaBugs {
+            auth_unchecked: true,
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught(bugs, 50);
+        eprintln!("unchecked auth caught: {caught:?}");
+        assert!(
+            matches!(caught, Some((_, "auth"))),
+            "writes applied without permission checks went unnoticed in 50 runs: {caught:?}"
+        );
+    }
+
+    #[test]
     fn a_snapshot_labelled_ahead_of_its_store_is_caught() {
         let bugs = ReplicaBugs {
             stale_snapshot: true,

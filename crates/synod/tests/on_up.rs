@@ -192,6 +192,134 @@ fn etcdctl_lock_and_elect_against_synod_up() {
     drop((next, observer));
 }
 
+/// etcdctl's auth session against `synod up`, as an operator runs it: a root
+/// user and role, auth on, a read-only user, auth off. Users added through
+/// one member are known on the others, and a token from one member works on
+/// every member.
+#[test]
+fn etcdctl_auth_against_synod_up() {
+    if !etcdctl_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (up, _said) = up(dir.path(), base);
+    let _up = Stop(up);
+    let eps = endpoints(base);
+    let run = |ep: &str, args: &[&str]| {
+        let (ok, out, err) = etcdctl(ep, args);
+        assert!(ok, "etcdctl {args:?}: {out}{err}");
+        out
+    };
+    let refused = |ep: &str, args: &[&str], why: &str| {
+        let (ok, out, err) = etcdctl(ep, args);
+        assert!(!ok, "etcdctl {args:?} succeeded: {out}");
+        assert!(err.contains(why), "etcdctl {args:?}: {err}");
+    };
+    assert_eq!(
+        run(&eps[0], &["user", "add", "root:rootpw"]),
+        "User root created\n"
+    );
+    run(&eps[0], &["role", "add", "root"]);
+    run(&eps[0], &["user", "grant-role", "root", "root"]);
+    assert_eq!(
+        run(&eps[0], &["auth", "enable"]),
+        "Authentication Enabled\n"
+    );
+
+    fn with<'a>(user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        [&["--user", user][..], args].concat()
+    }
+    let as_root = |args: &[&'static str]| with("root:rootpw", args);
+    refused(
+        &eps[1],
+        &["put", "k", "v"],
+        "etcdserver: user name is empty",
+    );
+    assert_eq!(run(&eps[1], &as_root(&["put", "k", "v"])), "OK\n");
+    refused(
+        &eps[2],
+        &["--user", "root:wrong", "get", "k"],
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+
+    run(&eps[0], &as_root(&["role", "add", "ro"]));
+    run(
+        &eps[0],
+        &as_root(&[
+            "role",
+            "grant-permission",
+            "ro",
+            "read",
+            "/app/",
+            "--prefix=true",
+        ]),
+    );
+    run(&eps[0], &as_root(&["user", "add", "alice:apw"]));
+    run(&eps[0], &as_root(&["user", "grant-role", "alice", "ro"]));
+    run(&eps[0], &as_root(&["put", "/app/x", "5"]));
+    // Granted through member 0, in force on member 2.
+    let alice = |args: &[&'static str]| with("alice:apw", args);
+    assert_eq!(run(&eps[2], &alice(&["get", "/app/x"])), "/app/x\n5\n");
+    refused(
+        &eps[2],
+        &alice(&["put", "/app/x", "6"]),
+        "etcdserver: permission denied",
+    );
+    refused(
+        &eps[1],
+        &alice(&["get", "/other"]),
+        "etcdserver: permission denied",
+    );
+    assert_eq!(
+        run(&eps[1], &as_root(&["user", "get", "alice"])),
+        "User: alice\nRoles: ro\n"
+    );
+
+    token_from_one_member_works_on_another(&eps);
+
+    assert_eq!(
+        run(&eps[1], &as_root(&["auth", "disable"])),
+        "Authentication Disabled\n"
+    );
+    assert_eq!(run(&eps[2], &["put", "/app/x", "7"]), "OK\n");
+}
+
+/// Authenticates as alice on member 0 and reads with the token on the
+/// other two.
+fn token_from_one_member_works_on_another(eps: &[String]) {
+    use synod_etcd::pb::etcdserverpb as pb;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = |ep: &str| {
+            tonic::transport::Channel::from_shared(format!("http://{ep}"))
+                .unwrap()
+                .connect_lazy()
+        };
+        let token = pb::auth_client::AuthClient::new(channel(&eps[0]))
+            .authenticate(pb::AuthenticateRequest {
+                name: "alice".into(),
+                password: "apw".into(),
+            })
+            .await
+            .expect("alice authenticates")
+            .into_inner()
+            .token;
+        for ep in &eps[1..] {
+            let mut req = tonic::Request::new(pb::RangeRequest {
+                key: b"/app/x".to_vec(),
+                ..Default::default()
+            });
+            req.metadata_mut().insert("token", token.parse().unwrap());
+            let r = pb::kv_client::KvClient::new(channel(ep))
+                .range(req)
+                .await
+                .unwrap_or_else(|e| panic!("{ep} refused member 0's token: {e}"));
+            assert_eq!(r.into_inner().kvs[0].value, b"5");
+        }
+    });
+}
+
 /// Where cargo put this crate's example programs (beside the binary), or
 /// None to skip (a failure under CI's `SYNOD_REQUIRE_EXAMPLES`).
 fn examples_dir() -> Option<PathBuf> {

@@ -36,10 +36,17 @@
 //!   the grant was acknowledged (the leader counts TTLs in its own ticks, and
 //!   a new leader restarts them).
 //!
+//! * **auth** — an admin client ([`admin`]) sets up users and roles, turns
+//!   auth on, writes as a user with little permission (one write allowed, two
+//!   denied), and turns auth off, through the log; every answer must be the
+//!   one etcd's rules give, and no member may hold a denied write's key.
+//!
 //! Liveness: in the quiet phase every client finishes its operations, and
 //! every lease whose key was attached expires.
 //!
 //! [`Store::hash`]: synod_kv::Store::hash
+
+mod admin;
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{self, CheckOptions};
@@ -61,7 +68,7 @@ use synod_protocols::raft::{ConfChange, Disk, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
-pub const PROPERTIES: &[&str] = &["linearizability", "lease_expiry"];
+pub const PROPERTIES: &[&str] = &["linearizability", "lease_expiry", "auth"];
 /// The counters this model reports besides [`crate::models::raft_checks::COUNTERS`].
 pub const COUNTERS: &[&str] = &[
     "ops_ok",
@@ -70,6 +77,7 @@ pub const COUNTERS: &[&str] = &[
     "store_hash_checks",
     "leases_expired",
     "snapshots_encoded_elsewhere",
+    "auth_steps",
 ];
 
 /// Members compact their logs after this many applied entries (the service:
@@ -176,6 +184,18 @@ pub struct EtcdModel {
     confs_refused: u64,
     /// Linearizable reads a follower answered (by ReadIndex).
     follower_reads: u64,
+    admin: admin::AdminClient,
+    /// Request id -> generation of the admin client's request.
+    admin_inflight: BTreeMap<u64, u64>,
+}
+
+/// `cmd` as a client writes it: as `root`, so it is allowed whether or not
+/// auth is on (the admin client turns it on and off during the run).
+fn as_root(cmd: Command) -> Command {
+    Command::As {
+        user: "root".into(),
+        cmd: Box::new(cmd),
+    }
 }
 
 /// The bytes stored for value `v`: the name, then up to [`MAX_PAD`] bytes
@@ -235,6 +255,8 @@ impl EtcdModel {
             confs_refused: 0,
             follower_reads: 0,
             voters: n,
+            admin: admin::AdminClient::default(),
+            admin_inflight: BTreeMap::new(),
         }
     }
 
@@ -319,12 +341,12 @@ impl EtcdModel {
         };
         let id = 1 + i as i64;
         let cmd = if attaching {
-            Command::Put(PutRequest {
+            as_root(Command::Put(PutRequest {
                 key: lease_key(i),
                 value: b"held".to_vec(),
                 lease: id,
                 ..PutRequest::default()
-            })
+            }))
         } else {
             Command::LeaseGrant {
                 id,
@@ -628,7 +650,10 @@ impl EtcdModel {
         let id = self.next_request;
         self.next_request += 1;
         self.inflight.insert(id, (c, generation));
-        let req = Self::request(&kind);
+        let req = match Self::request(&kind) {
+            Request::Write(cmd) => Request::Write(as_root(cmd)),
+            read => read,
+        };
         let latency = ctl.rng().gen_range(MS / 2..2 * MS);
         ctl.input(target, ReplicaInput::Client { id, req }, latency);
         ctl.wake(latency + CLIENT_TIMEOUT, token(c, generation));
@@ -717,6 +742,7 @@ impl Model for EtcdModel {
             self.next_op(ctl, c);
         }
         self.lease_next(ctl);
+        self.admin_send(ctl);
         ctl.wake(LOG_CHECK_EVERY, LOG_CHECK);
     }
 
@@ -737,6 +763,7 @@ impl Model for EtcdModel {
     fn on_quiet(&mut self, ctl: &mut Ctl<'_, Node>) {
         self.checks.check_logs(ctl);
         self.check_stores(ctl);
+        self.check_denied_keys(ctl);
     }
 
     fn on_event(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId, event: ReplicaEvent) {
@@ -765,6 +792,12 @@ impl Model for EtcdModel {
             ReplicaEvent::Response { id, result } => {
                 if let Some(change) = self.conf_inflight.remove(&id) {
                     self.conf_answer(ctl, node, change, result);
+                    return;
+                }
+                if let Some(generation) = self.admin_inflight.remove(&id) {
+                    if generation == self.admin.generation {
+                        self.admin_answer(ctl, node, result);
+                    }
                     return;
                 }
                 if let Some(generation) = self.lease_inflight.remove(&id) {
@@ -853,6 +886,14 @@ impl Model for EtcdModel {
         let c = (tok >> 32) as usize;
         let resend = tok & (1 << 31) != 0;
         let generation = tok & 0x7fff_ffff;
+        if c == self.admin_client() {
+            if resend {
+                self.admin_send(ctl);
+            } else {
+                self.admin_timeout(ctl, generation);
+            }
+            return;
+        }
         if c == self.lease_client() {
             // No answer in time: ask the next member.
             if self.lessee.generation & 0x7fff_ffff == generation {
@@ -879,6 +920,7 @@ impl Model for EtcdModel {
     fn done(&self, _ctl: &Ctl<'_, Node>) -> bool {
         self.clients.iter().all(|c| c.done >= OPS && c.op.is_none())
             && self.lessee.current.is_none()
+            && self.admin_done()
             && self
                 .lessee
                 .leases
@@ -889,7 +931,9 @@ impl Model for EtcdModel {
     fn finish(&mut self, ctl: &mut Ctl<'_, Node>, _terminated: bool, report: &mut RunReport) {
         self.checks.finish(ctl, report);
         self.check_stores(ctl);
+        self.check_denied_keys(ctl);
         report.count("store_hash_checks", self.store_hash_checks);
+        report.count("auth_steps", self.admin.answered);
         report.count("snapshots_encoded_elsewhere", self.images_encoded);
         report.count("membership_changes_answered", self.confs_acked);
         report.count("membership_changes_refused", self.confs_refused);
