@@ -255,7 +255,13 @@ impl<B: Backend> EtcdServer<B> {
         // valid then.
         let user = match token_of(req) {
             Some(t) => self.tokens().verify(&auth, t).map_err(auth_status)?,
-            None => String::new(),
+            // Without a token, the common name of a verified client
+            // certificate (`--client-cert-auth`), as etcd takes it.
+            None => req
+                .extensions()
+                .get::<crate::tls::ClientIdentity>()
+                .and_then(|id| id.common_name.clone())
+                .unwrap_or_default(),
         };
         Ok(Caller { auth, user })
     }

@@ -49,6 +49,7 @@ mod local;
 mod noop;
 mod recipes;
 mod service;
+pub mod tls;
 mod watch;
 
 pub use auth::{BCRYPT_COST, DEFAULT_TOKEN_TTL};

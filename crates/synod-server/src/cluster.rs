@@ -15,7 +15,7 @@ use synod_etcd::{EtcdServer, Limits, MemberInfo};
 use synod_protocols::NodeId;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 
 /// One member of the initial cluster. Its raft id is its etcd member id,
 /// as in etcd; [`ClusterSpec::members`] is sorted by it.
@@ -151,6 +151,9 @@ impl ClusterSpec {
 #[derive(Clone, Debug)]
 pub struct Listen {
     pub clients: Vec<SocketAddr>,
+    /// `https://` client URLs: served over TLS with `client_tls`.
+    pub secure_clients: Vec<SocketAddr>,
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
     pub peer: SocketAddr,
     /// `--listen-metrics-urls`: HTTP only (/metrics, /health, /version).
     pub metrics: Vec<SocketAddr>,
@@ -211,6 +214,8 @@ pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMem
     let m = &spec.members[index];
     let listen = Listen {
         clients: vec![m.client],
+        secure_clients: Vec::new(),
+        client_tls: None,
         peer: m.peer,
         metrics: Vec::new(),
     };
@@ -236,9 +241,17 @@ pub async fn start_member_on(
             m.name
         )
     };
+    if !listen.secure_clients.is_empty() && listen.client_tls.is_none() {
+        return Err(format!(
+            "member {}: https client URLs need a certificate (--cert-file and --key-file, or --auto-tls)",
+            m.name
+        ));
+    }
     let mut sockets = Vec::new();
-    let metrics_from = listen.clients.len();
-    for addr in listen.clients.iter().chain(&listen.metrics) {
+    let metrics_from = listen.clients.len() + listen.secure_clients.len();
+    let secure_from = listen.clients.len();
+    let all = listen.clients.iter().chain(&listen.secure_clients);
+    for addr in all.chain(&listen.metrics) {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -308,28 +321,19 @@ pub async fn start_member_on(
         } else {
             tonic::service::Routes::from(web)
         };
-        // Small responses must not wait for the client's delayed ACK (Nagle):
-        // without this a read took 40 ms. AuthorityFix lets etcdctl's
-        // `http://host:port` authority through (see its docs).
-        let incoming = TcpListenerStream::new(listener).map(|s| {
-            let s = s?;
-            s.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(synod_etcd::AuthorityFix::new(s))
+        let api = Api {
+            routes,
+            metrics: metrics.clone(),
+            stop: stop_rx.clone(),
+        };
+        let tls = listen
+            .client_tls
+            .clone()
+            .filter(|_| (secure_from..metrics_from).contains(&i));
+        apis.push(match tls {
+            Some(cfg) => tokio::spawn(api.serve(tls_incoming(listener, cfg))),
+            None => tokio::spawn(api.serve(plain_incoming(listener))),
         });
-        let mut stop = stop_rx.clone();
-        let counted = GrpcMetrics(metrics.clone());
-        apis.push(tokio::spawn(async move {
-            // HTTP/1.1 too, for /health, /version and /metrics.
-            let _ = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .layer(counted)
-                .layer(synod_etcd::GrpcGoCompat)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
     }
     Ok(RunningMember {
         raft_id,
@@ -337,6 +341,89 @@ pub async fn start_member_on(
         stop_api: stop_tx,
         apis,
     })
+}
+
+/// One listener's HTTP/2 (and HTTP/1.1) server.
+struct Api {
+    routes: tonic::service::Routes,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Api {
+    async fn serve<IO>(mut self, incoming: impl Stream<Item = std::io::Result<IO>> + Send + 'static)
+    where
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
+        // HTTP/1.1 too, for /health, /version and /metrics.
+        let _ = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(GrpcMetrics(self.metrics))
+            .layer(synod_etcd::GrpcGoCompat)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = self.stop.wait_for(|s| *s).await;
+            })
+            .await;
+    }
+}
+
+/// Plain connections. Small responses must not wait for the client's
+/// delayed ACK (Nagle): without `nodelay` a read took 40 ms. AuthorityFix
+/// lets etcdctl's `http://host:port` authority through (see its docs).
+fn plain_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<synod_etcd::AuthorityFix<tokio::net::TcpStream>>> {
+    TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(synod_etcd::AuthorityFix::new(s))
+    })
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+type TlsConn = synod_etcd::AuthorityFix<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// TLS connections, each handshake on its own task so that a slow or
+/// silent client holds up no other. A failed handshake (no or a wrong
+/// client certificate) ends that connection only.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+) -> impl Stream<Item = std::io::Result<TlsConn>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // The server stopped and dropped its end.
+                () = tx.closed() => return,
+            };
+            let Ok((socket, from)) = accepted else {
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(synod_etcd::AuthorityFix::new(tls))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("TLS handshake with {from} failed: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake with {from} timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Election timeout in ticks, as etcd counts it.

@@ -24,6 +24,7 @@ pub mod member;
 pub mod metrics;
 pub mod peer;
 pub mod reconfig;
+pub mod tls;
 
 /// Whether this build can plant deliberate bugs in members (the `broken`
 /// feature; test builds of `synod` have it, release builds do not).

@@ -12,6 +12,7 @@ use std::time::Duration;
 use synod_etcd::Limits;
 use synod_server::cluster::{start_member_on, ClusterSpec, Listen, MemberSpec, Tuning};
 use synod_server::compactor::AutoCompaction;
+use synod_server::tls::TlsFiles;
 
 /// etcd's flags, names, defaults and meanings (etcd 3.4).
 #[derive(Args, Debug, Clone)]
@@ -132,30 +133,65 @@ pub struct ServeArgs {
     /// debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Certificate (PEM) this member presents to clients on https:// client URLs.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Demand a client certificate signed by --trusted-ca-file; its common
+    /// name is the user when auth is enabled.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// CA certificates (PEM) that sign client certificates.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Serve https:// client URLs with a self-signed certificate made at
+    /// first start (kept in the data directory).
+    #[arg(long, env = "ETCD_AUTO_TLS")]
+    pub auto_tls: bool,
+    /// Certificate (PEM) this member presents to its peers (https:// peer URLs).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Demand a certificate signed by --peer-trusted-ca-file from every peer.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// CA certificates (PEM) that sign the peers' certificates.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Talk to peers over TLS with a self-signed certificate (encrypted, not
+    /// authenticated).
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS")]
+    pub peer_auto_tls: bool,
 }
 
-/// A parsed `http://host:port` URL.
+/// A parsed `http://host:port` or `https://host:port` URL.
 struct Url {
     text: String,
     host: String,
     port: u16,
+    /// `https`: served or dialled over TLS.
+    secure: bool,
 }
 
 fn parse_url(flag: &str, text: &str) -> Result<Url, String> {
     let text = text.trim();
-    let rest = match text.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(format!(
-                "{flag}: {text}: TLS (https) is not implemented yet; use http://"
-            ))
-        }
+    let (rest, secure) = match text.split_once("://") {
+        Some(("http", rest)) => (rest, false),
+        Some(("https", rest)) => (rest, true),
         Some((scheme, _)) => {
             return Err(format!(
-                "{flag}: {text}: URL scheme {scheme:?} is not supported; use http://"
+                "{flag}: {text}: URL scheme {scheme:?} is not supported; use http:// or https://"
             ))
         }
-        None => return Err(format!("{flag}: {text}: URL must start with http://")),
+        None => {
+            return Err(format!(
+                "{flag}: {text}: URL must start with http:// or https://"
+            ))
+        }
     };
     let hostport = rest.trim_end_matches('/');
     if hostport.contains('/') {
@@ -176,6 +212,7 @@ fn parse_url(flag: &str, text: &str) -> Result<Url, String> {
         text: text.to_string(),
         host,
         port,
+        secure,
     })
 }
 
@@ -246,6 +283,16 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     let advertise_clients = parse_urls("--advertise-client-urls", &a.advertise_client_urls)?;
     let listen_clients = parse_urls("--listen-client-urls", &a.listen_client_urls)?;
     let listen_peers = parse_urls("--listen-peer-urls", &a.listen_peer_urls)?;
+    if let Some(u) = listen_peers
+        .iter()
+        .chain(&advertise_peers)
+        .find(|u| u.secure)
+    {
+        return Err(format!(
+            "{}: TLS between members (https peer URLs) is not implemented yet; use http://",
+            u.text
+        ));
+    }
     if listen_peers.len() > 1 {
         return Err("--listen-peer-urls: synod listens for peers on one URL only".into());
     }
@@ -354,17 +401,47 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         existing_cluster(&mut spec, &a.name, &mine, &data_dir, has_data)?;
     }
     let index = spec.index_of(&a.name).expect("this member is in the spec");
-    let listen = Listen {
-        clients: listen_clients
-            .iter()
+    let client_files = TlsFiles {
+        cert_file: a.cert_file.clone(),
+        key_file: a.key_file.clone(),
+        trusted_ca_file: a.trusted_ca_file.clone(),
+        client_cert_auth: a.client_cert_auth,
+        auto_tls: a.auto_tls,
+    };
+    let resolve_all = |urls: &[&Url]| {
+        urls.iter()
             .map(|u| resolve("--listen-client-urls", u))
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (secure, plain): (Vec<&Url>, Vec<&Url>) = listen_clients.iter().partition(|u| u.secure);
+    let client_tls = if secure.is_empty() {
+        None
+    } else {
+        let hosts: Vec<String> = secure.iter().map(|u| u.host.clone()).collect();
+        let cfg = client_files
+            .server_config(&data_dir.join("fixtures").join("client"), &hosts)
+            .map_err(|e| format!("--listen-client-urls {}: {e}", secure[0].text))?;
+        Some(cfg)
+    };
+    let listen = Listen {
+        clients: resolve_all(&plain)?,
+        secure_clients: resolve_all(&secure)?,
+        client_tls,
         peer: resolve("--listen-peer-urls", &listen_peers[0])?,
         metrics: if a.listen_metrics_urls.trim().is_empty() {
             Vec::new()
         } else {
             parse_urls("--listen-metrics-urls", &a.listen_metrics_urls)?
                 .iter()
+                .map(|u| match u.secure {
+                    true => Err(format!(
+                        "--listen-metrics-urls: {}: metrics are served without TLS; use http://",
+                        u.text
+                    )),
+                    false => Ok(u),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
                 .map(|u| resolve("--listen-metrics-urls", u))
                 .collect::<Result<_, _>>()?
         },
@@ -538,7 +615,8 @@ pub fn unsafe_bugs(
 }
 
 /// Values etcd would refuse are refused. (What synod does not implement
-/// yet, `https://` URLs, is refused where URLs are read, never ignored.)
+/// yet, `https://` peer and metrics URLs, is refused where URLs are read,
+/// never ignored.)
 fn check_values(a: &ServeArgs) -> Result<(), String> {
     if !matches!(a.logger.as_str(), "capnslog" | "zap") {
         return Err(format!(
