@@ -155,6 +155,8 @@ pub struct Listen {
     pub secure_clients: Vec<SocketAddr>,
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
     pub peer: SocketAddr,
+    /// TLS with the peers, for `https://` peer URLs.
+    pub peer_tls: Option<Arc<crate::peer::PeerTls>>,
     /// `--listen-metrics-urls`: HTTP only (/metrics, /health, /version).
     pub metrics: Vec<SocketAddr>,
 }
@@ -217,6 +219,7 @@ pub async fn start_member(spec: &ClusterSpec, index: usize) -> Result<RunningMem
         secure_clients: Vec::new(),
         client_tls: None,
         peer: m.peer,
+        peer_tls: None,
         metrics: Vec::new(),
     };
     start_member_on(spec, index, &listen).await
@@ -283,6 +286,7 @@ pub async fn start_member_on(
             initial: infos.clone(),
             voters,
             listen_peer: listen.peer,
+            peer_tls: listen.peer_tls.clone(),
             tick: tuning.tick,
             election_ticks: election_ticks(tuning),
             snapshot_every: tuning.snapshot_every,

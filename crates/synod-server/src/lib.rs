@@ -23,6 +23,7 @@ pub mod ids;
 pub mod member;
 pub mod metrics;
 pub mod peer;
+pub mod peer_conn;
 pub mod reconfig;
 pub mod tls;
 

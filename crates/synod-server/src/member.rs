@@ -48,6 +48,8 @@ pub struct MemberConfig {
     pub voters: Vec<NodeId>,
     /// Where this member accepts peers (`--listen-peer-urls`).
     pub listen_peer: SocketAddr,
+    /// TLS with the peers (`--peer-*`), or plain TCP.
+    pub peer_tls: Option<Arc<crate::peer::PeerTls>>,
     /// One tick (`--heartbeat-interval`).
     pub tick: Duration,
     /// Ticks without a leader before a follower campaigns
@@ -200,8 +202,16 @@ impl Member {
                 .insert(h.from);
             on_hello(h);
         });
-        let listening = peer::listen(listener, expect, on_hello, on_join, tx.clone(), Inbox::Peer)
-            .map_err(|e| format!("member {name}: {e}"))?;
+        let listening = peer::listen(
+            listener,
+            expect,
+            on_hello,
+            on_join,
+            tx.clone(),
+            Inbox::Peer,
+            cfg.peer_tls.clone(),
+        )
+        .map_err(|e| format!("member {name}: {e}"))?;
         let hello = Arc::new(Hello::new(
             cfg.cluster_id,
             cfg.id,
@@ -718,7 +728,13 @@ impl Driver {
             };
             self.peers.insert(
                 id,
-                PeerSender::start(self.hello.clone(), id, addr, self.active.clone()),
+                PeerSender::start(
+                    self.hello.clone(),
+                    id,
+                    addr,
+                    self.active.clone(),
+                    self.cfg.peer_tls.clone(),
+                ),
             );
         }
         if let Some(p) = self.peers.get(&id) {
@@ -733,7 +749,13 @@ impl Driver {
             let addr = self.peer_addr(id)?;
             self.peers.insert(
                 id,
-                PeerSender::start(self.hello.clone(), id, addr, self.active.clone()),
+                PeerSender::start(
+                    self.hello.clone(),
+                    id,
+                    addr,
+                    self.active.clone(),
+                    self.cfg.peer_tls.clone(),
+                ),
             );
         }
         self.peers.get(&id).cloned()
@@ -785,7 +807,13 @@ impl Driver {
                 if let Some(addr) = self.peer_addr(id) {
                     self.peers.insert(
                         id,
-                        PeerSender::start(self.hello.clone(), id, addr, self.active.clone()),
+                        PeerSender::start(
+                            self.hello.clone(),
+                            id,
+                            addr,
+                            self.active.clone(),
+                            self.cfg.peer_tls.clone(),
+                        ),
                     );
                 }
             }

@@ -34,6 +34,9 @@ use synod_kv::{Command, Store};
 use synod_protocols::raft::{EntryData, Message};
 use synod_protocols::NodeId;
 
+use crate::peer_conn::Conn;
+pub use crate::peer_conn::PeerTls;
+
 /// The default bound on a frame (`Tuning::max_peer_frame`): a snapshot of
 /// a large store, with room to spare. Memory follows the bytes that
 /// actually arrive, not the length a header claims, so a lying header costs
@@ -173,11 +176,12 @@ pub struct JoinMember {
 pub type OnJoin = Arc<dyn Fn() -> JoinInfo + Send + Sync>;
 
 /// Asks the member at `addr` who the cluster is.
-pub fn ask_cluster(addr: SocketAddr) -> Result<JoinInfo, String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
+pub fn ask_cluster(addr: SocketAddr, tls: Option<&PeerTls>) -> Result<JoinInfo, String> {
+    let mut s = Conn::dial(addr, Duration::from_secs(1), tls).map_err(|e| e.to_string())?;
+    s.sock()
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    let mut w = BufWriter::new(&s);
+    let mut w = BufWriter::new(&mut s);
     let q = JoinQuery {
         magic: JOIN_MAGIC,
         version: PROTOCOL_VERSION,
@@ -185,7 +189,7 @@ pub fn ask_cluster(addr: SocketAddr) -> Result<JoinInfo, String> {
     frame(&mut w, &q).map_err(|e| e.to_string())?;
     w.flush().map_err(|e| e.to_string())?;
     drop(w);
-    let mut r = BufReader::new(&s);
+    let mut r = BufReader::new(&mut s);
     let mut body = Vec::new();
     if !read_frame(&mut r, &mut body, MAX_HELLO) {
         return Err(
@@ -303,13 +307,19 @@ pub struct PeerSender {
 impl PeerSender {
     /// Starts the writer thread for peer `id` at `addr`, which opens every
     /// connection with `hello` and keeps `active` up to date for `id`.
-    pub fn start(hello: Arc<Hello>, id: u64, addr: SocketAddr, active: ActiveSince) -> PeerSender {
+    pub fn start(
+        hello: Arc<Hello>,
+        id: u64,
+        addr: SocketAddr,
+        active: ActiveSince,
+        tls: Option<Arc<PeerTls>>,
+    ) -> PeerSender {
         let (tx, rx) = mpsc::sync_channel::<PeerMsg>(PEER_QUEUE);
         std::thread::Builder::new()
             .name(format!("synod-peer-to-{addr}"))
             .spawn(move || {
                 let mut link = Link { id, active };
-                writer(&hello.to(id), addr, rx, &mut link);
+                writer(&hello.to(id), addr, rx, &mut link, tls.as_deref());
                 link.set(false);
             })
             .expect("spawn peer writer");
@@ -329,9 +339,8 @@ impl PeerSender {
 /// nothing else, but each must know the others' client URLs).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-fn connect(hello: &Hello, addr: SocketAddr) -> Option<BufWriter<TcpStream>> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    let _ = s.set_nodelay(true);
+fn connect(hello: &Hello, addr: SocketAddr, tls: Option<&PeerTls>) -> Option<BufWriter<Conn>> {
+    let s = Conn::dial(addr, Duration::from_millis(200), tls).ok()?;
     let mut w = BufWriter::new(s);
     frame(&mut w, hello).ok()?;
     w.flush().ok()?;
@@ -339,15 +348,10 @@ fn connect(hello: &Hello, addr: SocketAddr) -> Option<BufWriter<TcpStream>> {
 }
 
 /// Whether the peer has closed `conn` (it restarted, or refused our hello).
-fn closed(conn: &BufWriter<TcpStream>) -> bool {
-    let s = conn.get_ref();
-    if s.set_nonblocking(true).is_err() {
-        return true;
-    }
-    // Peers never write on a connection they accepted: any readable byte
-    // or end of stream means it is over.
-    let gone = !matches!(s.peek(&mut [0u8]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-    gone || s.set_nonblocking(false).is_err()
+/// Peers never write on a connection they accepted: any readable byte or
+/// end of stream means it is over.
+fn closed(conn: &mut BufWriter<Conn>) -> bool {
+    conn.get_mut().closed()
 }
 
 /// A writer's record of whether its peer is reachable.
@@ -367,15 +371,22 @@ impl Link {
     }
 }
 
-fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>, link: &mut Link) {
-    let mut conn: Option<BufWriter<TcpStream>> = connect(hello, addr);
+fn writer(
+    hello: &Hello,
+    addr: SocketAddr,
+    rx: mpsc::Receiver<PeerMsg>,
+    link: &mut Link,
+    tls: Option<&PeerTls>,
+) {
+    let mut conn: Option<BufWriter<Conn>> = connect(hello, addr, tls);
     link.set(conn.is_some());
     loop {
         let first = match rx.recv_timeout(IDLE_CHECK) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if !matches!(&conn, Some(c) if !closed(c)) {
-                    conn = connect(hello, addr);
+                let open = conn.as_mut().is_some_and(|c| !closed(c));
+                if !open {
+                    conn = connect(hello, addr, tls);
                     // A reconnect counts from now: the peer was down.
                     link.set(false);
                     link.set(conn.is_some());
@@ -385,7 +396,7 @@ fn writer(hello: &Hello, addr: SocketAddr, rx: mpsc::Receiver<PeerMsg>, link: &m
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         if conn.is_none() {
-            conn = connect(hello, addr);
+            conn = connect(hello, addr, tls);
             link.set(conn.is_some());
         }
         let Some(w) = conn.as_mut() else {
@@ -447,6 +458,7 @@ pub fn listen<T: Send + 'static>(
     on_join: OnJoin,
     inbox: mpsc::SyncSender<T>,
     wrap: fn(Incoming) -> T,
+    tls: Option<Arc<PeerTls>>,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -463,9 +475,17 @@ pub fn listen<T: Send + 'static>(
                 let inbox = inbox.clone();
                 let (expect, on_hello) = (expect.clone(), on_hello.clone());
                 let on_join = on_join.clone();
+                let tls = tls.clone();
                 let _ = std::thread::Builder::new()
                     .name("synod-peer-read".into())
-                    .spawn(move || reader(stream, &expect, &on_hello, &on_join, inbox, wrap));
+                    .spawn(move || {
+                        let remote = stream.peer_addr().ok();
+                        // The TLS handshake runs here, off the accept thread.
+                        match Conn::accept(stream, tls.as_deref()) {
+                            Ok(conn) => reader(conn, &expect, &on_hello, &on_join, inbox, wrap),
+                            Err(e) => refused(remote, &format!("TLS handshake failed: {e}")),
+                        }
+                    });
             }
         })?;
     Ok(Listening { addr, stop })
@@ -511,14 +531,14 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
 }
 
 fn reader<T>(
-    stream: TcpStream,
+    stream: Conn,
     expect: &Expect,
     on_hello: &OnHello,
     on_join: &OnJoin,
     inbox: mpsc::SyncSender<T>,
     wrap: fn(Incoming) -> T,
 ) {
-    let remote = stream.peer_addr().ok();
+    let remote = stream.sock().peer_addr().ok();
     let mut r = BufReader::new(stream);
     let mut body = Vec::new();
     if !read_frame(&mut r, &mut body, MAX_HELLO) {
@@ -528,7 +548,7 @@ fn reader<T>(
     if body.starts_with(&JOIN_MAGIC) {
         match decode::<JoinQuery>(&body) {
             Some(q) if q.version == PROTOCOL_VERSION => {
-                let mut w = BufWriter::new(r.get_ref());
+                let mut w = BufWriter::new(r.get_mut());
                 let _ = frame(&mut w, &on_join()).and_then(|()| w.flush());
             }
             _ => refused(

@@ -8,10 +8,12 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use synod_etcd::Limits;
 use synod_server::cluster::{start_member_on, ClusterSpec, Listen, MemberSpec, Tuning};
 use synod_server::compactor::AutoCompaction;
+use synod_server::peer::PeerTls;
 use synod_server::tls::TlsFiles;
 
 /// etcd's flags, names, defaults and meanings (etcd 3.4).
@@ -283,13 +285,11 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     let advertise_clients = parse_urls("--advertise-client-urls", &a.advertise_client_urls)?;
     let listen_clients = parse_urls("--listen-client-urls", &a.listen_client_urls)?;
     let listen_peers = parse_urls("--listen-peer-urls", &a.listen_peer_urls)?;
-    if let Some(u) = listen_peers
-        .iter()
-        .chain(&advertise_peers)
-        .find(|u| u.secure)
-    {
+    // One scheme between members: all of them speak TLS, or none does.
+    let peer_secure = listen_peers[0].secure;
+    if let Some(u) = advertise_peers.iter().find(|u| u.secure != peer_secure) {
         return Err(format!(
-            "{}: TLS between members (https peer URLs) is not implemented yet; use http://",
+            "--initial-advertise-peer-urls {}: peer URLs must all be http:// or all https://",
             u.text
         ));
     }
@@ -395,10 +395,45 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         bugs,
         api_bugs,
     };
+    let peer_files = TlsFiles {
+        cert_file: a.peer_cert_file.clone(),
+        key_file: a.peer_key_file.clone(),
+        trusted_ca_file: a.peer_trusted_ca_file.clone(),
+        client_cert_auth: a.peer_client_cert_auth,
+        auto_tls: a.peer_auto_tls,
+    };
+    let peer_tls = if peer_secure {
+        let hosts: Vec<String> = advertise_peers.iter().map(|u| u.host.clone()).collect();
+        let dir = data_dir.join("fixtures").join("peer");
+        let server = peer_files.server_config(&dir, &hosts);
+        let client = peer_files.client_config(&dir, &hosts);
+        let (server, client) = server
+            .and_then(|s| client.map(|c| (s, c)))
+            .map_err(|e| format!("--listen-peer-urls {}: {e}", listen_peers[0].text))?;
+        Some(Arc::new(PeerTls::new((*server).clone(), client)))
+    } else {
+        None
+    };
+    if let Some(u) = members
+        .iter()
+        .flat_map(|m| &m.peer_urls)
+        .find(|u| u.starts_with("https://") != peer_secure)
+    {
+        return Err(format!(
+            "--initial-cluster: {u}: peer URLs must all be http:// or all https://"
+        ));
+    }
     let mut spec = ClusterSpec::new(&a.initial_cluster_token, specs, tuning);
     if joining {
         let mine: Vec<String> = advertise_peers.iter().map(|u| u.text.clone()).collect();
-        existing_cluster(&mut spec, &a.name, &mine, &data_dir, has_data)?;
+        existing_cluster(
+            &mut spec,
+            &a.name,
+            &mine,
+            &data_dir,
+            has_data,
+            peer_tls.as_deref(),
+        )?;
     }
     let index = spec.index_of(&a.name).expect("this member is in the spec");
     let client_files = TlsFiles {
@@ -428,6 +463,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         secure_clients: resolve_all(&secure)?,
         client_tls,
         peer: resolve("--listen-peer-urls", &listen_peers[0])?,
+        peer_tls,
         metrics: if a.listen_metrics_urls.trim().is_empty() {
             Vec::new()
         } else {
@@ -464,6 +500,7 @@ fn existing_cluster(
     my_peer_urls: &[String],
     data_dir: &std::path::Path,
     has_data: bool,
+    tls: Option<&PeerTls>,
 ) -> Result<(), String> {
     spec.joining = true;
     let sorted = |v: &[String]| {
@@ -493,7 +530,7 @@ fn existing_cluster(
     let mut why = Vec::new();
     let mut info = None;
     for m in spec.members.iter().filter(|m| m.name != name) {
-        match synod_server::peer::ask_cluster(m.peer) {
+        match synod_server::peer::ask_cluster(m.peer, tls) {
             Ok(i) => {
                 info = Some(i);
                 break;

@@ -1090,12 +1090,13 @@ impl Pki {
     }
 }
 
-/// Three members serving clients over TLS only, with client certificates
-/// demanded: etcdctl with a certificate from the trusted CA reads and writes
-/// through every member; without one, or with another CA's, it is refused.
-/// With auth on, the certificate's common name is the user.
+/// Three members that talk to each other and to their clients over TLS
+/// only, with certificates demanded on both sides: etcdctl with a
+/// certificate from the trusted CA reads and writes through every member;
+/// without one, or with another CA's, it is refused. With auth on, the
+/// certificate's common name is the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_over_tls_with_client_certificates() {
+async fn clients_and_peers_over_tls_with_certificates() {
     if etcdctl_any("", &["version"]).is_none() {
         assert!(
             std::env::var_os("SYNOD_REQUIRE_ETCDCTL").is_none(),
@@ -1108,11 +1109,16 @@ async fn clients_over_tls_with_client_certificates() {
     let pki = Pki::make(&dir.path().join("pki"));
     let mut c = Cluster::new(dir.path(), 3);
     c.client_scheme = "https";
+    c.peer_scheme = "https";
     c.extra = vec![
         format!("--cert-file={}", pki.path("member.pem")),
         format!("--key-file={}", pki.path("member-key.pem")),
         "--client-cert-auth".into(),
         format!("--trusted-ca-file={}", pki.path("ca.pem")),
+        format!("--peer-cert-file={}", pki.path("member.pem")),
+        format!("--peer-key-file={}", pki.path("member-key.pem")),
+        "--peer-client-cert-auth".into(),
+        format!("--peer-trusted-ca-file={}", pki.path("ca.pem")),
     ];
     let _procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
     let ep = |i: usize| format!("https://127.0.0.1:{}", c.clients[i]);

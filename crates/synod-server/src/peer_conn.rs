@@ -1,0 +1,247 @@
+//! One connection between members: plain TCP, or TLS with `--peer-*`
+//! certificates. The peer transport ([`crate::peer`]) reads and writes
+//! frames through it either way.
+
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a member presents to its peers and checks of them.
+#[derive(Debug)]
+pub struct PeerTls {
+    /// For connections it accepts. Sends no session tickets: the dialling
+    /// side takes any byte from the acceptor as the end of the connection.
+    pub server: Arc<ServerConfig>,
+    /// For connections it dials.
+    pub client: Arc<ClientConfig>,
+}
+
+impl PeerTls {
+    pub fn new(mut server: ServerConfig, client: Arc<ClientConfig>) -> PeerTls {
+        server.send_tls13_tickets = 0;
+        PeerTls {
+            server: Arc::new(server),
+            client,
+        }
+    }
+}
+
+/// A connection to or from a peer.
+pub enum Conn {
+    Plain(TcpStream),
+    Dialled(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Accepted(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl Conn {
+    /// Dials `addr`; over TLS if `tls`, checking the peer's certificate
+    /// against the address dialled (a peer certificate names its IP).
+    pub fn dial(addr: SocketAddr, timeout: Duration, tls: Option<&PeerTls>) -> io::Result<Conn> {
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        let _ = s.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(Conn::Plain(s));
+        };
+        let name = rustls::pki_types::ServerName::from(addr.ip());
+        let conn = ClientConnection::new(tls.client.clone(), name).map_err(tls_error)?;
+        let mut c = StreamOwned::new(conn, s);
+        // Finish the handshake here, so a refused certificate is an error
+        // of the dial, not of some later write.
+        handshake(&mut c.conn, &mut c.sock, timeout)?;
+        Ok(Conn::Dialled(Box::new(c)))
+    }
+
+    /// Takes a connection a peer made; over TLS if `tls`.
+    pub fn accept(s: TcpStream, tls: Option<&PeerTls>) -> io::Result<Conn> {
+        let Some(tls) = tls else {
+            return Ok(Conn::Plain(s));
+        };
+        let conn = ServerConnection::new(tls.server.clone()).map_err(tls_error)?;
+        let mut c = StreamOwned::new(conn, s);
+        handshake(&mut c.conn, &mut c.sock, HANDSHAKE_LIMIT)?;
+        Ok(Conn::Accepted(Box::new(c)))
+    }
+
+    /// The socket underneath.
+    pub fn sock(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Dialled(c) => &c.sock,
+            Conn::Accepted(c) => &c.sock,
+        }
+    }
+
+    /// Whether the peer has closed the connection (or written to it, which
+    /// a peer that accepted a connection never does): a non-blocking look
+    /// at what arrived.
+    pub fn closed(&mut self) -> bool {
+        if self.sock().set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let open = match self {
+            Conn::Plain(s) => {
+                matches!(s.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            // Through TLS: records that carry no data (there are none
+            // after the handshake) would not count.
+            Conn::Dialled(c) => {
+                matches!(c.read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Conn::Accepted(c) => {
+                matches!(c.read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        };
+        !open || self.sock().set_nonblocking(false).is_err()
+    }
+}
+
+/// How long an accepted peer may take over its handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs a TLS handshake to its end on a blocking socket, within `limit`.
+fn handshake<C, D>(conn: &mut C, sock: &mut TcpStream, limit: Duration) -> io::Result<()>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+{
+    sock.set_read_timeout(Some(limit))?;
+    sock.set_write_timeout(Some(limit))?;
+    while conn.is_handshaking() {
+        conn.complete_io(sock)?;
+    }
+    sock.set_read_timeout(None)?;
+    sock.set_write_timeout(None)
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Dialled(c) => c.read(buf),
+            Conn::Accepted(c) => c.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Dialled(c) => c.write(buf),
+            Conn::Accepted(c) => c.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Dialled(c) => c.flush(),
+            Conn::Accepted(c) => c.flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::TlsFiles;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use std::net::TcpListener;
+    use std::path::Path;
+
+    /// A CA in `dir` and a certificate for 127.0.0.1 signed by it, as
+    /// `--peer-*` files.
+    fn member_files(dir: &Path, ca_name: &str) -> TlsFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, "member");
+        let key = KeyPair::generate().unwrap();
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        TlsFiles {
+            cert_file: Some(dir.join("cert.pem")),
+            key_file: Some(dir.join("key.pem")),
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            client_cert_auth: true,
+            auto_tls: false,
+        }
+    }
+
+    fn peer_tls(files: &TlsFiles) -> PeerTls {
+        let hosts = ["127.0.0.1".to_string()];
+        let server = files.server_config(Path::new("/nonexistent"), &hosts);
+        let client = files.client_config(Path::new("/nonexistent"), &hosts);
+        PeerTls::new((*server.unwrap()).clone(), client.unwrap())
+    }
+
+    type Served = io::Result<(Vec<u8>, Conn)>;
+
+    /// Accepts one connection with `tls` and reads what it carries: the
+    /// bytes and the still open connection, or the accepting side's error.
+    fn serve_once(tls: PeerTls) -> (SocketAddr, std::thread::JoinHandle<Served>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (s, _) = listener.accept()?;
+            let mut conn = Conn::accept(s, Some(&tls))?;
+            let mut got = vec![0u8; 5];
+            conn.read_exact(&mut got)?;
+            Ok((got, conn))
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn peers_with_certificates_from_the_trusted_ca_talk_and_no_one_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = member_files(&dir.path().join("ours"), "synod CA");
+        let theirs = member_files(&dir.path().join("theirs"), "another CA");
+
+        let (addr, server) = serve_once(peer_tls(&ours));
+        let mut c = Conn::dial(addr, Duration::from_secs(5), Some(&peer_tls(&ours))).unwrap();
+        c.write_all(b"hello").unwrap();
+        c.flush().unwrap();
+        let (got, accepted) = server.join().unwrap().unwrap();
+        assert_eq!(got, b"hello");
+        assert!(!c.closed(), "an idle TLS link reads as open");
+        drop(accepted);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !c.closed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a closed TLS link reads as open"
+            );
+            std::thread::yield_now();
+        }
+
+        // A peer whose certificate another CA signed: the acceptor refuses
+        // the handshake (and the dialler does not trust the acceptor).
+        let (addr, server) = serve_once(peer_tls(&ours));
+        let stranger = Conn::dial(addr, Duration::from_secs(5), Some(&peer_tls(&theirs)));
+        assert!(stranger.is_err(), "the stranger trusted our certificate");
+        assert!(
+            server.join().unwrap().is_err(),
+            "a stranger's handshake was taken"
+        );
+
+        // A peer that speaks plain TCP to a TLS member.
+        let (addr, server) = serve_once(peer_tls(&ours));
+        let mut plain = Conn::dial(addr, Duration::from_secs(5), None).unwrap();
+        let _ = plain.write_all(b"hello");
+        drop(plain);
+        assert!(server.join().unwrap().is_err(), "plain bytes were taken");
+    }
+}
