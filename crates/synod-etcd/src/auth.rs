@@ -31,7 +31,8 @@ use synod_kv::auth::{AuthCommand, AuthError, AuthState, PermKind, Permission};
 use synod_kv::{self as kv, Command};
 use tonic::{Request, Response, Status};
 
-/// etcd's bcrypt cost (Go's `bcrypt.DefaultCost`).
+/// etcd's bcrypt cost (Go's `bcrypt.DefaultCost`), unless `--bcrypt-cost`
+/// says otherwise.
 pub const BCRYPT_COST: u32 = 10;
 
 /// How long a token stays valid without use unless set (etcd's
@@ -299,7 +300,8 @@ impl<B: Backend> EtcdServer<B> {
                 Status::invalid_argument("synod: hashedPassword is not a bcrypt hash")
             });
         }
-        self.bcrypt(move || bcrypt::hash(password, BCRYPT_COST))
+        let cost = self.limits().bcrypt_cost;
+        self.bcrypt(move || bcrypt::hash(password, cost))
             .await?
             .map_err(|e| Status::invalid_argument(format!("synod: cannot hash the password: {e}")))
     }

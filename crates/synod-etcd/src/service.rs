@@ -36,6 +36,8 @@ pub struct Limits {
     /// How long an auth token stays valid without use
     /// (`--auth-token-ttl`, 300 s).
     pub auth_token_ttl: Duration,
+    /// bcrypt's cost for passwords (`--bcrypt-cost`, 10).
+    pub bcrypt_cost: u32,
 }
 
 impl Limits {
@@ -60,6 +62,7 @@ impl Default for Limits {
                 Duration::from_millis(1000),
             ),
             auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
+            bcrypt_cost: crate::auth::BCRYPT_COST,
         }
     }
 }
@@ -164,6 +167,10 @@ impl<B: Backend> EtcdServer<B> {
             bugs: ApiBugs::default(),
             tokens: Arc::new(crate::auth::Tokens::new(limits.auth_token_ttl)),
         }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub(crate) fn tokens(&self) -> &crate::auth::Tokens {

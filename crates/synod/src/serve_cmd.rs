@@ -92,6 +92,13 @@ pub struct ServeArgs {
     /// Seconds an auth token stays valid without use.
     #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
+    /// Auth token kind: `simple` (synod's signed tokens; `jwt` is not
+    /// served yet).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// bcrypt's cost for hashing passwords (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = synod_etcd::BCRYPT_COST)]
+    pub bcrypt_cost: u32,
     /// Largest frame taken from a peer, in bytes (synod only; etcd has no
     /// such flag). A snapshot of the whole store travels in one frame, so
     /// this must exceed the store's encoded size.
@@ -380,6 +387,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             max_txn_ops: a.max_txn_ops,
             min_lease_ttl: Limits::min_lease_ttl_for(tick, election),
             auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
+            bcrypt_cost: bcrypt_cost(a.bcrypt_cost),
         },
         max_peer_frame: a.max_peer_frame_bytes,
         quota_bytes: match a.quota_backend_bytes {
@@ -651,10 +659,36 @@ pub fn unsafe_bugs(
     Ok((bugs, api))
 }
 
+/// `--bcrypt-cost`, or etcd's default with a warning when it is outside
+/// bcrypt's range (4 to 31), as etcd does.
+fn bcrypt_cost(asked: u32) -> u32 {
+    if (4..=31).contains(&asked) {
+        return asked;
+    }
+    let cost = synod_etcd::BCRYPT_COST;
+    eprintln!("synod: [WARNING] --bcrypt-cost {asked} is outside bcrypt's 4 to 31; using {cost}");
+    cost
+}
+
 /// Values etcd would refuse are refused. (What synod does not implement
 /// yet, `https://` peer and metrics URLs, is refused where URLs are read,
 /// never ignored.)
 fn check_values(a: &ServeArgs) -> Result<(), String> {
+    match a.auth_token.split(',').next().unwrap_or("") {
+        "simple" => {}
+        "jwt" => {
+            return Err(
+                "--auth-token: jwt tokens are not served yet; use simple (synod's signed tokens)"
+                    .into(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "--auth-token: {other:?} is not a token kind (simple or jwt)"
+            ))
+        }
+    }
+
     if !matches!(a.logger.as_str(), "capnslog" | "zap") {
         return Err(format!(
             "--logger: {:?} is neither \"capnslog\" nor \"zap\"",
@@ -850,6 +884,16 @@ mod tests {
         f = member("infra1", 12380, 2379);
         f[7] = "https://127.0.0.1:2379".into();
         assert!(plan_of(&f).unwrap_err().contains("TLS"));
+        f = member("infra1", 12380, 2379);
+        f.extend(["--auth-token".into(), "jwt,sign-method=RS256".into()]);
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("jwt tokens are not served"));
+        f = member("infra1", 12380, 2379);
+        f[3] = "https://127.0.0.1:12380".into();
+        assert!(plan_of(&f)
+            .unwrap_err()
+            .contains("all be http:// or all https://"));
         f = member("infra1", 12380, 2379);
         f.extend(["--initial-cluster-state".into(), "existing".into()]);
         f.extend(["--data-dir".into(), "/nonexistent/synod-test".into()]);
