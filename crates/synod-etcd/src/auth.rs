@@ -47,6 +47,8 @@ const MAC_BYTES: usize = 16;
 
 /// The tokens this member has seen, and the one bcrypt slot.
 pub(crate) struct Tokens {
+    /// `--auth-token jwt,...`: JWTs instead of synod's simple tokens.
+    jwt: Option<Arc<crate::jwt::JwtKeys>>,
     ttl: Duration,
     /// When each token seen lapses unless used again.
     seen: Mutex<HashMap<String, Instant>>,
@@ -82,14 +84,29 @@ fn mac(secret: &[u8], body: &str) -> Hmac<Sha256> {
 impl Tokens {
     pub(crate) fn new(ttl: Duration) -> Tokens {
         Tokens {
+            jwt: None,
             ttl,
             seen: Mutex::new(HashMap::new()),
             bcrypt: tokio::sync::Semaphore::new(1),
         }
     }
 
+    pub(crate) fn with_jwt(mut self, keys: Arc<crate::jwt::JwtKeys>) -> Tokens {
+        self.jwt = Some(keys);
+        self
+    }
+
     /// A new token for `user`, who must exist in `auth`.
-    fn issue(&self, auth: &AuthState, user: &str) -> String {
+    fn issue(&self, auth: &AuthState, user: &str) -> Result<String, Status> {
+        match &self.jwt {
+            Some(keys) => keys.issue(user, auth.revision()).ok_or_else(|| {
+                Status::unknown("auth: token signing attempted with verify-only key")
+            }),
+            None => Ok(self.issue_simple(auth, user)),
+        }
+    }
+
+    fn issue_simple(&self, auth: &AuthState, user: &str) -> String {
         let epoch = auth.user(user).map_or(0, |u| u.epoch);
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).expect("the OS gives random bytes");
@@ -119,6 +136,14 @@ impl Tokens {
         let bad = AuthError::InvalidAuthToken;
         if !auth.enabled() {
             return Err(bad);
+        }
+        if let Some(keys) = &self.jwt {
+            let claims = keys.verify(token).ok_or(bad)?;
+            // As etcd: a token made before users or roles changed.
+            if claims.revision < auth.revision() {
+                return Err(AuthError::AuthOldRevision);
+            }
+            return Ok(claims.username);
         }
         let (body, sig) = token.rsplit_once('.').ok_or(bad)?;
         let sig = unhex(sig).ok_or(bad)?;
@@ -382,7 +407,7 @@ impl<B: Backend> pb::auth_server::Auth for EtcdServer<B> {
         if !ok {
             return Err(failed());
         }
-        let token = self.tokens().issue(&auth, &req.name);
+        let token = self.tokens().issue(&auth, &req.name)?;
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.header_now().await?,
             token,
@@ -745,7 +770,7 @@ mod tests {
     fn a_token_names_its_user_and_nothing_forged_passes() {
         let auth = enabled_with(&["alice", "bob"]);
         let tokens = Tokens::new(Duration::from_secs(300));
-        let t = tokens.issue(&auth, "alice");
+        let t = tokens.issue_simple(&auth, "alice");
         assert_eq!(tokens.verify(&auth, &t).as_deref(), Ok("alice"));
         // Another member, which has never seen it, takes it too.
         let other = Tokens::new(Duration::from_secs(300));
@@ -771,7 +796,7 @@ mod tests {
     fn a_new_password_or_a_new_secret_ends_old_tokens() {
         let mut auth = enabled_with(&["alice"]);
         let tokens = Tokens::new(Duration::from_secs(300));
-        let t = tokens.issue(&auth, "alice");
+        let t = tokens.issue_simple(&auth, "alice");
         auth.apply(&AuthCommand::UserChangePassword {
             name: "alice".into(),
             password: Some("h2".into()),
@@ -779,7 +804,7 @@ mod tests {
         .unwrap();
         assert_eq!(tokens.verify(&auth, &t), Err(AuthError::InvalidAuthToken));
 
-        let t = tokens.issue(&auth, "alice");
+        let t = tokens.issue_simple(&auth, "alice");
         auth.apply(&AuthCommand::Disable).unwrap();
         auth.apply(&AuthCommand::Enable {
             secret: vec![8; 32],
@@ -792,7 +817,7 @@ mod tests {
     fn an_unused_token_lapses_after_the_ttl() {
         let auth = enabled_with(&["alice"]);
         let tokens = Tokens::new(Duration::ZERO);
-        let t = tokens.issue(&auth, "alice");
+        let t = tokens.issue_simple(&auth, "alice");
         assert_eq!(tokens.verify(&auth, &t), Err(AuthError::InvalidAuthToken));
     }
 }

@@ -45,6 +45,7 @@ mod authority;
 mod backend;
 mod convert;
 mod grpc_compat;
+mod jwt;
 mod local;
 mod noop;
 mod recipes;
@@ -59,6 +60,7 @@ pub use backend::{
     Subscription, API_VERSION,
 };
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
+pub use jwt::JwtKeys;
 pub use local::LocalBackend;
 pub use noop::NoopBackend;
 pub use recipes::prefix_end;

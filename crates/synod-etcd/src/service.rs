@@ -177,6 +177,14 @@ impl<B: Backend> EtcdServer<B> {
         &self.tokens
     }
 
+    /// Hands out and takes JWTs (`--auth-token jwt,...`) instead of simple
+    /// tokens.
+    pub fn with_jwt(mut self, keys: Arc<crate::jwt::JwtKeys>) -> Self {
+        let tokens = crate::auth::Tokens::new(self.limits.auth_token_ttl).with_jwt(keys);
+        self.tokens = Arc::new(tokens);
+        self
+    }
+
     /// Plants deliberate bugs (ignored unless built with `broken`).
     pub fn with_bugs(mut self, bugs: ApiBugs) -> Self {
         self.bugs = bugs;

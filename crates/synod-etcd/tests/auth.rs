@@ -22,7 +22,10 @@ fn with<T>(token: &str, msg: T) -> Request<T> {
 /// A member with auth on: `root`, and `alice` who may read `/app/`.
 /// Returns the channel and both tokens.
 async fn enabled() -> (Channel, String, String) {
-    let addr = common::serve(Limits::default()).await;
+    enabled_on(common::serve(Limits::default()).await).await
+}
+
+async fn enabled_on(addr: String) -> (Channel, String, String) {
     let ch = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -175,4 +178,83 @@ async fn a_deleted_users_token_stays_dead_even_if_the_name_comes_back() {
         Code::PermissionDenied,
         "a new alice has no role yet"
     );
+}
+
+/// An ES256 key pair as PEM files in `dir`: (private, public).
+fn es256_keys(dir: &std::path::Path, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    (private.display().to_string(), public.display().to_string())
+}
+
+fn jwt_keys(private: &str, public: &str) -> std::sync::Arc<synod_etcd::JwtKeys> {
+    let opts = format!("jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl=5m");
+    std::sync::Arc::new(synod_etcd::JwtKeys::from_options(&opts).unwrap())
+}
+
+async fn serve_jwt(keys: std::sync::Arc<synod_etcd::JwtKeys>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = std::sync::Arc::new(synod_etcd::LocalBackend::new(1, "n1", "http://x"));
+    let routes = synod_etcd::EtcdServer::new(backend, Limits::default())
+        .with_jwt(keys)
+        .router();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    addr.to_string()
+}
+
+/// `--auth-token jwt,...`: Authenticate hands out a JWT that works until
+/// users or roles change (then "revision of auth store is old", as etcd
+/// says), and a token signed with another key is refused.
+#[tokio::test]
+async fn jwt_tokens_are_checked_by_signature_and_auth_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = es256_keys(dir.path(), "ours");
+    let (other_private, other_public) = es256_keys(dir.path(), "theirs");
+    let addr = serve_jwt(jwt_keys(&private, &public)).await;
+    let (ch, root, alice) = enabled_on(addr).await;
+    assert_eq!(alice.split('.').count(), 3, "not a JWT: {alice}");
+    put(&ch, &root, "/app/a").await;
+    let read = || pb::RangeRequest {
+        key: b"/app/a".to_vec(),
+        ..Default::default()
+    };
+    KvClient::new(ch.clone())
+        .range(with(&alice, read()))
+        .await
+        .unwrap();
+
+    let forged = jwt_keys(&other_private, &other_public);
+    let other_addr = serve_jwt(forged).await;
+    let (_, other_root, _) = enabled_on(other_addr).await;
+    let e = KvClient::new(ch.clone())
+        .range(with(&other_root, read()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+    AuthClient::new(ch.clone())
+        .role_add(with(&root, pb::AuthRoleAddRequest { name: "x".into() }))
+        .await
+        .unwrap();
+    let e = KvClient::new(ch.clone())
+        .range(with(&alice, read()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "etcdserver: revision of auth store is old");
+    let fresh = login(&ch, "alice", "apw").await.unwrap();
+    KvClient::new(ch.clone())
+        .range(with(&fresh, read()))
+        .await
+        .unwrap();
 }

@@ -125,6 +125,8 @@ pub enum AuthError {
     AuthNotEnabled,
     InvalidAuthToken,
     InvalidAuthMgmt,
+    /// A JWT made before users, roles or permissions last changed.
+    AuthOldRevision,
 }
 
 impl AuthError {
@@ -149,6 +151,7 @@ impl AuthError {
             AuthError::AuthNotEnabled => "etcdserver: authentication is not enabled",
             AuthError::InvalidAuthToken => "etcdserver: invalid auth token",
             AuthError::InvalidAuthMgmt => "etcdserver: invalid auth management",
+            AuthError::AuthOldRevision => "etcdserver: revision of auth store is old",
         }
     }
 }

@@ -71,7 +71,8 @@ impl Error {
                     | A::RoleEmpty
                     | A::AuthFailed
                     | A::PermissionNotGiven
-                    | A::InvalidAuthMgmt => ErrorClass::InvalidArgument,
+                    | A::InvalidAuthMgmt
+                    | A::AuthOldRevision => ErrorClass::InvalidArgument,
                     A::PermissionDenied => ErrorClass::PermissionDenied,
                     A::InvalidAuthToken => ErrorClass::Unauthenticated,
                     _ => ErrorClass::FailedPrecondition,

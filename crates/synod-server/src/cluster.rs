@@ -60,6 +60,9 @@ pub struct Tuning {
     pub bugs: synod_kv::replica::ReplicaBugs,
     /// The same, in the etcd API layer.
     pub api_bugs: synod_etcd::ApiBugs,
+    /// `--auth-token jwt,...`: the keys of JWT auth tokens (else simple
+    /// tokens).
+    pub jwt: Option<Arc<synod_etcd::JwtKeys>>,
 }
 
 impl Default for Tuning {
@@ -75,6 +78,7 @@ impl Default for Tuning {
             strict_reconfig: true,
             bugs: Default::default(),
             api_bugs: Default::default(),
+            jwt: None,
         }
     }
 }
@@ -318,9 +322,12 @@ pub async fn start_member_on(
     for (i, listener) in listeners.into_iter().enumerate() {
         let web = http::routes(backend.clone(), metrics.clone());
         let routes = if i < metrics_from {
-            let grpc = EtcdServer::new(backend.clone(), tuning.limits)
-                .with_bugs(tuning.api_bugs)
-                .router();
+            let mut api =
+                EtcdServer::new(backend.clone(), tuning.limits).with_bugs(tuning.api_bugs);
+            if let Some(keys) = &tuning.jwt {
+                api = api.with_jwt(keys.clone());
+            }
+            let grpc = api.router();
             tonic::service::Routes::from(grpc.into_axum_router().merge(web))
         } else {
             tonic::service::Routes::from(web)

@@ -92,8 +92,8 @@ pub struct ServeArgs {
     /// Seconds an auth token stays valid without use.
     #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
-    /// Auth token kind: `simple` (synod's signed tokens; `jwt` is not
-    /// served yet).
+    /// Auth tokens: `simple` (synod's signed tokens), or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m` as in etcd.
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// bcrypt's cost for hashing passwords (4 to 31).
@@ -402,6 +402,13 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         strict_reconfig: a.strict_reconfig_check,
         bugs,
         api_bugs,
+        jwt: match a.auth_token.starts_with("jwt") {
+            true => Some(Arc::new(
+                synod_etcd::JwtKeys::from_options(&a.auth_token)
+                    .map_err(|e| format!("--auth-token: {e}"))?,
+            )),
+            false => None,
+        },
     };
     let peer_files = TlsFiles {
         cert_file: a.peer_cert_file.clone(),
@@ -675,13 +682,7 @@ fn bcrypt_cost(asked: u32) -> u32 {
 /// never ignored.)
 fn check_values(a: &ServeArgs) -> Result<(), String> {
     match a.auth_token.split(',').next().unwrap_or("") {
-        "simple" => {}
-        "jwt" => {
-            return Err(
-                "--auth-token: jwt tokens are not served yet; use simple (synod's signed tokens)"
-                    .into(),
-            )
-        }
+        "simple" | "jwt" => {}
         other => {
             return Err(format!(
                 "--auth-token: {other:?} is not a token kind (simple or jwt)"
@@ -886,9 +887,7 @@ mod tests {
         assert!(plan_of(&f).unwrap_err().contains("TLS"));
         f = member("infra1", 12380, 2379);
         f.extend(["--auth-token".into(), "jwt,sign-method=RS256".into()]);
-        assert!(plan_of(&f)
-            .unwrap_err()
-            .contains("jwt tokens are not served"));
+        assert!(plan_of(&f).unwrap_err().contains("pub-key is missing"));
         f = member("infra1", 12380, 2379);
         f[3] = "https://127.0.0.1:12380".into();
         assert!(plan_of(&f)
