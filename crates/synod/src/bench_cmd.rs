@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
+    /// Authenticate as NAME:PASSWORD first and send the token with every
+    /// request (the cost of auth on the request path).
+    #[arg(long)]
+    user: Option<String>,
     /// Leases for `--op lease-keepalive`.
     #[arg(long, default_value_t = 1000)]
     leases: usize,
@@ -116,6 +120,53 @@ impl Samples {
     }
 }
 
+/// Adds a client's auth token to every request, as etcd's clients do.
+#[derive(Clone)]
+struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to one endpoint that sends the token, if any.
+type Ch = tonic::service::interceptor::InterceptedService<Channel, Token>;
+
+/// Authenticates as `user` (NAME:PASSWORD) through `ch`.
+async fn login(ch: &Channel, user: &str) -> Result<Token, String> {
+    let (name, password) = user
+        .split_once(':')
+        .ok_or_else(|| format!("--user {user:?}: give NAME:PASSWORD"))?;
+    let r = pb::auth_client::AuthClient::new(ch.clone())
+        .authenticate(pb::AuthenticateRequest {
+            name: name.into(),
+            password: password.into(),
+        })
+        .await
+        .map_err(|e| format!("--user {name}: {}", e.message()))?;
+    let token = r.into_inner().token;
+    let value = token
+        .parse()
+        .map_err(|_| "the server's token is not ASCII".to_string())?;
+    Ok(Token(Some(value)))
+}
+
+async fn connect_as(endpoints: &str, user: Option<&str>) -> Result<Vec<Ch>, String> {
+    let plain = connect(endpoints).await?;
+    let token = match user {
+        Some(u) => login(&plain[0], u).await?,
+        None => Token(None),
+    };
+    Ok(plain
+        .into_iter()
+        .map(|ch| Ch::new(ch, token.clone()))
+        .collect())
+}
+
 async fn connect(endpoints: &str) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::new();
     for ep in endpoints.split(',') {
@@ -135,7 +186,7 @@ fn key(i: usize, keys: usize) -> Vec<u8> {
 }
 
 async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
-    let channels = connect(&args.endpoints).await?;
+    let channels = connect_as(&args.endpoints, args.user.as_deref()).await?;
     let value = vec![b'x'; args.value_size];
     if matches!(args.op, Op::Get | Op::GetSerializable) {
         let mut kv = pb::kv_client::KvClient::new(channels[0].clone());
@@ -213,7 +264,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
 }
 
 async fn kv_client(
-    ch: Channel,
+    ch: Ch,
     plan: Plan,
     op: Op,
     c: usize,
@@ -289,12 +340,7 @@ fn compare_and_put(key: Vec<u8>, value: Vec<u8>) -> pb::TxnRequest {
 }
 
 /// Records put → event latencies into `seen` until aborted.
-async fn watch_latencies(
-    ch: Channel,
-    plan: Plan,
-    start: Instant,
-    seen: Arc<std::sync::Mutex<Samples>>,
-) {
+async fn watch_latencies(ch: Ch, plan: Plan, start: Instant, seen: Arc<std::sync::Mutex<Samples>>) {
     let (tx, rx) = mpsc::channel(1);
     let create = pb::WatchCreateRequest {
         key: b"bench/w/".to_vec(),
@@ -331,7 +377,7 @@ async fn watch_latencies(
     drop(tx);
 }
 
-async fn grant(ch: &Channel, n: usize) -> Result<Vec<i64>, String> {
+async fn grant(ch: &Ch, n: usize) -> Result<Vec<i64>, String> {
     let mut lease = pb::lease_client::LeaseClient::new(ch.clone());
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
@@ -346,7 +392,7 @@ async fn grant(ch: &Channel, n: usize) -> Result<Vec<i64>, String> {
 
 /// Keeps client `c`'s share of `leases` alive on one stream, one request at
 /// a time.
-async fn keep_alive(ch: Channel, plan: Plan, leases: &[i64], c: usize, clients: usize) -> Samples {
+async fn keep_alive(ch: Ch, plan: Plan, leases: &[i64], c: usize, clients: usize) -> Samples {
     let mut s = Samples::default();
     let mine: Vec<i64> = leases.iter().skip(c).step_by(clients).copied().collect();
     if mine.is_empty() {
