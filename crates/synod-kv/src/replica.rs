@@ -766,4 +766,12 @@ impl Node for Replica {
         }
         self.node.settle(out);
     }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}, revision {}",
+            self.raft().describe(),
+            self.store().revision()
+        )
+    }
 }

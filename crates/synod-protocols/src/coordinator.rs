@@ -149,6 +149,20 @@ impl<V: Clone + Debug + PartialEq> Node for CoordinatorNode<V> {
             self.ask(now, out);
         }
     }
+
+    fn describe(&self) -> String {
+        let v = |v: &V| format!("{v:?}").trim_matches('"').to_string();
+        let role = if self.is_coordinator() {
+            "coordinator"
+        } else {
+            ""
+        };
+        match (&self.decided, &self.proposal) {
+            (Some(d), _) => format!("{role} decided {}", v(d)).trim().to_string(),
+            (None, Some(p)) => format!("{role} asks for {}", v(p)).trim().to_string(),
+            (None, None) => role.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

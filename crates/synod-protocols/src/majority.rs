@@ -213,6 +213,18 @@ impl<V: Clone + Debug + PartialEq> Node for MajorityNode<V> {
         self.broadcast(Msg::Propose(v.clone()), out);
         self.cast_vote(v, out);
     }
+
+    fn describe(&self) -> String {
+        let v = |v: &V| format!("{v:?}").trim_matches('"').to_string();
+        match (&self.decided, &self.vote) {
+            (Some(d), _) => format!("decided {}", v(d)),
+            (None, Some(mine)) => {
+                let heard = self.votes.iter().filter(|x| x.is_some()).count();
+                format!("voted {}, heard {heard} of {}", v(mine), self.n)
+            }
+            (None, None) => String::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -655,6 +655,29 @@ impl<V: Clone + Debug + PartialEq> Node for PaxosNode<V> {
             self.start_ballot(now, out);
         }
     }
+
+    fn describe(&self) -> String {
+        let v = |v: &V| format!("{v:?}").trim_matches('"').to_string();
+        let b = |b: &Ballot| format!("{}.{}", b.round, b.node);
+        if let Some(d) = &self.decided {
+            return format!("decided {}", v(d));
+        }
+        let mut parts = Vec::new();
+        match &self.phase {
+            Phase::Preparing { ballot, .. } => parts.push(format!("prepares {}", b(ballot))),
+            Phase::Accepting { ballot, value, .. } => {
+                parts.push(format!("proposes {} at {}", v(value), b(ballot)))
+            }
+            Phase::Idle { .. } => {}
+        }
+        if self.promised != Ballot::ZERO {
+            parts.push(format!("promised {}", b(&self.promised)));
+        }
+        if let Some((ballot, value)) = &self.accepted {
+            parts.push(format!("accepted {} at {}", v(value), b(ballot)));
+        }
+        parts.join(", ")
+    }
 }
 
 #[cfg(test)]

@@ -157,6 +157,14 @@ pub trait Node {
         input: Self::Input,
         out: &mut Output<Self::Write, Self::Msg, Self::Event>,
     );
+
+    /// What a picture of a run writes on this node's lane when it changes:
+    /// a few words of its state (a Raft role, term and commit index; the
+    /// ballot promised and the value accepted or decided). A decision reads
+    /// `decided VALUE`, which the picture colours by value. Empty: nothing.
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 /// Shorthand for a node's output type.

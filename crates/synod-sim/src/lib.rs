@@ -49,11 +49,13 @@ pub mod faults;
 pub mod history;
 pub mod linearizability;
 pub mod models;
+pub mod picture;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
 pub mod sim;
 pub mod sim_write_once;
+pub mod timeline;
 
 pub use faults::{Fault, FaultSet};
 pub use report::{RunReport, Summary, Violation};

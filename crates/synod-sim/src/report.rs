@@ -35,6 +35,8 @@ pub struct RunReport {
     /// Model-specific counts (ops_ok, committed, blocked, ...).
     pub counters: BTreeMap<&'static str, u64>,
     pub trace: Option<String>,
+    /// What a picture of the run needs, if it was recorded.
+    pub timeline: Option<crate::timeline::Timeline>,
 }
 
 impl RunReport {

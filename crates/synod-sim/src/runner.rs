@@ -125,6 +125,8 @@ pub struct RunSpec {
     pub participants: usize,
     pub faults: FaultSet,
     pub trace: bool,
+    /// Record the run's timeline, for [`crate::picture`].
+    pub timeline: bool,
 }
 
 impl RunSpec {
@@ -136,12 +138,14 @@ impl RunSpec {
             participants: 3,
             faults,
             trace: false,
+            timeline: false,
         }
     }
 
     pub fn config(&self) -> SimConfig {
         let mut cfg = SimConfig::new(self.nodes, self.faults);
         cfg.trace = self.trace;
+        cfg.timeline = self.timeline;
         cfg
     }
 

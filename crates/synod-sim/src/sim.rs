@@ -2,6 +2,7 @@
 
 use crate::faults::{FaultSet, NetRates, NodeFault, Schedule};
 use crate::report::{RunReport, Violation};
+use crate::timeline::{label_of, Mark, Timeline};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Ordering;
@@ -94,6 +95,8 @@ pub struct SimConfig {
     pub tick: Instant,
     /// Record a human-readable trace of the run.
     pub trace: bool,
+    /// Record the run's [`Timeline`] (for its picture).
+    pub timeline: bool,
 }
 
 impl SimConfig {
@@ -106,6 +109,7 @@ impl SimConfig {
             quiet_limit: 10_000 * MS,
             tick: 10 * MS,
             trace: false,
+            timeline: false,
         }
     }
 }
@@ -115,6 +119,8 @@ enum Ev<N: Node> {
         from: NodeId,
         to: NodeId,
         msg: N::Msg,
+        /// Its mark in the timeline ([`NO_MARK`] when none is recorded).
+        mark: usize,
     },
     Tick {
         node: NodeId,
@@ -231,6 +237,7 @@ struct Core<N: Node> {
     messages_sent: u64,
     deliveries: u64,
     trace: Option<String>,
+    timeline: Option<Timeline>,
     scratch: NodeOutput<N>,
     /// How to size a message on the wire, when a benchmark wants bytes counted.
     message_size: Option<fn(&N::Msg) -> u64>,
@@ -370,28 +377,43 @@ impl<N: Node> Core<N> {
         if self.tracing() {
             self.trace_line(Some(from), format_args!("-> n{to} {msg:?}"));
         }
+        let mark = self.mark_sent(from, to, &msg);
         if !self.connected(from, to) {
             self.trace_line(Some(from), format_args!("   (lost in partition)"));
+            let now = self.now;
+            self.mark_lost(mark, now);
             return;
         }
         if !self.quiet && self.rates.loss > 0.0 && self.net_rng.gen_bool(self.rates.loss) {
             self.trace_line(Some(from), format_args!("   (lost)"));
+            let at = self.now + self.cfg.tick.min(MS);
+            self.mark_lost(mark, at);
             return;
         }
         if !self.quiet && self.rates.duplicate > 0.0 && self.net_rng.gen_bool(self.rates.duplicate)
         {
             let at = self.arrival(from, to);
+            let mark = self.mark_sent(from, to, &msg);
             self.push(
                 at,
                 Ev::Deliver {
                     from,
                     to,
                     msg: msg.clone(),
+                    mark,
                 },
             );
         }
         let at = self.arrival(from, to);
-        self.push(at, Ev::Deliver { from, to, msg });
+        self.push(
+            at,
+            Ev::Deliver {
+                from,
+                to,
+                msg,
+                mark,
+            },
+        );
     }
 
     /// When a message sent now from `from` arrives at `to`. Links are FIFO (like
@@ -410,7 +432,40 @@ impl<N: Node> Core<N> {
     fn tracing(&self) -> bool {
         self.trace.is_some()
     }
+
+    fn mark_sent(&mut self, from: NodeId, to: NodeId, msg: &N::Msg) -> usize {
+        let now = self.now;
+        match self.timeline.as_mut() {
+            Some(t) => t.sent(from, to, now, label_of(&format!("{msg:?}"))),
+            None => NO_MARK,
+        }
+    }
+
+    fn mark_lost(&mut self, mark: usize, at: Instant) {
+        if let Some(t) = self.timeline.as_mut() {
+            t.lost(mark, at);
+        }
+    }
+
+    /// Records what node `id` says of itself now, if it changed.
+    fn note_state(&mut self, id: NodeId) {
+        let Some(t) = self.timeline.as_mut() else {
+            return;
+        };
+        if let Some(node) = self.slots[id as usize].node.as_ref() {
+            t.state(id, self.now, node.describe());
+        }
+    }
+
+    fn mark(&mut self, m: Mark) {
+        if let Some(t) = self.timeline.as_mut() {
+            t.push(m);
+        }
+    }
 }
+
+/// No timeline mark: the run records none.
+const NO_MARK: usize = usize::MAX;
 
 /// One simulated run of a cluster of `M::Node`s.
 pub struct Simulation<M: Model> {
@@ -469,6 +524,7 @@ impl<M: Model> Simulation<M> {
         let core = Core {
             partition: vec![0; cfg.nodes],
             trace: cfg.trace.then(String::new),
+            timeline: cfg.timeline.then(|| Timeline::new(cfg.nodes)),
             cfg,
             now: 0,
             seq: 0,
@@ -646,6 +702,10 @@ impl<M: Model> Simulation<M> {
         report.bytes_sent = self.core.bytes_sent;
         report.deliveries = self.core.deliveries;
         report.trace = self.core.trace.take();
+        report.timeline = self.core.timeline.take().map(|mut t| {
+            t.end = self.core.now;
+            t
+        });
         (report, self.model)
     }
 
@@ -656,13 +716,20 @@ impl<M: Model> Simulation<M> {
 
     fn handle(&mut self, ev: Ev<M::Node>) {
         match ev {
-            Ev::Deliver { from, to, msg } => {
+            Ev::Deliver {
+                from,
+                to,
+                msg,
+                mark,
+            } => {
                 let core = &mut self.core;
-                if !core.connected(from, to) {
+                let now = core.now;
+                if !core.connected(from, to) || core.slots[to as usize].node.is_none() {
+                    core.mark_lost(mark, now);
                     return;
                 }
-                if core.slots[to as usize].node.is_none() {
-                    return;
+                if let Some(t) = core.timeline.as_mut() {
+                    t.arrived(mark, now);
                 }
                 core.deliveries += 1;
                 if core.trace.is_some() {
@@ -675,6 +742,7 @@ impl<M: Model> Simulation<M> {
                     .expect("checked above");
                 let mut out = std::mem::take(&mut core.scratch);
                 node.step(core.now, from, msg, &mut out);
+                core.note_state(to);
                 self.after_step(to, out);
             }
             Ev::Tick {
@@ -691,6 +759,7 @@ impl<M: Model> Simulation<M> {
                 };
                 let mut out = std::mem::take(&mut core.scratch);
                 node.tick(core.now, &mut out);
+                core.note_state(id);
                 let next = core.now + core.cfg.tick;
                 core.push(
                     next,
@@ -720,6 +789,7 @@ impl<M: Model> Simulation<M> {
                     .expect("checked above");
                 let mut out = std::mem::take(&mut core.scratch);
                 node.input(core.now, input, &mut out);
+                core.note_state(id);
                 self.after_step(id, out);
             }
             Ev::SyncDone { node, incarnation } => {
@@ -907,6 +977,16 @@ impl<M: Model> Simulation<M> {
                 }
                 self.core
                     .trace_line(None, format_args!("PARTITION {groups:?}"));
+                let from = self.core.now;
+                // A new split replaces the one in force.
+                if let Some(t) = self.core.timeline.as_mut() {
+                    t.healed(from);
+                }
+                self.core.mark(Mark::Partition {
+                    from,
+                    until: None,
+                    groups: groups.clone(),
+                });
                 let (at, id) = (self.core.now + heal_after, self.core.partition_id);
                 self.core.push(at, Ev::Heal { partition: id });
             }
@@ -961,6 +1041,15 @@ impl<M: Model> Simulation<M> {
     }
 
     fn crash(&mut self, id: NodeId, power_loss: bool, torn: bool) {
+        let at = self.core.now;
+        self.core.mark(Mark::Crash {
+            node: id,
+            at,
+            power_loss,
+        });
+        if let Some(t) = self.core.timeline.as_mut() {
+            t.forget_state(id);
+        }
         let core = &mut self.core;
         let slot = &mut core.slots[id as usize];
         slot.node = None;
@@ -1008,6 +1097,9 @@ impl<M: Model> Simulation<M> {
         slot.node = Some(self.model.boot(id, &slot.disk, seed));
         let incarnation = slot.incarnation;
         core.trace_line(Some(id), format_args!("RESTART from disk"));
+        let now = core.now;
+        core.mark(Mark::Restart { node: id, at: now });
+        core.note_state(id);
         let at = core.now + core.net_rng.gen_range(0..core.cfg.tick);
         core.push(
             at,
@@ -1027,6 +1119,10 @@ impl<M: Model> Simulation<M> {
     fn heal(&mut self) {
         self.core.partition.iter_mut().for_each(|g| *g = 0);
         self.core.trace_line(None, format_args!("HEAL partition"));
+        let now = self.core.now;
+        if let Some(t) = self.core.timeline.as_mut() {
+            t.healed(now);
+        }
     }
 
     fn quiet(&mut self) {

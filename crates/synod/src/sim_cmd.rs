@@ -55,6 +55,13 @@ pub struct SimArgs {
     /// failures instead of random ones; --seed still drives latencies.
     #[arg(long, value_name = "NAME")]
     scenario: Option<String>,
+    /// Draw the run as a space-time diagram into FILE, an SVG (needs --runs 1).
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// The same diagram in one self-contained HTML page that replays the run
+    /// with a time slider (needs --runs 1).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 /// `--scenario NAME`: the story, then one line per algorithm.
@@ -102,9 +109,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
-    if args.trace || args.history.is_some() {
+    let drawing = args.svg.is_some() || args.html.is_some();
+    if args.trace || args.history.is_some() || drawing {
         let flag = if args.trace {
             "--trace prints"
+        } else if drawing {
+            "--svg and --html draw"
         } else {
             "--history records"
         };
@@ -115,6 +125,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
             ));
         }
         spec.trace = args.trace;
+        spec.timeline = drawing;
         let report = match &args.history {
             Some(path) => {
                 if spec.algo != Algo::Raft {
@@ -145,6 +156,27 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
             }
             (n, _) => format!("FAILED: {n} violation(s)"),
         };
+        if let Some(timeline) = &report.timeline {
+            let title = format!(
+                "synod sim --algo {} --nodes {} --faults {} --seed {}: {}",
+                spec.algo,
+                spec.nodes,
+                spec.faults,
+                args.seed,
+                verdict.split(':').next().unwrap_or("")
+            );
+            let write = |path: &PathBuf, text: String| {
+                std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+            };
+            if let Some(path) = &args.svg {
+                write(path, synod_sim::picture::svg(timeline, &title))?;
+                eprintln!("drew the run into {}", path.display());
+            }
+            if let Some(path) = &args.html {
+                write(path, synod_sim::picture::html(timeline, &title))?;
+                eprintln!("drew the run into {}", path.display());
+            }
+        }
         writeln!(out, "{verdict}").map_err(|e| e.to_string())?;
         return Ok(if report.violation_count == 0 {
             ExitCode::SUCCESS

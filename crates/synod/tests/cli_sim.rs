@@ -178,3 +178,63 @@ fn scenarios_tell_which_algorithm_decides() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("user-of-the-day"));
 }
+
+/// Every element of `svg`, by name, after checking that it parses as XML.
+fn elements(svg: &str) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_str(svg);
+    let mut names = Vec::new();
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e)) | Ok(quick_xml::events::Event::Empty(e)) => {
+                names.push(String::from_utf8_lossy(e.name().as_ref()).into_owned())
+            }
+            Ok(quick_xml::events::Event::Eof) => return names,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed XML at {}: {e}", reader.buffer_position()),
+        }
+    }
+}
+
+/// `--svg` and `--html` draw one run: an SVG that parses, with a lane per
+/// node and the run's messages, and the same picture in a page of its own.
+#[test]
+fn a_run_is_drawn_as_svg_and_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, html) = (dir.path().join("run.svg"), dir.path().join("run.html"));
+    let out = synod(&[
+        "sim",
+        "--algo",
+        "raft",
+        "--seed",
+        "7",
+        "--runs",
+        "1",
+        "--svg",
+        svg.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let names = elements(&picture);
+    assert_eq!(names.first().map(String::as_str), Some("svg"));
+    assert!(names.iter().filter(|n| *n == "line").count() > 100);
+    // The raft model runs 3 voters and a spare.
+    for lane in ["n0", "n1", "n2", "n3"] {
+        assert!(
+            picture.contains(&format!(">{lane}</text>")),
+            "no lane {lane}"
+        );
+    }
+    assert!(picture.contains("crash") || picture.contains("power loss"));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains(&picture), "the page carries the same picture");
+
+    let out = synod(&["sim", "--algo", "raft", "--runs", "2", "--svg", "x.svg"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--runs 1"));
+}

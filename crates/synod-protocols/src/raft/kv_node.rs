@@ -213,6 +213,10 @@ impl Node for KvNode {
         }
         self.node.settle(out);
     }
+
+    fn describe(&self) -> String {
+        self.raft().describe()
+    }
 }
 
 fn respond(out: &mut Out, client: u64, seq: u64, result: Result<KvResult, KvError>) {

@@ -229,6 +229,16 @@ impl RaftNode {
     pub fn commit_index(&self) -> u64 {
         self.commit
     }
+    /// Role, term and commit index in a few words, for pictures of runs.
+    pub fn describe(&self) -> String {
+        let role = match self.role {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        format!("{role} t{} commit {}", self.term, self.commit)
+    }
     pub fn applied_index(&self) -> u64 {
         self.applied
     }

@@ -964,5 +964,6 @@ pub fn sim_config(spec: &crate::runner::RunSpec) -> crate::sim::SimConfig {
     let mut cfg = crate::sim::SimConfig::new(spec.nodes + SPARES, spec.faults);
     cfg.f = spec.nodes.saturating_sub(1) / 2;
     cfg.trace = spec.trace;
+    cfg.timeline = spec.timeline;
     cfg
 }

@@ -762,6 +762,7 @@ pub fn sim_config(spec: &RunSpec) -> SimConfig {
     let mut cfg = SimConfig::new(spec.nodes + SPARES, spec.faults);
     cfg.f = spec.nodes.saturating_sub(1) / 2;
     cfg.trace = spec.trace;
+    cfg.timeline = spec.timeline;
     cfg
 }
 

@@ -519,4 +519,11 @@ impl<N: OnRaft> Node for WalBacked<N> {
             n.input(now, input, out);
         }
     }
+
+    fn describe(&self) -> String {
+        match self {
+            WalBacked::Running(n) => n.describe(),
+            WalBacked::Stopped { .. } => "refuses to start (damaged log)".into(),
+        }
+    }
 }
