@@ -245,6 +245,13 @@ fn down_segment(s: &mut String, l: &Layout, y: f64, from: Instant, to: Instant) 
     );
 }
 
+/// Messages that only say "still here" (Raft's heartbeats and their
+/// answers): drawn faint, and hidden in the page until asked for, so the
+/// messages that move the run stand out.
+fn routine(label: &str) -> bool {
+    label.starts_with("Heartbeat")
+}
+
 fn messages(s: &mut String, l: &Layout, t: &Timeline) {
     for m in &t.marks {
         let Mark::Message {
@@ -259,13 +266,17 @@ fn messages(s: &mut String, l: &Layout, t: &Timeline) {
             continue;
         };
         let colour = PALETTE[hash(label) % PALETTE.len()];
+        let (class, opacity) = match routine(label) {
+            true => ("routine", 0.15),
+            false => ("msg", 0.7),
+        };
         let (x0, y0) = (l.x(*sent), l.y(*from));
         let title = format!("{label} n{from} → n{to}");
         match (arrived, lost) {
             (Some(at), _) => {
                 let _ = writeln!(
                     s,
-                    r#"<line class="msg" data-t="{sent}" x1="{x0:.1}" y1="{y0:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}" stroke-opacity="0.7" marker-end="url(#arrow)"><title>{}</title></line>"#,
+                    r#"<line class="{class}" data-t="{sent}" x1="{x0:.1}" y1="{y0:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}" stroke-opacity="{opacity}" marker-end="url(#arrow)"><title>{}</title></line>"#,
                     l.x(*at),
                     l.y(*to),
                     escape(&title)
@@ -278,7 +289,7 @@ fn messages(s: &mut String, l: &Layout, t: &Timeline) {
                 let y1 = y0 + (l.y(*to) - y0) * 0.45;
                 let _ = writeln!(
                     s,
-                    r##"<g class="lost" data-t="{sent}"><line x1="{x0:.1}" y1="{y0:.1}" x2="{x1:.1}" y2="{y1:.1}" stroke="{colour}" stroke-opacity="0.7" stroke-dasharray="3 2"><title>{} (lost)</title></line><path d="M{:.1},{:.1} l8,8 m0,-8 l-8,8" stroke="#c00" stroke-width="2"/></g>"##,
+                    r##"<g class="lost {class}" data-t="{sent}"><line x1="{x0:.1}" y1="{y0:.1}" x2="{x1:.1}" y2="{y1:.1}" stroke="{colour}" stroke-opacity="{opacity}" stroke-dasharray="3 2"><title>{} (lost)</title></line><path d="M{:.1},{:.1} l8,8 m0,-8 l-8,8" stroke="#c00" stroke-opacity="{opacity}" stroke-width="2"/></g>"##,
                     escape(&title),
                     x1 - 4.0,
                     y1 - 4.0
@@ -339,16 +350,18 @@ body {{ font-family: sans-serif; margin: 12px; }}
 #controls {{ position: sticky; top: 0; background: #fff; padding: 6px 0; display: flex; gap: 8px; align-items: center; }}
 #t {{ flex: 1; }}
 #picture {{ overflow: auto; border: 1px solid #ddd; }}
+#picture.calm .routine {{ display: none; }}
 </style></head>
 <body>
 <div id="controls">
-<button id="first" title="start">⏮</button><button id="prev" title="previous event">◀</button>
+<button id="first" title="start">start</button><button id="prev" title="previous event">◀</button>
 <input id="t" type="range" min="0" max="{end}" step="1" value="{end}">
-<button id="next" title="next event">▶</button><button id="last" title="end">⏭</button>
+<button id="next" title="next event">▶</button><button id="last" title="end">end</button>
 <span id="now"></span>
+<label><input id="beats" type="checkbox"> heartbeats</label>
 <button id="out" title="zoom out">−</button><button id="in" title="zoom in">+</button>
 </div>
-<div id="picture">{picture}</div>
+<div id="picture" class="calm">{picture}</div>
 <script>
 "use strict";
 const svg = document.querySelector("#picture svg");
@@ -379,6 +392,8 @@ document.getElementById("first").addEventListener("click", () => show(0));
 document.getElementById("last").addEventListener("click", () => show({end}));
 document.getElementById("in").addEventListener("click", () => scale(1.5));
 document.getElementById("out").addEventListener("click", () => scale(1 / 1.5));
+document.getElementById("beats").addEventListener("change", e =>
+  document.getElementById("picture").classList.toggle("calm", !e.target.checked));
 show({end});
 </script>
 </body></html>
@@ -425,7 +440,8 @@ mod tests {
             assert!(s.contains(&format!(">{lane}</text>")), "{lane}");
         }
         assert_eq!(s.matches(r#"class="msg""#).count(), 1);
-        assert_eq!(s.matches(r#"class="lost""#).count(), 1);
+        assert!(routine("Heartbeat") && routine("HeartbeatResp") && !routine("Append"));
+        assert_eq!(s.matches(r#"class="lost msg""#).count(), 1);
         assert!(s.contains("split {n0} | {n1 n2}"));
         assert!(s.contains("power loss") && s.contains("restart"));
         assert!(s.contains(VALUES[0]), "a decision on red is drawn red");
