@@ -238,3 +238,83 @@ fn a_run_is_drawn_as_svg_and_html() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--runs 1"));
 }
+
+/// Headless Chromium with the flags a closed network needs, and `args`;
+/// `None` when Chromium is not installed (a failure under CI's
+/// `SYNOD_REQUIRE_CHROMIUM`).
+fn chromium(args: &[&str]) -> Option<Output> {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output();
+    match out {
+        Ok(o) => Some(o),
+        Err(_) => {
+            assert!(
+                std::env::var_os("SYNOD_REQUIRE_CHROMIUM").is_none(),
+                "SYNOD_REQUIRE_CHROMIUM is set but chromium is not installed"
+            );
+            eprintln!("skipped: chromium not installed (Debian: apt-get install chromium)");
+            None
+        }
+    }
+}
+
+/// The page as a person sees it: headless Chromium runs its script without
+/// a console error, the rendered page holds every lane and the run's arrows,
+/// and a screenshot of it is taken.
+#[test]
+fn the_page_replays_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("run.html");
+    let out = synod(&[
+        "sim",
+        "--algo",
+        "raft",
+        "--seed",
+        "7",
+        "--runs",
+        "1",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let url = format!("file://{}", html.display());
+    let Some(dom) = chromium(&["--dump-dom", &url]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&dom.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let page = String::from_utf8_lossy(&dom.stdout);
+    // The script ran: it wrote where the slider stands.
+    assert!(page.contains(" ms</span>"), "the page's script did not run");
+    for lane in ["n0", "n1", "n2", "n3", "n4"] {
+        assert!(page.contains(&format!(">{lane}</text>")), "no lane {lane}");
+    }
+    assert!(page.matches(r#"class="msg""#).count() > 100, "few arrows");
+
+    let png = dir.path().join("run.png");
+    let shot = chromium(&[
+        &format!("--screenshot={}", png.display()),
+        "--window-size=1400,700",
+        &url,
+    ])
+    .unwrap();
+    assert!(shot.status.success());
+    let bytes = std::fs::read(&png).expect("a screenshot");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
+}
