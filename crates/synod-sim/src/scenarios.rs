@@ -77,7 +77,81 @@ pub const SCENARIOS: &[Scenario] = &[
             ..Schedule::default()
         },
     },
+    Scenario {
+        name: "paxos-duel",
+        story: "Three servers, two proposers: red is offered at n0 and blue at n2 at the \
+                same moment, and nothing fails. Their ballots duel; one value is \
+                chosen, and every server learns the same one.",
+        nodes: 3,
+        offers: &[(0, "red", 0), (2, "blue", 0)],
+        schedule: Schedule::default,
+    },
+    Scenario {
+        name: "coordinator-crash",
+        story: "Five servers; the one with the highest id, n4, coordinates. Red is \
+                offered at n0 and blue at n1, and n4 crashes for good at once. Four \
+                servers are left, a majority, but the coordinator is not among them.",
+        nodes: 5,
+        offers: &[(0, "red", 0), (1, "blue", 0)],
+        schedule: || Schedule {
+            events: vec![(0, crash_for_good(4))],
+            ..Schedule::default()
+        },
+    },
+    Scenario {
+        name: "three-three",
+        story: "Seven servers race red against blue. The network splits into {n0 n1 n2}, \
+                which hears red, {n3 n4 n5}, which hears blue, and n6 alone; after \
+                300 ms it heals and n6, the last voter, breaks the 3-3 tie.",
+        nodes: 7,
+        offers: &[(0, "red", 0), (3, "blue", 0)],
+        schedule: || Schedule {
+            events: vec![(0, three_three_split())],
+            ..Schedule::default()
+        },
+    },
+    Scenario {
+        name: "last-voter-crash",
+        story: "The same 3-3 race on seven servers, but n6, the last voter, crashes for \
+                good at 200 ms, before the network heals: six servers are left, more \
+                than a majority, and three of them voted each way.",
+        nodes: 7,
+        offers: &[(0, "red", 0), (3, "blue", 0)],
+        schedule: || Schedule {
+            events: vec![(0, three_three_split()), (200 * MS, crash_for_good(6))],
+            ..Schedule::default()
+        },
+    },
 ];
+
+/// Seven nodes split 3 | 3 | 1 for 300 ms.
+fn three_three_split() -> NodeFault {
+    NodeFault::Partition {
+        groups: vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]],
+        heal_after: 300 * MS,
+    }
+}
+
+/// `text` (a node's description) with the write-once model's value numbers
+/// replaced by the scenario's names for them: `decided 1` reads `decided
+/// blue`. Only numbers right after the words that name a value change.
+fn name_values(text: &str, names: &[&str]) -> String {
+    let mut out = Vec::new();
+    let mut prev = "";
+    for word in text.split(' ') {
+        let bare = word.trim_end_matches(',');
+        let named = matches!(prev, "decided" | "accepted" | "proposes" | "voted" | "for")
+            .then(|| bare.parse::<usize>().ok())
+            .flatten()
+            .and_then(|i| names.get(i));
+        match named {
+            Some(name) => out.push(format!("{name}{}", &word[bare.len()..])),
+            None => out.push(word.to_string()),
+        }
+        prev = word;
+    }
+    out.join(" ")
+}
 
 /// Looks a scenario up by name.
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -156,6 +230,24 @@ impl Outcome {
 /// Runs `scenario` on `algo` from `seed` (which drives latencies and the
 /// nodes' own choices; the offers and failures are the scenario's).
 pub fn run(scenario: &Scenario, algo: Algo, seed: u64) -> Outcome {
+    run_with(scenario, algo, seed, false)
+}
+
+/// The same, recording the run's timeline for a picture (values by name).
+pub fn run_drawn(scenario: &Scenario, algo: Algo, seed: u64) -> Outcome {
+    let mut outcome = run_with(scenario, algo, seed, true);
+    let names: Vec<&str> = scenario.offers.iter().map(|o| o.1).collect();
+    if let Some(t) = outcome.report.timeline.as_mut() {
+        for m in &mut t.marks {
+            if let crate::timeline::Mark::State { text, .. } = m {
+                *text = name_values(text, &names);
+            }
+        }
+    }
+    outcome
+}
+
+fn run_with(scenario: &Scenario, algo: Algo, seed: u64, timeline: bool) -> Outcome {
     let n = scenario.nodes;
     let offers: Vec<Offer> = scenario
         .offers
@@ -181,7 +273,8 @@ pub fn run(scenario: &Scenario, algo: Algo, seed: u64) -> Outcome {
         })
         .collect();
     down.sort_unstable();
-    let cfg = SimConfig::new(n, FaultSet::NONE);
+    let mut cfg = SimConfig::new(n, FaultSet::NONE);
+    cfg.timeline = timeline;
     macro_rules! go {
         ($boot:expr) => {{
             let model = WriteOnceModel::with_offers(n, offers, $boot);
@@ -209,5 +302,25 @@ pub fn run(scenario: &Scenario, algo: Algo, seed: u64) -> Outcome {
         decided_at,
         down,
         report,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_named_where_a_description_names_a_value() {
+        let names = ["red", "blue"];
+        assert_eq!(name_values("decided 1", &names), "decided blue");
+        assert_eq!(
+            name_values("prepares 2.0, accepted 0 at 1.2", &names),
+            "prepares 2.0, accepted red at 1.2"
+        );
+        assert_eq!(
+            name_values("voted 1, heard 3 of 7", &names),
+            "voted blue, heard 3 of 7"
+        );
+        assert_eq!(name_values("promised 1.2", &names), "promised 1.2");
     }
 }

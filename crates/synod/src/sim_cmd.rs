@@ -65,7 +65,12 @@ pub struct SimArgs {
 }
 
 /// `--scenario NAME`: the story, then one line per algorithm.
-fn play(name: &str, seed: u64) -> Result<ExitCode, String> {
+fn play(
+    name: &str,
+    seed: u64,
+    svg: Option<&PathBuf>,
+    html: Option<&PathBuf>,
+) -> Result<ExitCode, String> {
     let names = || {
         scenarios::SCENARIOS
             .iter()
@@ -82,10 +87,48 @@ fn play(name: &str, seed: u64) -> Result<ExitCode, String> {
     };
     println!("{}: {}", scenario.name, scenario.story);
     let mut violated = false;
+    let drawing = svg.is_some() || html.is_some();
     for algo in scenarios::ALGOS {
-        let outcome = scenarios::run(scenario, algo, seed);
+        let outcome = if drawing {
+            scenarios::run_drawn(scenario, algo, seed)
+        } else {
+            scenarios::run(scenario, algo, seed)
+        };
         violated |= outcome.report.violation_count > 0;
         println!("  {}", outcome.describe());
+        if let Some(timeline) = &outcome.report.timeline {
+            let title = format!(
+                "{} on {}: {}",
+                scenario.name,
+                algo.name(),
+                outcome
+                    .describe()
+                    .split_whitespace()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            // One file per algorithm: story.svg becomes story.paxos.svg.
+            let per_algo = |p: &PathBuf| {
+                p.with_extension(format!(
+                    "{}.{}",
+                    algo.name(),
+                    p.extension().and_then(|e| e.to_str()).unwrap_or("")
+                ))
+            };
+            if let Some(p) = svg {
+                let p = per_algo(p);
+                std::fs::write(&p, synod_sim::picture::svg(timeline, &title))
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                eprintln!("drew {} into {}", algo.name(), p.display());
+            }
+            if let Some(p) = html {
+                let p = per_algo(p);
+                std::fs::write(&p, synod_sim::picture::html(timeline, &title))
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                eprintln!("drew {} into {}", algo.name(), p.display());
+            }
+        }
     }
     Ok(if violated {
         ExitCode::from(1)
@@ -100,7 +143,7 @@ fn parse_algo(s: &str) -> Result<Algo, String> {
 
 pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     if let Some(name) = &args.scenario {
-        return play(name, args.seed);
+        return play(name, args.seed, args.svg.as_ref(), args.html.as_ref());
     }
     let mut spec = RunSpec::new(args.algo, args.nodes, args.faults);
     spec.proposers = args.proposers;
