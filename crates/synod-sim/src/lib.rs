@@ -55,6 +55,7 @@ pub mod runner;
 pub mod scenarios;
 pub mod sim;
 pub mod sim_write_once;
+pub mod stories;
 pub mod timeline;
 
 pub use faults::{Fault, FaultSet};

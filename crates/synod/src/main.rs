@@ -18,6 +18,7 @@ mod serve_cmd;
 mod signals;
 mod sim_cmd;
 mod snapshot_cmd;
+mod story_cmd;
 mod up_cmd;
 mod wal_cmd;
 
@@ -51,6 +52,10 @@ enum Command {
     /// Run an algorithm many times in the deterministic simulator under faults and
     /// check its properties on every run.
     Sim(sim_cmd::SimArgs),
+    /// Play one of the seeds' stories (`list` names them) in the simulator
+    /// and draw it: `--svg F` for a picture, `--html F` for a page that
+    /// replays it.
+    Story(story_cmd::StoryArgs),
     /// Check a key-value client history (JSON lines, as written by `synod sim
     /// --history`) for linearizability. Exit status: 0 linearizable, 1 not
     /// linearizable, 2 unreadable or malformed file, 3 the search ran out of budget.
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench_cmd::run(args),
         Command::Ceiling(args) => ceiling_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Story(args) => story_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
         Command::Wal(cmd) => wal_cmd::run(cmd),
         Command::Snapshot(cmd) => snapshot_cmd::run(cmd),

@@ -318,3 +318,41 @@ fn the_page_replays_in_headless_chromium() {
     let bytes = std::fs::read(&png).expect("a screenshot");
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
 }
+
+/// `synod story list` names the stories; each one plays to its known end
+/// and is drawn as an SVG that parses, with a lane per node.
+#[test]
+fn every_story_plays_to_its_end_and_is_drawn() {
+    let out = synod(&["story", "list"]);
+    assert!(out.status.success());
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 9, "{list}");
+    let stuck = ["coordinator-crash", "three-three", "last-voter-crash"];
+    let dir = tempfile::tempdir().unwrap();
+    for name in names {
+        let svg = dir.path().join(format!("{name}.svg"));
+        let out = synod(&["story", name, "--svg", svg.to_str().unwrap()]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{name}: {said}");
+        let verdict = if stuck.contains(&name) {
+            "(stuck)"
+        } else {
+            "(decided)"
+        };
+        assert!(said.trim_end().ends_with(verdict), "{name}: {said}");
+        let picture = std::fs::read_to_string(&svg).unwrap();
+        let elements = elements(&picture);
+        assert_eq!(elements.first().map(String::as_str), Some("svg"), "{name}");
+        assert!(
+            picture.contains(">n0</text>") && picture.contains(">n2</text>"),
+            "{name}"
+        );
+    }
+    let out = synod(&["story", "no-such-story"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there are: coordinator-crash"));
+}

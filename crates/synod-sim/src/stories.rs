@@ -1,0 +1,154 @@
+//! The seeds' stories as named runs to look at (`synod story NAME --html F`):
+//! each is one algorithm under fixed faults, recorded for a picture. The
+//! write-once ones are [`crate::scenarios`] shown on the algorithm they are
+//! about; the Raft ones run the Raft key-value model with one client.
+
+use crate::faults::{NodeFault, Schedule};
+use crate::models::raft::RaftModel;
+use crate::report::RunReport;
+use crate::runner::Algo;
+use crate::scenarios;
+use crate::sim::{SimConfig, Simulation};
+use crate::FaultSet;
+use synod_protocols::raft::{Disk, KvNode, RaftConfig};
+use synod_protocols::{NodeId, MS};
+
+/// What a story runs.
+pub enum Plot {
+    /// A write-once scenario, on one algorithm.
+    WriteOnce { scenario: &'static str, algo: Algo },
+    /// Raft with `nodes` voters and one client, under `schedule`.
+    Raft {
+        nodes: usize,
+        schedule: fn() -> Schedule,
+    },
+}
+
+pub struct Story {
+    pub name: &'static str,
+    /// One line: what to look for in the picture.
+    pub about: &'static str,
+    pub plot: Plot,
+}
+
+/// Every story, in the order a reader meets them.
+pub const STORIES: &[Story] = &[
+    Story {
+        name: "coordinator-crash",
+        about: "One coordinator decides for everyone; when it crashes, nobody can decide.",
+        plot: Plot::WriteOnce {
+            scenario: "coordinator-crash",
+            algo: Algo::Coordinator,
+        },
+    },
+    Story {
+        name: "three-three",
+        about: "Majority voting on seven nodes splits 3-3 and waits on the seventh.",
+        plot: Plot::WriteOnce {
+            scenario: "three-three",
+            algo: Algo::Majority,
+        },
+    },
+    Story {
+        name: "last-voter-crash",
+        about: "The seventh voter crashes: 3-3 can never become 4, and nothing is decided.",
+        plot: Plot::WriteOnce {
+            scenario: "last-voter-crash",
+            algo: Algo::Majority,
+        },
+    },
+    Story {
+        name: "paxos-duel",
+        about: "Two Paxos proposers duel with ballots; exactly one value is chosen.",
+        plot: Plot::WriteOnce {
+            scenario: "paxos-duel",
+            algo: Algo::Paxos,
+        },
+    },
+    Story {
+        name: "paxos-last-voter",
+        about: "The same lost voter does not stop Paxos: any majority will do.",
+        plot: Plot::WriteOnce {
+            scenario: "last-voter-crash",
+            algo: Algo::Paxos,
+        },
+    },
+    Story {
+        name: "user-of-the-day",
+        about: "Three offers, a three-way split and two crashes: Paxos still decides.",
+        plot: Plot::WriteOnce {
+            scenario: "user-of-the-day",
+            algo: Algo::Paxos,
+        },
+    },
+    Story {
+        name: "leader",
+        about: "Raft: an election, then a leader and four followers agreeing on every write.",
+        plot: Plot::Raft {
+            nodes: 5,
+            schedule: Schedule::default,
+        },
+    },
+    Story {
+        name: "split",
+        about: "Raft: the network splits {n0 n1} | {n2 n3 n4}; only the three can commit.",
+        plot: Plot::Raft {
+            nodes: 5,
+            schedule: || Schedule {
+                events: vec![(
+                    300 * MS,
+                    NodeFault::Partition {
+                        groups: vec![vec![0, 1], vec![2, 3, 4]],
+                        heal_after: 1_000 * MS,
+                    },
+                )],
+                ..Schedule::default()
+            },
+        },
+    },
+    Story {
+        name: "raft-election",
+        about: "Raft: two of five crash and come back; the others elect and go on.",
+        plot: Plot::Raft {
+            nodes: 5,
+            schedule: || Schedule {
+                events: vec![(300 * MS, crash(0, 500)), (300 * MS, crash(1, 700))],
+                ..Schedule::default()
+            },
+        },
+    },
+];
+
+fn crash(node: NodeId, back_after_ms: u64) -> NodeFault {
+    NodeFault::Crash {
+        node,
+        power_loss: false,
+        torn: false,
+        restart_after: Some(back_after_ms * MS),
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static Story> {
+    STORIES.iter().find(|s| s.name == name)
+}
+
+/// Runs `story` from `seed`, with its timeline recorded.
+pub fn run(story: &Story, seed: u64) -> RunReport {
+    match &story.plot {
+        Plot::WriteOnce { scenario, algo } => {
+            let s = scenarios::find(scenario).expect("a story names a scenario that exists");
+            scenarios::run_drawn(s, *algo, seed).report
+        }
+        Plot::Raft { nodes, schedule } => {
+            let n = *nodes;
+            let model = RaftModel::new(n, 1, move |id, disk: &Disk, seed| {
+                let peers: Vec<NodeId> = (0..n as NodeId).collect();
+                KvNode::new(RaftConfig::new(id, peers), disk, seed)
+            });
+            let mut cfg = SimConfig::new(n, FaultSet::NONE);
+            cfg.f = (n - 1) / 2;
+            cfg.timeline = true;
+            Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
+        }
+    }
+}
