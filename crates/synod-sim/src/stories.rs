@@ -4,12 +4,14 @@
 //! about; the Raft ones run the Raft key-value model with one client.
 
 use crate::faults::{NodeFault, Schedule};
+use crate::models::commit::CommitModel;
 use crate::models::raft::RaftModel;
 use crate::report::RunReport;
 use crate::runner::Algo;
 use crate::scenarios;
 use crate::sim::{SimConfig, Simulation};
 use crate::FaultSet;
+use synod_protocols::commit::{three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan};
 use synod_protocols::raft::{Disk, KvNode, RaftConfig};
 use synod_protocols::{NodeId, MS};
 
@@ -20,6 +22,12 @@ pub enum Plot {
     /// Raft with `nodes` voters and one client, under `schedule`.
     Raft {
         nodes: usize,
+        schedule: fn() -> Schedule,
+    },
+    /// Atomic commit (`algo`: 2PC or 3PC): n0 coordinates, n1..n3 take
+    /// part and always vote yes, under `schedule`.
+    Commit {
+        algo: Algo,
         schedule: fn() -> Schedule,
     },
 }
@@ -117,7 +125,44 @@ pub const STORIES: &[Story] = &[
             },
         },
     },
+    Story {
+        name: "2pc-blocks",
+        about: "2PC: the coordinator dies after the votes; yes-voters wait in doubt for ever.",
+        plot: Plot::Commit {
+            algo: Algo::TwoPc,
+            schedule: || Schedule {
+                events: vec![(COORDINATOR_DIES * MS + MS / 4, crash_for_good(0))],
+                ..Schedule::default()
+            },
+        },
+    },
+    Story {
+        name: "3pc-survives",
+        about: "3PC: the same coordinator crash; the participants finish without it.",
+        plot: Plot::Commit {
+            algo: Algo::ThreePc,
+            schedule: || Schedule {
+                events: vec![(COORDINATOR_DIES * MS + MS / 4, crash_for_good(0))],
+                ..Schedule::default()
+            },
+        },
+    },
 ];
+
+/// The commit stories' first transaction begins at this many ms.
+const BEGIN: u64 = 50;
+/// When their coordinator dies: just after it asked for the votes (every
+/// request is on the wire), before any vote is back.
+const COORDINATOR_DIES: u64 = BEGIN;
+
+fn crash_for_good(node: NodeId) -> NodeFault {
+    NodeFault::Crash {
+        node,
+        power_loss: false,
+        torn: false,
+        restart_after: None,
+    }
+}
 
 fn crash(node: NodeId, back_after_ms: u64) -> NodeFault {
     NodeFault::Crash {
@@ -149,6 +194,29 @@ pub fn run(story: &Story, seed: u64) -> RunReport {
             cfg.f = (n - 1) / 2;
             cfg.timeline = true;
             Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
+        }
+        Plot::Commit { algo, schedule } => {
+            let layout = Layout::new(4, 3);
+            let plan = VotePlan::all_yes();
+            let mut cfg = SimConfig::new(4, FaultSet::NONE);
+            cfg.f = 1;
+            cfg.timeline = true;
+            match algo {
+                Algo::TwoPc => {
+                    let model = CommitModel::new(layout, move |id, disk: &_, _| {
+                        TwoPcNode::new(id, layout, plan, disk)
+                    })
+                    .starting_at(BEGIN * MS);
+                    Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
+                }
+                _ => {
+                    let model = CommitModel::new(layout, move |id, disk: &_, _| {
+                        ThreePcNode::new(id, layout, plan, disk)
+                    })
+                    .starting_at(BEGIN * MS);
+                    Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
+                }
+            }
         }
     }
 }

@@ -242,6 +242,34 @@ impl Log {
             .map(|(t, _)| *t)
             .collect()
     }
+
+    /// The latest transaction's state in a few words, for pictures of runs.
+    pub fn describe(&self) -> String {
+        let Some((txn, r)) = self.txns.iter().next_back() else {
+            return String::new();
+        };
+        let word = |o: Outcome| match o {
+            Outcome::Commit => "commit",
+            Outcome::Abort => "abort",
+        };
+        let mut parts = Vec::new();
+        if let Some(yes) = r.vote {
+            parts.push(if yes { "voted yes" } else { "voted no" }.to_string());
+        }
+        if r.precommitted || r.coord_precommit {
+            parts.push("pre-committed".to_string());
+        }
+        if let Some(d) = r.decision {
+            parts.push(format!("decided {}", word(d)));
+        }
+        if let Some(o) = r.outcome {
+            parts.push(format!("learned {}", word(o)));
+        }
+        if r.in_doubt() {
+            parts.push("in doubt".to_string());
+        }
+        format!("txn {txn}: {}", parts.join(", "))
+    }
 }
 
 #[cfg(test)]

@@ -662,6 +662,10 @@ impl Node for ThreePcNode {
             out.send(p, Msg::CanCommit { txn });
         }
     }
+
+    fn describe(&self) -> String {
+        self.log.describe()
+    }
 }
 
 #[cfg(test)]

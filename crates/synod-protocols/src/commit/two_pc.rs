@@ -311,6 +311,10 @@ impl Node for TwoPcNode {
             out.send(p, Msg::Prepare { txn });
         }
     }
+
+    fn describe(&self) -> String {
+        self.log.describe()
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,10 @@ pub struct CommitModel<N, B> {
     votes: BTreeMap<TxnId, BTreeMap<NodeId, bool>>,
     outcomes: BTreeMap<TxnId, BTreeMap<NodeId, Outcome>>,
     first_outcome: Option<(u64, u64)>,
+    /// Fixed start times: transaction `t` begins at exactly `at + t *
+    /// SPACING` (stories that must strike at a known moment); else at a
+    /// random moment of its slot.
+    start: Option<u64>,
     _node: std::marker::PhantomData<N>,
 }
 
@@ -66,8 +70,15 @@ where
             votes: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             first_outcome: None,
+            start: None,
             _node: std::marker::PhantomData,
         }
+    }
+
+    /// Begins transaction `t` at exactly `at + t * SPACING`.
+    pub fn starting_at(mut self, at: u64) -> Self {
+        self.start = Some(at);
+        self
     }
 
     fn on_outcome(&mut self, ctl: &mut Ctl<'_, N>, node: NodeId, txn: TxnId, outcome: Outcome) {
@@ -124,7 +135,10 @@ where
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, N>) {
         for txn in 0..TXNS {
-            let at = txn * SPACING + ctl.rng().gen_range(0..100 * MS);
+            let at = match self.start {
+                Some(start) => start + txn * SPACING,
+                None => txn * SPACING + ctl.rng().gen_range(0..100 * MS),
+            };
             ctl.input(Layout::COORDINATOR, CommitInput::Begin(txn), at);
         }
     }
