@@ -726,20 +726,23 @@ impl Driver {
             let Some(addr) = self.peer_addr(id) else {
                 return;
             };
-            self.peers.insert(
-                id,
-                PeerSender::start(
-                    self.hello.clone(),
-                    id,
-                    addr,
-                    self.active.clone(),
-                    self.cfg.peer_tls.clone(),
-                ),
-            );
+            self.peers.insert(id, self.start_sender(id, addr));
         }
         if let Some(p) = self.peers.get(&id) {
             p.send(PeerMsg::Removed);
         }
+    }
+
+    /// A writer to member `id` at `addr`, over TLS if the member's peers
+    /// speak it.
+    fn start_sender(&self, id: NodeId, addr: SocketAddr) -> PeerSender {
+        PeerSender::start(
+            self.hello.clone(),
+            id,
+            addr,
+            self.active.clone(),
+            self.cfg.peer_tls.clone(),
+        )
     }
 
     /// The writer to member `id`, started on first use: a member that joins
@@ -747,16 +750,7 @@ impl Driver {
     fn sender(&mut self, id: NodeId) -> Option<PeerSender> {
         if !self.peers.contains_key(&id) && !self.is_removed(id) {
             let addr = self.peer_addr(id)?;
-            self.peers.insert(
-                id,
-                PeerSender::start(
-                    self.hello.clone(),
-                    id,
-                    addr,
-                    self.active.clone(),
-                    self.cfg.peer_tls.clone(),
-                ),
-            );
+            self.peers.insert(id, self.start_sender(id, addr));
         }
         self.peers.get(&id).cloned()
     }
@@ -805,16 +799,7 @@ impl Driver {
         for id in conf.members().filter(|id| *id != me) {
             if !self.peers.contains_key(&id) {
                 if let Some(addr) = self.peer_addr(id) {
-                    self.peers.insert(
-                        id,
-                        PeerSender::start(
-                            self.hello.clone(),
-                            id,
-                            addr,
-                            self.active.clone(),
-                            self.cfg.peer_tls.clone(),
-                        ),
-                    );
+                    self.peers.insert(id, self.start_sender(id, addr));
                 }
             }
         }

@@ -30,7 +30,8 @@ pub struct Scenario {
     pub schedule: fn() -> Schedule,
 }
 
-fn crash_for_good(node: NodeId) -> NodeFault {
+/// Node `node` crashes and never comes back.
+pub(crate) fn crash_for_good(node: NodeId) -> NodeFault {
     NodeFault::Crash {
         node,
         power_loss: false,

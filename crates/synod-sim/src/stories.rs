@@ -8,7 +8,7 @@ use crate::models::commit::CommitModel;
 use crate::models::raft::RaftModel;
 use crate::report::RunReport;
 use crate::runner::Algo;
-use crate::scenarios;
+use crate::scenarios::{self, crash_for_good};
 use crate::sim::{SimConfig, Simulation};
 use crate::FaultSet;
 use synod_protocols::commit::{three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan};
@@ -154,15 +154,6 @@ const BEGIN: u64 = 50;
 /// When their coordinator dies: just after it asked for the votes (every
 /// request is on the wire), before any vote is back.
 const COORDINATOR_DIES: u64 = BEGIN;
-
-fn crash_for_good(node: NodeId) -> NodeFault {
-    NodeFault::Crash {
-        node,
-        power_loss: false,
-        torn: false,
-        restart_after: None,
-    }
-}
 
 fn crash(node: NodeId, back_after_ms: u64) -> NodeFault {
     NodeFault::Crash {

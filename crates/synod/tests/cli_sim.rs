@@ -195,12 +195,9 @@ fn elements(svg: &str) -> Vec<String> {
     }
 }
 
-/// `--svg` and `--html` draw one run: an SVG that parses, with a lane per
-/// node and the run's messages, and the same picture in a page of its own.
-#[test]
-fn a_run_is_drawn_as_svg_and_html() {
-    let dir = tempfile::tempdir().unwrap();
-    let (svg, html) = (dir.path().join("run.svg"), dir.path().join("run.html"));
+/// Draws `synod sim --algo raft --seed 7 --runs 1` into `dir`: (svg, html).
+fn draw_raft_seed_7(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (svg, html) = (dir.join("run.svg"), dir.join("run.html"));
     let out = synod(&[
         "sim",
         "--algo",
@@ -219,6 +216,15 @@ fn a_run_is_drawn_as_svg_and_html() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (svg, html)
+}
+
+/// `--svg` and `--html` draw one run: an SVG that parses, with a lane per
+/// node and the run's messages, and the same picture in a page of its own.
+#[test]
+fn a_run_is_drawn_as_svg_and_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, html) = draw_raft_seed_7(dir.path());
     let picture = std::fs::read_to_string(&svg).unwrap();
     let names = elements(&picture);
     assert_eq!(names.first().map(String::as_str), Some("svg"));
@@ -279,19 +285,7 @@ fn chromium(args: &[&str]) -> Option<Output> {
 #[test]
 fn the_page_replays_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let html = dir.path().join("run.html");
-    let out = synod(&[
-        "sim",
-        "--algo",
-        "raft",
-        "--seed",
-        "7",
-        "--runs",
-        "1",
-        "--html",
-        html.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
+    let (_, html) = draw_raft_seed_7(dir.path());
     let url = format!("file://{}", html.display());
     let Some(dom) = chromium(&["--dump-dom", &url]) else {
         return;
