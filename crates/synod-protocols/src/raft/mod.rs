@@ -129,8 +129,10 @@ pub struct Payload(pub Bytes);
 /// The encoding [`Payload::encode`] writes: the first byte of every payload,
 /// so that a build that changes an application encoding can still read (or
 /// refuse by name) what an older one replicated. 2: the store records its
-/// members, and the service's raft ids are etcd member ids.
-pub const PAYLOAD_VERSION: u8 = 2;
+/// members, and the service's raft ids are etcd member ids. 3: the store
+/// holds etcd's auth store (users, roles, permissions), and client writes
+/// may travel as `Command::As`.
+pub const PAYLOAD_VERSION: u8 = 3;
 
 /// Why a payload is not the value it should hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
