@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | [`write_once`] | the write-once variable's API, and local/shared versions |
 //! | [`coordinator`] | a write-once variable decided by one coordinator (bully rule) |
+//! | [`failover`] | the coordinator with failover by timeout: unsafe on purpose (split brain) |
 //! | [`majority`] | a write-once variable decided by majority-rules voting |
 //! | [`paxos`] | a write-once variable decided by the Paxos synod algorithm |
 //! | [`commit`] | atomic commit of a transaction: 2PC, 3PC and Paxos Commit |
@@ -16,6 +17,7 @@
 
 pub mod commit;
 pub mod coordinator;
+pub mod failover;
 pub mod kv;
 pub mod majority;
 pub mod paxos;

@@ -157,6 +157,11 @@ impl<V: Clone + Debug + PartialEq> Node for MajorityNode<V> {
             }
             Msg::Vote { value, reply } => {
                 self.votes[from as usize] = Some(value.clone());
+                // A peer's vote names a proposal: a node that has not voted
+                // votes for the first one it hears of, however it hears. A
+                // node cut off while the proposals went round (the seventh
+                // of a 3-3 split) so still votes once the network heals.
+                self.cast_vote(value.clone(), out);
                 if reply {
                     if let Some(d) = &self.decided {
                         out.send(from, Msg::Decided(d.clone()));
@@ -219,8 +224,19 @@ impl<V: Clone + Debug + PartialEq> Node for MajorityNode<V> {
         match (&self.decided, &self.vote) {
             (Some(d), _) => format!("decided {}", v(d)),
             (None, Some(mine)) => {
-                let heard = self.votes.iter().filter(|x| x.is_some()).count();
-                format!("voted {}, heard {heard} of {}", v(mine), self.n)
+                // The tally as this node knows it: "voted 0; of 7: 3 for 0, 3 for 1".
+                let mut tally: Vec<(&V, usize)> = Vec::new();
+                for x in self.votes.iter().flatten() {
+                    match tally.iter_mut().find(|(y, _)| *y == x) {
+                        Some((_, k)) => *k += 1,
+                        None => tally.push((x, 1)),
+                    }
+                }
+                let tally: Vec<String> = tally
+                    .iter()
+                    .map(|(x, k)| format!("{k} for {}", v(x)))
+                    .collect();
+                format!("voted {}; of {}: {}", v(mine), self.n, tally.join(", "))
             }
             (None, None) => String::new(),
         }

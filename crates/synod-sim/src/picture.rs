@@ -13,6 +13,8 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 40.0;
 const TOP: f64 = 70.0;
 const LANE: f64 = 86.0;
+/// Height of one line of notes under the lanes.
+const NOTE: f64 = 17.0;
 /// Widest and narrowest picture, in pixels, before zooming.
 const MAX_WIDTH: f64 = 2400.0;
 const MIN_WIDTH: f64 = 720.0;
@@ -48,6 +50,7 @@ struct Layout {
     end: Instant,
     px_per_us: f64,
     nodes: usize,
+    notes: usize,
 }
 
 impl Layout {
@@ -58,6 +61,7 @@ impl Layout {
             end,
             px_per_us: (width - LEFT - RIGHT) / end as f64,
             nodes: t.nodes,
+            notes: t.notes.len(),
         }
     }
 
@@ -73,8 +77,16 @@ impl Layout {
         self.x(self.end) + RIGHT
     }
 
-    fn height(&self) -> f64 {
+    /// Where the lanes end and the notes begin.
+    fn lanes_bottom(&self) -> f64 {
         self.y(self.nodes as NodeId) + 10.0
+    }
+
+    fn height(&self) -> f64 {
+        match self.notes {
+            0 => self.lanes_bottom(),
+            n => self.lanes_bottom() + NOTE * n as f64 + 12.0,
+        }
     }
 }
 
@@ -131,8 +143,20 @@ pub fn svg(t: &Timeline, title: &str) -> String {
     lanes(&mut s, &l, t);
     messages(&mut s, &l, t);
     states(&mut s, &l, t);
+    notes(&mut s, &l, t);
     s.push_str("</svg>\n");
     s
+}
+
+fn notes(s: &mut String, l: &Layout, t: &Timeline) {
+    for (i, note) in t.notes.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text class="note" x="{LEFT}" y="{:.1}" font-size="13" fill="#333">{}</text>"##,
+            l.lanes_bottom() + NOTE * (i as f64 + 1.0),
+            escape(note)
+        );
+    }
 }
 
 fn axis(s: &mut String, l: &Layout) {
@@ -144,7 +168,7 @@ fn axis(s: &mut String, l: &Layout) {
         let _ = writeln!(
             s,
             r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#888">{} ms</text>"##,
-            l.height() - 10.0,
+            l.lanes_bottom() - 10.0,
             y - 4.0,
             at / MS
         );
@@ -175,7 +199,7 @@ fn partitions(s: &mut String, l: &Layout, t: &Timeline) {
             r##"<g class="partition" data-t="{from}"><rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#f4c7c3" fill-opacity="0.35"/><text x="{:.1}" y="{:.1}" fill="#a33">split {}</text></g>"##,
             TOP + 4.0,
             (x1 - x0).max(1.0),
-            l.height() - TOP - 14.0,
+            l.lanes_bottom() - TOP - 14.0,
             x0 + 3.0,
             TOP + 16.0,
             escape(&names.join(" | "))

@@ -13,12 +13,17 @@ use std::str::FromStr;
 use synod_protocols::commit::{
     paxos_commit::PaxosCommitNode, three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan,
 };
-use synod_protocols::{coordinator::CoordinatorNode, majority::MajorityNode, paxos::PaxosNode};
+use synod_protocols::{
+    coordinator::CoordinatorNode, failover::FailoverNode, majority::MajorityNode, paxos::PaxosNode,
+};
 
 /// The algorithms `synod sim` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
     Coordinator,
+    /// The coordinator with failover by timeout: unsafe on purpose, to show
+    /// split brain (`synod_protocols::failover`).
+    Failover,
     Majority,
     Paxos,
     Raft,
@@ -32,6 +37,7 @@ pub enum Algo {
 impl Algo {
     pub const ALL: &'static [Algo] = &[
         Algo::Coordinator,
+        Algo::Failover,
         Algo::Majority,
         Algo::Paxos,
         Algo::Raft,
@@ -44,6 +50,7 @@ impl Algo {
     pub fn name(self) -> &'static str {
         match self {
             Algo::Coordinator => "coordinator",
+            Algo::Failover => "failover",
             Algo::Majority => "majority",
             Algo::Paxos => "paxos",
             Algo::TwoPc => "2pc",
@@ -58,7 +65,9 @@ impl Algo {
     /// `<property>_violations` count in the JSON summary, zero included).
     pub fn properties(self) -> Vec<&'static str> {
         match self {
-            Algo::Coordinator | Algo::Majority | Algo::Paxos => write_once::PROPERTIES.to_vec(),
+            Algo::Coordinator | Algo::Failover | Algo::Majority | Algo::Paxos => {
+                write_once::PROPERTIES.to_vec()
+            }
             Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::PROPERTIES.to_vec(),
             Algo::Raft => [raft_checks::PROPERTIES, raft::PROPERTIES].concat(),
             Algo::Etcd => [raft_checks::PROPERTIES, etcd::PROPERTIES].concat(),
@@ -76,6 +85,14 @@ impl Algo {
         }
     }
 
+    /// The write-once algorithms (they use `RunSpec::proposers`).
+    pub fn is_write_once(self) -> bool {
+        matches!(
+            self,
+            Algo::Coordinator | Algo::Failover | Algo::Majority | Algo::Paxos
+        )
+    }
+
     /// The atomic-commit algorithms (they use `RunSpec::participants`).
     pub fn is_commit(self) -> bool {
         matches!(self, Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit)
@@ -84,7 +101,7 @@ impl Algo {
     /// Extra counters this algorithm reports.
     pub fn counters(self) -> Vec<&'static str> {
         match self {
-            Algo::Coordinator | Algo::Majority | Algo::Paxos => Vec::new(),
+            Algo::Coordinator | Algo::Failover | Algo::Majority | Algo::Paxos => Vec::new(),
             Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::COUNTERS.to_vec(),
             Algo::Raft => [raft::COUNTERS, raft_checks::COUNTERS].concat(),
             Algo::Etcd => [etcd::COUNTERS, raft_checks::COUNTERS].concat(),
@@ -159,8 +176,7 @@ impl RunSpec {
                 self.nodes
             ));
         }
-        let write_once = matches!(self.algo, Algo::Coordinator | Algo::Majority | Algo::Paxos);
-        if write_once && (self.proposers == 0 || self.proposers > self.nodes) {
+        if self.algo.is_write_once() && (self.proposers == 0 || self.proposers > self.nodes) {
             return Err(format!(
                 "--proposers must be between 1 and --nodes ({}), not {}",
                 self.nodes, self.proposers
@@ -185,6 +201,12 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
         Algo::Coordinator => {
             let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| {
                 CoordinatorNode::new(id, n, disk)
+            });
+            Simulation::new(cfg, seed, model).run(seed)
+        }
+        Algo::Failover => {
+            let model = WriteOnceModel::new(n, spec.proposers, move |id, disk: &_, _seed| {
+                FailoverNode::new(id, n, disk)
             });
             Simulation::new(cfg, seed, model).run(seed)
         }

@@ -12,6 +12,7 @@ use crate::runner::Algo;
 use crate::sim::{SimConfig, Simulation};
 use crate::FaultSet;
 use synod_protocols::coordinator::CoordinatorNode;
+use synod_protocols::failover::FailoverNode;
 use synod_protocols::majority::MajorityNode;
 use synod_protocols::paxos::PaxosNode;
 use synod_protocols::{Instant, NodeId, MS};
@@ -123,6 +124,36 @@ pub const SCENARIOS: &[Scenario] = &[
             ..Schedule::default()
         },
     },
+    Scenario {
+        name: "split-brain",
+        story: "Five servers; n4, the highest id, coordinates. At 100 ms the network \
+                splits into {n3 n4} and {n0 n1 n2} for 600 ms; at 300 ms blue is \
+                offered at n3 and red at n1. A design that replaces a silent \
+                coordinator by timeout (`synod story split-brain`) gets one \
+                coordinator per side and decides both; the safe designs decide one \
+                value or wait.",
+        nodes: 5,
+        offers: &[(3, "blue", 300 * MS), (1, "red", 300 * MS)],
+        schedule: || Schedule {
+            events: vec![(
+                100 * MS,
+                NodeFault::Partition {
+                    groups: vec![vec![3, 4], vec![0, 1, 2]],
+                    heal_after: 600 * MS,
+                },
+            )],
+            ..Schedule::default()
+        },
+    },
+    Scenario {
+        name: "majority-race",
+        story: "Seven servers, nothing fails: red is offered at n0 and blue at n6 at \
+                the same moment, and each server votes for the first offer that \
+                reaches it. Whichever reaches four votes first is decided.",
+        nodes: 7,
+        offers: &[(0, "red", 0), (6, "blue", 0)],
+        schedule: Schedule::default,
+    },
 ];
 
 /// Seven nodes split 3 | 3 | 1 for 300 ms.
@@ -140,7 +171,7 @@ fn name_values(text: &str, names: &[&str]) -> String {
     let mut out = Vec::new();
     let mut prev = "";
     for word in text.split(' ') {
-        let bare = word.trim_end_matches(',');
+        let bare = word.trim_end_matches([',', ';']);
         let named = matches!(prev, "decided" | "accepted" | "proposes" | "voted" | "for")
             .then(|| bare.parse::<usize>().ok())
             .flatten()
@@ -290,6 +321,7 @@ fn run_with(scenario: &Scenario, algo: Algo, seed: u64, timeline: bool) -> Outco
     }
     let (report, decisions, decided_at) = match algo {
         Algo::Coordinator => go!(move |id, disk: &_, _| CoordinatorNode::new(id, n, disk)),
+        Algo::Failover => go!(move |id, disk: &_, _| FailoverNode::new(id, n, disk)),
         Algo::Majority => go!(move |id, disk: &_, _| MajorityNode::new(id, n, disk)),
         Algo::Paxos => go!(move |id, disk: &_, s| PaxosNode::new(id, n, disk, s)),
         other => panic!("{} is not a write-once algorithm", other.name()),
@@ -319,8 +351,8 @@ mod tests {
             "prepares 2.0, accepted red at 1.2"
         );
         assert_eq!(
-            name_values("voted 1, heard 3 of 7", &names),
-            "voted blue, heard 3 of 7"
+            name_values("voted 1; of 7: 3 for 0, 2 for 1", &names),
+            "voted blue; of 7: 3 for red, 2 for blue"
         );
         assert_eq!(name_values("promised 1.2", &names), "promised 1.2");
     }

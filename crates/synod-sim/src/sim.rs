@@ -569,6 +569,13 @@ impl<M: Model> Simulation<M> {
     /// Runs to the end and hands back the model too, for tests that inspect it.
     pub fn run_keep_model(mut self, seed: u64) -> (RunReport, M) {
         self.start(seed);
+        self.run_rest(seed)
+    }
+
+    /// Runs a started run to its end (as [`Simulation::run_keep_model`]
+    /// does after [`Simulation::start`]), for a driver that stepped its
+    /// beginning itself.
+    pub fn run_rest(mut self, seed: u64) -> (RunReport, M) {
         let deadline = self.core.cfg.fault_phase + self.core.cfg.quiet_limit;
         let terminated = self.run_until(deadline, |m, ctl| ctl.in_quiet_phase() && m.done(ctl));
         if !terminated {
@@ -664,6 +671,57 @@ impl<M: Model> Simulation<M> {
     /// The simulated time.
     pub fn now(&self) -> Instant {
         self.core.now
+    }
+
+    /// Whether the run is in its quiet phase (no new faults, all healed).
+    pub fn in_quiet_phase(&self) -> bool {
+        self.core.quiet
+    }
+
+    /// Strikes with `fault` now, for a driver that steps the run itself and
+    /// strikes when the run reaches a state rather than at a set time (the
+    /// stories that need a fault between two particular messages).
+    pub fn fault_now(&mut self, fault: NodeFault) {
+        self.handle(Ev::Fault(fault));
+    }
+
+    /// Restarts `node` now, if it is down and not down for good (a driver's
+    /// restart on cue; crash it with a distant `restart_after` first).
+    pub fn restart_now(&mut self, node: NodeId) {
+        self.restart(node);
+    }
+
+    /// Begins the quiet phase now (all healed, every node that is not down
+    /// for good restarted, no new faults), for a driver whose story is told.
+    pub fn quiet_now(&mut self) {
+        if !self.core.quiet {
+            self.quiet();
+        }
+    }
+
+    /// Ends the partition in force now.
+    pub fn heal_now(&mut self) {
+        let partition = self.core.partition_id;
+        self.handle(Ev::Heal { partition });
+    }
+
+    /// Loses every message `from` sent that has not arrived yet, as a power
+    /// cut loses what still sat in the node's send buffers. Returns how many.
+    pub fn lose_in_flight(&mut self, from: NodeId) -> usize {
+        let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.core.queue)
+            .into_vec()
+            .into_iter()
+            .partition(|q| matches!(q.ev, Ev::Deliver { from: f, .. } if f == from));
+        self.core.queue = kept.into();
+        let now = self.core.now;
+        for q in &lost {
+            if let Ev::Deliver { to, mark, .. } = q.ev {
+                self.core
+                    .trace_line(Some(from), format_args!("-> n{to} lost in the send buffer"));
+                self.core.mark_lost(mark, now);
+            }
+        }
+        lost.len()
     }
 
     /// The model, for a driver that steps the run itself.
@@ -834,7 +892,7 @@ impl<M: Model> Simulation<M> {
                         .trace_line(Some(node), format_args!("no longer slow"));
                 }
             }
-            Ev::Quiet => self.quiet(),
+            Ev::Quiet => self.quiet_now(),
         }
     }
 

@@ -49,6 +49,9 @@ pub struct Timeline {
     pub nodes: usize,
     pub end: Instant,
     pub marks: Vec<Mark>,
+    /// Lines written under the picture: what the run cannot show by itself
+    /// (a story's commentary).
+    pub notes: Vec<String>,
     /// The last state each node was described in (to record changes only).
     last_state: Vec<String>,
 }
@@ -68,8 +71,34 @@ impl Timeline {
             nodes,
             end: 0,
             marks: Vec::new(),
+            notes: Vec::new(),
             last_state: vec![String::new(); nodes],
         }
+    }
+
+    /// Ends the picture `margin` after the last thing that is not a message
+    /// (a change of state, a crash, a restart, a split), if the run went on
+    /// longer: a stuck run repeats itself for seconds, and its picture is
+    /// the moment it got stuck. Returns the end of the run that was cut.
+    pub fn cut_quiet_tail(&mut self, margin: Instant) -> Option<Instant> {
+        let last_change = self
+            .marks
+            .iter()
+            .filter_map(|m| match m {
+                Mark::State { at, .. } | Mark::Crash { at, .. } | Mark::Restart { at, .. } => {
+                    Some(*at)
+                }
+                Mark::Partition { from, until, .. } => Some(until.unwrap_or(*from)),
+                Mark::Message { .. } => None,
+            })
+            .max()?;
+        let cut = last_change + margin;
+        if cut >= self.end {
+            return None;
+        }
+        self.marks
+            .retain(|m| !matches!(m, Mark::Message { sent, .. } if *sent > cut));
+        Some(std::mem::replace(&mut self.end, cut))
     }
 
     /// Records a message sent now; returns its mark's index, which the

@@ -124,6 +124,23 @@ fn coordinator_is_safe_but_stuck_while_the_coordinator_is_down() {
     );
 }
 
+/// Failover by timeout is the unsafe design the seeds warn about: a
+/// partition gives it two coordinators at once, and a crash hands the
+/// decision to a successor that never heard the first coordinator's. The
+/// agreement checker sees two values decided either way.
+#[test]
+fn failover_by_timeout_decides_twice_and_is_caught() {
+    for faults in ["partition", "crash"] {
+        let s = run_batch(
+            &RunSpec::new(Algo::Failover, 5, FaultSet::parse(faults).unwrap()),
+            0,
+            300,
+            |_| {},
+        );
+        assert!(s.total_violations() > 0, "{faults}: nothing caught");
+    }
+}
+
 #[test]
 fn majority_vote_gets_stuck_but_stays_safe_under_all_faults() {
     let s = run_batch(

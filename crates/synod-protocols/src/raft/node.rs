@@ -229,7 +229,9 @@ impl RaftNode {
     pub fn commit_index(&self) -> u64 {
         self.commit
     }
-    /// Role, term and commit index in a few words, for pictures of runs.
+    /// Role, term, last entry and commit index in a few words, for
+    /// pictures of runs: "leader t3, log 2@t1, commit 1" (the last entry is
+    /// index 2, written in term 1).
     pub fn describe(&self) -> String {
         let role = match self.role {
             Role::Follower => "follower",
@@ -237,7 +239,12 @@ impl RaftNode {
             Role::Candidate => "candidate",
             Role::Leader => "leader",
         };
-        format!("{role} t{} commit {}", self.term, self.commit)
+        let last = self.log.last_index();
+        let last_term = self.log.term(last).unwrap_or(0);
+        format!(
+            "{role} t{}, log {last}@t{last_term}, commit {}",
+            self.term, self.commit
+        )
     }
     pub fn applied_index(&self) -> u64 {
         self.applied
