@@ -221,6 +221,13 @@ pub const STORIES: &[Story] = &[
         notes: &[],
     },
     Story {
+        name: "raft-figure-8",
+        about: "Raft's Figure 8: why a leader may not commit an entry of an older term by counting replicas.",
+        ends: FIGURE_8_ENDS,
+        plot: Plot::Scripted(figure_8),
+        notes: FIGURE_8_NOTES,
+    },
+    Story {
         name: "2pc-blocks",
         about: "2PC: the coordinator dies after the votes; yes-voters wait in doubt for ever.",
         ends: Ending::Stuck,
@@ -255,13 +262,6 @@ pub const STORIES: &[Story] = &[
             "n2 and n3 cannot tell a dead coordinator from an unreachable one: both uncertain, they abort.",
             "n1 was pre-committed, so its side commits. Timeouts made 3PC non-blocking, and partitions make it unsafe.",
         ],
-    },
-    Story {
-        name: "raft-figure-8",
-        about: "Raft's Figure 8: why a leader may not commit an entry of an older term by counting replicas.",
-        ends: FIGURE_8_ENDS,
-        plot: Plot::Scripted(figure_8),
-        notes: FIGURE_8_NOTES,
     },
 ];
 

@@ -314,7 +314,8 @@ fn the_page_replays_in_headless_chromium() {
 }
 
 /// `synod story list` names the stories; each one plays to its known end
-/// and is drawn as an SVG that parses, with a lane per node.
+/// and is drawn as an SVG that parses, with a lane per node, and as a page
+/// that headless Chromium renders without a console error.
 #[test]
 fn every_story_plays_to_its_end_and_is_drawn() {
     let out = synod(&["story", "list"]);
@@ -332,7 +333,15 @@ fn every_story_plays_to_its_end_and_is_drawn() {
     let dir = tempfile::tempdir().unwrap();
     for name in names {
         let svg = dir.path().join(format!("{name}.svg"));
-        let out = synod(&["story", name, "--svg", svg.to_str().unwrap()]);
+        let html = dir.path().join(format!("{name}.html"));
+        let out = synod(&[
+            "story",
+            name,
+            "--svg",
+            svg.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+        ]);
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -356,6 +365,18 @@ fn every_story_plays_to_its_end_and_is_drawn() {
             picture.contains(">n0</text>") && picture.contains(">n2</text>"),
             "{name}"
         );
+        // The page renders, and its script runs without a console error.
+        let url = format!("file://{}", html.display());
+        if let Some(dom) = chromium(&["--dump-dom", &url]) {
+            let stderr = String::from_utf8_lossy(&dom.stderr);
+            let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+            assert!(errors.is_empty(), "{name}: console errors: {errors:?}");
+            let page = String::from_utf8_lossy(&dom.stdout);
+            assert!(
+                page.contains(" ms</span>"),
+                "{name}: the script did not run"
+            );
+        }
     }
     let out = synod(&["story", "no-such-story"]);
     assert!(!out.status.success());
