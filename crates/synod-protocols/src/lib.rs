@@ -14,12 +14,14 @@
 //! | [`commit`] | atomic commit of a transaction: 2PC, 3PC and Paxos Commit |
 //! | [`kv`] | the replicated key-value store's requests, results and state machine |
 //! | [`raft`] | Raft consensus (sans-IO core) and a replicated key-value node on it |
+//! | [`multipaxos`] | Multi-Paxos: the log as write-once slots, and the same key-value node on it |
 
 pub mod commit;
 pub mod coordinator;
 pub mod failover;
 pub mod kv;
 pub mod majority;
+pub mod multipaxos;
 pub mod paxos;
 pub mod raft;
 pub mod sansio;

@@ -48,6 +48,28 @@ pub struct Ballot {
 
 impl Ballot {
     pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
+
+    /// Phase 1's acceptor rule, for an acceptor that promised `self`: it may
+    /// promise `ballot` if it is higher, and answer a repeated prepare of the
+    /// ballot it promised again (ZERO, which nobody prepares, excepted).
+    /// Shared by the single-decree synod and Multi-Paxos.
+    pub fn admits_prepare(self, ballot: Ballot) -> bool {
+        ballot > self || (ballot == self && ballot != Ballot::ZERO)
+    }
+
+    /// Phase 2's acceptor rule: an acceptor that promised `self` may accept
+    /// at `ballot` unless it promised a higher one.
+    pub fn admits_accept(self, ballot: Ballot) -> bool {
+        ballot >= self
+    }
+}
+
+/// Phase 1's proposer rule: of the acceptances the promises report, the one
+/// with the highest ballot is the value a proposer must carry on with.
+pub fn keep_highest<V>(highest: &mut Option<(Ballot, V)>, ballot: Ballot, value: V) {
+    if highest.as_ref().is_none_or(|(b, _)| ballot > *b) {
+        *highest = Some((ballot, value));
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,7 +378,7 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
 
     fn on_prepare(&mut self, from: NodeId, ballot: Ballot, out: &mut Out<V>) {
         self.highest_seen = self.highest_seen.max(ballot.round);
-        if ballot > self.promised || (ballot == self.promised && ballot != Ballot::ZERO) {
+        if self.promised.admits_prepare(ballot) {
             if ballot > self.promised {
                 self.promised = ballot;
                 self.persist(Write::Promise(ballot), out);
@@ -381,7 +403,7 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
 
     fn on_accept(&mut self, from: NodeId, ballot: Ballot, value: V, out: &mut Out<V>) {
         self.highest_seen = self.highest_seen.max(ballot.round);
-        if ballot >= self.promised {
+        if self.promised.admits_accept(ballot) {
             let already = self.accepted.as_ref().is_some_and(|(b, _)| *b == ballot);
             if !already {
                 self.promised = ballot;
@@ -423,9 +445,7 @@ impl<V: Clone + Debug + PartialEq> PaxosNode<V> {
         }
         promised[from as usize] = true;
         if let Some((b, v)) = acc {
-            if highest.as_ref().is_none_or(|(hb, _)| b > *hb) {
-                *highest = Some((b, v));
-            }
+            keep_highest(highest, b, v);
         }
         if promised.iter().filter(|p| **p).count() < quorum {
             return;

@@ -3,6 +3,7 @@
 use crate::faults::{Fault, FaultSet};
 use crate::models::commit::{self, CommitModel};
 use crate::models::etcd::{self, EtcdModel};
+use crate::models::multipaxos;
 use crate::models::raft;
 use crate::models::raft_checks;
 use crate::models::write_once::{self, WriteOnceModel};
@@ -27,6 +28,8 @@ pub enum Algo {
     Majority,
     Paxos,
     Raft,
+    /// The key-value store on the Multi-Paxos log.
+    MultiPaxos,
     TwoPc,
     ThreePc,
     PaxosCommit,
@@ -41,6 +44,7 @@ impl Algo {
         Algo::Majority,
         Algo::Paxos,
         Algo::Raft,
+        Algo::MultiPaxos,
         Algo::TwoPc,
         Algo::ThreePc,
         Algo::PaxosCommit,
@@ -57,6 +61,7 @@ impl Algo {
             Algo::ThreePc => "3pc",
             Algo::PaxosCommit => "paxos-commit",
             Algo::Raft => "raft",
+            Algo::MultiPaxos => "multipaxos",
             Algo::Etcd => "etcd",
         }
     }
@@ -70,6 +75,7 @@ impl Algo {
             }
             Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::PROPERTIES.to_vec(),
             Algo::Raft => [raft_checks::PROPERTIES, raft::PROPERTIES].concat(),
+            Algo::MultiPaxos => multipaxos::PROPERTIES.to_vec(),
             Algo::Etcd => [raft_checks::PROPERTIES, etcd::PROPERTIES].concat(),
         }
     }
@@ -104,6 +110,7 @@ impl Algo {
             Algo::Coordinator | Algo::Failover | Algo::Majority | Algo::Paxos => Vec::new(),
             Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => commit::COUNTERS.to_vec(),
             Algo::Raft => [raft::COUNTERS, raft_checks::COUNTERS].concat(),
+            Algo::MultiPaxos => multipaxos::COUNTERS.to_vec(),
             Algo::Etcd => [etcd::COUNTERS, raft_checks::COUNTERS].concat(),
         }
     }
@@ -225,6 +232,7 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
         Algo::Raft => {
             Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed)
         }
+        Algo::MultiPaxos => Simulation::new(cfg, seed, multipaxos::standard_model(n)).run(seed),
         Algo::Etcd => {
             let model = EtcdModel::new(n, 3).with_spares(etcd::SPARES);
             Simulation::new(etcd::sim_config(spec), seed, model).run(seed)

@@ -3,6 +3,8 @@
 
 pub mod commit;
 pub mod etcd;
+pub mod kv_clients;
+pub mod multipaxos;
 pub mod raft;
 pub mod raft_checks;
 pub mod wal_disk;

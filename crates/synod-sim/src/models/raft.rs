@@ -88,8 +88,9 @@
 //! exists (a node stopped by corruption is not up), and every client is idle with
 //! all its operations answered.
 
-use crate::history::{OpKind, OpResult, Operation};
+use crate::history::Operation;
 use crate::linearizability::{check, CheckResult};
+use crate::models::kv_clients::{token, untoken, KvClients, KvServer};
 use crate::models::raft_checks::{self, RaftChecks};
 use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
@@ -99,7 +100,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::rc::Rc;
-use synod_protocols::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
+use synod_protocols::kv::{AdminOp, KvEvent, KvInput};
 use synod_protocols::raft::{ConfChange, Disk, EntryData, KvNode, RaftConfig, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
@@ -109,34 +110,12 @@ pub const PROPERTIES: &[&str] = &["linearizability"];
 /// The counters this model reports besides [`crate::models::raft_checks::COUNTERS`].
 pub const COUNTERS: &[&str] = &["ops_ok", "ops_indefinite", "ops_unknown_checks"];
 
-/// How long a client waits for an answer before retrying elsewhere.
-pub const CLIENT_TIMEOUT: Instant = 200 * MS;
-/// The chance that a client of a run is impatient: it gives up on an operation
-/// whose deadline passes (see [`DEADLINES`]).
-pub const IMPATIENT: f64 = 0.5;
-/// The range an impatient client's deadline is drawn from, once per run: how
-/// long after invoking an operation it stops retrying it.
-pub const DEADLINES: std::ops::Range<Instant> = 300 * MS..1_500 * MS;
-/// How long clients keep issuing new operations once the quiet phase begins.
-pub const QUIET_LOAD: Instant = 500 * MS;
+pub use super::kv_clients::{CLIENT_TIMEOUT, DEADLINES, IMPATIENT, KEYS, QUIET_LOAD};
 /// How often the logs of the up nodes are compared.
 pub const LOG_CHECK_EVERY: Instant = 250 * MS;
-/// Number of keys the clients use.
-pub const KEYS: usize = 5;
 
-const WAKE_NEXT_OP: u64 = 0;
-const WAKE_TIMEOUT: u64 = 1;
 const WAKE_ADMIN: u64 = 2;
 const WAKE_LOG_CHECK: u64 = 3;
-const WAKE_DEADLINE: u64 = 4;
-
-fn token(kind: u64, client: usize, generation: u64) -> u64 {
-    (kind << 56) | ((client as u64) << 32) | (generation & 0xffff_ffff)
-}
-
-fn untoken(t: u64) -> (u64, usize, u64) {
-    (t >> 56, ((t >> 32) & 0xff_ffff) as usize, t & 0xffff_ffff)
-}
 
 /// What a run leaves behind besides its report, for callers that want it (the
 /// `--history` flag, benchmarks).
@@ -149,53 +128,17 @@ pub struct Recording {
     pub failovers: Vec<Instant>,
 }
 
-struct Pending {
-    seq: u64,
-    op: KvOp,
-    /// Index of the operation in the history.
-    hist: usize,
-    target: NodeId,
-}
-
-struct Client {
-    session: u64,
-    seq: u64,
-    pending: Option<Pending>,
-    leader_guess: NodeId,
-    /// Bumped with every send and every scheduled next operation, so that stale
-    /// timers are recognised.
-    generation: u64,
-    /// NotLeader answers in a row (to back off when hints go round in circles).
-    redirects: u32,
-    stopped: bool,
-    /// Last value this client saw per key: what its cas operations expect.
-    seen: Vec<Option<String>>,
-    /// How long after invoking an operation an impatient client gives up on it
-    /// (during the fault phase); `None` for a client that retries until answered.
-    deadline: Option<Instant>,
-}
-
-impl Client {
-    fn idle(&self) -> bool {
-        self.stopped && self.pending.is_none()
-    }
-}
-
 /// The Raft key-value model; `B` builds a node from its id, durable image and seed.
 /// The image is what the WAL recovered from the node's simulated disk; the model
 /// wraps the node in a [`WalBacked`].
 pub struct RaftModel<B> {
     boot: B,
     n: usize,
-    clients: Vec<Client>,
-    history: Vec<Operation>,
+    clients: KvClients,
     checks: RaftChecks,
     /// When the first client command was applied, and the messages sent by then.
     first_commit: Option<(Instant, u64)>,
     admin: bool,
-    /// The chance that a client is impatient, and the range its deadline is
-    /// drawn from.
-    impatience: (f64, std::ops::Range<Instant>),
     /// The initial voters are nodes `0..voters`; nodes from `voters` up to `n`
     /// are spares that membership changes may bring in.
     voters: usize,
@@ -211,24 +154,10 @@ where
         RaftModel {
             boot,
             n: nodes,
-            clients: (0..clients)
-                .map(|i| Client {
-                    session: 1 + i as u64,
-                    seq: 0,
-                    pending: None,
-                    leader_guess: 0,
-                    generation: 0,
-                    redirects: 0,
-                    stopped: false,
-                    seen: vec![None; KEYS],
-                    deadline: None,
-                })
-                .collect(),
-            history: Vec::new(),
+            clients: KvClients::new(nodes, clients),
             checks: RaftChecks::new(nodes),
             first_commit: None,
             admin: true,
-            impatience: (IMPATIENT, DEADLINES),
             voters: nodes,
             recording: None,
         }
@@ -254,7 +183,7 @@ where
     /// [`DEADLINES`]). With `share` 0 every client retries each operation until
     /// it is answered, and runs are exactly those of a model without deadlines.
     pub fn with_impatience(mut self, share: f64, deadlines: std::ops::Range<Instant>) -> Self {
-        self.impatience = (share, deadlines);
+        self.clients.set_impatience(share, deadlines);
         self
     }
 
@@ -266,6 +195,7 @@ where
     /// (possibly itself) whenever there are more voters than at the start.
     pub fn with_spares(mut self, spares: usize) -> Self {
         self.n = self.voters + spares;
+        self.clients.set_nodes(self.n);
         self.checks.resize(self.n);
         self
     }
@@ -274,249 +204,6 @@ where
     pub fn record_into(mut self, rec: Rc<RefCell<Recording>>) -> Self {
         self.recording = Some(rec);
         self
-    }
-
-    fn random_other(&self, ctl: &mut Ctl<'_, WalBacked>, not: NodeId) -> NodeId {
-        let up: Vec<NodeId> = (0..self.n as NodeId)
-            .filter(|&i| i != not && ctl.node(i).is_some_and(|n| !n.is_stopped()))
-            .collect();
-        if !up.is_empty() {
-            return up[ctl.rng().gen_range(0..up.len())];
-        }
-        if self.n <= 1 {
-            return 0;
-        }
-        let r = ctl.rng().gen_range(0..self.n as NodeId - 1);
-        if r >= not {
-            r + 1
-        } else {
-            r
-        }
-    }
-
-    /// (Re)sends client `c`'s pending request to its target after `extra`.
-    fn send(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize, extra: Instant) {
-        let latency = ctl.rng().gen_range(MS..5 * MS) + extra;
-        let client = &mut self.clients[c];
-        let Some(p) = client.pending.as_ref() else {
-            return;
-        };
-        let req = KvRequest {
-            client: client.session,
-            seq: p.seq,
-            op: p.op.clone(),
-        };
-        let target = p.target;
-        client.generation += 1;
-        let tok = token(WAKE_TIMEOUT, c, client.generation);
-        ctl.input(target, KvInput::Client(req), latency);
-        ctl.wake(latency + CLIENT_TIMEOUT, tok);
-    }
-
-    /// Sends client `c`'s pending request to another node (or to `hint`).
-    fn retry(
-        &mut self,
-        ctl: &mut Ctl<'_, WalBacked>,
-        c: usize,
-        hint: Option<NodeId>,
-        extra: Instant,
-    ) {
-        let Some(current) = self.clients[c].pending.as_ref().map(|p| p.target) else {
-            return;
-        };
-        let target = match hint {
-            Some(h) if (h as usize) < self.n && h != current => h,
-            _ => self.random_other(ctl, current),
-        };
-        let client = &mut self.clients[c];
-        client.leader_guess = target;
-        if let Some(p) = client.pending.as_mut() {
-            p.target = target;
-        }
-        if ctl.tracing() {
-            let (session, seq) = (client.session, client.pending.as_ref().map_or(0, |p| p.seq));
-            ctl.trace(format_args!(
-                "client {session} retries seq {seq} at n{target}"
-            ));
-        }
-        self.send(ctl, c, extra);
-    }
-
-    fn schedule_next(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize) {
-        let think = ctl.rng().gen_range(0..20 * MS);
-        let client = &mut self.clients[c];
-        client.generation += 1;
-        ctl.wake(think, token(WAKE_NEXT_OP, c, client.generation));
-    }
-
-    fn next_op(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize) {
-        if ctl.in_quiet_phase() && ctl.now() >= ctl.quiet_started_at() + QUIET_LOAD {
-            self.clients[c].stopped = true;
-            return;
-        }
-        let k = ctl.rng().gen_range(0..KEYS);
-        let key = format!("k{k}");
-        let roll = ctl.rng().gen_range(0..100);
-        let expect_absent = ctl.rng().gen_bool(0.2);
-        let client = &mut self.clients[c];
-        client.seq += 1;
-        let value = format!("c{}.{}", client.session, client.seq);
-        let op = match roll {
-            0..=29 => KvOp::Get { key },
-            30..=64 => KvOp::Put { key, value },
-            65..=74 => KvOp::Delete { key },
-            _ => {
-                let expected = if expect_absent {
-                    None
-                } else {
-                    client.seen[k].clone()
-                };
-                KvOp::Cas {
-                    key,
-                    expected,
-                    value,
-                }
-            }
-        };
-        let kind = match op.clone() {
-            KvOp::Put { key, value } => OpKind::Put { key, value },
-            KvOp::Get { key } => OpKind::Get { key },
-            KvOp::Delete { key } => OpKind::Delete { key },
-            KvOp::Cas {
-                key,
-                expected,
-                value,
-            } => OpKind::Cas {
-                key,
-                expected,
-                value,
-            },
-        };
-        if ctl.tracing() {
-            let (session, seq, at) = (client.session, client.seq, client.leader_guess);
-            ctl.trace(format_args!(
-                "client {session} invokes seq {seq}: {op:?} at n{at}"
-            ));
-        }
-        self.history
-            .push(Operation::indefinite(client.session, kind, ctl.now()));
-        client.pending = Some(Pending {
-            seq: client.seq,
-            op,
-            hist: self.history.len() - 1,
-            target: client.leader_guess,
-        });
-        if let Some(deadline) = client.deadline {
-            let tok = token(WAKE_DEADLINE, c, client.seq);
-            ctl.wake(deadline, tok);
-        }
-        self.send(ctl, c, 0);
-    }
-
-    /// Client `c`'s deadline for operation `seq` has passed. In the fault phase
-    /// it gives up, like an etcd client whose request context expires: the
-    /// application sees an error and moves on to a new operation with a new
-    /// seq. The operation stays indefinite in the history: it may still take
-    /// effect, e.g. from a leader's log, even after later operations of the
-    /// same client, or never (the store rejects a write whose seq is older than
-    /// one it applied for the session). In the quiet phase clients are patient
-    /// again, so liveness still means every operation gets answered.
-    fn deadline_passed(&mut self, ctl: &mut Ctl<'_, WalBacked>, c: usize, seq: u64) {
-        if ctl.in_quiet_phase() {
-            return;
-        }
-        let client = &mut self.clients[c];
-        // The token holds the low 32 bits of the seq.
-        if client.pending.as_ref().map(|p| p.seq & 0xffff_ffff) != Some(seq) {
-            return;
-        }
-        client.pending = None;
-        client.redirects = 0;
-        if ctl.tracing() {
-            let (session, seq) = (client.session, client.seq);
-            ctl.trace(format_args!(
-                "client {session} gives up on seq {seq}: it stays indefinite"
-            ));
-        }
-        // Bumps the generation: the retry timer of the abandoned operation is
-        // ignored from now on, and so is any answer to it (its seq is stale).
-        self.schedule_next(ctl, c);
-    }
-
-    fn on_response(
-        &mut self,
-        ctl: &mut Ctl<'_, WalBacked>,
-        node: NodeId,
-        session: u64,
-        seq: u64,
-        result: Result<KvResult, KvError>,
-    ) {
-        let Some(c) = self.clients.iter().position(|cl| cl.session == session) else {
-            return;
-        };
-        let Some(p) = self.clients[c].pending.as_ref() else {
-            return;
-        };
-        if p.seq != seq {
-            return;
-        }
-        let target = p.target;
-        match result {
-            Ok(r) => {
-                let p = self.clients[c].pending.take().expect("checked above");
-                let result = match (&p.op, r) {
-                    (KvOp::Put { .. }, KvResult::Ok) => Some(OpResult::Ok),
-                    (KvOp::Get { .. }, KvResult::Value(v)) => Some(OpResult::Read(v)),
-                    (KvOp::Delete { .. }, KvResult::Bool(b)) => Some(OpResult::Deleted(b)),
-                    (KvOp::Cas { .. }, KvResult::Bool(b)) => Some(OpResult::Swapped(b)),
-                    (op, r) => {
-                        ctl.violation(
-                            "linearizability",
-                            Some(node),
-                            format!("client {session} seq {seq}: {op:?} answered with {r:?}"),
-                        );
-                        None
-                    }
-                };
-                if let Some(result) = result {
-                    let k: usize = p.op.key()[1..].parse().unwrap_or(0);
-                    let client = &mut self.clients[c];
-                    match (&p.op, &result) {
-                        (KvOp::Put { value, .. }, _)
-                        | (KvOp::Cas { value, .. }, OpResult::Swapped(true)) => {
-                            client.seen[k] = Some(value.clone())
-                        }
-                        (KvOp::Get { .. }, OpResult::Read(v)) => client.seen[k] = v.clone(),
-                        (KvOp::Delete { .. }, _) => client.seen[k] = None,
-                        _ => {}
-                    }
-                    if ctl.tracing() {
-                        ctl.trace(format_args!(
-                            "client {session} seq {seq} completes: {result:?}"
-                        ));
-                    }
-                    let op = &mut self.history[p.hist];
-                    op.complete_us = Some(ctl.now());
-                    op.result = Some(result);
-                }
-                let client = &mut self.clients[c];
-                client.leader_guess = node;
-                client.redirects = 0;
-                self.schedule_next(ctl, c);
-            }
-            Err(_) if node != target => {}
-            Err(KvError::NotLeader { hint }) => {
-                let client = &mut self.clients[c];
-                client.redirects += 1;
-                let backoff = if hint.is_none() || client.redirects > 3 {
-                    20 * MS
-                } else {
-                    0
-                };
-                self.retry(ctl, c, hint, backoff);
-            }
-            Err(KvError::Dropped) => self.retry(ctl, c, None, 10 * MS),
-        }
     }
 
     fn on_applied(
@@ -552,7 +239,7 @@ where
         } else if ctl.rng().gen_bool(0.5) {
             // Ask the node the first client believes leads to hand over.
             let to = ctl.rng().gen_range(0..self.n as NodeId);
-            let at = self.clients.first().map_or(0, |c| c.leader_guess);
+            let at = self.clients.first_guess();
             ctl.input(at, KvInput::Admin(AdminOp::TransferLeader(to)), MS);
         } else {
             let at = ctl.rng().gen_range(0..self.n as NodeId);
@@ -614,14 +301,7 @@ where
     }
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, WalBacked>) {
-        for c in 0..self.clients.len() {
-            self.clients[c].leader_guess = ctl.rng().gen_range(0..self.n as NodeId);
-            let (share, deadlines) = self.impatience.clone();
-            if share > 0.0 && ctl.rng().gen_bool(share) {
-                self.clients[c].deadline = Some(ctl.rng().gen_range(deadlines));
-            }
-            self.schedule_next(ctl, c);
-        }
+        self.clients.start(ctl);
         if self.admin {
             self.schedule_admin(ctl);
         }
@@ -634,7 +314,7 @@ where
                 client,
                 seq,
                 result,
-            } => self.on_response(ctl, node, client, seq, result),
+            } => self.clients.on_response(ctl, node, client, seq, result),
             KvEvent::Applied {
                 index,
                 term,
@@ -645,22 +325,11 @@ where
     }
 
     fn on_wake(&mut self, ctl: &mut Ctl<'_, WalBacked>, tok: u64) {
-        let (kind, c, generation) = untoken(tok);
+        if self.clients.on_wake(ctl, tok) {
+            return;
+        }
+        let (kind, _, _) = untoken(tok);
         match kind {
-            WAKE_NEXT_OP | WAKE_TIMEOUT => {
-                let Some(client) = self.clients.get(c) else {
-                    return;
-                };
-                if client.generation & 0xffff_ffff != generation {
-                    return;
-                }
-                if kind == WAKE_NEXT_OP {
-                    self.next_op(ctl, c);
-                } else {
-                    self.retry(ctl, c, None, 0);
-                }
-            }
-            WAKE_DEADLINE if c < self.clients.len() => self.deadline_passed(ctl, c, generation),
             WAKE_ADMIN => self.admin(ctl),
             WAKE_LOG_CHECK => {
                 self.checks.check_logs(ctl);
@@ -672,15 +341,7 @@ where
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
         self.checks.on_crash(ctl, node);
-        for c in 0..self.clients.len() {
-            if self.clients[c]
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.target == node)
-            {
-                self.retry(ctl, c, None, 0);
-            }
-        }
+        self.clients.on_crash(ctl, node);
     }
 
     fn on_restart(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId) {
@@ -692,16 +353,21 @@ where
     }
 
     fn done(&self, ctl: &Ctl<'_, WalBacked>) -> bool {
-        self.clients.iter().all(Client::idle) && self.current_leader(ctl).is_some()
+        self.clients.idle() && self.current_leader(ctl).is_some()
     }
 
     fn finish(&mut self, ctl: &mut Ctl<'_, WalBacked>, _terminated: bool, report: &mut RunReport) {
         self.checks.finish(ctl, report);
-        let ok = self.history.iter().filter(|o| !o.is_indefinite()).count() as u64;
+        let ok = self
+            .clients
+            .history
+            .iter()
+            .filter(|o| !o.is_indefinite())
+            .count() as u64;
         report.count("ops_ok", ok);
-        report.count("ops_indefinite", self.history.len() as u64 - ok);
+        report.count("ops_indefinite", self.clients.history.len() as u64 - ok);
         report.count("ops_unknown_checks", 0);
-        match check(&self.history) {
+        match check(&self.clients.history) {
             CheckResult::Linearizable => {}
             CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
             r @ (CheckResult::NotLinearizable(_) | CheckResult::Malformed { .. }) => {
@@ -723,9 +389,15 @@ where
         }
         if let Some(rec) = &self.recording {
             let mut rec = rec.borrow_mut();
-            rec.history = std::mem::take(&mut self.history);
+            rec.history = std::mem::take(&mut self.clients.history);
             rec.failovers = self.checks.take_failovers();
         }
+    }
+}
+
+impl KvServer for WalBacked {
+    fn serves(&self) -> bool {
+        !self.is_stopped()
     }
 }
 

@@ -1,0 +1,177 @@
+//! The replicated key-value store on Multi-Paxos: the same requests,
+//! results and state machine as Raft's [`crate::raft::KvNode`]
+//! ([`crate::kv`]), so the same clients and checkers judge both engines.
+//!
+//! Every request, reads included, is a command in the log: a read is
+//! answered when its slot is applied, which makes it linearizable without
+//! leases or read rounds. The leader answers the requests it proposed; any
+//! other node says who it believes leads.
+
+use super::{Command, Config, Disk, Event, MultiPaxosNode, Out, Slot, Write};
+use crate::kv::{KvError, KvEvent, KvInput, KvRequest, KvStore};
+use crate::paxos::Ballot;
+use crate::sansio::{Instant, Node, NodeId, Output};
+use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+#[derive(Debug)]
+pub struct MpKvNode {
+    core: MultiPaxosNode<KvRequest>,
+    store: KvStore,
+    /// `(client, seq)` of the requests this node proposed as leader and
+    /// still owes an answer.
+    owed: BTreeSet<(u64, u64)>,
+    scratch: Out<KvRequest>,
+}
+
+pub type KvOut = Output<Write<KvRequest>, super::Msg<KvRequest>, KvEvent>;
+
+/// What identifies a slot's content, for checkers that compare nodes.
+pub fn digest(cmd: &Command<KvRequest>) -> u64 {
+    let mut h = DefaultHasher::new();
+    cmd.hash(&mut h);
+    h.finish()
+}
+
+impl MpKvNode {
+    /// Boots from `disk`, replaying the learned prefix into the store
+    /// without reporting it again (it was reported before the crash).
+    pub fn new(cfg: Config, disk: &Disk<KvRequest>, seed: u64) -> MpKvNode {
+        let core = MultiPaxosNode::new(cfg, disk, seed);
+        let mut store = KvStore::default();
+        for (_, cmd) in core.learned() {
+            if let Command::App(req) = cmd {
+                store.apply(req);
+            }
+        }
+        MpKvNode {
+            core,
+            store,
+            owed: BTreeSet::new(),
+            scratch: Out::default(),
+        }
+    }
+
+    #[cfg(feature = "broken")]
+    pub fn with_bugs(mut self, bugs: super::Bugs) -> Self {
+        self.core = self.core.with_bugs(bugs);
+        self
+    }
+
+    pub fn core(&self) -> &MultiPaxosNode<KvRequest> {
+        &self.core
+    }
+
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+
+    /// Hands the core's output over: its writes and messages as they are,
+    /// its events turned into the store's.
+    fn settle(&mut self, out: &mut KvOut) {
+        let mut core_out = std::mem::take(&mut self.scratch);
+        out.writes.append(&mut core_out.writes);
+        out.msgs.append(&mut core_out.msgs);
+        for e in core_out.events.drain(..) {
+            match e {
+                Event::Applied { slot, cmd } => self.apply(slot, cmd, out),
+                Event::BecameLeader { ballot } => out.emit(KvEvent::BecameLeader {
+                    term: term_of(ballot),
+                }),
+                Event::SteppedDown => {
+                    for (client, seq) in std::mem::take(&mut self.owed) {
+                        let result = Err(KvError::Dropped);
+                        out.emit(KvEvent::Response {
+                            client,
+                            seq,
+                            result,
+                        });
+                    }
+                }
+            }
+        }
+        self.scratch = core_out;
+    }
+
+    fn apply(&mut self, slot: Slot, cmd: Command<KvRequest>, out: &mut KvOut) {
+        let digest = digest(&cmd);
+        out.emit(KvEvent::Applied {
+            index: slot,
+            term: 0,
+            digest,
+        });
+        if let Command::App(req) = cmd {
+            let result = self.store.apply(&req);
+            if self.owed.remove(&(req.client, req.seq)) {
+                if let Some(r) = result {
+                    let (client, seq) = (req.client, req.seq);
+                    out.emit(KvEvent::Response {
+                        client,
+                        seq,
+                        result: Ok(r),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A ballot as one number, where the service's events speak of terms.
+fn term_of(b: Ballot) -> u64 {
+    b.round
+}
+
+impl Node for MpKvNode {
+    type Msg = super::Msg<KvRequest>;
+    type Write = Write<KvRequest>;
+    type Disk = Disk<KvRequest>;
+    type Event = KvEvent;
+    type Input = KvInput;
+
+    fn apply_write(disk: &mut Disk<KvRequest>, write: &Write<KvRequest>) {
+        disk.apply(write);
+    }
+
+    fn step(&mut self, _now: Instant, from: NodeId, msg: Self::Msg, out: &mut KvOut) {
+        let mut core_out = std::mem::take(&mut self.scratch);
+        self.core.step(from, msg, &mut core_out);
+        self.scratch = core_out;
+        self.settle(out);
+    }
+
+    fn tick(&mut self, _now: Instant, out: &mut KvOut) {
+        let mut core_out = std::mem::take(&mut self.scratch);
+        self.core.tick(&mut core_out);
+        self.scratch = core_out;
+        self.settle(out);
+    }
+
+    fn input(&mut self, _now: Instant, input: KvInput, out: &mut KvOut) {
+        // Snapshots, leader transfers and membership are Raft's for now.
+        let KvInput::Client(req) = input else {
+            return;
+        };
+        let key = (req.client, req.seq);
+        if self.owed.contains(&key) {
+            return;
+        }
+        let mut core_out = std::mem::take(&mut self.scratch);
+        let proposed = self.core.propose(req.clone(), &mut core_out).is_some();
+        self.scratch = core_out;
+        if proposed {
+            self.owed.insert(key);
+        } else {
+            let hint = self.core.leader();
+            out.emit(KvEvent::Response {
+                client: req.client,
+                seq: req.seq,
+                result: Err(KvError::NotLeader { hint }),
+            });
+        }
+        self.settle(out);
+    }
+
+    fn describe(&self) -> String {
+        self.core.describe()
+    }
+}

@@ -1,0 +1,229 @@
+//! Scenarios on a hand-driven network: every message is delivered when the
+//! test says so, and writes are applied to each node's disk at once.
+
+use super::*;
+use crate::sansio::Envelope;
+
+struct Net {
+    nodes: Vec<Option<MultiPaxosNode<u64>>>,
+    disks: Vec<Disk<u64>>,
+    queue: Vec<(NodeId, Envelope<Msg<u64>>)>,
+    /// Per node: every slot it applied, in order.
+    applied: Vec<Vec<(Slot, Command<u64>)>>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let disks = vec![Disk::default(); n];
+        let nodes = (0..n)
+            .map(|i| {
+                Some(MultiPaxosNode::new(
+                    Config::new(i as NodeId, n),
+                    &disks[i],
+                    i as u64,
+                ))
+            })
+            .collect();
+        Net {
+            nodes,
+            disks,
+            queue: Vec::new(),
+            applied: vec![Vec::new(); n],
+        }
+    }
+
+    fn absorb(&mut self, id: NodeId, out: Out<u64>) {
+        for w in &out.writes {
+            self.disks[id as usize].apply(w);
+        }
+        for e in out.events {
+            if let Event::Applied { slot, cmd } = e {
+                self.applied[id as usize].push((slot, cmd));
+            }
+        }
+        self.queue.extend(out.msgs.into_iter().map(|m| (id, m)));
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut MultiPaxosNode<u64> {
+        self.nodes[id as usize].as_mut().expect("node is up")
+    }
+
+    /// Ticks `id` until it campaigns, and delivers everything.
+    fn elect(&mut self, id: NodeId) {
+        for _ in 0..100 {
+            let mut out = Out::default();
+            self.node(id).tick(&mut out);
+            self.absorb(id, out);
+            if !self.queue.is_empty() {
+                break;
+            }
+        }
+        self.deliver_all();
+        assert!(self.node(id).is_leader(), "n{id} did not win");
+    }
+
+    fn propose(&mut self, id: NodeId, v: u64) -> Option<Slot> {
+        let mut out = Out::default();
+        let slot = self.node(id).propose(v, &mut out);
+        self.absorb(id, out);
+        slot
+    }
+
+    /// Delivers queued messages, `keep` deciding which (the others are
+    /// dropped), until none is left.
+    fn deliver(&mut self, mut keep: impl FnMut(NodeId, NodeId) -> bool) {
+        while !self.queue.is_empty() {
+            let (from, env) = self.queue.remove(0);
+            if !keep(from, env.to) || self.nodes[env.to as usize].is_none() {
+                continue;
+            }
+            let mut out = Out::default();
+            self.node(env.to).step(from, env.msg, &mut out);
+            self.absorb(env.to, out);
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        self.deliver(|_, _| true);
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.nodes[id as usize] = None;
+        self.queue.retain(|(from, env)| *from != id && env.to != id);
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let n = self.nodes.len();
+        let cfg = Config::new(id, n);
+        let node = MultiPaxosNode::new(cfg, &self.disks[id as usize], 100 + id);
+        self.nodes[id as usize] = Some(node);
+    }
+
+    /// The leader's heartbeat round, delivered.
+    fn heartbeat(&mut self, id: NodeId) {
+        let mut out = Out::default();
+        self.node(id).tick(&mut out);
+        self.absorb(id, out);
+        self.deliver_all();
+    }
+}
+
+#[test]
+fn a_leader_fills_slots_in_order_and_everyone_learns_them() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    for v in [10, 20, 30] {
+        assert!(net.propose(0, v).is_some());
+    }
+    assert_eq!(net.propose(1, 99), None, "a follower does not propose");
+    net.deliver_all();
+    net.heartbeat(0);
+    let want: Vec<_> = [10, 20, 30]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as Slot + 1, Command::App(*v)))
+        .collect();
+    for id in 0..3 {
+        assert_eq!(net.applied[id], want, "n{id}");
+    }
+}
+
+/// Slot 1 was accepted by n0 and n1 only when n0, the leader, died. The
+/// next leader's phase 1 finds it and chooses it again: a value a majority
+/// may have chosen is never replaced.
+#[test]
+fn a_new_leader_carries_on_what_a_majority_may_have_chosen() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    net.propose(0, 7);
+    net.deliver(|_, to| to == 1);
+    net.crash(0);
+    net.elect(2);
+    net.propose(2, 8);
+    net.deliver_all();
+    net.heartbeat(2);
+    assert_eq!(net.applied[2][0], (1, Command::App(7)));
+    assert_eq!(net.applied[2][1], (2, Command::App(8)));
+    assert_eq!(net.applied[1], net.applied[2]);
+}
+
+/// A slot nobody in the new majority accepted, below one somebody did,
+/// becomes a no-op: no gap stays open.
+#[test]
+fn a_gap_is_filled_with_a_noop() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    net.propose(0, 1);
+    net.propose(0, 2);
+    // Slot 1's accept reaches nobody; slot 2's reaches n1.
+    let mut first = true;
+    net.deliver(|_, to| {
+        let keep = !first && to == 1;
+        if to == 1 {
+            first = false;
+        }
+        keep
+    });
+    net.crash(0);
+    net.elect(1);
+    net.heartbeat(1);
+    assert_eq!(
+        net.applied[1],
+        vec![(1, Command::Noop), (2, Command::App(2))]
+    );
+}
+
+/// A node that restarts keeps its promise: an old leader's accept, arriving
+/// late, is refused.
+#[test]
+fn a_promise_survives_a_restart() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    net.elect(1);
+    net.crash(2);
+    net.restart(2);
+    let old = Ballot { round: 1, node: 0 };
+    let mut out = Out::default();
+    let cmds = vec![Command::App(5)];
+    net.node(2).step(
+        0,
+        Msg::Accept {
+            ballot: old,
+            first: 1,
+            cmds,
+            commit: 0,
+        },
+        &mut out,
+    );
+    assert!(
+        matches!(out.msgs[0].msg, Msg::Nack { .. }),
+        "{:?}",
+        out.msgs
+    );
+}
+
+/// A follower that missed chosen slots gets them from the leader.
+#[test]
+fn a_lagging_follower_catches_up() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    for v in 1..=5 {
+        net.propose(0, v);
+    }
+    net.deliver(|_, to| to != 2);
+    net.heartbeat(0);
+    net.heartbeat(0);
+    assert_eq!(net.applied[2].len(), 5);
+    assert_eq!(net.applied[2], net.applied[0]);
+}
+
+/// A leader that meets a higher ballot steps down.
+#[test]
+fn an_old_leader_steps_down() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    net.elect(1);
+    assert!(!net.node(0).is_leader());
+    assert_eq!(net.propose(0, 3), None);
+    assert!(net.propose(1, 3).is_some());
+}

@@ -1,0 +1,145 @@
+//! Multi-Paxos runs (`synod sim --algo multipaxos`): the key-value store on
+//! the Multi-Paxos log ([`synod_protocols::multipaxos::MpKvNode`]), driven by
+//! the same clients as the Raft model ([`super::kv_clients`]).
+//!
+//! Checked on every run:
+//! * **agreement**: no two nodes apply different commands in one slot;
+//! * **no_gap**: every node applies the slots in order, each once (after a
+//!   restart it goes on after the prefix it had learned);
+//! * **linearizability** of the clients' history.
+
+use super::kv_clients::{KvClients, KvServer};
+use crate::linearizability::{check, CheckResult};
+use crate::report::RunReport;
+use crate::sim::{Ctl, Model};
+use std::collections::BTreeMap;
+use synod_protocols::kv::{KvEvent, KvRequest};
+use synod_protocols::multipaxos::{Config, Disk, MpKvNode};
+use synod_protocols::NodeId;
+
+pub const PROPERTIES: &[&str] = &["agreement", "no_gap", "linearizability"];
+pub const COUNTERS: &[&str] = &["ops_ok", "ops_indefinite", "ops_unknown_checks"];
+
+impl KvServer for MpKvNode {}
+
+pub struct MultiPaxosModel<B> {
+    boot: B,
+    clients: KvClients,
+    /// What the first node to apply each slot applied there.
+    slots: BTreeMap<u64, (NodeId, u64)>,
+    /// Per node: the next slot it must apply.
+    next: Vec<u64>,
+}
+
+impl<B> MultiPaxosModel<B>
+where
+    B: FnMut(NodeId, &Disk<KvRequest>, u64) -> MpKvNode,
+{
+    pub fn new(nodes: usize, clients: usize, boot: B) -> Self {
+        MultiPaxosModel {
+            boot,
+            clients: KvClients::new(nodes, clients),
+            slots: BTreeMap::new(),
+            next: vec![1; nodes],
+        }
+    }
+
+    fn on_applied(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId, slot: u64, digest: u64) {
+        let want = self.next[node as usize];
+        if slot != want {
+            ctl.violation(
+                "no_gap",
+                Some(node),
+                format!("applied slot {slot} where slot {want} was next"),
+            );
+        }
+        self.next[node as usize] = slot + 1;
+        match self.slots.get(&slot) {
+            Some((first, d)) if *d != digest => ctl.violation(
+                "agreement",
+                Some(node),
+                format!("slot {slot}: applied {digest:#x}, n{first} applied {d:#x}"),
+            ),
+            Some(_) => {}
+            None => {
+                self.slots.insert(slot, (node, digest));
+            }
+        }
+    }
+}
+
+impl<B> Model for MultiPaxosModel<B>
+where
+    B: FnMut(NodeId, &Disk<KvRequest>, u64) -> MpKvNode,
+{
+    type Node = MpKvNode;
+
+    fn boot(&mut self, id: NodeId, disk: &Disk<KvRequest>, seed: u64) -> MpKvNode {
+        // The learned prefix was applied before the crash; it goes on after it.
+        self.next[id as usize] = disk.learned_prefix() + 1;
+        (self.boot)(id, disk, seed)
+    }
+
+    fn on_start(&mut self, ctl: &mut Ctl<'_, MpKvNode>) {
+        self.clients.start(ctl);
+    }
+
+    fn on_event(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId, event: KvEvent) {
+        match event {
+            KvEvent::Response {
+                client,
+                seq,
+                result,
+            } => self.clients.on_response(ctl, node, client, seq, result),
+            KvEvent::Applied { index, digest, .. } => self.on_applied(ctl, node, index, digest),
+            KvEvent::BecameLeader { .. } => {}
+        }
+    }
+
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, MpKvNode>, tok: u64) {
+        self.clients.on_wake(ctl, tok);
+    }
+
+    fn on_crash(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId) {
+        self.clients.on_crash(ctl, node);
+    }
+
+    fn done(&self, ctl: &Ctl<'_, MpKvNode>) -> bool {
+        self.clients.idle()
+            && (0..self.next.len() as NodeId)
+                .any(|id| ctl.node(id).is_some_and(|n| n.core().is_leader()))
+    }
+
+    fn finish(&mut self, ctl: &mut Ctl<'_, MpKvNode>, _terminated: bool, report: &mut RunReport) {
+        let history = &self.clients.history;
+        let ok = history.iter().filter(|o| !o.is_indefinite()).count() as u64;
+        report.count("ops_ok", ok);
+        report.count("ops_indefinite", history.len() as u64 - ok);
+        report.count("ops_unknown_checks", 0);
+        match check(history) {
+            CheckResult::Linearizable => {}
+            CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
+            r @ (CheckResult::NotLinearizable(_) | CheckResult::Malformed { .. }) => {
+                let mut detail = r.to_string();
+                if detail.len() > 2000 {
+                    let mut cut = 2000;
+                    while !detail.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail.truncate(cut);
+                }
+                ctl.violation("linearizability", None, detail);
+            }
+        }
+    }
+}
+
+/// The model `synod sim --algo multipaxos` runs: `n` nodes, the Raft
+/// model's number of clients.
+pub fn standard_model(
+    n: usize,
+) -> MultiPaxosModel<impl FnMut(NodeId, &Disk<KvRequest>, u64) -> MpKvNode> {
+    MultiPaxosModel::new(n, super::raft::clients_for(n), move |id, disk: &_, seed| {
+        MpKvNode::new(Config::new(id, n), disk, seed)
+    })
+}
