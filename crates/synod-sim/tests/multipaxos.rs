@@ -3,6 +3,7 @@
 
 use synod_protocols::multipaxos::{Bugs, Config, MpKvNode};
 use synod_protocols::NodeId;
+use synod_sim::history::{OpKind, Operation};
 use synod_sim::models::multipaxos::MultiPaxosModel;
 use synod_sim::models::raft::clients_for;
 use synod_sim::{run_batch, Algo, FaultSet, RunSpec, Simulation};
@@ -55,4 +56,124 @@ fn an_acceptor_that_forgets_its_promises_is_caught() {
         ..Bugs::default()
     };
     assert!(first_failure(bugs, 2_000).is_some());
+}
+
+/// What one engine did over many runs.
+#[derive(Default)]
+struct Tally {
+    msgs: u64,
+    committed: u64,
+    ops: u64,
+    virtual_us: u64,
+    put_latencies: Vec<u64>,
+}
+
+impl Tally {
+    fn add(&mut self, r: &synod_sim::RunReport, committed: &str, history: &[Operation]) {
+        assert_eq!(r.violation_count, 0, "{:?}", r.violations);
+        self.msgs += r.messages_sent;
+        self.committed += r.counters[committed];
+        self.ops += r.counters["ops_ok"];
+        self.virtual_us += r.end_time;
+        self.put_latencies.extend(history.iter().filter_map(|o| {
+            let done = o.complete_us?;
+            matches!(o.kind, OpKind::Put { .. }).then(|| done - o.invoke_us)
+        }));
+    }
+
+    fn line(&mut self, engine: &str, nodes: usize) -> String {
+        self.put_latencies.sort_unstable();
+        let p50 = percentile(&self.put_latencies, 50.0);
+        format!(
+            "| {engine} | {nodes} | {:.1} | {:.1} | {:.2} ms | {:.0} |",
+            self.msgs as f64 / self.committed as f64,
+            self.msgs as f64 / self.ops as f64,
+            p50 as f64 / 1000.0,
+            self.ops as f64 / (self.virtual_us as f64 / 1e6)
+        )
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Raft and Multi-Paxos on the same simulated workload, for BENCHMARKS.md
+/// (not a timed test): `cargo test --release -p synod-sim --test multipaxos
+/// engines_side_by_side -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn engines_side_by_side() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use synod_protocols::raft::{KvNode, RaftConfig};
+    use synod_sim::models::raft::{peers, run_recorded, RaftModel, Recording};
+
+    eprintln!("| engine | nodes | messages per committed entry | messages per client operation | put latency p50 | client ops per virtual second |");
+    for nodes in [3, 5] {
+        let spec = RunSpec::new(Algo::Raft, nodes, FaultSet::NONE);
+        let (mut raft, mut mp) = (Tally::default(), Tally::default());
+        for seed in 0..100 {
+            let rec = Rc::new(RefCell::new(Recording::default()));
+            let model =
+                RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+                    KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+                })
+                .with_admin(false)
+                .record_into(rec.clone());
+            let r = Simulation::new(spec.config(), seed, model).run(seed);
+            raft.add(&r, "entries_committed", &rec.borrow().history);
+            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let (r, model) = Simulation::new(spec.config(), seed, model).run_keep_model(seed);
+            mp.add(&r, "slots_chosen", model.history());
+        }
+        eprintln!("{}", raft.line("Raft", nodes));
+        eprintln!("{}", mp.line("Multi-Paxos", nodes));
+    }
+    // Under load: 32 clients keep the leader busy, 20 seeds.
+    for nodes in [3, 5] {
+        let spec = RunSpec::new(Algo::Raft, nodes, FaultSet::NONE);
+        let (mut raft, mut mp) = (Tally::default(), Tally::default());
+        for seed in 0..20 {
+            let rec = Rc::new(RefCell::new(Recording::default()));
+            let model = RaftModel::new(nodes, 32, move |id: NodeId, disk: &_, s| {
+                KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+            })
+            .with_admin(false)
+            .record_into(rec.clone());
+            let r = Simulation::new(spec.config(), seed, model).run(seed);
+            raft.add(&r, "entries_committed", &rec.borrow().history);
+            let model = MultiPaxosModel::new(nodes, 32, move |id: NodeId, disk: &_, s| {
+                MpKvNode::new(Config::new(id, nodes), disk, s)
+            });
+            let (r, model) = Simulation::new(spec.config(), seed, model).run_keep_model(seed);
+            mp.add(&r, "slots_chosen", model.history());
+        }
+        eprintln!("{} (32 clients)", raft.line("Raft", nodes));
+        eprintln!("{} (32 clients)", mp.line("Multi-Paxos", nodes));
+    }
+    let crash = FaultSet::parse("crash,restart").unwrap();
+    for nodes in [3, 5] {
+        let (mut raft, mut mp) = (Vec::new(), Vec::new());
+        for seed in 0..500 {
+            let (r, rec) = run_recorded(&RunSpec::new(Algo::Raft, nodes, crash), seed);
+            assert_eq!(r.violation_count, 0);
+            raft.extend(rec.failovers);
+            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let spec = RunSpec::new(Algo::MultiPaxos, nodes, crash);
+            let (r, model) = Simulation::new(spec.config(), seed, model).run_keep_model(seed);
+            assert_eq!(r.violation_count, 0);
+            mp.extend_from_slice(model.failovers());
+        }
+        for (engine, f) in [("Raft", &mut raft), ("Multi-Paxos", &mut mp)] {
+            f.sort_unstable();
+            eprintln!(
+                "{engine}, {nodes} nodes: new leader after the leader crashes: {} samples, median {:.1} ms, p99 {:.1} ms",
+                f.len(),
+                percentile(f, 50.0) as f64 / 1000.0,
+                percentile(f, 99.0) as f64 / 1000.0
+            );
+        }
+    }
 }

@@ -197,6 +197,9 @@ pub struct Config {
     pub election_ticks: u32,
     /// Slots per `Accept` and per `Learn`.
     pub max_batch: usize,
+    /// Unanswered `Accept`s per follower. Proposals made while the pipeline
+    /// is full leave together in the next one (as in the Raft core).
+    pub max_inflight: usize,
 }
 
 impl Config {
@@ -207,6 +210,7 @@ impl Config {
             n,
             election_ticks: 10,
             max_batch: 64,
+            max_inflight: 4,
         }
     }
 }
@@ -236,6 +240,11 @@ enum Role<V> {
         next: Slot,
         /// Proposed, not yet chosen: the command and who accepted it.
         inflight: BTreeMap<Slot, (Command<V>, BTreeSet<NodeId>)>,
+        /// Per node: the last slot sent to it, its unanswered Accepts, and
+        /// the ticks since it last answered one.
+        sent: Vec<Slot>,
+        outstanding: Vec<usize>,
+        silent: Vec<u32>,
     },
 }
 
@@ -350,31 +359,64 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         let (ballot, slot) = (*ballot, *next);
         *next += 1;
         self.lead_slot(ballot, slot, Command::App(cmd), out);
+        self.send_accepts(out);
+        // A cluster of one chooses alone.
+        self.advance_commit(out);
         Some(slot)
     }
 
-    /// The leader accepts `cmd` in `slot` itself and asks the others.
+    /// The leader accepts `cmd` in `slot` itself; [`Self::send_accepts`]
+    /// asks the others.
     fn lead_slot(&mut self, ballot: Ballot, slot: Slot, cmd: Command<V>, out: &mut Out<V>) {
         self.accepted.insert(slot, (ballot, cmd.clone()));
         out.persist(Write::Accept(slot, ballot, cmd.clone()));
-        let commit = self.learned_upto;
         if let Role::Leader { inflight, .. } = &mut self.role {
-            inflight.insert(slot, (cmd.clone(), BTreeSet::from([self.cfg.id])));
+            inflight.insert(slot, (cmd, BTreeSet::from([self.cfg.id])));
         }
-        for p in self.peers().collect::<Vec<_>>() {
-            let cmds = vec![cmd.clone()];
-            out.send(
-                p,
-                Msg::Accept {
-                    ballot,
-                    first: slot,
-                    cmds,
-                    commit,
-                },
-            );
+    }
+
+    /// Sends every follower whose pipeline has room the slots it has not
+    /// been sent, a batch per `Accept`.
+    fn send_accepts(&mut self, out: &mut Out<V>) {
+        let (max_batch, max_inflight) = (self.cfg.max_batch, self.cfg.max_inflight);
+        let commit = self.learned_upto;
+        let Role::Leader {
+            ballot,
+            next,
+            sent,
+            outstanding,
+            ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        let ballot = *ballot;
+        for p in 0..self.cfg.n {
+            if p as NodeId == self.cfg.id {
+                continue;
+            }
+            while outstanding[p] < max_inflight && sent[p] + 1 < *next {
+                let first = sent[p] + 1;
+                let last = (*next - 1).min(sent[p] + max_batch as u64);
+                let cmds: Vec<Command<V>> = (first..=last)
+                    .map(|s| match self.accepted.get(&s) {
+                        Some((b, c)) if *b == ballot => c.clone(),
+                        _ => unreachable!("a leader accepted every slot it leads"),
+                    })
+                    .collect();
+                out.send(
+                    p as NodeId,
+                    Msg::Accept {
+                        ballot,
+                        first,
+                        cmds,
+                        commit,
+                    },
+                );
+                sent[p] = last;
+                outstanding[p] += 1;
+            }
         }
-        // A cluster of one chooses alone.
-        self.advance_commit(out);
     }
 
     /// Promises `ballot` if it is higher than the promise in force; steps
@@ -468,6 +510,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             ballot,
             next: last + 1,
             inflight: BTreeMap::new(),
+            sent: vec![from - 1; self.cfg.n],
+            outstanding: vec![0; self.cfg.n],
+            silent: vec![0; self.cfg.n],
         };
         out.emit(Event::BecameLeader { ballot });
         for slot in from..=last {
@@ -477,6 +522,8 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             };
             self.lead_slot(ballot, slot, cmd, out);
         }
+        self.send_accepts(out);
+        self.advance_commit(out);
     }
 
     /// Learns every in-flight slot a majority accepted, in order.
@@ -624,6 +671,8 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         let Role::Leader {
             ballot: mine,
             inflight,
+            outstanding,
+            silent,
             ..
         } = &mut self.role
         else {
@@ -635,7 +684,10 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         for (_, (_, by)) in inflight.range_mut(range.0..=range.1) {
             by.insert(from);
         }
+        outstanding[from as usize] = outstanding[from as usize].saturating_sub(1);
+        silent[from as usize] = 0;
         self.advance_commit(out);
+        self.send_accepts(out);
         self.catch_up(from, learned, out);
     }
 
@@ -687,29 +739,46 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.try_lead(out);
     }
 
-    /// The leader's round: resend what peers have not accepted, or say it is
-    /// alive.
+    /// The leader's round: to a follower that has left Accepts unanswered
+    /// for two ticks (lost, or it restarted), the first run of slots it has
+    /// not accepted again, with its pipeline reset; to the others, that the
+    /// leader is alive.
     fn heartbeat(&mut self, out: &mut Out<V>) {
+        let (max_batch, commit) = (self.cfg.max_batch, self.learned_upto);
+        let id = self.cfg.id;
         let Role::Leader {
-            ballot, inflight, ..
-        } = &self.role
+            ballot,
+            inflight,
+            sent,
+            outstanding,
+            silent,
+            ..
+        } = &mut self.role
         else {
             return;
         };
-        let (ballot, commit) = (*ballot, self.learned_upto);
-        let mut sends = Vec::new();
-        for p in self.peers() {
-            // The first run of consecutive slots p has not accepted.
-            let mut missing = inflight.iter().filter(|(_, (_, by))| !by.contains(&p));
+        let ballot = *ballot;
+        for p in 0..self.cfg.n {
+            if p as NodeId == id {
+                continue;
+            }
+            silent[p] += 1;
+            let mut missing = inflight
+                .iter()
+                .filter(|(_, (_, by))| !by.contains(&(p as NodeId)));
+            let resend = silent[p] >= 2;
             let msg = match missing.next() {
-                Some((first, (c, _))) => {
+                Some((first, (c, _))) if resend => {
                     let mut cmds = vec![c.clone()];
-                    for (s, (c, _)) in missing.take(self.cfg.max_batch - 1) {
+                    for (s, (c, _)) in missing.take(max_batch - 1) {
                         if *s != first + cmds.len() as u64 {
                             break;
                         }
                         cmds.push(c.clone());
                     }
+                    sent[p] = sent[p].max(first + cmds.len() as u64 - 1);
+                    outstanding[p] = 1;
+                    silent[p] = 0;
                     Msg::Accept {
                         ballot,
                         first: *first,
@@ -717,12 +786,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                         commit,
                     }
                 }
-                None => Msg::Heartbeat { ballot, commit },
+                _ => Msg::Heartbeat { ballot, commit },
             };
-            sends.push((p, msg));
-        }
-        for (p, msg) in sends {
-            out.send(p, msg);
+            out.send(p as NodeId, msg);
         }
     }
 
@@ -819,6 +885,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             ballot,
             next,
             inflight,
+            ..
         } = &self.role
         {
             assert_eq!(*ballot, self.promised, "a leader promised another ballot");

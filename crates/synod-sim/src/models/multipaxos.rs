@@ -15,10 +15,15 @@ use crate::sim::{Ctl, Model};
 use std::collections::BTreeMap;
 use synod_protocols::kv::{KvEvent, KvRequest};
 use synod_protocols::multipaxos::{Config, Disk, MpKvNode};
-use synod_protocols::NodeId;
+use synod_protocols::{Instant, NodeId};
 
 pub const PROPERTIES: &[&str] = &["agreement", "no_gap", "linearizability"];
-pub const COUNTERS: &[&str] = &["ops_ok", "ops_indefinite", "ops_unknown_checks"];
+pub const COUNTERS: &[&str] = &[
+    "ops_ok",
+    "ops_indefinite",
+    "ops_unknown_checks",
+    "slots_chosen",
+];
 
 impl KvServer for MpKvNode {}
 
@@ -29,6 +34,11 @@ pub struct MultiPaxosModel<B> {
     slots: BTreeMap<u64, (NodeId, u64)>,
     /// Per node: the next slot it must apply.
     next: Vec<u64>,
+    /// The node leading now, and when it crashed if it did.
+    leader: Option<NodeId>,
+    leader_crashed_at: Option<Instant>,
+    /// For every crash of the leader: the time until another node led.
+    failovers: Vec<Instant>,
 }
 
 impl<B> MultiPaxosModel<B>
@@ -41,7 +51,21 @@ where
             clients: KvClients::new(nodes, clients),
             slots: BTreeMap::new(),
             next: vec![1; nodes],
+            leader: None,
+            leader_crashed_at: None,
+            failovers: Vec::new(),
         }
+    }
+
+    /// The clients' history.
+    pub fn history(&self) -> &[crate::history::Operation] {
+        &self.clients.history
+    }
+
+    /// For every crash of a leading node: the virtual time until another
+    /// node led.
+    pub fn failovers(&self) -> &[Instant] {
+        &self.failovers
     }
 
     fn on_applied(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId, slot: u64, digest: u64) {
@@ -92,7 +116,12 @@ where
                 result,
             } => self.clients.on_response(ctl, node, client, seq, result),
             KvEvent::Applied { index, digest, .. } => self.on_applied(ctl, node, index, digest),
-            KvEvent::BecameLeader { .. } => {}
+            KvEvent::BecameLeader { .. } => {
+                if let Some(at) = self.leader_crashed_at.take() {
+                    self.failovers.push(ctl.now() - at);
+                }
+                self.leader = Some(node);
+            }
         }
     }
 
@@ -101,6 +130,10 @@ where
     }
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId) {
+        if self.leader == Some(node) {
+            self.leader = None;
+            self.leader_crashed_at.get_or_insert(ctl.now());
+        }
         self.clients.on_crash(ctl, node);
     }
 
@@ -116,6 +149,7 @@ where
         report.count("ops_ok", ok);
         report.count("ops_indefinite", history.len() as u64 - ok);
         report.count("ops_unknown_checks", 0);
+        report.count("slots_chosen", self.slots.len() as u64);
         match check(history) {
             CheckResult::Linearizable => {}
             CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
