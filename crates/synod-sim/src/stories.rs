@@ -10,6 +10,7 @@
 
 use crate::faults::{NodeFault, Schedule};
 use crate::models::commit::CommitModel;
+use crate::models::multipaxos::MultiPaxosModel;
 use crate::models::raft::RaftModel;
 use crate::models::wal_disk::WalBacked;
 use crate::report::RunReport;
@@ -19,6 +20,7 @@ use crate::sim::{SimConfig, Simulation};
 use crate::FaultSet;
 use synod_protocols::commit::{three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan};
 use synod_protocols::kv::{KvInput, KvOp, KvRequest};
+use synod_protocols::multipaxos::{Config as MpConfig, MpKvNode};
 use synod_protocols::raft::{Disk, KvNode, RaftConfig, RaftNode, Role};
 use synod_protocols::{Instant, NodeId, MS};
 
@@ -226,6 +228,17 @@ pub const STORIES: &[Story] = &[
         ends: FIGURE_8_ENDS,
         plot: Plot::Scripted(figure_8),
         notes: FIGURE_8_NOTES,
+    },
+    Story {
+        name: "multipaxos-takeover",
+        about: "Multi-Paxos: the leader crashes; one phase 1 gives the next leader every open slot.",
+        ends: Ending::Decided,
+        plot: Plot::Scripted(multipaxos_takeover),
+        notes: &[
+            "The new leader sends one Prepare for every slot from the first it has not learned. The promises carry what",
+            "each acceptor accepted there; it proposes each slot's highest-ballot value again (a no-op where there is none),",
+            "then new commands in the next free slots, with phase 2 alone. Labels: who leads (ballot round.node), slots learned.",
+        ],
     },
     Story {
         name: "2pc-blocks",
@@ -539,5 +552,31 @@ fn figure_8(seed: u64) -> RunReport {
         sim.run_until(overwritten, |_, _| false);
     }
     sim.quiet_now();
+    sim.run_rest(seed).0
+}
+
+/// Multi-Paxos on five nodes with one client: once a leader has learned a
+/// few slots, it crashes (back 500 ms later), and another takes over.
+fn multipaxos_takeover(seed: u64) -> RunReport {
+    const N: usize = 5;
+    let model = MultiPaxosModel::new(N, 1, |id, disk: &_, seed| {
+        MpKvNode::new(MpConfig::new(id, N), disk, seed)
+    });
+    let mut cfg = SimConfig::new(N, FaultSet::NONE);
+    cfg.f = 2;
+    cfg.timeline = true;
+    cfg.fault_phase = 1_000 * MS;
+    let mut sim = Simulation::with_schedule(cfg, seed, model, Schedule::default());
+    sim.start(seed);
+    let mut leader = 0;
+    step_until(&mut sim, "a leader with five slots learned", |ctl| {
+        let found = (0..N as NodeId).find(|&id| {
+            ctl.node(id)
+                .is_some_and(|n| n.core().is_leader() && n.core().learned_upto() >= 5)
+        });
+        leader = found.unwrap_or(0);
+        found.is_some()
+    });
+    sim.fault_now(crash(leader, 500));
     sim.run_rest(seed).0
 }
