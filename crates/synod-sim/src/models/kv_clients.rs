@@ -6,6 +6,8 @@
 //! clients for both engines, so both are judged alike.
 
 use crate::history::{OpKind, OpResult, Operation};
+use crate::linearizability::{check, CheckResult};
+use crate::report::RunReport;
 use crate::sim::Ctl;
 use rand::Rng;
 use synod_protocols::kv::{KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult};
@@ -167,6 +169,31 @@ impl KvClients {
             _ => return false,
         }
         true
+    }
+
+    /// Counts the operations and checks the history for linearizability
+    /// (`ops_ok`, `ops_indefinite`, `ops_unknown_checks`).
+    pub fn finish<N: KvServer>(&self, ctl: &mut Ctl<'_, N>, report: &mut RunReport) {
+        let ok = self.history.iter().filter(|o| !o.is_indefinite()).count() as u64;
+        report.count("ops_ok", ok);
+        report.count("ops_indefinite", self.history.len() as u64 - ok);
+        report.count("ops_unknown_checks", 0);
+        match check(&self.history) {
+            CheckResult::Linearizable => {}
+            CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
+            r @ (CheckResult::NotLinearizable(_) | CheckResult::Malformed { .. }) => {
+                let mut detail = r.to_string();
+                if detail.len() > 2000 {
+                    let mut cut = 2000;
+                    while !detail.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    detail.truncate(cut);
+                    detail.push_str(" ...");
+                }
+                ctl.violation("linearizability", None, detail);
+            }
+        }
     }
 
     /// Clients waiting on `node` try another.

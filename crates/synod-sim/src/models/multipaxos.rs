@@ -9,7 +9,6 @@
 //! * **linearizability** of the clients' history.
 
 use super::kv_clients::{KvClients, KvServer};
-use crate::linearizability::{check, CheckResult};
 use crate::report::RunReport;
 use crate::sim::{Ctl, Model};
 use std::collections::BTreeMap;
@@ -144,27 +143,8 @@ where
     }
 
     fn finish(&mut self, ctl: &mut Ctl<'_, MpKvNode>, _terminated: bool, report: &mut RunReport) {
-        let history = &self.clients.history;
-        let ok = history.iter().filter(|o| !o.is_indefinite()).count() as u64;
-        report.count("ops_ok", ok);
-        report.count("ops_indefinite", history.len() as u64 - ok);
-        report.count("ops_unknown_checks", 0);
+        self.clients.finish(ctl, report);
         report.count("slots_chosen", self.slots.len() as u64);
-        match check(history) {
-            CheckResult::Linearizable => {}
-            CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
-            r @ (CheckResult::NotLinearizable(_) | CheckResult::Malformed { .. }) => {
-                let mut detail = r.to_string();
-                if detail.len() > 2000 {
-                    let mut cut = 2000;
-                    while !detail.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    detail.truncate(cut);
-                }
-                ctl.violation("linearizability", None, detail);
-            }
-        }
     }
 }
 

@@ -89,7 +89,6 @@
 //! all its operations answered.
 
 use crate::history::Operation;
-use crate::linearizability::{check, CheckResult};
 use crate::models::kv_clients::{token, untoken, KvClients, KvServer};
 use crate::models::raft_checks::{self, RaftChecks};
 use crate::models::wal_disk::{WalBacked, WalDisk};
@@ -358,31 +357,7 @@ where
 
     fn finish(&mut self, ctl: &mut Ctl<'_, WalBacked>, _terminated: bool, report: &mut RunReport) {
         self.checks.finish(ctl, report);
-        let ok = self
-            .clients
-            .history
-            .iter()
-            .filter(|o| !o.is_indefinite())
-            .count() as u64;
-        report.count("ops_ok", ok);
-        report.count("ops_indefinite", self.clients.history.len() as u64 - ok);
-        report.count("ops_unknown_checks", 0);
-        match check(&self.clients.history) {
-            CheckResult::Linearizable => {}
-            CheckResult::Unknown { .. } => report.count("ops_unknown_checks", 1),
-            r @ (CheckResult::NotLinearizable(_) | CheckResult::Malformed { .. }) => {
-                let mut detail = r.to_string();
-                if detail.len() > 2000 {
-                    let mut cut = 2000;
-                    while !detail.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    detail.truncate(cut);
-                    detail.push_str(" ...");
-                }
-                ctl.violation("linearizability", None, detail);
-            }
-        }
+        self.clients.finish(ctl, report);
         if let Some((t, m)) = self.first_commit {
             report.decision_time = Some(t);
             report.decision_messages = Some(m);
