@@ -695,6 +695,8 @@ impl<M: Model> Simulation<M> {
     /// for good restarted, no new faults), for a driver whose story is told.
     pub fn quiet_now(&mut self) {
         if !self.core.quiet {
+            // Clients time their last operations from here.
+            self.core.quiet_at = self.core.now;
             self.quiet();
         }
     }
