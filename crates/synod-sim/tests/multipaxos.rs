@@ -153,6 +153,69 @@ fn engines_side_by_side() {
         eprintln!("{} (32 clients)", raft.line("Raft", nodes));
         eprintln!("{} (32 clients)", mp.line("Multi-Paxos", nodes));
     }
+    // Bytes on the wire per committed entry (bincode sizes), 4 clients.
+    for nodes in [3, 5] {
+        let spec = RunSpec::new(Algo::Raft, nodes, FaultSet::NONE);
+        let (mut raft, mut mp) = ((0, 0), (0, 0));
+        for seed in 0..20 {
+            let model =
+                RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+                    KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+                })
+                .with_admin(false);
+            let r = Simulation::new(spec.config(), seed, model)
+                .with_message_size(|m| bincode::serialized_size(m).expect("sizable"))
+                .run(seed);
+            raft = (
+                raft.0 + r.bytes_sent,
+                raft.1 + r.counters["entries_committed"],
+            );
+            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let r = Simulation::new(spec.config(), seed, model)
+                .with_message_size(|m| bincode::serialized_size(m).expect("sizable"))
+                .run(seed);
+            mp = (mp.0 + r.bytes_sent, mp.1 + r.counters["slots_chosen"]);
+        }
+        eprintln!(
+            "{nodes} nodes: bytes per committed entry: Raft {:.0}, Multi-Paxos {:.0}",
+            raft.0 as f64 / raft.1 as f64,
+            mp.0 as f64 / mp.1 as f64
+        );
+    }
+    // A leader cut off from the others: the time until another node leads.
+    for nodes in [3, 5] {
+        let (mut raft, mut mp) = (Vec::new(), Vec::new());
+        for seed in 0..200 {
+            let spec = RunSpec::new(Algo::Raft, nodes, FaultSet::NONE);
+            let model =
+                RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+                    KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+                })
+                .with_admin(false);
+            let mut sim = Simulation::new(spec.config(), seed, model);
+            let leads = |ctl: &synod_sim::Ctl<'_, _>, id| {
+                ctl.node(id)
+                    .and_then(synod_sim::models::wal_disk::WalBacked::raft)
+                    .is_some_and(|r| r.role() == synod_protocols::raft::Role::Leader)
+            };
+            raft.extend(isolation_failover(&mut sim, seed, nodes, leads));
+            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let mut sim = Simulation::new(spec.config(), seed, model);
+            let leads = |ctl: &synod_sim::Ctl<'_, MpKvNode>, id| {
+                ctl.node(id).is_some_and(|n| n.core().is_leader())
+            };
+            mp.extend(isolation_failover(&mut sim, seed, nodes, leads));
+        }
+        for (engine, f) in [("Raft", &mut raft), ("Multi-Paxos", &mut mp)] {
+            f.sort_unstable();
+            eprintln!(
+                "{engine}, {nodes} nodes: new leader after the leader is cut off: {} samples, median {:.1} ms, p99 {:.1} ms",
+                f.len(),
+                percentile(f, 50.0) as f64 / 1000.0,
+                percentile(f, 99.0) as f64 / 1000.0
+            );
+        }
+    }
     let crash = FaultSet::parse("crash,restart").unwrap();
     for nodes in [3, 5] {
         let (mut raft, mut mp) = (Vec::new(), Vec::new());
@@ -176,4 +239,34 @@ fn engines_side_by_side() {
             );
         }
     }
+}
+
+/// Runs `sim` until some node leads (after 300 ms, so the cluster is
+/// warm), cuts that node off from all the others, and returns the virtual
+/// time until another node leads.
+fn isolation_failover<M: synod_sim::Model>(
+    sim: &mut Simulation<M>,
+    seed: u64,
+    nodes: usize,
+    leads: impl Fn(&synod_sim::Ctl<'_, M::Node>, NodeId) -> bool,
+) -> Option<u64> {
+    use synod_sim::faults::NodeFault;
+    sim.start(seed);
+    sim.run_until(300_000, |_, _| false);
+    let mut old = None;
+    sim.run_until(2_000_000, |_, ctl| {
+        old = (0..nodes as NodeId).find(|&id| leads(ctl, id));
+        old.is_some()
+    });
+    let old = old?;
+    let cut_at = sim.now();
+    let rest: Vec<NodeId> = (0..nodes as NodeId).filter(|&id| id != old).collect();
+    sim.fault_now(NodeFault::Partition {
+        groups: vec![vec![old], rest.clone()],
+        heal_after: 60_000_000,
+    });
+    let found = sim.run_until(cut_at + 10_000_000, |_, ctl| {
+        rest.iter().any(|&id| leads(ctl, id))
+    });
+    found.then(|| sim.now() - cut_at)
 }
