@@ -18,11 +18,14 @@ use crate::runner::Algo;
 use crate::scenarios::{self, crash_for_good};
 use crate::sim::{SimConfig, Simulation};
 use crate::FaultSet;
-use synod_protocols::commit::{three_pc::ThreePcNode, two_pc::TwoPcNode, Layout, VotePlan};
+use synod_protocols::commit::{
+    three_pc::ThreePcNode, two_pc::TwoPcNode, CommitEvent, CommitInput, CommitNode, Layout, Log,
+    VotePlan,
+};
 use synod_protocols::kv::{KvInput, KvOp, KvRequest};
 use synod_protocols::multipaxos::{Config as MpConfig, MpKvNode};
 use synod_protocols::raft::{Disk, KvNode, RaftConfig, RaftNode, Role};
-use synod_protocols::{Instant, NodeId, MS};
+use synod_protocols::{Instant, Node, NodeId, MS};
 
 /// What a story runs.
 pub enum Plot {
@@ -246,10 +249,7 @@ pub const STORIES: &[Story] = &[
         ends: Ending::Stuck,
         plot: Plot::Commit {
             algo: Algo::TwoPc,
-            schedule: || Schedule {
-                events: vec![(COORDINATOR_DIES * MS + MS / 4, crash_for_good(0))],
-                ..Schedule::default()
-            },
+            schedule: coordinator_dies,
         },
         notes: &[],
     },
@@ -259,10 +259,7 @@ pub const STORIES: &[Story] = &[
         ends: Ending::Decided,
         plot: Plot::Commit {
             algo: Algo::ThreePc,
-            schedule: || Schedule {
-                events: vec![(COORDINATOR_DIES * MS + MS / 4, crash_for_good(0))],
-                ..Schedule::default()
-            },
+            schedule: coordinator_dies,
         },
         notes: &[],
     },
@@ -286,6 +283,35 @@ const BEGIN: u64 = 50;
 /// When their coordinator dies: just after it asked for the votes (every
 /// request is on the wire), before any vote is back.
 const COORDINATOR_DIES: u64 = BEGIN;
+
+/// The coordinator crashes for good just after asking for the votes.
+fn coordinator_dies() -> Schedule {
+    Schedule {
+        events: vec![(COORDINATOR_DIES * MS + MS / 4, crash_for_good(0))],
+        ..Schedule::default()
+    }
+}
+
+/// The commit stories' cluster: n0 coordinates, n1..n3 take part.
+fn commit_config() -> SimConfig {
+    let mut cfg = SimConfig::new(4, FaultSet::NONE);
+    cfg.f = 1;
+    cfg.timeline = true;
+    cfg
+}
+
+/// 2PC or 3PC nodes (`node`) on the commit stories' cluster, every vote
+/// yes, the first transaction at [`BEGIN`].
+fn commit_model<N>(
+    node: fn(NodeId, Layout, VotePlan, &Log) -> N,
+) -> CommitModel<N, impl FnMut(NodeId, &Log, u64) -> N>
+where
+    N: Node<Input = CommitInput, Event = CommitEvent, Disk = Log> + CommitNode,
+{
+    let (layout, plan) = (Layout::new(4, 3), VotePlan::all_yes());
+    CommitModel::new(layout, move |id, disk: &_, _| node(id, layout, plan, disk))
+        .starting_at(BEGIN * MS)
+}
 
 fn crash(node: NodeId, back_after_ms: u64) -> NodeFault {
     NodeFault::Crash {
@@ -345,24 +371,14 @@ fn run_plot(plot: &Plot, seed: u64) -> RunReport {
             Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
         }
         Plot::Commit { algo, schedule } => {
-            let layout = Layout::new(4, 3);
-            let plan = VotePlan::all_yes();
-            let mut cfg = SimConfig::new(4, FaultSet::NONE);
-            cfg.f = 1;
-            cfg.timeline = true;
+            let cfg = commit_config();
             match algo {
                 Algo::TwoPc => {
-                    let model = CommitModel::new(layout, move |id, disk: &_, _| {
-                        TwoPcNode::new(id, layout, plan, disk)
-                    })
-                    .starting_at(BEGIN * MS);
+                    let model = commit_model(TwoPcNode::new);
                     Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
                 }
                 _ => {
-                    let model = CommitModel::new(layout, move |id, disk: &_, _| {
-                        ThreePcNode::new(id, layout, plan, disk)
-                    })
-                    .starting_at(BEGIN * MS);
+                    let model = commit_model(ThreePcNode::new);
                     Simulation::with_schedule(cfg, seed, model, schedule()).run(seed)
                 }
             }
@@ -395,16 +411,8 @@ fn step_until<M: crate::sim::Model>(
 /// that only n1's arrives (a message is lost if a split separates its ends
 /// when it would arrive).
 fn three_pc_partition(seed: u64) -> RunReport {
-    let layout = Layout::new(4, 3);
-    let plan = VotePlan::all_yes();
-    let model = CommitModel::new(layout, move |id, disk: &_, _| {
-        ThreePcNode::new(id, layout, plan, disk)
-    })
-    .starting_at(BEGIN * MS);
-    let mut cfg = SimConfig::new(4, FaultSet::NONE);
-    cfg.f = 1;
-    cfg.timeline = true;
-    let mut sim = Simulation::with_schedule(cfg, seed, model, Schedule::default());
+    let model = commit_model(ThreePcNode::new);
+    let mut sim = Simulation::with_schedule(commit_config(), seed, model, Schedule::default());
     sim.start(seed);
     // The coordinator sends its pre-commits once its decision to send them
     // is durable.
