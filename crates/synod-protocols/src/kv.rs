@@ -93,6 +93,9 @@ pub enum KvEvent {
     Applied { index: u64, term: u64, digest: u64 },
     /// The node became leader of `term`.
     BecameLeader { term: u64 },
+    /// The node replaced its state with a peer's snapshot of every entry up
+    /// to `index`; it applies the entries after it next.
+    Restored { index: u64 },
 }
 
 /// Administrative requests, injected by the simulator or an operator.

@@ -4,7 +4,7 @@
 use synod_protocols::multipaxos::{Bugs, Config, MpKvNode};
 use synod_protocols::NodeId;
 use synod_sim::history::{OpKind, Operation};
-use synod_sim::models::multipaxos::MultiPaxosModel;
+use synod_sim::models::multipaxos::{MultiPaxosModel, SNAPSHOT_EVERY};
 use synod_sim::models::raft::clients_for;
 use synod_sim::{run_batch, Algo, FaultSet, RunSpec, Simulation};
 
@@ -26,7 +26,11 @@ fn multipaxos_is_safe_and_live_under_all_faults() {
 fn first_failure(bugs: Bugs, max_runs: u64) -> Option<(u64, &'static str)> {
     (0..max_runs).find_map(|seed| {
         let model = MultiPaxosModel::new(3, clients_for(3), move |id: NodeId, disk: &_, s| {
-            MpKvNode::new(Config::new(id, 3), disk, s).with_bugs(bugs)
+            let cfg = Config {
+                snapshot_every: SNAPSHOT_EVERY,
+                ..Config::new(id, 3)
+            };
+            MpKvNode::new(cfg, disk, s).with_bugs(bugs)
         });
         let spec = RunSpec::new(Algo::MultiPaxos, 3, FaultSet::all());
         let r = Simulation::new(spec.config(), seed, model).run(seed);
@@ -53,6 +57,18 @@ fn a_leader_that_skips_phase_1_is_caught() {
 fn an_acceptor_that_forgets_its_promises_is_caught() {
     let bugs = Bugs {
         forget_promises: true,
+        ..Bugs::default()
+    };
+    assert!(first_failure(bugs, 2_000).is_some());
+}
+
+/// An acceptor that compacted its log and promises without its snapshot
+/// hides that the compacted slots are chosen: a lagging candidate fills
+/// them with no-ops, and nodes apply two values in one slot.
+#[test]
+fn a_promise_without_the_snapshot_is_caught() {
+    let bugs = Bugs {
+        promise_without_snapshot: true,
         ..Bugs::default()
     };
     assert!(first_failure(bugs, 2_000).is_some());

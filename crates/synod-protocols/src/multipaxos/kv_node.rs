@@ -6,10 +6,15 @@
 //! answered when its slot is applied, which makes it linearizable without
 //! leases or read rounds. The leader answers the requests it proposed; any
 //! other node says who it believes leads.
+//!
+//! With [`Config::snapshot_every`] set, the node compacts the log behind
+//! a snapshot of its store (bincode, as Raft's node does) every that many
+//! applied slots, and takes its leader's snapshot when it lags behind it.
 
-use super::{Command, Config, Disk, Event, MultiPaxosNode, Out, Slot, Write};
+use super::{Command, Config, Disk, Event, MultiPaxosNode, Out, Slot, Snapshot, Write};
 use crate::kv::{KvError, KvEvent, KvInput, KvRequest, KvStore};
 use crate::paxos::Ballot;
+use crate::raft::Payload;
 use crate::sansio::{Instant, Node, NodeId, Output};
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -38,7 +43,7 @@ impl MpKvNode {
     /// without reporting it again (it was reported before the crash).
     pub fn new(cfg: Config, disk: &Disk<KvRequest>, seed: u64) -> MpKvNode {
         let core = MultiPaxosNode::new(cfg, disk, seed);
-        let mut store = KvStore::default();
+        let mut store = core.snapshot().map_or_else(KvStore::default, restore);
         for (_, cmd) in core.learned() {
             if let Command::App(req) = cmd {
                 store.apply(req);
@@ -88,8 +93,32 @@ impl MpKvNode {
                         });
                     }
                 }
+                Event::Restored(snap) => {
+                    // Only a node that does not lead installs a snapshot,
+                    // and such a node owes no answers.
+                    assert!(self.owed.is_empty(), "restored while owing answers");
+                    self.store = restore(&snap);
+                    out.emit(KvEvent::Restored { index: snap.slot });
+                }
             }
         }
+        self.scratch = core_out;
+        self.compact_if_due(out);
+    }
+
+    /// Compacts the log behind a snapshot of the store every
+    /// `snapshot_every` applied slots.
+    fn compact_if_due(&mut self, out: &mut KvOut) {
+        let every = self.core.config().snapshot_every;
+        let applied = self.core.applied();
+        if every == 0 || applied < self.core.compacted() + every {
+            return;
+        }
+        let data = Payload::encode(&self.store);
+        let mut core_out = std::mem::take(&mut self.scratch);
+        self.core.compact(applied, data, &mut core_out);
+        out.writes.append(&mut core_out.writes);
+        debug_assert!(core_out.msgs.is_empty() && core_out.events.is_empty());
         self.scratch = core_out;
     }
 
@@ -114,6 +143,11 @@ impl MpKvNode {
             }
         }
     }
+}
+
+/// The store a snapshot holds.
+fn restore(snap: &Snapshot) -> KvStore {
+    snap.data.decode("snapshot")
 }
 
 /// A ballot as one number, where the service's events speak of terms.

@@ -35,13 +35,22 @@
 //! leader at a time for long enough: the election timeouts are random, and
 //! a follower that hears a leader does not campaign.
 //!
-//! Not yet here (issue 17): snapshots and log compaction, reconfiguration,
-//! leader leases for local reads. The log grows for ever; reads go through
-//! it.
+//! * **Compaction.** The application may replace the slots it applied with
+//!   a [`Snapshot`] of its state ([`MultiPaxosNode::compact`]). The node then
+//!   forgets what it accepted and learned there, which is safe only because
+//!   those slots are chosen and the node never hides that: a promise for a
+//!   prepare whose `from` the snapshot covers carries the snapshot, so the
+//!   candidate installs it and proposes nothing in those slots (a no-op
+//!   there would overwrite a chosen command); and a follower that lags
+//!   behind the leader's snapshot gets the snapshot instead of the slots.
+//!
+//! Not yet here (issue 17): reconfiguration, leader leases for local reads.
+//! Reads go through the log.
 
 pub mod kv_node;
 
 use crate::paxos::{self, Ballot};
+use crate::raft::Payload;
 use crate::sansio::{NodeId, Output};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -62,6 +71,14 @@ pub enum Command<V> {
 /// A slot's number. The first slot is 1.
 pub type Slot = u64;
 
+/// The application's state after every slot up to `slot`, standing in for
+/// those slots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub slot: Slot,
+    pub data: Payload,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg<V> {
     /// Phase 1 for every slot from `from` on.
@@ -70,11 +87,14 @@ pub enum Msg<V> {
         from: Slot,
     },
     /// The sender promised `ballot`, and had accepted these at or after the
-    /// prepare's `from`. `learned`: its learned prefix.
+    /// prepare's `from`. `learned`: its learned prefix. `snapshot`: its
+    /// snapshot, if it covers the prepare's `from` (the slots it replaced
+    /// are chosen, and their accepted values are gone).
     Promise {
         ballot: Ballot,
         accepted: Vec<(Slot, Ballot, Command<V>)>,
         learned: Slot,
+        snapshot: Option<Snapshot>,
     },
     /// The sender promised `promised`, higher than `ballot`.
     Nack {
@@ -110,6 +130,8 @@ pub enum Msg<V> {
         first: Slot,
         cmds: Vec<Command<V>>,
     },
+    /// The leader's snapshot, for a follower that lags behind it.
+    Snapshot(Snapshot),
 }
 
 /// A durable record; each is synced before any message that depends on it.
@@ -121,6 +143,8 @@ pub enum Write<V> {
     Accept(Slot, Ballot, Command<V>),
     /// The slot's value is chosen.
     Learn(Slot, Command<V>),
+    /// Replaces every slot up to the snapshot's.
+    Snapshot(Snapshot),
 }
 
 /// What survives a crash.
@@ -130,6 +154,7 @@ pub struct Disk<V> {
     pub round: u64,
     pub accepted: BTreeMap<Slot, (Ballot, Command<V>)>,
     pub learned: BTreeMap<Slot, Command<V>>,
+    pub snapshot: Option<Snapshot>,
 }
 
 impl<V> Default for Disk<V> {
@@ -139,6 +164,7 @@ impl<V> Default for Disk<V> {
             round: 0,
             accepted: BTreeMap::new(),
             learned: BTreeMap::new(),
+            snapshot: None,
         }
     }
 }
@@ -150,18 +176,40 @@ impl<V: Clone> Disk<V> {
             Write::Round(r) => self.round = self.round.max(*r),
             Write::Accept(s, b, c) => {
                 self.promised = self.promised.max(*b);
-                self.accepted.insert(*s, (*b, c.clone()));
+                if *s > self.compacted() {
+                    self.accepted.insert(*s, (*b, c.clone()));
+                }
             }
             Write::Learn(s, c) => {
-                self.learned.insert(*s, c.clone());
+                if *s > self.compacted() {
+                    self.learned.insert(*s, c.clone());
+                }
+            }
+            Write::Snapshot(snap) => {
+                if snap.slot > self.compacted() {
+                    drop_upto(&mut self.accepted, snap.slot);
+                    drop_upto(&mut self.learned, snap.slot);
+                    self.snapshot = Some(snap.clone());
+                }
             }
         }
     }
 
-    /// The highest slot such that every slot up to it is learned.
-    pub fn learned_prefix(&self) -> Slot {
-        prefix(&self.learned, 0)
+    /// The last slot the snapshot replaced (0: none).
+    pub fn compacted(&self) -> Slot {
+        self.snapshot.as_ref().map_or(0, |s| s.slot)
     }
+
+    /// The highest slot such that every slot up to it is learned (or in the
+    /// snapshot).
+    pub fn learned_prefix(&self) -> Slot {
+        prefix(&self.learned, self.compacted())
+    }
+}
+
+/// Forgets every slot up to `upto`.
+fn drop_upto<T>(map: &mut BTreeMap<Slot, T>, upto: Slot) {
+    *map = map.split_off(&(upto + 1));
 }
 
 /// The highest slot from `from` on such that every slot up to it is in `map`.
@@ -182,6 +230,9 @@ pub enum Event<V> {
     BecameLeader { ballot: Ballot },
     /// This node stopped leading.
     SteppedDown,
+    /// This node installed a peer's snapshot: the application's state is
+    /// now the snapshot's, and applying goes on after its slot.
+    Restored(Snapshot),
 }
 
 pub type Out<V> = Output<Write<V>, Msg<V>, Event<V>>;
@@ -200,6 +251,9 @@ pub struct Config {
     /// Unanswered `Accept`s per follower. Proposals made while the pipeline
     /// is full leave together in the next one (as in the Raft core).
     pub max_inflight: usize,
+    /// For the application above: compact after this many applied slots
+    /// since the last snapshot (0: never).
+    pub snapshot_every: u64,
 }
 
 impl Config {
@@ -211,6 +265,7 @@ impl Config {
             election_ticks: 10,
             max_batch: 64,
             max_inflight: 4,
+            snapshot_every: 0,
         }
     }
 }
@@ -225,6 +280,9 @@ pub struct Bugs {
     /// An acceptor's promises are not made durable, and a restart boots
     /// without the promise its disk holds: it forgets them.
     pub forget_promises: bool,
+    /// A promise leaves out the snapshot that covers the prepare's `from`:
+    /// the candidate cannot tell that the compacted slots are chosen.
+    pub promise_without_snapshot: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -257,6 +315,8 @@ pub struct MultiPaxosNode<V> {
     round: u64,
     accepted: BTreeMap<Slot, (Ballot, Command<V>)>,
     learned: BTreeMap<Slot, Command<V>>,
+    /// Stands in for every slot up to its own; nothing is kept about them.
+    snapshot: Option<Snapshot>,
     /// Every slot up to here is learned.
     learned_upto: Slot,
     /// Every slot up to here has been applied (reported).
@@ -272,7 +332,8 @@ pub struct MultiPaxosNode<V> {
 
 impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     /// Boots from `disk`. Slots learned before the crash count as applied:
-    /// the application rebuilds its state from [`MultiPaxosNode::learned`].
+    /// the application rebuilds its state from [`MultiPaxosNode::snapshot`]
+    /// and [`MultiPaxosNode::learned`].
     pub fn new(cfg: Config, disk: &Disk<V>, seed: u64) -> Self {
         let learned_upto = disk.learned_prefix();
         let mut node = MultiPaxosNode {
@@ -281,6 +342,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             round: disk.round.max(disk.promised.round),
             accepted: disk.accepted.clone(),
             learned: disk.learned.clone(),
+            snapshot: disk.snapshot.clone(),
             learned_upto,
             applied: learned_upto,
             role: Role::Follower,
@@ -328,8 +390,67 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.learned_upto
     }
 
-    /// The learned prefix, in slot order (what a restarted application
-    /// replays).
+    /// Every slot up to here has been applied.
+    pub fn applied(&self) -> Slot {
+        self.applied
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The snapshot in force: a restarted application starts from it.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// The last slot the snapshot replaced (0: none).
+    pub fn compacted(&self) -> Slot {
+        self.snapshot.as_ref().map_or(0, |s| s.slot)
+    }
+
+    /// Replaces the slots up to `slot`, which must be applied, with `data`,
+    /// the application's state after them.
+    pub fn compact(&mut self, slot: Slot, data: Payload, out: &mut Out<V>) {
+        assert!(
+            slot <= self.applied,
+            "compacting to slot {slot}, applied only {}",
+            self.applied
+        );
+        if slot <= self.compacted() {
+            return;
+        }
+        let snap = Snapshot { slot, data };
+        out.persist(Write::Snapshot(snap.clone()));
+        self.forget_upto(snap);
+        self.check_invariants();
+    }
+
+    /// Keeps `snap` in place of every slot up to its own.
+    fn forget_upto(&mut self, snap: Snapshot) {
+        drop_upto(&mut self.accepted, snap.slot);
+        drop_upto(&mut self.learned, snap.slot);
+        self.snapshot = Some(snap);
+    }
+
+    /// Takes a peer's snapshot if it is ahead of the learned prefix: the
+    /// application's state becomes the snapshot's, then the slots learned
+    /// after it (if any) are applied.
+    fn install(&mut self, snap: Snapshot, out: &mut Out<V>) {
+        if snap.slot <= self.learned_upto {
+            return;
+        }
+        out.persist(Write::Snapshot(snap.clone()));
+        let slot = snap.slot;
+        self.forget_upto(snap.clone());
+        self.learned_upto = prefix(&self.learned, slot);
+        self.applied = slot;
+        out.emit(Event::Restored(snap));
+        self.apply(out);
+    }
+
+    /// The learned prefix after the snapshot, in slot order (what a
+    /// restarted application replays).
     pub fn learned(&self) -> impl Iterator<Item = (Slot, &Command<V>)> {
         self.learned
             .range(..=self.learned_upto)
@@ -391,10 +512,14 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             return;
         };
         let ballot = *ballot;
+        let compacted = self.snapshot.as_ref().map_or(0, |s| s.slot);
         for p in 0..self.cfg.n {
             if p as NodeId == self.cfg.id {
                 continue;
             }
+            // Slots in the snapshot are chosen; a follower that never
+            // accepted them gets the snapshot ([`Self::catch_up`]).
+            sent[p] = sent[p].max(compacted);
             while outstanding[p] < max_inflight && sent[p] + 1 < *next {
                 let first = sent[p] + 1;
                 let last = (*next - 1).min(sent[p] + max_batch as u64);
@@ -610,6 +735,10 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.promise(ballot, out);
         // Give the candidate the time to finish.
         self.elapsed = 0;
+        let snapshot = self
+            .snapshot
+            .clone()
+            .filter(|s| s.slot >= first && !self.bugs.promise_without_snapshot);
         let accepted = self.accepted_from(first);
         let learned = self.learned_upto;
         out.send(
@@ -618,6 +747,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 ballot,
                 accepted,
                 learned,
+                snapshot,
             },
         );
     }
@@ -640,9 +770,11 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.promise(ballot, out);
         self.heard_leader(ballot);
         let last = first + cmds.len() as u64 - 1;
+        let compacted = self.compacted();
         for (i, cmd) in cmds.into_iter().enumerate() {
             let slot = first + i as u64;
-            if self.accepted.get(&slot) != Some(&(ballot, cmd.clone())) {
+            // A compacted slot is chosen: nothing to accept there.
+            if slot > compacted && self.accepted.get(&slot) != Some(&(ballot, cmd.clone())) {
                 self.accepted.insert(slot, (ballot, cmd.clone()));
                 out.persist(Write::Accept(slot, ballot, cmd));
             }
@@ -691,9 +823,14 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.catch_up(from, learned, out);
     }
 
-    /// Sends `peer` the chosen values it has not learned, a batch at a time.
+    /// Sends `peer` the chosen values it has not learned, a batch at a time,
+    /// or the snapshot if it lags behind that.
     fn catch_up(&mut self, peer: NodeId, learned: Slot, out: &mut Out<V>) {
         if learned >= self.learned_upto {
+            return;
+        }
+        if let Some(snap) = self.snapshot.as_ref().filter(|s| learned < s.slot) {
+            out.send(peer, Msg::Snapshot(snap.clone()));
             return;
         }
         let first = learned + 1;
@@ -722,20 +859,21 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         from: NodeId,
         ballot: Ballot,
         accepted: Vec<(Slot, Ballot, Command<V>)>,
+        snapshot: Option<Snapshot>,
         out: &mut Out<V>,
     ) {
-        let Role::Candidate {
-            ballot: mine,
-            promises,
-            ..
-        } = &mut self.role
-        else {
-            return;
-        };
-        if *mine != ballot {
+        if !matches!(&self.role, Role::Candidate { ballot: b, .. } if *b == ballot) {
             return;
         }
-        promises.insert(from, accepted);
+        // The slots the snapshot replaced are chosen: the candidate must
+        // learn them, not propose there ([`Self::try_lead`] starts after
+        // its learned prefix).
+        if let Some(snap) = snapshot {
+            self.install(snap, out);
+        }
+        if let Role::Candidate { promises, .. } = &mut self.role {
+            promises.insert(from, accepted);
+        }
         self.try_lead(out);
     }
 
@@ -801,7 +939,10 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             Role::Candidate { ballot, .. } => format!("prepares {}.{}", ballot.round, ballot.node),
             Role::Leader { ballot, .. } => format!("leads {}.{}", ballot.round, ballot.node),
         };
-        format!("{role}, learned {}", self.learned_upto)
+        match self.compacted() {
+            0 => format!("{role}, learned {}", self.learned_upto),
+            c => format!("{role}, learned {} (snapshot {c})", self.learned_upto),
+        }
     }
 
     /// A message from `from`.
@@ -815,8 +956,11 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 from: first,
             } => self.on_prepare(from, ballot, first, out),
             Msg::Promise {
-                ballot, accepted, ..
-            } => self.on_promise(from, ballot, accepted, out),
+                ballot,
+                accepted,
+                snapshot,
+                ..
+            } => self.on_promise(from, ballot, accepted, snapshot, out),
             Msg::Nack { ballot, promised } => self.on_nack(ballot, promised, out),
             Msg::Accept {
                 ballot,
@@ -858,6 +1002,16 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 }
                 self.apply(out);
             }
+            Msg::Snapshot(snap) => {
+                if snap.slot > self.learned_upto {
+                    // Only a leader's snapshot travels, and only to nodes
+                    // behind it: a leader this far behind has been replaced.
+                    if self.is_leader() {
+                        self.step_down(out);
+                    }
+                    self.install(snap, out);
+                }
+            }
         }
         self.check_invariants();
     }
@@ -877,9 +1031,17 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     }
 
     fn check_invariants(&self) {
+        let compacted = self.compacted();
         assert!(
-            self.applied <= self.learned_upto,
-            "applied past the learned prefix"
+            compacted <= self.applied && self.applied <= self.learned_upto,
+            "snapshot {compacted}, applied {}, learned {}: out of order",
+            self.applied,
+            self.learned_upto
+        );
+        assert!(
+            self.learned.keys().next().is_none_or(|s| *s > compacted)
+                && self.accepted.keys().next().is_none_or(|s| *s > compacted),
+            "slots kept that snapshot {compacted} replaced"
         );
         if let Role::Leader {
             ballot,
@@ -907,7 +1069,8 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         // end only: walking it from 1 would cost a whole log per step).
         assert!(
             !self.learned.contains_key(&(self.learned_upto + 1))
-                && (self.learned_upto == 0 || self.learned.contains_key(&self.learned_upto)),
+                && (self.learned_upto == compacted
+                    || self.learned.contains_key(&self.learned_upto)),
             "learned prefix {} out of step with the learned slots",
             self.learned_upto
         );

@@ -10,6 +10,8 @@ struct Net {
     queue: Vec<(NodeId, Envelope<Msg<u64>>)>,
     /// Per node: every slot it applied, in order.
     applied: Vec<Vec<(Slot, Command<u64>)>>,
+    /// Per node: the slots of the snapshots it installed from peers.
+    restored: Vec<Vec<Slot>>,
 }
 
 impl Net {
@@ -29,6 +31,7 @@ impl Net {
             disks,
             queue: Vec::new(),
             applied: vec![Vec::new(); n],
+            restored: vec![Vec::new(); n],
         }
     }
 
@@ -37,8 +40,10 @@ impl Net {
             self.disks[id as usize].apply(w);
         }
         for e in out.events {
-            if let Event::Applied { slot, cmd } = e {
-                self.applied[id as usize].push((slot, cmd));
+            match e {
+                Event::Applied { slot, cmd } => self.applied[id as usize].push((slot, cmd)),
+                Event::Restored(snap) => self.restored[id as usize].push(snap.slot),
+                _ => {}
             }
         }
         self.queue.extend(out.msgs.into_iter().map(|m| (id, m)));
@@ -101,10 +106,15 @@ impl Net {
 
     /// The leader's heartbeat round, delivered.
     fn heartbeat(&mut self, id: NodeId) {
+        self.heartbeat_but(id, NodeId::MAX);
+    }
+
+    /// The leader's heartbeat round, delivered to every node but `cut`.
+    fn heartbeat_but(&mut self, id: NodeId, cut: NodeId) {
         let mut out = Out::default();
         self.node(id).tick(&mut out);
         self.absorb(id, out);
-        self.deliver_all();
+        self.deliver(|from, to| from != cut && to != cut);
     }
 }
 
@@ -226,4 +236,78 @@ fn an_old_leader_steps_down() {
     assert!(!net.node(0).is_leader());
     assert_eq!(net.propose(0, 3), None);
     assert!(net.propose(1, 3).is_some());
+}
+
+/// `id` compacts everything it applied.
+fn compact(net: &mut Net, id: NodeId) {
+    let slot = net.node(id).applied();
+    let mut out = Out::default();
+    net.node(id).compact(slot, Payload::encode(&slot), &mut out);
+    net.absorb(id, out);
+    assert_eq!(net.node(id).compacted(), slot);
+    assert_eq!(net.disks[id as usize].compacted(), slot);
+}
+
+/// A follower that missed slots the leader has compacted gets the
+/// snapshot, then the slots after it.
+#[test]
+fn a_follower_behind_the_snapshot_gets_it() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    for v in 1..=5 {
+        net.propose(0, v);
+    }
+    net.deliver(|_, to| to != 2);
+    net.heartbeat_but(0, 2);
+    compact(&mut net, 0);
+    net.propose(0, 6);
+    net.deliver_all();
+    net.heartbeat(0);
+    net.heartbeat(0);
+    assert_eq!(net.restored[2], vec![5]);
+    assert_eq!(net.applied[2], vec![(6, Command::App(6))]);
+    assert_eq!(net.node(2).learned_upto(), 6);
+}
+
+/// n2 learned nothing when n0 and n1 chose slots 1–3 and compacted them.
+/// Campaigning after n0's crash, it hears of the slots only through n1's
+/// snapshot, which n1's promise carries: n2 installs it and proposes after
+/// it, instead of putting no-ops where commands were chosen.
+#[test]
+fn a_lagging_candidate_takes_the_snapshot_from_a_promise() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    for v in 1..=3 {
+        net.propose(0, v);
+    }
+    net.deliver(|_, to| to != 2);
+    net.heartbeat_but(0, 2);
+    compact(&mut net, 1);
+    net.crash(0);
+    net.elect(2);
+    assert_eq!(net.restored[2], vec![3]);
+    assert_eq!(net.propose(2, 9), Some(4));
+    net.deliver_all();
+    net.heartbeat(2);
+    assert_eq!(net.applied[2], vec![(4, Command::App(9))]);
+    assert_eq!(net.applied[1].last(), Some(&(4, Command::App(9))));
+}
+
+/// A node booted from a compacted disk starts after the snapshot.
+#[test]
+fn a_restart_boots_from_the_snapshot() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    for v in 1..=4 {
+        net.propose(0, v);
+    }
+    net.deliver_all();
+    net.heartbeat(0);
+    compact(&mut net, 1);
+    net.crash(1);
+    net.restart(1);
+    let node = net.node(1);
+    assert_eq!(node.compacted(), 4);
+    assert_eq!((node.applied(), node.learned_upto()), (4, 4));
+    assert_eq!(node.learned().count(), 0);
 }

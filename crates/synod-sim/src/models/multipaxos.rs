@@ -5,8 +5,16 @@
 //! Checked on every run:
 //! * **agreement**: no two nodes apply different commands in one slot;
 //! * **no_gap**: every node applies the slots in order, each once (after a
-//!   restart it goes on after the prefix it had learned);
+//!   restart it goes on after the prefix it had learned, after installing a
+//!   snapshot after the snapshot's slot, which must be ahead of what it
+//!   applied);
+//! * **agreement** also on state: nodes that applied the same slots hold
+//!   equal stores at the end (a snapshot that is not the state it claims
+//!   shows here);
 //! * **linearizability** of the clients' history.
+//!
+//! Nodes compact their logs every [`SNAPSHOT_EVERY`] slots, so most runs
+//! take snapshots, send them to lagging nodes and boot from them.
 
 use super::kv_clients::{KvClients, KvServer};
 use crate::report::RunReport;
@@ -22,7 +30,12 @@ pub const COUNTERS: &[&str] = &[
     "ops_indefinite",
     "ops_unknown_checks",
     "slots_chosen",
+    "snapshots_installed",
 ];
+
+/// Nodes compact after this many applied slots (as the etcd model's members
+/// do), so that snapshots are taken, sent and booted from in most runs.
+pub const SNAPSHOT_EVERY: u64 = 16;
 
 impl KvServer for MpKvNode {}
 
@@ -38,6 +51,7 @@ pub struct MultiPaxosModel<B> {
     leader_crashed_at: Option<Instant>,
     /// For every crash of the leader: the time until another node led.
     failovers: Vec<Instant>,
+    snapshots_installed: u64,
 }
 
 impl<B> MultiPaxosModel<B>
@@ -53,6 +67,7 @@ where
             leader: None,
             leader_crashed_at: None,
             failovers: Vec::new(),
+            snapshots_installed: 0,
         }
     }
 
@@ -91,6 +106,30 @@ where
     }
 }
 
+impl<B> MultiPaxosModel<B> {
+    /// Nodes up at the end that applied the same slots must hold the same
+    /// store.
+    fn compare_stores(&self, ctl: &mut Ctl<'_, MpKvNode>) {
+        let mut seen: BTreeMap<u64, NodeId> = BTreeMap::new();
+        for id in 0..self.next.len() as NodeId {
+            let Some(node) = ctl.node(id) else { continue };
+            let applied = node.core().applied();
+            let Some(&first) = seen.get(&applied) else {
+                seen.insert(applied, id);
+                continue;
+            };
+            let other = ctl.node(first).expect("seen up").store();
+            if node.store() != other {
+                ctl.violation(
+                    "agreement",
+                    Some(id),
+                    format!("store after slot {applied} differs from n{first}'s"),
+                );
+            }
+        }
+    }
+}
+
 impl<B> Model for MultiPaxosModel<B>
 where
     B: FnMut(NodeId, &Disk<KvRequest>, u64) -> MpKvNode,
@@ -115,6 +154,21 @@ where
                 result,
             } => self.clients.on_response(ctl, node, client, seq, result),
             KvEvent::Applied { index, digest, .. } => self.on_applied(ctl, node, index, digest),
+            KvEvent::Restored { index } => {
+                let next = self.next[node as usize];
+                if index < next {
+                    ctl.violation(
+                        "no_gap",
+                        Some(node),
+                        format!(
+                            "restored a snapshot of slot {index}, having applied {}",
+                            next - 1
+                        ),
+                    );
+                }
+                self.next[node as usize] = index + 1;
+                self.snapshots_installed += 1;
+            }
             KvEvent::BecameLeader { .. } => {
                 if let Some(at) = self.leader_crashed_at.take() {
                     self.failovers.push(ctl.now() - at);
@@ -145,6 +199,8 @@ where
     fn finish(&mut self, ctl: &mut Ctl<'_, MpKvNode>, _terminated: bool, report: &mut RunReport) {
         self.clients.finish(ctl, report);
         report.count("slots_chosen", self.slots.len() as u64);
+        report.count("snapshots_installed", self.snapshots_installed);
+        self.compare_stores(ctl);
     }
 }
 
@@ -154,6 +210,10 @@ pub fn standard_model(
     n: usize,
 ) -> MultiPaxosModel<impl FnMut(NodeId, &Disk<KvRequest>, u64) -> MpKvNode> {
     MultiPaxosModel::new(n, super::raft::clients_for(n), move |id, disk: &_, seed| {
-        MpKvNode::new(Config::new(id, n), disk, seed)
+        let cfg = Config {
+            snapshot_every: SNAPSHOT_EVERY,
+            ..Config::new(id, n)
+        };
+        MpKvNode::new(cfg, disk, seed)
     })
 }

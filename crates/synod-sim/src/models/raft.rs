@@ -320,6 +320,8 @@ where
                 digest,
             } => self.on_applied(ctl, node, index, term, digest),
             KvEvent::BecameLeader { term } => self.checks.on_became_leader(ctl, node, term),
+            // Raft's node reports snapshots through its core (RaftChecks).
+            KvEvent::Restored { .. } => {}
         }
     }
 
