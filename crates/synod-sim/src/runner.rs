@@ -232,7 +232,10 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
         Algo::Raft => {
             Simulation::new(raft::sim_config(spec), seed, raft::standard_model(n)).run(seed)
         }
-        Algo::MultiPaxos => Simulation::new(cfg, seed, multipaxos::standard_model(n)).run(seed),
+        Algo::MultiPaxos => {
+            let model = multipaxos::standard_model(n);
+            Simulation::new(multipaxos::sim_config(spec), seed, model).run(seed)
+        }
         Algo::Etcd => {
             let model = EtcdModel::new(n, 3).with_spares(etcd::SPARES);
             Simulation::new(etcd::sim_config(spec), seed, model).run(seed)

@@ -4,7 +4,7 @@
 use synod_protocols::multipaxos::{Bugs, Config, MpKvNode};
 use synod_protocols::NodeId;
 use synod_sim::history::{OpKind, Operation};
-use synod_sim::models::multipaxos::{MultiPaxosModel, SNAPSHOT_EVERY};
+use synod_sim::models::multipaxos::{self, MultiPaxosModel, SNAPSHOT_EVERY, SPARES};
 use synod_sim::models::raft::clients_for;
 use synod_sim::{run_batch, Algo, FaultSet, RunSpec, Simulation};
 
@@ -31,9 +31,10 @@ fn first_failure(bugs: Bugs, max_runs: u64) -> Option<(u64, &'static str)> {
                 ..Config::new(id, 3)
             };
             MpKvNode::new(cfg, disk, s).with_bugs(bugs)
-        });
+        })
+        .with_spares(SPARES);
         let spec = RunSpec::new(Algo::MultiPaxos, 3, FaultSet::all());
-        let r = Simulation::new(spec.config(), seed, model).run(seed);
+        let r = Simulation::new(multipaxos::sim_config(&spec), seed, model).run(seed);
         let v = r.violations.first()?;
         eprintln!("{bugs:?}: seed {seed}: {} — {}", v.property, v.detail);
         Some((seed, v.property))
@@ -60,6 +61,18 @@ fn an_acceptor_that_forgets_its_promises_is_caught() {
         ..Bugs::default()
     };
     assert!(first_failure(bugs, 2_000).is_some());
+}
+
+/// A change of members that governs the very next slot while the leader
+/// proposes a window ahead: the leader counts the old members in slots a
+/// later leader counts with the new ones, and two values are chosen.
+#[test]
+fn a_change_of_members_without_the_window_is_caught() {
+    let bugs = Bugs {
+        no_window: true,
+        ..Bugs::default()
+    };
+    assert!(first_failure(bugs, 10_000).is_some());
 }
 
 /// An acceptor that compacted its log and promises without its snapshot

@@ -12,7 +12,7 @@
 //! applied slots, and takes its leader's snapshot when it lags behind it.
 
 use super::{Command, Config, Disk, Event, MultiPaxosNode, Out, Slot, Snapshot, Write};
-use crate::kv::{KvError, KvEvent, KvInput, KvRequest, KvStore};
+use crate::kv::{AdminOp, KvError, KvEvent, KvInput, KvRequest, KvStore};
 use crate::paxos::Ballot;
 use crate::raft::Payload;
 use crate::sansio::{Instant, Node, NodeId, Output};
@@ -181,16 +181,16 @@ impl Node for MpKvNode {
     }
 
     fn input(&mut self, _now: Instant, input: KvInput, out: &mut KvOut) {
-        // Snapshots, leader transfers and membership are Raft's for now.
-        let KvInput::Client(req) = input else {
-            return;
+        let req = match input {
+            KvInput::Client(req) => req,
+            KvInput::Admin(op) => return self.admin(op, out),
         };
         let key = (req.client, req.seq);
         if self.owed.contains(&key) {
             return;
         }
         let mut core_out = std::mem::take(&mut self.scratch);
-        let proposed = self.core.propose(req.clone(), &mut core_out).is_some();
+        let proposed = self.core.propose(req.clone(), &mut core_out);
         self.scratch = core_out;
         if proposed {
             self.owed.insert(key);
@@ -207,5 +207,39 @@ impl Node for MpKvNode {
 
     fn describe(&self) -> String {
         self.core.describe()
+    }
+}
+
+impl MpKvNode {
+    /// An operator's request. Members are added straight away: an acceptor
+    /// takes part in new slots with an empty log, so there is no learner
+    /// stage to go through. Leadership moves by election only. A change
+    /// the leader refuses (not the leader, another change on its way) is
+    /// dropped; the operator asks again.
+    fn admin(&mut self, op: AdminOp, out: &mut KvOut) {
+        let mut members = self.core.members().clone();
+        match op {
+            AdminOp::AddVoter(n) => {
+                members.insert(n);
+            }
+            AdminOp::RemoveNode(n) => {
+                members.remove(&n);
+            }
+            AdminOp::Snapshot => {
+                let data = Payload::encode(&self.store);
+                let applied = self.core.applied();
+                let mut core_out = std::mem::take(&mut self.scratch);
+                self.core.compact(applied, data, &mut core_out);
+                self.scratch = core_out;
+                return self.settle(out);
+            }
+            AdminOp::AddLearner(_) | AdminOp::PromoteLearner(_) | AdminOp::TransferLeader(_) => {
+                return;
+            }
+        }
+        let mut core_out = std::mem::take(&mut self.scratch);
+        let _refused = self.core.reconfigure(members, &mut core_out);
+        self.scratch = core_out;
+        self.settle(out);
     }
 }

@@ -44,8 +44,22 @@
 //!   there would overwrite a chosen command); and a follower that lags
 //!   behind the leader's snapshot gets the snapshot instead of the slots.
 //!
-//! Not yet here (issue 17): reconfiguration, leader leases for local reads.
-//! Reads go through the log.
+//! * **Reconfiguration.** The acceptors are a set of members that the log
+//!   itself changes: a [`Command::Members`] chosen in slot `c` governs every
+//!   slot from `c + window` on ([`Config::window`]). A leader proposes slot
+//!   `s` only once it has learned every slot up to `s - window`, so whoever
+//!   proposes in `s`, at whatever ballot, counts the same members for it:
+//!   each slot is a synod with one fixed set of acceptors. A leader proposes
+//!   in a slot only with promises from a majority of that slot's members,
+//!   and asks the new members for theirs (phase 1 with its own ballot) when
+//!   the members change under it. After a change it fills the window with
+//!   no-ops, so the change is in force at once; it takes one change at a
+//!   time, of one member. A leader that is not among the members in force
+//!   steps down; a node that is not among the latest members it knows never
+//!   campaigns (a new member learns that it is one from the log).
+//!
+//! docs/multipaxos.md argues why each rule is safe. Not yet here (issue 17):
+//! leader leases for local reads. Reads go through the log.
 
 pub mod kv_node;
 
@@ -55,17 +69,22 @@ use crate::sansio::{NodeId, Output};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 
 pub use kv_node::MpKvNode;
 
-/// What a slot holds: a command of the application, or a no-op that a new
-/// leader puts where it found nothing, so that no gap stays open.
+/// The acceptors that choose a slot.
+pub type Members = BTreeSet<NodeId>;
+
+/// What a slot holds: a command of the application, a no-op that a new
+/// leader puts where it found nothing (so that no gap stays open), or the
+/// members for the slots from this one's plus the window on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Command<V> {
     Noop,
     App(V),
+    Members(Members),
 }
 
 /// A slot's number. The first slot is 1.
@@ -76,6 +95,9 @@ pub type Slot = u64;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub slot: Slot,
+    /// The members from each key slot on, for the slots after `slot`
+    /// (changes chosen up to `slot` govern slots up to `slot + window`).
+    pub confs: BTreeMap<Slot, Members>,
     pub data: Payload,
 }
 
@@ -125,12 +147,12 @@ pub enum Msg<V> {
         ballot: Ballot,
         learned: Slot,
     },
-    /// Chosen values of the slots from `first` on, for a follower that lags.
+    /// Chosen values of the slots from `first` on, for a node that lags.
     Learn {
         first: Slot,
         cmds: Vec<Command<V>>,
     },
-    /// The leader's snapshot, for a follower that lags behind it.
+    /// The leader's snapshot, for a node that lags behind it.
     Snapshot(Snapshot),
 }
 
@@ -241,7 +263,8 @@ pub type Out<V> = Output<Write<V>, Msg<V>, Event<V>>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub id: NodeId,
-    /// Acceptors are nodes `0..n`.
+    /// The first members are nodes `0..n`. A node with a higher id is a
+    /// spare until a change of members adds it.
     pub n: usize,
     /// A follower campaigns after a random `[election_ticks, 2 *
     /// election_ticks)` ticks without hearing a leader.
@@ -251,6 +274,11 @@ pub struct Config {
     /// Unanswered `Accept`s per follower. Proposals made while the pipeline
     /// is full leave together in the next one (as in the Raft core).
     pub max_inflight: usize,
+    /// A leader proposes slot `s` only after learning every slot up to
+    /// `s - window`, and a change of members chosen in slot `c` governs
+    /// the slots from `c + window` on. It bounds the slots in flight.
+    /// Every node of a cluster must use the same value.
+    pub window: u64,
     /// For the application above: compact after this many applied slots
     /// since the last snapshot (0: never).
     pub snapshot_every: u64,
@@ -258,16 +286,34 @@ pub struct Config {
 
 impl Config {
     pub fn new(id: NodeId, n: usize) -> Config {
-        assert!(id < n as NodeId, "node {id} is not in a cluster of {n}");
+        assert!(n > 0, "a cluster needs a member");
         Config {
             id,
             n,
             election_ticks: 10,
             max_batch: 64,
             max_inflight: 4,
+            window: 64,
             snapshot_every: 0,
         }
     }
+
+    /// The first members.
+    pub fn initial_members(&self) -> Members {
+        (0..self.n as NodeId).collect()
+    }
+}
+
+/// Why a change of members was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReconfigError {
+    /// Only the leader changes members; the one this node believes in.
+    NotLeader(Option<NodeId>),
+    /// A change is still on its way into force (or the leader is still
+    /// taking over the log, which may hold one).
+    Pending,
+    /// A change adds or removes exactly one member, and leaves one.
+    NotOneMember,
 }
 
 /// Deliberately broken behaviours, so tests can show the checkers catch
@@ -283,6 +329,49 @@ pub struct Bugs {
     /// A promise leaves out the snapshot that covers the prepare's `from`:
     /// the candidate cannot tell that the compacted slots are chosen.
     pub promise_without_snapshot: bool,
+    /// A change of members governs the very next slot, while leaders still
+    /// propose a window ahead: a leader counts the old members in slots
+    /// after a change it has not learned, another leader the new ones.
+    pub no_window: bool,
+}
+
+/// What an acceptor reports accepting: slot, ballot, value.
+type Report<V> = (Slot, Ballot, Command<V>);
+
+/// What the leader tracks per node it sends to.
+#[derive(Clone, Debug)]
+struct Peer {
+    /// The last slot sent to it.
+    sent: Slot,
+    /// Its unanswered Accepts.
+    outstanding: usize,
+    /// Ticks since it last answered one.
+    silent: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Leader<V> {
+    ballot: Ballot,
+    /// Where phase 1 started; every promise reports from here.
+    from: Slot,
+    /// The next slot to propose in.
+    next: Slot,
+    /// The nodes that promised this ballot, and those asked to.
+    promisers: BTreeSet<NodeId>,
+    asked: BTreeSet<NodeId>,
+    /// Phase 1's findings for slots not yet proposed in: the highest-ballot
+    /// value reported.
+    found: BTreeMap<Slot, Option<(Ballot, Command<V>)>>,
+    /// Up to here, slots take what phase 1 found, or a no-op.
+    takeover_last: Slot,
+    /// Up to here, slots take no-ops, so a change of members comes into
+    /// force at once.
+    noops_until: Slot,
+    /// Commands waiting for the window to open.
+    queued: VecDeque<Command<V>>,
+    /// Proposed, not yet chosen: the command and who accepted it.
+    inflight: BTreeMap<Slot, (Command<V>, BTreeSet<NodeId>)>,
+    peers: BTreeMap<NodeId, Peer>,
 }
 
 #[derive(Clone, Debug)]
@@ -291,19 +380,9 @@ enum Role<V> {
     Candidate {
         ballot: Ballot,
         from: Slot,
-        promises: BTreeMap<NodeId, Vec<(Slot, Ballot, Command<V>)>>,
+        promises: BTreeMap<NodeId, Vec<Report<V>>>,
     },
-    Leader {
-        ballot: Ballot,
-        next: Slot,
-        /// Proposed, not yet chosen: the command and who accepted it.
-        inflight: BTreeMap<Slot, (Command<V>, BTreeSet<NodeId>)>,
-        /// Per node: the last slot sent to it, its unanswered Accepts, and
-        /// the ticks since it last answered one.
-        sent: Vec<Slot>,
-        outstanding: Vec<usize>,
-        silent: Vec<u32>,
-    },
+    Leader(Box<Leader<V>>),
 }
 
 /// One Multi-Paxos node (see the module docs).
@@ -317,6 +396,8 @@ pub struct MultiPaxosNode<V> {
     learned: BTreeMap<Slot, Command<V>>,
     /// Stands in for every slot up to its own; nothing is kept about them.
     snapshot: Option<Snapshot>,
+    /// The members from each key slot on, as far as the learned slots tell.
+    confs: BTreeMap<Slot, Members>,
     /// Every slot up to here is learned.
     learned_upto: Slot,
     /// Every slot up to here has been applied (reported).
@@ -328,6 +409,30 @@ pub struct MultiPaxosNode<V> {
     timeout: u32,
     rng: ChaCha8Rng,
     bugs: Bugs,
+}
+
+/// The members governing `slot`.
+fn conf_at(confs: &BTreeMap<Slot, Members>, slot: Slot) -> &Members {
+    confs
+        .range(..=slot)
+        .next_back()
+        .map(|(_, m)| m)
+        .expect("members are known for every slot after the snapshot")
+}
+
+/// Whether `nodes` hold a majority of `members`.
+fn majority_of(nodes: &BTreeSet<NodeId>, members: &Members) -> bool {
+    2 * members.iter().filter(|m| nodes.contains(m)).count() > members.len()
+}
+
+/// The changes that govern slots after `slot`: the one in force at
+/// `slot + 1` and those after it.
+fn confs_after(confs: &BTreeMap<Slot, Members>, slot: Slot) -> BTreeMap<Slot, Members> {
+    let from = confs
+        .range(..=slot + 1)
+        .next_back()
+        .map_or(slot + 1, |(k, _)| *k);
+    confs.range(from..).map(|(k, m)| (*k, m.clone())).collect()
 }
 
 impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
@@ -343,6 +448,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             accepted: disk.accepted.clone(),
             learned: disk.learned.clone(),
             snapshot: disk.snapshot.clone(),
+            confs: BTreeMap::new(),
             learned_upto,
             applied: learned_upto,
             role: Role::Follower,
@@ -352,8 +458,24 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             bugs: Bugs::default(),
         };
+        node.rebuild_confs();
         node.reset_timer();
+        node.check_invariants();
         node
+    }
+
+    /// The members of every slot, from the snapshot's and the changes in
+    /// the learned slots.
+    fn rebuild_confs(&mut self) {
+        self.confs = match &self.snapshot {
+            Some(snap) => snap.confs.clone(),
+            None => BTreeMap::from([(1, self.cfg.initial_members())]),
+        };
+        for (s, cmd) in &self.learned {
+            if let Command::Members(m) = cmd {
+                self.confs.insert(s + self.conf_delay(), m.clone());
+            }
+        }
     }
 
     #[cfg(feature = "broken")]
@@ -363,6 +485,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             // Booted without the promise its disk holds.
             self.promised = Ballot::ZERO;
         }
+        self.rebuild_confs();
         self
     }
 
@@ -371,13 +494,13 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     }
 
     pub fn is_leader(&self) -> bool {
-        matches!(self.role, Role::Leader { .. })
+        matches!(self.role, Role::Leader(_))
     }
 
     /// The leader this node believes in (itself when it leads).
     pub fn leader(&self) -> Option<NodeId> {
         match self.role {
-            Role::Leader { .. } => Some(self.cfg.id),
+            Role::Leader(_) => Some(self.cfg.id),
             _ => self.leader,
         }
     }
@@ -409,6 +532,29 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.snapshot.as_ref().map_or(0, |s| s.slot)
     }
 
+    /// The latest members this node knows of (chosen, perhaps not yet in
+    /// force).
+    pub fn members(&self) -> &Members {
+        self.confs
+            .values()
+            .next_back()
+            .expect("members are always known")
+    }
+
+    /// The members governing `slot`, as far as this node learned.
+    pub fn members_at(&self, slot: Slot) -> &Members {
+        conf_at(&self.confs, slot)
+    }
+
+    /// The slots after which a chosen change of members is in force.
+    fn conf_delay(&self) -> u64 {
+        if self.bugs.no_window {
+            1
+        } else {
+            self.cfg.window
+        }
+    }
+
     /// Replaces the slots up to `slot`, which must be applied, with `data`,
     /// the application's state after them.
     pub fn compact(&mut self, slot: Slot, data: Payload, out: &mut Out<V>) {
@@ -420,7 +566,8 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         if slot <= self.compacted() {
             return;
         }
-        let snap = Snapshot { slot, data };
+        let confs = confs_after(&self.confs, slot);
+        let snap = Snapshot { slot, confs, data };
         out.persist(Write::Snapshot(snap.clone()));
         self.forget_upto(snap);
         self.check_invariants();
@@ -430,15 +577,23 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     fn forget_upto(&mut self, snap: Snapshot) {
         drop_upto(&mut self.accepted, snap.slot);
         drop_upto(&mut self.learned, snap.slot);
+        // Changes learned here and those the snapshot knows agree: both
+        // come from chosen slots.
+        self.confs.extend(snap.confs.clone());
+        self.confs = confs_after(&self.confs, snap.slot);
         self.snapshot = Some(snap);
     }
 
     /// Takes a peer's snapshot if it is ahead of the learned prefix: the
     /// application's state becomes the snapshot's, then the slots learned
-    /// after it (if any) are applied.
+    /// after it (if any) are applied. A leader this far behind has been
+    /// replaced: it steps down first.
     fn install(&mut self, snap: Snapshot, out: &mut Out<V>) {
         if snap.slot <= self.learned_upto {
             return;
+        }
+        if self.is_leader() {
+            self.step_down(out);
         }
         out.persist(Write::Snapshot(snap.clone()));
         let slot = snap.slot;
@@ -457,12 +612,14 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             .map(|(s, c)| (*s, c))
     }
 
-    fn quorum(&self) -> usize {
-        self.cfg.n / 2 + 1
-    }
-
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        (0..self.cfg.n as NodeId).filter(move |p| *p != self.cfg.id)
+    /// Every node that is a member of a slot after the learned prefix.
+    fn targets(&self) -> Members {
+        let first = self.learned_upto + 1;
+        let mut all = conf_at(&self.confs, first).clone();
+        for m in self.confs.range(first + 1..).map(|(_, m)| m) {
+            all.extend(m);
+        }
+        all
     }
 
     fn reset_timer(&mut self) {
@@ -471,19 +628,111 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         self.timeout = self.rng.gen_range(e..2 * e);
     }
 
-    /// Proposes `cmd` in the next free slot, if this node leads; the slot
-    /// it got, or `None` (the caller should redirect to [`Self::leader`]).
-    pub fn propose(&mut self, cmd: V, out: &mut Out<V>) -> Option<Slot> {
-        let Role::Leader { ballot, next, .. } = &mut self.role else {
-            return None;
+    /// Proposes `cmd` in the next free slot, if this node leads: whether it
+    /// took it (otherwise the caller should redirect to [`Self::leader`]).
+    /// The command waits while the window is closed.
+    pub fn propose(&mut self, cmd: V, out: &mut Out<V>) -> bool {
+        let Role::Leader(l) = &mut self.role else {
+            return false;
         };
-        let (ballot, slot) = (*ballot, *next);
-        *next += 1;
-        self.lead_slot(ballot, slot, Command::App(cmd), out);
+        l.queued.push_back(Command::App(cmd));
+        self.drive(out);
+        true
+    }
+
+    /// Proposes `members` as the members: one more or one fewer than the
+    /// latest, with no other change on its way.
+    pub fn reconfigure(&mut self, members: Members, out: &mut Out<V>) -> Result<(), ReconfigError> {
+        let latest = self.members().clone();
+        let first = self.learned_upto + 1;
+        let in_force = self.confs.keys().next_back().is_none_or(|k| *k <= first);
+        let Role::Leader(l) = &mut self.role else {
+            return Err(ReconfigError::NotLeader(self.leader));
+        };
+        let pending = |c: &Command<V>| matches!(c, Command::Members(_));
+        if !in_force
+            || l.next <= l.takeover_last.max(l.noops_until)
+            || l.queued.iter().any(pending)
+            || l.inflight.values().any(|(c, _)| pending(c))
+        {
+            return Err(ReconfigError::Pending);
+        }
+        if members.is_empty() || latest.symmetric_difference(&members).count() != 1 {
+            return Err(ReconfigError::NotOneMember);
+        }
+        l.queued.push_back(Command::Members(members));
+        self.drive(out);
+        Ok(())
+    }
+
+    /// The leader's loop: propose what may be proposed, learn what is
+    /// chosen, until neither moves; then send.
+    fn drive(&mut self, out: &mut Out<V>) {
+        loop {
+            let before = (self.learned_upto, self.next_slot());
+            self.fill(out);
+            self.advance_commit(out);
+            if (self.learned_upto, self.next_slot()) == before {
+                break;
+            }
+        }
         self.send_accepts(out);
-        // A cluster of one chooses alone.
-        self.advance_commit(out);
-        Some(slot)
+        // A leader that is not among the members in force steps down.
+        let first = self.learned_upto + 1;
+        if self.is_leader() && !conf_at(&self.confs, first).contains(&self.cfg.id) {
+            self.step_down(out);
+        }
+    }
+
+    fn next_slot(&self) -> Slot {
+        match &self.role {
+            Role::Leader(l) => l.next,
+            _ => 0,
+        }
+    }
+
+    /// Proposes in the next slots while the window is open and this
+    /// leader holds promises from a majority of their members; asks the
+    /// members it has not asked when it does not.
+    fn fill(&mut self, out: &mut Out<V>) {
+        let (window, delay) = (self.cfg.window, self.conf_delay());
+        loop {
+            let Role::Leader(l) = &mut self.role else {
+                return;
+            };
+            let s = l.next;
+            if s > self.learned_upto + window {
+                return;
+            }
+            let members = conf_at(&self.confs, s);
+            if !majority_of(&l.promisers, members) {
+                for m in members {
+                    if l.asked.insert(*m) {
+                        let (ballot, from) = (l.ballot, l.from);
+                        out.send(*m, Msg::Prepare { ballot, from });
+                    }
+                }
+                return;
+            }
+            let cmd = if s <= l.takeover_last {
+                match l.found.remove(&s).flatten() {
+                    Some((_, c)) => c,
+                    None => Command::Noop,
+                }
+            } else if s <= l.noops_until {
+                Command::Noop
+            } else if let Some(c) = l.queued.pop_front() {
+                c
+            } else {
+                return;
+            };
+            if matches!(cmd, Command::Members(_)) {
+                l.noops_until = l.noops_until.max(s + delay - 1);
+            }
+            l.next += 1;
+            let ballot = l.ballot;
+            self.lead_slot(ballot, s, cmd, out);
+        }
     }
 
     /// The leader accepts `cmd` in `slot` itself; [`Self::send_accepts`]
@@ -491,46 +740,63 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     fn lead_slot(&mut self, ballot: Ballot, slot: Slot, cmd: Command<V>, out: &mut Out<V>) {
         self.accepted.insert(slot, (ballot, cmd.clone()));
         out.persist(Write::Accept(slot, ballot, cmd.clone()));
-        if let Role::Leader { inflight, .. } = &mut self.role {
-            inflight.insert(slot, (cmd, BTreeSet::from([self.cfg.id])));
+        if let Role::Leader(l) = &mut self.role {
+            l.inflight
+                .insert(slot, (cmd, BTreeSet::from([self.cfg.id])));
         }
     }
 
-    /// Sends every follower whose pipeline has room the slots it has not
-    /// been sent, a batch per `Accept`.
+    /// Brings the leader's peers in line with the members of the slots
+    /// after the learned prefix: new ones start after it.
+    fn refresh_peers(&mut self) {
+        let targets = self.targets();
+        let (id, learned) = (self.cfg.id, self.learned_upto);
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.peers.retain(|p, _| targets.contains(p));
+        for p in targets.into_iter().filter(|p| *p != id) {
+            l.peers.entry(p).or_insert(Peer {
+                sent: learned,
+                outstanding: 0,
+                silent: 0,
+            });
+        }
+    }
+
+    /// Sends every peer whose pipeline has room the slots it has not been
+    /// sent, a batch per `Accept`.
     fn send_accepts(&mut self, out: &mut Out<V>) {
         let (max_batch, max_inflight) = (self.cfg.max_batch, self.cfg.max_inflight);
         let commit = self.learned_upto;
-        let Role::Leader {
-            ballot,
-            next,
-            sent,
-            outstanding,
-            ..
-        } = &mut self.role
-        else {
+        let compacted = self.snapshot.as_ref().map_or(0, |s| s.slot);
+        let Role::Leader(l) = &mut self.role else {
             return;
         };
-        let ballot = *ballot;
-        let compacted = self.snapshot.as_ref().map_or(0, |s| s.slot);
-        for p in 0..self.cfg.n {
-            if p as NodeId == self.cfg.id {
-                continue;
-            }
-            // Slots in the snapshot are chosen; a follower that never
-            // accepted them gets the snapshot ([`Self::catch_up`]).
-            sent[p] = sent[p].max(compacted);
-            while outstanding[p] < max_inflight && sent[p] + 1 < *next {
-                let first = sent[p] + 1;
-                let last = (*next - 1).min(sent[p] + max_batch as u64);
+        let (ballot, next) = (l.ballot, l.next);
+        for (p, peer) in l.peers.iter_mut() {
+            // Slots in the snapshot are chosen; a peer that never accepted
+            // them gets the snapshot ([`Self::catch_up`]).
+            peer.sent = peer.sent.max(compacted);
+            while peer.outstanding < max_inflight && peer.sent + 1 < next {
+                let first = peer.sent + 1;
+                let last = (next - 1).min(peer.sent + max_batch as u64);
                 let cmds: Vec<Command<V>> = (first..=last)
-                    .map(|s| match self.accepted.get(&s) {
-                        Some((b, c)) if *b == ballot => c.clone(),
-                        _ => unreachable!("a leader accepted every slot it leads"),
+                    .map_while(|s| match self.accepted.get(&s) {
+                        Some((b, c)) if *b == ballot => Some(c.clone()),
+                        _ => None,
                     })
                     .collect();
+                if cmds.is_empty() {
+                    // The leader learned this slot from another ballot
+                    // instead of proposing there: chosen, and the peer
+                    // gets it by catch-up.
+                    peer.sent = first;
+                    continue;
+                }
+                let last = first + cmds.len() as u64 - 1;
                 out.send(
-                    p as NodeId,
+                    *p,
                     Msg::Accept {
                         ballot,
                         first,
@@ -538,8 +804,8 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                         commit,
                     },
                 );
-                sent[p] = last;
-                outstanding[p] += 1;
+                peer.sent = last;
+                peer.outstanding += 1;
             }
         }
     }
@@ -555,17 +821,22 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         if !self.bugs.forget_promises {
             out.persist(Write::Promise(ballot));
         }
-        let mine = match &self.role {
-            Role::Leader { ballot: b, .. } | Role::Candidate { ballot: b, .. } => Some(*b),
-            Role::Follower => None,
-        };
-        if mine.is_some_and(|b| b < ballot) {
+        if self.own_ballot().is_some_and(|b| b < ballot) {
             self.step_down(out);
         }
     }
 
+    /// The ballot this node leads or campaigns with.
+    fn own_ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Leader(l) => Some(l.ballot),
+            Role::Candidate { ballot, .. } => Some(*ballot),
+            Role::Follower => None,
+        }
+    }
+
     fn step_down(&mut self, out: &mut Out<V>) {
-        if matches!(self.role, Role::Leader { .. }) {
+        if self.is_leader() {
             out.emit(Event::SteppedDown);
         }
         self.role = Role::Follower;
@@ -589,78 +860,91 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             promises: BTreeMap::from([(self.cfg.id, own)]),
         };
         self.leader = None;
-        for p in self.peers().collect::<Vec<_>>() {
-            out.send(p, Msg::Prepare { ballot, from });
+        for p in self.targets() {
+            if p != self.cfg.id {
+                out.send(p, Msg::Prepare { ballot, from });
+            }
         }
         self.try_lead(out);
     }
 
-    fn accepted_from(&self, from: Slot) -> Vec<(Slot, Ballot, Command<V>)> {
+    fn accepted_from(&self, from: Slot) -> Vec<Report<V>> {
         self.accepted
             .range(from..)
             .map(|(s, (b, c))| (*s, *b, c.clone()))
             .collect()
     }
 
-    /// With promises from a majority, the candidate takes over the log.
+    /// With promises from a majority of the members of its first slot, the
+    /// candidate takes over the log.
     fn try_lead(&mut self, out: &mut Out<V>) {
         let Role::Candidate {
             ballot,
             from,
             promises,
-        } = &self.role
+        } = &mut self.role
         else {
             return;
         };
-        if promises.len() < self.quorum() {
+        // Slots learned while campaigning (from a snapshot in a promise, or
+        // a `Learn` still on its way from the last leader) are chosen
+        // already: nothing to propose there.
+        let from = (*from).max(self.learned_upto + 1);
+        let promisers: BTreeSet<NodeId> = promises.keys().copied().collect();
+        if !majority_of(&promisers, conf_at(&self.confs, from)) {
             return;
         }
-        let (ballot, from) = (*ballot, *from);
-        let mut highest: BTreeMap<Slot, Option<(Ballot, Command<V>)>> = BTreeMap::new();
-        if !self.bugs.skip_phase1 {
-            for (s, b, c) in promises.values().flatten() {
-                paxos::keep_highest(highest.entry(*s).or_default(), *b, c.clone());
-            }
-        }
-        // Slots learned while campaigning (a `Learn` still on its way from
-        // the last leader) are chosen already: nothing to propose there.
-        let from = from.max(self.learned_upto + 1);
-        let last = highest
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(from - 1);
-        self.role = Role::Leader {
+        let ballot = *ballot;
+        let promises = std::mem::take(promises);
+        let mut asked = self.targets();
+        asked.insert(self.cfg.id);
+        self.role = Role::Leader(Box::new(Leader {
             ballot,
-            next: last + 1,
+            from,
+            next: from,
+            promisers,
+            asked,
+            found: BTreeMap::new(),
+            takeover_last: from - 1,
+            noops_until: 0,
+            queued: VecDeque::new(),
             inflight: BTreeMap::new(),
-            sent: vec![from - 1; self.cfg.n],
-            outstanding: vec![0; self.cfg.n],
-            silent: vec![0; self.cfg.n],
-        };
+            peers: BTreeMap::new(),
+        }));
         out.emit(Event::BecameLeader { ballot });
-        for slot in from..=last {
-            let cmd = match highest.remove(&slot).flatten() {
-                Some((_, c)) => c,
-                None => Command::Noop,
-            };
-            self.lead_slot(ballot, slot, cmd, out);
+        for reports in promises.into_values() {
+            self.take_reports(reports);
         }
-        self.send_accepts(out);
-        self.advance_commit(out);
+        self.refresh_peers();
+        self.drive(out);
     }
 
-    /// Learns every in-flight slot a majority accepted, in order.
+    /// Adds what a promiser reported to phase 1's findings, for the slots
+    /// this leader has not proposed in yet.
+    fn take_reports(&mut self, reports: Vec<Report<V>>) {
+        if self.bugs.skip_phase1 {
+            return;
+        }
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        for (s, b, c) in reports.into_iter().filter(|(s, _, _)| *s >= l.next) {
+            paxos::keep_highest(l.found.entry(s).or_default(), b, c);
+            l.takeover_last = l.takeover_last.max(s);
+        }
+    }
+
+    /// Learns every in-flight slot a majority of its members accepted, in
+    /// order.
     fn advance_commit(&mut self, out: &mut Out<V>) {
-        let quorum = self.quorum();
-        let Role::Leader { inflight, .. } = &mut self.role else {
+        let Role::Leader(l) = &mut self.role else {
             return;
         };
         let mut chosen = Vec::new();
-        while let Some(entry) = inflight.first_entry() {
-            if entry.get().1.len() < quorum
-                || *entry.key() != self.learned_upto + 1 + chosen.len() as u64
+        while let Some(entry) = l.inflight.first_entry() {
+            let slot = *entry.key();
+            if slot != self.learned_upto + 1 + chosen.len() as u64
+                || !majority_of(&entry.get().1, conf_at(&self.confs, slot))
             {
                 break;
             }
@@ -677,14 +961,25 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         if slot <= self.learned_upto || self.learned.contains_key(&slot) {
             return;
         }
+        if let Command::Members(m) = &cmd {
+            self.confs.insert(slot + self.conf_delay(), m.clone());
+        }
+        let members_changed = matches!(cmd, Command::Members(_));
         self.learned.insert(slot, cmd.clone());
         out.persist(Write::Learn(slot, cmd));
         self.learned_upto = prefix(&self.learned, self.learned_upto);
         // A leader can learn a slot it is still driving from a `Learn` an
         // earlier leader sent: the value is the same (the synod's rule
         // carried it on), and the slot needs no more accepts.
-        if let Role::Leader { inflight, .. } = &mut self.role {
-            inflight.retain(|s, _| *s > self.learned_upto && !self.learned.contains_key(s));
+        if let Role::Leader(l) = &mut self.role {
+            l.inflight
+                .retain(|s, _| *s > self.learned_upto && !self.learned.contains_key(s));
+            // Nothing to propose in slots learned that way.
+            l.next = l.next.max(self.learned_upto + 1);
+            l.found = l.found.split_off(&l.next);
+        }
+        if members_changed {
+            self.refresh_peers();
         }
     }
 
@@ -718,7 +1013,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
 
     /// A message from the leader of `ballot`: keep following it.
     fn heard_leader(&mut self, ballot: Ballot) {
-        if !matches!(self.role, Role::Leader { .. }) {
+        if !self.is_leader() {
             self.role = Role::Follower;
             self.leader = Some(ballot.node);
             self.elapsed = 0;
@@ -800,26 +1095,20 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         learned: Slot,
         out: &mut Out<V>,
     ) {
-        let Role::Leader {
-            ballot: mine,
-            inflight,
-            outstanding,
-            silent,
-            ..
-        } = &mut self.role
-        else {
+        let Role::Leader(l) = &mut self.role else {
             return;
         };
-        if *mine != ballot {
+        if l.ballot != ballot {
             return;
         }
-        for (_, (_, by)) in inflight.range_mut(range.0..=range.1) {
+        for (_, (_, by)) in l.inflight.range_mut(range.0..=range.1) {
             by.insert(from);
         }
-        outstanding[from as usize] = outstanding[from as usize].saturating_sub(1);
-        silent[from as usize] = 0;
-        self.advance_commit(out);
-        self.send_accepts(out);
+        if let Some(peer) = l.peers.get_mut(&from) {
+            peer.outstanding = peer.outstanding.saturating_sub(1);
+            peer.silent = 0;
+        }
+        self.drive(out);
         self.catch_up(from, learned, out);
     }
 
@@ -845,11 +1134,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
 
     fn on_nack(&mut self, ballot: Ballot, promised: Ballot, out: &mut Out<V>) {
         self.round = self.round.max(promised.round);
-        let mine = match &self.role {
-            Role::Leader { ballot: b, .. } | Role::Candidate { ballot: b, .. } => *b,
-            Role::Follower => return,
-        };
-        if mine == ballot && promised > ballot {
+        if self.own_ballot() == Some(ballot) && promised > ballot {
             self.step_down(out);
         }
     }
@@ -858,53 +1143,56 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         &mut self,
         from: NodeId,
         ballot: Ballot,
-        accepted: Vec<(Slot, Ballot, Command<V>)>,
+        accepted: Vec<Report<V>>,
         snapshot: Option<Snapshot>,
         out: &mut Out<V>,
     ) {
-        if !matches!(&self.role, Role::Candidate { ballot: b, .. } if *b == ballot) {
+        if self.own_ballot() != Some(ballot) {
             return;
         }
-        // The slots the snapshot replaced are chosen: the candidate must
-        // learn them, not propose there ([`Self::try_lead`] starts after
-        // its learned prefix).
+        // The slots the snapshot replaced are chosen: this node must learn
+        // them, not propose there ([`Self::try_lead`] starts after its
+        // learned prefix; a leader this far behind steps down).
         if let Some(snap) = snapshot {
             self.install(snap, out);
         }
-        if let Role::Candidate { promises, .. } = &mut self.role {
-            promises.insert(from, accepted);
+        match &mut self.role {
+            Role::Candidate { promises, .. } => {
+                promises.insert(from, accepted);
+                self.try_lead(out);
+            }
+            // A member the leader asked once the members changed.
+            Role::Leader(l) => {
+                l.promisers.insert(from);
+                self.take_reports(accepted);
+                self.drive(out);
+            }
+            Role::Follower => {}
         }
-        self.try_lead(out);
     }
 
-    /// The leader's round: to a follower that has left Accepts unanswered
-    /// for two ticks (lost, or it restarted), the first run of slots it has
-    /// not accepted again, with its pipeline reset; to the others, that the
+    /// The leader's round: to a peer that has left Accepts unanswered for
+    /// two ticks (lost, or it restarted), the first run of slots it has not
+    /// accepted again, with its pipeline reset; to the others, that the
     /// leader is alive.
     fn heartbeat(&mut self, out: &mut Out<V>) {
+        // Members whose slots are all learned leave the peers here.
+        self.refresh_peers();
+        // A prepare or promise for the members a change brought may be
+        // lost: ask again those that have not promised.
+        if let Role::Leader(l) = &mut self.role {
+            l.asked.clone_from(&l.promisers);
+        }
+        self.drive(out);
         let (max_batch, commit) = (self.cfg.max_batch, self.learned_upto);
-        let id = self.cfg.id;
-        let Role::Leader {
-            ballot,
-            inflight,
-            sent,
-            outstanding,
-            silent,
-            ..
-        } = &mut self.role
-        else {
+        let Role::Leader(l) = &mut self.role else {
             return;
         };
-        let ballot = *ballot;
-        for p in 0..self.cfg.n {
-            if p as NodeId == id {
-                continue;
-            }
-            silent[p] += 1;
-            let mut missing = inflight
-                .iter()
-                .filter(|(_, (_, by))| !by.contains(&(p as NodeId)));
-            let resend = silent[p] >= 2;
+        let ballot = l.ballot;
+        for (p, peer) in l.peers.iter_mut() {
+            peer.silent += 1;
+            let mut missing = l.inflight.iter().filter(|(_, (_, by))| !by.contains(p));
+            let resend = peer.silent >= 2;
             let msg = match missing.next() {
                 Some((first, (c, _))) if resend => {
                     let mut cmds = vec![c.clone()];
@@ -914,9 +1202,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                         }
                         cmds.push(c.clone());
                     }
-                    sent[p] = sent[p].max(first + cmds.len() as u64 - 1);
-                    outstanding[p] = 1;
-                    silent[p] = 0;
+                    peer.sent = peer.sent.max(first + cmds.len() as u64 - 1);
+                    peer.outstanding = 1;
+                    peer.silent = 0;
                     Msg::Accept {
                         ballot,
                         first: *first,
@@ -926,7 +1214,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 }
                 _ => Msg::Heartbeat { ballot, commit },
             };
-            out.send(p as NodeId, msg);
+            out.send(*p, msg);
         }
     }
 
@@ -937,17 +1225,22 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 None => "follower".to_string(),
             },
             Role::Candidate { ballot, .. } => format!("prepares {}.{}", ballot.round, ballot.node),
-            Role::Leader { ballot, .. } => format!("leads {}.{}", ballot.round, ballot.node),
+            Role::Leader(l) => format!("leads {}.{}", l.ballot.round, l.ballot.node),
         };
-        match self.compacted() {
-            0 => format!("{role}, learned {}", self.learned_upto),
-            c => format!("{role}, learned {} (snapshot {c})", self.learned_upto),
+        let mut s = format!("{role}, learned {}", self.learned_upto);
+        if self.compacted() > 0 {
+            s += &format!(" (snapshot {})", self.compacted());
         }
+        if *self.members() != self.cfg.initial_members() {
+            let m: Vec<String> = self.members().iter().map(|m| format!("n{m}")).collect();
+            s += &format!(", members {}", m.join(" "));
+        }
+        s
     }
 
     /// A message from `from`.
     pub fn step(&mut self, from: NodeId, msg: Msg<V>, out: &mut Out<V>) {
-        if from as usize >= self.cfg.n || from == self.cfg.id {
+        if from == self.cfg.id {
             return;
         }
         match msg {
@@ -992,7 +1285,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 out.send(from, Msg::HeartbeatResp { ballot, learned });
             }
             Msg::HeartbeatResp { ballot, learned } => {
-                if matches!(&self.role, Role::Leader { ballot: b, .. } if *b == ballot) {
+                if self.is_leader() && self.own_ballot() == Some(ballot) {
                     self.catch_up(from, learned, out);
                 }
             }
@@ -1001,26 +1294,24 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                     self.learn(first + i as u64, cmd, out);
                 }
                 self.apply(out);
-            }
-            Msg::Snapshot(snap) => {
-                if snap.slot > self.learned_upto {
-                    // Only a leader's snapshot travels, and only to nodes
-                    // behind it: a leader this far behind has been replaced.
-                    if self.is_leader() {
-                        self.step_down(out);
-                    }
-                    self.install(snap, out);
+                // A leader learning this way may now open its window.
+                if self.is_leader() {
+                    self.drive(out);
                 }
             }
+            Msg::Snapshot(snap) => self.install(snap, out),
         }
         self.check_invariants();
     }
 
     /// One tick of the clock.
     pub fn tick(&mut self, out: &mut Out<V>) {
-        if matches!(self.role, Role::Leader { .. }) {
+        if self.is_leader() {
             self.heartbeat(out);
-        } else {
+        } else if self
+            .members_at(self.learned_upto + 1)
+            .contains(&self.cfg.id)
+        {
             self.elapsed += 1;
             if self.elapsed >= self.timeout {
                 self.reset_timer();
@@ -1043,19 +1334,31 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 && self.accepted.keys().next().is_none_or(|s| *s > compacted),
             "slots kept that snapshot {compacted} replaced"
         );
-        if let Role::Leader {
-            ballot,
-            next,
-            inflight,
-            ..
-        } = &self.role
-        {
-            assert_eq!(*ballot, self.promised, "a leader promised another ballot");
+        assert!(
+            self.confs
+                .keys()
+                .next()
+                .is_some_and(|k| *k <= compacted + 1),
+            "no members known for slot {}",
+            compacted + 1
+        );
+        if let Role::Leader(l) = &self.role {
+            assert_eq!(l.ballot, self.promised, "a leader promised another ballot");
             assert!(
-                inflight.keys().all(|s| *s > self.learned_upto && s < next),
-                "n{}: leader's slots in flight {:?} outside ({}, {next})",
+                l.inflight
+                    .keys()
+                    .all(|s| *s > self.learned_upto && *s < l.next),
+                "n{}: leader's slots in flight {:?} outside ({}, {})",
                 self.cfg.id,
-                inflight.keys().collect::<Vec<_>>(),
+                l.inflight.keys().collect::<Vec<_>>(),
+                self.learned_upto,
+                l.next
+            );
+            assert!(
+                l.next <= self.learned_upto + self.cfg.window + 1,
+                "n{}: proposed in slot {} beyond the window after {}",
+                self.cfg.id,
+                l.next - 1,
                 self.learned_upto
             );
         }

@@ -16,8 +16,13 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let disks = vec![Disk::default(); n];
-        let nodes = (0..n)
+        Net::with_spares(n, 0)
+    }
+
+    /// Members `0..n` and `spares` nodes after them that are not members.
+    fn with_spares(n: usize, spares: usize) -> Net {
+        let disks = vec![Disk::default(); n + spares];
+        let nodes = (0..n + spares)
             .map(|i| {
                 Some(MultiPaxosNode::new(
                     Config::new(i as NodeId, n),
@@ -26,6 +31,7 @@ impl Net {
                 ))
             })
             .collect();
+        let n = n + spares;
         Net {
             nodes,
             disks,
@@ -67,11 +73,20 @@ impl Net {
         assert!(self.node(id).is_leader(), "n{id} did not win");
     }
 
-    fn propose(&mut self, id: NodeId, v: u64) -> Option<Slot> {
+    fn propose(&mut self, id: NodeId, v: u64) -> bool {
         let mut out = Out::default();
-        let slot = self.node(id).propose(v, &mut out);
+        let took = self.node(id).propose(v, &mut out);
         self.absorb(id, out);
-        slot
+        took
+    }
+
+    fn reconfigure(&mut self, id: NodeId, members: &[NodeId]) -> Result<(), ReconfigError> {
+        let mut out = Out::default();
+        let r = self
+            .node(id)
+            .reconfigure(members.iter().copied().collect(), &mut out);
+        self.absorb(id, out);
+        r
     }
 
     /// Delivers queued messages, `keep` deciding which (the others are
@@ -98,8 +113,14 @@ impl Net {
     }
 
     fn restart(&mut self, id: NodeId) {
-        let n = self.nodes.len();
-        let cfg = Config::new(id, n);
+        let cfg = *self
+            .nodes
+            .iter()
+            .flatten()
+            .next()
+            .expect("a node up")
+            .config();
+        let cfg = Config { id, ..cfg };
         let node = MultiPaxosNode::new(cfg, &self.disks[id as usize], 100 + id);
         self.nodes[id as usize] = Some(node);
     }
@@ -123,9 +144,9 @@ fn a_leader_fills_slots_in_order_and_everyone_learns_them() {
     let mut net = Net::new(3);
     net.elect(0);
     for v in [10, 20, 30] {
-        assert!(net.propose(0, v).is_some());
+        assert!(net.propose(0, v));
     }
-    assert_eq!(net.propose(1, 99), None, "a follower does not propose");
+    assert!(!net.propose(1, 99), "a follower does not propose");
     net.deliver_all();
     net.heartbeat(0);
     let want: Vec<_> = [10, 20, 30]
@@ -234,8 +255,8 @@ fn an_old_leader_steps_down() {
     net.elect(0);
     net.elect(1);
     assert!(!net.node(0).is_leader());
-    assert_eq!(net.propose(0, 3), None);
-    assert!(net.propose(1, 3).is_some());
+    assert!(!net.propose(0, 3));
+    assert!(net.propose(1, 3));
 }
 
 /// `id` compacts everything it applied.
@@ -286,7 +307,7 @@ fn a_lagging_candidate_takes_the_snapshot_from_a_promise() {
     net.crash(0);
     net.elect(2);
     assert_eq!(net.restored[2], vec![3]);
-    assert_eq!(net.propose(2, 9), Some(4));
+    assert!(net.propose(2, 9));
     net.deliver_all();
     net.heartbeat(2);
     assert_eq!(net.applied[2], vec![(4, Command::App(9))]);
@@ -310,4 +331,111 @@ fn a_restart_boots_from_the_snapshot() {
     assert_eq!(node.compacted(), 4);
     assert_eq!((node.applied(), node.learned_upto()), (4, 4));
     assert_eq!(node.learned().count(), 0);
+}
+
+fn members(ids: &[NodeId]) -> Members {
+    ids.iter().copied().collect()
+}
+
+/// n3, a spare, is added. The change comes into force once the leader's
+/// no-ops fill the window; from then on a slot needs three of the four
+/// members, and n3 accepts and learns like the others.
+#[test]
+fn an_added_member_counts_after_the_window() {
+    let mut net = Net::with_spares(3, 1);
+    net.elect(0);
+    assert_eq!(net.reconfigure(0, &[0, 1, 2, 3]), Ok(()));
+    net.deliver_all();
+    net.heartbeat(0);
+    let window = Config::new(0, 3).window;
+    let node = net.node(0);
+    assert_eq!(*node.members(), members(&[0, 1, 2, 3]));
+    assert_eq!(node.learned_upto(), window, "the change and its no-ops");
+    assert_eq!(*node.members_at(window + 1), members(&[0, 1, 2, 3]));
+    assert_eq!(net.node(3).learned_upto(), window);
+    // Two of four members down: nothing is chosen.
+    net.crash(1);
+    net.crash(2);
+    assert!(net.propose(0, 5));
+    net.deliver_all();
+    assert_eq!(net.node(0).learned_upto(), window);
+    // n1 back: three of four.
+    net.restart(1);
+    net.heartbeat(0);
+    net.heartbeat(0);
+    assert_eq!(net.node(0).learned_upto(), window + 1);
+    assert_eq!(net.applied[3].last(), Some(&(window + 1, Command::App(5))));
+}
+
+/// The leader removes itself: once the change is in force it steps down,
+/// and never campaigns again; the two members left carry on.
+#[test]
+fn a_leader_that_removes_itself_steps_down() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    assert_eq!(net.reconfigure(0, &[1, 2]), Ok(()));
+    net.deliver_all();
+    net.heartbeat(0);
+    assert!(!net.node(0).is_leader());
+    for _ in 0..100 {
+        let mut out = Out::default();
+        net.node(0).tick(&mut out);
+        assert!(out.msgs.is_empty(), "a former member campaigned");
+    }
+    net.elect(1);
+    assert!(net.propose(1, 7));
+    net.deliver_all();
+    net.heartbeat(1);
+    assert_eq!(
+        net.applied[2].last().map(|(_, c)| c),
+        Some(&Command::App(7))
+    );
+}
+
+/// One change at a time, of one member.
+#[test]
+fn changes_come_one_member_at_a_time() {
+    let mut net = Net::with_spares(3, 2);
+    net.elect(0);
+    net.heartbeat(0);
+    assert_eq!(
+        net.reconfigure(0, &[0, 1, 2, 3, 4]),
+        Err(ReconfigError::NotOneMember)
+    );
+    assert_eq!(net.reconfigure(0, &[0]), Err(ReconfigError::NotOneMember));
+    assert_eq!(
+        net.reconfigure(1, &[0, 1, 2, 3]),
+        Err(ReconfigError::NotLeader(Some(0)))
+    );
+    assert_eq!(net.reconfigure(0, &[0, 1, 2, 3]), Ok(()));
+    assert_eq!(
+        net.reconfigure(0, &[0, 1, 2, 3, 4]),
+        Err(ReconfigError::Pending)
+    );
+    net.deliver_all();
+    net.heartbeat(0);
+    assert_eq!(net.reconfigure(0, &[0, 1, 2, 3, 4]), Ok(()));
+}
+
+/// n0 proposes adding n3 and dies before anyone learns the change. n1 is
+/// elected by the old members, finds the change in phase 1 and chooses it
+/// again with the window's no-ops. Before it proposes after the window,
+/// where the new members count, it asks n3, whom it never asked, for its
+/// promise.
+#[test]
+fn a_leader_asks_the_members_a_change_brings() {
+    let mut net = Net::with_spares(3, 1);
+    net.elect(0);
+    assert_eq!(net.reconfigure(0, &[0, 1, 2, 3]), Ok(()));
+    net.deliver(|from, _| from == 0);
+    net.crash(0);
+    assert_eq!(net.node(1).learned_upto(), 0);
+    net.elect(1);
+    assert!(net.propose(1, 9));
+    net.deliver_all();
+    net.heartbeat(1);
+    let window = Config::new(0, 3).window;
+    assert_eq!(net.node(1).learned_upto(), window + 1);
+    assert_eq!(*net.node(1).members_at(window + 1), members(&[0, 1, 2, 3]));
+    assert_eq!(net.applied[3].last(), Some(&(window + 1, Command::App(9))));
 }

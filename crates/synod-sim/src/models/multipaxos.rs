@@ -14,15 +14,21 @@
 //! * **linearizability** of the clients' history.
 //!
 //! Nodes compact their logs every [`SNAPSHOT_EVERY`] slots, so most runs
-//! take snapshots, send them to lagging nodes and boot from them.
+//! take snapshots, send them to lagging nodes and boot from them. With
+//! [`MultiPaxosModel::with_spares`] (as `synod sim --algo multipaxos` runs
+//! it), the leader is also asked, in the fault phase, to add a node that is
+//! not a member or, when there are more members than at the start, to
+//! remove one (itself included), one member at a time.
 
-use super::kv_clients::{KvClients, KvServer};
+use super::kv_clients::{token, untoken, KvClients, KvServer};
 use crate::report::RunReport;
-use crate::sim::{Ctl, Model};
+use crate::runner::RunSpec;
+use crate::sim::{Ctl, Model, SimConfig};
+use rand::Rng;
 use std::collections::BTreeMap;
-use synod_protocols::kv::{KvEvent, KvRequest};
+use synod_protocols::kv::{AdminOp, KvEvent, KvInput, KvRequest};
 use synod_protocols::multipaxos::{Config, Disk, MpKvNode};
-use synod_protocols::{Instant, NodeId};
+use synod_protocols::{Instant, NodeId, MS};
 
 pub const PROPERTIES: &[&str] = &["agreement", "no_gap", "linearizability"];
 pub const COUNTERS: &[&str] = &[
@@ -31,7 +37,15 @@ pub const COUNTERS: &[&str] = &[
     "ops_unknown_checks",
     "slots_chosen",
     "snapshots_installed",
+    "member_changes_asked",
 ];
+
+/// Spare nodes beyond the `--nodes` first members, which changes of
+/// members bring in and out (as `--algo raft` has).
+pub const SPARES: usize = 1;
+
+/// The wake-up kind of the next change of members (the clients use 0, 1, 4).
+const WAKE_ADMIN: u64 = 2;
 
 /// Nodes compact after this many applied slots (as the etcd model's members
 /// do), so that snapshots are taken, sent and booted from in most runs.
@@ -41,6 +55,11 @@ impl KvServer for MpKvNode {}
 
 pub struct MultiPaxosModel<B> {
     boot: B,
+    /// The first members are nodes `0..voters`; the rest up to `n` are
+    /// spares.
+    voters: usize,
+    n: usize,
+    changes_asked: u64,
     clients: KvClients,
     /// What the first node to apply each slot applied there.
     slots: BTreeMap<u64, (NodeId, u64)>,
@@ -61,6 +80,9 @@ where
     pub fn new(nodes: usize, clients: usize, boot: B) -> Self {
         MultiPaxosModel {
             boot,
+            voters: nodes,
+            n: nodes,
+            changes_asked: 0,
             clients: KvClients::new(nodes, clients),
             slots: BTreeMap::new(),
             next: vec![1; nodes],
@@ -69,6 +91,16 @@ where
             failovers: Vec::new(),
             snapshots_installed: 0,
         }
+    }
+
+    /// Adds `spares` nodes (ids from `nodes` on; the simulation must be
+    /// configured with `nodes + spares` nodes) and turns on changes of
+    /// members in the fault phase.
+    pub fn with_spares(mut self, spares: usize) -> Self {
+        self.n = self.voters + spares;
+        self.clients.set_nodes(self.n);
+        self.next.resize(self.n, 1);
+        self
     }
 
     /// The clients' history.
@@ -107,6 +139,42 @@ where
 }
 
 impl<B> MultiPaxosModel<B> {
+    /// Asks the leader with the highest ballot for one change of members:
+    /// a node that is not a member in, or, with more members than at the
+    /// start, a member out (never below the first count, so that the f
+    /// nodes a run may keep down never hold a majority).
+    fn change_members(&mut self, ctl: &mut Ctl<'_, MpKvNode>) {
+        let leader = (0..self.n as NodeId)
+            .filter_map(|id| ctl.node(id).map(|n| (id, n.core())))
+            .filter(|(_, core)| core.is_leader())
+            .max_by_key(|(_, core)| core.promised())
+            .map(|(id, core)| (id, core.members().clone()));
+        let Some((leader, members)) = leader else {
+            return;
+        };
+        let outside: Vec<NodeId> = (0..self.n as NodeId)
+            .filter(|i| !members.contains(i))
+            .collect();
+        let op = if members.len() > self.voters {
+            let m: Vec<NodeId> = members.into_iter().collect();
+            AdminOp::RemoveNode(m[ctl.rng().gen_range(0..m.len())])
+        } else if !outside.is_empty() {
+            AdminOp::AddVoter(outside[ctl.rng().gen_range(0..outside.len())])
+        } else {
+            return;
+        };
+        if ctl.tracing() {
+            ctl.trace(format_args!("admin: asks n{leader} to {op:?}"));
+        }
+        self.changes_asked += 1;
+        ctl.input(leader, KvInput::Admin(op), MS);
+    }
+
+    fn schedule_admin(&self, ctl: &mut Ctl<'_, MpKvNode>) {
+        let after = ctl.rng().gen_range(100 * MS..400 * MS);
+        ctl.wake(after, token(WAKE_ADMIN, 0, 0));
+    }
+
     /// Nodes up at the end that applied the same slots must hold the same
     /// store.
     fn compare_stores(&self, ctl: &mut Ctl<'_, MpKvNode>) {
@@ -144,6 +212,9 @@ where
 
     fn on_start(&mut self, ctl: &mut Ctl<'_, MpKvNode>) {
         self.clients.start(ctl);
+        if self.n > self.voters {
+            self.schedule_admin(ctl);
+        }
     }
 
     fn on_event(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId, event: KvEvent) {
@@ -179,7 +250,13 @@ where
     }
 
     fn on_wake(&mut self, ctl: &mut Ctl<'_, MpKvNode>, tok: u64) {
-        self.clients.on_wake(ctl, tok);
+        if self.clients.on_wake(ctl, tok) || untoken(tok).0 != WAKE_ADMIN {
+            return;
+        }
+        if !ctl.in_quiet_phase() {
+            self.change_members(ctl);
+            self.schedule_admin(ctl);
+        }
     }
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, MpKvNode>, node: NodeId) {
@@ -200,6 +277,7 @@ where
         self.clients.finish(ctl, report);
         report.count("slots_chosen", self.slots.len() as u64);
         report.count("snapshots_installed", self.snapshots_installed);
+        report.count("member_changes_asked", self.changes_asked);
         self.compare_stores(ctl);
     }
 }
@@ -216,4 +294,11 @@ pub fn standard_model(
         };
         MpKvNode::new(cfg, disk, seed)
     })
+    .with_spares(SPARES)
+}
+
+/// The simulator configuration for `--algo multipaxos`: the first members
+/// plus the spares, with f taken from the first members (as Raft's).
+pub fn sim_config(spec: &RunSpec) -> SimConfig {
+    super::raft::sim_config(spec)
 }
