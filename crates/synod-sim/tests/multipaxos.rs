@@ -75,6 +75,17 @@ fn a_change_of_members_without_the_window_is_caught() {
     assert!(first_failure(bugs, 10_000).is_some());
 }
 
+/// A leader that serves reads without a heartbeat round keeps serving
+/// them after another leader took over without its knowing: stale reads.
+#[test]
+fn a_read_without_a_heartbeat_round_is_caught() {
+    let bugs = Bugs {
+        reads_without_round: true,
+        ..Bugs::default()
+    };
+    assert!(first_failure(bugs, 5_000).is_some());
+}
+
 /// An acceptor that compacted its log and promises without its snapshot
 /// hides that the compacted slots are chosen: a lagging candidate fills
 /// them with no-ops, and nodes apply two values in one slot.
@@ -128,6 +139,22 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Multi-Paxos as the Raft runs below have Raft: no spare node, no changes
+/// of members, no snapshots.
+fn plain_multipaxos(
+    nodes: usize,
+) -> MultiPaxosModel<
+    impl FnMut(
+        NodeId,
+        &synod_protocols::multipaxos::Disk<synod_protocols::kv::KvRequest>,
+        u64,
+    ) -> MpKvNode,
+> {
+    MultiPaxosModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+        MpKvNode::new(Config::new(id, nodes), disk, s)
+    })
+}
+
 /// Raft and Multi-Paxos on the same simulated workload, for BENCHMARKS.md
 /// (not a timed test): `cargo test --release -p synod-sim --test multipaxos
 /// engines_side_by_side -- --ignored --nocapture`.
@@ -153,7 +180,7 @@ fn engines_side_by_side() {
                 .record_into(rec.clone());
             let r = Simulation::new(spec.config(), seed, model).run(seed);
             raft.add(&r, "entries_committed", &rec.borrow().history);
-            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let model = plain_multipaxos(nodes);
             let (r, model) = Simulation::new(spec.config(), seed, model).run_keep_model(seed);
             mp.add(&r, "slots_chosen", model.history());
         }
@@ -199,7 +226,7 @@ fn engines_side_by_side() {
                 raft.0 + r.bytes_sent,
                 raft.1 + r.counters["entries_committed"],
             );
-            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let model = plain_multipaxos(nodes);
             let r = Simulation::new(spec.config(), seed, model)
                 .with_message_size(|m| bincode::serialized_size(m).expect("sizable"))
                 .run(seed);
@@ -228,7 +255,7 @@ fn engines_side_by_side() {
                     .is_some_and(|r| r.role() == synod_protocols::raft::Role::Leader)
             };
             raft.extend(isolation_failover(&mut sim, seed, nodes, leads));
-            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let model = plain_multipaxos(nodes);
             let mut sim = Simulation::new(spec.config(), seed, model);
             let leads = |ctl: &synod_sim::Ctl<'_, MpKvNode>, id| {
                 ctl.node(id).is_some_and(|n| n.core().is_leader())
@@ -252,7 +279,7 @@ fn engines_side_by_side() {
             let (r, rec) = run_recorded(&RunSpec::new(Algo::Raft, nodes, crash), seed);
             assert_eq!(r.violation_count, 0);
             raft.extend(rec.failovers);
-            let model = synod_sim::models::multipaxos::standard_model(nodes);
+            let model = plain_multipaxos(nodes);
             let spec = RunSpec::new(Algo::MultiPaxos, nodes, crash);
             let (r, model) = Simulation::new(spec.config(), seed, model).run_keep_model(seed);
             assert_eq!(r.violation_count, 0);

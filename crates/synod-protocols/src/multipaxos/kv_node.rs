@@ -2,21 +2,22 @@
 //! results and state machine as Raft's [`crate::raft::KvNode`]
 //! ([`crate::kv`]), so the same clients and checkers judge both engines.
 //!
-//! Every request, reads included, is a command in the log: a read is
-//! answered when its slot is applied, which makes it linearizable without
-//! leases or read rounds. The leader answers the requests it proposed; any
-//! other node says who it believes leads.
+//! Writes are commands in the log. Reads are not: the leader confirms with a
+//! heartbeat round that it still leads and answers once the slots it knew of
+//! are applied ([`MultiPaxosNode::read_index`]), as Raft's ReadIndex does.
+//! The leader answers the requests it took; any other node says who it
+//! believes leads.
 //!
 //! With [`Config::snapshot_every`] set, the node compacts the log behind
 //! a snapshot of its store (bincode, as Raft's node does) every that many
 //! applied slots, and takes its leader's snapshot when it lags behind it.
 
 use super::{Command, Config, Disk, Event, MultiPaxosNode, Out, Slot, Snapshot, Write};
-use crate::kv::{AdminOp, KvError, KvEvent, KvInput, KvRequest, KvStore};
+use crate::kv::{AdminOp, KvError, KvEvent, KvInput, KvOp, KvRequest, KvResult, KvStore};
 use crate::paxos::Ballot;
 use crate::raft::Payload;
 use crate::sansio::{Instant, Node, NodeId, Output};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 #[derive(Debug)]
@@ -26,6 +27,9 @@ pub struct MpKvNode {
     /// `(client, seq)` of the requests this node proposed as leader and
     /// still owes an answer.
     owed: BTreeSet<(u64, u64)>,
+    /// Reads taken as leader, by read id: client, seq and key.
+    reads: BTreeMap<u64, (u64, u64, String)>,
+    next_read: u64,
     scratch: Out<KvRequest>,
 }
 
@@ -53,6 +57,8 @@ impl MpKvNode {
             core,
             store,
             owed: BTreeSet::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
             scratch: Out::default(),
         }
     }
@@ -84,7 +90,9 @@ impl MpKvNode {
                     term: term_of(ballot),
                 }),
                 Event::SteppedDown => {
-                    for (client, seq) in std::mem::take(&mut self.owed) {
+                    let reads = std::mem::take(&mut self.reads).into_values();
+                    let owed = std::mem::take(&mut self.owed).into_iter();
+                    for (client, seq) in owed.chain(reads.map(|(c, s, _)| (c, s))) {
                         let result = Err(KvError::Dropped);
                         out.emit(KvEvent::Response {
                             client,
@@ -96,9 +104,22 @@ impl MpKvNode {
                 Event::Restored(snap) => {
                     // Only a node that does not lead installs a snapshot,
                     // and such a node owes no answers.
-                    assert!(self.owed.is_empty(), "restored while owing answers");
+                    assert!(
+                        self.owed.is_empty() && self.reads.is_empty(),
+                        "restored while owing answers"
+                    );
                     self.store = restore(&snap);
                     out.emit(KvEvent::Restored { index: snap.slot });
+                }
+                Event::ReadReady { id } => {
+                    let (client, seq, key) = self.reads.remove(&id).expect("a read taken");
+                    let value = self.store.data.get(&key).cloned();
+                    let result = Ok(KvResult::Value(value));
+                    out.emit(KvEvent::Response {
+                        client,
+                        seq,
+                        result,
+                    });
                 }
             }
         }
@@ -190,11 +211,26 @@ impl Node for MpKvNode {
             return;
         }
         let mut core_out = std::mem::take(&mut self.scratch);
-        let proposed = self.core.propose(req.clone(), &mut core_out);
+        let taken = match &req.op {
+            KvOp::Get { key: k } => {
+                let id = self.next_read;
+                let taken = self.core.read_index(id, &mut core_out);
+                if taken {
+                    self.next_read += 1;
+                    self.reads.insert(id, (req.client, req.seq, k.clone()));
+                }
+                taken
+            }
+            _ => {
+                let taken = self.core.propose(req.clone(), &mut core_out);
+                if taken {
+                    self.owed.insert(key);
+                }
+                taken
+            }
+        };
         self.scratch = core_out;
-        if proposed {
-            self.owed.insert(key);
-        } else {
+        if !taken {
             let hint = self.core.leader();
             out.emit(KvEvent::Response {
                 client: req.client,

@@ -58,8 +58,16 @@
 //!   steps down; a node that is not among the latest members it knows never
 //!   campaigns (a new member learns that it is one from the log).
 //!
-//! docs/multipaxos.md argues why each rule is safe. Not yet here (issue 17):
-//! leader leases for local reads. Reads go through the log.
+//! * **Reads without the log** ([`MultiPaxosNode::read_index`]). The
+//!   leader notes the last slot it learned or must take over, then sends a
+//!   round of heartbeats; once a majority of the members answer that round
+//!   with its ballot, no other leader chose anything meanwhile, and the read
+//!   is served when that slot is applied ([`Event::ReadReady`]). Reads wait
+//!   while a change of members is in flight, or while the leader lacks the
+//!   promises of a majority of the members of its next slot: a slot a
+//!   leader it does not know of chose could otherwise be missing.
+//!
+//! docs/multipaxos.md argues why each rule is safe.
 
 pub mod kv_node;
 
@@ -104,10 +112,7 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg<V> {
     /// Phase 1 for every slot from `from` on.
-    Prepare {
-        ballot: Ballot,
-        from: Slot,
-    },
+    Prepare { ballot: Ballot, from: Slot },
     /// The sender promised `ballot`, and had accepted these at or after the
     /// prepare's `from`. `learned`: its learned prefix. `snapshot`: its
     /// snapshot, if it covers the prepare's `from` (the slots it replaced
@@ -119,10 +124,7 @@ pub enum Msg<V> {
         snapshot: Option<Snapshot>,
     },
     /// The sender promised `promised`, higher than `ballot`.
-    Nack {
-        ballot: Ballot,
-        promised: Ballot,
-    },
+    Nack { ballot: Ballot, promised: Ballot },
     /// Phase 2 for the slots `first..first + cmds.len()`; `commit`: the
     /// leader's learned prefix.
     Accept {
@@ -138,20 +140,20 @@ pub enum Msg<V> {
         last: Slot,
         learned: Slot,
     },
-    /// The leader is alive; its learned prefix.
+    /// The leader is alive; its learned prefix. `round` numbers the
+    /// leader's heartbeat rounds, which confirm reads.
     Heartbeat {
         ballot: Ballot,
         commit: Slot,
+        round: u64,
     },
     HeartbeatResp {
         ballot: Ballot,
         learned: Slot,
+        round: u64,
     },
     /// Chosen values of the slots from `first` on, for a node that lags.
-    Learn {
-        first: Slot,
-        cmds: Vec<Command<V>>,
-    },
+    Learn { first: Slot, cmds: Vec<Command<V>> },
     /// The leader's snapshot, for a node that lags behind it.
     Snapshot(Snapshot),
 }
@@ -255,6 +257,9 @@ pub enum Event<V> {
     /// This node installed a peer's snapshot: the application's state is
     /// now the snapshot's, and applying goes on after its slot.
     Restored(Snapshot),
+    /// The read `id` may be served from the application's state now. A
+    /// leader that steps down drops its reads without an event.
+    ReadReady { id: u64 },
 }
 
 pub type Out<V> = Output<Write<V>, Msg<V>, Event<V>>;
@@ -333,6 +338,18 @@ pub struct Bugs {
     /// propose a window ahead: a leader counts the old members in slots
     /// after a change it has not learned, another leader the new ones.
     pub no_window: bool,
+    /// A leader serves reads without a heartbeat round: one that another
+    /// leader replaced without its knowing serves stale values.
+    pub reads_without_round: bool,
+}
+
+/// A read the leader took: its id, the slot that must be applied first,
+/// and the heartbeat round that must come back from a majority.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: u64,
+    slot: Slot,
+    round: u64,
 }
 
 /// What an acceptor reports accepting: slot, ballot, value.
@@ -372,6 +389,18 @@ struct Leader<V> {
     /// Proposed, not yet chosen: the command and who accepted it.
     inflight: BTreeMap<Slot, (Command<V>, BTreeSet<NodeId>)>,
     peers: BTreeMap<NodeId, Peer>,
+    /// The last heartbeat round sent, and per node the last it answered.
+    round: u64,
+    acked: BTreeMap<NodeId, u64>,
+    /// Reads wait for a round that has not been sent: send it as soon as
+    /// the one in flight comes back (rounds batch reads, as Raft's do).
+    round_wanted: bool,
+    /// Reads waiting until they may be taken (a change of members in
+    /// flight, promises missing), then for their round, then for their
+    /// slot to be applied.
+    held_reads: Vec<u64>,
+    reads: Vec<PendingRead>,
+    ready_reads: Vec<(u64, Slot)>,
 }
 
 #[derive(Clone, Debug)]
@@ -682,6 +711,153 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         if self.is_leader() && !conf_at(&self.confs, first).contains(&self.cfg.id) {
             self.step_down(out);
         }
+        self.take_held_reads(out);
+    }
+
+    /// Takes a linearizable read as leader: `false` if this node does not
+    /// lead. [`Event::ReadReady`] says when to serve it.
+    pub fn read_index(&mut self, id: u64, out: &mut Out<V>) -> bool {
+        let Role::Leader(l) = &mut self.role else {
+            return false;
+        };
+        l.held_reads.push(id);
+        self.take_held_reads(out);
+        true
+    }
+
+    /// Whether this leader may take reads now: it knows every slot that
+    /// could be chosen without it. No change of members may be in flight
+    /// (its members are not yet those the learned slots tell), and it must
+    /// hold promises from a majority of the members of every slot after
+    /// the ones it proposed in.
+    fn reads_safe(&self) -> bool {
+        let Role::Leader(l) = &self.role else {
+            return false;
+        };
+        let change = |c: &Command<V>| matches!(c, Command::Members(_));
+        if l.inflight.values().any(|(c, _)| change(c))
+            || l.queued.iter().any(change)
+            || l.found.values().flatten().any(|(_, c)| change(c))
+        {
+            return false;
+        }
+        std::iter::once(conf_at(&self.confs, l.next))
+            .chain(self.confs.range(l.next + 1..).map(|(_, m)| m))
+            .all(|m| majority_of(&l.promisers, m))
+    }
+
+    /// Gives the held reads their slot and round, if they may be taken.
+    fn take_held_reads(&mut self, out: &mut Out<V>) {
+        let safe = self.reads_safe();
+        let (learned, solo) = (self.learned_upto, self.targets().len() <= 1);
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.held_reads.is_empty() || !safe {
+            return;
+        }
+        // Every slot a client may have seen chosen: those this leader
+        // learned, and those an earlier leader may have chosen. Its own
+        // proposals in flight were acknowledged to nobody yet.
+        let slot = l.takeover_last.max(learned);
+        let round = l.round + 1;
+        for id in l.held_reads.drain(..) {
+            l.reads.push(PendingRead { id, slot, round });
+        }
+        if solo || self.bugs.reads_without_round {
+            for r in l.reads.drain(..) {
+                l.ready_reads.push((r.id, r.slot));
+            }
+            self.serve_reads(out);
+        } else if self.acked_round() >= self.round_sent() {
+            self.send_round(out);
+        } else if let Role::Leader(l) = &mut self.role {
+            l.round_wanted = true;
+        }
+    }
+
+    fn round_sent(&self) -> u64 {
+        match &self.role {
+            Role::Leader(l) => l.round,
+            _ => 0,
+        }
+    }
+
+    /// The last heartbeat round a majority of the members of every slot
+    /// after the learned prefix answered (this node counting itself).
+    fn acked_round(&self) -> u64 {
+        let Role::Leader(l) = &self.role else {
+            return 0;
+        };
+        let first = self.learned_upto + 1;
+        std::iter::once(conf_at(&self.confs, first))
+            .chain(self.confs.range(first + 1..).map(|(_, m)| m))
+            .map(|members| {
+                let mut rounds: Vec<u64> = members
+                    .iter()
+                    .map(|m| match *m == self.cfg.id {
+                        true => l.round,
+                        false => l.acked.get(m).copied().unwrap_or(0),
+                    })
+                    .collect();
+                rounds.sort_unstable_by(|a, b| b.cmp(a));
+                rounds[members.len() / 2]
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Moves the reads whose round a majority answered on to wait for
+    /// their slot, and serves those whose slot is applied.
+    fn confirm_reads(&mut self, out: &mut Out<V>) {
+        let acked = self.acked_round();
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let (confirmed, waiting): (Vec<_>, Vec<_>) =
+            l.reads.drain(..).partition(|r| r.round <= acked);
+        l.reads = waiting;
+        l.ready_reads
+            .extend(confirmed.into_iter().map(|r| (r.id, r.slot)));
+        let again = l.round_wanted && acked >= l.round;
+        self.serve_reads(out);
+        if again {
+            self.send_round(out);
+        }
+    }
+
+    /// A heartbeat round for reads, to every peer.
+    fn send_round(&mut self, out: &mut Out<V>) {
+        let commit = self.learned_upto;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.round += 1;
+        l.round_wanted = false;
+        let (ballot, round) = (l.ballot, l.round);
+        for p in l.peers.keys() {
+            let msg = Msg::Heartbeat {
+                ballot,
+                commit,
+                round,
+            };
+            out.send(*p, msg);
+        }
+    }
+
+    /// Reports the confirmed reads whose slot is applied.
+    fn serve_reads(&mut self, out: &mut Out<V>) {
+        let applied = self.applied;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.ready_reads.retain(|(id, slot)| {
+            let ready = *slot <= applied;
+            if ready {
+                out.emit(Event::ReadReady { id: *id });
+            }
+            !ready
+        });
     }
 
     fn next_slot(&self) -> Slot {
@@ -696,6 +872,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     /// members it has not asked when it does not.
     fn fill(&mut self, out: &mut Out<V>) {
         let (window, delay) = (self.cfg.window, self.conf_delay());
+        // The slot from which the latest learned change is in force: until
+        // there, no-ops, even for a change an earlier leader proposed.
+        let in_force = self.confs.keys().next_back().copied().unwrap_or(0);
         loop {
             let Role::Leader(l) = &mut self.role else {
                 return;
@@ -719,7 +898,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                     Some((_, c)) => c,
                     None => Command::Noop,
                 }
-            } else if s <= l.noops_until {
+            } else if s <= l.noops_until || s < in_force {
                 Command::Noop
             } else if let Some(c) = l.queued.pop_front() {
                 c
@@ -910,6 +1089,12 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             queued: VecDeque::new(),
             inflight: BTreeMap::new(),
             peers: BTreeMap::new(),
+            round: 0,
+            acked: BTreeMap::new(),
+            round_wanted: false,
+            held_reads: Vec::new(),
+            reads: Vec::new(),
+            ready_reads: Vec::new(),
         }));
         out.emit(Event::BecameLeader { ballot });
         for reports in promises.into_values() {
@@ -984,6 +1169,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     }
 
     fn apply(&mut self, out: &mut Out<V>) {
+        let before = self.applied;
         while self.applied < self.learned_upto {
             self.applied += 1;
             let cmd = self.learned[&self.applied].clone();
@@ -991,6 +1177,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 slot: self.applied,
                 cmd,
             });
+        }
+        if self.applied > before {
+            self.serve_reads(out);
         }
     }
 
@@ -1189,6 +1378,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             return;
         };
         let ballot = l.ballot;
+        l.round += 1;
+        l.round_wanted = false;
+        let round = l.round;
         for (p, peer) in l.peers.iter_mut() {
             peer.silent += 1;
             let mut missing = l.inflight.iter().filter(|(_, (_, by))| !by.contains(p));
@@ -1212,7 +1404,11 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                         commit,
                     }
                 }
-                _ => Msg::Heartbeat { ballot, commit },
+                _ => Msg::Heartbeat {
+                    ballot,
+                    commit,
+                    round,
+                },
             };
             out.send(*p, msg);
         }
@@ -1271,7 +1467,11 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 last,
                 learned,
             } => self.on_accepted(from, ballot, (first, last), learned, out),
-            Msg::Heartbeat { ballot, commit } => {
+            Msg::Heartbeat {
+                ballot,
+                commit,
+                round,
+            } => {
                 self.round = self.round.max(ballot.round);
                 if !self.promised.admits_accept(ballot) {
                     let promised = self.promised;
@@ -1282,11 +1482,27 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 self.heard_leader(ballot);
                 self.learn_committed(ballot, commit, out);
                 let learned = self.learned_upto;
-                out.send(from, Msg::HeartbeatResp { ballot, learned });
+                out.send(
+                    from,
+                    Msg::HeartbeatResp {
+                        ballot,
+                        learned,
+                        round,
+                    },
+                );
             }
-            Msg::HeartbeatResp { ballot, learned } => {
-                if self.is_leader() && self.own_ballot() == Some(ballot) {
-                    self.catch_up(from, learned, out);
+            Msg::HeartbeatResp {
+                ballot,
+                learned,
+                round,
+            } => {
+                if let Role::Leader(l) = &mut self.role {
+                    if l.ballot == ballot {
+                        let acked = l.acked.entry(from).or_default();
+                        *acked = (*acked).max(round);
+                        self.confirm_reads(out);
+                        self.catch_up(from, learned, out);
+                    }
                 }
             }
             Msg::Learn { first, cmds } => {

@@ -12,6 +12,8 @@ struct Net {
     applied: Vec<Vec<(Slot, Command<u64>)>>,
     /// Per node: the slots of the snapshots it installed from peers.
     restored: Vec<Vec<Slot>>,
+    /// Per node: the reads it may serve, in order.
+    reads: Vec<Vec<u64>>,
 }
 
 impl Net {
@@ -38,6 +40,7 @@ impl Net {
             queue: Vec::new(),
             applied: vec![Vec::new(); n],
             restored: vec![Vec::new(); n],
+            reads: vec![Vec::new(); n],
         }
     }
 
@@ -49,6 +52,7 @@ impl Net {
             match e {
                 Event::Applied { slot, cmd } => self.applied[id as usize].push((slot, cmd)),
                 Event::Restored(snap) => self.restored[id as usize].push(snap.slot),
+                Event::ReadReady { id: read } => self.reads[id as usize].push(read),
                 _ => {}
             }
         }
@@ -438,4 +442,65 @@ fn a_leader_asks_the_members_a_change_brings() {
     assert_eq!(net.node(1).learned_upto(), window + 1);
     assert_eq!(*net.node(1).members_at(window + 1), members(&[0, 1, 2, 3]));
     assert_eq!(net.applied[3].last(), Some(&(window + 1, Command::App(9))));
+}
+
+fn read(net: &mut Net, id: NodeId, read: u64) -> bool {
+    let mut out = Out::default();
+    let took = net.node(id).read_index(read, &mut out);
+    net.absorb(id, out);
+    took
+}
+
+/// A read waits for a heartbeat round that a majority answers, and for the
+/// slots the leader had learned to be applied; reads that arrive while a
+/// round is in flight share the next one.
+#[test]
+fn a_read_waits_for_a_round_of_heartbeats() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    net.propose(0, 5);
+    net.deliver_all();
+    assert!(read(&mut net, 0, 1));
+    assert!(read(&mut net, 0, 2));
+    assert!(!read(&mut net, 1, 3), "a follower takes no reads");
+    assert!(net.reads[0].is_empty(), "served before the round came back");
+    let rounds = net
+        .queue
+        .iter()
+        .filter(|(_, e)| matches!(e.msg, Msg::Heartbeat { .. }))
+        .count();
+    assert_eq!(
+        rounds, 2,
+        "one round in flight; the second read waits for the next"
+    );
+    net.deliver_all();
+    assert_eq!(net.reads[0], vec![1, 2]);
+}
+
+/// n0 is cut off, and n1 takes over without its knowing. n0's read gets
+/// no answer to its round, and n0 steps down once it hears of n1's ballot:
+/// the read is never served.
+#[test]
+fn a_leader_cut_off_serves_no_reads() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    let cut = |from: NodeId, to: NodeId| from != 0 && to != 0;
+    for _ in 0..100 {
+        let mut out = Out::default();
+        net.node(1).tick(&mut out);
+        net.absorb(1, out);
+        net.deliver(cut);
+        if net.node(1).is_leader() {
+            break;
+        }
+    }
+    assert!(net.node(1).is_leader() && net.node(0).is_leader());
+    assert!(net.propose(1, 8));
+    net.deliver(cut);
+    assert!(read(&mut net, 0, 1));
+    net.deliver(cut);
+    assert!(net.reads[0].is_empty());
+    net.heartbeat(0);
+    assert!(!net.node(0).is_leader());
+    assert!(net.reads[0].is_empty());
 }
