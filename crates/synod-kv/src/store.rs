@@ -10,6 +10,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -77,6 +78,58 @@ pub struct Store {
     alarms: BTreeSet<(u64, AlarmType)>,
     /// Users, roles and permissions (etcd's auth store).
     auth: AuthState,
+    /// [`Store::retained_bytes`], kept up to date by every write so that
+    /// the quota check on each put costs nothing. Not encoded: a store
+    /// decoded from a snapshot walks its history once, when first asked.
+    #[serde(skip)]
+    retained: ByteCount,
+}
+
+/// A byte count that may not be known yet (`u64::MAX`). Derived data: it
+/// takes no part in comparing stores.
+#[derive(Debug)]
+struct ByteCount(AtomicU64);
+
+const UNCOUNTED: u64 = u64::MAX;
+
+impl Default for ByteCount {
+    fn default() -> Self {
+        ByteCount(AtomicU64::new(UNCOUNTED))
+    }
+}
+
+impl Clone for ByteCount {
+    fn clone(&self) -> Self {
+        ByteCount(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for ByteCount {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ByteCount {}
+
+impl ByteCount {
+    /// Adds `delta` (negative: frees) if the count is known.
+    fn add(&mut self, delta: i64) {
+        let n = self.0.get_mut();
+        if *n != UNCOUNTED {
+            *n = n
+                .checked_add_signed(delta)
+                .expect("retained bytes never go below zero");
+        }
+    }
+}
+
+/// A revision's fixed fields: rev (2), create, version, lease.
+const PER_REVISION: usize = 5 * std::mem::size_of::<i64>();
+
+/// What one revision of `key` counts in [`Store::retained_bytes`].
+fn rec_bytes(key: &[u8], r: &Rec) -> i64 {
+    (key.len() + PER_REVISION + r.live.as_ref().map_or(0, |l| l.value.len())) as i64
 }
 
 impl Default for Store {
@@ -179,6 +232,7 @@ impl Store {
             members: BTreeMap::new(),
             alarms: BTreeSet::new(),
             auth: AuthState::default(),
+            retained: ByteCount(AtomicU64::new(0)),
         }
     }
 
@@ -617,6 +671,7 @@ impl Store {
             }),
         };
         let new = kv(&p.key, &rec).expect("a put is live");
+        self.retained.add(rec_bytes(&p.key, &rec));
         self.keys.entry(p.key.clone()).or_default().push(rec);
         ctx.events.push(Event {
             kind: EventKind::Put,
@@ -646,11 +701,16 @@ impl Store {
         if let Some(l) = self.leases.get_mut(&prev.lease) {
             l.keys.remove(&prev.key);
         }
-        let rev = ctx.next();
+        let rec = Rec {
+            rev: ctx.next(),
+            live: None,
+        };
+        let rev = rec.rev;
+        self.retained.add(rec_bytes(&prev.key, &rec));
         self.keys
             .get_mut(&prev.key)
             .expect("deleting a live key")
-            .push(Rec { rev, live: None });
+            .push(rec);
         ctx.events.push(Event {
             kind: EventKind::Delete,
             kv: KeyValue {
@@ -698,7 +758,8 @@ impl Store {
         }
         for (k, keep_from) in cut {
             let recs = self.keys.get_mut(&k).expect("listed above");
-            recs.drain(..keep_from);
+            let freed: i64 = recs.drain(..keep_from).map(|r| rec_bytes(&k, &r)).sum();
+            self.retained.add(-freed);
             if recs.is_empty() {
                 self.keys.remove(&k);
             }
@@ -759,17 +820,23 @@ impl Store {
     /// Bytes of keys, values and per-revision bookkeeping across every
     /// revision the store keeps (what compaction and deletes can free): the
     /// counterpart of the space etcd reports in use in its database file.
-    /// Walks the whole store, so it is for status calls, not hot paths.
+    /// Kept up to date by every write; a store decoded from a snapshot
+    /// walks its history the first time it is asked.
     pub fn retained_bytes(&self) -> u64 {
-        // A revision's fixed fields: rev (2), create, version, lease.
-        const PER_REVISION: usize = 5 * std::mem::size_of::<i64>();
+        let known = self.retained.0.load(Ordering::Relaxed);
+        if known != UNCOUNTED {
+            return known;
+        }
+        let n = self.count_retained_bytes();
+        self.retained.0.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// [`Store::retained_bytes`] by walking every revision.
+    fn count_retained_bytes(&self) -> u64 {
         self.keys
             .iter()
-            .map(|(k, recs)| {
-                recs.iter()
-                    .map(|r| k.len() + PER_REVISION + r.live.as_ref().map_or(0, |l| l.value.len()))
-                    .sum::<usize>() as u64
-            })
+            .map(|(k, recs)| recs.iter().map(|r| rec_bytes(k, r)).sum::<i64>() as u64)
             .sum()
     }
 
