@@ -95,8 +95,10 @@ impl<F: Fs> RaftLog<F> {
         options: StorageOptions,
     ) -> Result<(RaftLog<F>, Disk, RecoveryReport)> {
         let (storage, report) = DiskStorage::open(fs, dir, id, options)?;
-        let log = RaftLog { storage };
+        let mut log = RaftLog { storage };
         let disk = log.image()?;
+        // The core holds the log from here on; the storage only writes it.
+        log.storage.drop_payloads();
         Ok((log, disk, report))
     }
 

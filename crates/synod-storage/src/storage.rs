@@ -60,6 +60,9 @@ pub struct DiskStorage<F: Fs> {
     wal: Wal<F>,
     snaps: SnapStore<F>,
     log: MemLog,
+    /// Whether `log` holds the entries' payloads, or only their indexes and
+    /// terms (see [`DiskStorage::drop_payloads`]).
+    payloads: bool,
     snapshot: SnapshotMeta,
     hard_state: HardState,
     dir: PathBuf,
@@ -112,12 +115,26 @@ impl<F: Fs> DiskStorage<F> {
                 wal,
                 snaps,
                 log,
+                payloads: true,
                 snapshot: rec.snapshot,
                 hard_state: rec.hard_state,
                 dir: dir.to_path_buf(),
             },
             report,
         ))
+    }
+
+    /// Stops keeping the entries' payloads in memory: from here on the
+    /// storage writes them and remembers only their indexes and terms, and
+    /// [`Storage::entries`] refuses. For an owner that holds the log itself
+    /// once it has read it back (the Raft core does): keeping both cost a
+    /// second copy of every command since the last snapshot, and a copy per
+    /// appended entry.
+    pub fn drop_payloads(&mut self) {
+        self.payloads = false;
+        for e in self.log.entries.iter_mut() {
+            e.data = Vec::new();
+        }
     }
 
     /// The data directory.
@@ -205,7 +222,14 @@ impl<F: Fs> Storage for DiskStorage<F> {
     fn append(&mut self, entries: &[Entry]) -> Result<Lsn> {
         let lsn = self.wal.append_entries(entries)?;
         for e in entries {
-            self.log.append(e.clone());
+            self.log.append(match self.payloads {
+                true => e.clone(),
+                false => Entry {
+                    index: e.index,
+                    term: e.term,
+                    data: Vec::new(),
+                },
+            });
         }
         Ok(lsn)
     }
@@ -266,6 +290,12 @@ impl<F: Fs> Storage for DiskStorage<F> {
     }
 
     fn entries(&self, lo: u64, hi: u64) -> Result<Vec<Entry>> {
+        if !self.payloads {
+            return Err(Error::InvalidArgument(format!(
+                "entries {lo}..{hi} requested, but this storage keeps no payloads in memory \
+                 (drop_payloads); reopen the directory to read them"
+            )));
+        }
         if lo < self.first_index() || hi > self.last_index() + 1 || lo > hi {
             return Err(Error::InvalidArgument(format!(
                 "entries {lo}..{hi} requested, but the log holds {}..={}",

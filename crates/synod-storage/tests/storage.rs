@@ -1024,3 +1024,28 @@ fn a_mismatching_snapshot_discards_the_tail_after_its_segment_is_deleted() {
     let s = open_sim(&fs, o);
     assert_eq!(all(&s), ents(last, last + 1, 2));
 }
+
+/// A storage that dropped its payloads still writes them, and still knows
+/// indexes and terms (for truncation and snapshots); it refuses to hand
+/// entries back, and reopening the directory reads them all.
+#[test]
+fn dropped_payloads_are_written_and_read_back_on_reopen() {
+    let fs = SimFs::new();
+    let mut s = open_sim(&fs, opts(2048, false));
+    s.append(&ents(1, 5, 1)).unwrap();
+    s.drop_payloads();
+    s.append(&ents(6, 10, 2)).unwrap();
+    // A new leader's entries replace the tail, as with payloads kept.
+    s.append(&ents(9, 12, 3)).unwrap();
+    s.sync().unwrap();
+    assert_eq!((s.first_index(), s.last_index()), (1, 12));
+    assert_eq!(
+        (s.term(5), s.term(8), s.term(9)),
+        (Some(1), Some(2), Some(3))
+    );
+    assert!(s.entries(1, 3).is_err());
+    drop(s);
+    let s = open_sim(&fs, opts(2048, false));
+    let want: Vec<Entry> = [ents(1, 5, 1), ents(6, 8, 2), ents(9, 12, 3)].concat();
+    assert_eq!(all(&s), want);
+}
