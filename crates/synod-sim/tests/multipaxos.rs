@@ -139,6 +139,26 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+thread_local! {
+    /// Messages sent, by kind (the variant's name), for the breakdown in
+    /// `engines_side_by_side`.
+    static KINDS: std::cell::RefCell<std::collections::BTreeMap<String, u64>> =
+        std::cell::RefCell::default();
+}
+
+/// Counts `m` under its kind; the simulator's message-size hook, so it
+/// sees every message sent. Returns a size of 1.
+fn count_kind<T: std::fmt::Debug>(m: &T) -> u64 {
+    let text = format!("{m:?}");
+    let kind = text
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_string();
+    KINDS.with(|k| *k.borrow_mut().entry(kind).or_default() += 1);
+    1
+}
+
 /// Multi-Paxos as the Raft runs below have Raft: no spare node, no changes
 /// of members, no snapshots.
 fn plain_multipaxos(
@@ -208,6 +228,51 @@ fn engines_side_by_side() {
         }
         eprintln!("{} (32 clients)", raft.line("Raft", nodes));
         eprintln!("{} (32 clients)", mp.line("Multi-Paxos", nodes));
+    }
+    // Under load, what the messages are: per kind, per client operation
+    // (3 nodes, 32 clients, 20 seeds).
+    {
+        let spec = RunSpec::new(Algo::Raft, 3, FaultSet::NONE);
+        let (mut raft_ops, mut mp_ops) = (0, 0);
+        let raft_kinds = {
+            KINDS.with(|k| k.borrow_mut().clear());
+            for seed in 0..20 {
+                let model = RaftModel::new(3, 32, move |id: NodeId, disk: &_, s| {
+                    KvNode::new(RaftConfig::new(id, peers(3)), disk, s)
+                })
+                .with_admin(false);
+                let r = Simulation::new(spec.config(), seed, model)
+                    .with_message_size(count_kind)
+                    .run(seed);
+                raft_ops += r.counters["ops_ok"];
+            }
+            KINDS.with(|k| k.take())
+        };
+        let mp_kinds = {
+            for seed in 0..20 {
+                let model = MultiPaxosModel::new(3, 32, move |id: NodeId, disk: &_, s| {
+                    MpKvNode::new(Config::new(id, 3), disk, s)
+                });
+                let r = Simulation::new(spec.config(), seed, model)
+                    .with_message_size(count_kind)
+                    .run(seed);
+                mp_ops += r.counters["ops_ok"];
+            }
+            KINDS.with(|k| k.take())
+        };
+        for (engine, kinds, ops) in [
+            ("Raft", raft_kinds, raft_ops),
+            ("Multi-Paxos", mp_kinds, mp_ops),
+        ] {
+            let line: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {:.2}", *n as f64 / ops as f64))
+                .collect();
+            eprintln!(
+                "{engine}, 3 nodes, 32 clients, messages per operation: {}",
+                line.join(", ")
+            );
+        }
     }
     // Bytes on the wire per committed entry (bincode sizes), 4 clients.
     for nodes in [3, 5] {

@@ -672,26 +672,35 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     /// Proposes `members` as the members: one more or one fewer than the
     /// latest, with no other change on its way.
     pub fn reconfigure(&mut self, members: Members, out: &mut Out<V>) -> Result<(), ReconfigError> {
-        let latest = self.members().clone();
-        let first = self.learned_upto + 1;
-        let in_force = self.confs.keys().next_back().is_none_or(|k| *k <= first);
-        let Role::Leader(l) = &mut self.role else {
+        if !self.is_leader() {
             return Err(ReconfigError::NotLeader(self.leader));
-        };
-        let pending = |c: &Command<V>| matches!(c, Command::Members(_));
-        if !in_force
-            || l.next <= l.takeover_last.max(l.noops_until)
-            || l.queued.iter().any(pending)
-            || l.inflight.values().any(|(c, _)| pending(c))
-        {
+        }
+        if self.change_pending() {
             return Err(ReconfigError::Pending);
         }
-        if members.is_empty() || latest.symmetric_difference(&members).count() != 1 {
+        if members.is_empty() || self.members().symmetric_difference(&members).count() != 1 {
             return Err(ReconfigError::NotOneMember);
         }
-        l.queued.push_back(Command::Members(members));
+        if let Role::Leader(l) = &mut self.role {
+            l.queued.push_back(Command::Members(members));
+        }
         self.drive(out);
         Ok(())
+    }
+
+    /// Whether a change of members may be on its way as far as this leader
+    /// knows: proposed and not chosen, chosen and not yet in force, or
+    /// among the slots it is still taking over. (Not leading: `false`.)
+    pub fn change_pending(&self) -> bool {
+        let Role::Leader(l) = &self.role else {
+            return false;
+        };
+        let first = self.learned_upto + 1;
+        let change = |c: &Command<V>| matches!(c, Command::Members(_));
+        self.confs.keys().next_back().is_some_and(|k| *k > first)
+            || l.next <= l.takeover_last.max(l.noops_until)
+            || l.queued.iter().any(change)
+            || l.inflight.values().any(|(c, _)| change(c))
     }
 
     /// The leader's loop: propose what may be proposed, learn what is
@@ -1298,7 +1307,13 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
             peer.silent = 0;
         }
         self.drive(out);
-        self.catch_up(from, learned, out);
+        // A peer whose learned prefix runs up to the slots it just accepted
+        // learns them from the commit index of the next Accept or
+        // heartbeat. Only a gap before them (Accepts it missed for slots
+        // chosen since) needs the values sent.
+        if learned + 1 < range.0 {
+            self.catch_up(from, learned, out);
+        }
     }
 
     /// Sends `peer` the chosen values it has not learned, a batch at a time,

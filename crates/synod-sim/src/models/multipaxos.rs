@@ -142,12 +142,16 @@ impl<B> MultiPaxosModel<B> {
     /// Asks the leader with the highest ballot for one change of members:
     /// a node that is not a member in, or, with more members than at the
     /// start, a member out (never below the first count, so that the f
-    /// nodes a run may keep down never hold a majority).
+    /// nodes a run may keep down never hold a majority). Only a settled
+    /// leader is asked: with a change on its way, the members it reports
+    /// may not be those it counts when the request arrives (a removal
+    /// decided on four members then left two, one of them down for good).
     fn change_members(&mut self, ctl: &mut Ctl<'_, MpKvNode>) {
         let leader = (0..self.n as NodeId)
             .filter_map(|id| ctl.node(id).map(|n| (id, n.core())))
             .filter(|(_, core)| core.is_leader())
             .max_by_key(|(_, core)| core.promised())
+            .filter(|(_, core)| !core.change_pending())
             .map(|(id, core)| (id, core.members().clone()));
         let Some((leader, members)) = leader else {
             return;
