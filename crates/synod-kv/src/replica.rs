@@ -733,6 +733,10 @@ impl Node for Replica {
         disk.apply(write);
     }
 
+    fn must_sync(write: &Write) -> bool {
+        write.must_sync()
+    }
+
     fn step(&mut self, _now: Instant, from: NodeId, msg: Message, out: &mut Out) {
         self.node.step(from, msg, out);
     }

@@ -137,6 +137,15 @@ pub trait Node {
     /// to maintain what a node would find on its disk after a restart.
     fn apply_write(disk: &mut Self::Disk, write: &Self::Write);
 
+    /// Whether `write` must be durable before the output holding it is
+    /// released. A record that need not be (a commit index that a majority
+    /// already holds) is written behind the earlier ones and becomes durable
+    /// with the next sync, or is lost by a power cut. By default every record
+    /// must be synced.
+    fn must_sync(_write: &Self::Write) -> bool {
+        true
+    }
+
     /// Handles a message from a peer.
     fn step(
         &mut self,

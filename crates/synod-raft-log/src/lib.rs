@@ -163,7 +163,7 @@ impl<F: Fs> RaftLog<F> {
     /// on return (the storage crate writes it to its own file and syncs it).
     pub fn write(&mut self, w: &Write) -> Result<()> {
         match w {
-            Write::HardState(hs) => {
+            Write::HardState(hs) | Write::Commit(hs) => {
                 self.storage.set_hard_state(synod_storage::HardState {
                     term: hs.term,
                     vote: hs.vote.map_or(0, |v| v + 1),
@@ -237,15 +237,17 @@ impl<F: Fs> RaftLog<F> {
     }
 
     /// Writes a batch of records and makes them durable with one sync (group
-    /// commit: every step whose output is in the batch shares it).
+    /// commit: every step whose output is in the batch shares it). A batch of
+    /// commit-only records ([`Write::must_sync`] false) is written but not
+    /// synced: the next sync takes it along.
     pub fn persist(&mut self, writes: &[Write]) -> Result<()> {
-        if writes.is_empty() {
-            return Ok(());
-        }
         for w in writes {
             self.write(w)?;
         }
-        self.sync()
+        if writes.iter().any(Write::must_sync) {
+            self.sync()?;
+        }
+        Ok(())
     }
 }
 

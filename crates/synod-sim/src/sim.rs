@@ -198,6 +198,10 @@ struct Slot<N: Node> {
     incarnation: u64,
     disk: N::Disk,
     pending: VecDeque<Batch<N>>,
+    /// Writes of released batches that did not need a sync
+    /// ([`Node::must_sync`]), in order: in the page cache, not yet on disk.
+    /// The next synced batch makes them durable; a power loss drops them.
+    lazy: Vec<N::Write>,
     down_for_good: bool,
     slow_extra: Instant,
     slow_generation: u64,
@@ -512,6 +516,7 @@ impl<M: Model> Simulation<M> {
                     incarnation: 0,
                     disk,
                     pending: VecDeque::new(),
+                    lazy: Vec::new(),
                     down_for_good: false,
                     slow_extra: 0,
                     slow_generation: 0,
@@ -920,7 +925,8 @@ impl<M: Model> Simulation<M> {
         }
         let slot = &mut core.slots[id as usize];
         let prev = slot.pending.back().map_or(core.now, |b| b.done_at);
-        let done_at = if out.writes.is_empty() {
+        let syncs = out.writes.iter().any(<M::Node as Node>::must_sync);
+        let done_at = if !syncs {
             prev
         } else {
             prev.max(core.now) + core.net_rng.gen_range(MS / 10..2 * MS)
@@ -933,7 +939,7 @@ impl<M: Model> Simulation<M> {
         };
         core.scratch = out;
         let strike = core.slots[id as usize].tear_armed.is_some()
-            && !batch.writes.is_empty()
+            && syncs
             && self.model.worth_tearing(&batch.writes);
         let slot = &mut core.slots[id as usize];
         slot.pending.push_back(batch);
@@ -977,8 +983,13 @@ impl<M: Model> Simulation<M> {
             return;
         };
         let slot = &mut self.core.slots[id as usize];
-        for w in &batch.writes {
-            <M::Node as Node>::apply_write(&mut slot.disk, w);
+        if batch.writes.iter().any(<M::Node as Node>::must_sync) {
+            // One sync makes everything written before durable too.
+            for w in slot.lazy.drain(..).chain(batch.writes) {
+                <M::Node as Node>::apply_write(&mut slot.disk, &w);
+            }
+        } else {
+            slot.lazy.extend(batch.writes);
         }
         for env in batch.msgs {
             self.core.send(id, env.to, env.msg);
@@ -1116,11 +1127,19 @@ impl<M: Model> Simulation<M> {
         slot.tear_armed = None;
         slot.incarnation += 1;
         let pending = std::mem::take(&mut slot.pending);
-        let mut unsynced = 0;
+        // Written in this order: the released unsynced writes, then the
+        // batches still waiting for their sync.
+        let mut lazy = std::mem::take(&mut slot.lazy);
+        let mut unsynced = lazy.len();
         let mut torn_done = false;
+        if !power_loss {
+            // The OS had the writes; a process crash does not lose them.
+            for w in lazy.drain(..) {
+                <M::Node as Node>::apply_write(&mut slot.disk, &w);
+            }
+        }
         for batch in pending {
             if !power_loss {
-                // The OS had the writes; a process crash does not lose them.
                 for w in &batch.writes {
                     <M::Node as Node>::apply_write(&mut slot.disk, w);
                 }
@@ -1128,11 +1147,15 @@ impl<M: Model> Simulation<M> {
             }
             unsynced += batch.writes.len();
             if torn && !torn_done && !batch.writes.is_empty() {
-                // The oldest batch was being synced when the power went.
+                // The oldest batch was being synced when the power went; the
+                // unsynced writes before it were on their way too.
                 torn_done = true;
-                self.model
-                    .tear(&mut slot.disk, &batch.writes, &mut core.fault_rng);
+                lazy.extend(batch.writes);
+                self.model.tear(&mut slot.disk, &lazy, &mut core.fault_rng);
             }
+        }
+        if torn && !torn_done && !lazy.is_empty() {
+            self.model.tear(&mut slot.disk, &lazy, &mut core.fault_rng);
         }
         let what = if power_loss { "POWER LOSS" } else { "CRASH" };
         core.trace_line(
@@ -1225,6 +1248,7 @@ mod tests {
 
     /// Node 0 persists every input and tells node 1 about it; node 1 reports what
     /// it hears. Just enough protocol to test the simulator's disk and network.
+    /// Records from [`LAZY`] up need no sync.
     #[derive(Debug)]
     struct Toy;
 
@@ -1237,6 +1261,9 @@ mod tests {
         fn apply_write(disk: &mut Vec<u64>, w: &u64) {
             disk.push(*w);
         }
+        fn must_sync(w: &u64) -> bool {
+            *w < LAZY
+        }
         fn step(&mut self, _now: Instant, _from: NodeId, msg: u64, out: &mut NodeOutput<Self>) {
             out.emit(msg);
         }
@@ -1247,9 +1274,13 @@ mod tests {
         }
     }
 
+    const LAZY: u64 = 100;
+
     #[derive(Default)]
     struct ToyModel {
         inputs: u64,
+        /// Inputs at chosen times, after the `inputs` ones.
+        timed: Vec<(u64, Instant)>,
         heard: Vec<u64>,
         disk0_at_end: Vec<u64>,
     }
@@ -1263,11 +1294,14 @@ mod tests {
             for x in 0..self.inputs {
                 ctl.input(0, x, x * 10);
             }
+            for &(x, at) in &self.timed {
+                ctl.input(0, x, at);
+            }
         }
         fn on_event(&mut self, ctl: &mut Ctl<'_, Toy>, node: NodeId, x: u64) {
             assert_eq!(node, 1);
             // Persist-then-send: the sender's write is durable before the message leaves.
-            if !ctl.disk(0).contains(&x) {
+            if x < LAZY && !ctl.disk(0).contains(&x) {
                 ctl.violation(
                     "persist_before_send",
                     Some(0),
@@ -1285,6 +1319,14 @@ mod tests {
     }
 
     fn run(schedule: Schedule, inputs: u64) -> (RunReport, Vec<u64>, Vec<u64>) {
+        run_timed(schedule, inputs, Vec::new())
+    }
+
+    fn run_timed(
+        schedule: Schedule,
+        inputs: u64,
+        timed: Vec<(u64, Instant)>,
+    ) -> (RunReport, Vec<u64>, Vec<u64>) {
         let mut cfg = SimConfig::new(2, FaultSet::NONE);
         cfg.fault_phase = 100 * MS;
         let sim = Simulation::with_schedule(
@@ -1292,6 +1334,7 @@ mod tests {
             7,
             ToyModel {
                 inputs,
+                timed,
                 ..ToyModel::default()
             },
             schedule,
@@ -1345,5 +1388,28 @@ mod tests {
         assert_eq!(r.violation_count, 0);
         assert!(heard.is_empty());
         assert!(disk.is_empty(), "unsynced data is gone after a power loss");
+    }
+
+    #[test]
+    fn a_write_that_needs_no_sync_is_released_at_once_and_a_power_loss_drops_it() {
+        let (r, heard, disk) = run_timed(crash_at(50, true), 0, vec![(LAZY, 0)]);
+        assert_eq!(r.violation_count, 0);
+        assert_eq!(heard, vec![LAZY], "nothing to wait for");
+        assert!(disk.is_empty(), "it was only in the page cache");
+        let (_, _, disk) = run_timed(crash_at(50, false), 0, vec![(LAZY, 0)]);
+        assert_eq!(disk, vec![LAZY], "a process crash keeps it");
+    }
+
+    #[test]
+    fn a_sync_makes_the_unsynced_writes_before_it_durable() {
+        let timed = vec![(LAZY, 0), (1, 10)];
+        let (r, heard, disk) = run_timed(Schedule::default(), 0, timed.clone());
+        assert_eq!(r.violation_count, 0, "{:?}", r.violations);
+        assert_eq!(heard, vec![LAZY, 1]);
+        assert_eq!(disk, vec![LAZY, 1], "in the order written");
+        // The power goes while the second write is synced: both are lost.
+        let (_, heard, disk) = run_timed(crash_at(50, true), 0, timed);
+        assert_eq!(heard, vec![LAZY]);
+        assert!(disk.is_empty());
     }
 }

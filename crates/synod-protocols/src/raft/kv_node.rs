@@ -192,6 +192,10 @@ impl Node for KvNode {
         disk.apply(write);
     }
 
+    fn must_sync(write: &Write) -> bool {
+        write.must_sync()
+    }
+
     fn step(
         &mut self,
         _now: Instant,

@@ -34,9 +34,14 @@
 //!   released only after the leader's entries are on disk. If the leader loses
 //!   power first, the "commit" existed only in volatile memory that died with it,
 //!   and no one else ever learned of it.
-//! * **Commit index.** [`Write::HardState`] records with a new commit index are
+//! * **Commit index.** Hard state records with a new commit index are
 //!   written after the entries they cover, so a recovered disk never holds a
-//!   commit index beyond its own log.
+//!   commit index beyond its own log. When only the commit index moved, the
+//!   record is a [`Write::Commit`], which need not be synced before the
+//!   output is released: a power cut may take it back, and the node restarts
+//!   with an older commit index, which is safe because the entries it covers
+//!   are durable on a majority and the leader tells it again. A leader's
+//!   round that only commits therefore costs no fsync.
 //! * **Applying.** Committed entries are applied to the store as soon as the
 //!   node knows they are committed (even if its own copy is still being synced):
 //!   every effect of applying — responses, `Applied` events, reads served from
@@ -328,6 +333,9 @@ pub struct Bugs {
     /// A follower answers a read at its own commit index instead of asking
     /// the leader for one.
     pub follower_reads_own_commit: bool,
+    /// Write every hard state change as a [`Write::Commit`], so votes and
+    /// terms leave without waiting for their sync.
+    pub lazy_votes: bool,
 }
 
 /// A cluster configuration: who votes, who only replicates.
@@ -431,6 +439,13 @@ pub struct HardState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
     HardState(HardState),
+    /// A hard state whose term and vote are already durable: only the commit
+    /// index moved. It is written like [`Write::HardState`], but it need not
+    /// be synced before the output's messages and events are released (etcd
+    /// raft's `MustSync`): a commit index is knowledge that a majority already
+    /// holds durably, so a node that loses it to a power cut restarts with an
+    /// older one and learns the rest again. See [`Write::must_sync`].
+    Commit(HardState),
     /// Entries with consecutive indices. If the first index is not beyond the
     /// last stored index, the stored suffix from there is replaced (etcd's WAL
     /// convention).
@@ -438,6 +453,16 @@ pub enum Write {
     /// A new snapshot. Stored entries it covers are dropped; if the stored log
     /// disagrees with it at its index, the whole stored log is dropped.
     Snapshot(Snapshot),
+}
+
+impl Write {
+    /// Whether the output holding this record may release its messages and
+    /// events only once the record is durable. Every record but
+    /// [`Write::Commit`] must be; a commit-only record rides along with the
+    /// next sync, or is lost by a power cut.
+    pub fn must_sync(&self) -> bool {
+        !matches!(self, Write::Commit(_))
+    }
 }
 
 /// The durable image of a node: the result of applying every synced [`Write`]
@@ -458,7 +483,7 @@ impl Disk {
     /// Folds one record into the image.
     pub fn apply(&mut self, write: &Write) {
         match write {
-            Write::HardState(hs) => self.hard = *hs,
+            Write::HardState(hs) | Write::Commit(hs) => self.hard = *hs,
             Write::Entries(es) => {
                 let Some(first) = es.first() else { return };
                 let offset = self.snapshot_index() + 1;

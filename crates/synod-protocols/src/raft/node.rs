@@ -374,10 +374,16 @@ impl RaftNode {
     /// Emits the hard state if it changed since it was last emitted.
     fn persist_hard(&mut self, out: &mut Out) {
         let hs = self.hard_state();
-        if hs != self.persisted {
-            out.persist(Write::HardState(hs));
-            self.persisted = hs;
+        if hs == self.persisted {
+            return;
         }
+        let commit_only = (hs.term, hs.vote) == (self.persisted.term, self.persisted.vote);
+        if commit_only || self.bugs.lazy_votes {
+            out.persist(Write::Commit(hs));
+        } else {
+            out.persist(Write::HardState(hs));
+        }
+        self.persisted = hs;
     }
 
     /// Whether this node heard from a leader recently enough that it must not

@@ -1232,6 +1232,69 @@ fn bug_reply_before_persist_skips_the_write() {
     }
 }
 
+/// A vote must be durable before its reply leaves; a hard state in which only
+/// the commit index moved need not be (its output costs no fsync).
+#[test]
+fn only_a_commit_index_may_skip_the_sync() {
+    let mut n = expired(1, &[0, 1, 2], Bugs::default(), &[]);
+    let mut out = Out::default();
+    let vote = Message::Vote {
+        term: 4,
+        last_index: 0,
+        last_term: 0,
+        commit: 0,
+        commit_term: 0,
+        transfer: false,
+    };
+    n.step(0, 0, vote.clone(), &mut out);
+    // The new term, then the vote in it: both synced before the reply.
+    let voted = |w: &Write| matches!(w, Write::HardState(h) if h.vote == Some(0));
+    assert!(out.writes.iter().any(voted), "{:?}", out.writes);
+    assert!(out.writes.iter().all(Write::must_sync), "{:?}", out.writes);
+    out.clear();
+    let e = |index| Entry {
+        index,
+        term: 4,
+        data: EntryData::Empty,
+    };
+    let append = |entries, commit| Message::Append {
+        term: 4,
+        prev_index: 0,
+        prev_term: 0,
+        entries,
+        commit,
+    };
+    // New entries and a commit: the entries need their sync anyway.
+    n.step(0, 0, append(vec![e(1), e(2)], 1), &mut out);
+    assert!(out.writes.iter().any(Write::must_sync));
+    assert!(out
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Commit(h) if h.commit == 1)));
+    out.clear();
+    // Only the commit moves: nothing in the output must be synced.
+    n.step(0, 0, append(vec![e(1), e(2)], 2), &mut out);
+    assert!(
+        matches!(out.writes[..], [Write::Commit(h)] if h.commit == 2 && h.vote == Some(0) && h.term == 4),
+        "{:?}",
+        out.writes
+    );
+    assert!(!out.writes.iter().any(Write::must_sync));
+    // The image a sync would leave behind holds the commit like a hard state.
+    let mut disk = Disk::default();
+    disk.apply(&out.writes[0]);
+    assert_eq!(disk.hard.commit, 2);
+    // The broken variant writes votes the same way.
+    let bugs = Bugs {
+        lazy_votes: true,
+        ..Bugs::default()
+    };
+    let mut n = expired(1, &[0, 1, 2], bugs, &[]);
+    let mut out = Out::default();
+    n.step(0, 0, vote, &mut out);
+    assert!(!out.writes.iter().any(Write::must_sync), "{:?}", out.writes);
+}
+
 // ---- randomized faults ---------------------------------------------------------------
 
 /// A harsher driver: outputs wait in a per-node queue until the test "syncs"

@@ -192,7 +192,9 @@ impl RaftChecks {
     /// Armed power losses wait for a batch with entries or a snapshot: a
     /// hard state alone fits in one sector and cannot be torn.
     pub fn worth_tearing(writes: &[Write]) -> bool {
-        writes.iter().any(|w| !matches!(w, Write::HardState(_)))
+        writes
+            .iter()
+            .any(|w| !matches!(w, Write::HardState(_) | Write::Commit(_)))
     }
 
     /// Node `node` applied entry `index` of term `term` with data `digest`.

@@ -502,6 +502,10 @@ impl<N: OnRaft> Node for WalBacked<N> {
         disk.apply(write);
     }
 
+    fn must_sync(write: &Write) -> bool {
+        write.must_sync()
+    }
+
     fn step(&mut self, now: Instant, from: NodeId, msg: Message, out: &mut Out<N>) {
         if let WalBacked::Running(n) = self {
             n.step(now, from, msg, out);
