@@ -55,13 +55,21 @@ fn options() -> impl bincode::Options {
 }
 
 /// Encodes a record.
+///
+/// Sized first (a walk that writes nothing), so a record is one allocation:
+/// an entry is encoded on every put, and a snapshot record may be tens of
+/// megabytes, which a growing buffer would copy at every doubling.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     use bincode::Options;
-    let mut out = Vec::with_capacity(64);
+    let size = options()
+        .serialized_size(value)
+        .expect("raft records serialize");
+    let mut out = Vec::with_capacity(1 + size as usize);
     out.push(VERSION);
     options()
         .serialize_into(&mut out, value)
         .expect("raft records serialize");
+    debug_assert_eq!(out.len(), 1 + size as usize);
     out
 }
 

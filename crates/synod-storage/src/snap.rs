@@ -35,8 +35,11 @@ pub fn parse_snapshot_name(name: &str) -> Option<SnapshotMeta> {
     })
 }
 
-fn encode(id: Identity, snap: &Snapshot) -> Vec<u8> {
-    let mut v = Vec::with_capacity(SNAPSHOT_HEADER_LEN + snap.data.len());
+/// The header of a snapshot file; the data follows it. Written apart from
+/// the data, which may be tens of megabytes: one buffer holding both would
+/// copy all of it into freshly faulted pages first.
+fn encode_header(id: Identity, snap: &Snapshot) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SNAPSHOT_HEADER_LEN);
     v.extend_from_slice(&SNAPSHOT_MAGIC);
     v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     v.extend_from_slice(&0u32.to_le_bytes());
@@ -48,8 +51,7 @@ fn encode(id: Identity, snap: &Snapshot) -> Vec<u8> {
     v.extend_from_slice(&crc32c::crc32c(&snap.data).to_le_bytes());
     let hcrc = crc32c::crc32c(&v);
     v.extend_from_slice(&hcrc.to_le_bytes());
-    debug_assert_eq!(v.len(), SNAPSHOT_HEADER_LEN);
-    v.extend_from_slice(&snap.data);
+    assert_eq!(v.len(), SNAPSHOT_HEADER_LEN);
     v
 }
 
@@ -187,10 +189,11 @@ impl<F: Fs> SnapStore<F> {
     pub fn save(&self, snap: &Snapshot) -> Result<PathBuf> {
         let path = self.path(snap.meta);
         let tmp = join(&self.dir, &format!("{}.tmp", snapshot_name(snap.meta)));
-        let bytes = encode(self.id, snap);
+        let header = encode_header(self.id, snap);
         let res = (|| {
             let mut f = self.fs.create(&tmp)?;
-            f.write_all_at(&bytes, 0)?;
+            f.write_all_at(&header, 0)?;
+            f.write_all_at(&snap.data, SNAPSHOT_HEADER_LEN as u64)?;
             f.sync_data()?;
             drop(f);
             self.fs.rename(&tmp, &path)?;
