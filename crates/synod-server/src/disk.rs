@@ -112,7 +112,10 @@ impl MemberDisk {
             let index = d.meta().index;
             let thread = std::thread::Builder::new()
                 .name("synod-snapshot".into())
-                .spawn(move || d.write())
+                .spawn(move || {
+                    background_priority();
+                    d.write()
+                })
                 .map_err(|source| synod_storage::Error::Io {
                     op: "start the snapshot writer",
                     path: self.log.dir().to_path_buf(),
@@ -172,6 +175,21 @@ impl Drop for MemberDisk {
         if let Some(s) = self.saving.take() {
             let _ = s.thread.join();
         }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to the least (nice 19). For the
+/// snapshot threads: on a busy machine they otherwise take the cores from
+/// the member and gRPC threads for as long as they encode and write tens of
+/// megabytes, which showed as the puts' p99 (see BENCHMARKS.md). They still
+/// run whenever a core is free. Best effort: a refusal changes nothing else.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers; on Linux
+    // PRIO_PROCESS with a thread id applies to that thread alone.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
 }
 

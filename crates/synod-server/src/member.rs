@@ -974,6 +974,7 @@ impl Driver {
         let started = std::thread::Builder::new()
             .name("synod-snapshot-encode".into())
             .spawn(move || {
+                crate::disk::background_priority();
                 let data = image.encode();
                 let _ = own.send(Inbox::SnapshotEncoded { index, data });
             });
