@@ -159,6 +159,9 @@ impl MemberError {
                 ConfRefusal::LastVoter => {
                     "etcdserver: re-configuration failed: the cluster would have no voting member"
                 }
+                ConfRefusal::NoLearners => {
+                    "etcdserver: this cluster's engine (Multi-Paxos) has no learner members"
+                }
             },
         }
     }

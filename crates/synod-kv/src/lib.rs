@@ -24,11 +24,13 @@
 //! applied to it, and [`Store::hash`] lets replicas compare notes. Error
 //! messages are etcd's, byte for byte ([`Error::etcd_message`]).
 //!
-//! [`replica::Replica`] puts the store on synod's Raft core as a sans-IO node:
-//! what each member of the service runs, with its driver doing the I/O.
+//! [`replica::Replica`] puts the store on a consensus engine ([`engine`]:
+//! synod's Raft core, or its Multi-Paxos log) as a sans-IO node: what each
+//! member of the service runs, with its driver doing the I/O.
 
 pub mod auth;
 pub mod backup;
+pub mod engine;
 mod error;
 pub mod replica;
 mod store;

@@ -1,5 +1,8 @@
-//! The store replicated by Raft, as a sans-IO node: what every member of the
-//! etcd-compatible service runs, with the I/O left to its driver.
+//! The store replicated by a consensus engine, as a sans-IO node: what every
+//! member of the etcd-compatible service runs, with the I/O left to its
+//! driver. The engine is Raft ([`RaftEngine`], what the service runs) or
+//! Multi-Paxos ([`crate::engine::MultiPaxosEngine`]); everything in this
+//! file is the same on both ([`Engine`] says what an engine provides).
 //!
 //! Writes ([`Command`]s) proposed on the leader travel in the log as bincode
 //! payloads; every member applies them in log order and reports the changes
@@ -17,19 +20,19 @@
 //! new leader restarts every deadline at the full TTL (as etcd does), so a
 //! leader change never shortens a lease.
 //!
-//! The driver's contract is the Raft core's ([`synod_protocols::raft`]):
+//! The driver's contract is the engine's ([`synod_protocols::sansio`]):
 //! persist an output's writes, then send its messages, then report its events.
-//! The glue between the store and the core is the core's own
-//! ([`synod_protocols::raft::app`]): this file only says what applying,
-//! snapshotting and stepping down mean for the store.
+//! The glue between the store and the core is the engine's
+//! ([`crate::engine`]; on Raft, the core's own [`synod_protocols::raft::app`]):
+//! this file only says what applying, snapshotting and stepping down mean for
+//! the store.
 
+use crate::engine::{Applied, AppliedData, ConfOutcome};
+pub use crate::engine::{Engine, RaftEngine};
 use crate::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use synod_protocols::raft::{
-    Application, ConfChange, Disk, Entry, EntryData, Message, Payload, RaftApp, RaftConfig,
-    RaftNode, Role, Snapshot, Write,
-};
+use synod_protocols::raft::{ConfChange, Payload, RaftConfig, RaftNode};
 use synod_protocols::{Instant, Node, NodeId, Output};
 
 /// The driver's name for a request, echoed in its response.
@@ -61,9 +64,6 @@ pub enum ReplicaInput {
     /// The driver saw member `from` go away (its connections closed): if it
     /// is the leader, campaign soon (see `RaftNode::leader_unreachable`).
     PeerGone(NodeId),
-    /// Change the membership by one server (leader only; one change at a
-    /// time). The change takes effect when its entry commits.
-    ConfChange(ConfChange),
     /// The driver encoded the image a [`ReplicaEvent::SnapshotImage`] handed
     /// out ([`StoreImage::encode`]): compact the log with it.
     SnapshotEncoded {
@@ -136,6 +136,9 @@ pub enum ConfRefusal {
     Pending,
     /// The change would leave the cluster without a voter.
     LastVoter,
+    /// The engine has no learners (Multi-Paxos): members are added as
+    /// voters straight away.
+    NoLearners,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,11 +222,12 @@ impl ReplicaConfig {
     }
 }
 
-type Out = Output<Write, Message, ReplicaEvent>;
+/// What a member's step hands its driver, on engine `E`.
+pub type Out<E> = Output<<E as Engine>::Write, <E as Engine>::Msg, ReplicaEvent>;
 
 /// Deliberately broken persistence, for the simulator's tests that show
 /// `--algo etcd` catches it. All off by default; only the `broken` feature
-/// can turn one on ([`Replica::with_bugs`]).
+/// can turn one on (`Replica::with_bugs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaBugs {
     /// The snapshot is labelled with the applied index but holds the store
@@ -246,22 +250,27 @@ pub struct ReplicaBugs {
     /// A write sent on a user's behalf is applied without checking that
     /// user's permissions.
     pub auth_unchecked: bool,
-    /// Bugs of the Raft core underneath (with the `broken` feature).
+    /// Bugs of the Raft core underneath (with the `broken` feature; a
+    /// Raft engine only).
     pub raft: synod_protocols::raft::Bugs,
 }
 
-/// One member: the Raft core, the store, and the requests it owes answers.
+/// One member: the consensus engine, the store, and the requests it owes
+/// answers.
 #[derive(Clone, Debug)]
-pub struct Replica {
-    node: RaftApp<State>,
+pub struct Replica<E: Engine = RaftEngine> {
+    node: E,
 }
 
-/// Everything of a member that is not the Raft core.
+/// Everything of a member that is not the consensus core: the store, the
+/// requests it owes answers, the lease deadlines. Engines hold it and call
+/// into it as they apply ([`Engine`]); nothing else sees its fields.
 #[derive(Clone, Debug)]
-struct State {
-    cfg: ReplicaConfig,
-    store: Store,
-    /// Writes proposed here, by log index: (term, request).
+pub struct ReplicaState {
+    pub(crate) cfg: ReplicaConfig,
+    pub(crate) store: Store,
+    /// Writes proposed here, by the engine's ticket for them (a Raft log
+    /// index): (the term or ballot round they were proposed in, request).
     writes: BTreeMap<u64, (u64, RequestId)>,
     /// Reads waiting for their read index, then for apply to reach it.
     reads: BTreeMap<u64, (RequestId, RangeRequest, Option<u64>)>,
@@ -271,28 +280,35 @@ struct State {
     deadlines: BTreeMap<i64, u64>,
     /// Leases whose revoke this leader proposed and has not seen applied.
     revoking: BTreeSet<i64>,
-    bugs: ReplicaBugs,
+    pub(crate) bugs: ReplicaBugs,
     /// The store before the last apply (kept only for `stale_snapshot`).
     before_last: Option<Store>,
     /// Replaying the log at boot (only `skip_replay` cares).
-    booting: bool,
+    pub(crate) booting: bool,
 }
 
 impl Replica {
+    /// The Raft core (the service's engine).
+    pub fn raft(&self) -> &RaftNode {
+        self.node.raft()
+    }
+}
+
+impl<E: Engine> Replica<E> {
     /// Boots a member, or recovers it from `disk`: the store comes from the
     /// snapshot, and committed entries are applied again without events.
-    pub fn new(cfg: ReplicaConfig, disk: &Disk, seed: u64) -> Replica {
+    pub fn new(cfg: ReplicaConfig, disk: &E::Disk, seed: u64) -> Self {
         Self::boot(cfg, disk, seed, ReplicaBugs::default())
     }
 
     /// A member with deliberately broken persistence (tests only).
     #[cfg(feature = "broken")]
-    pub fn with_bugs(cfg: ReplicaConfig, disk: &Disk, seed: u64, bugs: ReplicaBugs) -> Replica {
+    pub fn with_bugs(cfg: ReplicaConfig, disk: &E::Disk, seed: u64, bugs: ReplicaBugs) -> Self {
         Self::boot(cfg, disk, seed, bugs)
     }
 
-    fn boot(cfg: ReplicaConfig, disk: &Disk, seed: u64, bugs: ReplicaBugs) -> Replica {
-        let state = State {
+    fn boot(cfg: ReplicaConfig, disk: &E::Disk, seed: u64, bugs: ReplicaBugs) -> Self {
+        let state = ReplicaState {
             store: Store::new().with_max_txn_ops(cfg.max_txn_ops),
             cfg: cfg.clone(),
             writes: BTreeMap::new(),
@@ -305,47 +321,50 @@ impl Replica {
             before_last: None,
             booting: true,
         };
-        let mut node = RaftApp::new(cfg.raft, disk, seed, state);
-        #[cfg(feature = "broken")]
-        node.set_raft_bugs(bugs.raft);
-        node.app_mut().booting = false;
+        let mut node = E::boot(&cfg, disk, seed, state);
+        node.state_mut().booting = false;
         Replica { node }
     }
 
-    pub fn raft(&self) -> &RaftNode {
-        self.node.raft()
+    /// The engine underneath, for checkers.
+    pub fn engine(&self) -> &E {
+        &self.node
     }
 
     /// The member's store, for serializable reads: possibly behind the
     /// cluster, never ahead of it.
     pub fn store(&self) -> &Store {
-        &self.node.app().store
+        &self.node.state().store
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft().role() == Role::Leader
+        self.node.is_leader()
+    }
+
+    /// Every log entry (slot) up to here is applied to the store.
+    pub fn applied_index(&self) -> u64 {
+        self.node.applied_index()
     }
 
     /// Seconds left on a lease as this member counts them (only the leader's
     /// count decides anything).
     pub fn lease_remaining(&self, lease: i64) -> Option<i64> {
-        self.node.app().lease_remaining(lease)
+        self.node.state().lease_remaining(lease)
     }
 
     fn not_leader(&self) -> ReplicaError {
-        let raft = self.raft();
         ReplicaError::NotLeader {
-            hint: raft.leader().filter(|l| *l != raft.id()),
+            hint: self.node.leader().filter(|l| *l != self.node.id()),
         }
     }
 
-    fn read(&mut self, id: RequestId, range: RangeRequest, out: &mut Out) {
-        let app = self.node.app_mut();
+    fn read(&mut self, id: RequestId, range: RangeRequest, out: &mut Out<E>) {
+        let app = self.node.state_mut();
         let read = app.next_read;
         app.next_read += 1;
         app.reads.insert(read, (id, range, None));
-        if !self.node.call(out, |r, out| r.read_index(read, out)) {
-            self.node.app_mut().reads.remove(&read);
+        if !self.node.read_index(read, out) {
+            self.node.state_mut().reads.remove(&read);
             let e = self.not_leader();
             respond(out, id, Err(e));
         }
@@ -354,7 +373,7 @@ impl Replica {
     /// Whether `cmd` (`cost` bytes encoded) would take the store past its
     /// quota. Once the alarm is raised, the store itself refuses.
     fn over_quota(&self, cmd: &Command, cost: usize) -> bool {
-        let quota = self.node.app().cfg.quota_bytes;
+        let quota = self.node.state().cfg.quota_bytes;
         let store = self.store();
         quota > 0
             && cmd.takes_space()
@@ -363,82 +382,33 @@ impl Replica {
     }
 
     /// Proposes the NOSPACE alarm in this member's name.
-    fn raise_no_space(&mut self, out: &mut Out) {
+    fn raise_no_space(&mut self, out: &mut Out<E>) {
         let alarm = Command::Alarm {
             active: true,
-            member: self.raft().id(),
+            member: self.node.id(),
             alarm: crate::AlarmType::NoSpace,
         };
-        let data = EntryData::App(Payload::encode(&alarm));
-        self.node.call(out, |r, out| r.propose(data, out));
+        self.node.propose(Payload::encode(&alarm), out);
     }
 
-    /// etcd's rules for a membership change, checked on the leader.
-    fn conf_refusal(&self, change: ConfChange) -> Option<ConfRefusal> {
-        let raft = self.raft();
-        let conf = raft.conf();
-        if raft.conf_change_pending() || !raft.committed_own_term() {
-            return Some(ConfRefusal::Pending);
-        }
-        match change {
-            ConfChange::AddVoter(n) | ConfChange::AddLearner(n) if conf.contains(n) => {
-                Some(ConfRefusal::Exists)
+    /// Proposes a membership change, by the engine's rules.
+    fn conf_change(&mut self, id: RequestId, change: ConfChange, out: &mut Out<E>) {
+        match self.node.conf_change(change, out) {
+            ConfOutcome::Refused(refusal) => respond(out, id, Err(ReplicaError::Conf(refusal))),
+            ConfOutcome::Redirect(to) => {
+                respond(out, id, Err(ReplicaError::NotLeader { hint: Some(to) }))
             }
-            ConfChange::AddLearner(_) if !conf.learners.is_empty() => {
-                Some(ConfRefusal::TooManyLearners)
+            ConfOutcome::Proposed { ticket, term } => {
+                if self.node.state().bugs.conf_answered_early {
+                    respond(out, id, Ok(Answer::Conf));
+                    return;
+                }
+                self.node.state_mut().writes.insert(ticket, (term, id));
             }
-            ConfChange::PromoteLearner(n) | ConfChange::RemoveNode(n) if !conf.contains(n) => {
-                Some(ConfRefusal::NotFound)
-            }
-            ConfChange::PromoteLearner(n) if !conf.is_learner(n) => Some(ConfRefusal::NotLearner),
-            ConfChange::PromoteLearner(n) => {
-                // etcd: the learner's match index is at least 90% of the
-                // leader's.
-                let matched = raft.match_index(n).unwrap_or(0);
-                (matched * 10 < raft.last_index() * 9).then_some(ConfRefusal::LearnerNotReady)
-            }
-            ConfChange::RemoveNode(n) if conf.voters == [n] => Some(ConfRefusal::LastVoter),
-            _ => None,
         }
     }
 
-    /// Proposes a membership change. A leader asked to remove itself hands
-    /// leadership to the most up-to-date other voter first and sends the
-    /// client there (as a hint), so that the cluster never waits out an
-    /// election for a leader that is leaving.
-    fn conf_change(&mut self, id: RequestId, change: ConfChange, out: &mut Out) {
-        if let Some(refusal) = self.conf_refusal(change) {
-            respond(out, id, Err(ReplicaError::Conf(refusal)));
-            return;
-        }
-        let me = self.raft().id();
-        if change == ConfChange::RemoveNode(me) {
-            let raft = self.raft();
-            let successor = raft
-                .voters()
-                .into_iter()
-                .filter(|v| *v != me)
-                .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
-            if let Some(to) = successor {
-                self.node.call(out, |r, out| r.transfer_leader(to, out));
-                respond(out, id, Err(ReplicaError::NotLeader { hint: Some(to) }));
-                return;
-            }
-        }
-        if self.node.call(out, |r, out| r.propose_conf(change, out)) {
-            if self.node.app().bugs.conf_answered_early {
-                respond(out, id, Ok(Answer::Conf));
-                return;
-            }
-            let raft = self.raft();
-            let (index, term) = (raft.last_index(), raft.term());
-            self.node.app_mut().writes.insert(index, (term, id));
-        } else {
-            respond(out, id, Err(ReplicaError::Conf(ConfRefusal::Pending)));
-        }
-    }
-
-    fn client(&mut self, id: RequestId, req: Request, out: &mut Out) {
+    fn client(&mut self, id: RequestId, req: Request, out: &mut Out<E>) {
         if let Request::Read(range) = req {
             // Any member serves a linearizable read: a follower asks its
             // leader for the read index and answers from its own store once
@@ -453,11 +423,11 @@ impl Replica {
         }
         match req {
             Request::Write(cmd) => {
-                if let Err(e) = cmd.validate(self.node.app().cfg.max_txn_ops) {
+                if let Err(e) = cmd.validate(self.node.state().cfg.max_txn_ops) {
                     respond(out, id, Err(ReplicaError::Kv(e)));
                     return;
                 }
-                if let Some(target) = self.raft().transferring_to() {
+                if let Some(target) = self.node.transferring_to() {
                     let hint = Some(target);
                     respond(out, id, Err(ReplicaError::NotLeader { hint }));
                     return;
@@ -468,10 +438,9 @@ impl Replica {
                     respond(out, id, Err(ReplicaError::Kv(Error::NoSpace)));
                     return;
                 }
-                let data = EntryData::App(data);
-                match self.node.call(out, |r, out| r.propose(data, out)) {
-                    Some((index, term)) => {
-                        self.node.app_mut().writes.insert(index, (term, id));
+                match self.node.propose(data, out) {
+                    Some((ticket, term)) => {
+                        self.node.state_mut().writes.insert(ticket, (term, id));
                     }
                     None => {
                         let e = self.not_leader();
@@ -481,7 +450,7 @@ impl Replica {
             }
             Request::Read(range) => self.read(id, range, out),
             Request::KeepAlive { lease } => {
-                let app = self.node.app_mut();
+                let app = self.node.state_mut();
                 let result = match app.store.lease(lease) {
                     Some(l) => {
                         let at = app.ticks + app.ttl_ticks(l.ttl);
@@ -494,7 +463,7 @@ impl Replica {
             }
             Request::Conf(change) => self.conf_change(id, change, out),
             Request::TimeToLive { lease } => {
-                let app = self.node.app();
+                let app = self.node.state();
                 let result = match app.store.lease(lease) {
                     Some(l) => Ok(Answer::TimeToLive {
                         remaining: app.lease_remaining(lease).unwrap_or(l.ttl),
@@ -509,11 +478,11 @@ impl Replica {
     }
 
     /// The leader revokes leases whose deadline passed, once each.
-    fn expire_leases(&mut self, out: &mut Out) {
-        if !self.is_leader() || !self.raft().committed_own_term() {
+    fn expire_leases(&mut self, out: &mut Out<E>) {
+        if !self.is_leader() || !self.node.settled_leader() {
             return;
         }
-        let app = self.node.app();
+        let app = self.node.state();
         let due: Vec<i64> = app
             .deadlines
             .iter()
@@ -521,20 +490,23 @@ impl Replica {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let data = EntryData::App(Payload::encode(&Command::LeaseRevoke { id }));
-            let placed = self.node.call(out, |r, out| r.propose(data, out));
-            if placed.is_some() {
-                self.node.app_mut().revoking.insert(id);
+            let data = Payload::encode(&Command::LeaseRevoke { id });
+            if self.node.propose(data, out).is_some() {
+                self.node.state_mut().revoking.insert(id);
             }
         }
     }
 }
 
-fn respond(out: &mut Out, id: RequestId, result: Result<Answer, ReplicaError>) {
+fn respond<W, M>(
+    out: &mut Output<W, M, ReplicaEvent>,
+    id: RequestId,
+    result: Result<Answer, ReplicaError>,
+) {
     out.emit(ReplicaEvent::Response { id, result });
 }
 
-impl State {
+impl ReplicaState {
     /// Seconds left on a lease as this member counts them.
     fn lease_remaining(&self, lease: i64) -> Option<i64> {
         let at = *self.deadlines.get(&lease)?;
@@ -556,29 +528,34 @@ impl State {
         }
         ticks + 2
     }
-}
 
-impl Application for State {
-    type Event = ReplicaEvent;
-
-    fn restore(&mut self, snapshot: &Snapshot) {
-        self.store = snapshot.data.decode("snapshot");
+    /// Replaces the store with the one a snapshot holds (at boot, and when
+    /// a follower installs its leader's snapshot).
+    pub(crate) fn restore(&mut self, data: &Payload) {
+        self.store = data.decode("snapshot");
     }
 
-    fn apply(&mut self, _raft: &RaftNode, e: &Entry, out: &mut Out) {
+    /// Applies one chosen entry: every index once, in order.
+    pub(crate) fn apply<W, M>(&mut self, e: Applied<'_>, out: &mut Output<W, M, ReplicaEvent>) {
         // Every entry is reported, no-ops and configurations included, so
         // checkers see each index applied; only writes list changes.
         let applied = |store: &Store, events: Vec<Event>| ReplicaEvent::Applied {
             index: e.index,
             term: e.term,
-            digest: e.digest(),
+            digest: e.digest,
             revision: store.revision(),
             events,
         };
-        let EntryData::App(p) = &e.data else {
+        // The request this entry answers, and whether it is the entry
+        // proposed for it (another leader's entry may have taken its place).
+        let owed = e
+            .ticket
+            .and_then(|(ticket, term)| Some((self.writes.remove(&ticket)?, term)))
+            .map(|((proposed_in, id), term)| (id, proposed_in == term));
+        let AppliedData::App(p) = e.data else {
             out.emit(applied(&self.store, Vec::new()));
-            if let Some((term, id)) = self.writes.remove(&e.index) {
-                let answer = if term == e.term && matches!(e.data, EntryData::Config(_)) {
+            if let Some((id, ours)) = owed {
+                let answer = if ours && e.data == AppliedData::Conf {
                     Ok(Answer::Conf)
                 } else {
                     // Another leader's entry took the slot: ours was lost.
@@ -602,7 +579,16 @@ impl Application for State {
         };
         match (cmd.inner(), &result) {
             (_, Ok((CommandResponse::LeaseGrant { id, ttl }, _))) => {
-                let at = self.ticks + self.ttl_ticks(*ttl);
+                let mut at = self.ticks + self.ttl_ticks(*ttl);
+                if e.inherited {
+                    // Its own leader may answer the grant later than this
+                    // apply (it learns the entry from acknowledgements
+                    // still on their way): count from a new leader's
+                    // start, as `became_leader` does for the leases it
+                    // knew (found by `--engine multipaxos`, seed 10,792:
+                    // revoked 36 ms before the TTL since the answer).
+                    at += u64::from(self.cfg.raft.election_ticks);
+                }
                 self.deadlines.insert(*id, at);
             }
             // A revoke its sender had no right to leaves the lease running.
@@ -618,8 +604,8 @@ impl Application for State {
             Err(_) => Vec::new(),
         };
         out.emit(applied(&self.store, events));
-        if let Some((term, id)) = self.writes.remove(&e.index) {
-            let answer = if term == e.term {
+        if let Some((id, ours)) = owed {
+            let answer = if ours {
                 result
                     .map_err(ReplicaError::Kv)
                     .map(|(resp, _)| Answer::Write {
@@ -635,11 +621,18 @@ impl Application for State {
         }
     }
 
-    fn became_leader(&mut self, raft: &RaftNode, term: u64, out: &mut Out) {
+    /// This member now leads, in `term`; `election_ticks` is how long the
+    /// cluster may have gone without a leader before it.
+    pub(crate) fn became_leader<W, M>(
+        &mut self,
+        term: u64,
+        election_ticks: u64,
+        out: &mut Output<W, M, ReplicaEvent>,
+    ) {
         // Leases restart at their full TTL under a new leader, plus one
         // election timeout (as etcd extends them): keep-alives sent while
         // there was no leader had nobody to reach.
-        let now = self.ticks + u64::from(raft.config().election_ticks);
+        let now = self.ticks + election_ticks;
         let ttls: Vec<(i64, i64)> = self
             .store
             .leases()
@@ -654,7 +647,9 @@ impl Application for State {
         out.emit(ReplicaEvent::BecameLeader { term });
     }
 
-    fn stepped_down(&mut self, out: &mut Out) {
+    /// This member stopped leading: every request it owed an answer as
+    /// leader is answered (the outcome of its writes is unknown).
+    pub(crate) fn stepped_down<W, M>(&mut self, out: &mut Output<W, M, ReplicaEvent>) {
         for (_, (_, id)) in std::mem::take(&mut self.writes) {
             respond(out, id, Err(ReplicaError::LeaderChanged));
         }
@@ -664,20 +659,27 @@ impl Application for State {
         self.revoking.clear();
     }
 
-    fn read_ready(&mut self, id: u64, index: u64) {
+    /// The read `id` may be served once the applied index reaches `index`.
+    pub(crate) fn read_ready(&mut self, id: u64, index: u64) {
         if let Some(r) = self.reads.get_mut(&id) {
             r.2 = Some(index);
         }
     }
 
-    fn read_failed(&mut self, id: u64, out: &mut Out) {
+    /// The read `id` will get no index: its client asks again.
+    pub(crate) fn read_failed<W, M>(&mut self, id: u64, out: &mut Output<W, M, ReplicaEvent>) {
         if let Some((client, _, _)) = self.reads.remove(&id) {
             respond(out, client, Err(ReplicaError::LeaderChanged));
         }
     }
 
-    fn serve_reads(&mut self, raft: &RaftNode, out: &mut Out) {
-        let applied = raft.applied_index();
+    /// Serves the reads that `applied` has reached, in `term`.
+    pub(crate) fn serve_reads<W, M>(
+        &mut self,
+        applied: u64,
+        term: u64,
+        out: &mut Output<W, M, ReplicaEvent>,
+    ) {
         let ready: Vec<u64> = self
             .reads
             .iter()
@@ -691,7 +693,7 @@ impl Application for State {
                 .range(&req)
                 .map(|resp| Answer::Read {
                     revision: self.store.revision(),
-                    term: raft.term(),
+                    term,
                     resp,
                 })
                 .map_err(ReplicaError::Kv);
@@ -699,14 +701,22 @@ impl Application for State {
         }
     }
 
-    fn snapshot(&self) -> Payload {
+    /// The store, encoded for a snapshot.
+    pub(crate) fn snapshot(&self) -> Payload {
         match (&self.before_last, self.bugs.stale_snapshot) {
             (Some(stale), true) => Payload::encode(stale),
             _ => Payload::encode(&self.store),
         }
     }
 
-    fn start_snapshot(&mut self, index: u64, out: &mut Out) -> Option<Payload> {
+    /// A snapshot is due at applied entry `index`: the encoded store, or
+    /// `None` after handing an image of it to the driver to encode
+    /// elsewhere ([`ReplicaEvent::SnapshotImage`]).
+    pub(crate) fn start_snapshot<W, M>(
+        &mut self,
+        index: u64,
+        out: &mut Output<W, M, ReplicaEvent>,
+    ) -> Option<Payload> {
         if !self.cfg.encode_snapshots_elsewhere {
             return Some(self.snapshot());
         }
@@ -722,46 +732,39 @@ impl Application for State {
     }
 }
 
-impl Node for Replica {
-    type Msg = Message;
-    type Write = Write;
-    type Disk = Disk;
+impl<E: Engine> Node for Replica<E> {
+    type Msg = E::Msg;
+    type Write = E::Write;
+    type Disk = E::Disk;
     type Event = ReplicaEvent;
     type Input = ReplicaInput;
 
-    fn apply_write(disk: &mut Disk, write: &Write) {
-        disk.apply(write);
+    fn apply_write(disk: &mut E::Disk, write: &E::Write) {
+        E::apply_write(disk, write);
     }
 
-    fn must_sync(write: &Write) -> bool {
-        write.must_sync()
+    fn must_sync(write: &E::Write) -> bool {
+        E::must_sync(write)
     }
 
-    fn step(&mut self, _now: Instant, from: NodeId, msg: Message, out: &mut Out) {
+    fn step(&mut self, _now: Instant, from: NodeId, msg: E::Msg, out: &mut Out<E>) {
         self.node.step(from, msg, out);
     }
 
-    fn tick(&mut self, _now: Instant, out: &mut Out) {
-        self.node.app_mut().ticks += 1;
+    fn tick(&mut self, _now: Instant, out: &mut Out<E>) {
+        self.node.state_mut().ticks += 1;
         self.node.tick(out);
         self.expire_leases(out);
     }
 
-    fn input(&mut self, _now: Instant, input: ReplicaInput, out: &mut Out) {
+    fn input(&mut self, _now: Instant, input: ReplicaInput, out: &mut Out<E>) {
         match input {
             ReplicaInput::Client { id, req } => self.client(id, req, out),
-            ReplicaInput::TransferLeader(target) => {
-                self.node.call(out, |r, out| r.transfer_leader(target, out));
-            }
-            ReplicaInput::PeerGone(from) => {
-                self.node.call(out, |r, _| r.leader_unreachable(from));
-            }
-            ReplicaInput::ConfChange(change) => {
-                self.node.call(out, |r, out| r.propose_conf(change, out));
-            }
+            ReplicaInput::TransferLeader(target) => self.node.transfer_leader(target, out),
+            ReplicaInput::PeerGone(from) => self.node.peer_gone(from, out),
             ReplicaInput::SnapshotEncoded { index, data } => {
-                let index = if self.node.app().bugs.late_image_index {
-                    self.node.raft().applied_index()
+                let index = if self.node.state().bugs.late_image_index {
+                    self.node.applied_index()
                 } else {
                     index
                 };
@@ -774,7 +777,7 @@ impl Node for Replica {
     fn describe(&self) -> String {
         format!(
             "{}, revision {}",
-            self.raft().describe(),
+            self.node.describe(),
             self.store().revision()
         )
     }

@@ -44,7 +44,7 @@ impl Cluster {
     /// Persist, then send, then report: the driver's contract.
     fn handle(&mut self, id: NodeId, out: Out) {
         for w in &out.writes {
-            Replica::apply_write(&mut self.disks[id as usize], w);
+            <Replica as Node>::apply_write(&mut self.disks[id as usize], w);
         }
         self.queue.extend(out.msgs.into_iter().map(|m| (id, m)));
         self.events.extend(out.events.into_iter().map(|e| (id, e)));
@@ -269,6 +269,6 @@ fn a_member_recovers_its_store_from_disk() {
     let f = (l + 1) % 3;
     let before = c.node(f).store().hash();
     let cfg = ReplicaConfig::new(f, vec![0, 1, 2]);
-    let recovered = Replica::new(cfg, &c.disks[f as usize], 99);
+    let recovered: Replica = Replica::new(cfg, &c.disks[f as usize], 99);
     assert_eq!(recovered.store().hash(), before);
 }

@@ -2,6 +2,7 @@
 
 use crate::faults::{Fault, FaultSet};
 use crate::models::commit::{self, CommitModel};
+use crate::models::etcd::engine::{OnMultiPaxos, OnRaft};
 use crate::models::etcd::{self, EtcdModel};
 use crate::models::multipaxos;
 use crate::models::raft;
@@ -17,6 +18,34 @@ use synod_protocols::commit::{
 use synod_protocols::{
     coordinator::CoordinatorNode, failover::FailoverNode, majority::MajorityNode, paxos::PaxosNode,
 };
+
+/// The consensus engine under the service's replicas (`--algo etcd`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// What the service runs.
+    #[default]
+    Raft,
+    MultiPaxos,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Raft => "raft",
+            EngineKind::MultiPaxos => "multipaxos",
+        }
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EngineKind, String> {
+        [EngineKind::Raft, EngineKind::MultiPaxos]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown engine {s:?} (raft, multipaxos)"))
+    }
+}
 
 /// The algorithms `synod sim` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +180,8 @@ pub struct RunSpec {
     pub trace: bool,
     /// Record the run's timeline, for [`crate::picture`].
     pub timeline: bool,
+    /// The engine under the replicas (`--algo etcd` only).
+    pub engine: EngineKind,
 }
 
 impl RunSpec {
@@ -163,6 +194,44 @@ impl RunSpec {
             faults,
             trace: false,
             timeline: false,
+            engine: EngineKind::Raft,
+        }
+    }
+
+    /// The algorithm's name, with the engine when it is not the default.
+    pub fn name(&self) -> String {
+        match self.engine {
+            EngineKind::Raft => self.algo.name().to_string(),
+            e => format!("{} --engine {}", self.algo.name(), e.name()),
+        }
+    }
+
+    /// The safety properties checked (see [`Algo::properties`]).
+    pub fn properties(&self) -> Vec<&'static str> {
+        match (self.algo, self.engine) {
+            (Algo::Etcd, EngineKind::MultiPaxos) => {
+                [etcd::engine::MULTIPAXOS_PROPERTIES, etcd::PROPERTIES].concat()
+            }
+            (algo, _) => algo.properties(),
+        }
+    }
+
+    /// Extra counters reported (see [`Algo::counters`]).
+    pub fn counters(&self) -> Vec<&'static str> {
+        match (self.algo, self.engine) {
+            (Algo::Etcd, EngineKind::MultiPaxos) => {
+                [etcd::COUNTERS, etcd::engine::MULTIPAXOS_COUNTERS].concat()
+            }
+            (algo, _) => algo.counters(),
+        }
+    }
+
+    /// The faults exercised (see [`Algo::exercised`]): on Multi-Paxos the
+    /// replicas' disks are the engine's records, not the WAL.
+    pub fn exercised(&self) -> FaultSet {
+        match self.engine {
+            EngineKind::Raft => self.algo.exercised(self.faults),
+            EngineKind::MultiPaxos => Algo::MultiPaxos.exercised(self.faults),
         }
     }
 
@@ -181,6 +250,13 @@ impl RunSpec {
             return Err(format!(
                 "--nodes {} is more than the simulator supports (64)",
                 self.nodes
+            ));
+        }
+        if self.engine != EngineKind::Raft && self.algo != Algo::Etcd {
+            return Err(format!(
+                "--engine {} is for --algo etcd (the service's replicas); --algo {} has its own",
+                self.engine.name(),
+                self.algo
             ));
         }
         if self.algo.is_write_once() && (self.proposers == 0 || self.proposers > self.nodes) {
@@ -236,10 +312,16 @@ pub fn run_one(spec: &RunSpec, seed: u64) -> RunReport {
             let model = multipaxos::standard_model(n);
             Simulation::new(multipaxos::sim_config(spec), seed, model).run(seed)
         }
-        Algo::Etcd => {
-            let model = EtcdModel::new(n, 3).with_spares(etcd::SPARES);
-            Simulation::new(etcd::sim_config(spec), seed, model).run(seed)
-        }
+        Algo::Etcd => match spec.engine {
+            EngineKind::Raft => {
+                let model = EtcdModel::<OnRaft>::new(n, 3).with_spares(etcd::SPARES);
+                Simulation::new(etcd::sim_config(spec), seed, model).run(seed)
+            }
+            EngineKind::MultiPaxos => {
+                let model = EtcdModel::<OnMultiPaxos>::new(n, 3).with_spares(etcd::SPARES);
+                Simulation::new(etcd::sim_config(spec), seed, model).run(seed)
+            }
+        },
         Algo::TwoPc | Algo::ThreePc | Algo::PaxosCommit => {
             // Node 0 coordinates, nodes 1..=k participate; the votes come from the seed.
             let layout = Layout::new(n, spec.participants);
@@ -276,12 +358,12 @@ pub fn run_batch(
     mut progress: impl FnMut(&RunReport),
 ) -> Summary {
     let mut summary = Summary::new(
-        spec.algo.name(),
+        &spec.name(),
         spec.nodes,
-        spec.algo.exercised(spec.faults).to_string(),
+        spec.exercised().to_string(),
         first_seed,
-        &spec.algo.properties(),
-        &spec.algo.counters(),
+        &spec.properties(),
+        &spec.counters(),
     );
     for seed in first_seed..first_seed.saturating_add(runs) {
         let report = run_one(spec, seed);

@@ -623,6 +623,7 @@ mod etcd_replica {
     //! simulator: linearizable under every fault, and the checker catches a
     //! member that answers reads from its own store without ReadIndex.
     use synod_kv::replica::{Replica, ReplicaBugs};
+    use synod_sim::models::etcd::engine::{OnRaft, SimEngine};
     use synod_sim::models::etcd::EtcdModel;
     use synod_sim::{run_batch, Algo, FaultSet, RunSpec, SimConfig, Simulation};
 
@@ -671,12 +672,21 @@ mod etcd_replica {
         limit: u64,
         spares: usize,
     ) -> Option<(u64, &'static str)> {
+        first_caught_on::<OnRaft>(bugs, limit, spares)
+    }
+
+    /// The same on the replicas' engine `K`.
+    pub(super) fn first_caught_on<K: SimEngine>(
+        bugs: ReplicaBugs,
+        limit: u64,
+        spares: usize,
+    ) -> Option<(u64, &'static str)> {
         thread_local! {
             static BUGS: std::cell::Cell<ReplicaBugs> = std::cell::Cell::new(ReplicaBugs::default());
         }
         BUGS.with(|b| b.set(bugs));
         (0..limit).find_map(|seed| {
-            let model =
+            let model: EtcdModel<K> =
                 EtcdModel::new(3, 3)
                     .with_spares(spares)
                     .with_boot(|cfg, disk: &_, seed| {
@@ -796,7 +806,7 @@ mod etcd_replica {
     #[test]
     fn reads_without_read_index_are_caught() {
         let caught = (0..400).find(|&seed| {
-            let model = EtcdModel::new(3, 3).with_local_reads();
+            let model: EtcdModel = EtcdModel::new(3, 3).with_local_reads();
             let r = Simulation::new(SimConfig::new(3, FaultSet::all()), seed, model).run(seed);
             r.violations.iter().any(|v| v.property == "linearizability")
         });
@@ -804,5 +814,92 @@ mod etcd_replica {
             caught.is_some(),
             "stale local reads went unnoticed in 400 runs"
         );
+    }
+}
+
+mod etcd_replica_on_multipaxos {
+    //! The same replicas on the Multi-Paxos log (`--algo etcd --engine
+    //! multipaxos`): the same clients, leases, auth and membership changes,
+    //! the same checkers, and the replicas' deliberate bugs caught on this
+    //! engine too.
+    use super::etcd_replica::first_caught_on;
+    use synod_kv::replica::ReplicaBugs;
+    use synod_sim::models::etcd::engine::OnMultiPaxos;
+    use synod_sim::runner::EngineKind;
+    use synod_sim::{run_batch, Algo, FaultSet, RunSpec};
+
+    #[test]
+    fn the_service_store_on_multipaxos_is_linearizable_under_every_fault() {
+        for nodes in [3, 5] {
+            let mut spec = RunSpec::new(Algo::Etcd, nodes, FaultSet::all());
+            spec.engine = EngineKind::MultiPaxos;
+            let s = run_batch(&spec, 0, 150, |_| {});
+            assert_eq!(
+                s.total_violations(),
+                0,
+                "{nodes} nodes: {:?}",
+                s.first_violation
+            );
+            assert_eq!(s.stuck, 0, "{nodes} nodes: {:?}", s.stuck_seeds);
+            for c in [
+                "ops_ok",
+                "ops_indefinite",
+                "store_hash_checks",
+                "snapshots_encoded_elsewhere",
+                "membership_changes_answered",
+                "leases_expired",
+                "auth_steps",
+            ] {
+                assert!(s.counters[c] > 0, "{nodes} nodes: no {c}");
+            }
+        }
+    }
+
+    fn caught(bugs: ReplicaBugs, limit: u64, spares: usize) -> Option<(u64, &'static str)> {
+        first_caught_on::<OnMultiPaxos>(bugs, limit, spares)
+    }
+
+    #[test]
+    fn a_membership_change_answered_before_it_is_chosen_is_caught() {
+        let bugs = ReplicaBugs {
+            conf_answered_early: true,
+            ..ReplicaBugs::default()
+        };
+        let c = caught(bugs, 200, 1);
+        eprintln!("early membership answer caught on Multi-Paxos: {c:?}");
+        assert!(matches!(c, Some((_, "membership"))), "{c:?}");
+    }
+
+    #[test]
+    fn leases_that_end_early_are_caught() {
+        let bugs = ReplicaBugs {
+            short_leases: true,
+            ..ReplicaBugs::default()
+        };
+        let c = caught(bugs, 200, 0);
+        eprintln!("short leases caught on Multi-Paxos: {c:?}");
+        assert!(matches!(c, Some((_, "lease_expiry"))), "{c:?}");
+    }
+
+    #[test]
+    fn a_snapshot_labelled_ahead_of_its_store_is_caught() {
+        let bugs = ReplicaBugs {
+            stale_snapshot: true,
+            ..ReplicaBugs::default()
+        };
+        let c = caught(bugs, 200, 0);
+        eprintln!("stale snapshot caught on Multi-Paxos: {c:?}");
+        assert!(c.is_some(), "a stale snapshot went unnoticed in 200 runs");
+    }
+
+    #[test]
+    fn a_restart_that_skips_replaying_the_log_is_caught() {
+        let bugs = ReplicaBugs {
+            skip_replay: true,
+            ..ReplicaBugs::default()
+        };
+        let c = caught(bugs, 200, 0);
+        eprintln!("skipped replay caught on Multi-Paxos: {c:?}");
+        assert!(c.is_some(), "skipped replay went unnoticed in 200 runs");
     }
 }

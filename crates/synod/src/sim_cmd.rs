@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use synod_sim::models::raft;
+use synod_sim::runner::EngineKind;
 use synod_sim::{history, run_batch_parallel, run_one, scenarios, Algo, FaultSet, RunSpec};
 
 #[derive(Args, Debug)]
@@ -14,6 +15,10 @@ pub struct SimArgs {
     /// Algorithm to simulate.
     #[arg(long, default_value = "paxos", value_parser = parse_algo)]
     algo: Algo,
+    /// The consensus engine under the service's replicas (`--algo etcd`):
+    /// raft (what the service runs) or multipaxos.
+    #[arg(long, default_value = "raft")]
+    engine: EngineKind,
     /// Number of nodes in the cluster.
     #[arg(long, default_value_t = 5)]
     nodes: usize,
@@ -148,6 +153,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     let mut spec = RunSpec::new(args.algo, args.nodes, args.faults);
     spec.proposers = args.proposers;
     spec.participants = args.participants;
+    spec.engine = args.engine;
     spec.validate()?;
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
@@ -202,7 +208,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
         if let Some(timeline) = &report.timeline {
             let title = format!(
                 "synod sim --algo {} --nodes {} --faults {} --seed {}: {}",
-                spec.algo,
+                spec.name(),
                 spec.nodes,
                 spec.faults,
                 args.seed,
@@ -259,7 +265,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode, String> {
     } else {
         print!("{}", summary.to_table());
         if let Some(seed) = summary.failing_seeds.first() {
-            println!("  replay the first failure:     synod sim --algo {} --nodes {} --proposers {} --participants {} --faults {} --seed {seed} --runs 1 --trace", spec.algo, spec.nodes, spec.proposers, spec.participants, spec.faults);
+            println!("  replay the first failure:     synod sim --algo {} --nodes {} --proposers {} --participants {} --faults {} --seed {seed} --runs 1 --trace", spec.name(), spec.nodes, spec.proposers, spec.participants, spec.faults);
         }
         println!("{}", batch_verdict(&summary, broken));
     }

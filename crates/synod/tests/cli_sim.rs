@@ -109,6 +109,11 @@ fn bad_flags_get_a_clear_error() {
         (&["sim", "--nodes", "0"][..], "--nodes"),
         (&["sim", "--proposers", "9"][..], "--proposers"),
         (&["sim", "--runs", "2", "--trace"][..], "--runs 1"),
+        (&["sim", "--engine", "zab"][..], "unknown engine"),
+        (
+            &["sim", "--algo", "raft", "--engine", "multipaxos"][..],
+            "--engine multipaxos is for --algo etcd",
+        ),
     ] {
         let out = synod(args);
         assert!(!out.status.success(), "{args:?} should fail");
@@ -149,6 +154,30 @@ fn a_summary_lists_only_the_faults_its_model_exercises() {
         etcd.contains("torn-write") && etcd.contains("corruption"),
         "{etcd}"
     );
+}
+
+/// The service's replicas on the other engine: the same model, named so in
+/// the summary, without the WAL's faults (its disk is the engine's records).
+#[test]
+fn the_etcd_model_runs_on_multipaxos() {
+    let v = json(&[
+        "sim",
+        "--algo",
+        "etcd",
+        "--engine",
+        "multipaxos",
+        "--nodes",
+        "3",
+        "--runs",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(v["algo"], "etcd --engine multipaxos", "{v}");
+    let faults = v["faults"].as_str().unwrap();
+    assert!(!faults.contains("torn-write"), "{faults}");
+    assert_eq!(v["stuck"], 0, "{v}");
+    assert_eq!(v["agreement_violations"], 0, "{v}");
+    assert!(v["ops_ok"].as_u64().unwrap() > 0, "{v}");
 }
 
 #[test]

@@ -2,8 +2,12 @@
 //! [`synod_kv::replica::Replica`] (synod-kv's store on the Raft core), exactly
 //! the node the service runs, driven here with virtual time and faults
 //! instead of threads and sockets, and kept on the service's WAL adapter
-//! (`synod_raft_log`) over the simulated disk ([`WalBacked`]), so torn writes,
-//! bit flips and power loss reach the same recovery code the service runs.
+//! (`synod_raft_log`) over the simulated disk
+//! ([`crate::models::wal_disk::WalBacked`]), so torn writes, bit flips and
+//! power loss reach the same recovery code the service runs. With
+//! [`engine::OnMultiPaxos`] (`--engine multipaxos`) the same replicas run on
+//! the Multi-Paxos log instead, under the same clients and checks
+//! ([`engine`] says what differs).
 //! Members compact their logs every [`SNAPSHOT_EVERY`] entries, so most runs
 //! take snapshots, send them to lagging members and recover from them. With
 //! [`EtcdModel::with_spares`] (as `synod sim --algo etcd` runs it) the leader
@@ -21,7 +25,8 @@
 //! Checked on every run:
 //! * **linearizability** of the client history (the checker of
 //!   [`crate::linearizability`]);
-//! * the Raft properties and storage checks of [`RaftChecks`] (election
+//! * the Raft properties and storage checks of
+//!   [`crate::models::raft_checks::RaftChecks`] (election
 //!   safety, log matching, leader completeness, state-machine safety, the
 //!   commit rule, storage), on the replica's own Raft core;
 //! * **state_machine_safety** also on the store: every member that applies
@@ -47,24 +52,25 @@
 //! [`Store::hash`]: synod_kv::Store::hash
 
 mod admin;
+pub mod engine;
 
 use crate::history::{OpKind, OpResult, Operation};
 use crate::linearizability::{self, CheckOptions};
-use crate::models::raft_checks::{self, RaftChecks};
-use crate::models::wal_disk::{WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::sim::{Ctl, Model};
+use engine::{OnRaft, SimEngine};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use synod_kv::replica::{
-    Answer, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
+    Answer, Engine, RaftEngine, Replica, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput,
+    Request,
 };
 use synod_kv::{
     Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use synod_protocols::raft::{ConfChange, Disk, Write};
+use synod_protocols::raft::ConfChange;
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
@@ -95,7 +101,7 @@ const MEMBERSHIP: u64 = u64::MAX - 1;
 pub const SPARES: usize = 1;
 
 /// Builds a member from its config, recovered image and seed.
-pub type Boot = fn(ReplicaConfig, &Disk, u64) -> Replica;
+pub type Boot<E = RaftEngine> = fn(ReplicaConfig, &<E as Engine>::Disk, u64) -> Replica<E>;
 
 /// Leases the lease client grants per run.
 pub const LEASES: i64 = 4;
@@ -122,6 +128,11 @@ struct LeaseClient {
     current: Option<(usize, bool)>,
     generation: u64,
     target: NodeId,
+    /// "Not the leader" answers since the last step done; past one per
+    /// member, hints are no longer followed (see [`Client::redirects`]; a
+    /// removed member naming a leader down for good kept this client going
+    /// between the two: `--engine multipaxos`, seed 9,318).
+    redirects: u32,
 }
 
 fn lease_key(i: usize) -> Vec<u8> {
@@ -149,10 +160,12 @@ struct Client {
     /// hints could go round such members for ever (found by the
     /// simulator). etcd's clients do not follow hints at all.
     redirects: u32,
+    /// Tries of the operation in progress.
+    sent: u32,
     done: u32,
 }
 
-pub struct EtcdModel {
+pub struct EtcdModel<K: SimEngine = OnRaft> {
     n: usize,
     clients: Vec<Client>,
     history: Vec<Operation>,
@@ -166,8 +179,8 @@ pub struct EtcdModel {
     /// Deliberately broken (tests only): reads are answered from the
     /// member's own store, without ReadIndex.
     local_reads: bool,
-    checks: RaftChecks,
-    boot: Boot,
+    checks: K,
+    boot: Boot<K::Engine>,
     store_hash_checks: u64,
     /// Snapshot images members handed out and got back encoded.
     images_encoded: u64,
@@ -224,8 +237,8 @@ fn token(client: usize, generation: u64) -> u64 {
     ((client as u64) << 32) | (generation & 0xffff_ffff)
 }
 
-impl EtcdModel {
-    pub fn new(n: usize, clients: usize) -> EtcdModel {
+impl<K: SimEngine> EtcdModel<K> {
+    pub fn new(n: usize, clients: usize) -> Self {
         EtcdModel {
             n,
             clients: (0..clients)
@@ -234,6 +247,7 @@ impl EtcdModel {
                     generation: 0,
                     target: (c % n) as NodeId,
                     redirects: 0,
+                    sent: 0,
                     done: 0,
                 })
                 .collect(),
@@ -244,7 +258,7 @@ impl EtcdModel {
             revisions: BTreeMap::new(),
             retries: 0,
             local_reads: false,
-            checks: RaftChecks::new(n),
+            checks: K::new(n),
             boot: Replica::new,
             store_hash_checks: 0,
             images_encoded: 0,
@@ -264,21 +278,18 @@ impl EtcdModel {
     /// simulation must have `nodes + spares` nodes) and turns on membership
     /// changes in the fault phase: spares are added as learners or voters,
     /// learners promoted, voters (the leader included) removed.
-    pub fn with_spares(mut self, spares: usize) -> EtcdModel {
+    pub fn with_spares(mut self, spares: usize) -> Self {
         self.n = self.voters + spares;
         self.checks.resize(self.n);
         self
     }
 
     /// Asks the leader for the next membership change, one at a time.
-    fn change_membership(&mut self, ctl: &mut Ctl<'_, Node>) {
-        let Some((leader, _)) = self.checks.current_leader(ctl) else {
+    fn change_membership(&mut self, ctl: &mut Ctl<'_, K::Node>) {
+        let Some(leader) = self.checks.current_leader(ctl) else {
             return;
         };
-        let Some(r) = ctl.node(leader).and_then(WalBacked::raft).cloned() else {
-            return;
-        };
-        let change = raft_checks::next_membership_change(&r, self.n, self.voters, ctl.rng());
+        let change = self.checks.next_change(ctl, leader, self.n, self.voters);
         if let Some(change) = change {
             if ctl.tracing() {
                 ctl.trace(format_args!("admin: asks n{leader} to {change:?}"));
@@ -295,7 +306,7 @@ impl EtcdModel {
     /// answering member's configuration must show it then.
     fn conf_answer(
         &mut self,
-        ctl: &mut Ctl<'_, Node>,
+        ctl: &mut Ctl<'_, K::Node>,
         node: NodeId,
         change: ConfChange,
         result: Result<Answer, ReplicaError>,
@@ -303,23 +314,14 @@ impl EtcdModel {
         match result {
             Ok(_) => {
                 self.confs_acked += 1;
-                let Some(conf) = ctl
-                    .node(node)
-                    .and_then(WalBacked::raft)
-                    .map(|r| r.conf().clone())
-                else {
+                let Some(member) = ctl.node(node) else {
                     return;
                 };
-                let in_force = match change {
-                    ConfChange::AddVoter(n) | ConfChange::PromoteLearner(n) => conf.is_voter(n),
-                    ConfChange::AddLearner(n) => conf.is_learner(n),
-                    ConfChange::RemoveNode(n) => !conf.contains(n),
-                };
-                if !in_force {
+                if let Err(why) = K::in_force(member, change) {
                     ctl.violation(
                         "membership",
                         Some(node),
-                        format!("{change:?} answered as done, but the configuration is {conf:?}"),
+                        format!("{change:?} answered as done, but {why}"),
                     );
                 }
             }
@@ -335,7 +337,7 @@ impl EtcdModel {
     }
 
     /// Starts (or retries) the lease client's current step.
-    fn lease_send(&mut self, ctl: &mut Ctl<'_, Node>) {
+    fn lease_send(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         let Some((i, attaching)) = self.lessee.current else {
             return;
         };
@@ -372,7 +374,8 @@ impl EtcdModel {
 
     /// Moves the lease client on: attach after a grant, grant the next
     /// lease after an attach.
-    fn lease_next(&mut self, ctl: &mut Ctl<'_, Node>) {
+    fn lease_next(&mut self, ctl: &mut Ctl<'_, K::Node>) {
+        self.lessee.redirects = 0;
         self.lessee.current = match self.lessee.current {
             Some((i, false)) => Some((i, true)),
             Some((i, true)) if (i as i64) + 1 < LEASES => Some((i + 1, false)),
@@ -393,7 +396,7 @@ impl EtcdModel {
 
     fn lease_answer(
         &mut self,
-        ctl: &mut Ctl<'_, Node>,
+        ctl: &mut Ctl<'_, K::Node>,
         node: NodeId,
         result: Result<Answer, ReplicaError>,
     ) {
@@ -423,7 +426,11 @@ impl EtcdModel {
                 self.lease_next(ctl)
             }
             Err(ReplicaError::NotLeader { hint }) => {
-                self.lessee.target = hint.unwrap_or((self.lessee.target + 1) % n);
+                self.lessee.redirects += 1;
+                let follow = self.lessee.redirects <= n as u32;
+                self.lessee.target = hint
+                    .filter(|_| follow)
+                    .unwrap_or((self.lessee.target + 1) % n);
                 self.lease_send(ctl);
             }
             Err(ReplicaError::LeaderChanged) => {
@@ -448,7 +455,12 @@ impl EtcdModel {
 
     /// A member deleted keys: a lease key may go only once its TTL has
     /// passed since the grant was acknowledged.
-    fn lease_deletes(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId, events: &[synod_kv::Event]) {
+    fn lease_deletes(
+        &mut self,
+        ctl: &mut Ctl<'_, K::Node>,
+        node: NodeId,
+        events: &[synod_kv::Event],
+    ) {
         for e in events {
             if e.kind != synod_kv::EventKind::Delete {
                 continue;
@@ -480,19 +492,19 @@ impl EtcdModel {
 
     /// Builds members with `boot` instead of [`Replica::new`] (the tests'
     /// deliberately broken replicas).
-    pub fn with_boot(mut self, boot: Boot) -> EtcdModel {
+    pub fn with_boot(mut self, boot: Boot<K::Engine>) -> Self {
         self.boot = boot;
         self
     }
 
     /// Members that have applied the same index must hold equal stores.
-    fn check_stores(&mut self, ctl: &mut Ctl<'_, Node>) {
+    fn check_stores(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         let mut seen: BTreeMap<u64, (u64, NodeId)> = BTreeMap::new();
         for id in 0..self.n as NodeId {
-            let Some(r) = ctl.node(id).and_then(WalBacked::inner) else {
+            let Some(r) = ctl.node(id).and_then(K::replica) else {
                 continue;
             };
-            let applied = r.raft().applied_index();
+            let applied = r.applied_index();
             let hash = r.store().hash();
             match seen.get(&applied) {
                 Some(&(h, other)) if h != hash => {
@@ -512,7 +524,7 @@ impl EtcdModel {
     }
 
     /// Turns on the broken local reads (tests only).
-    pub fn with_local_reads(mut self) -> EtcdModel {
+    pub fn with_local_reads(mut self) -> Self {
         self.local_reads = true;
         self
     }
@@ -581,7 +593,7 @@ impl EtcdModel {
         })
     }
 
-    fn next_op(&mut self, ctl: &mut Ctl<'_, Node>, c: usize) {
+    fn next_op(&mut self, ctl: &mut Ctl<'_, K::Node>, c: usize) {
         let client = &mut self.clients[c];
         if client.done >= OPS {
             client.op = None;
@@ -610,26 +622,38 @@ impl EtcdModel {
         };
         let now = ctl.now();
         self.clients[c].op = Some((kind, now));
+        self.clients[c].sent = 0;
         self.send(ctl, c);
     }
 
     /// Sends client `c`'s operation to its current target.
-    fn send(&mut self, ctl: &mut Ctl<'_, Node>, c: usize) {
+    fn send(&mut self, ctl: &mut Ctl<'_, K::Node>, c: usize) {
         let Some((kind, _)) = self.clients[c].op.clone() else {
             return;
         };
         let client = &mut self.clients[c];
         client.generation += 1;
+        client.sent += 1;
+        let first_try = client.sent == 1;
         let generation = client.generation;
         let mut target = client.target;
-        // Half the reads go to any member: a follower serves them by
-        // ReadIndex, which is what this exercises.
-        if matches!(kind, OpKind::Get { .. }) && !self.local_reads && ctl.rng().gen_bool(0.5) {
+        // Half the reads go to any member on their first try: a follower
+        // serves them by ReadIndex, which is what this exercises. A retry
+        // goes where the client was sent, as an etcd client leaves an
+        // endpoint that failed it: retrying at random members, a read could
+        // meet two that are down for good, a timeout each, often enough to
+        // miss the run's deadline (5 nodes, seed 18).
+        if matches!(kind, OpKind::Get { .. })
+            && first_try
+            && K::FOLLOWER_READS
+            && !self.local_reads
+            && ctl.rng().gen_bool(0.5)
+        {
             target = ctl.rng().gen_range(0..self.n) as NodeId;
         }
         if self.local_reads {
             if let OpKind::Get { key } = &kind {
-                if let Some(node) = ctl.node(target).and_then(WalBacked::inner) {
+                if let Some(node) = ctl.node(target).and_then(K::replica) {
                     let resp = node
                         .store()
                         .range(&RangeRequest {
@@ -659,7 +683,7 @@ impl EtcdModel {
         ctl.wake(latency + CLIENT_TIMEOUT, token(c, generation));
     }
 
-    fn complete(&mut self, ctl: &mut Ctl<'_, Node>, c: usize, answer: &Answer) {
+    fn complete(&mut self, ctl: &mut Ctl<'_, K::Node>, c: usize, answer: &Answer) {
         let Some((kind, invoked)) = self.clients[c].op.take() else {
             return;
         };
@@ -684,7 +708,7 @@ impl EtcdModel {
 
     /// The outcome of client `c`'s write is unknown: it stays indefinite in the
     /// history; a read is simply tried again.
-    fn give_up_or_retry(&mut self, ctl: &mut Ctl<'_, Node>, c: usize, next_target: NodeId) {
+    fn give_up_or_retry(&mut self, ctl: &mut Ctl<'_, K::Node>, c: usize, next_target: NodeId) {
         self.retries += 1;
         self.clients[c].target = next_target;
         let Some((kind, invoked)) = self.clients[c].op.clone() else {
@@ -702,12 +726,10 @@ impl EtcdModel {
     }
 }
 
-type Node = WalBacked<Replica>;
+impl<K: SimEngine> Model for EtcdModel<K> {
+    type Node = K::Node;
 
-impl Model for EtcdModel {
-    type Node = Node;
-
-    fn boot(&mut self, id: NodeId, disk: &WalDisk, seed: u64) -> Node {
+    fn boot(&mut self, id: NodeId, disk: &DiskOf<K>, seed: u64) -> K::Node {
         // Spares boot outside the configuration and wait to be added.
         let mut cfg = ReplicaConfig::new(id, (0..self.voters as NodeId).collect());
         // The simulator ticks every 10 ms.
@@ -725,19 +747,19 @@ impl Model for EtcdModel {
         self.checks.boot(id, disk, |d| boot(cfg.clone(), d, seed))
     }
 
-    fn corrupt(&mut self, disk: &mut WalDisk, rng: &mut ChaCha8Rng) -> bool {
+    fn corrupt(&mut self, disk: &mut DiskOf<K>, rng: &mut ChaCha8Rng) -> bool {
         self.checks.corrupt(disk, rng)
     }
 
-    fn tear(&mut self, disk: &mut WalDisk, writes: &[Write], rng: &mut ChaCha8Rng) {
+    fn tear(&mut self, disk: &mut DiskOf<K>, writes: &[WriteOf<K>], rng: &mut ChaCha8Rng) {
         self.checks.tear(disk, writes, rng);
     }
 
-    fn worth_tearing(&self, writes: &[Write]) -> bool {
-        RaftChecks::worth_tearing(writes)
+    fn worth_tearing(&self, writes: &[WriteOf<K>]) -> bool {
+        K::worth_tearing(writes)
     }
 
-    fn on_start(&mut self, ctl: &mut Ctl<'_, Node>) {
+    fn on_start(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         for c in 0..self.clients.len() {
             self.next_op(ctl, c);
         }
@@ -746,7 +768,7 @@ impl Model for EtcdModel {
         ctl.wake(LOG_CHECK_EVERY, LOG_CHECK);
     }
 
-    fn on_crash(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId) {
+    fn on_crash(&mut self, ctl: &mut Ctl<'_, K::Node>, node: NodeId) {
         self.checks.on_crash(ctl, node);
         // As the service's peer readers do when a process dies: every other
         // member learns, a moment later, that the crashed one is gone.
@@ -756,17 +778,17 @@ impl Model for EtcdModel {
         }
     }
 
-    fn on_restart(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId) {
+    fn on_restart(&mut self, ctl: &mut Ctl<'_, K::Node>, node: NodeId) {
         self.checks.on_restart(ctl, node);
     }
 
-    fn on_quiet(&mut self, ctl: &mut Ctl<'_, Node>) {
+    fn on_quiet(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         self.checks.check_logs(ctl);
         self.check_stores(ctl);
         self.check_denied_keys(ctl);
     }
 
-    fn on_event(&mut self, ctl: &mut Ctl<'_, Node>, node: NodeId, event: ReplicaEvent) {
+    fn on_event(&mut self, ctl: &mut Ctl<'_, K::Node>, node: NodeId, event: ReplicaEvent) {
         match event {
             ReplicaEvent::Applied {
                 index,
@@ -817,8 +839,8 @@ impl Model for EtcdModel {
                         if matches!(answer, Answer::Read { .. })
                             && ctl
                                 .node(node)
-                                .and_then(WalBacked::raft)
-                                .is_some_and(|r| r.role() != synod_protocols::raft::Role::Leader)
+                                .and_then(K::replica)
+                                .is_some_and(|r| !r.is_leader())
                         {
                             self.follower_reads += 1;
                         }
@@ -868,7 +890,7 @@ impl Model for EtcdModel {
         }
     }
 
-    fn on_wake(&mut self, ctl: &mut Ctl<'_, Node>, tok: u64) {
+    fn on_wake(&mut self, ctl: &mut Ctl<'_, K::Node>, tok: u64) {
         if tok == MEMBERSHIP {
             if !ctl.in_quiet_phase() {
                 self.change_membership(ctl);
@@ -917,7 +939,7 @@ impl Model for EtcdModel {
         }
     }
 
-    fn done(&self, _ctl: &Ctl<'_, Node>) -> bool {
+    fn done(&self, _ctl: &Ctl<'_, K::Node>) -> bool {
         self.clients.iter().all(|c| c.done >= OPS && c.op.is_none())
             && self.lessee.current.is_none()
             && self.admin_done()
@@ -928,7 +950,7 @@ impl Model for EtcdModel {
                 .all(|l| !l.attached || l.deleted.is_some())
     }
 
-    fn finish(&mut self, ctl: &mut Ctl<'_, Node>, _terminated: bool, report: &mut RunReport) {
+    fn finish(&mut self, ctl: &mut Ctl<'_, K::Node>, _terminated: bool, report: &mut RunReport) {
         self.checks.finish(ctl, report);
         self.check_stores(ctl);
         self.check_denied_keys(ctl);
@@ -957,6 +979,9 @@ impl Model for EtcdModel {
         report.count("retries", self.retries);
     }
 }
+
+type DiskOf<K> = <<K as SimEngine>::Node as synod_protocols::Node>::Disk;
+type WriteOf<K> = <<K as SimEngine>::Node as synod_protocols::Node>::Write;
 
 /// The simulator configuration for `--algo etcd`: the voters plus the
 /// spares, with f taken from the initial voters.

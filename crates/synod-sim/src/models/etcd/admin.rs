@@ -10,8 +10,8 @@
 //! That replicas agree on users and roles is part of `state_machine_safety`
 //! (the store hash covers the auth store).
 
-use super::{token, EtcdModel, Node, CLIENT_TIMEOUT};
-use crate::models::wal_disk::WalBacked;
+use super::engine::SimEngine;
+use super::{token, EtcdModel, CLIENT_TIMEOUT};
 use crate::sim::Ctl;
 use rand::Rng;
 use synod_kv::auth::{AuthCommand, AuthError, PermKind, Permission};
@@ -38,6 +38,12 @@ pub(super) struct AdminClient {
     /// whose answer was lost (then "already exists" means done).
     pub retried: bool,
     pub answered: u64,
+    /// "Not the leader" answers since the last step done: past one per
+    /// member, hints are no longer followed (as the key-value clients do; a
+    /// member removed while cut off keeps naming a leader that may be down
+    /// for good, and a timeout there sends the client back to it: found by
+    /// `--engine multipaxos`, seed 103).
+    pub redirects: u32,
 }
 
 fn as_user(user: &str, cmd: Command) -> Command {
@@ -139,7 +145,7 @@ fn already_done(e: &synod_kv::Error) -> bool {
     )
 }
 
-impl EtcdModel {
+impl<K: SimEngine> EtcdModel<K> {
     pub(super) fn admin_client(&self) -> usize {
         self.clients.len() + 1
     }
@@ -149,7 +155,7 @@ impl EtcdModel {
     }
 
     /// Sends (or sends again) the admin client's current step.
-    pub(super) fn admin_send(&mut self, ctl: &mut Ctl<'_, Node>) {
+    pub(super) fn admin_send(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         let Some((cmd, _)) = script(self.admin.step) else {
             return;
         };
@@ -172,7 +178,7 @@ impl EtcdModel {
 
     /// No answer in time: the step may or may not be applied; try the next
     /// member.
-    pub(super) fn admin_timeout(&mut self, ctl: &mut Ctl<'_, Node>, generation: u64) {
+    pub(super) fn admin_timeout(&mut self, ctl: &mut Ctl<'_, K::Node>, generation: u64) {
         if self.admin.generation & 0x7fff_ffff == generation && !self.admin_done() {
             self.admin.retried = true;
             self.admin.target = (self.admin.target + 1) % self.n as NodeId;
@@ -180,11 +186,12 @@ impl EtcdModel {
         }
     }
 
-    fn admin_next(&mut self, ctl: &mut Ctl<'_, Node>) {
+    fn admin_next(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         // The answered try's timeout must not fire a retry.
         self.admin.generation += 1;
         self.admin.step += 1;
         self.admin.retried = false;
+        self.admin.redirects = 0;
         self.admin.answered += 1;
         // A pause between steps lets the other clients run under each
         // auth state.
@@ -194,7 +201,7 @@ impl EtcdModel {
 
     pub(super) fn admin_answer(
         &mut self,
-        ctl: &mut Ctl<'_, Node>,
+        ctl: &mut Ctl<'_, K::Node>,
         node: NodeId,
         result: Result<Answer, ReplicaError>,
     ) {
@@ -213,7 +220,11 @@ impl EtcdModel {
                 self.admin_next(ctl)
             }
             (Err(ReplicaError::NotLeader { hint }), _) => {
-                self.admin.target = hint.unwrap_or((self.admin.target + 1) % n);
+                self.admin.redirects += 1;
+                let follow = self.admin.redirects <= n as u32;
+                self.admin.target = hint
+                    .filter(|_| follow)
+                    .unwrap_or((self.admin.target + 1) % n);
                 self.admin_send(ctl);
             }
             (Err(ReplicaError::LeaderChanged), _) => {
@@ -230,10 +241,10 @@ impl EtcdModel {
     }
 
     /// No member holds a key that only denied writes name.
-    pub(super) fn check_denied_keys(&mut self, ctl: &mut Ctl<'_, Node>) {
+    pub(super) fn check_denied_keys(&mut self, ctl: &mut Ctl<'_, K::Node>) {
         let mut found = Vec::new();
         for id in 0..self.n as NodeId {
-            let Some(r) = ctl.node(id).and_then(WalBacked::inner) else {
+            let Some(r) = ctl.node(id).and_then(K::replica) else {
                 continue;
             };
             for key in DENIED_KEYS {
