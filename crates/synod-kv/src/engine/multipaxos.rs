@@ -19,7 +19,6 @@
 use super::{Applied, AppliedData, ConfOutcome, Engine};
 use crate::replica::{ConfRefusal, Out, ReplicaConfig, ReplicaState};
 use serde::{Deserialize, Serialize};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use synod_protocols::multipaxos::{
     self as mp, Command, Config, Disk, Event, Members, Msg, MultiPaxosNode, Write,
 };
@@ -50,13 +49,6 @@ pub struct MultiPaxosEngine {
     conf: Option<(Members, u64, u64)>,
     /// The applied slot of a snapshot being encoded by the driver.
     encoding: Option<u64>,
-}
-
-/// What identifies a slot's content, for checkers that compare members.
-fn digest(cmd: &Command<Stamped>) -> u64 {
-    let mut h = DefaultHasher::new();
-    cmd.hash(&mut h);
-    h.finish()
 }
 
 /// The Multi-Paxos configuration the service's configuration implies: the
@@ -154,7 +146,7 @@ impl MultiPaxosEngine {
         let view = Applied {
             index: slot,
             term,
-            digest: digest(cmd),
+            digest: mp::kv_node::digest(cmd),
             data,
             ticket,
             inherited,

@@ -36,7 +36,7 @@ pub struct MpKvNode {
 pub type KvOut = Output<Write<KvRequest>, super::Msg<KvRequest>, KvEvent>;
 
 /// What identifies a slot's content, for checkers that compare nodes.
-pub fn digest(cmd: &Command<KvRequest>) -> u64 {
+pub fn digest<V: Hash>(cmd: &Command<V>) -> u64 {
     let mut h = DefaultHasher::new();
     cmd.hash(&mut h);
     h.finish()
