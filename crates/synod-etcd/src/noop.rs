@@ -72,7 +72,7 @@ impl Backend for NoopBackend {
     }
 
     async fn write(&self, mut cmd: Command) -> Result<(Header, CommandResponse), ApiError> {
-        while let Command::As { cmd: inner, .. } = cmd {
+        while let Command::As { cmd: inner, .. } | Command::Tagged { cmd: inner, .. } = cmd {
             cmd = *inner;
         }
         let resp = match cmd {
@@ -95,7 +95,7 @@ impl Backend for NoopBackend {
             Command::Member(_) => CommandResponse::Member,
             Command::Alarm { .. } => CommandResponse::Alarm,
             Command::Auth(_) => CommandResponse::Auth,
-            Command::As { .. } => unreachable!("unwrapped above"),
+            Command::As { .. } | Command::Tagged { .. } => unreachable!("unwrapped above"),
         };
         Ok((self.header(), resp))
     }

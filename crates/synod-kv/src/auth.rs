@@ -425,6 +425,7 @@ impl AuthState {
             Command::Member(_) | Command::Alarm { .. } | Command::As { .. } => {
                 self.check_admin(user)
             }
+            Command::Tagged { cmd, .. } => self.check_command(user, cmd, lease_keys),
         }
     }
 

@@ -250,6 +250,12 @@ pub struct ReplicaBugs {
     /// A write sent on a user's behalf is applied without checking that
     /// user's permissions.
     pub auth_unchecked: bool,
+    /// A member whose leader changes sends the writes it had forwarded to
+    /// the new leader at once, without learning from its own log whether
+    /// they were applied: such a write may be applied twice. The service's
+    /// bug, not the replica's (the simulator runs no forwarding): `synod
+    /// chaos` must catch it.
+    pub retry_unsettled_forwards: bool,
     /// Bugs of the Raft core underneath (with the `broken` feature; a
     /// Raft engine only).
     pub raft: synod_protocols::raft::Bugs,
@@ -498,6 +504,21 @@ impl<E: Engine> Replica<E> {
     }
 }
 
+/// What a client hears of its applied write.
+fn answer_write(
+    result: Result<(CommandResponse, Vec<Event>), Error>,
+    revision: i64,
+    term: u64,
+) -> Result<Answer, ReplicaError> {
+    result
+        .map_err(ReplicaError::Kv)
+        .map(|(resp, _)| Answer::Write {
+            revision,
+            term,
+            resp,
+        })
+}
+
 fn respond<W, M>(
     out: &mut Output<W, M, ReplicaEvent>,
     id: RequestId,
@@ -606,18 +627,19 @@ impl ReplicaState {
         out.emit(applied(&self.store, events));
         if let Some((id, ours)) = owed {
             let answer = if ours {
-                result
-                    .map_err(ReplicaError::Kv)
-                    .map(|(resp, _)| Answer::Write {
-                        revision: self.store.revision(),
-                        term: e.term,
-                        resp,
-                    })
+                answer_write(result, self.store.revision(), e.term)
             } else {
                 // Another leader's entry took the slot: ours was lost.
                 Err(ReplicaError::LeaderChanged)
             };
             respond(out, id, answer);
+        } else if let Command::Tagged { by, id, .. } = cmd {
+            // A write this member forwarded: its own apply answers it as the
+            // leader would have (every member computes the same result), so
+            // a leader that dies before answering costs the client nothing.
+            if by == self.cfg.raft.id {
+                respond(out, id, answer_write(result, self.store.revision(), e.term));
+            }
         }
     }
 

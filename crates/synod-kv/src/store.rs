@@ -268,6 +268,7 @@ impl Store {
             return Err(Error::NoSpace);
         }
         match cmd {
+            Command::Tagged { cmd, .. } => self.apply(cmd),
             Command::As { user, cmd } => {
                 let leases = &self.leases;
                 self.auth
@@ -300,7 +301,9 @@ impl Store {
     /// Applies a command whose permissions were checked.
     fn apply_checked(&mut self, cmd: &Command) -> Result<(CommandResponse, Vec<Event>), Error> {
         match cmd {
-            Command::As { .. } => unreachable!("validate refuses a nested As"),
+            Command::As { .. } | Command::Tagged { .. } => {
+                unreachable!("apply unwraps a tag, validate refuses a nested As")
+            }
             Command::Auth(a) => {
                 self.auth.apply(a).map_err(Error::Auth)?;
                 Ok((CommandResponse::Auth, Vec::new()))
@@ -1172,7 +1175,7 @@ impl Command {
         match self {
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(t) => puts(t),
-            Command::As { cmd, .. } => cmd.takes_space(),
+            Command::As { cmd, .. } | Command::Tagged { cmd, .. } => cmd.takes_space(),
             _ => false,
         }
     }
@@ -1180,7 +1183,7 @@ impl Command {
     /// The request itself, without the [`Command::As`] that names its sender.
     pub fn inner(&self) -> &Command {
         match self {
-            Command::As { cmd, .. } => cmd.inner(),
+            Command::As { cmd, .. } | Command::Tagged { cmd, .. } => cmd.inner(),
             other => other,
         }
     }
@@ -1199,6 +1202,7 @@ impl Command {
                 Err(Error::Auth(AuthError::InvalidAuthMgmt))
             }
             Command::As { cmd, .. } => cmd.validate(max_txn_ops),
+            Command::Tagged { cmd, .. } => cmd.validate(max_txn_ops),
             _ => Ok(()),
         }
     }

@@ -211,6 +211,15 @@ pub enum Command {
         user: String,
         cmd: Box<Command>,
     },
+    /// A write that member `by` forwarded to its leader as its request `id`.
+    /// Every member applies `cmd` alike; the tag lets the member that
+    /// forwarded it recognise the entry in its own log and answer its client
+    /// even if the leader that proposed it dies before answering.
+    Tagged {
+        by: u64,
+        id: u64,
+        cmd: Box<Command>,
+    },
 }
 
 /// etcd's alarms.

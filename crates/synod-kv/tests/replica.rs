@@ -172,6 +172,43 @@ fn writes_go_through_the_leader_and_reach_every_member() {
 }
 
 #[test]
+fn a_member_answers_the_write_it_forwarded_from_its_own_log() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    let (f, other) = ((l + 1) % 3, (l + 2) % 3);
+    // What a follower passes to its leader: the write, tagged with its own
+    // id and request id.
+    let Request::Write(cmd) = put("k", "v") else {
+        unreachable!()
+    };
+    let tagged = Command::Tagged {
+        by: f,
+        id: 77,
+        cmd: Box::new(cmd),
+    };
+    let leaders = c.ask(l, Request::Write(tagged));
+    assert!(matches!(leaders, Ok(Answer::Write { revision: 2, .. })));
+    for _ in 0..3 {
+        c.tick();
+    }
+    // The follower answers request 77 from its own apply, exactly as the
+    // leader answered it (it needs no answer from a leader that may be
+    // dead); no other member answers it.
+    let answers = |c: &Cluster, member: NodeId| -> Vec<Result<Answer, ReplicaError>> {
+        c.events
+            .iter()
+            .filter_map(|(n, e)| match e {
+                ReplicaEvent::Response { id: 77, result } if *n == member => Some(result.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(answers(&c, f), vec![leaders]);
+    assert!(answers(&c, other).is_empty());
+    assert_eq!(value(&c.ask(other, get("k"))), Some(b"v".to_vec()));
+}
+
+#[test]
 fn a_new_leader_serves_everything_the_old_one_acknowledged() {
     let mut c = Cluster::new(3);
     let l = c.leader();

@@ -85,6 +85,37 @@ pub const INBOX_CAPACITY: usize = 64 * 1024;
 /// "no leader" instead of piling up during a long election.
 const MAX_PARKED: usize = 16 * 1024;
 
+/// A client's request passed to the leader, until answered.
+///
+/// A write travels as [`Command::Tagged`] with this member's id and the
+/// request's, and the leader proposes it only in the term it was sent in
+/// ([`PeerMsg::Forward`]). So its entry, if any, is of that term, and log
+/// terms never decrease along the log: once this member applies an entry of
+/// a later term without having met the tag, the write was not applied and
+/// never will be, and it is sent again to the new leader. Met, the member's
+/// own apply answers it. Either way the client hears the write's true fate
+/// instead of "leader changed" when the leader dies or is cut off with the
+/// write in flight. Only a snapshot that jumps over the entries (they cannot
+/// be checked one by one) leaves the outcome unknown.
+struct Forwarded {
+    /// The leader it went to.
+    to: NodeId,
+    client: oneshot::Sender<Result<Answer, ReplicaError>>,
+    /// For a write: the term it was sent in, and the request to send again.
+    write: Option<(u64, Request)>,
+}
+
+/// The first request id of this life of the member. Forwarded writes carry
+/// their id in the log, where a previous life's entries may still be
+/// applied after a restart: ids start from the wall clock so that no id of
+/// this life repeats one of an earlier life (they would need more than a
+/// request per nanosecond).
+fn first_request_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
 /// The feed of applied changes a member publishes for watchers.
 pub type Feed = broadcast::Sender<Arc<Applied>>;
 
@@ -359,9 +390,11 @@ struct Driver {
     reads: BTreeMap<u64, Request>,
     /// Requests forwarded by other members: our request id -> (member, their id).
     forwarded_in: BTreeMap<u64, (NodeId, u64)>,
-    /// Requests we forwarded to the leader: their id here -> (the leader
-    /// it went to, the client).
-    forwarded_out: BTreeMap<u64, (NodeId, oneshot::Sender<Result<Answer, ReplicaError>>)>,
+    /// Requests we forwarded to the leader, by their id here.
+    forwarded_out: BTreeMap<u64, Forwarded>,
+    /// The last entry this member applied (index, term), to settle the
+    /// writes it forwarded.
+    applied: (u64, u64),
     /// Requests that arrived while no leader was known (during an election):
     /// held until one is, as etcd holds them, rather than refused at once.
     /// The client's own deadline bounds the wait.
@@ -391,6 +424,7 @@ impl Driver {
         heard: Arc<Mutex<BTreeSet<NodeId>>>,
         metrics: Arc<Metrics>,
     ) -> Driver {
+        let applied = replica.raft().applied_index();
         Driver {
             directory: Arc::new(RwLock::new(cfg.initial.clone())),
             auth: Arc::new(RwLock::new(Arc::new(replica.store().auth().clone()))),
@@ -410,11 +444,12 @@ impl Driver {
             publishing: None,
             own,
             feed: broadcast::channel(4096).0,
-            next_id: 1,
+            next_id: first_request_id(),
             clients: BTreeMap::new(),
             reads: BTreeMap::new(),
             forwarded_in: BTreeMap::new(),
             forwarded_out: BTreeMap::new(),
+            applied: (applied, 0),
             parked: Vec::new(),
             local_jobs: Vec::new(),
             out: Output::default(),
@@ -476,6 +511,7 @@ impl Driver {
 
     /// Mirrors the member's state into its metrics, after every round.
     fn observe(&mut self) {
+        let mut old_leader = None;
         let m = &self.metrics;
         let raft = self.replica.raft();
         let leader = raft.leader();
@@ -491,23 +527,7 @@ impl Driver {
             } else {
                 tracing::info!(member = %self.cfg.name, term = raft.term(), "lost leader");
             }
-            // What was forwarded to the old leader may never be answered (it
-            // died, or was cut off): its clients hear "leader changed" now,
-            // as etcd's do, and retry, instead of waiting out their deadline.
-            // Such a write may still have taken effect; the error says so.
-            if let Some(old) = self.seen_leader {
-                let lost: Vec<u64> = self
-                    .forwarded_out
-                    .iter()
-                    .filter(|(_, (to, _))| *to == old)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in lost {
-                    if let Some((_, client)) = self.forwarded_out.remove(&id) {
-                        let _ = client.send(Err(ReplicaError::LeaderChanged));
-                    }
-                }
-            }
+            old_leader = self.seen_leader;
             self.seen_leader = leader;
         }
         m.has_leader.set(i64::from(leader.is_some()));
@@ -516,6 +536,35 @@ impl Driver {
         m.applied.set(raft.applied_index() as i64);
         m.pending
             .set((self.clients.len() + self.forwarded_in.len()) as i64);
+        if let Some(old) = old_leader {
+            self.leader_left(old);
+        }
+    }
+
+    /// What was forwarded to leader `old`, which no longer leads, may never
+    /// be answered (it died, or was cut off): its clients hear "leader
+    /// changed" now, as etcd's do, and retry, instead of waiting out their
+    /// deadline. Writes wait: this member's own log settles them
+    /// ([`Forwarded`]).
+    fn leader_left(&mut self, old: NodeId) {
+        let hasty = self.cfg.bugs.retry_unsettled_forwards;
+        let lost: Vec<u64> = self
+            .forwarded_out
+            .iter()
+            .filter(|(_, f)| f.to == old && (f.write.is_none() || hasty))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            let Some(f) = self.forwarded_out.remove(&id) else {
+                continue;
+            };
+            match f.write {
+                Some((_, req)) => self.retry(req, f.client),
+                None => {
+                    let _ = f.client.send(Err(ReplicaError::LeaderChanged));
+                }
+            }
+        }
     }
 
     /// A member that starts (or restarts) would otherwise wait a whole
@@ -597,7 +646,7 @@ impl Driver {
                 // wall time and end a lease before its TTL.
                 next_tick = (next_tick + self.cfg.tick).max(Instant::now() + self.cfg.tick);
                 // Clients that gave up on a forwarded request no longer wait.
-                self.forwarded_out.retain(|_, (_, c)| !c.is_closed());
+                self.forwarded_out.retain(|_, f| !f.client.is_closed());
                 self.publish(now);
                 self.auto_compact(now);
             }
@@ -644,18 +693,24 @@ impl Driver {
                 }
                 self.replica.step(now, from, msg, &mut self.out);
             }
-            Inbox::Peer((from, PeerMsg::Forward { id, req })) => {
+            Inbox::Peer((from, PeerMsg::Forward { id, req, term })) => {
+                if !self.replica.is_leader() || self.replica.raft().term() != term {
+                    // Proposed now, it would be of another term than the
+                    // sender counts on: refuse, nothing was proposed.
+                    let hint = self.replica.raft().leader();
+                    let result = Err(ReplicaError::NotLeader { hint });
+                    if let Some(p) = self.sender(from) {
+                        p.send(PeerMsg::Reply { id, result });
+                    }
+                    return;
+                }
                 let local = self.next_id;
                 self.next_id += 1;
                 self.forwarded_in.insert(local, (from, id));
                 let input = ReplicaInput::Client { id: local, req };
                 self.replica.input(now, input, &mut self.out);
             }
-            Inbox::Peer((_, PeerMsg::Reply { id, result })) => {
-                if let Some((_, client)) = self.forwarded_out.remove(&id) {
-                    let _ = client.send(result);
-                }
-            }
+            Inbox::Peer((_, PeerMsg::Reply { id, result })) => self.forward_answered(id, result),
             Inbox::Client { req, reply } => self.client(now, req, reply),
             Inbox::Local(f) => self.local_jobs.push(f),
             Inbox::SnapshotEncoded { index, data } => {
@@ -668,6 +723,65 @@ impl Driver {
                 self.replica.input(now, input, &mut self.out);
             }
             Inbox::Stop | Inbox::Peer((_, PeerMsg::Removed)) => {}
+        }
+    }
+
+    /// The leader answered a request this member forwarded.
+    fn forward_answered(&mut self, id: u64, result: Result<Answer, ReplicaError>) {
+        let Some(f) = self.forwarded_out.remove(&id) else {
+            return; // settled already by this member's own log
+        };
+        match (f.write, result) {
+            // The leader stepped down before the write was applied: this
+            // member's own log settles it.
+            (Some(w), Err(ReplicaError::LeaderChanged)) => {
+                let write = Some(w);
+                self.forwarded_out.insert(id, Forwarded { write, ..f });
+            }
+            // Nothing was proposed: ask the leader there is now.
+            (Some((_, req)), Err(ReplicaError::NotLeader { .. })) => self.retry(req, f.client),
+            (_, result) => {
+                let _ = f.client.send(result);
+            }
+        }
+    }
+
+    /// Sends a request again once a leader is known (it was not applied).
+    fn retry(&mut self, req: Request, client: oneshot::Sender<Result<Answer, ReplicaError>>) {
+        if self.parked.len() < MAX_PARKED {
+            self.parked.push((req, client));
+        } else {
+            let _ = client.send(Err(ReplicaError::NotLeader { hint: None }));
+        }
+    }
+
+    /// Settles forwarded writes against entry `index` of `term`, applied
+    /// here (see [`Forwarded`]).
+    fn settle_forwarded(&mut self, index: u64, term: u64) {
+        let (last_index, last_term) = self.applied;
+        self.applied = (index, term);
+        let jumped = index != last_index + 1;
+        if (!jumped && term <= last_term) || self.forwarded_out.is_empty() {
+            return;
+        }
+        let settled: Vec<u64> = self
+            .forwarded_out
+            .iter()
+            .filter(|(_, f)| f.write.as_ref().is_some_and(|(t, _)| jumped || *t < term))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in settled {
+            let Some(f) = self.forwarded_out.remove(&id) else {
+                continue;
+            };
+            let Some((_, req)) = f.write else { continue };
+            if jumped {
+                // A snapshot installed here skipped the entries: the tag
+                // may be among them.
+                let _ = f.client.send(Err(ReplicaError::LeaderChanged));
+            } else {
+                self.retry(req, f.client);
+            }
         }
     }
 
@@ -943,8 +1057,26 @@ impl Driver {
             match self.replica.raft().leader() {
                 Some(leader) => {
                     if let Some(p) = self.sender(leader) {
-                        self.forwarded_out.insert(id, (leader, reply));
-                        p.send(PeerMsg::Forward { id, req });
+                        let term = self.replica.raft().term();
+                        let (write, req) = match req {
+                            Request::Write(cmd) => {
+                                let tagged = Command::Tagged {
+                                    by: self.cfg.id,
+                                    id,
+                                    cmd: Box::new(cmd.clone()),
+                                };
+                                (Some((term, Request::Write(cmd))), Request::Write(tagged))
+                            }
+                            req => (None, req),
+                        };
+                        let client = reply;
+                        let f = Forwarded {
+                            to: leader,
+                            client,
+                            write,
+                        };
+                        self.forwarded_out.insert(id, f);
+                        p.send(PeerMsg::Forward { id, req, term });
                         return;
                     }
                 }
@@ -1047,11 +1179,19 @@ impl Driver {
                         if let Some(p) = self.sender(member) {
                             p.send(PeerMsg::Reply { id: their, result });
                         }
+                    } else if let Some(f) = self.forwarded_out.remove(&id) {
+                        // A write of ours met in our own log.
+                        let _ = f.client.send(result);
                     }
                 }
                 ReplicaEvent::Applied {
-                    revision, events, ..
+                    index,
+                    term,
+                    revision,
+                    events,
+                    ..
                 } => {
+                    self.settle_forwarded(index, term);
                     if !events.is_empty() {
                         let _ = self.feed.send(Arc::new(Applied { revision, events }));
                     }

@@ -51,10 +51,15 @@ const MAX_HELLO: usize = 64 << 10;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerMsg {
     Raft(Message),
-    /// A follower passes a client's request to the leader.
+    /// A follower passes a client's request to the leader it knows in
+    /// `term`. The leader proposes it only in that term (else it answers
+    /// "not leader" and proposes nothing), so the entry, if there is one,
+    /// is of `term`: the follower can tell from its own log when a write's
+    /// fate is settled (see `member::Forwarded`).
     Forward {
         id: u64,
         req: Request,
+        term: u64,
     },
     /// The leader's answer to a forwarded request.
     Reply {

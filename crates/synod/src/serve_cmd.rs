@@ -634,6 +634,7 @@ pub const UNSAFE_BUGS: &[&str] = &[
     "commit-old-term-by-counting",
     "watch-resume-skips-one",
     "short-leases",
+    "retry-unsettled-forwards",
 ];
 
 /// `--unsafe-bug NAME` as the member's deliberate bugs.
@@ -656,6 +657,7 @@ pub fn unsafe_bugs(
         "commit-old-term-by-counting" => raft.commit_old_term_by_counting = true,
         "watch-resume-skips-one" => api.watch_resume_skips_one = true,
         "short-leases" => bugs.short_leases = true,
+        "retry-unsettled-forwards" => bugs.retry_unsettled_forwards = true,
         _ => {
             return Err(format!(
                 "--unsafe-bug: no bug {name:?}; there are: {}",

@@ -116,6 +116,39 @@ fn leases_that_end_early_are_caught() {
     assert!(caught, "three seeds never caught the short leases");
 }
 
+/// The watch check must catch a write applied twice: here a follower whose
+/// leader dies sends the writes it had forwarded to the new leader at once,
+/// without first learning from its own log whether they were applied. Many
+/// clients on many keys keep forwarded writes in flight at every kill.
+#[test]
+fn a_forwarded_write_sent_again_too_soon_is_caught() {
+    let args = [
+        "--duration",
+        "6",
+        "--faults",
+        "kill-leader",
+        "--clients",
+        "32",
+        "--keys",
+        "16",
+        "--leases",
+        "0",
+        "--lockers",
+        "0",
+    ];
+    let caught = (1..=3).any(|seed| {
+        let (summary, ok) = run_broken("retry-unsettled-forwards", seed, &args);
+        if summary["watch"]["gap_free"] == true {
+            return false;
+        }
+        assert!(!ok, "{summary}");
+        let problems = summary["watch"]["problems"].to_string();
+        assert!(problems.contains("one write applied twice"), "{problems}");
+        true
+    });
+    assert!(caught, "three seeds never caught a write applied twice");
+}
+
 /// Runs `synod chaos --faults FAULTS` for `seconds` as root, and returns
 /// its summary and timeline; `None` (with the reason printed) where those
 /// faults cannot run (no root, no `ip` or `mount`).

@@ -100,7 +100,7 @@ pub struct ChaosArgs {
     /// --unsafe-bug`; builds with the `broken` feature only), to see the run
     /// catch it: follower-reads-own-commit, reply-before-persist,
     /// vote-without-log-check, commit-old-term-by-counting,
-    /// watch-resume-skips-one, short-leases.
+    /// watch-resume-skips-one, short-leases, retry-unsettled-forwards.
     #[arg(long, value_name = "NAME")]
     unsafe_bug: Option<String>,
 }

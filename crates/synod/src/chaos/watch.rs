@@ -7,7 +7,9 @@
 //! order, with no gap and no duplicate, however often it resumed. The
 //! committed sequence is read at the end by a fresh watch from the same
 //! start revision, and checked in turn against the revisions that the
-//! register clients' acknowledged writes were given.
+//! register clients' acknowledged writes were given. Every value a register
+//! client writes is its own, so the committed sequence also shows a request
+//! that took effect twice (the same value put again).
 
 use super::micros;
 use rand::{Rng, SeedableRng};
@@ -207,6 +209,7 @@ pub(super) fn check(reference: &WatchLog, logs: &[WatchLog], acked: &[Acked]) ->
         problems.push(format!("reference watch: {f}"));
     }
     problems.extend(in_order(&reference.events).map(|p| format!("reference watch: {p}")));
+    problems.extend(applied_twice(&reference.events));
     let mut by_revision = std::collections::HashMap::new();
     for s in &reference.events {
         by_revision
@@ -235,6 +238,24 @@ pub(super) fn check(reference: &WatchLog, logs: &[WatchLog], acked: &[Acked]) ->
         }
         if let Some(p) = first_difference(&reference.events, &log.events) {
             problems.push(format!("watcher {w}: {p}"));
+        }
+    }
+    problems
+}
+
+/// Values put more than once: each register write has a value of its own,
+/// so a second put of one is a request applied twice (a retry of a write
+/// that had in fact been applied).
+fn applied_twice(events: &[Seen]) -> Vec<String> {
+    let mut first = std::collections::HashMap::new();
+    let mut problems = Vec::new();
+    for s in events {
+        let Some(value) = &s.value else { continue };
+        if let Some(at) = first.insert((&s.key, value), s.revision) {
+            problems.push(format!(
+                "{}={value} put at revision {at} and again at revision {}: one write applied twice",
+                s.key, s.revision
+            ));
         }
     }
     problems
@@ -336,5 +357,13 @@ mod tests {
 
         let disorder = log(vec![s(6, "k1", "b"), s(5, "k0", "a")]);
         assert!(!check(&disorder, &[], &[]).is_empty());
+
+        let twice = log(vec![s(5, "k0", "a"), s(6, "k1", "b"), s(8, "k0", "a")]);
+        let problems = check(&twice, &[], &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("k0=a put at revision 5 and again at revision 8"),
+            "{problems:?}"
+        );
     }
 }
