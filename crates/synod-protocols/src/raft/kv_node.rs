@@ -79,6 +79,12 @@ impl KvNode {
         self.node.raft()
     }
 
+    /// The driver learned that `leader` is gone (tests of the core's timers).
+    #[cfg(test)]
+    pub(crate) fn leader_unreachable(&mut self, leader: NodeId, out: &mut Out) {
+        self.node.call(out, |r, _| r.leader_unreachable(leader));
+    }
+
     /// The log entry data that carries `req` (for tests and tools).
     pub fn entry_data(req: &KvRequest) -> EntryData {
         EntryData::App(Payload::encode(req))

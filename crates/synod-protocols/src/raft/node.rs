@@ -94,6 +94,13 @@ pub struct RaftNode {
     /// reset by term changes, so a stray higher-term message cannot make a
     /// node forget the lease it promised to honour.
     since_leader: u32,
+    /// Until this tick, a failed campaign is tried again within one to three
+    /// ticks rather than a whole election timeout: set when the driver says
+    /// the leader is gone (`leader_unreachable`). A peer that has not yet
+    /// noticed ignores the first pre-vote (it still honours the dead
+    /// leader's lease), and waiting out a full timeout after that cost a
+    /// second or two of the chaos runs' leader kills.
+    quick_until: u64,
     votes: BTreeMap<NodeId, bool>,
     campaign_transfer: bool,
 
@@ -181,6 +188,7 @@ impl RaftNode {
             hb_elapsed: 0,
             ticks: 0,
             since_leader: 0,
+            quick_until: 0,
             votes: BTreeMap::new(),
             campaign_transfer: false,
             prs: BTreeMap::new(),
@@ -456,6 +464,9 @@ impl RaftNode {
             t
         };
         self.campaign_transfer = transfer;
+        if self.ticks < self.quick_until {
+            self.campaign_soon();
+        }
         self.votes.insert(self.id(), true);
         if self.poll(out) {
             return;
@@ -526,6 +537,7 @@ impl RaftNode {
         self.reset(t);
         self.role = Role::Leader;
         self.leader = Some(self.id());
+        self.quick_until = 0;
         let next = self.log.last_index() + 1;
         for m in self.conf.members().collect::<Vec<_>>() {
             if m != self.id() {
@@ -974,11 +986,17 @@ impl RaftNode {
             return false;
         }
         self.since_leader = self.cfg.election_ticks;
-        // One to three ticks left, spread by the node's own random timeout
-        // so that the followers do not all campaign in the same tick.
+        self.quick_until = self.ticks + u64::from(self.cfg.election_ticks);
+        self.campaign_soon();
+        true
+    }
+
+    /// Leaves one to three ticks before the next campaign, spread by the
+    /// node's own random timeout so that the followers do not all campaign
+    /// in the same tick.
+    fn campaign_soon(&mut self) {
         let spread = self.timeout.saturating_sub(self.cfg.election_ticks) % 3;
         self.elapsed = self.elapsed.max(self.timeout.saturating_sub(1 + spread));
-        true
     }
 
     /// Starts a linearizable read with id `id` (chosen by the caller). Its
@@ -1601,6 +1619,7 @@ impl RaftNode {
         self.leader = Some(from);
         self.elapsed = 0;
         self.since_leader = 0;
+        self.quick_until = 0;
         true
     }
 

@@ -356,6 +356,45 @@ fn three_nodes_elect_exactly_one_leader() {
 }
 
 #[test]
+fn a_node_told_its_leader_is_gone_tries_again_soon() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let (fast, slow) = ((l + 1) % 3, (l + 2) % 3);
+    // `slow` misses the last entry, so only `fast` can win the election.
+    net.cut.insert((l, slow));
+    net.put(l, 1, 1, "k", "v");
+    net.deliver_all();
+    net.crash(l);
+    net.heal();
+    // `fast` learns at once that the leader is gone and campaigns within a
+    // few ticks; `slow` still honours the dead leader's lease and ignores
+    // it, and learns only three ticks later.
+    let mut out = Out::default();
+    net.nodes[fast as usize]
+        .as_mut()
+        .expect("up")
+        .leader_unreachable(l, &mut out);
+    net.handle(fast, out);
+    net.run(3);
+    let mut out = Out::default();
+    net.nodes[slow as usize]
+        .as_mut()
+        .expect("up")
+        .leader_unreachable(l, &mut out);
+    net.handle(slow, out);
+    // Waiting out a whole election timeout (10 to 19 ticks) after its
+    // first, ignored campaign would leave the cluster without a leader for
+    // at least 11 ticks; trying again every few ticks wins by the ninth.
+    for _ in 0..6 {
+        net.run(1);
+        if net.leader() == Some(fast) {
+            return;
+        }
+    }
+    panic!("no leader 9 ticks after the leader was known gone");
+}
+
+#[test]
 fn five_nodes_elect_a_leader_and_survive_its_crash() {
     let mut net = Net::new(5, quick);
     let l = net.settle();
