@@ -66,9 +66,11 @@ pub struct ChaosArgs {
     /// `partition` (a random minority cut off), `partition-leader` (the
     /// leader cut off), `churn` (a follower removed, wiped, added back as a
     /// learner and promoted), `disk-full` (one member's small disk filled
-    /// for 2 s); or `all`. Partitions and the small disk need root (network
-    /// namespaces, a tmpfs mount); without it `all` leaves them out and says
-    /// so.
+    /// for 2 s), `slow` (a member's link slowed to 1 Mbit/s for 2 s, with at
+    /// most 200 ms queued: delay, and past it dropped packets); or `all`.
+    /// Partitions, slow links and the small disk need root (network
+    /// namespaces, `tc`, a tmpfs mount); without it `all` leaves them out
+    /// and says so.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Concurrent clients.
@@ -201,11 +203,13 @@ pub fn run(a: ChaosArgs) -> Result<ExitCode, String> {
         if let Some(why) = net::Net::unavailable() {
             if a.faults
                 .split(',')
-                .any(|f| f.trim().starts_with("partition"))
+                .any(|f| f.trim().starts_with("partition") || f.trim() == "slow")
             {
-                return Err(format!("--faults: partitions cannot run here: {why}"));
+                return Err(format!(
+                    "--faults: partitions and slow links cannot run here: {why}"
+                ));
             }
-            eprintln!("synod chaos: no partitions in this run: {why}");
+            eprintln!("synod chaos: no partitions or slow links in this run: {why}");
             kinds.retain(|k| !k.needs_net());
         }
     }

@@ -16,11 +16,15 @@ pub(super) enum Fault {
     PartitionLeader,
     Churn,
     DiskFull,
+    Slow,
 }
 
 impl Fault {
     pub(super) fn needs_net(self) -> bool {
-        matches!(self, Fault::Partition | Fault::PartitionLeader)
+        matches!(
+            self,
+            Fault::Partition | Fault::PartitionLeader | Fault::Slow
+        )
     }
 }
 
@@ -36,6 +40,7 @@ pub(super) fn faults(list: &str) -> Result<Vec<Fault>, String> {
                 Fault::PartitionLeader,
                 Fault::Churn,
                 Fault::DiskFull,
+                Fault::Slow,
             ]),
             "kill" => out.push(Fault::Kill),
             "kill-leader" => out.push(Fault::KillLeader),
@@ -44,10 +49,11 @@ pub(super) fn faults(list: &str) -> Result<Vec<Fault>, String> {
             "partition-leader" => out.push(Fault::PartitionLeader),
             "churn" => out.push(Fault::Churn),
             "disk-full" => out.push(Fault::DiskFull),
+            "slow" => out.push(Fault::Slow),
             other => {
                 return Err(format!(
                     "--faults: {other:?} is not one of kill, kill-leader, pause, partition, \
-                     partition-leader, churn, disk-full, all"
+                     partition-leader, churn, disk-full, slow, all"
                 ))
             }
         }
@@ -163,6 +169,24 @@ pub(super) async fn nemesis(
                 let end = micros(start);
                 timeline.windows.push((at, end));
                 timeline.events.push((at, line));
+            }
+            Fault::Slow => {
+                let net = cluster
+                    .net
+                    .as_ref()
+                    .expect("slow links run with namespaces");
+                net.slow(victim)?;
+                let at = micros(start);
+                timeline
+                    .events
+                    .push((at, format!("link of {name}{role} slowed")));
+                tokio::time::sleep(SPLIT).await;
+                net.unslow(victim)?;
+                let end = micros(start);
+                timeline.windows.push((at, end));
+                timeline
+                    .events
+                    .push((end, format!("link of {name} at full speed")));
             }
             Fault::Partition | Fault::PartitionLeader => {
                 // The victim and, for a plain partition, whoever else makes

@@ -1,11 +1,17 @@
 //! Network namespaces for `synod chaos`: one per member, each with a veth
 //! to a bridge that the run creates and removes, so that partitions are
 //! real dropped packets between processes (blackhole routes in the
-//! members' namespaces), not a proxy's pretence. Root and iproute2's `ip`
-//! are needed; without them the partition faults are refused and the rest
-//! runs on loopback.
+//! members' namespaces), not a proxy's pretence, and slow links are real
+//! queues (`tc`'s token bucket on a member's veth). Root and iproute2's
+//! `ip` and `tc` are needed; without them those faults are refused and the
+//! rest runs on loopback.
 
 use std::process::Command;
+
+/// A slowed link's rate and the most it queues (`Net::slow`): well below
+/// what a member sends under the chaos workload, so the queue fills.
+const SLOW_RATE: &str = "1mbit";
+const SLOW_QUEUE: &str = "200ms";
 
 /// The namespaces, veths and bridge of one run; all removed on drop.
 pub struct Net {
@@ -37,8 +43,10 @@ impl Net {
         if unsafe { libc::geteuid() } != 0 {
             return Some("network namespaces need root".into());
         }
-        if Command::new("ip").arg("-V").output().is_err() {
-            return Some("ip (iproute2) is not installed".into());
+        for tool in ["ip", "tc"] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return Some(format!("{tool} (iproute2) is not installed"));
+            }
         }
         None
     }
@@ -141,6 +149,37 @@ impl Net {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Slows member `i`'s link, both ways, to what a congested network
+    /// gives: a token bucket of `SLOW_RATE` whose queue holds at most
+    /// `SLOW_QUEUE` of traffic, so packets wait up to that long and, past
+    /// it, are dropped. A stand-in for `netem`'s delay and loss, which this
+    /// kernel lacks (`tbf` is built in): the delay and the losses come from
+    /// the member's own load rather than from a fixed figure.
+    pub fn slow(&self, i: usize) -> Result<(), String> {
+        let tbf = [
+            "root", "tbf", "rate", SLOW_RATE, "burst", "16kb", "latency", SLOW_QUEUE,
+        ];
+        let ns = self.ns(i);
+        let mut inside = vec!["-n", &ns, "qdisc", "replace", "dev", "eth0"];
+        inside.extend(tbf);
+        run("tc", &inside)?;
+        let veth = self.veth(i);
+        let mut outside = vec!["qdisc", "replace", "dev", &veth];
+        outside.extend(tbf);
+        run("tc", &outside)
+    }
+
+    /// Member `i`'s link at full speed again.
+    pub fn unslow(&self, i: usize) -> Result<(), String> {
+        // No such qdisc (never slowed) is fine.
+        let _ = run(
+            "tc",
+            &["-n", &self.ns(i), "qdisc", "del", "dev", "eth0", "root"],
+        );
+        let _ = run("tc", &["qdisc", "del", "dev", &self.veth(i), "root"]);
         Ok(())
     }
 
