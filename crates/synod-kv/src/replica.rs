@@ -625,21 +625,25 @@ impl ReplicaState {
             Err(_) => Vec::new(),
         };
         out.emit(applied(&self.store, events));
-        if let Some((id, ours)) = owed {
-            let answer = if ours {
-                answer_write(result, self.store.revision(), e.term)
-            } else {
+        // A write this member forwarded: its own apply answers it as the
+        // leader would have (every member computes the same result), so a
+        // leader that dies before answering costs the client nothing.
+        let forwarded = match cmd {
+            Command::Tagged { by, id, .. } if by == self.cfg.raft.id => Some(id),
+            _ => None,
+        };
+        let revision = self.store.revision();
+        match (owed, forwarded) {
+            (Some((id, true)), _) => respond(out, id, answer_write(result, revision, e.term)),
+            (Some((id, false)), tag) => {
                 // Another leader's entry took the slot: ours was lost.
-                Err(ReplicaError::LeaderChanged)
-            };
-            respond(out, id, answer);
-        } else if let Command::Tagged { by, id, .. } = cmd {
-            // A write this member forwarded: its own apply answers it as the
-            // leader would have (every member computes the same result), so
-            // a leader that dies before answering costs the client nothing.
-            if by == self.cfg.raft.id {
-                respond(out, id, answer_write(result, self.store.revision(), e.term));
+                respond(out, id, Err(ReplicaError::LeaderChanged));
+                if let Some(tag) = tag {
+                    respond(out, tag, answer_write(result, revision, e.term));
+                }
             }
+            (None, Some(tag)) => respond(out, tag, answer_write(result, revision, e.term)),
+            (None, None) => {}
         }
     }
 

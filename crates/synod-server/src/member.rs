@@ -694,9 +694,11 @@ impl Driver {
                 self.replica.step(now, from, msg, &mut self.out);
             }
             Inbox::Peer((from, PeerMsg::Forward { id, req, term })) => {
-                if !self.replica.is_leader() || self.replica.raft().term() != term {
+                let tagged = matches!(req, Request::Write(Command::Tagged { .. }));
+                if tagged && (!self.replica.is_leader() || self.replica.raft().term() != term) {
                     // Proposed now, it would be of another term than the
-                    // sender counts on: refuse, nothing was proposed.
+                    // sender counts on to settle it: refuse, nothing was
+                    // proposed.
                     let hint = self.replica.raft().leader();
                     let result = Err(ReplicaError::NotLeader { hint });
                     if let Some(p) = self.sender(from) {

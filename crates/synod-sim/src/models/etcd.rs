@@ -41,7 +41,7 @@
 //!   the grant was acknowledged (the leader counts TTLs in its own ticks, and
 //!   a new leader restarts them).
 //!
-//! * **auth** — an admin client ([`admin`]) sets up users and roles, turns
+//! * **auth** — an admin client (the `admin` module) sets up users and roles, turns
 //!   auth on, writes as a user with little permission (one write allowed, two
 //!   denied), and turns auth off, through the log; every answer must be the
 //!   one etcd's rules give, and no member may hold a denied write's key.
