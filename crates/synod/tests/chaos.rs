@@ -189,15 +189,18 @@ fn partitions_keep_the_history_linearizable() {
 }
 
 /// Membership churn (a follower removed, wiped, added back as a learner and
-/// promoted) and a full disk (one member's small tmpfs filled for 2 s): the
-/// cluster keeps every check passing. The disk needs root (a mount);
-/// skipped with the reason otherwise.
+/// promoted), a full disk (one member's small tmpfs filled for 2 s) and a
+/// slow link (one member's veth limited by `tc` for 2 s): the cluster keeps
+/// every check passing. The disk and the link need root (a mount, a
+/// namespace); skipped with the reason otherwise.
 #[test]
-fn churn_and_a_full_disk_keep_every_check_passing() {
-    // A churned member must come back as a voter; a full disk must fill.
+fn churn_a_full_disk_and_a_slow_link_keep_every_check_passing() {
+    // A churned member must come back as a voter; a full disk must fill;
+    // a slowed link must be slowed.
     let kinds = [
         ("churn", "added back as a learner, promoted"),
         ("disk-full", "full ("),
+        ("slow", "slowed"),
     ];
     for (kind, mark) in kinds {
         if let Some((_, timeline)) = run_as_root(kind, "6", "2") {
