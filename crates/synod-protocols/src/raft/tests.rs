@@ -142,6 +142,17 @@ impl Net {
         self.handle(id, out);
     }
 
+    /// Node `id`'s driver learned that `leader` is gone (its connections
+    /// closed).
+    fn leader_gone(&mut self, id: NodeId, leader: NodeId) {
+        let mut out = Out::default();
+        self.nodes[id as usize]
+            .as_mut()
+            .expect("node is down")
+            .leader_unreachable(leader, &mut out);
+        self.handle(id, out);
+    }
+
     /// Delivers queued messages (and those they cause) until none are left.
     fn deliver_all(&mut self) {
         let mut budget = 1_000_000;
@@ -369,19 +380,9 @@ fn a_node_told_its_leader_is_gone_tries_again_soon() {
     // `fast` learns at once that the leader is gone and campaigns within a
     // few ticks; `slow` still honours the dead leader's lease and ignores
     // it, and learns only three ticks later.
-    let mut out = Out::default();
-    net.nodes[fast as usize]
-        .as_mut()
-        .expect("up")
-        .leader_unreachable(l, &mut out);
-    net.handle(fast, out);
+    net.leader_gone(fast, l);
     net.run(3);
-    let mut out = Out::default();
-    net.nodes[slow as usize]
-        .as_mut()
-        .expect("up")
-        .leader_unreachable(l, &mut out);
-    net.handle(slow, out);
+    net.leader_gone(slow, l);
     // Waiting out a whole election timeout (10 to 19 ticks) after its
     // first, ignored campaign would leave the cluster without a leader for
     // at least 11 ticks; trying again every few ticks wins by the ninth.
