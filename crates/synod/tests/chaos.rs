@@ -11,7 +11,11 @@ use std::process::Command;
 fn a_short_chaos_run_keeps_the_history_linearizable() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_synod"))
-        .args(["chaos", "--duration", "8", "--seed", "3", "--json", "--out"])
+        .args(["chaos", "--duration", "8", "--seed", "3", "--json"])
+        // The faults of the module docs; the others have tests of their own,
+        // and a schedule drawn from these alone does not change with them
+        // (or with whether the run may use namespaces).
+        .args(["--faults", "kill,kill-leader,pause", "--out"])
         .arg(dir.path().join("run"))
         .output()
         .unwrap();
