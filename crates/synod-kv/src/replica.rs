@@ -298,6 +298,12 @@ impl Replica {
     pub fn raft(&self) -> &RaftNode {
         self.node.raft()
     }
+
+    /// Lets the core keep its snapshot's bytes in the durable file, mapped,
+    /// instead of on the heap (see [`RaftNode::share_snapshot_data`]).
+    pub fn share_snapshot_data(&mut self, index: u64, data: Payload) -> bool {
+        self.node.share_snapshot_data(index, data)
+    }
 }
 
 impl<E: Engine> Replica<E> {

@@ -60,13 +60,16 @@ impl<F: Fs> DeferredSnapshot<F> {
         }
     }
 
+    /// The length of the snapshot's data (the application's bytes).
+    pub fn data_len(&self) -> usize {
+        self.snap.data.0.len()
+    }
+
     /// Encodes the snapshot and writes its file durably; adopt the result.
     pub fn write(self) -> Result<synod_storage::SnapshotMeta> {
         let meta = self.meta();
-        self.snaps.save(&synod_storage::Snapshot {
-            meta,
-            data: codec::encode(&self.snap),
-        })?;
+        let (prefix, data) = codec::encode_snapshot_parts(&self.snap);
+        self.snaps.save_parts(meta, &[&prefix, data])?;
         Ok(meta)
     }
 }
@@ -105,6 +108,11 @@ impl<F: Fs> RaftLog<F> {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         self.storage.dir()
+    }
+
+    /// The file of the snapshot `meta` (present once it is durable).
+    pub fn snapshot_path(&self, meta: synod_storage::SnapshotMeta) -> PathBuf {
+        self.storage.snap_store().path(meta)
     }
 
     fn dir_buf(&self) -> PathBuf {

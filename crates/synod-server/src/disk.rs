@@ -7,7 +7,7 @@
 use std::path::Path;
 use synod_kv::Command;
 use synod_protocols::raft::{Disk, Write};
-use synod_protocols::raft::{EntryData, PAYLOAD_VERSION};
+use synod_protocols::raft::{EntryData, Payload, PAYLOAD_VERSION};
 use synod_protocols::NodeId;
 use synod_raft_log::RaftLog;
 use synod_storage::{Identity, RealFs, RecoveryReport, StorageOptions};
@@ -57,10 +57,15 @@ pub struct MemberDisk {
     pub fsync: Option<prometheus::Histogram>,
     /// The snapshot being written, if any (at most one at a time).
     saving: Option<Saving>,
+    /// The data of the latest durable snapshot, mapped from its file, for
+    /// the core to keep instead of its heap copy ([`MemberDisk::take_mapped`]).
+    mapped: Option<(u64, Payload)>,
 }
 
 struct Saving {
     index: u64,
+    /// The length of the snapshot's data (what the mapped file must hold).
+    len: usize,
     thread: std::thread::JoinHandle<synod_storage::Result<synod_storage::SnapshotMeta>>,
 }
 
@@ -79,11 +84,15 @@ impl MemberDisk {
         };
         let (log, disk, report) = RaftLog::open(RealFs, dir, id, StorageOptions::default())?;
         readable(dir, &disk)?;
-        let disk_handle = MemberDisk {
+        let mut disk_handle = MemberDisk {
             log,
             fsync: None,
             saving: None,
+            mapped: None,
         };
+        if let Some(s) = &disk.snapshot {
+            disk_handle.map(s.meta.index, s.meta.term, s.data.0.len());
+        }
         Ok((disk_handle, disk, report))
     }
 
@@ -104,12 +113,18 @@ impl MemberDisk {
                 Some(d) => deferred = Some(d),
                 // A snapshot written now (installed from the leader) replaces
                 // the log, and any snapshot of it taken earlier in the batch.
-                None if matches!(w, Write::Snapshot(_)) => deferred = None,
-                None => {}
+                // Its file is durable already.
+                None => {
+                    if let Write::Snapshot(snap) = w {
+                        deferred = None;
+                        self.map(snap.meta.index, snap.meta.term, snap.data.0.len());
+                    }
+                }
             }
         }
         if let Some(d) = deferred {
             let index = d.meta().index;
+            let len = d.data_len();
             let thread = std::thread::Builder::new()
                 .name("synod-snapshot".into())
                 .spawn(move || {
@@ -121,7 +136,7 @@ impl MemberDisk {
                     path: self.log.dir().to_path_buf(),
                     source,
                 })?;
-            self.saving = Some(Saving { index, thread });
+            self.saving = Some(Saving { index, len, thread });
         }
         if !writes.iter().any(Write::must_sync) {
             // Only the commit index moved: the next sync takes it along (a
@@ -164,8 +179,60 @@ impl MemberDisk {
         })?;
         let adopted = self.log.adopt(meta)?;
         tracing::debug!(index = meta.index, adopted, "snapshot saved");
+        if adopted {
+            self.map(meta.index, meta.term, s.len);
+        }
         Ok(())
     }
+
+    /// The data of the latest durable snapshot, mapped from its file, once:
+    /// hand it to the core (`Replica::share_snapshot_data`), whose heap copy
+    /// of the whole state is then freed. Resident memory then holds only the
+    /// pages a follower's catch-up reads, and the kernel may drop those again.
+    pub fn take_mapped(&mut self) -> Option<(u64, Payload)> {
+        self.mapped.take()
+    }
+
+    /// Maps the data of the snapshot file at `index`/`term`. Best effort: a
+    /// file that cannot be mapped leaves the heap copy in place (and says so).
+    fn map(&mut self, index: u64, term: u64, len: usize) {
+        let path = self
+            .log
+            .snapshot_path(synod_storage::SnapshotMeta { index, term });
+        match map_snapshot_data(&path, len) {
+            Ok(data) => self.mapped = Some((index, data)),
+            Err(e) => tracing::warn!(path = %path.display(), "cannot map the snapshot: {e}"),
+        }
+    }
+}
+
+/// The last `len` bytes of the snapshot file at `path` (where a snapshot
+/// record keeps its data), mapped read-only.
+fn map_snapshot_data(path: &Path, len: usize) -> std::io::Result<Payload> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a snapshot file is written once under a temporary name,
+    // synced and renamed into place, and never written again; it is only
+    // removed, which leaves a mapping of it intact. So the mapped bytes do
+    // not change while any `Bytes` of them lives.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let total = map.len();
+    if total < synod_storage::SNAPSHOT_HEADER_LEN + len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{total} bytes cannot hold a snapshot of {len} bytes of data"),
+        ));
+    }
+    let data = bytes::Bytes::from_owner(map).slice(total - len..);
+    if len > 0 && data[0] != PAYLOAD_VERSION {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "its data starts with {:#04x}, not encoding {PAYLOAD_VERSION}",
+                data[0]
+            ),
+        ));
+    }
+    Ok(Payload(data))
 }
 
 impl Drop for MemberDisk {

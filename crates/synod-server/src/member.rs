@@ -1145,6 +1145,10 @@ impl Driver {
         {
             return Err(format!("storage failed: {e}"));
         }
+        if let Some((index, data)) = self.disk.take_mapped() {
+            let shared = self.replica.share_snapshot_data(index, data);
+            tracing::debug!(index, shared, "snapshot data mapped from its file");
+        }
         for env in out.msgs {
             if env.to == self.cfg.id {
                 // Never block on its own inbox: a full one drops the message,

@@ -38,17 +38,17 @@ pub fn parse_snapshot_name(name: &str) -> Option<SnapshotMeta> {
 /// The header of a snapshot file; the data follows it. Written apart from
 /// the data, which may be tens of megabytes: one buffer holding both would
 /// copy all of it into freshly faulted pages first.
-fn encode_header(id: Identity, snap: &Snapshot) -> Vec<u8> {
+fn encode_header(id: Identity, meta: SnapshotMeta, len: u64, crc: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(SNAPSHOT_HEADER_LEN);
     v.extend_from_slice(&SNAPSHOT_MAGIC);
     v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     v.extend_from_slice(&0u32.to_le_bytes());
     v.extend_from_slice(&id.cluster_id.to_le_bytes());
     v.extend_from_slice(&id.node_id.to_le_bytes());
-    v.extend_from_slice(&snap.meta.index.to_le_bytes());
-    v.extend_from_slice(&snap.meta.term.to_le_bytes());
-    v.extend_from_slice(&(snap.data.len() as u64).to_le_bytes());
-    v.extend_from_slice(&crc32c::crc32c(&snap.data).to_le_bytes());
+    v.extend_from_slice(&meta.index.to_le_bytes());
+    v.extend_from_slice(&meta.term.to_le_bytes());
+    v.extend_from_slice(&len.to_le_bytes());
+    v.extend_from_slice(&crc.to_le_bytes());
     let hcrc = crc32c::crc32c(&v);
     v.extend_from_slice(&hcrc.to_le_bytes());
     assert_eq!(v.len(), SNAPSHOT_HEADER_LEN);
@@ -187,13 +187,27 @@ impl<F: Fs> SnapStore<F> {
 
     /// Write `snap` durably and atomically; returns its path.
     pub fn save(&self, snap: &Snapshot) -> Result<PathBuf> {
-        let path = self.path(snap.meta);
-        let tmp = join(&self.dir, &format!("{}.tmp", snapshot_name(snap.meta)));
-        let header = encode_header(self.id, snap);
+        self.save_parts(snap.meta, &[&snap.data])
+    }
+
+    /// Write a snapshot whose data is `parts` laid end to end, durably and
+    /// atomically; returns its path. The file is the one [`save`](Self::save)
+    /// writes for the concatenation: a caller whose data is a small prefix
+    /// before a large shared buffer need not copy the buffer to join them.
+    pub fn save_parts(&self, meta: SnapshotMeta, parts: &[&[u8]]) -> Result<PathBuf> {
+        let path = self.path(meta);
+        let tmp = join(&self.dir, &format!("{}.tmp", snapshot_name(meta)));
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let crc = parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p));
+        let header = encode_header(self.id, meta, len, crc);
         let res = (|| {
             let mut f = self.fs.create(&tmp)?;
             f.write_all_at(&header, 0)?;
-            f.write_all_at(&snap.data, SNAPSHOT_HEADER_LEN as u64)?;
+            let mut at = SNAPSHOT_HEADER_LEN as u64;
+            for p in parts {
+                f.write_all_at(p, at)?;
+                at += p.len() as u64;
+            }
             f.sync_data()?;
             drop(f);
             self.fs.rename(&tmp, &path)?;

@@ -154,6 +154,12 @@ impl<A: Application> RaftApp<A> {
         &mut self.app
     }
 
+    /// See [`RaftNode::share_snapshot_data`]: not a step (nothing the core
+    /// decides changes, only where the snapshot's bytes live).
+    pub fn share_snapshot_data(&mut self, index: u64, data: Payload) -> bool {
+        self.raft.share_snapshot_data(index, data)
+    }
+
     /// The core, for tests that install deliberate bugs.
     #[cfg(any(test, feature = "broken"))]
     pub(crate) fn raft_mut(&mut self) -> &mut RaftNode {

@@ -1189,6 +1189,26 @@ impl RaftNode {
         self.snapshot = Some(snap);
     }
 
+    /// Swaps the data of the snapshot this node keeps (to send to followers
+    /// that fall behind it) for the same bytes held elsewhere: the driver's
+    /// durable snapshot file, mapped into memory, so the member's heap does
+    /// not carry a second copy of its whole state. Returns whether the node
+    /// holds the snapshot at `index` (a newer one may have replaced it).
+    pub fn share_snapshot_data(&mut self, index: u64, data: Payload) -> bool {
+        match &mut self.snapshot {
+            Some(s) if s.meta.index == index => {
+                assert_eq!(
+                    s.data.0.len(),
+                    data.0.len(),
+                    "the snapshot at {index} swapped for data of another length"
+                );
+                s.data = data;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn on_install_snapshot(&mut self, from: NodeId, snap: Snapshot, out: &mut Out) {
         let idx = snap.meta.index;
         if idx <= self.commit {
