@@ -75,13 +75,36 @@ enum Command {
     Snapshot(snapshot_cmd::SnapshotCmd),
 }
 
+/// Turns transparent huge pages off for this process (a server's).
+///
+/// mimalloc asks for huge pages on its arenas, so every fresh or purged
+/// stretch the allocator touches is zeroed two megabytes at a time, and a
+/// partly used huge page stays resident whole. Under put load that zeroing
+/// was a tenth of the machine's CPU, and turning it off cut CPU per put,
+/// the put p99 and resident memory (BENCHMARKS.md). Best effort: a kernel
+/// without the knob changes nothing else.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
+    // of ours; it only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up_cmd::run(args),
-        Command::Serve(args) => serve_cmd::run(*args),
+        Command::Serve(args) => {
+            no_huge_pages();
+            serve_cmd::run(*args)
+        }
         Command::Bench(args) => bench_cmd::run(args),
-        Command::Ceiling(args) => ceiling_cmd::run(args),
+        Command::Ceiling(args) => {
+            no_huge_pages();
+            ceiling_cmd::run(args)
+        }
         Command::Sim(args) => sim_cmd::run(args),
         Command::Story(args) => story_cmd::run(args),
         Command::CheckHistory { file } => check_history(&file),
