@@ -37,6 +37,10 @@ pub struct MemberSpec {
 }
 
 /// Timing and limits, the same on every member.
+/// `--snapshot-log-percent`'s default: a snapshot waits until the commands
+/// applied since the last one are as large as it (see [`Tuning`]).
+pub const DEFAULT_SNAPSHOT_LOG_PERCENT: u64 = 100;
+
 #[derive(Clone, Debug)]
 pub struct Tuning {
     /// `--heartbeat-interval`: one tick.
@@ -45,6 +49,8 @@ pub struct Tuning {
     pub election: Duration,
     /// `--snapshot-count`.
     pub snapshot_every: u64,
+    /// `--snapshot-log-percent`.
+    pub snapshot_log_percent: u64,
     pub limits: Limits,
     /// The largest peer message a member takes (a snapshot of the whole
     /// store is one); a peer that sends more is disconnected.
@@ -71,6 +77,7 @@ impl Default for Tuning {
             tick: Duration::from_millis(100),
             election: Duration::from_millis(1000),
             snapshot_every: 1000,
+            snapshot_log_percent: DEFAULT_SNAPSHOT_LOG_PERCENT,
             limits: Limits::default(),
             max_peer_frame: crate::peer::MAX_FRAME,
             quota_bytes: 2 << 30,
@@ -294,6 +301,7 @@ pub async fn start_member_on(
             tick: tuning.tick,
             election_ticks: election_ticks(tuning),
             snapshot_every: tuning.snapshot_every,
+            snapshot_log_percent: tuning.snapshot_log_percent,
             max_txn_ops: tuning.limits.max_txn_ops,
             max_peer_frame: tuning.max_peer_frame,
             quota_bytes: tuning.quota_bytes,

@@ -57,6 +57,8 @@ pub struct MemberConfig {
     pub election_ticks: u32,
     /// Applied entries between snapshots (`--snapshot-count`).
     pub snapshot_every: u64,
+    /// `--snapshot-log-percent` (`RaftConfig::snapshot_log_percent`).
+    pub snapshot_log_percent: u64,
     pub max_txn_ops: usize,
     /// The largest peer message taken (see `Tuning::max_peer_frame`).
     pub max_peer_frame: usize,
@@ -254,6 +256,7 @@ impl Member {
         rcfg.tick_ms = cfg.tick.as_millis() as u64;
         rcfg.raft.election_ticks = cfg.election_ticks;
         rcfg.raft.snapshot_every = cfg.snapshot_every;
+        rcfg.raft.snapshot_log_percent = cfg.snapshot_log_percent;
         rcfg.max_txn_ops = cfg.max_txn_ops;
         rcfg.quota_bytes = cfg.quota_bytes;
         // Encoding a store of tens of megabytes took the member's thread away

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// thousand small writes.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 1000)]
     pub snapshot_count: u64,
+    /// How large the commands applied since the last snapshot must be, as a
+    /// percentage of it, before the next is taken (synod only). Each snapshot
+    /// rewrites the whole store, and the log since the last one is held in
+    /// memory: lower values hold less memory at the price of more snapshots.
+    #[arg(long, env = "SYNOD_SNAPSHOT_LOG_PERCENT", default_value_t = synod_server::cluster::DEFAULT_SNAPSHOT_LOG_PERCENT)]
+    pub snapshot_log_percent: u64,
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
@@ -382,6 +388,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         tick,
         election,
         snapshot_every: a.snapshot_count,
+        snapshot_log_percent: a.snapshot_log_percent,
         limits: Limits {
             max_request_bytes: a.max_request_bytes,
             max_txn_ops: a.max_txn_ops,
