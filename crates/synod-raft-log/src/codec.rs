@@ -91,6 +91,37 @@ pub fn encode_snapshot_parts(snap: &Snapshot) -> (Vec<u8>, &[u8]) {
     (prefix, data)
 }
 
+/// Decodes a snapshot record written by [`encode`] (or by
+/// [`encode_snapshot_parts`]), keeping its data in `bytes` rather than
+/// copying it out: a restart decodes a snapshot as large as the store.
+pub fn decode_snapshot(bytes: Vec<u8>) -> Result<Snapshot, DecodeError> {
+    use bincode::Options;
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let mut rest = body;
+    let meta: synod_protocols::raft::SnapshotMeta = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_RECORD)
+        .allow_trailing_bytes()
+        .deserialize_from(&mut rest)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let Some((len, data)) = rest.split_first_chunk::<8>() else {
+        return Err(DecodeError::Malformed("no data length".into()));
+    };
+    let len = u64::from_le_bytes(*len);
+    if len != data.len() as u64 {
+        return Err(DecodeError::Malformed(format!(
+            "snapshot data of {len} bytes, but {} follow",
+            data.len()
+        )));
+    }
+    let at = bytes.len() - data.len();
+    let data = synod_protocols::raft::Payload(bytes::Bytes::from(bytes).slice(at..));
+    Ok(Snapshot { meta, data })
+}
+
 /// Decodes a record written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     use bincode::Options;
@@ -136,6 +167,22 @@ mod tests {
         let empty = Snapshot::default();
         let (prefix, data) = encode_snapshot_parts(&empty);
         assert_eq!([prefix.as_slice(), data].concat(), encode(&empty));
+        assert_eq!(decode_snapshot(encode(&snap)), Ok(snap.clone()));
+        assert_eq!(decode_snapshot(encode(&empty)), Ok(empty));
+        // One byte short, one too many, or a record of another kind: refused.
+        let mut short = encode(&snap);
+        short.pop();
+        assert!(matches!(
+            decode_snapshot(short),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut long = encode(&snap);
+        long.push(0);
+        assert!(matches!(
+            decode_snapshot(long),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(decode_snapshot(encode(&EntryData::Empty)).is_err());
     }
 
     #[test]
@@ -169,6 +216,7 @@ mod tests {
             versioned.extend_from_slice(&bytes);
             let _ = decode::<EntryData>(&versioned);
             let _ = decode::<Snapshot>(&versioned);
+            let _ = decode_snapshot(versioned);
         }
     }
 }

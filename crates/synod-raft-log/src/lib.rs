@@ -132,7 +132,7 @@ impl<F: Fs> RaftLog<F> {
         let snapshot = match st.snapshot()? {
             None => None,
             Some(s) => {
-                let snap: Snapshot = codec::decode(&s.data).map_err(|e| {
+                let snap = codec::decode_snapshot(s.data).map_err(|e| {
                     inconsistent(&dir, format!("snapshot file at {:?}: {e}", s.meta))
                 })?;
                 if (snap.meta.index, snap.meta.term) != (s.meta.index, s.meta.term) {

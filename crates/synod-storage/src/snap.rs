@@ -68,6 +68,24 @@ pub fn decode_snapshot(
     b: &[u8],
     expect_id: Option<Identity>,
 ) -> Result<(Identity, Snapshot)> {
+    let (id, meta) = check_snapshot(path, b, expect_id)?;
+    Ok((
+        id,
+        Snapshot {
+            meta,
+            data: b[SNAPSHOT_HEADER_LEN..].to_vec(),
+        },
+    ))
+}
+
+/// Fully checks a snapshot file (header, identity, length and the data's
+/// checksum) and returns whose and where it is; its data is
+/// `b[SNAPSHOT_HEADER_LEN..]`.
+fn check_snapshot(
+    path: &Path,
+    b: &[u8],
+    expect_id: Option<Identity>,
+) -> Result<(Identity, SnapshotMeta)> {
     if b.len() < SNAPSHOT_HEADER_LEN {
         return Err(Error::corrupt(
             path,
@@ -137,13 +155,7 @@ pub fn decode_snapshot(
             ),
         ));
     }
-    Ok((
-        id,
-        Snapshot {
-            meta,
-            data: data.to_vec(),
-        },
-    ))
+    Ok((id, meta))
 }
 
 /// The snapshot directory.
@@ -220,11 +232,18 @@ impl<F: Fs> SnapStore<F> {
     /// Read and verify the snapshot `meta`.
     pub fn load(&self, meta: SnapshotMeta) -> Result<Snapshot> {
         let path = self.path(meta);
-        let bytes = self
+        let mut bytes = self
             .fs
             .read(&path)
             .map_err(|e| Error::io("read snapshot", &path, e))?;
-        let (_, snap) = decode_snapshot(&path, &bytes, Some(self.id))?;
+        let (_, meta_read) = check_snapshot(&path, &bytes, Some(self.id))?;
+        // The data is most of the file: move it to the front of the buffer
+        // rather than copy it into a second one (a restart's peak memory).
+        bytes.drain(..SNAPSHOT_HEADER_LEN);
+        let snap = Snapshot {
+            meta: meta_read,
+            data: bytes,
+        };
         if snap.meta != meta {
             return Err(Error::corrupt(
                 &path,
