@@ -288,6 +288,14 @@ impl Member {
                 "recovered"
             );
         }
+        // The core now keeps the snapshot in its file, and the recovered
+        // image goes: both heap copies of the state are freed here, on the
+        // thread that allocated them.
+        let mut replica = replica;
+        if let Some((index, data)) = disk.take_mapped() {
+            replica.share_snapshot_data(index, data);
+        }
+        drop(recovered);
         let id = cfg.id;
         let loop_tx = tx.clone();
         let (end_tx, ended) = tokio::sync::watch::channel(None);

@@ -92,6 +92,17 @@ fn no_huge_pages() {
     }
 }
 
+/// Hands the memory freed so far back to the system. Recovery reads the
+/// snapshot and the log into buffers it then frees, and mimalloc keeps freed
+/// memory until the thread that owns it allocates again; the thread that
+/// recovered a member then only waits for signals, so an idle member kept
+/// its recovery's peak (405 against 300 MB per member once it had served a
+/// few puts, with 300,000 keys).
+pub(crate) fn release_freed_memory() {
+    // SAFETY: mi_collect only frees memory no allocation refers to.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -776,6 +776,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
         let member = start_member_on(&plan.spec, plan.index, &plan.listen).await?;
+        crate::release_freed_memory();
         println!(
             "synod: member {} ({:x}) of cluster {:x} serving clients on {} (peers on {}), data in {}",
             me.name,
