@@ -101,9 +101,8 @@ pub fn decode_snapshot(bytes: Vec<u8>) -> Result<Snapshot, DecodeError> {
         return Err(DecodeError::UnknownVersion(version));
     }
     let mut rest = body;
-    let meta: synod_protocols::raft::SnapshotMeta = bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_limit(MAX_RECORD)
+    // The metadata is followed by the data, so it ends before the buffer.
+    let meta: synod_protocols::raft::SnapshotMeta = options()
         .allow_trailing_bytes()
         .deserialize_from(&mut rest)
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
