@@ -2,10 +2,11 @@
 //! from a follower on to the leader.
 
 use crate::member::{AuthView, Directory, Inbox};
+use crate::metrics::Stages;
 use crate::peer::ActiveSince;
 use crate::reconfig;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use synod_etcd::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo, Subscription,
 };
@@ -67,6 +68,8 @@ pub struct MemberBackend {
     pub strict_reconfig: bool,
     /// Since when each peer has been reachable.
     pub active: ActiveSince,
+    /// Where requests' time goes (the member's metrics).
+    pub stages: Stages,
 }
 
 /// Bytes of every file under `dir`, preallocated space included (it is
@@ -120,8 +123,11 @@ impl MemberBackend {
 
     async fn ask(&self, req: Request) -> Result<Answer, ApiError> {
         let (reply, answer) = oneshot::channel();
-        self.queue(Inbox::Client { req, reply })?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        let at = Instant::now();
+        self.queue(Inbox::Client { req, reply, at })?;
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, answer).await;
+        self.stages.total.observe(at.elapsed().as_secs_f64());
+        match answer {
             Err(_) => Err(ApiError::Timeout),
             Ok(Err(_)) => Err(gone()),
             Ok(Ok(r)) => r.map_err(replica_error),

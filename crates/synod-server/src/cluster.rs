@@ -320,6 +320,7 @@ pub async fn start_member_on(
         data_dir: m.data_dir.clone(),
         strict_reconfig: tuning.strict_reconfig,
         active: member.active.clone(),
+        stages: metrics.stages.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut apis = Vec::new();

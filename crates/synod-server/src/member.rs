@@ -105,6 +105,8 @@ struct Forwarded {
     client: oneshot::Sender<Result<Answer, ReplicaError>>,
     /// For a write: the term it was sent in, and the request to send again.
     write: Option<(u64, Request)>,
+    /// When it was first sent (for [`crate::metrics::Stages::forwarded`]).
+    sent: Instant,
 }
 
 /// The first request id of this life of the member. Forwarded writes carry
@@ -130,6 +132,8 @@ pub enum Inbox {
     Client {
         req: Request,
         reply: oneshot::Sender<Result<Answer, ReplicaError>>,
+        /// When the API thread handed it over.
+        at: Instant,
     },
     /// Run a closure on the member's state, on its thread (local reads and
     /// status, and subscribing to the feed at a known revision).
@@ -393,7 +397,8 @@ struct Driver {
     feed: Feed,
     next_id: u64,
     /// Requests of local clients by request id.
-    clients: BTreeMap<u64, oneshot::Sender<Result<Answer, ReplicaError>>>,
+    /// With when each was handed to the replica.
+    clients: BTreeMap<u64, (oneshot::Sender<Result<Answer, ReplicaError>>, Instant)>,
     /// Linearizable reads in flight here, by request id: one that loses its
     /// leader (its read index never comes) is asked again once a leader is
     /// known instead of failing. A read changes nothing, so a new attempt is
@@ -724,7 +729,13 @@ impl Driver {
                 self.replica.input(now, input, &mut self.out);
             }
             Inbox::Peer((_, PeerMsg::Reply { id, result })) => self.forward_answered(id, result),
-            Inbox::Client { req, reply } => self.client(now, req, reply),
+            Inbox::Client { req, reply, at } => {
+                self.metrics
+                    .stages
+                    .queued
+                    .observe(at.elapsed().as_secs_f64());
+                self.client(now, req, reply)
+            }
             Inbox::Local(f) => self.local_jobs.push(f),
             Inbox::SnapshotEncoded { index, data } => {
                 let input = ReplicaInput::SnapshotEncoded { index, data };
@@ -754,6 +765,8 @@ impl Driver {
             // Nothing was proposed: ask the leader there is now.
             (Some((_, req)), Err(ReplicaError::NotLeader { .. })) => self.retry(req, f.client),
             (_, result) => {
+                let waited = f.sent.elapsed().as_secs_f64();
+                self.metrics.stages.forwarded.observe(waited);
                 let _ = f.client.send(result);
             }
         }
@@ -1087,6 +1100,7 @@ impl Driver {
                             to: leader,
                             client,
                             write,
+                            sent: Instant::now(),
                         };
                         self.forwarded_out.insert(id, f);
                         p.send(PeerMsg::Forward { id, req, term });
@@ -1103,7 +1117,7 @@ impl Driver {
                 }
             }
         }
-        self.clients.insert(id, reply);
+        self.clients.insert(id, (reply, Instant::now()));
         if matches!(req, Request::Read(_)) {
             self.reads.insert(id, req.clone());
         }
@@ -1181,7 +1195,7 @@ impl Driver {
                     let read = self.reads.remove(&id);
                     if let (Some(req), Err(ReplicaError::LeaderChanged)) = (read, &result) {
                         if self.parked.len() < MAX_PARKED {
-                            if let Some(client) = self.clients.remove(&id) {
+                            if let Some((client, _)) = self.clients.remove(&id) {
                                 self.parked.push((req, client));
                                 continue;
                             }
@@ -1190,7 +1204,9 @@ impl Driver {
                     if matches!(result, Err(ReplicaError::LeaderChanged)) {
                         self.metrics.failed.inc();
                     }
-                    if let Some(client) = self.clients.remove(&id) {
+                    if let Some((client, since)) = self.clients.remove(&id) {
+                        let stages = &self.metrics.stages;
+                        stages.proposed.observe(since.elapsed().as_secs_f64());
                         let _ = client.send(result);
                     } else if let Some((member, their)) = self.forwarded_in.remove(&id) {
                         if let Some(p) = self.sender(member) {
@@ -1198,6 +1214,8 @@ impl Driver {
                         }
                     } else if let Some(f) = self.forwarded_out.remove(&id) {
                         // A write of ours met in our own log.
+                        let waited = f.sent.elapsed().as_secs_f64();
+                        self.metrics.stages.forwarded.observe(waited);
                         let _ = f.client.send(result);
                     }
                 }

@@ -36,6 +36,29 @@ pub struct Metrics {
     /// Leader to follower and back, by peer (`To`: its member id in hex),
     /// timed from a heartbeat to its answer.
     pub peer_rtt: HistogramVec,
+    /// Where a client request's time goes, by stage (issue 11): see
+    /// [`Stages`].
+    pub stages: Stages,
+}
+
+/// A client request's time, stage by stage, on the member that took it.
+/// `queued` + (`proposed` or `forwarded`) + the reply's way back to the API
+/// thread make up `total`.
+#[derive(Clone)]
+pub struct Stages {
+    /// From the API thread handing the request over to the member's thread
+    /// taking it up (the inbox, and the round in progress).
+    pub queued: Histogram,
+    /// From the member handing the request to its replica to the replica's
+    /// answer: replication, the syncs, commit and apply (reads: the read
+    /// index round).
+    pub proposed: Histogram,
+    /// From a follower sending the request to the leader to the answer
+    /// reaching it back (or its own log settling it).
+    pub forwarded: Histogram,
+    /// From the API thread handing the request over to it reading the
+    /// answer.
+    pub total: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,7 +143,25 @@ impl Metrics {
         r.register(Box::new(version.clone()))
             .expect("registered once");
         version.with_label_values(&[synod_etcd::API_VERSION]).set(1);
+        let stage = HistogramVec::new(
+            HistogramOpts::new(
+                "synod_request_stage_duration_seconds",
+                "Time client requests spent per stage: queued (API thread to member thread), proposed (replica in, answer out: replication, syncs, commit, apply), forwarded (follower to leader and back), total (API thread to API thread).",
+            )
+            .buckets(exponential_buckets(0.00001, 2.0, 18).expect("valid buckets")),
+            &["stage"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(stage.clone()))
+            .expect("registered once");
+        let stages = Stages {
+            queued: stage.with_label_values(&["queued"]),
+            proposed: stage.with_label_values(&["proposed"]),
+            forwarded: stage.with_label_values(&["forwarded"]),
+            total: stage.with_label_values(&["total"]),
+        };
         Arc::new(Metrics {
+            stages,
             peer_rtt,
             has_leader: gauge(
                 &r,
