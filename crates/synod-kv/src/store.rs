@@ -638,9 +638,19 @@ impl Store {
     }
 
     fn put(&mut self, p: &PutRequest, ctx: &mut Ctx) -> PutResponse {
-        let prev = self.latest(&p.key);
-        let value = match (&prev, p.ignore_value) {
-            (Some(prev), true) => Bytes::from(prev.value.clone()),
+        let last = self.keys.get(&p.key).and_then(|recs| {
+            let rec = recs.last().expect("histories are never empty");
+            rec.live
+                .as_ref()
+                .map(|live| (kv(&p.key, rec), live.value.clone()))
+        });
+        let (prev, prev_value) = match last {
+            Some((kv, value)) => (kv, Some(value)),
+            None => (None, None),
+        };
+        // An unchanged value shares the previous revision's buffer.
+        let value = match (prev_value, p.ignore_value) {
+            (Some(prev), true) => prev,
             _ => Bytes::copy_from_slice(&p.value),
         };
         let lease = match (&prev, p.ignore_lease) {
@@ -675,7 +685,13 @@ impl Store {
         };
         let new = kv(&p.key, &rec).expect("a put is live");
         self.retained.add(rec_bytes(&p.key, &rec));
-        self.keys.entry(p.key.clone()).or_default().push(rec);
+        // The key is cloned only when it is new to the map.
+        match self.keys.get_mut(&p.key) {
+            Some(recs) => recs.push(rec),
+            None => {
+                self.keys.insert(p.key.clone(), vec![rec]);
+            }
+        }
         ctx.events.push(Event {
             kind: EventKind::Put,
             kv: new,

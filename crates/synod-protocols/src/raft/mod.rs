@@ -393,14 +393,22 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A deterministic hash of the entry's data (FNV-1a over its bytes).
+    /// A deterministic hash of the entry's data: FNV-1a's constants over
+    /// 8-byte words, then the length. Checkers compare it between members
+    /// of one run; every member computes it for every entry it applies, so
+    /// it eats words, not bytes (eight times fewer dependent multiplies).
     pub fn digest(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            let mut words = bytes.chunks_exact(8);
+            for w in &mut words {
+                let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+                h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3);
             }
+            for b in words.remainder() {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h = (h ^ bytes.len() as u64).wrapping_mul(0x0000_0100_0000_01b3);
         };
         match &self.data {
             EntryData::Empty => eat(&[0]),
