@@ -24,6 +24,15 @@ pub trait FsFile: Send + 'static {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+    /// Push `len` bytes at `offset` to the device and wait until they are
+    /// written. No durability promise (only [`sync_data`](Self::sync_data)
+    /// makes one): a long background write (a snapshot, a segment being
+    /// prepared) calls it as it goes so that the device never holds much
+    /// of it queued, and another file's sync (the WAL's, which a client
+    /// waits for) is not stuck behind all of it at once.
+    fn write_back(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// A second handle to the same file, so one thread can `sync_data` while
     /// another keeps the first handle.
     fn try_clone(&self) -> io::Result<Self>
@@ -115,6 +124,24 @@ impl FsFile for File {
     }
     fn try_clone(&self) -> io::Result<Self> {
         File::try_clone(self)
+    }
+    #[cfg(target_os = "linux")]
+    fn write_back(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(()); // beyond any file: nothing to push
+        };
+        // SAFETY: a plain system call on a descriptor this handle owns; it
+        // reads no memory of ours.
+        let rc = unsafe { libc::sync_file_range(self.as_raw_fd(), offset, len, flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 

@@ -50,6 +50,13 @@ pub use snap::{SnapStore, SNAPSHOT_HEADER_LEN};
 pub use storage::{DiskStorage, RealStorage, SimStorage, Storage, StorageOptions};
 pub use wal::{owner, Recovered, RecoveryReport, SyncTicket, TornTail, Wal, WalOptions};
 
+/// How much of a long background write (a snapshot, a WAL segment being
+/// prepared) is written before it is pushed to the device and waited for
+/// ([`FsFile::write_back`]). Measured (BENCHMARKS.md, issue 11): written
+/// whole and synced at the end, three members' snapshots queued tens of MB
+/// on the shared disk, and every WAL sync meanwhile waited 30-100 ms.
+pub(crate) const WRITE_BACK_CHUNK: usize = 1 << 20;
+
 /// Log sequence number: the position of a record in this process's stream
 /// of appends. Every record (entry, hard state, snapshot marker) gets the
 /// next number; `0` means "nothing". LSNs restart after each recovery.

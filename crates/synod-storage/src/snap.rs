@@ -217,8 +217,11 @@ impl<F: Fs> SnapStore<F> {
             f.write_all_at(&header, 0)?;
             let mut at = SNAPSHOT_HEADER_LEN as u64;
             for p in parts {
-                f.write_all_at(p, at)?;
-                at += p.len() as u64;
+                for chunk in p.chunks(crate::WRITE_BACK_CHUNK) {
+                    f.write_all_at(chunk, at)?;
+                    f.write_back(at, chunk.len() as u64)?;
+                    at += chunk.len() as u64;
+                }
             }
             f.sync_data()?;
             drop(f);

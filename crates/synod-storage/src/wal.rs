@@ -235,6 +235,11 @@ fn prepare_segment<F: Fs>(
         let n = (len - at).min(ZEROS.len() as u64);
         f.write_all_at(&ZEROS[..n as usize], at)?;
         at += n;
+        let chunk = crate::WRITE_BACK_CHUNK as u64;
+        if at % chunk == 0 || at == len {
+            let from = (at - 1) / chunk * chunk;
+            f.write_back(from, at - from)?;
+        }
     }
     f.sync_data()?;
     Ok(f)
