@@ -309,15 +309,19 @@ impl Store {
                 Ok((CommandResponse::Auth, Vec::new()))
             }
             Command::Put(p) => {
-                let txn = TxnRequest {
-                    success: vec![RequestOp::Put(p.clone())],
-                    ..TxnRequest::default()
+                // A transaction of this one put, without building one (that
+                // copied the key and value of every put): the same check,
+                // then the same write at the next revision.
+                self.check_put(p)?;
+                let mut ctx = Ctx {
+                    main: self.revision + 1,
+                    sub: 0,
+                    events: Vec::with_capacity(1),
                 };
-                let (mut r, events) = self.txn(&txn)?;
-                let Some(ResponseOp::Put(p)) = r.responses.pop() else {
-                    unreachable!("a one-put transaction answers with a put")
-                };
-                Ok((CommandResponse::Put(p), events))
+                let resp = self.put(p, &mut ctx);
+                debug_assert_eq!(ctx.sub, 1, "a put writes one revision");
+                self.revision = ctx.main;
+                Ok((CommandResponse::Put(resp), ctx.events))
             }
             Command::DeleteRange(d) => {
                 let txn = TxnRequest {
@@ -579,17 +583,22 @@ impl Store {
         for op in if ok { &t.success } else { &t.failure } {
             match op {
                 RequestOp::Range(r) => self.check_revision(r.revision, self.revision)?,
-                RequestOp::Put(p) => {
-                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
-                        return Err(Error::LeaseNotFound(p.lease));
-                    }
-                    if (p.ignore_value || p.ignore_lease) && self.latest(&p.key).is_none() {
-                        return Err(Error::KeyNotFound);
-                    }
-                }
+                RequestOp::Put(p) => self.check_put(p)?,
                 RequestOp::DeleteRange(_) => {}
                 RequestOp::Txn(inner) => self.check_path(inner, path)?,
             }
+        }
+        Ok(())
+    }
+
+    /// What a put needs before it may be applied: its lease, and for
+    /// `ignore_value`/`ignore_lease` the key.
+    fn check_put(&self, p: &PutRequest) -> Result<(), Error> {
+        if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+            return Err(Error::LeaseNotFound(p.lease));
+        }
+        if (p.ignore_value || p.ignore_lease) && self.latest(&p.key).is_none() {
+            return Err(Error::KeyNotFound);
         }
         Ok(())
     }
