@@ -512,17 +512,15 @@ impl<E: Engine> Replica<E> {
 
 /// What a client hears of its applied write.
 fn answer_write(
-    result: Result<(CommandResponse, Vec<Event>), Error>,
+    result: Result<CommandResponse, Error>,
     revision: i64,
     term: u64,
 ) -> Result<Answer, ReplicaError> {
-    result
-        .map_err(ReplicaError::Kv)
-        .map(|(resp, _)| Answer::Write {
-            revision,
-            term,
-            resp,
-        })
+    result.map_err(ReplicaError::Kv).map(|resp| Answer::Write {
+        revision,
+        term,
+        resp,
+    })
 }
 
 fn respond<W, M>(
@@ -626,9 +624,11 @@ impl ReplicaState {
             }
             _ => {}
         }
-        let events = match &result {
-            Ok((_, events)) => events.clone(),
-            Err(_) => Vec::new(),
+        // The events go out once, moved (a clone copied every key and value
+        // they hold); the answer needs only the response.
+        let (result, events) = match result {
+            Ok((resp, events)) => (Ok(resp), events),
+            Err(e) => (Err(e), Vec::new()),
         };
         out.emit(applied(&self.store, events));
         // A write this member forwarded: its own apply answers it as the

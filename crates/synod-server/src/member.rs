@@ -1227,7 +1227,10 @@ impl Driver {
                     ..
                 } => {
                     self.settle_forwarded(index, term);
-                    if !events.is_empty() {
+                    // Nobody watching (subscribing happens on this thread,
+                    // between rounds): the events are dropped here rather
+                    // than wrapped only to be refused by the channel.
+                    if !events.is_empty() && self.feed.receiver_count() > 0 {
                         let _ = self.feed.send(Arc::new(Applied { revision, events }));
                     }
                 }
