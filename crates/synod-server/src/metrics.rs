@@ -88,6 +88,21 @@ fn histogram(r: &Registry, name: &str, help: &str, (first, count): (f64, usize))
     h
 }
 
+/// [`histogram`] with one label.
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    (first, count): (f64, usize),
+    label: &str,
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help)
+        .buckets(exponential_buckets(first, 2.0, count).expect("valid buckets"));
+    let h = HistogramVec::new(opts, &[label]).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
@@ -121,17 +136,13 @@ impl Metrics {
         r.register(Box::new(grpc_handled.clone()))
             .expect("registered once");
         // etcd's buckets: 0.1 ms to 3.3 s, doubling.
-        let peer_rtt = HistogramVec::new(
-            HistogramOpts::new(
-                "etcd_network_peer_round_trip_time_seconds",
-                "Round-Trip-Time histogram between peers",
-            )
-            .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
-            &["To"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(peer_rtt.clone()))
-            .expect("registered once");
+        let peer_rtt = histogram_vec(
+            &r,
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-Trip-Time histogram between peers",
+            (0.0001, 16),
+            "To",
+        );
         let version = IntGaugeVec::new(
             Opts::new(
                 "etcd_server_version",
@@ -143,17 +154,13 @@ impl Metrics {
         r.register(Box::new(version.clone()))
             .expect("registered once");
         version.with_label_values(&[synod_etcd::API_VERSION]).set(1);
-        let stage = HistogramVec::new(
-            HistogramOpts::new(
-                "synod_request_stage_duration_seconds",
-                "Time client requests spent per stage: queued (API thread to member thread), proposed (replica in, answer out: replication, syncs, commit, apply), forwarded (follower to leader and back), total (API thread to API thread).",
-            )
-            .buckets(exponential_buckets(0.00001, 2.0, 18).expect("valid buckets")),
-            &["stage"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(stage.clone()))
-            .expect("registered once");
+        let stage = histogram_vec(
+            &r,
+            "synod_request_stage_duration_seconds",
+            "Time client requests spent per stage: queued (API thread to member thread), proposed (replica in, answer out: replication, syncs, commit, apply), forwarded (follower to leader and back), total (API thread to API thread).",
+            (0.00001, 18),
+            "stage",
+        );
         let stages = Stages {
             queued: stage.with_label_values(&["queued"]),
             proposed: stage.with_label_values(&["proposed"]),
