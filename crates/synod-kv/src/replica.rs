@@ -83,6 +83,16 @@ impl StoreImage {
     pub fn encode(&self) -> Payload {
         Payload::encode(&self.0)
     }
+
+    /// The length of [`StoreImage::encode`]'s bytes (a walk of the store).
+    pub fn encoded_len(&self) -> u64 {
+        Payload::encoded_len(&self.0)
+    }
+
+    /// Writes [`StoreImage::encode`]'s bytes to `w` as they are made.
+    pub fn encode_to<W: std::io::Write>(&self, w: W) -> std::io::Result<()> {
+        Payload::encode_to(&self.0, w)
+    }
 }
 
 /// Traces show where the image is from, not the whole store.

@@ -80,15 +80,22 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// and joining them in one buffer faulted in and filled that much fresh
 /// memory, which perf showed as most of the snapshot writer's time.
 pub fn encode_snapshot_parts(snap: &Snapshot) -> (Vec<u8>, &[u8]) {
-    use bincode::Options;
     let data: &[u8] = &snap.data.0;
+    (snapshot_prefix(&snap.meta, data.len() as u64), data)
+}
+
+/// The bytes of a snapshot record before its data, for a snapshot at
+/// `meta` whose data is `data_len` bytes long (see
+/// [`encode_snapshot_parts`]).
+pub fn snapshot_prefix(meta: &synod_protocols::raft::SnapshotMeta, data_len: u64) -> Vec<u8> {
+    use bincode::Options;
     let mut prefix = vec![VERSION];
     options()
-        .serialize_into(&mut prefix, &snap.meta)
+        .serialize_into(&mut prefix, meta)
         .expect("raft records serialize");
     // bincode's fixed-width layout of a byte string: its length, then the bytes.
-    prefix.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    (prefix, data)
+    prefix.extend_from_slice(&data_len.to_le_bytes());
+    prefix
 }
 
 /// Decodes a snapshot record written by [`encode`] (or by

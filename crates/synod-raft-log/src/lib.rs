@@ -72,6 +72,96 @@ impl<F: Fs> DeferredSnapshot<F> {
         self.snaps.save_parts(meta, &[&prefix, data])?;
         Ok(meta)
     }
+
+    /// As [`DeferredSnapshot::write`], with the file `streamed` already
+    /// holds: installed if it is this very snapshot (same metadata and data
+    /// length: its data was encoded from the same image, and the core keeps
+    /// the bytes mapped from that file), written afresh otherwise (and the
+    /// streamed file removed).
+    pub fn write_streamed(self, streamed: StreamedSnapshot) -> Result<synod_storage::SnapshotMeta> {
+        let meta = self.meta();
+        if streamed.meta == self.snap.meta && streamed.data_len == self.snap.data.0.len() as u64 {
+            self.snaps.install_part(meta, &streamed.path)?;
+            return Ok(meta);
+        }
+        streamed.discard(&self.snaps);
+        self.write()
+    }
+}
+
+/// A snapshot file being written as the application's state is encoded
+/// ([`SnapStore::stream`]), with the Raft record's prefix in front: the
+/// file [`DeferredSnapshot::write`] would write for the same snapshot.
+/// Write the data (exactly `data_len` bytes) into it, then
+/// [`SnapshotStream::finish`].
+pub struct SnapshotStream<F: Fs> {
+    writer: synod_storage::SnapWriter<F>,
+    meta: raft::SnapshotMeta,
+    data_len: u64,
+}
+
+/// A finished [`SnapshotStream`]: durable, not yet a snapshot of the log
+/// ([`DeferredSnapshot::write_streamed`] installs it).
+#[derive(Debug)]
+pub struct StreamedSnapshot {
+    pub path: PathBuf,
+    pub meta: raft::SnapshotMeta,
+    pub data_len: u64,
+}
+
+impl StreamedSnapshot {
+    /// Removes the file, unused (best effort: the next open removes it too).
+    pub fn discard<F: Fs>(self, snaps: &SnapStore<F>) {
+        let _ = snaps.remove_part(&self.path);
+    }
+}
+
+impl<F: Fs> SnapshotStream<F> {
+    /// Starts the file of the snapshot at `meta` in `snaps`, for `data_len`
+    /// bytes of data.
+    pub fn start(snaps: &SnapStore<F>, meta: raft::SnapshotMeta, data_len: u64) -> Result<Self> {
+        let prefix = codec::snapshot_prefix(&meta, data_len);
+        let file_meta = synod_storage::SnapshotMeta {
+            index: meta.index,
+            term: meta.term,
+        };
+        let mut writer = snaps.stream(file_meta, prefix.len() as u64 + data_len)?;
+        std::io::Write::write_all(&mut writer, &prefix).map_err(|e| Error::Io {
+            op: "write snapshot",
+            path: writer.path().to_path_buf(),
+            source: e,
+        })?;
+        Ok(SnapshotStream {
+            writer,
+            meta,
+            data_len,
+        })
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        self.writer.path()
+    }
+
+    /// Makes the file durable (an error if the data was not `data_len` bytes).
+    pub fn finish(self) -> Result<StreamedSnapshot> {
+        let path = self.writer.finish()?;
+        Ok(StreamedSnapshot {
+            path,
+            meta: self.meta,
+            data_len: self.data_len,
+        })
+    }
+}
+
+impl<F: Fs> std::io::Write for SnapshotStream<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
 }
 
 /// A member's Raft records in one data directory.
@@ -108,6 +198,12 @@ impl<F: Fs> RaftLog<F> {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         self.storage.dir()
+    }
+
+    /// The snapshot directory, for streaming a snapshot's file from another
+    /// thread ([`SnapshotStream::start`]).
+    pub fn snap_store(&self) -> SnapStore<F> {
+        self.storage.snap_store()
     }
 
     /// The file of the snapshot `meta` (present once it is durable).

@@ -6,7 +6,7 @@ use synod_protocols::raft::{
     ConfState, Disk, Entry, EntryData, HardState, Payload, Snapshot, SnapshotMeta, Write,
 };
 use synod_raft_log::{codec, RaftLog};
-use synod_storage::{DiskStorage, Error, Identity, SimFs, Storage, StorageOptions, WalOptions};
+use synod_storage::{DiskStorage, Error, Fs, Identity, SimFs, Storage, StorageOptions, WalOptions};
 
 const DIR: &str = "/member";
 
@@ -238,4 +238,71 @@ mod fuzz {
             let _ = open(&fs);
         }
     }
+}
+
+/// A snapshot streamed into its file while its data was encoded is
+/// installed as the file `write` would have written, and recovers as that
+/// snapshot; one streamed for other metadata is discarded and the snapshot
+/// written afresh.
+#[test]
+fn a_streamed_snapshot_is_installed_as_the_written_one() {
+    use std::io::Write as _;
+    let stream = |log: &RaftLog<SimFs>, snap: &Snapshot| {
+        let data = &snap.data.0;
+        let mut s = synod_raft_log::SnapshotStream::start(
+            &log.snap_store(),
+            snap.meta.clone(),
+            data.len() as u64,
+        )
+        .unwrap();
+        s.write_all(&data[..7]).unwrap();
+        s.write_all(&data[7..]).unwrap();
+        s.finish().unwrap()
+    };
+    let run = |streamed_meta: Option<SnapshotMeta>| {
+        let fs = SimFs::default();
+        let (mut log, _, _) = RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+        log.persist(&[entries(1, 30, 2)]).unwrap();
+        let snap = snapshot(20, 2);
+        let deferred = log
+            .write_deferring(&Write::Snapshot(snap.clone()))
+            .unwrap()
+            .expect("covered");
+        let meta = match streamed_meta {
+            None => deferred.write().unwrap(),
+            Some(m) => {
+                let streamed = stream(
+                    &log,
+                    &Snapshot {
+                        meta: m,
+                        ..snap.clone()
+                    },
+                );
+                deferred.write_streamed(streamed).unwrap()
+            }
+        };
+        assert!(log.adopt(meta).unwrap());
+        drop(log);
+        let files: Vec<(String, Vec<u8>)> = fs
+            .files()
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(".snap"))
+            .map(|p| (p.to_string_lossy().into_owned(), fs.read(p).unwrap()))
+            .collect();
+        (open(&fs).unwrap(), files)
+    };
+    let (written, written_files) = run(None);
+    assert_eq!(written.snapshot.as_ref().unwrap().meta.index, 20);
+    let (streamed, streamed_files) = run(Some(snapshot(20, 2).meta));
+    assert_eq!(streamed, written);
+    assert!(
+        streamed_files == written_files,
+        "the same files, byte for byte"
+    );
+    // Streamed for another configuration than the core's: not installed.
+    let mut other = snapshot(20, 2).meta;
+    other.conf.voters.push(5);
+    let (fallback, fallback_files) = run(Some(other));
+    assert_eq!(fallback, written);
+    assert!(fallback_files == written_files, "the part file is gone");
 }

@@ -5,12 +5,13 @@
 //! histogram and the slow-disk warning.
 
 use std::path::Path;
+use synod_kv::replica::StoreImage;
 use synod_kv::Command;
 use synod_protocols::raft::{Disk, Write};
 use synod_protocols::raft::{EntryData, Payload, PAYLOAD_VERSION};
 use synod_protocols::NodeId;
-use synod_raft_log::RaftLog;
-use synod_storage::{Identity, RealFs, RecoveryReport, StorageOptions};
+use synod_raft_log::{RaftLog, SnapshotStream, StreamedSnapshot};
+use synod_storage::{Identity, RealFs, RecoveryReport, SnapStore, StorageOptions};
 
 /// Refuses a log this build cannot replay, naming what it cannot read,
 /// rather than fail half-way through the replay: every command after the
@@ -60,6 +61,9 @@ pub struct MemberDisk {
     /// The data of the latest durable snapshot, mapped from its file, for
     /// the core to keep instead of its heap copy ([`MemberDisk::take_mapped`]).
     mapped: Option<(u64, Payload)>,
+    /// A snapshot file written as its data was encoded, for the core's next
+    /// snapshot if it is that one ([`MemberDisk::offer_streamed`]).
+    streamed: Option<StreamedSnapshot>,
 }
 
 struct Saving {
@@ -89,6 +93,7 @@ impl MemberDisk {
             fsync: None,
             saving: None,
             mapped: None,
+            streamed: None,
         };
         if let Some(s) = &disk.snapshot {
             disk_handle.map(s.meta.index, s.meta.term, s.data.0.len());
@@ -125,11 +130,15 @@ impl MemberDisk {
         if let Some(d) = deferred {
             let index = d.meta().index;
             let len = d.data_len();
+            let streamed = self.streamed.take();
             let thread = std::thread::Builder::new()
                 .name("synod-snapshot".into())
                 .spawn(move || {
                     background_priority();
-                    d.write()
+                    match streamed {
+                        Some(s) => d.write_streamed(s),
+                        None => d.write(),
+                    }
                 })
                 .map_err(|source| synod_storage::Error::Io {
                     op: "start the snapshot writer",
@@ -155,6 +164,20 @@ impl MemberDisk {
             tracing::warn!(took_ms = took.as_millis() as u64, "slow fdatasync");
         }
         Ok(())
+    }
+
+    /// Keeps `streamed` for the snapshot the core takes next (installed
+    /// instead of written, if it is that one); one offered earlier and not
+    /// taken is removed.
+    pub fn offer_streamed(&mut self, streamed: StreamedSnapshot) {
+        if let Some(old) = self.streamed.replace(streamed) {
+            old.discard(&self.log.snap_store());
+        }
+    }
+
+    /// The snapshot directory, for [`stream_snapshot`] on another thread.
+    pub fn snap_store(&self) -> SnapStore<RealFs> {
+        self.log.snap_store()
     }
 
     /// Adopts the snapshot being written once its file is durable (the log
@@ -206,13 +229,55 @@ impl MemberDisk {
     }
 }
 
+/// Writes the snapshot at `meta` of `image` to its file as it is encoded
+/// ([`SnapshotStream`]), and maps the file's data: what the core keeps and
+/// sends to followers, and what [`MemberDisk::offer_streamed`] takes.
+pub fn stream_snapshot(
+    snaps: &SnapStore<RealFs>,
+    meta: synod_protocols::raft::SnapshotMeta,
+    image: &StoreImage,
+) -> synod_storage::Result<(Payload, StreamedSnapshot)> {
+    let len = image.encoded_len();
+    let mut stream = SnapshotStream::start(snaps, meta, len)?;
+    let part = stream.path().to_path_buf();
+    let written = image
+        .encode_to(&mut stream)
+        .map_err(|source| synod_storage::Error::Io {
+            op: "write snapshot",
+            path: part.clone(),
+            source,
+        })
+        .and_then(|()| stream.finish());
+    let streamed = match written {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = snaps.remove_part(&part);
+            return Err(e);
+        }
+    };
+    match map_snapshot_data(&streamed.path, len as usize) {
+        Ok(data) => Ok((data, streamed)),
+        Err(source) => {
+            let path = streamed.path.clone();
+            streamed.discard(snaps);
+            Err(synod_storage::Error::Io {
+                op: "map snapshot",
+                path,
+                source,
+            })
+        }
+    }
+}
+
 /// The last `len` bytes of the snapshot file at `path` (where a snapshot
 /// record keeps its data), mapped read-only.
 fn map_snapshot_data(path: &Path, len: usize) -> std::io::Result<Payload> {
     let file = std::fs::File::open(path)?;
     // SAFETY: a snapshot file is written once under a temporary name,
     // synced and renamed into place, and never written again; it is only
-    // removed, which leaves a mapping of it intact. So the mapped bytes do
+    // removed, which leaves a mapping of it intact. A streamed one is mapped
+    // once finished (synced) under its `.part` name, which a new stream of
+    // the same snapshot unlinks rather than truncates. So the mapped bytes do
     // not change while any `Bytes` of them lives.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     let total = map.len();

@@ -46,7 +46,7 @@ pub use error::{Error, Result};
 pub use fs::{Background, Fs, FsFile, RealFs};
 pub use inspect::{dump, dump_with, verify, verify_with, VerifyReport};
 pub use simfs::{SimFile, SimFs, SimStats, SECTOR};
-pub use snap::{SnapStore, SNAPSHOT_HEADER_LEN};
+pub use snap::{SnapStore, SnapWriter, SNAPSHOT_HEADER_LEN};
 pub use storage::{DiskStorage, RealStorage, SimStorage, Storage, StorageOptions};
 pub use wal::{owner, Recovered, RecoveryReport, SyncTicket, TornTail, Wal, WalOptions};
 

@@ -3,7 +3,10 @@
 //! A snapshot is one file `{index:016x}-{term:016x}.snap` holding a 64-byte
 //! header and the state-machine bytes. It is written to a `.tmp` file,
 //! fsynced, renamed into place, and the directory is fsynced, so a crash at
-//! any point leaves either the old set of snapshots or the new one.
+//! any point leaves either the old set of snapshots or the new one. A
+//! snapshot may also be streamed into a `.snap.part` file as it is encoded
+//! ([`SnapStore::stream`]) and renamed into place when finished; an
+//! unfinished one is removed when the directory is next opened.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,12 @@ pub const SNAPSHOT_HEADER_LEN: usize = 64;
 /// Snapshot file name for `meta`.
 pub fn snapshot_name(meta: SnapshotMeta) -> String {
     format!("{:016x}-{:016x}.snap", meta.index, meta.term)
+}
+
+/// Name of the file a snapshot for `meta` is streamed into
+/// ([`SnapStore::stream`]) before it is renamed into place.
+pub fn part_name(meta: SnapshotMeta) -> String {
+    format!("{}.part", snapshot_name(meta))
 }
 
 /// Parse a snapshot file name.
@@ -232,6 +241,63 @@ impl<F: Fs> SnapStore<F> {
         Ok(path)
     }
 
+    /// Starts writing the snapshot `meta` as it is produced, into a file of
+    /// its own that [`SnapStore::install_part`] later renames into place:
+    /// the data of a large store then never sits whole in memory (encoding
+    /// it into a buffer first faulted in and zeroed that much fresh memory,
+    /// and the buffer was then copied into the file). `len` is the exact
+    /// length of the data to come; [`SnapWriter::finish`] refuses any other.
+    ///
+    /// The file is not a snapshot until installed: a crash leaves it
+    /// behind, and the next open removes it ([`SnapStore::remove_except`]).
+    pub fn stream(&self, meta: SnapshotMeta, len: u64) -> Result<SnapWriter<F>> {
+        let path = join(&self.dir, &part_name(meta));
+        // A new file, not the old one truncated: a mapping of an earlier
+        // one (by the process that wrote it) must keep its bytes.
+        let _ = self.fs.remove_file(&path);
+        let file = self
+            .fs
+            .create(&path)
+            .map_err(|e| Error::io("create snapshot", &path, e))?;
+        Ok(SnapWriter {
+            file,
+            path,
+            id: self.id,
+            meta,
+            len,
+            crc: 0,
+            at: SNAPSHOT_HEADER_LEN as u64,
+            buf: Vec::with_capacity(crate::WRITE_BACK_CHUNK),
+        })
+    }
+
+    /// Renames a streamed snapshot file (finished, so durable) into place as
+    /// the snapshot `meta`, and makes the rename durable.
+    pub fn install_part(&self, meta: SnapshotMeta, part: &Path) -> Result<PathBuf> {
+        let path = self.path(meta);
+        let expected = join(&self.dir, &part_name(meta));
+        if part != expected {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not the streamed file of the snapshot at index {} term {}",
+                part.display(),
+                meta.index,
+                meta.term
+            )));
+        }
+        self.fs
+            .rename(part, &path)
+            .and_then(|()| self.fs.sync_dir(&self.dir))
+            .map_err(|e| Error::io("install snapshot", &path, e))?;
+        Ok(path)
+    }
+
+    /// Removes a streamed snapshot file that will not be installed.
+    pub fn remove_part(&self, part: &Path) -> Result<()> {
+        self.fs
+            .remove_file(part)
+            .map_err(|e| Error::io("remove", part, e))
+    }
+
     /// Read and verify the snapshot `meta`.
     pub fn load(&self, meta: SnapshotMeta) -> Result<Snapshot> {
         let path = self.path(meta);
@@ -273,9 +339,10 @@ impl<F: Fs> SnapStore<F> {
             .map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 
-    /// Remove every snapshot and temp file except `keep`; returns what was
-    /// removed.
-    pub fn remove_except(&self, keep: SnapshotMeta) -> Result<Vec<PathBuf>> {
+    /// Remove every snapshot and temp file except `keep`, and the files of
+    /// unfinished streamed snapshots ([`SnapStore::stream`]) if `streamed`
+    /// (at open, when nothing can be writing one); returns what was removed.
+    pub fn remove_except(&self, keep: SnapshotMeta, streamed: bool) -> Result<Vec<PathBuf>> {
         let keep_name = snapshot_name(keep);
         let mut removed = Vec::new();
         let names = self
@@ -283,7 +350,10 @@ impl<F: Fs> SnapStore<F> {
             .list(&self.dir)
             .map_err(|e| Error::io("list", &self.dir, e))?;
         for n in names {
-            if n != keep_name && (n.ends_with(".tmp") || parse_snapshot_name(&n).is_some()) {
+            let doomed = n.ends_with(".tmp")
+                || parse_snapshot_name(&n).is_some()
+                || (streamed && n.ends_with(".snap.part"));
+            if n != keep_name && doomed {
                 let p = join(&self.dir, &n);
                 self.fs
                     .remove_file(&p)
@@ -297,5 +367,94 @@ impl<F: Fs> SnapStore<F> {
                 .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         }
         Ok(removed)
+    }
+}
+
+/// A snapshot file being written as its data is produced
+/// ([`SnapStore::stream`]); an [`std::io::Write`], buffered: the data goes
+/// to the file [`WRITE_BACK_CHUNK`](crate::WRITE_BACK_CHUNK) bytes at a
+/// time, each pushed to the device before the next (see
+/// [`FsFile::write_back`]).
+pub struct SnapWriter<F: Fs> {
+    file: F::File,
+    path: PathBuf,
+    id: Identity,
+    meta: SnapshotMeta,
+    /// The data's announced length.
+    len: u64,
+    /// The checksum of the data written to the file so far.
+    crc: u32,
+    /// Where the next chunk goes.
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl<F: Fs> SnapWriter<F> {
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn drain(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = self.at - SNAPSHOT_HEADER_LEN as u64 + self.buf.len() as u64;
+        if written > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("snapshot data longer than the {} bytes announced", self.len),
+            ));
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.file.write_all_at(&self.buf, self.at)?;
+        self.file.write_back(self.at, self.buf.len() as u64)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes what is buffered and the header, and makes the file durable;
+    /// returns its path, for [`SnapStore::install_part`]. An error if the
+    /// data written is not of the length announced.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let path = self.path.clone();
+        let res = (|| {
+            self.drain()?;
+            let written = self.at - SNAPSHOT_HEADER_LEN as u64;
+            if written != self.len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{written} bytes of snapshot data, {} announced", self.len),
+                ));
+            }
+            let header = encode_header(self.id, self.meta, self.len, self.crc);
+            self.file.write_all_at(&header, 0)?;
+            self.file.sync_data()
+        })();
+        res.map_err(|e| Error::io("write snapshot", &path, e))?;
+        Ok(path)
+    }
+}
+
+impl<F: Fs> std::io::Write for SnapWriter<F> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let room = crate::WRITE_BACK_CHUNK - self.buf.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.buf.extend_from_slice(now);
+            data = rest;
+            if self.buf.len() == crate::WRITE_BACK_CHUNK {
+                self.drain()?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes nothing early: the buffer goes out whole chunks at a time,
+    /// and the rest at [`SnapWriter::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -107,7 +107,7 @@ impl<F: Fs> DiskStorage<F> {
         // are superseded.
         report
             .removed_files
-            .extend(snaps.remove_except(rec.snapshot)?);
+            .extend(snaps.remove_except(rec.snapshot, true)?);
         let mut log = MemLog::with_base(rec.snapshot.index);
         log.entries.extend(rec.entries);
         Ok((
@@ -213,7 +213,7 @@ impl<F: Fs> DiskStorage<F> {
         self.snapshot = meta;
         // Syncs again (re-recording the hard state) only if it deletes.
         self.wal.compact(meta.index)?;
-        self.snaps.remove_except(meta)?;
+        self.snaps.remove_except(meta, false)?;
         Ok(())
     }
 }

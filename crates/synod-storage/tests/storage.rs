@@ -1083,3 +1083,70 @@ fn a_snapshot_saved_in_parts_is_the_file_of_the_whole() {
         .all(|&i| (32..40).contains(&i) || (60..64).contains(&i)));
     assert_eq!(snaps.load(parts).unwrap().data, data);
 }
+
+/// A snapshot streamed into its file as it is produced, in writes of any
+/// size, is byte for byte the file `save` writes, once installed; one that
+/// ends short of (or runs past) the length it announced is refused; and an
+/// unfinished one is removed when the directory is next opened.
+#[test]
+fn a_streamed_snapshot_is_the_file_save_writes() {
+    use std::io::Write;
+    let fs = SimFs::new();
+    let snaps = synod_storage::SnapStore::new(fs.clone(), &dir().join("snap"), ID).unwrap();
+    let meta = SnapshotMeta { index: 10, term: 2 };
+    // Longer than the writer's 1 MiB buffer, so that it writes in chunks.
+    let data: Vec<u8> = (0..(3 << 20) + 77u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    snaps
+        .save(&Snapshot {
+            meta,
+            data: data.clone(),
+        })
+        .unwrap();
+    let saved = fs.read(&snaps.path(meta)).unwrap();
+    snaps.remove(meta).unwrap();
+
+    let mut w = snaps.stream(meta, data.len() as u64).unwrap();
+    for piece in data.chunks(300_001) {
+        w.write_all(piece).unwrap();
+    }
+    let part = w.finish().unwrap();
+    assert!(
+        snaps.list().unwrap().is_empty(),
+        "not a snapshot until installed"
+    );
+    assert_eq!(snaps.install_part(meta, &part).unwrap(), snaps.path(meta));
+    assert!(fs.read(&snaps.path(meta)).unwrap() == saved);
+    assert_eq!(snaps.load(meta).unwrap().data, data);
+
+    let other = SnapshotMeta { index: 11, term: 2 };
+    let mut short = snaps.stream(other, 10).unwrap();
+    short.write_all(&[1; 9]).unwrap();
+    let err = short.finish().unwrap_err().to_string();
+    assert!(
+        err.contains("9 bytes of snapshot data, 10 announced"),
+        "{err}"
+    );
+    let mut long = snaps.stream(other, 10).unwrap();
+    long.write_all(&[1; 11]).unwrap();
+    assert!(long.finish().is_err());
+    // Left behind (as by a crash): the next open removes it, and keeps the
+    // snapshot the log names.
+    assert!(fs.exists(
+        &dir()
+            .join("snap")
+            .join("000000000000000b-0000000000000002.snap.part")
+    ));
+    let (st, report) = DiskStorage::open(fs.clone(), dir(), ID, opts(1 << 20, false)).unwrap();
+    drop(st);
+    assert!(report
+        .removed_files
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(".snap.part")));
+    assert!(!fs.exists(
+        &dir()
+            .join("snap")
+            .join("000000000000000b-0000000000000002.snap.part")
+    ));
+}

@@ -179,6 +179,22 @@ impl Payload {
         Payload(bytes.into())
     }
 
+    /// The length of the bytes [`Payload::encode`] makes of `value`, by a
+    /// walk that writes nothing.
+    pub fn encoded_len<T: Serialize>(value: &T) -> u64 {
+        1 + bincode::serialized_size(value).expect("in-memory values serialize")
+    }
+
+    /// Writes the bytes [`Payload::encode`] makes of `value` to `w`, without
+    /// holding them: a snapshot of a large state goes straight to its file.
+    pub fn encode_to<T: Serialize, W: std::io::Write>(value: &T, mut w: W) -> std::io::Result<()> {
+        w.write_all(&[PAYLOAD_VERSION])?;
+        bincode::serialize_into(w, value).map_err(|e| match *e {
+            bincode::ErrorKind::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        })
+    }
+
     /// The value `encode` made, or why these bytes are not one. Never panics,
     /// whatever the bytes: peers' payloads are checked with it before they
     /// reach the log.

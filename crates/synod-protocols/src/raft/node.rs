@@ -1174,12 +1174,7 @@ impl RaftNode {
         if index <= self.log.snap.index || index > self.applied {
             return;
         }
-        let term = self.log.term(index).expect("applied entry missing");
-        let meta = SnapshotMeta {
-            index,
-            term,
-            conf: self.log.conf_at(index),
-        };
+        let meta = self.snapshot_meta_at(index).expect("applied entry missing");
         let snap = Snapshot {
             meta: meta.clone(),
             data,
@@ -1187,6 +1182,20 @@ impl RaftNode {
         self.log.restore(meta);
         out.persist(Write::Snapshot(snap.clone()));
         self.snapshot = Some(snap);
+    }
+
+    /// The metadata [`RaftNode::compact_at`] would give a snapshot at applied
+    /// entry `index`, so that a driver can write the snapshot's file while
+    /// it encodes the data; `None` where `compact_at` would ignore it.
+    pub fn snapshot_meta_at(&self, index: u64) -> Option<SnapshotMeta> {
+        if index <= self.log.snap.index || index > self.applied {
+            return None;
+        }
+        Some(SnapshotMeta {
+            index,
+            term: self.log.term(index)?,
+            conf: self.log.conf_at(index),
+        })
     }
 
     /// Swaps the data of the snapshot this node keeps (to send to followers

@@ -326,7 +326,7 @@ impl WalDisk {
         }
         let st = open.storage.as_mut().expect("opened above");
         let written = match st.write_deferring(w) {
-            Ok(Some(d)) => match d.write() {
+            Ok(Some(d)) => match Self::write_deferred(st, d, w) {
                 Ok(_) => {
                     open.deferred = Some(w.clone());
                     return;
@@ -341,6 +341,39 @@ impl WalDisk {
             open.error
                 .get_or_insert(format!("the WAL refused a write: {e} ({w:?})"));
         }
+    }
+
+    /// Writes the file of a snapshot of the node's own log the way the
+    /// service may: streamed as its data is produced and then installed
+    /// (`SnapshotStream`, what a member does), or written from the data
+    /// whole (`DeferredSnapshot::write`, a member's fallback); every other
+    /// snapshot each way, so that faults reach both.
+    fn write_deferred(
+        st: &RaftLog<SimFs>,
+        d: synod_raft_log::DeferredSnapshot<SimFs>,
+        w: &Write,
+    ) -> synod_storage::Result<synod_storage::SnapshotMeta> {
+        let Write::Snapshot(snap) = w else {
+            unreachable!("only snapshots are deferred")
+        };
+        if snap.meta.index % 2 == 1 {
+            return d.write();
+        }
+        let data = &snap.data.0;
+        let mut stream = synod_raft_log::SnapshotStream::start(
+            &st.snap_store(),
+            snap.meta.clone(),
+            data.len() as u64,
+        )?;
+        let path = stream.path().to_path_buf();
+        std::io::Write::write_all(&mut stream, data).map_err(|source| {
+            synod_storage::Error::Io {
+                op: "write snapshot",
+                path,
+                source,
+            }
+        })?;
+        d.write_streamed(stream.finish()?)
     }
 
     /// Snapshots made durable on this disk: (taken by the node compacting its
@@ -367,6 +400,13 @@ impl WalDisk {
             for w in writes {
                 if matches!(w, Write::Snapshot(_)) {
                     self.fs.crash_after(Some(budget));
+                    // One of the node's own log is written as a member
+                    // writes it (streamed or whole, then adopted), so that
+                    // the cut may fall inside either way of writing it.
+                    if let Ok(Some(d)) = st.write_deferring(w) {
+                        let _ = Self::write_deferred(st, d, w).and_then(|m| st.adopt(m));
+                    }
+                    continue;
                 }
                 let _ = write_to(st, w, false);
             }
