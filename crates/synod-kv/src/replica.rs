@@ -359,6 +359,13 @@ impl<E: Engine> Replica<E> {
         &self.node.state().store
     }
 
+    /// Whether applied writes list what they changed (see
+    /// [`Store::set_events`]): a driver with nobody to hand them to turns
+    /// them off. Takes effect from the next entry applied.
+    pub fn set_events(&mut self, on: bool) {
+        self.node.state_mut().store.set_events(on);
+    }
+
     pub fn is_leader(&self) -> bool {
         self.node.is_leader()
     }

@@ -83,7 +83,47 @@ pub struct Store {
     /// decoded from a snapshot walks its history once, when first asked.
     #[serde(skip)]
     retained: ByteCount,
+    /// Whether writes list what they changed ([`Event`]s, each a copy of a
+    /// key and value, and of what it replaced): a member turns them off
+    /// while nobody watches it ([`Store::set_events`]). Not part of the
+    /// state: on or off, a write changes the store alike.
+    #[serde(skip)]
+    events: Switch,
 }
+
+/// What a put carries on from the revision it replaces.
+struct Held {
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    /// The value, only when the put keeps it (`ignore_value`).
+    value: Option<Bytes>,
+}
+
+/// A setting of a store that takes no part in comparing stores; on unless
+/// turned off.
+#[derive(Clone, Debug)]
+struct Switch(bool);
+
+impl Switch {
+    fn on(&self) -> bool {
+        self.0
+    }
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch(true)
+    }
+}
+
+impl PartialEq for Switch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Switch {}
 
 /// A byte count that may not be known yet (`u64::MAX`). Derived data: it
 /// takes no part in comparing stores.
@@ -233,6 +273,7 @@ impl Store {
             alarms: BTreeSet::new(),
             auth: AuthState::default(),
             retained: ByteCount(AtomicU64::new(0)),
+            events: Switch::default(),
         }
     }
 
@@ -258,6 +299,14 @@ impl Store {
         validate_range(req)?;
         self.check_revision(req.revision, self.revision)?;
         Ok(self.range_at(req, self.revision))
+    }
+
+    /// Whether writes list what they changed (on by default). Off, every
+    /// write still changes the store exactly as it would on, but returns no
+    /// [`Event`]s: for a member that nobody watches, which would only drop
+    /// them. Watches that start later read older changes from the history.
+    pub fn set_events(&mut self, on: bool) {
+        self.events = Switch(on);
     }
 
     /// Applies one replicated command. On error the store is unchanged, and
@@ -647,30 +696,38 @@ impl Store {
     }
 
     fn put(&mut self, p: &PutRequest, ctx: &mut Ctx) -> PutResponse {
-        let last = self.keys.get(&p.key).and_then(|recs| {
-            let rec = recs.last().expect("histories are never empty");
-            rec.live
-                .as_ref()
-                .map(|live| (kv(&p.key, rec), live.value.clone()))
-        });
-        let (prev, prev_value) = match last {
-            Some((kv, value)) => (kv, Some(value)),
+        let recording = self.events.on();
+        // What the key holds now, if it is live: the numbers the new
+        // revision carries on, and as a whole (copied) only for the answer
+        // or an event that asks for it.
+        let (prev, held) = match self.keys.get(&p.key) {
+            Some(recs) => {
+                let rec = recs.last().expect("histories are never empty");
+                let prev = (p.prev_kv || recording).then(|| kv(&p.key, rec)).flatten();
+                let held = rec.live.as_ref().map(|l| Held {
+                    create_revision: l.create_revision,
+                    version: l.version,
+                    lease: l.lease,
+                    value: p.ignore_value.then(|| l.value.clone()),
+                });
+                (prev, held)
+            }
             None => (None, None),
         };
         // An unchanged value shares the previous revision's buffer.
-        let value = match (prev_value, p.ignore_value) {
-            (Some(prev), true) => prev,
-            _ => Bytes::copy_from_slice(&p.value),
+        let value = match held.as_ref().and_then(|h| h.value.clone()) {
+            Some(prev) => prev,
+            None => Bytes::copy_from_slice(&p.value),
         };
-        let lease = match (&prev, p.ignore_lease) {
-            (Some(prev), true) => prev.lease,
+        let lease = match (&held, p.ignore_lease) {
+            (Some(h), true) => h.lease,
             _ => p.lease,
         };
-        let (create_revision, version) = match &prev {
-            Some(prev) => (prev.create_revision, prev.version + 1),
+        let (create_revision, version) = match &held {
+            Some(h) => (h.create_revision, h.version + 1),
             None => (ctx.main, 1),
         };
-        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+        let old_lease = held.as_ref().map_or(0, |h| h.lease);
         if old_lease != lease {
             if let Some(l) = self.leases.get_mut(&old_lease) {
                 l.keys.remove(&p.key);
@@ -692,7 +749,7 @@ impl Store {
                 lease,
             }),
         };
-        let new = kv(&p.key, &rec).expect("a put is live");
+        let new = recording.then(|| kv(&p.key, &rec).expect("a put is live"));
         self.retained.add(rec_bytes(&p.key, &rec));
         // The key is cloned only when it is new to the map.
         match self.keys.get_mut(&p.key) {
@@ -701,11 +758,13 @@ impl Store {
                 self.keys.insert(p.key.clone(), vec![rec]);
             }
         }
-        ctx.events.push(Event {
-            kind: EventKind::Put,
-            kv: new,
-            prev_kv: prev.clone(),
-        });
+        if let Some(kv) = new {
+            ctx.events.push(Event {
+                kind: EventKind::Put,
+                kv,
+                prev_kv: prev.clone(),
+            });
+        }
         PutResponse {
             prev_kv: if p.prev_kv { prev } else { None },
         }
@@ -739,6 +798,9 @@ impl Store {
             .get_mut(&prev.key)
             .expect("deleting a live key")
             .push(rec);
+        if !self.events.on() {
+            return;
+        }
         ctx.events.push(Event {
             kind: EventKind::Delete,
             kv: KeyValue {

@@ -593,3 +593,70 @@ fn retained_bytes_are_counted_as_the_store_changes() {
     put(&mut decoded, "after", "decode");
     assert_eq!(decoded.retained_bytes(), walked(&decoded));
 }
+
+/// With events off, the same commands leave the same store (the same hash,
+/// history and answers, `prev_kv` included) and list no changes; with them
+/// on, every put and delete lists its change and what it replaced.
+#[test]
+fn without_events_writes_change_the_store_alike() {
+    let grant = Command::LeaseGrant { id: 9, ttl: 60 };
+    let cmds = vec![
+        grant,
+        Command::Put(PutRequest {
+            key: b("a"),
+            value: b("1"),
+            lease: 9,
+            ..PutRequest::default()
+        }),
+        Command::Put(PutRequest {
+            key: b("a"),
+            value: b("2"),
+            prev_kv: true,
+            ..PutRequest::default()
+        }),
+        Command::Put(PutRequest {
+            key: b("a"),
+            ignore_value: true,
+            lease: 9,
+            prev_kv: true,
+            ..PutRequest::default()
+        }),
+        Command::Txn(TxnRequest {
+            success: vec![put_op("b", "3"), put_op("c", "4")],
+            ..TxnRequest::default()
+        }),
+        Command::DeleteRange(DeleteRangeRequest {
+            key: b("b"),
+            prev_kv: true,
+            ..DeleteRangeRequest::default()
+        }),
+        Command::LeaseRevoke { id: 9 },
+    ];
+    let mut on = Store::new();
+    let mut off = Store::new();
+    off.set_events(false);
+    let mut listed = 0;
+    for cmd in &cmds {
+        let (a, events_on) = on.apply(cmd).unwrap();
+        let (b, events_off) = off.apply(cmd).unwrap();
+        assert_eq!(a, b, "{cmd:?}");
+        assert!(events_off.is_empty(), "{cmd:?}: {events_off:?}");
+        listed += events_on.len();
+        assert_eq!(on, off);
+        assert_eq!(on.hash(), off.hash());
+    }
+    // Three puts of a, two of the transaction, the delete of b, a revoked.
+    assert_eq!(listed, 7);
+    for rev in 1..=on.revision() {
+        let at = |s: &Store| {
+            s.range(&RangeRequest {
+                key: b("a"),
+                range_end: b("z"),
+                revision: rev,
+                ..RangeRequest::default()
+            })
+            .unwrap()
+        };
+        assert_eq!(at(&on), at(&off));
+    }
+}
