@@ -711,7 +711,7 @@ impl Store {
         // What the key holds now, if it is live: the numbers the new
         // revision carries on, and as a whole (copied) only for the answer
         // or an event that asks for it.
-        let (prev, held) = match self.keys.get(&p.key) {
+        let (prev, mut held) = match self.keys.get(&p.key) {
             Some(recs) => {
                 let rec = recs.last().expect("histories are never empty");
                 let prev = (p.prev_kv || recording).then(|| kv(&p.key, rec)).flatten();
@@ -726,7 +726,7 @@ impl Store {
             None => (None, None),
         };
         // An unchanged value shares the previous revision's buffer.
-        let value = match held.as_ref().and_then(|h| h.value.clone()) {
+        let value = match held.as_mut().and_then(|h| h.value.take()) {
             Some(prev) => prev,
             None => Bytes::copy_from_slice(&p.value),
         };

@@ -95,6 +95,7 @@ impl<F: Fs> DeferredSnapshot<F> {
 /// Write the data (exactly `data_len` bytes) into it, then
 /// [`SnapshotStream::finish`].
 pub struct SnapshotStream<F: Fs> {
+    snaps: SnapStore<F>,
     writer: synod_storage::SnapWriter<F>,
     meta: raft::SnapshotMeta,
     data_len: u64,
@@ -132,10 +133,32 @@ impl<F: Fs> SnapshotStream<F> {
             source: e,
         })?;
         Ok(SnapshotStream {
+            snaps: snaps.clone(),
             writer,
             meta,
             data_len,
         })
+    }
+
+    /// Writes the data with `encode` (exactly `data_len` bytes into the
+    /// stream) and finishes the file; on any failure the file is removed.
+    pub fn write_with(
+        mut self,
+        encode: impl FnOnce(&mut Self) -> std::io::Result<()>,
+    ) -> Result<StreamedSnapshot> {
+        let part = self.path().to_path_buf();
+        let snaps = self.snaps.clone();
+        let res = encode(&mut self)
+            .map_err(|source| Error::Io {
+                op: "write snapshot",
+                path: part.clone(),
+                source,
+            })
+            .and_then(|()| self.finish());
+        if res.is_err() {
+            let _ = snaps.remove_part(&part);
+        }
+        res
     }
 
     /// The file being written.

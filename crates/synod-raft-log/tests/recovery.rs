@@ -306,3 +306,27 @@ fn a_streamed_snapshot_is_installed_as_the_written_one() {
     assert_eq!(fallback, written);
     assert!(fallback_files == written_files, "the part file is gone");
 }
+
+/// A stream whose encoder fails, or writes other than the length it
+/// announced, leaves no file behind.
+#[test]
+fn a_failed_snapshot_stream_removes_its_file() {
+    use std::io::Write as _;
+    let fs = SimFs::default();
+    let (log, _, _) = RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
+    let start = || {
+        synod_raft_log::SnapshotStream::start(&log.snap_store(), snapshot(20, 2).meta, 40).unwrap()
+    };
+    let short = start().write_with(|s| s.write_all(&[9; 39]));
+    assert!(short.is_err());
+    let failed = start().write_with(|_| Err(std::io::Error::other("encoder broke")));
+    assert!(failed.unwrap_err().to_string().contains("encoder broke"));
+    let left: Vec<_> = fs
+        .files()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".snap"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let ok = start().write_with(|s| s.write_all(&[9; 40])).unwrap();
+    assert!(fs.exists(&ok.path));
+}

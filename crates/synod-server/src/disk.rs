@@ -238,23 +238,7 @@ pub fn stream_snapshot(
     image: &StoreImage,
 ) -> synod_storage::Result<(Payload, StreamedSnapshot)> {
     let len = image.encoded_len();
-    let mut stream = SnapshotStream::start(snaps, meta, len)?;
-    let part = stream.path().to_path_buf();
-    let written = image
-        .encode_to(&mut stream)
-        .map_err(|source| synod_storage::Error::Io {
-            op: "write snapshot",
-            path: part.clone(),
-            source,
-        })
-        .and_then(|()| stream.finish());
-    let streamed = match written {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = snaps.remove_part(&part);
-            return Err(e);
-        }
-    };
+    let streamed = SnapshotStream::start(snaps, meta, len)?.write_with(|s| image.encode_to(s))?;
     match map_snapshot_data(&streamed.path, len as usize) {
         Ok(data) => Ok((data, streamed)),
         Err(source) => {

@@ -360,20 +360,13 @@ impl WalDisk {
             return d.write();
         }
         let data = &snap.data.0;
-        let mut stream = synod_raft_log::SnapshotStream::start(
+        let streamed = synod_raft_log::SnapshotStream::start(
             &st.snap_store(),
             snap.meta.clone(),
             data.len() as u64,
-        )?;
-        let path = stream.path().to_path_buf();
-        std::io::Write::write_all(&mut stream, data).map_err(|source| {
-            synod_storage::Error::Io {
-                op: "write snapshot",
-                path,
-                source,
-            }
-        })?;
-        d.write_streamed(stream.finish()?)
+        )?
+        .write_with(|s| std::io::Write::write_all(s, data))?;
+        d.write_streamed(streamed)
     }
 
     /// Snapshots made durable on this disk: (taken by the node compacting its
