@@ -146,7 +146,8 @@ pub type Incoming = (NodeId, PeerMsg);
 /// The peer protocol's version; a member refuses hellos of another.
 /// 2: raft ids are etcd member ids, messages travel in chunks, join queries.
 /// 3: a hello names the member it is for (`Hello::to`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: appends and heartbeats say what every member holds (`held`).
+pub const PROTOCOL_VERSION: u32 = 4;
 const MAGIC: [u8; 4] = *b"SYNP";
 /// The first bytes of a [`JoinQuery`] instead of a hello.
 const JOIN_MAGIC: [u8; 4] = *b"SYNJ";
@@ -693,6 +694,7 @@ mod tests {
                 })
                 .collect(),
             commit: 8,
+            held: 0,
         });
         let mut out = Vec::new();
         let framed = FrameOut {

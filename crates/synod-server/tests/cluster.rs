@@ -330,6 +330,7 @@ async fn malformed_peer_frames_leave_every_member_serving() {
             data: EntryData::Empty,
         }],
         commit: 5,
+        held: 0,
     });
     // Every hello is addressed to the member it is sent to.
     let cases_for = |to: u64| -> Vec<(&str, Vec<u8>)> {
@@ -354,6 +355,7 @@ async fn malformed_peer_frames_leave_every_member_serving() {
                 data: EntryData::App(Payload(vec![7, 1, 2, 3].into())),
             }],
             commit: 0,
+            held: 0,
         });
         let mut bad_payload = hello_bytes.clone();
         bad_payload.extend(as_member_2(&not_a_command));
@@ -362,6 +364,7 @@ async fn malformed_peer_frames_leave_every_member_serving() {
             term: 0,
             commit: 0,
             ctx: 0,
+            held: 0,
         });
         let mut other_sender = hello_bytes.clone();
         other_sender.extend(framed(

@@ -482,7 +482,8 @@ fn figure_8(seed: u64) -> RunReport {
         });
         node
     })
-    .with_admin(false);
+    .with_admin(false)
+    .with_catch_up(false);
     let mut cfg = SimConfig::new(N, FaultSet::NONE);
     cfg.f = 2;
     cfg.timeline = true;

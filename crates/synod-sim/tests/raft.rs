@@ -379,6 +379,7 @@ fn bugs(which: &str) -> Bugs {
         reply_before_persist: which == "reply_before_persist",
         follower_reads_own_commit: which == "follower_reads_own_commit",
         lazy_votes: which == "lazy_votes",
+        send_released: which == "send_released",
     }
 }
 
@@ -456,6 +457,20 @@ fn replying_before_persisting_is_caught() {
 #[test]
 fn lazy_votes_are_caught() {
     assert!(first_failure("lazy_votes", 1000).is_some());
+}
+
+/// A leader that sends followers entries whose commands it already dropped
+/// (and drops them before everyone has them): a lagging follower applies
+/// empty commands where the others applied writes.
+#[test]
+fn sending_released_entries_is_caught() {
+    // The follower refuses such an append, so it never catches up: the run
+    // never ends (every member of the configuration must apply everything).
+    let caught = (0..1000).find(|&seed| {
+        let r = run_broken("send_released", 3, seed);
+        !r.terminated || !r.violations.is_empty()
+    });
+    assert!(caught.is_some());
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {

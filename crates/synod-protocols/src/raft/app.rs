@@ -122,7 +122,10 @@ pub struct RaftApp<A> {
 
 impl<A: Application> RaftApp<A> {
     /// Boots `app` on a core recovered from `disk` (see the module docs).
-    pub fn new(cfg: RaftConfig, disk: &Disk, seed: u64, mut app: A) -> RaftApp<A> {
+    pub fn new(mut cfg: RaftConfig, disk: &Disk, seed: u64, mut app: A) -> RaftApp<A> {
+        // We take a snapshot whenever the core asks for one, which is what
+        // releasing applied commands needs.
+        cfg.release_payloads = true;
         if let Some(snap) = &disk.snapshot {
             app.restore(snap);
         }
@@ -262,10 +265,11 @@ impl<A: Application> RaftApp<A> {
     fn snapshot_due(&self) -> bool {
         let cfg = self.raft.config();
         let every = cfg.snapshot_every;
-        every > 0
+        let counted = every > 0
             && self.raft.applied_index() >= self.raft.snapshot_index() + every
             && self.applied_bytes.saturating_mul(100)
-                >= self.snapshot_bytes.saturating_mul(cfg.snapshot_log_percent)
+                >= self.snapshot_bytes.saturating_mul(cfg.snapshot_log_percent);
+        counted || self.raft.wants_snapshot()
     }
 
     fn apply_committed(&mut self, out: &mut AppOutput<A::Event>) {

@@ -4,7 +4,9 @@
 //! in-memory log is always what the disk will hold once the writes emitted so
 //! far are synced; there is no separate "unstable" part to track.
 
-use super::{ConfState, Entry, EntryData, SnapshotMeta};
+use bytes::Bytes;
+
+use super::{ConfState, Entry, EntryData, Payload, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RaftLog {
@@ -16,6 +18,11 @@ pub(crate) struct RaftLog {
     /// the configuration in force is looked up on every commit, and a
     /// scan back through a long log cost a fifth of a member's CPU.
     confs: Vec<u64>,
+    /// Entries up to here (at least the snapshot's index) have had their
+    /// commands dropped: applied, and held by every member, so no follower
+    /// will be sent them again (see `RaftNode::release_bound`). Their index
+    /// and term stay, for the log-matching checks.
+    released: u64,
 }
 
 fn conf_indexes(es: &[Entry]) -> impl Iterator<Item = u64> + '_ {
@@ -28,6 +35,7 @@ impl RaftLog {
     pub fn new(snap: SnapshotMeta, entries: Vec<Entry>) -> Self {
         let confs = conf_indexes(&entries).collect();
         let log = RaftLog {
+            released: snap.index,
             snap,
             entries,
             confs,
@@ -73,7 +81,30 @@ impl RaftLog {
         self.term(index) == Some(term)
     }
 
-    /// Up to `max` entries starting at `lo` (which must not be compacted).
+    /// The last entry whose command was dropped ([`RaftLog::release`]).
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+
+    /// Drops the commands of the entries up to `upto` (config entries stay
+    /// whole: the configuration in force is read from them).
+    pub fn release(&mut self, upto: u64) {
+        let upto = upto.min(self.last_index());
+        if upto <= self.released {
+            return;
+        }
+        let from = (self.released + 1 - self.first_index()) as usize;
+        let to = (upto + 1 - self.first_index()) as usize;
+        for e in &mut self.entries[from..to] {
+            if let EntryData::App(p) = &mut e.data {
+                *p = Payload(Bytes::new());
+            }
+        }
+        self.released = upto;
+    }
+
+    /// Up to `max` entries starting at `lo` (which must not be compacted;
+    /// the caller checks that they were not released either).
     pub fn slice(&self, lo: u64, max: usize) -> Vec<Entry> {
         if lo > self.last_index() || lo <= self.snap.index {
             return Vec::new();
@@ -98,6 +129,12 @@ impl RaftLog {
             "gap: append at {} after {}",
             first.index,
             self.last_index()
+        );
+        assert!(
+            first.index > self.released,
+            "append at {} over released entries up to {}",
+            first.index,
+            self.released
         );
         let keep = (first.index - self.first_index()) as usize;
         let dropped = self.entries.len() - keep;
@@ -148,9 +185,11 @@ impl RaftLog {
             self.entries.drain(..n);
             let gone = self.confs.partition_point(|i| *i <= meta.index);
             self.confs.drain(..gone);
+            self.released = self.released.max(meta.index);
         } else {
             self.entries.clear();
             self.confs.clear();
+            self.released = meta.index;
         }
         self.snap = meta;
         self.check();
@@ -180,6 +219,13 @@ impl RaftLog {
     /// decrease, the configuration index up to date.
     pub fn check(&self) {
         debug_assert!(conf_indexes(&self.entries).eq(self.confs.iter().copied()));
+        assert!(
+            self.snap.index <= self.released && self.released <= self.last_index(),
+            "released up to {}, outside the log {}..={}",
+            self.released,
+            self.snap.index,
+            self.last_index()
+        );
         let mut prev = (self.snap.index, self.snap.term);
         for e in &self.entries {
             assert_eq!(e.index, prev.0 + 1, "log indices not consecutive");

@@ -323,6 +323,14 @@ pub struct RaftConfig {
     /// the disk writes at most about twice what the log holds, and a restart
     /// replays at most about a snapshot's worth of log.
     pub snapshot_log_percent: u64,
+    /// Drop the commands of applied entries that every member holds, keeping
+    /// only their index and term: the store already has their effect, and a
+    /// log since the last snapshot otherwise costs as much memory as the
+    /// state itself. A follower that later needs them after all (a member
+    /// added since, a new leader's lagging follower) gets a snapshot, which
+    /// the node asks its driver for ([`RaftNode::wants_snapshot`]); so only
+    /// a driver that answers that may set it. [`RaftApp`] does.
+    pub release_payloads: bool,
 }
 
 impl RaftConfig {
@@ -339,6 +347,7 @@ impl RaftConfig {
             lease_reads: false,
             snapshot_every: 1000,
             snapshot_log_percent: 0,
+            release_payloads: false,
         }
     }
 }
@@ -360,6 +369,9 @@ pub struct Bugs {
     /// Write every hard state change as a [`Write::Commit`], so votes and
     /// terms leave without waiting for their sync.
     pub lazy_votes: bool,
+    /// Drop the commands of every applied entry, whoever still lacks them,
+    /// and send followers such entries (empty) instead of a snapshot.
+    pub send_released: bool,
 }
 
 /// A cluster configuration: who votes, who only replicates.
@@ -602,6 +614,10 @@ pub enum Message {
         prev_term: u64,
         entries: Vec<Entry>,
         commit: u64,
+        /// Every member of the leader's configuration holds the leader's
+        /// log up to here, durably (the lowest acknowledged index): entries
+        /// no leader will send again, whose commands may be dropped.
+        held: u64,
     },
     /// On success `index` is the follower's last index matching the leader. On
     /// rejection `index` is the rejected `prev_index` and `hint` says where the
@@ -617,6 +633,8 @@ pub enum Message {
         term: u64,
         commit: u64,
         ctx: u64,
+        /// As in `Append`: an idle leader's followers learn it here.
+        held: u64,
     },
     HeartbeatResp {
         term: u64,
@@ -726,6 +744,10 @@ impl Message {
                             "an append of term {term} has entry {} of term {} after entry {} of term {}",
                             e.index, e.term, last.0, last.1
                         ));
+                    }
+                    if matches!(&e.data, EntryData::App(p) if p.0.is_empty()) {
+                        // What a released entry looks like: never sent.
+                        return Err(format!("an append has entry {} without its command", e.index));
                     }
                     last = (e.index, e.term);
                 }

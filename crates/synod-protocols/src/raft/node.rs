@@ -77,6 +77,12 @@ pub struct RaftNode {
     pending_conf: u64,
     /// The latest snapshot, kept to send to followers that fell behind it.
     snapshot: Option<Snapshot>,
+    /// What the leader last said every member holds (`Append::held`),
+    /// capped by our commit index: the part of our log no leader will send.
+    leader_held: u64,
+    /// A follower needs entries whose commands were released, and no
+    /// snapshot covers them: the driver should take one.
+    wants_snapshot: bool,
 
     role: Role,
     leader: Option<NodeId>,
@@ -181,6 +187,8 @@ impl RaftNode {
             conf,
             pending_conf,
             snapshot: disk.snapshot.clone(),
+            leader_held: 0,
+            wants_snapshot: false,
             role: Role::Follower,
             leader: None,
             elapsed: 0,
@@ -368,11 +376,51 @@ impl RaftNode {
         self.installed.take()
     }
 
+    /// Whether a follower waits for a snapshot newer than the latest one,
+    /// because the entries after it were released
+    /// ([`RaftConfig::release_payloads`]). The driver answers with
+    /// [`RaftNode::compact_at`] at its applied index.
+    pub fn wants_snapshot(&self) -> bool {
+        self.wants_snapshot && self.applied > self.log.snap.index
+    }
+
+    /// The last entry whose command was dropped from the log.
+    pub fn released_index(&self) -> u64 {
+        self.log.released()
+    }
+
     // ---- helpers ----------------------------------------------------------
 
     fn random_timeout(&mut self) -> u32 {
         let e = self.cfg.election_ticks;
         self.rng.gen_range(e..2 * e)
+    }
+
+    /// The lowest index every other member acknowledged in this term: what
+    /// a leader tells followers in `Append::held`.
+    fn held_by_all(&self) -> u64 {
+        self.prs
+            .values()
+            .map(|p| p.matched)
+            .min()
+            .unwrap_or(self.commit)
+            .min(self.commit)
+    }
+
+    /// How far this node may drop commands from its log: applied here, and
+    /// held by every member so that no leader, this one or a later one,
+    /// needs to send them. A member added later, or one behind a later
+    /// leader whose view is older, gets a snapshot instead.
+    fn release_bound(&self) -> u64 {
+        if !self.cfg.release_payloads {
+            return 0;
+        }
+        let held = if self.role == Role::Leader {
+            self.held_by_all()
+        } else {
+            self.leader_held
+        };
+        held.min(self.applied)
     }
 
     fn quorum(&self) -> usize {
@@ -652,6 +700,7 @@ impl RaftNode {
     fn send_append(&mut self, to: NodeId, allow_empty: bool, out: &mut Out) -> bool {
         let max_inflight = self.cfg.max_inflight;
         let early = self.sends_early();
+        let held = self.held_by_all();
         let Some(pr) = self.prs.get_mut(&to) else {
             return false;
         };
@@ -660,12 +709,25 @@ impl RaftNode {
         }
         pr.next = pr.next.min(self.log.last_index() + 1);
         let prev_index = pr.next - 1;
-        let Some(prev_term) = self.log.term(prev_index) else {
-            // Compacted: only a snapshot can bring this follower up to date.
+        let released = self.log.released();
+        let entries_held = pr.next > released || self.bugs.send_released;
+        let prev_term = self.log.term(prev_index).filter(|_| entries_held);
+        let Some(prev_term) = prev_term else {
+            // Compacted or released: only a snapshot can bring this follower
+            // up to date, and one that covers every released entry.
             let snap = self
                 .snapshot
-                .clone()
-                .expect("log compacted without a snapshot");
+                .as_ref()
+                .filter(|s| s.meta.index >= released)
+                .cloned();
+            let Some(snap) = snap else {
+                assert!(
+                    released > self.log.snap.index,
+                    "log compacted without a snapshot"
+                );
+                self.wants_snapshot = true;
+                return false;
+            };
             pr.state = ProgressState::Snapshot(snap.meta.index);
             pr.progress_tick = self.ticks;
             pr.inflight.clear();
@@ -691,6 +753,7 @@ impl RaftNode {
             prev_term,
             entries,
             commit: self.commit,
+            held,
         };
         out.send_with(to, msg, early);
         carried
@@ -726,12 +789,14 @@ impl RaftNode {
         }
         self.round_wanted = false;
         let early = self.sends_early();
+        let held = self.held_by_all();
         for (&p, pr) in &self.prs {
             let commit = self.commit.min(pr.matched);
             let msg = Message::Heartbeat {
                 term: self.term,
                 commit,
                 ctx: self.read_seq,
+                held,
             };
             out.send_with(p, msg, early);
         }
@@ -1182,6 +1247,9 @@ impl RaftNode {
         self.log.restore(meta);
         out.persist(Write::Snapshot(snap.clone()));
         self.snapshot = Some(snap);
+        if index >= self.log.released() {
+            self.wants_snapshot = false;
+        }
     }
 
     /// The metadata [`RaftNode::compact_at`] would give a snapshot at applied
@@ -1559,14 +1627,20 @@ impl RaftNode {
                 prev_term,
                 entries,
                 commit,
+                held,
                 ..
             } => {
                 if !self.heard_from_leader(from, out) {
                     return;
                 }
                 self.on_append(from, prev_index, prev_term, entries, commit, out);
+                // Entries at or below our commit index are the leader's, so
+                // what it says of them holds for ours.
+                self.leader_held = self.leader_held.max(held.min(self.commit));
             }
-            Message::Heartbeat { commit, ctx, .. } => {
+            Message::Heartbeat {
+                commit, ctx, held, ..
+            } => {
                 if !self.heard_from_leader(from, out) {
                     return;
                 }
@@ -1575,6 +1649,7 @@ impl RaftNode {
                     self.commit = c;
                     self.sync_conf();
                 }
+                self.leader_held = self.leader_held.max(held.min(self.commit));
                 out.send(
                     from,
                     Message::HeartbeatResp {
@@ -1666,6 +1741,7 @@ impl RaftNode {
 
     fn finish(&mut self, before: Before, out: &mut Out) {
         self.persist_hard(out);
+        self.release_payloads();
         self.check_invariants();
         if before.term == self.term {
             if let Some(v) = before.vote {
@@ -1690,6 +1766,16 @@ impl RaftNode {
         assert!(before.commit <= self.commit, "commit index went backwards");
     }
 
+    /// Drops the commands the log no longer needs ([`RaftNode::release_bound`]).
+    fn release_payloads(&mut self) {
+        let upto = if self.bugs.send_released {
+            self.applied
+        } else {
+            self.release_bound()
+        };
+        self.log.release(upto);
+    }
+
     /// Invariants that hold between any two calls.
     pub fn check_invariants(&self) {
         let id = self.cfg.id;
@@ -1709,6 +1795,10 @@ impl RaftNode {
         assert!(
             self.log.snap.index <= self.applied,
             "node {id}: snapshot beyond applied"
+        );
+        assert!(
+            self.log.released() <= self.applied,
+            "node {id}: a command released before it was applied"
         );
         assert!(
             self.log.last_term() <= self.term,

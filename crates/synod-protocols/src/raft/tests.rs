@@ -785,6 +785,80 @@ fn a_lagging_follower_gets_a_snapshot() {
     net.check_applied_agree();
 }
 
+/// The commands of applied entries every member holds leave the log; a
+/// member that is behind holds the leader back from dropping what it lacks.
+#[test]
+fn applied_commands_leave_the_log_once_every_member_holds_them() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.snapshot_every = 0;
+    });
+    let l = net.settle();
+    for seq in 1..=10 {
+        net.put(l, 1, seq, "k", &seq.to_string());
+    }
+    net.run(5);
+    let last = net.raft(l).last_index();
+    let dropped = |r: &RaftNode, i: u64| matches!(&r.entry(i).expect("in the log").data, EntryData::App(p) if p.0.is_empty());
+    for id in net.ids() {
+        let r = net.raft(id);
+        assert_eq!(r.applied_index(), last, "node {id}");
+        // Followers learn what everyone holds one append later.
+        assert!(
+            r.released_index() >= last - 1,
+            "node {id}: {}",
+            r.released_index()
+        );
+        assert!(dropped(r, last - 1), "node {id}");
+    }
+    let f = (l + 1) % 3;
+    net.isolate(&[f]);
+    for seq in 11..=20 {
+        net.put(l, 1, seq, "k", &seq.to_string());
+    }
+    net.run(5);
+    let behind = net.raft(f).last_index();
+    assert!(net.raft(l).applied_index() > behind + 5);
+    assert_eq!(net.raft(l).released_index(), behind, "held back by {f}");
+    net.heal();
+    net.run(10);
+    assert!(!net
+        .delivered
+        .iter()
+        .any(|(_, to, m)| *to == f && matches!(m, Message::InstallSnapshot { .. })));
+    assert_eq!(net.node(f).store(), net.node(l).store());
+    assert!(net.raft(l).released_index() > behind);
+    net.check_applied_agree();
+}
+
+/// A member added once the commands are gone gets a snapshot, which its
+/// leader takes for it: here no snapshot is ever due otherwise.
+#[test]
+fn a_member_added_after_the_commands_left_gets_a_snapshot() {
+    let mut net = Net::new(3, |c| {
+        quick(c);
+        c.snapshot_every = 0;
+    });
+    let l = net.settle();
+    for seq in 1..=10 {
+        net.put(l, 1, seq, &format!("k{seq}"), "v");
+    }
+    net.run(5);
+    assert!(net.raft(l).released_index() > 1);
+    assert_eq!(net.raft(l).snapshot_index(), 0);
+    let new = net.add_node(|c| c.snapshot_every = 0);
+    net.admin(l, AdminOp::AddVoter(new));
+    net.run(20);
+    assert!(net
+        .delivered
+        .iter()
+        .any(|(_, to, m)| *to == new && matches!(m, Message::InstallSnapshot { .. })));
+    assert!(!net.raft(l).wants_snapshot());
+    assert_eq!(net.node(new).store(), net.node(l).store());
+    assert_eq!(net.raft(new).voters(), vec![0, 1, 2, 3]);
+    net.check_applied_agree();
+}
+
 #[test]
 fn disk_image_follows_the_wal_convention() {
     let e = |index, term| Entry {
@@ -1254,6 +1328,7 @@ fn bug_reply_before_persist_skips_the_write() {
             prev_term: 0,
             entries: vec![e],
             commit: 0,
+            held: 0,
         };
         n.step(0, 0, append, &mut out);
         assert!(out.msgs.iter().any(|m| matches!(
@@ -1303,6 +1378,7 @@ fn only_a_commit_index_may_skip_the_sync() {
         prev_term: 0,
         entries,
         commit,
+        held: 0,
     };
     // New entries and a commit: the entries need their sync anyway.
     n.step(0, 0, append(vec![e(1), e(2)], 1), &mut out);
@@ -1926,6 +2002,7 @@ fn a_malformed_append_is_ignored() {
         prev_term,
         entries,
         commit: 0,
+        held: 0,
     };
     assert!(append(0, 0, vec![entry(1, 1), entry(2, 2)]).check().is_ok());
     for (bad, why) in [

@@ -138,6 +138,9 @@ pub struct RaftModel<B> {
     /// When the first client command was applied, and the messages sent by then.
     first_commit: Option<(Instant, u64)>,
     admin: bool,
+    /// A run ends only once every member that is up has applied everything
+    /// its leader committed ([`RaftChecks::members_caught_up`]).
+    catch_up: bool,
     /// The initial voters are nodes `0..voters`; nodes from `voters` up to `n`
     /// are spares that membership changes may bring in.
     voters: usize,
@@ -157,6 +160,7 @@ where
             checks: RaftChecks::new(nodes),
             first_commit: None,
             admin: true,
+            catch_up: true,
             voters: nodes,
             recording: None,
         }
@@ -174,6 +178,14 @@ where
     /// Whether the model injects leadership transfers and snapshots (default on).
     pub fn with_admin(mut self, admin: bool) -> Self {
         self.admin = admin;
+        self
+    }
+
+    /// Whether a run waits for every member to catch up before it ends (by
+    /// default it does; a scripted story whose partitions outlive its plot
+    /// ends when its leader is known).
+    pub fn with_catch_up(mut self, catch_up: bool) -> Self {
+        self.catch_up = catch_up;
         self
     }
 
@@ -354,7 +366,12 @@ where
     }
 
     fn done(&self, ctl: &Ctl<'_, WalBacked>) -> bool {
-        self.clients.idle() && self.current_leader(ctl).is_some()
+        self.clients.idle()
+            && if self.catch_up {
+                self.checks.members_caught_up(ctl)
+            } else {
+                self.current_leader(ctl).is_some()
+            }
     }
 
     fn finish(&mut self, ctl: &mut Ctl<'_, WalBacked>, _terminated: bool, report: &mut RunReport) {

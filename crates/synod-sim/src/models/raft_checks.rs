@@ -364,6 +364,27 @@ impl RaftChecks {
         }
     }
 
+    /// Whether there is a leader and every member of its configuration that
+    /// is up has applied everything it committed. Part of a run's end, so a
+    /// member left behind for good (say, one that needs entries nobody will
+    /// send it) makes the run stuck rather than passing unnoticed.
+    pub fn members_caught_up<N: OnRaft>(&self, ctl: &Ctl<'_, WalBacked<N>>) -> bool {
+        let Some((leader, _)) = self.current_leader(ctl) else {
+            return false;
+        };
+        let Some(l) = ctl.node(leader).and_then(WalBacked::raft) else {
+            return false;
+        };
+        let commit = l.commit_index();
+        l.conf().members().all(|m| {
+            ctl.is_down_for_good(m)
+                || ctl
+                    .node(m)
+                    .and_then(WalBacked::raft)
+                    .is_none_or(|r| r.applied_index() >= commit)
+        })
+    }
+
     /// The leader of the highest term among up voters, if that node leads.
     pub fn current_leader<N: OnRaft>(&self, ctl: &Ctl<'_, WalBacked<N>>) -> Option<(NodeId, u64)> {
         let mut max_term = 0;
