@@ -275,9 +275,16 @@ impl RaftNode {
     pub fn snapshot_index(&self) -> u64 {
         self.log.snap.index
     }
+    /// The term of the entry at `index`, released or whole (`None` when
+    /// compacted or beyond the end).
     pub fn entry_term(&self, index: u64) -> Option<u64> {
-        self.log.entry(index).map(|e| e.term)
+        (index > self.log.snap.index)
+            .then(|| self.log.term(index))
+            .flatten()
     }
+    /// The whole entry at `index`: `None` when compacted, released (its
+    /// command dropped, see [`RaftConfig::release_payloads`]) or beyond the
+    /// end.
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         self.log.entry(index)
     }
@@ -740,7 +747,11 @@ impl RaftNode {
             );
             return true;
         };
-        let entries = self.log.slice(pr.next, self.cfg.max_batch);
+        let entries = if self.bugs.send_released {
+            self.log.slice_with_released(pr.next, self.cfg.max_batch)
+        } else {
+            self.log.slice(pr.next, self.cfg.max_batch)
+        };
         if entries.is_empty() && !allow_empty {
             return false;
         }
