@@ -327,9 +327,10 @@ pub struct RaftConfig {
     /// only their index and term: the store already has their effect, and a
     /// log since the last snapshot otherwise costs as much memory as the
     /// state itself. A follower that later needs them after all (a member
-    /// added since, a new leader's lagging follower) gets a snapshot, which
-    /// the node asks its driver for ([`RaftNode::wants_snapshot`]); so only
-    /// a driver that answers that may set it. [`RaftApp`] does.
+    /// added since, one whose disk lost what it acknowledged) gets a
+    /// snapshot, which the node asks its driver for
+    /// ([`RaftNode::wants_snapshot`]); so only a driver that answers that
+    /// may set it. [`RaftApp`] does.
     pub release_payloads: bool,
 }
 
