@@ -788,6 +788,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         );
         let signal = tokio::select! {
             s = stop_signal() => s?,
+            never = collect_freed_memory() => match never {},
             why = member.ended() => {
                 eprintln!("synod: member {}: {why}", me.name);
                 member.stop().await;
@@ -799,6 +800,21 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         println!("synod: member {} stopped", me.name);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Hands memory back to the system now and then, on this thread. The
+/// member was recovered here (its snapshot decoded, its log replayed), and
+/// much of that is freed later on the member's thread: the log's commands
+/// once every member holds them. mimalloc takes such memory back only when
+/// its owner collects, and this thread does nothing else but wait for a
+/// signal: without this a restarted member kept 1.5x the memory it had
+/// before the restart (1,000,000 keys).
+async fn collect_freed_memory() -> std::convert::Infallible {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        crate::release_freed_memory();
+    }
 }
 
 #[cfg(test)]
