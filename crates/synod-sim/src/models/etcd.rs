@@ -939,8 +939,9 @@ impl<K: SimEngine> Model for EtcdModel<K> {
         }
     }
 
-    fn done(&self, _ctl: &Ctl<'_, K::Node>) -> bool {
+    fn done(&self, ctl: &Ctl<'_, K::Node>) -> bool {
         self.clients.iter().all(|c| c.done >= OPS && c.op.is_none())
+            && self.checks.members_caught_up(ctl)
             && self.lessee.current.is_none()
             && self.admin_done()
             && self

@@ -93,6 +93,11 @@ pub trait SimEngine: Sized {
     );
     fn on_became_leader(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId, term: u64);
     fn finish(&mut self, ctl: &mut Ctl<'_, Self::Node>, report: &mut RunReport);
+    /// Whether every member that is up has applied what its leader
+    /// committed, for the end of a run (by default not asked).
+    fn members_caught_up(&self, _ctl: &Ctl<'_, Self::Node>) -> bool {
+        true
+    }
 }
 
 /// The service's engine: Raft on the WAL, with [`RaftChecks`].
@@ -126,6 +131,10 @@ impl SimEngine for OnRaft {
 
     fn current_leader(&self, ctl: &Ctl<'_, Self::Node>) -> Option<NodeId> {
         self.0.current_leader(ctl).map(|(id, _)| id)
+    }
+
+    fn members_caught_up(&self, ctl: &Ctl<'_, Self::Node>) -> bool {
+        self.0.members_caught_up(ctl)
     }
 
     fn next_change(
