@@ -27,8 +27,15 @@
 //! The service runs `RaftLog<RealFs>`; the simulator runs `RaftLog<SimFs>`
 //! with power losses and bit flips underneath. Neither has a copy of the
 //! mapping.
+//!
+//! [`paxos::PaxosLog`] does the same for the Multi-Paxos core's records
+//! (`synod_protocols::multipaxos::Write`): one journal entry per record, and
+//! a snapshot file holding the whole image, behind which the journal is
+//! dropped. Its entries carry a term no Raft member reaches, so it refuses
+//! a Raft member's data directory by name.
 
 pub mod codec;
+pub mod paxos;
 
 use std::path::{Path, PathBuf};
 
@@ -199,6 +206,8 @@ fn inconsistent(dir: &Path, detail: String) -> Error {
     }
 }
 
+const PAXOS_HINT: &str = "is this the data directory of a member of the multipaxos engine?";
+
 impl<F: Fs> RaftLog<F> {
     /// Opens (or creates) the data directory `dir` on `fs` for `id` and
     /// returns the Raft image recovered from it. Refuses a directory of
@@ -250,6 +259,13 @@ impl<F: Fs> RaftLog<F> {
         };
         let snapshot = match st.snapshot()? {
             None => None,
+            Some(s) if s.meta.term == paxos::JOURNAL_TERM => {
+                let detail = format!(
+                    "the snapshot at index {} is a Multi-Paxos image: {PAXOS_HINT}",
+                    s.meta.index
+                );
+                return Err(inconsistent(&dir, detail));
+            }
             Some(s) => {
                 let snap = codec::decode_snapshot(s.data).map_err(|e| {
                     inconsistent(&dir, format!("snapshot file at {:?}: {e}", s.meta))
@@ -269,6 +285,10 @@ impl<F: Fs> RaftLog<F> {
         let stored = st.entries(st.first_index(), st.last_index() + 1)?;
         let mut entries = Vec::with_capacity(stored.len());
         for e in stored {
+            if e.term == paxos::JOURNAL_TERM {
+                let detail = format!("entry {} is a Multi-Paxos record: {PAXOS_HINT}", e.index);
+                return Err(inconsistent(&dir, detail));
+            }
             let data: EntryData = codec::decode(&e.data)
                 .map_err(|err| inconsistent(&dir, format!("entry {}: {err}", e.index)))?;
             entries.push(raft::Entry {
