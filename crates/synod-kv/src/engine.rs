@@ -21,10 +21,11 @@ mod multipaxos;
 pub use multipaxos::{MultiPaxosEngine, Stamped};
 
 use crate::replica::{ConfRefusal, Out, ReplicaConfig, ReplicaEvent, ReplicaState};
+use std::borrow::Cow;
 use std::fmt::Debug;
 use synod_protocols::raft::{
-    AppOutput, Application, ConfChange, Disk, Entry, EntryData, Message, Payload, RaftApp,
-    RaftNode, Role, Snapshot, Write,
+    AppOutput, Application, ConfChange, ConfState, Disk, Entry, EntryData, Message, Payload,
+    RaftApp, RaftNode, Role, Snapshot, SnapshotMeta, Write,
 };
 use synod_protocols::NodeId;
 
@@ -103,6 +104,43 @@ pub trait Engine: Clone + Debug + Sized {
     /// Where leadership is being handed, if it is.
     fn transferring_to(&self) -> Option<NodeId>;
     fn describe(&self) -> String;
+    /// Raft's term, or the round of the highest ballot this member
+    /// promised (Multi-Paxos): what etcd's response headers call the term.
+    fn term(&self) -> u64;
+    /// Every entry up to here is chosen, as far as this member knows.
+    fn commit_index(&self) -> u64;
+    /// The members as this member knows them (Multi-Paxos has no learners).
+    fn conf(&self) -> Cow<'_, ConfState>;
+    /// The voter this leader would hand its place to before a planned stop
+    /// (the most up-to-date other one), if the engine can hand it at all:
+    /// Multi-Paxos moves leadership by election only.
+    fn successor(&self) -> Option<NodeId> {
+        None
+    }
+    /// Whether an entry's term is its proposer's term and never decreases
+    /// along the log (Raft). A driver that forwards writes relies on it to
+    /// tell from its own log that a write will never be applied. Not so in
+    /// Multi-Paxos, where a new leader carries an older leader's value into
+    /// a slot after no-ops of its own.
+    fn terms_ordered(&self) -> bool {
+        false
+    }
+    /// Whether a follower can get a read index from its leader (Raft's
+    /// ReadIndex) and serve a linearizable read itself; if not, a driver
+    /// passes such reads to the leader.
+    fn reads_at_followers(&self) -> bool {
+        false
+    }
+    /// Lets the engine keep its snapshot's bytes where the driver has them
+    /// (mapped from their file) instead of on the heap.
+    fn share_snapshot_data(&mut self, _index: u64, _data: Payload) -> bool {
+        false
+    }
+    /// The identity the snapshot of applied entry `index` will have, if the
+    /// driver may write its file before the engine hands it over.
+    fn snapshot_meta_at(&self, _index: u64) -> Option<SnapshotMeta> {
+        None
+    }
 
     /// Proposes a command as leader: its ticket and term, or `None` if this
     /// member does not lead.
@@ -260,6 +298,43 @@ impl Engine for RaftEngine {
         self.raft().describe()
     }
 
+    fn term(&self) -> u64 {
+        self.raft().term()
+    }
+
+    fn commit_index(&self) -> u64 {
+        self.raft().commit_index()
+    }
+
+    fn conf(&self) -> Cow<'_, ConfState> {
+        Cow::Borrowed(self.raft().conf())
+    }
+
+    fn successor(&self) -> Option<NodeId> {
+        let raft = self.raft();
+        let me = raft.id();
+        raft.voters()
+            .into_iter()
+            .filter(|v| *v != me)
+            .max_by_key(|v| raft.match_index(*v).unwrap_or(0))
+    }
+
+    fn terms_ordered(&self) -> bool {
+        true
+    }
+
+    fn reads_at_followers(&self) -> bool {
+        true
+    }
+
+    fn share_snapshot_data(&mut self, index: u64, data: Payload) -> bool {
+        RaftApp::share_snapshot_data(self, index, data)
+    }
+
+    fn snapshot_meta_at(&self, index: u64) -> Option<SnapshotMeta> {
+        self.raft().snapshot_meta_at(index)
+    }
+
     fn propose(&mut self, data: Payload, out: &mut Out<Self>) -> Option<(u64, u64)> {
         let data = EntryData::App(data);
         self.call(out, |r, out| r.propose(data, out))
@@ -279,13 +354,7 @@ impl Engine for RaftEngine {
         }
         let me = self.raft().id();
         if change == ConfChange::RemoveNode(me) {
-            let raft = self.raft();
-            let successor = raft
-                .voters()
-                .into_iter()
-                .filter(|v| *v != me)
-                .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
-            if let Some(to) = successor {
+            if let Some(to) = Engine::successor(self) {
                 self.call(out, |r, out| r.transfer_leader(to, out));
                 return ConfOutcome::Redirect(to);
             }

@@ -31,8 +31,9 @@ use crate::engine::{Applied, AppliedData, ConfOutcome};
 pub use crate::engine::{Engine, RaftEngine};
 use crate::{Command, CommandResponse, Error, Event, RangeRequest, RangeResponse, Store};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use synod_protocols::raft::{ConfChange, Payload, RaftConfig, RaftNode};
+use synod_protocols::raft::{ConfChange, ConfState, Payload, RaftConfig, RaftNode};
 use synod_protocols::{Instant, Node, NodeId, Output};
 
 /// The driver's name for a request, echoed in its response.
@@ -308,11 +309,44 @@ impl Replica {
     pub fn raft(&self) -> &RaftNode {
         self.node.raft()
     }
+}
 
-    /// Lets the core keep its snapshot's bytes in the durable file, mapped,
-    /// instead of on the heap (see [`RaftNode::share_snapshot_data`]).
-    pub fn share_snapshot_data(&mut self, index: u64, data: Payload) -> bool {
-        self.node.share_snapshot_data(index, data)
+/// What a driver's requests for local state (status, serializable reads)
+/// see of a member, whichever engine it runs.
+pub trait ReplicaView {
+    fn store(&self) -> &Store;
+    /// See [`Engine::term`].
+    fn term(&self) -> u64;
+    /// The leader this member believes in (itself when it leads).
+    fn leader(&self) -> Option<NodeId>;
+    fn commit_index(&self) -> u64;
+    fn applied_index(&self) -> u64;
+    fn conf(&self) -> Cow<'_, ConfState>;
+}
+
+impl<E: Engine> ReplicaView for Replica<E> {
+    fn store(&self) -> &Store {
+        Replica::store(self)
+    }
+
+    fn term(&self) -> u64 {
+        self.node.term()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.node.leader()
+    }
+
+    fn commit_index(&self) -> u64 {
+        self.node.commit_index()
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.node.applied_index()
+    }
+
+    fn conf(&self) -> Cow<'_, ConfState> {
+        self.node.conf()
     }
 }
 
@@ -348,9 +382,15 @@ impl<E: Engine> Replica<E> {
         Replica { node }
     }
 
-    /// The engine underneath, for checkers.
+    /// The engine underneath, for checkers and drivers.
     pub fn engine(&self) -> &E {
         &self.node
+    }
+
+    /// Lets the engine keep its snapshot's bytes in the durable file,
+    /// mapped, instead of on the heap ([`Engine::share_snapshot_data`]).
+    pub fn share_snapshot_data(&mut self, index: u64, data: Payload) -> bool {
+        self.node.share_snapshot_data(index, data)
     }
 
     /// The member's store, for serializable reads: possibly behind the

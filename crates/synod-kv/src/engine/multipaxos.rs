@@ -19,10 +19,11 @@
 use super::{Applied, AppliedData, ConfOutcome, Engine};
 use crate::replica::{ConfRefusal, Out, ReplicaConfig, ReplicaState};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use synod_protocols::multipaxos::{
     self as mp, Command, Config, Disk, Event, Members, Msg, MultiPaxosNode, Write,
 };
-use synod_protocols::raft::{ConfChange, Payload};
+use synod_protocols::raft::{ConfChange, ConfState, Payload};
 use synod_protocols::{NodeId, Output};
 
 /// A command as the log holds it (see the module docs).
@@ -51,17 +52,12 @@ pub struct MultiPaxosEngine {
     encoding: Option<u64>,
 }
 
-/// The Multi-Paxos configuration the service's configuration implies: the
-/// initial voters must be members `0..n`, as Multi-Paxos numbers them.
+/// The Multi-Paxos configuration the service's configuration implies.
 fn config(cfg: &ReplicaConfig) -> Config {
     let raft = &cfg.raft;
-    let n = raft.peers.len();
-    assert!(
-        raft.peers.iter().copied().eq(0..n as NodeId),
-        "Multi-Paxos members are 0..n, not {:?}",
-        raft.peers
-    );
-    let mut c = Config::new(raft.id, n);
+    // `n` only numbers the default first members, which `boot` replaces
+    // with the configured voters.
+    let mut c = Config::new(raft.id, raft.peers.len().max(1));
     c.election_ticks = raft.election_ticks;
     c.snapshot_every = raft.snapshot_every;
     c
@@ -180,7 +176,8 @@ impl Engine for MultiPaxosEngine {
     type Disk = Disk<Stamped>;
 
     fn boot(cfg: &ReplicaConfig, disk: &Disk<Stamped>, seed: u64, state: ReplicaState) -> Self {
-        let core = MultiPaxosNode::new(config(cfg), disk, seed);
+        let first: Members = cfg.raft.peers.iter().copied().collect();
+        let core = MultiPaxosNode::with_members(config(cfg), first, disk, seed);
         let mut engine = MultiPaxosEngine {
             core,
             state,
@@ -241,6 +238,21 @@ impl Engine for MultiPaxosEngine {
 
     fn describe(&self) -> String {
         self.core.describe()
+    }
+
+    fn term(&self) -> u64 {
+        self.core.promised().round
+    }
+
+    fn commit_index(&self) -> u64 {
+        self.core.learned_upto()
+    }
+
+    fn conf(&self) -> Cow<'_, ConfState> {
+        Cow::Owned(ConfState {
+            voters: self.core.members().iter().copied().collect(),
+            learners: Vec::new(),
+        })
     }
 
     fn propose(&mut self, data: Payload, out: &mut Out<Self>) -> Option<(u64, u64)> {

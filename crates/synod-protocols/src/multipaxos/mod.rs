@@ -418,6 +418,9 @@ enum Role<V> {
 #[derive(Clone, Debug)]
 pub struct MultiPaxosNode<V> {
     cfg: Config,
+    /// The members of the first slots ([`Config::initial_members`] unless
+    /// booted with [`MultiPaxosNode::with_members`]).
+    initial: Members,
     promised: Ballot,
     /// The highest round this node used or saw.
     round: u64,
@@ -469,9 +472,19 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     /// the application rebuilds its state from [`MultiPaxosNode::snapshot`]
     /// and [`MultiPaxosNode::learned`].
     pub fn new(cfg: Config, disk: &Disk<V>, seed: u64) -> Self {
+        Self::with_members(cfg, cfg.initial_members(), disk, seed)
+    }
+
+    /// Boots like [`MultiPaxosNode::new`], with `initial` as the members
+    /// of the first slots instead of nodes `0..n`: the service numbers its
+    /// members with etcd's member ids. Every node of a cluster must boot
+    /// with the same set; a node that joins a running cluster passes none
+    /// and learns the members from the slots and snapshots it is sent.
+    pub fn with_members(cfg: Config, initial: Members, disk: &Disk<V>, seed: u64) -> Self {
         let learned_upto = disk.learned_prefix();
         let mut node = MultiPaxosNode {
             cfg,
+            initial,
             promised: disk.promised,
             round: disk.round.max(disk.promised.round),
             accepted: disk.accepted.clone(),
@@ -498,7 +511,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
     fn rebuild_confs(&mut self) {
         self.confs = match &self.snapshot {
             Some(snap) => snap.confs.clone(),
-            None => BTreeMap::from([(1, self.cfg.initial_members())]),
+            None => BTreeMap::from([(1, self.initial.clone())]),
         };
         for (s, cmd) in &self.learned {
             if let Command::Members(m) = cmd {
@@ -1442,7 +1455,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         if self.compacted() > 0 {
             s += &format!(" (snapshot {})", self.compacted());
         }
-        if *self.members() != self.cfg.initial_members() {
+        if *self.members() != self.initial {
             let m: Vec<String> = self.members().iter().map(|m| format!("n{m}")).collect();
             s += &format!(", members {}", m.join(" "));
         }
