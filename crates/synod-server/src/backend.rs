@@ -11,7 +11,7 @@ use synod_etcd::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo, Subscription,
 };
 use synod_kv::auth::AuthState;
-use synod_kv::replica::{Answer, ConfRefusal, Replica, ReplicaError, Request};
+use synod_kv::replica::{Answer, ConfRefusal, ReplicaError, ReplicaView, Request};
 use synod_kv::{
     AlarmType, Command, CommandResponse, Event, MemberChange, RangeRequest, RangeResponse,
 };
@@ -196,12 +196,14 @@ impl MemberBackend {
     /// Runs `f` on the member's thread and returns what it computed.
     async fn local<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Replica, &broadcast::Sender<Arc<Applied>>) -> T + Send + 'static,
+        f: impl FnOnce(&dyn ReplicaView, &broadcast::Sender<Arc<Applied>>) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(move |r: &Replica, feed: &broadcast::Sender<Arc<Applied>>| {
-            let _ = tx.send(f(r, feed));
-        });
+        let job = Box::new(
+            move |r: &dyn ReplicaView, feed: &broadcast::Sender<Arc<Applied>>| {
+                let _ = tx.send(f(r, feed));
+            },
+        );
         self.queue(Inbox::Local(job))?;
         rx.await.map_err(|_| gone())
     }
@@ -217,7 +219,7 @@ impl Backend for MemberBackend {
             let (rev, term, r) = self
                 .local(move |rep, _| {
                     let r = rep.store().range(&req);
-                    (rep.store().revision(), rep.raft().term(), r)
+                    (rep.store().revision(), rep.term(), r)
                 })
                 .await?;
             return Ok((self.header_at(rev, term), r?));
@@ -288,13 +290,7 @@ impl Backend for MemberBackend {
 
     async fn leases(&self) -> Result<(Header, Vec<i64>), ApiError> {
         let (rev, term, ids) = self
-            .local(|rep, _| {
-                (
-                    rep.store().revision(),
-                    rep.raft().term(),
-                    rep.store().leases(),
-                )
-            })
+            .local(|rep, _| (rep.store().revision(), rep.term(), rep.store().leases()))
             .await?;
         Ok((self.header_at(rev, term), ids))
     }
@@ -451,7 +447,7 @@ impl Backend for MemberBackend {
         let me = self.me.id;
         let (rev, status) = self
             .local(move |rep, _| {
-                let raft = rep.raft();
+                let raft = rep;
                 (
                     rep.store().revision(),
                     StatusInfo {
@@ -513,7 +509,7 @@ impl Backend for MemberBackend {
         let (rev, term, hashed) = self
             .local(move |rep, _| {
                 let s = rep.store();
-                (s.revision(), rep.raft().term(), s.hash_kv(revision))
+                (s.revision(), rep.term(), s.hash_kv(revision))
             })
             .await?;
         let (hash, compacted) = hashed?;
@@ -526,11 +522,12 @@ impl Backend for MemberBackend {
         member: u64,
         alarm: Option<AlarmType>,
     ) -> Result<(Header, Vec<(u64, AlarmType)>), ApiError> {
-        let raised = |rep: &Replica| rep.store().alarms().iter().copied().collect::<Vec<_>>();
+        let raised =
+            |rep: &dyn ReplicaView| rep.store().alarms().iter().copied().collect::<Vec<_>>();
         let (Some(active), Some(alarm)) = (change, alarm) else {
             // GET: every alarm raised, or those of one type, as etcd lists them.
             let (rev, term, all) = self
-                .local(move |rep, _| (rep.store().revision(), rep.raft().term(), raised(rep)))
+                .local(move |rep, _| (rep.store().revision(), rep.term(), raised(rep)))
                 .await?;
             let listed = all
                 .into_iter()
@@ -562,13 +559,7 @@ impl Backend for MemberBackend {
         // The store is copied in O(1) on the member's thread and encoded off
         // it, as the member's own snapshots are.
         let (rev, term, store) = self
-            .local(|rep, _| {
-                (
-                    rep.store().revision(),
-                    rep.raft().term(),
-                    rep.store().clone(),
-                )
-            })
+            .local(|rep, _| (rep.store().revision(), rep.term(), rep.store().clone()))
             .await?;
         let file = tokio::task::spawn_blocking(move || synod_kv::backup::encode(&store))
             .await
@@ -607,7 +598,7 @@ impl Backend for MemberBackend {
 
     async fn header(&self) -> Result<Header, ApiError> {
         let (rev, term) = self
-            .local(|rep, _| (rep.store().revision(), rep.raft().term()))
+            .local(|rep, _| (rep.store().revision(), rep.term()))
             .await?;
         Ok(self.header_at(rev, term))
     }

@@ -2,6 +2,7 @@
 //! `synod serve`, or a whole local cluster in one process for tests.
 
 use crate::backend::MemberBackend;
+use crate::engines::EngineChoice;
 use crate::http;
 use crate::ids;
 use crate::member::{Member, MemberConfig};
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use synod_etcd::{EtcdServer, Limits, MemberInfo};
+use synod_kv::engine::{MultiPaxosEngine, RaftEngine};
 use synod_protocols::NodeId;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -61,6 +63,8 @@ pub struct Tuning {
     pub auto_compaction: Option<crate::compactor::AutoCompaction>,
     /// `--strict-reconfig-check`.
     pub strict_reconfig: bool,
+    /// `--engine`: the consensus engine under the store.
+    pub engine: EngineChoice,
     /// Deliberate bugs in every member (`--unsafe-bug`; tests of `synod
     /// chaos` only, and only with the `broken` feature).
     pub bugs: synod_kv::replica::ReplicaBugs,
@@ -83,6 +87,7 @@ impl Default for Tuning {
             quota_bytes: 2 << 30,
             auto_compaction: None,
             strict_reconfig: true,
+            engine: EngineChoice::Raft,
             bugs: Default::default(),
             api_bugs: Default::default(),
             jwt: None,
@@ -287,30 +292,32 @@ pub async fn start_member_on(
     } else {
         infos.iter().map(|i| i.id).collect()
     };
-    let member = Member::start(
-        MemberConfig {
-            id: raft_id,
-            cluster_id: spec.cluster_id,
-            name: m.name.clone(),
-            client_urls: m.client_urls.clone(),
-            data_dir: m.data_dir.clone(),
-            initial: infos.clone(),
-            voters,
-            listen_peer: listen.peer,
-            peer_tls: listen.peer_tls.clone(),
-            tick: tuning.tick,
-            election_ticks: election_ticks(tuning),
-            snapshot_every: tuning.snapshot_every,
-            snapshot_log_percent: tuning.snapshot_log_percent,
-            max_txn_ops: tuning.limits.max_txn_ops,
-            max_peer_frame: tuning.max_peer_frame,
-            quota_bytes: tuning.quota_bytes,
-            auto_compaction: tuning.auto_compaction,
-            bugs: tuning.bugs,
-        },
-        on_hello,
-        metrics.clone(),
-    )?;
+    let member_cfg = MemberConfig {
+        id: raft_id,
+        cluster_id: spec.cluster_id,
+        name: m.name.clone(),
+        client_urls: m.client_urls.clone(),
+        data_dir: m.data_dir.clone(),
+        initial: infos.clone(),
+        voters,
+        listen_peer: listen.peer,
+        peer_tls: listen.peer_tls.clone(),
+        tick: tuning.tick,
+        election_ticks: election_ticks(tuning),
+        snapshot_every: tuning.snapshot_every,
+        snapshot_log_percent: tuning.snapshot_log_percent,
+        max_txn_ops: tuning.limits.max_txn_ops,
+        max_peer_frame: tuning.max_peer_frame,
+        quota_bytes: tuning.quota_bytes,
+        auto_compaction: tuning.auto_compaction,
+        bugs: tuning.bugs,
+    };
+    let member = match tuning.engine {
+        EngineChoice::Raft => Member::start::<RaftEngine>(member_cfg, on_hello, metrics.clone()),
+        EngineChoice::MultiPaxos => {
+            Member::start::<MultiPaxosEngine>(member_cfg, on_hello, metrics.clone())
+        }
+    }?;
     let backend = Arc::new(MemberBackend {
         cluster_id: spec.cluster_id,
         me: infos[index].clone(),

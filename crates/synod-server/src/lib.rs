@@ -8,6 +8,8 @@
 //!   the leader.
 //! * [`peer`]: member-to-member TCP transport.
 //! * [`disk`]: Raft's records on the WAL, and recovery from it.
+//! * [`engines`]: the consensus engines a member can run (`--engine`), and
+//!   what each needs of the driver.
 //! * [`backend`]: the etcd API's [`synod_etcd::Backend`] for a member.
 //! * [`cluster`]: starting members with their API (`synod serve`, tests).
 //! * [`ids`]: member and cluster ids, derived as etcd derives them.
@@ -18,6 +20,7 @@ pub mod backend;
 pub mod cluster;
 pub mod compactor;
 pub mod disk;
+pub mod engines;
 pub mod http;
 pub mod ids;
 pub mod member;

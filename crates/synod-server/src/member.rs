@@ -7,7 +7,7 @@
 //! the leader does.
 
 use crate::compactor::{AutoCompaction, Compactor};
-use crate::disk::MemberDisk;
+use crate::engines::{EngineDisk, Served};
 use crate::metrics::Metrics;
 use crate::peer::{
     self, ActiveSince, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerMsg,
@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use synod_etcd::{Applied, MemberInfo};
 use synod_kv::auth::AuthState;
 use synod_kv::replica::{
-    Answer, Replica, ReplicaBugs, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput, Request,
-    StoreImage,
+    Answer, Replica, ReplicaBugs, ReplicaConfig, ReplicaError, ReplicaEvent, ReplicaInput,
+    ReplicaView, Request, StoreImage,
 };
 use synod_kv::{Command, MemberChange, MemberRecord};
-use synod_protocols::raft::{ConfState, Message, Payload, Write};
+use synod_protocols::raft::{ConfState, Payload};
 use synod_protocols::{Node, NodeId, Output};
 use synod_raft_log::StreamedSnapshot;
 use tokio::sync::{broadcast, oneshot};
@@ -125,7 +125,7 @@ fn first_request_id() -> u64 {
 pub type Feed = broadcast::Sender<Arc<Applied>>;
 
 /// Work run on a member's thread against its state.
-pub type LocalJob = Box<dyn FnOnce(&Replica, &Feed) + Send>;
+pub type LocalJob = Box<dyn FnOnce(&dyn ReplicaView, &Feed) + Send>;
 
 /// What a member's thread is asked to do.
 pub enum Inbox {
@@ -190,9 +190,10 @@ pub struct Member {
 }
 
 impl Member {
-    /// Recovers the member from its data directory and starts it.
-    /// `on_hello` learns each peer's name and client URLs as it connects.
-    pub fn start(
+    /// Recovers the member from its data directory and starts it on engine
+    /// `E`. `on_hello` learns each peer's name and client URLs as it
+    /// connects.
+    pub fn start<E: Served>(
         cfg: MemberConfig,
         on_hello: OnHello,
         metrics: Arc<Metrics>,
@@ -203,9 +204,9 @@ impl Member {
         let listener = TcpListener::bind(addr)
             .map_err(|e| format!("member {name}: cannot listen for peers on {addr}: {e}"))?;
         let recovery = Instant::now();
-        let (mut disk, recovered, report) = MemberDisk::open(&cfg.data_dir, cfg.cluster_id, cfg.id)
+        let (mut disk, recovered, report) = E::Log::open(&cfg.data_dir, cfg.cluster_id, cfg.id)
             .map_err(|e| format!("member {name}: {e}"))?;
-        disk.fsync = Some(metrics.fsync.clone());
+        disk.set_fsync(metrics.fsync.clone());
         if let Some(t) = &report.torn_tail {
             tracing::warn!(member = %name, "recovery cut a torn tail: {t:?}");
         }
@@ -276,7 +277,7 @@ impl Member {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         #[cfg(feature = "broken")]
-        let replica = Replica::with_bugs(rcfg, &recovered, cfg.id ^ life, cfg.bugs);
+        let replica = Replica::<E>::with_bugs(rcfg, &recovered, cfg.id ^ life, cfg.bugs);
         #[cfg(not(feature = "broken"))]
         let replica = {
             if cfg.bugs != ReplicaBugs::default() {
@@ -284,14 +285,16 @@ impl Member {
                     "member {name}: deliberate bugs need a build with the `broken` feature"
                 ));
             }
-            Replica::new(rcfg, &recovered, cfg.id ^ life)
+            Replica::<E>::new(rcfg, &recovered, cfg.id ^ life)
         };
-        if recovered.snapshot.is_some() || !recovered.entries.is_empty() {
+        let (snapshot_index, entries) = E::Log::summary(&recovered);
+        if snapshot_index > 0 || entries > 0 {
             // What a restart costs before the member can serve.
             tracing::info!(
                 member = %name,
-                snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.meta.index),
-                entries = recovered.entries.len(),
+                engine = E::NAME,
+                snapshot_index,
+                entries,
                 took_ms = recovery.elapsed().as_millis() as u64,
                 "recovered"
             );
@@ -366,10 +369,10 @@ impl Drop for Member {
 /// Most inputs taken into one round (one sync).
 const MAX_BATCH: usize = 1024;
 
-struct Driver {
+struct Driver<E: Served> {
     cfg: MemberConfig,
-    replica: Replica,
-    disk: MemberDisk,
+    replica: Replica<E>,
+    disk: E::Log,
     /// Opens every connection this member makes to a peer.
     hello: Arc<Hello>,
     /// A writer per member of the configuration (and per removed member
@@ -423,7 +426,7 @@ struct Driver {
     /// durable first (the leader may apply an entry that only its own unsynced
     /// write makes a quorum of).
     local_jobs: Vec<LocalJob>,
-    out: Output<Write, Message, ReplicaEvent>,
+    out: Output<E::Write, E::Msg, ReplicaEvent>,
     /// Peers that have connected to us, until the first election is
     /// fast-forwarded; `None` after that.
     heard: Option<Arc<Mutex<BTreeSet<NodeId>>>>,
@@ -432,19 +435,21 @@ struct Driver {
     seen_leader: Option<NodeId>,
     /// A leadership handoff under way: who waits for it, and until when.
     handoff: Option<(oneshot::Sender<Handoff>, Instant)>,
+    /// Peers heard speaking another engine, and when that was last said.
+    wrong_engine: BTreeMap<NodeId, Instant>,
 }
 
-impl Driver {
+impl<E: Served> Driver<E> {
     fn new(
         cfg: MemberConfig,
-        replica: Replica,
-        disk: MemberDisk,
+        replica: Replica<E>,
+        disk: E::Log,
         hello: Arc<Hello>,
         own: mpsc::SyncSender<Inbox>,
         heard: Arc<Mutex<BTreeSet<NodeId>>>,
         metrics: Arc<Metrics>,
-    ) -> Driver {
-        let applied = replica.raft().applied_index();
+    ) -> Driver<E> {
+        let applied = replica.applied_index();
         Driver {
             directory: Arc::new(RwLock::new(cfg.initial.clone())),
             auth: Arc::new(RwLock::new(Arc::new(replica.store().auth().clone()))),
@@ -477,6 +482,7 @@ impl Driver {
             metrics,
             seen_leader: None,
             handoff: None,
+            wrong_engine: BTreeMap::new(),
         }
     }
 
@@ -485,9 +491,8 @@ impl Driver {
             let _ = reply.send(Handoff::NotLeader);
             return;
         }
-        let raft = self.replica.raft();
         let me = self.cfg.id;
-        let voters = raft.voters();
+        let voters = self.replica.conf().voters.clone();
         let target = match target {
             Some(t) if t == me => {
                 let _ = reply.send(Handoff::Stayed);
@@ -499,11 +504,9 @@ impl Driver {
             }
             Some(t) => t,
             None => {
-                let best = voters
-                    .into_iter()
-                    .filter(|v| *v != me)
-                    .max_by_key(|v| raft.match_index(*v).unwrap_or(0));
-                let Some(best) = best else {
+                // No other voter, or an engine that moves leadership by
+                // election only.
+                let Some(best) = self.replica.engine().successor() else {
                     let _ = reply.send(Handoff::Stayed);
                     return;
                 };
@@ -533,7 +536,7 @@ impl Driver {
     fn observe(&mut self) {
         let mut old_leader = None;
         let m = &self.metrics;
-        let raft = self.replica.raft();
+        let raft = &self.replica;
         let leader = raft.leader();
         if leader != self.seen_leader {
             if let Some(l) = leader {
@@ -566,12 +569,17 @@ impl Driver {
     /// changed" now, as etcd's do, and retry, instead of waiting out their
     /// deadline. Writes wait: this member's own log settles them
     /// ([`Forwarded`]).
+    ///
+    /// On an engine whose log cannot settle them ([`synod_kv::engine::Engine::terms_ordered`]:
+    /// Multi-Paxos), writes hear "leader changed" too: their fate is
+    /// unknown, as it is to etcd's clients when their leader fails.
     fn leader_left(&mut self, old: NodeId) {
         let hasty = self.cfg.bugs.retry_unsettled_forwards;
+        let unsettled = !self.replica.engine().terms_ordered();
         let lost: Vec<u64> = self
             .forwarded_out
             .iter()
-            .filter(|(_, f)| f.to == old && (f.write.is_none() || hasty))
+            .filter(|(_, f)| f.to == old && (f.write.is_none() || hasty || unsettled))
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
@@ -579,6 +587,9 @@ impl Driver {
                 continue;
             };
             match f.write {
+                Some(_) if unsettled => {
+                    let _ = f.client.send(Err(ReplicaError::LeaderChanged));
+                }
                 Some((_, req)) => self.retry(req, f.client),
                 None => {
                     let _ = f.client.send(Err(ReplicaError::LeaderChanged));
@@ -595,11 +606,11 @@ impl Driver {
     /// the timeout; the randomized part still separates the candidates.
     fn maybe_fast_forward_election(&mut self, now: u64) {
         let Some(heard) = &self.heard else { return };
-        if self.replica.is_leader() || self.replica.raft().leader().is_some() {
+        if self.replica.is_leader() || self.replica.leader().is_some() {
             self.heard = None;
             return;
         }
-        let voters = self.replica.raft().voters();
+        let voters = self.replica.conf().voters.clone();
         let reached = 1 + heard
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -655,7 +666,7 @@ impl Driver {
                 }
             }
             if !self.parked.is_empty()
-                && (self.replica.is_leader() || self.replica.raft().leader().is_some())
+                && (self.replica.is_leader() || self.replica.leader().is_some())
             {
                 for (req, reply) in std::mem::take(&mut self.parked) {
                     self.client(now, req, reply);
@@ -679,7 +690,7 @@ impl Driver {
                 .observe(stepping.elapsed().as_secs_f64());
             self.sync_members();
             self.flush()?;
-            if self.was_member && !self.replica.raft().conf().contains(self.cfg.id) {
+            if self.was_member && !self.replica.conf().contains(self.cfg.id) {
                 // As etcd, stop a little later: the answer to the removal
                 // (this member may have served it) and the record of it
                 // still have to get out.
@@ -700,13 +711,17 @@ impl Driver {
 
     fn handle(&mut self, now: u64, m: Inbox) {
         match m {
-            Inbox::Peer((from, PeerMsg::Raft(msg))) => {
+            Inbox::Peer((from, msg @ (PeerMsg::Raft(_) | PeerMsg::Paxos(_)))) => {
                 if self.is_removed(from) {
                     self.tell_removed(from);
                     return;
                 }
+                let msg = match E::unwrap(msg) {
+                    Ok(msg) => msg,
+                    Err(_) => return self.wrong_engine(from),
+                };
                 self.log_snapshot("received snapshot from", from, &msg);
-                if let Message::HeartbeatResp { ctx, .. } = msg {
+                if let Some(ctx) = E::heartbeat_answer(&msg) {
                     if let Some(sent) = self.heartbeats.remove(&(from, ctx)) {
                         let to = format!("{from:x}");
                         self.metrics
@@ -719,11 +734,11 @@ impl Driver {
             }
             Inbox::Peer((from, PeerMsg::Forward { id, req, term })) => {
                 let tagged = matches!(req, Request::Write(Command::Tagged { .. }));
-                if tagged && (!self.replica.is_leader() || self.replica.raft().term() != term) {
+                if tagged && (!self.replica.is_leader() || self.replica.term() != term) {
                     // Proposed now, it would be of another term than the
                     // sender counts on to settle it: refuse, nothing was
                     // proposed.
-                    let hint = self.replica.raft().leader();
+                    let hint = self.replica.leader();
                     let result = Err(ReplicaError::NotLeader { hint });
                     if let Some(p) = self.sender(from) {
                         p.send(PeerMsg::Reply { id, result });
@@ -773,7 +788,9 @@ impl Driver {
         match (f.write, result) {
             // The leader stepped down before the write was applied: this
             // member's own log settles it.
-            (Some(w), Err(ReplicaError::LeaderChanged)) => {
+            (Some(w), Err(ReplicaError::LeaderChanged))
+                if self.replica.engine().terms_ordered() =>
+            {
                 let write = Some(w);
                 self.forwarded_out.insert(id, Forwarded { write, ..f });
             }
@@ -802,7 +819,10 @@ impl Driver {
         let (last_index, last_term) = self.applied;
         self.applied = (index, term);
         let jumped = index != last_index + 1;
-        if (!jumped && term <= last_term) || self.forwarded_out.is_empty() {
+        if (!jumped && term <= last_term)
+            || self.forwarded_out.is_empty()
+            || !self.replica.engine().terms_ordered()
+        {
             return;
         }
         let settled: Vec<u64> = self
@@ -829,9 +849,9 @@ impl Driver {
     /// Remembers when a heartbeat left, to time its answer (rounds never
     /// answered, a peer down, are forgotten after a few seconds), and logs
     /// a snapshot sent.
-    fn note_heartbeat(&mut self, to: NodeId, msg: &Message) {
+    fn note_heartbeat(&mut self, to: NodeId, msg: &E::Msg) {
         self.log_snapshot("sending snapshot to", to, msg);
-        if let Message::Heartbeat { ctx, .. } = msg {
+        if let Some(ctx) = E::heartbeat(msg) {
             let now = Instant::now();
             if self.heartbeats.len() >= 1024 {
                 self.heartbeats
@@ -840,18 +860,30 @@ impl Driver {
                     self.heartbeats.clear();
                 }
             }
-            self.heartbeats.insert((to, *ctx), now);
+            self.heartbeats.insert((to, ctx), now);
         }
     }
 
     /// Logs a snapshot that travels between members (`what` the peer).
-    fn log_snapshot(&self, what: &str, peer: NodeId, msg: &Message) {
-        if let Message::InstallSnapshot { snapshot, .. } = msg {
-            tracing::info!(
+    fn log_snapshot(&self, what: &str, peer: NodeId, msg: &E::Msg) {
+        if let Some((index, bytes)) = E::snapshot(msg) {
+            tracing::info!(member = %self.cfg.name, index, bytes, "{what} {peer:x}");
+        }
+    }
+
+    /// A peer sent a message of the other engine: a cluster started with
+    /// two `--engine`s, which cannot work. Said at most once a second per
+    /// peer; the message is dropped.
+    fn wrong_engine(&mut self, from: NodeId) {
+        let now = Instant::now();
+        let last = self.wrong_engine.get(&from);
+        if last.is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+            self.wrong_engine.insert(from, now);
+            tracing::error!(
                 member = %self.cfg.name,
-                index = snapshot.meta.index,
-                bytes = snapshot.data.0.len(),
-                "{what} {peer:x}"
+                peer = %format_args!("{from:x}"),
+                "the peer runs another consensus engine than this member's {}; every member of a cluster must run the same --engine",
+                E::NAME
             );
         }
     }
@@ -934,12 +966,12 @@ impl Driver {
     /// the ones that left (a removed one is told so first), and the
     /// directory that MemberList and join queries read.
     fn sync_members(&mut self) {
-        let conf = self.replica.raft().conf();
+        let conf = self.replica.conf();
         let records = self.replica.store().members();
-        if matches!(&self.seen_conf, Some((c, r)) if c == conf && r == records) {
+        if matches!(&self.seen_conf, Some((c, r)) if *c == *conf && r == records) {
             return;
         }
-        let (conf, records) = (conf.clone(), records.clone());
+        let (conf, records) = (conf.into_owned(), records.clone());
         if self.seen_conf.as_ref().is_some_and(|(c, _)| *c != conf) {
             let ids = |v: &[NodeId]| v.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>();
             tracing::info!(
@@ -1059,7 +1091,7 @@ impl Driver {
                 _ => self.publishing = None,
             }
         }
-        let raft = self.replica.raft();
+        let raft = &self.replica;
         if raft.leader().is_none() || !raft.conf().contains(self.cfg.id) {
             return;
         }
@@ -1091,14 +1123,17 @@ impl Driver {
         }
         let id = self.next_id;
         self.next_id += 1;
-        // A linearizable read is served here whoever leads: the replica asks
-        // the leader for a read index (ReadIndex), not for the answer.
-        let here = matches!(req, Request::Read(_)) && self.replica.raft().leader().is_some();
+        // A linearizable read is served here whoever leads if the engine can
+        // ask the leader for a read index (Raft's ReadIndex); else the leader
+        // serves it.
+        let here = matches!(req, Request::Read(_))
+            && self.replica.leader().is_some()
+            && self.replica.engine().reads_at_followers();
         if !self.replica.is_leader() && !here {
-            match self.replica.raft().leader() {
+            match self.replica.leader() {
                 Some(leader) => {
                     if let Some(p) = self.sender(leader) {
-                        let term = self.replica.raft().term();
+                        let term = self.replica.term();
                         let (write, req) = match req {
                             Request::Write(cmd) => {
                                 let tagged = Command::Tagged {
@@ -1152,14 +1187,16 @@ impl Driver {
     /// file cannot be written, the image is encoded into memory as before.
     fn encode_snapshot(&self, index: u64, image: StoreImage) {
         let own = self.own.clone();
-        let meta = self.replica.raft().snapshot_meta_at(index);
+        let meta = self.replica.engine().snapshot_meta_at(index);
         let snaps = self.disk.snap_store();
         let name = self.cfg.name.clone();
         let started = std::thread::Builder::new()
             .name("synod-snapshot-encode".into())
             .spawn(move || {
                 crate::disk::background_priority();
-                let streamed = meta.map(|meta| crate::disk::stream_snapshot(&snaps, meta, &image));
+                let streamed = meta
+                    .zip(snaps)
+                    .map(|(meta, snaps)| crate::disk::stream_snapshot(&snaps, meta, &image));
                 let msg = match streamed {
                     Some(Ok((data, s))) => Inbox::SnapshotEncoded {
                         index,
@@ -1200,7 +1237,7 @@ impl Driver {
             for env in early {
                 self.note_heartbeat(env.to, &env.msg);
                 if let Some(p) = self.sender(env.to) {
-                    p.send(PeerMsg::Raft(env.msg));
+                    p.send(E::wrap(env.msg));
                 }
             }
         }
@@ -1220,12 +1257,10 @@ impl Driver {
             if env.to == self.cfg.id {
                 // Never block on its own inbox: a full one drops the message,
                 // which Raft treats as lost and sends again.
-                let _ = self
-                    .own
-                    .try_send(Inbox::Peer((env.to, PeerMsg::Raft(env.msg))));
+                let _ = self.own.try_send(Inbox::Peer((env.to, E::wrap(env.msg))));
             } else if let Some(p) = self.sender(env.to) {
                 self.note_heartbeat(env.to, &env.msg);
-                p.send(PeerMsg::Raft(env.msg));
+                p.send(E::wrap(env.msg));
             }
         }
         // Before any answer: a client told its auth change is done must find

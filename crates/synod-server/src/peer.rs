@@ -29,8 +29,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+use synod_kv::engine::Stamped;
 use synod_kv::replica::{Answer, ReplicaError, Request};
 use synod_kv::{Command, Store};
+use synod_protocols::multipaxos as mp;
 use synod_protocols::raft::{EntryData, Message};
 use synod_protocols::NodeId;
 
@@ -73,6 +75,9 @@ pub enum PeerMsg {
     /// from this peer ended (a dead process closes all of its connections,
     /// which is how followers learn of a dead leader before any timeout).
     Closed,
+    /// A Multi-Paxos message (`--engine multipaxos`). Last, so that the
+    /// Raft engine's frames are what they were.
+    Paxos(mp::Msg<Stamped>),
 }
 
 impl PeerMsg {
@@ -103,9 +108,47 @@ impl PeerMsg {
                     _ => Ok(()),
                 }
             }
+            PeerMsg::Paxos(m) => check_paxos(m),
             PeerMsg::Forward { .. } | PeerMsg::Reply { .. } | PeerMsg::Removed => Ok(()),
             PeerMsg::Closed => Err("a connection-closed notice never travels".into()),
         }
+    }
+}
+
+/// The Multi-Paxos counterpart of [`PeerMsg::check`]: every command a
+/// message carries decodes, and so does every snapshot.
+fn check_paxos(m: &mp::Msg<Stamped>) -> Result<(), String> {
+    let command = |slot: u64, c: &mp::Command<Stamped>| match c {
+        mp::Command::App(s) => s
+            .data
+            .try_decode::<Command>()
+            .map(|_| ())
+            .map_err(|err| format!("slot {slot}: {err}")),
+        _ => Ok(()),
+    };
+    let snapshot = |s: &mp::Snapshot| {
+        s.data
+            .try_decode::<Store>()
+            .map(|_| ())
+            .map_err(|err| format!("snapshot at slot {}: {err}", s.slot))
+    };
+    match m {
+        mp::Msg::Accept { first, cmds, .. } | mp::Msg::Learn { first, cmds } => cmds
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, c)| command(first + i as u64, c)),
+        mp::Msg::Promise {
+            accepted,
+            snapshot: s,
+            ..
+        } => {
+            accepted
+                .iter()
+                .try_for_each(|(slot, _, c)| command(*slot, c))?;
+            s.as_ref().map_or(Ok(()), snapshot)
+        }
+        mp::Msg::Snapshot(s) => snapshot(s),
+        _ => Ok(()),
     }
 }
 

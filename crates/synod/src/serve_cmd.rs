@@ -13,6 +13,7 @@ use std::time::Duration;
 use synod_etcd::Limits;
 use synod_server::cluster::{start_member_on, ClusterSpec, Listen, MemberSpec, Tuning};
 use synod_server::compactor::AutoCompaction;
+use synod_server::engines::EngineChoice;
 use synod_server::peer::PeerTls;
 use synod_server::tls::TlsFiles;
 
@@ -133,6 +134,13 @@ pub struct ServeArgs {
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
+    /// The consensus engine under the store: `raft` (etcd's, and the
+    /// default) or `multipaxos` (the log of write-once slots; no learners,
+    /// leadership moves by election only). Every member of a cluster must
+    /// run the same one, and a data directory stays with the engine that
+    /// wrote it.
+    #[arg(long, env = "SYNOD_ENGINE", default_value = "raft")]
+    pub engine: EngineChoice,
     /// A deliberate bug, to show that `synod chaos` catches it (builds with
     /// the `broken` feature only; never for real use): see
     /// `unsafe_bugs` for the names.
@@ -407,6 +415,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             &a.auto_compaction_retention,
         )?,
         strict_reconfig: a.strict_reconfig_check,
+        engine: a.engine,
         bugs,
         api_bugs,
         jwt: match a.auth_token.starts_with("jwt") {

@@ -31,6 +31,9 @@ pub struct UpArgs {
     /// clients and one above that for peers (2379/2380, 12379/12380, ...).
     #[arg(long, default_value_t = 2379)]
     base_port: u16,
+    /// The consensus engine every member runs (`synod serve --engine`).
+    #[arg(long, default_value = "raft")]
+    engine: synod_server::engines::EngineChoice,
 }
 
 /// One member's process and what it last said on stderr.
@@ -124,6 +127,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
         stop_with_parent(&mut cmd);
         let mut child = cmd
             .arg("serve")
+            .args(["--engine", args.engine.name()])
             .args(["--name", &name, "--data-dir"])
             .arg(&data_dir)
             .args([

@@ -189,8 +189,21 @@ async fn leader(c: &Cluster, alive: &[usize]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_survive_the_leader_killed_and_catch_it_up() {
+    survive_the_leader_killed(&[]).await;
+}
+
+/// The same on the Multi-Paxos engine, with a snapshot every 10 slots: the
+/// killed member comes back from its journal and image, and is caught up
+/// past the slots the others compacted away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_multipaxos_processes_survive_the_leader_killed_and_catch_it_up() {
+    survive_the_leader_killed(&["--engine", "multipaxos", "--snapshot-count", "10"]).await;
+}
+
+async fn survive_the_leader_killed(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let c = Cluster::new(dir.path(), 3);
+    let mut c = Cluster::new(dir.path(), 3);
+    c.extra = flags.iter().map(|f| f.to_string()).collect();
     let mut procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
 
     // Writes through every member: followers forward them to the leader.
@@ -230,7 +243,13 @@ async fn three_processes_survive_the_leader_killed_and_catch_it_up() {
         }
     }
     let r = put_eventually(c.channel(alive[0]), "after", "failover").await;
-    let after = r.header.unwrap().revision;
+    let mut after = r.header.unwrap().revision;
+    // Enough slots for the survivors to compact past what the killed member
+    // holds (with `--snapshot-count 10`).
+    for j in 0..25 {
+        let r = put_eventually(c.channel(alive[j % 2]), "more", &j.to_string()).await;
+        after = r.header.unwrap().revision;
+    }
 
     // The killed member comes back from its disk and catches up.
     procs.0[l] = Some(c.start(l));
@@ -243,6 +262,14 @@ async fn three_processes_survive_the_leader_killed_and_catch_it_up() {
         assert!(
             Instant::now() < deadline,
             "restarted member never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c.channel(l), "more", true).await.as_deref() != Some(b"24".as_slice()) {
+        assert!(
+            Instant::now() < deadline,
+            "restarted member stopped catching up"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -291,6 +318,21 @@ async fn bad_configurations_are_refused_with_a_reason() {
         err.contains("belongs to cluster") && err.contains("refusing to start"),
         "{err}"
     );
+    assert_eq!(
+        files(&c.data_dir(0)),
+        before,
+        "the data directory was touched"
+    );
+
+    // A member of the other engine refuses the directory, and says why.
+    let mut paxos = Cluster::new(dir.path(), 1);
+    paxos.clients = c.clients.clone();
+    paxos.peers = c.peers.clone();
+    paxos.extra = vec!["--engine".into(), "multipaxos".into()];
+    let out = run_to_end(paxos.command(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("raft engine"), "{err}");
     assert_eq!(
         files(&c.data_dir(0)),
         before,

@@ -1,0 +1,308 @@
+//! The consensus engines a member can run (`synod serve --engine`), and
+//! what each one asks of the driver besides the [`Engine`] contract: where
+//! its durable records go, and how its messages travel between members.
+//!
+//! The driver ([`crate::member`]) is one piece of code for both: group
+//! commit, persist before send, forwarding, leases and the etcd API are
+//! the same. What differs is confined here:
+//!
+//! | | Raft ([`RaftEngine`]) | Multi-Paxos ([`MultiPaxosEngine`]) |
+//! | --- | --- | --- |
+//! | records | [`MemberDisk`]: Raft's log on the WAL, snapshots written on their own thread and mapped | [`PaxosDisk`]: a journal of the acceptor's records on the WAL, compacted behind an image of the whole acceptor at each snapshot |
+//! | messages | [`PeerMsg::Raft`] | [`PeerMsg::Paxos`] |
+//! | leadership handoff | transferred to the most up-to-date voter | by election only: a planned stop hands nothing |
+//! | learners | yes | no (a member joins as a voter) |
+
+use crate::disk::MemberDisk;
+use crate::peer::PeerMsg;
+use std::path::Path;
+use synod_kv::engine::{Engine, MultiPaxosEngine, RaftEngine, Stamped};
+use synod_kv::Command;
+use synod_protocols::multipaxos::{self as mp, Msg};
+use synod_protocols::raft::{Message, Payload, PAYLOAD_VERSION};
+use synod_protocols::NodeId;
+use synod_raft_log::paxos::PaxosLog;
+use synod_raft_log::StreamedSnapshot;
+use synod_storage::{Identity, RealFs, RecoveryReport, SnapStore, StorageOptions};
+
+/// Which engine a member runs (`--engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineChoice {
+    #[default]
+    Raft,
+    MultiPaxos,
+}
+
+impl EngineChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Raft => "raft",
+            EngineChoice::MultiPaxos => "multipaxos",
+        }
+    }
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EngineChoice, String> {
+        [EngineChoice::Raft, EngineChoice::MultiPaxos]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown engine {s:?} (raft, multipaxos)"))
+    }
+}
+
+/// A member's durable records for engine `E`.
+pub trait EngineDisk<E: Engine>: Sized + Send + 'static {
+    /// Opens (or creates) `dir` for member `node` of cluster `cluster`:
+    /// the engine's image as recovered, and what recovery had to repair.
+    fn open(
+        dir: &Path,
+        cluster: u64,
+        node: NodeId,
+    ) -> synod_storage::Result<(Self, E::Disk, RecoveryReport)>;
+    /// Observes every sync (`etcd_disk_wal_fsync_duration_seconds`).
+    fn set_fsync(&mut self, h: prometheus::Histogram);
+    /// Makes a round's records durable with one sync (group commit).
+    fn persist(&mut self, writes: &[E::Write]) -> synod_storage::Result<()>;
+    /// Between rounds: finishes work done off the member's thread.
+    fn poll(&mut self) -> synod_storage::Result<()> {
+        Ok(())
+    }
+    /// The latest durable snapshot's data, mapped from its file, once.
+    fn take_mapped(&mut self) -> Option<(u64, Payload)> {
+        None
+    }
+    /// A snapshot file written as its image was encoded, for the engine's
+    /// next snapshot if it is that one.
+    fn offer_streamed(&mut self, streamed: StreamedSnapshot) {
+        drop(streamed);
+    }
+    /// Where a snapshot's file may be streamed from another thread, if
+    /// this disk takes such files.
+    fn snap_store(&self) -> Option<SnapStore<RealFs>> {
+        None
+    }
+    /// For the recovery log line: the snapshot's index and the records
+    /// after it.
+    fn summary(disk: &E::Disk) -> (u64, usize);
+}
+
+/// An engine the service can run.
+pub trait Served: Engine<Msg: Send, Write: Send> + Send + 'static {
+    type Log: EngineDisk<Self>;
+    const NAME: &'static str;
+    fn wrap(msg: Self::Msg) -> PeerMsg;
+    /// This engine's message, or `Err` with what came instead (a peer that
+    /// runs the other engine).
+    fn unwrap(msg: PeerMsg) -> Result<Self::Msg, PeerMsg>;
+    /// The round of a leader's heartbeat, and of the answer to one (for
+    /// the peer round-trip metric).
+    fn heartbeat(msg: &Self::Msg) -> Option<u64>;
+    fn heartbeat_answer(msg: &Self::Msg) -> Option<u64>;
+    /// The index and size of a snapshot the message carries (logged).
+    fn snapshot(msg: &Self::Msg) -> Option<(u64, usize)>;
+}
+
+impl EngineDisk<RaftEngine> for MemberDisk {
+    fn open(
+        dir: &Path,
+        cluster: u64,
+        node: NodeId,
+    ) -> synod_storage::Result<(Self, synod_protocols::raft::Disk, RecoveryReport)> {
+        MemberDisk::open(dir, cluster, node)
+    }
+
+    fn set_fsync(&mut self, h: prometheus::Histogram) {
+        self.fsync = Some(h);
+    }
+
+    fn persist(&mut self, writes: &[synod_protocols::raft::Write]) -> synod_storage::Result<()> {
+        MemberDisk::persist(self, writes)
+    }
+
+    fn poll(&mut self) -> synod_storage::Result<()> {
+        MemberDisk::poll(self)
+    }
+
+    fn take_mapped(&mut self) -> Option<(u64, Payload)> {
+        MemberDisk::take_mapped(self)
+    }
+
+    fn offer_streamed(&mut self, streamed: StreamedSnapshot) {
+        MemberDisk::offer_streamed(self, streamed)
+    }
+
+    fn snap_store(&self) -> Option<SnapStore<RealFs>> {
+        Some(MemberDisk::snap_store(self))
+    }
+
+    fn summary(disk: &synod_protocols::raft::Disk) -> (u64, usize) {
+        let snap = disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        (snap, disk.entries.len())
+    }
+}
+
+impl Served for RaftEngine {
+    type Log = MemberDisk;
+    const NAME: &'static str = "raft";
+
+    fn wrap(msg: Message) -> PeerMsg {
+        PeerMsg::Raft(msg)
+    }
+
+    fn unwrap(msg: PeerMsg) -> Result<Message, PeerMsg> {
+        match msg {
+            PeerMsg::Raft(m) => Ok(m),
+            other => Err(other),
+        }
+    }
+
+    fn heartbeat(msg: &Message) -> Option<u64> {
+        match msg {
+            Message::Heartbeat { ctx, .. } => Some(*ctx),
+            _ => None,
+        }
+    }
+
+    fn heartbeat_answer(msg: &Message) -> Option<u64> {
+        match msg {
+            Message::HeartbeatResp { ctx, .. } => Some(*ctx),
+            _ => None,
+        }
+    }
+
+    fn snapshot(msg: &Message) -> Option<(u64, usize)> {
+        match msg {
+            Message::InstallSnapshot { snapshot, .. } => {
+                Some((snapshot.meta.index, snapshot.data.0.len()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The Multi-Paxos acceptor's records ([`PaxosLog`]), with the checks a
+/// member makes before it trusts them.
+///
+/// Snapshots are written on the member's thread, as part of the round that
+/// takes them: simpler than Raft's [`MemberDisk`], and a pause of the
+/// member while a large store is written (see ARCHITECTURE.md).
+pub struct PaxosDisk {
+    log: PaxosLog<RealFs, Stamped>,
+    fsync: Option<prometheus::Histogram>,
+}
+
+/// Refuses records this build cannot apply, naming them, rather than fail
+/// half-way through the replay.
+fn paxos_readable(dir: &Path, disk: &mp::Disk<Stamped>) -> synod_storage::Result<()> {
+    let refuse = |detail: String| synod_storage::Error::Inconsistent {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    if let Some(s) = &disk.snapshot {
+        let version = s.data.0.first().copied();
+        if version != Some(PAYLOAD_VERSION) {
+            return Err(refuse(format!(
+                "the snapshot at slot {} is in encoding {version:?}; this build reads {PAYLOAD_VERSION}",
+                s.slot
+            )));
+        }
+    }
+    let accepted = disk.accepted.iter().map(|(s, (_, c))| (s, c));
+    for (slot, cmd) in accepted.chain(disk.learned.iter()) {
+        if let mp::Command::App(stamped) = cmd {
+            stamped.data.try_decode::<Command>().map_err(|err| {
+                refuse(format!(
+                    "slot {slot} holds no command this build reads: {err}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+impl EngineDisk<MultiPaxosEngine> for PaxosDisk {
+    fn open(
+        dir: &Path,
+        cluster: u64,
+        node: NodeId,
+    ) -> synod_storage::Result<(Self, mp::Disk<Stamped>, RecoveryReport)> {
+        let id = Identity {
+            cluster_id: cluster,
+            node_id: node,
+        };
+        let (log, disk, report) = PaxosLog::open(RealFs, dir, id, StorageOptions::default())?;
+        paxos_readable(dir, &disk)?;
+        Ok((PaxosDisk { log, fsync: None }, disk, report))
+    }
+
+    fn set_fsync(&mut self, h: prometheus::Histogram) {
+        self.fsync = Some(h);
+    }
+
+    /// Every record of the acceptor must be durable before what depends on
+    /// it leaves, so every round with records syncs.
+    fn persist(&mut self, writes: &[mp::Write<Stamped>]) -> synod_storage::Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.log.persist(writes)?;
+        let took = started.elapsed();
+        if let Some(h) = &self.fsync {
+            h.observe(took.as_secs_f64());
+        }
+        if took >= std::time::Duration::from_secs(1) {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "slow write and fdatasync"
+            );
+        }
+        Ok(())
+    }
+
+    fn summary(disk: &mp::Disk<Stamped>) -> (u64, usize) {
+        (disk.compacted(), disk.accepted.len() + disk.learned.len())
+    }
+}
+
+impl Served for MultiPaxosEngine {
+    type Log = PaxosDisk;
+    const NAME: &'static str = "multipaxos";
+
+    fn wrap(msg: Msg<Stamped>) -> PeerMsg {
+        PeerMsg::Paxos(msg)
+    }
+
+    fn unwrap(msg: PeerMsg) -> Result<Msg<Stamped>, PeerMsg> {
+        match msg {
+            PeerMsg::Paxos(m) => Ok(m),
+            other => Err(other),
+        }
+    }
+
+    fn heartbeat(msg: &Msg<Stamped>) -> Option<u64> {
+        match msg {
+            Msg::Heartbeat { round, .. } => Some(*round),
+            _ => None,
+        }
+    }
+
+    fn heartbeat_answer(msg: &Msg<Stamped>) -> Option<u64> {
+        match msg {
+            Msg::HeartbeatResp { round, .. } => Some(*round),
+            _ => None,
+        }
+    }
+
+    fn snapshot(msg: &Msg<Stamped>) -> Option<(u64, usize)> {
+        match msg {
+            Msg::Snapshot(s)
+            | Msg::Promise {
+                snapshot: Some(s), ..
+            } => Some((s.slot, s.data.0.len())),
+            _ => None,
+        }
+    }
+}
