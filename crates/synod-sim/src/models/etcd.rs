@@ -278,6 +278,13 @@ impl<K: SimEngine> EtcdModel<K> {
     /// simulation must have `nodes + spares` nodes) and turns on membership
     /// changes in the fault phase: spares are added as learners or voters,
     /// learners promoted, voters (the leader included) removed.
+    /// Deliberately broken (tests only): members start over on an empty
+    /// disk when recovery refuses theirs ([`SimEngine::wipe_on_corruption`]).
+    pub fn with_wipe_on_corruption(mut self) -> Self {
+        self.checks.wipe_on_corruption();
+        self
+    }
+
     pub fn with_spares(mut self, spares: usize) -> Self {
         self.n = self.voters + spares;
         self.checks.resize(self.n);

@@ -5,6 +5,7 @@ pub mod commit;
 pub mod etcd;
 pub mod kv_clients;
 pub mod multipaxos;
+pub mod paxos_disk;
 pub mod raft;
 pub mod raft_checks;
 pub mod wal_disk;

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use synod_protocols::raft::{ConfChange, Disk, EntryData, RaftNode, Role, Write};
-use synod_protocols::{Instant, NodeId};
+use synod_protocols::{Instant, Node, NodeId};
+use synod_storage::{Error as StorageError, RecoveryReport};
 
 use crate::models::wal_disk::{OnRaft, WalBacked, WalDisk};
 use crate::report::RunReport;
@@ -63,9 +64,10 @@ pub const COUNTERS: &[&str] = &[
     "runs_with_snapshots_installed",
 ];
 
-/// What the storage layer saw in one run.
+/// What the storage layer saw in one run (shared with the Multi-Paxos
+/// replicas' checks, whose journal is on the same WAL).
 #[derive(Clone, Copy, Debug, Default)]
-struct StorageCounters {
+pub(crate) struct StorageCounters {
     /// Power losses that cut a write in the middle.
     torn_writes: u64,
     /// Recoveries that found a torn tail and cut it off.
@@ -76,6 +78,51 @@ struct StorageCounters {
     corruption_detected: u64,
     /// Recoveries that failed for another reason (a bug if ever non-zero).
     recovery_errors: u64,
+}
+
+impl StorageCounters {
+    /// Counts what a recovery found: a torn tail cut, a damaged disk
+    /// refused, or a failure that is no disk's fault.
+    pub(crate) fn recovered(&mut self, recovery: &Result<RecoveryReport, StorageError>) {
+        match recovery {
+            Ok(report) => self.torn_tails += u64::from(report.torn_tail.is_some()),
+            Err(e) if e.is_data_error() => self.corruption_detected += 1,
+            Err(_) => self.recovery_errors += 1,
+        }
+    }
+
+    /// A bit flipped (`hit`) or a batch torn.
+    pub(crate) fn corrupted(&mut self, hit: bool) {
+        self.corruptions += u64::from(hit);
+    }
+
+    pub(crate) fn torn(&mut self) {
+        self.torn_writes += 1;
+    }
+
+    /// The end of a run: failed recoveries that were no disk's fault are
+    /// violations; the counters.
+    pub(crate) fn finish<N: Node>(&self, ctl: &mut Ctl<'_, N>, report: &mut RunReport) {
+        if self.recovery_errors > 0 {
+            ctl.violation(
+                "storage",
+                None,
+                format!(
+                    "{} recoveries failed without a data error",
+                    self.recovery_errors
+                ),
+            );
+        }
+        report.count("runs_with_torn_tails", u64::from(self.torn_tails > 0));
+        report.count(
+            "runs_with_corruption_detected",
+            u64::from(self.corruption_detected > 0),
+        );
+        report.count("torn_writes", self.torn_writes);
+        report.count("torn_tails", self.torn_tails);
+        report.count("corruptions", self.corruptions);
+        report.count("corruption_detected", self.corruption_detected);
+    }
 }
 
 /// The checkers' memory of a run.
@@ -152,39 +199,26 @@ impl RaftChecks {
         mut build: impl FnMut(&Disk) -> N,
     ) -> WalBacked<N> {
         let (node, recovery) = WalBacked::boot(id, disk, &mut build);
+        self.storage.recovered(&recovery);
         match recovery {
-            Ok(report) => {
-                if report.torn_tail.is_some() {
-                    self.storage.torn_tails += 1;
-                }
-                node
+            Err(_) if self.wipe_on_corruption => {
+                disk.wipe();
+                WalBacked::boot(id, disk, build).0
             }
-            Err(e) => {
-                if e.is_data_error() {
-                    self.storage.corruption_detected += 1;
-                } else {
-                    self.storage.recovery_errors += 1;
-                }
-                if self.wipe_on_corruption {
-                    disk.wipe();
-                    WalBacked::boot(id, disk, build).0
-                } else {
-                    node
-                }
-            }
+            _ => node,
         }
     }
 
     /// Flips a bit of one of the node's stored files (the model's `corrupt`).
     pub fn corrupt(&mut self, disk: &mut WalDisk, rng: &mut ChaCha8Rng) -> bool {
         let hit = disk.corrupt(rng).is_some();
-        self.storage.corruptions += u64::from(hit);
+        self.storage.corrupted(hit);
         hit
     }
 
     /// Cuts a batch of writes with a power loss (the model's `tear`).
     pub fn tear(&mut self, disk: &mut WalDisk, writes: &[Write], rng: &mut ChaCha8Rng) {
-        self.storage.torn_writes += 1;
+        self.storage.torn();
         let (seed, budget) = (rng.gen(), rng.gen_range(0..12));
         disk.tear(writes, seed, budget);
     }
@@ -446,26 +480,7 @@ impl RaftChecks {
                 ctl.violation("storage", Some(node), e);
             }
         }
-        let st = self.storage;
-        if st.recovery_errors > 0 {
-            ctl.violation(
-                "storage",
-                None,
-                format!(
-                    "{} recoveries failed without a data error",
-                    st.recovery_errors
-                ),
-            );
-        }
-        report.count("runs_with_torn_tails", u64::from(st.torn_tails > 0));
-        report.count(
-            "runs_with_corruption_detected",
-            u64::from(st.corruption_detected > 0),
-        );
-        report.count("torn_writes", st.torn_writes);
-        report.count("torn_tails", st.torn_tails);
-        report.count("corruptions", st.corruptions);
-        report.count("corruption_detected", st.corruption_detected);
+        self.storage.finish(ctl, report);
         let (mut taken, mut installed) = (0, 0);
         for node in 0..self.n as NodeId {
             let (t, i) = ctl.disk(node).snapshots();

@@ -66,7 +66,7 @@ pub fn storage_options() -> StorageOptions {
     }
 }
 
-fn identity(id: NodeId) -> Identity {
+pub(crate) fn identity(id: NodeId) -> Identity {
     Identity {
         cluster_id: CLUSTER_ID,
         node_id: id,
@@ -273,19 +273,7 @@ impl WalDisk {
             open.shadow = Disk::default();
             open.torn.clear();
         }
-        self.fs.clear_read_faults();
-        let mut dirs = Vec::new();
-        for path in self.fs.files() {
-            let _ = self.fs.remove_file(&path);
-            if let Some(d) = path.parent() {
-                dirs.push(d.to_path_buf());
-            }
-        }
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            let _ = self.fs.sync_dir(&d);
-        }
+        wipe_files(&self.fs);
     }
 
     /// Applies one synced write (the simulator's [`Node::apply_write`]).
@@ -410,44 +398,108 @@ impl WalDisk {
         self.fs.power_loss(seed);
     }
 
-    /// Flips one random bit of one stored segment or snapshot file, either in
-    /// the stored bytes or in what every later read returns. Returns the file
-    /// and offset, or `None` if there is nothing to damage.
+    /// Flips one random bit of one stored segment or snapshot file (see
+    /// [`flip_a_bit`]).
     pub fn corrupt(&mut self, rng: &mut impl Rng) -> Option<(PathBuf, u64)> {
-        let files: Vec<PathBuf> = self
-            .fs
-            .files()
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|x| x == "wal" || x == "snap"))
-            .collect();
-        if files.is_empty() {
-            return None;
-        }
-        let path = files[rng.gen_range(0..files.len())].clone();
-        let len = self.fs.read(&path).ok()?.len() as u64;
-        if len == 0 {
-            return None;
-        }
-        let offset = rng.gen_range(0..len);
-        let bit = rng.gen_range(0..8u8);
-        if rng.gen_bool(0.5) {
-            // The stored byte is damaged.
-            self.fs
-                .flip_bit(&path, offset, bit)
-                .then_some((path, offset))
-        } else {
-            // The stored byte is fine but every read returns it damaged (a bad
-            // cable or controller): recovery cannot tell the difference.
-            self.fs.flip_on_read(&path, offset, 1 << bit);
-            Some((path, offset))
+        flip_a_bit(&self.fs, rng)
+    }
+}
+
+/// Flips one random bit of one stored segment or snapshot file on `fs`,
+/// either in the stored bytes or in what every later read returns. Returns
+/// the file and offset, or `None` if there is nothing to damage.
+pub fn flip_a_bit(fs: &SimFs, rng: &mut impl Rng) -> Option<(PathBuf, u64)> {
+    let files: Vec<PathBuf> = fs
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "wal" || x == "snap"))
+        .collect();
+    if files.is_empty() {
+        return None;
+    }
+    let path = files[rng.gen_range(0..files.len())].clone();
+    let len = fs.read(&path).ok()?.len() as u64;
+    if len == 0 {
+        return None;
+    }
+    let offset = rng.gen_range(0..len);
+    let bit = rng.gen_range(0..8u8);
+    if rng.gen_bool(0.5) {
+        // The stored byte is damaged.
+        fs.flip_bit(&path, offset, bit).then_some((path, offset))
+    } else {
+        // The stored byte is fine but every read returns it damaged (a bad
+        // cable or controller): recovery cannot tell the difference.
+        fs.flip_on_read(&path, offset, 1 << bit);
+        Some((path, offset))
+    }
+}
+
+/// Deletes every file on `fs` (durably) and lifts read faults: a node
+/// that starts over with an empty disk.
+pub fn wipe_files(fs: &SimFs) {
+    fs.clear_read_faults();
+    let mut dirs = Vec::new();
+    for path in fs.files() {
+        let _ = fs.remove_file(&path);
+        if let Some(d) = path.parent() {
+            dirs.push(d.to_path_buf());
         }
     }
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        let _ = fs.sync_dir(&d);
+    }
+}
+
+/// A simulated disk that keeps a node's records with the service's own
+/// adapter: [`WalDisk`] (Raft's log) or
+/// [`PaxosDisk`](crate::models::paxos_disk::PaxosDisk) (the Multi-Paxos
+/// journal).
+pub trait SimDisk: Clone + Default + std::fmt::Debug {
+    /// The engine's durable image, as recovery returns it.
+    type Image;
+    type Write;
+    /// Runs the adapter's recovery for node `id`; an error means the node
+    /// must not start.
+    fn recover(&self, id: NodeId) -> Result<(Self::Image, RecoveryReport), StorageError>;
+    /// Writes and syncs one record (the simulator's [`Node::apply_write`]).
+    fn apply(&mut self, w: &Self::Write);
+}
+
+impl SimDisk for WalDisk {
+    type Image = Disk;
+    type Write = Write;
+
+    fn recover(&self, id: NodeId) -> Result<(Disk, RecoveryReport), StorageError> {
+        WalDisk::recover(self, id)
+    }
+
+    fn apply(&mut self, w: &Write) {
+        WalDisk::apply(self, w);
+    }
+}
+
+/// A node whose durable image a [`SimDisk`] keeps.
+pub trait Durable: Node {
+    type OnDisk: SimDisk<Image = Self::Disk, Write = Self::Write>;
+}
+
+impl Durable for KvNode {
+    type OnDisk = WalDisk;
+}
+
+impl Durable for synod_kv::replica::Replica {
+    type OnDisk = WalDisk;
 }
 
 /// A node built on the Raft core whose durable image is a Raft [`Disk`]: the
 /// toy [`KvNode`] and the service's `synod_kv::replica::Replica` alike, so
 /// both run on the WAL over the simulated disk and under the same checkers.
-pub trait OnRaft: Node<Msg = Message, Write = Write, Disk = Disk> {
+pub trait OnRaft:
+    Durable<OnDisk = WalDisk> + Node<Msg = Message, Write = Write, Disk = Disk>
+{
     /// The node's Raft core, for the checkers.
     fn raft(&self) -> &RaftNode;
 }
@@ -484,7 +536,7 @@ impl WalBacked<KvNode> {
     }
 }
 
-impl<N: OnRaft> WalBacked<N> {
+impl<N> WalBacked<N> {
     /// The node, unless stopped.
     pub fn inner(&self) -> Option<&N> {
         match self {
@@ -493,22 +545,26 @@ impl<N: OnRaft> WalBacked<N> {
         }
     }
 
-    /// The Raft core, unless stopped.
-    pub fn raft(&self) -> Option<&RaftNode> {
-        self.inner().map(OnRaft::raft)
-    }
-
     /// Whether the node stopped on a damaged disk.
     pub fn is_stopped(&self) -> bool {
         matches!(self, WalBacked::Stopped { .. })
     }
+}
 
+impl<N: OnRaft> WalBacked<N> {
+    /// The Raft core, unless stopped.
+    pub fn raft(&self) -> Option<&RaftNode> {
+        self.inner().map(OnRaft::raft)
+    }
+}
+
+impl<N: Durable> WalBacked<N> {
     /// Boots node `id` from `disk` with `build`; a disk that fails recovery
     /// gives a stopped node. Returns the recovery report on success.
     pub fn boot(
         id: NodeId,
-        disk: &WalDisk,
-        build: impl FnOnce(&Disk) -> N,
+        disk: &N::OnDisk,
+        build: impl FnOnce(&N::Disk) -> N,
     ) -> (WalBacked<N>, Result<RecoveryReport, StorageError>) {
         match disk.recover(id) {
             Ok((d, report)) => (WalBacked::Running(Box::new(build(&d))), Ok(report)),
@@ -522,24 +578,24 @@ impl<N: OnRaft> WalBacked<N> {
     }
 }
 
-type Out<N> = Output<Write, Message, <N as Node>::Event>;
+type Out<N> = Output<<N as Node>::Write, <N as Node>::Msg, <N as Node>::Event>;
 
-impl<N: OnRaft> Node for WalBacked<N> {
-    type Msg = Message;
-    type Write = Write;
-    type Disk = WalDisk;
+impl<N: Durable> Node for WalBacked<N> {
+    type Msg = N::Msg;
+    type Write = N::Write;
+    type Disk = N::OnDisk;
     type Event = N::Event;
     type Input = N::Input;
 
-    fn apply_write(disk: &mut WalDisk, write: &Write) {
+    fn apply_write(disk: &mut N::OnDisk, write: &N::Write) {
         disk.apply(write);
     }
 
-    fn must_sync(write: &Write) -> bool {
-        write.must_sync()
+    fn must_sync(write: &N::Write) -> bool {
+        N::must_sync(write)
     }
 
-    fn step(&mut self, now: Instant, from: NodeId, msg: Message, out: &mut Out<N>) {
+    fn step(&mut self, now: Instant, from: NodeId, msg: N::Msg, out: &mut Out<N>) {
         if let WalBacked::Running(n) = self {
             n.step(now, from, msg, out);
         }

@@ -4,16 +4,19 @@
 //! * [`OnRaft`]: the service as it runs, the Raft core on the WAL adapter
 //!   over the simulated disk, with every Raft property ([`RaftChecks`]).
 //! * [`OnMultiPaxos`] (`--engine multipaxos`): the same replicas on the
-//!   Multi-Paxos log. Its durable image is the engine's own records (the
-//!   service has no WAL format for them yet, so torn writes and bit flips
-//!   have nothing to reach); checked: agreement per slot (every member that
-//!   applies a slot applies the same value, in the same ballot round) and
-//!   slots applied in increasing order. A slot skipped without a snapshot
+//!   Multi-Paxos log, their records in the journal the service keeps them
+//!   in ([`PaxosDisk`]: `PaxosLog` on the WAL over the simulated disk, torn
+//!   writes and flipped bits included); checked: agreement per slot (every
+//!   member that applies a slot applies the same value, in the same ballot
+//!   round), slots applied in increasing order, and the storage verdicts
+//!   (every recovery returns what was made durable, every failed one failed
+//!   on damaged data). A slot skipped without a snapshot
 //!   would show as stores that differ at the same applied slot, which the
 //!   model compares for both engines.
 
-use crate::models::raft_checks::{self, RaftChecks};
-use crate::models::wal_disk::{WalBacked, WalDisk};
+use crate::models::paxos_disk::PaxosDisk;
+use crate::models::raft_checks::{self, RaftChecks, StorageCounters};
+use crate::models::wal_disk::{Durable, WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::sim::Ctl;
 use rand::Rng;
@@ -25,10 +28,25 @@ use synod_protocols::raft::{ConfChange, Disk, Write};
 use synod_protocols::{Node, NodeId};
 
 /// What `--engine multipaxos` checks besides the etcd model's own.
-pub const MULTIPAXOS_PROPERTIES: &[&str] =
-    &["agreement", "no_gap", "state_machine_safety", "membership"];
+pub const MULTIPAXOS_PROPERTIES: &[&str] = &[
+    "agreement",
+    "no_gap",
+    "state_machine_safety",
+    "membership",
+    "storage",
+];
 /// What `--engine multipaxos` counts besides the etcd model's own.
-pub const MULTIPAXOS_COUNTERS: &[&str] = &["slots_chosen", "leaderships"];
+pub const MULTIPAXOS_COUNTERS: &[&str] = &[
+    "slots_chosen",
+    "leaderships",
+    "torn_writes",
+    "torn_tails",
+    "corruptions",
+    "corruption_detected",
+    "snapshots_written",
+    "runs_with_torn_tails",
+    "runs_with_corruption_detected",
+];
 
 /// The engine-specific half of the etcd model.
 pub trait SimEngine: Sized {
@@ -98,6 +116,9 @@ pub trait SimEngine: Sized {
     fn members_caught_up(&self, _ctl: &Ctl<'_, Self::Node>) -> bool {
         true
     }
+    /// Deliberately broken (tests only): a member whose recovery refuses
+    /// its damaged disk deletes it and starts over instead of staying down.
+    fn wipe_on_corruption(&mut self);
 }
 
 /// The service's engine: Raft on the WAL, with [`RaftChecks`].
@@ -135,6 +156,10 @@ impl SimEngine for OnRaft {
 
     fn members_caught_up(&self, ctl: &Ctl<'_, Self::Node>) -> bool {
         self.0.members_caught_up(ctl)
+    }
+
+    fn wipe_on_corruption(&mut self) {
+        self.0.wipe_on_corruption();
     }
 
     fn next_change(
@@ -215,13 +240,20 @@ pub struct OnMultiPaxos {
     /// The last slot each member applied in this life.
     last_applied: Vec<Option<u64>>,
     leaderships: u64,
+    storage: StorageCounters,
+    /// See [`SimEngine::wipe_on_corruption`].
+    wipe_on_corruption: bool,
 }
 
 type MpReplica = Replica<MultiPaxosEngine>;
 
+impl Durable for MpReplica {
+    type OnDisk = PaxosDisk;
+}
+
 impl SimEngine for OnMultiPaxos {
     type Engine = MultiPaxosEngine;
-    type Node = MpReplica;
+    type Node = WalBacked<MpReplica>;
     /// A follower redirects reads to its leader (`read_index` is the
     /// leader's), which the clients follow.
     const FOLLOWER_READS: bool = false;
@@ -231,6 +263,8 @@ impl SimEngine for OnMultiPaxos {
             slots: BTreeMap::new(),
             last_applied: vec![None; n],
             leaderships: 0,
+            storage: StorageCounters::default(),
+            wipe_on_corruption: false,
         }
     }
 
@@ -238,23 +272,36 @@ impl SimEngine for OnMultiPaxos {
         self.last_applied.resize(n, None);
     }
 
+    /// A node whose disk fails recovery stays stopped.
     fn boot(
         &mut self,
-        _id: NodeId,
-        disk: &<MpReplica as Node>::Disk,
+        id: NodeId,
+        disk: &PaxosDisk,
         mut build: impl FnMut(&<MpReplica as Node>::Disk) -> MpReplica,
-    ) -> MpReplica {
-        build(disk)
+    ) -> Self::Node {
+        let (node, recovery) = WalBacked::boot(id, disk, &mut build);
+        self.storage.recovered(&recovery);
+        match recovery {
+            Err(_) if self.wipe_on_corruption => {
+                disk.wipe();
+                WalBacked::boot(id, disk, build).0
+            }
+            _ => node,
+        }
     }
 
-    fn replica(node: &MpReplica) -> Option<&MpReplica> {
-        Some(node)
+    fn wipe_on_corruption(&mut self) {
+        self.wipe_on_corruption = true;
+    }
+
+    fn replica(node: &Self::Node) -> Option<&MpReplica> {
+        node.inner()
     }
 
     /// The leader with the highest ballot.
-    fn current_leader(&self, ctl: &Ctl<'_, MpReplica>) -> Option<NodeId> {
+    fn current_leader(&self, ctl: &Ctl<'_, Self::Node>) -> Option<NodeId> {
         (0..self.last_applied.len() as NodeId)
-            .filter_map(|id| ctl.node(id).map(|r| (id, r.engine().core())))
+            .filter_map(|id| Some((id, ctl.node(id)?.inner()?.engine().core())))
             .filter(|(_, core)| core.is_leader())
             .max_by_key(|(_, core)| core.promised())
             .map(|(id, _)| id)
@@ -265,12 +312,12 @@ impl SimEngine for OnMultiPaxos {
     /// the members it reports are then those it counts.
     fn next_change(
         &self,
-        ctl: &mut Ctl<'_, MpReplica>,
+        ctl: &mut Ctl<'_, Self::Node>,
         leader: NodeId,
         n: usize,
         voters: usize,
     ) -> Option<ConfChange> {
-        let core = ctl.node(leader)?.engine().core();
+        let core = ctl.node(leader)?.inner()?.engine().core();
         if core.change_pending() {
             return None;
         }
@@ -289,8 +336,11 @@ impl SimEngine for OnMultiPaxos {
         }
     }
 
-    fn in_force(node: &MpReplica, change: ConfChange) -> Result<(), String> {
-        let members = node.engine().core().members();
+    fn in_force(node: &Self::Node, change: ConfChange) -> Result<(), String> {
+        let Some(replica) = node.inner() else {
+            return Ok(());
+        };
+        let members = replica.engine().core().members();
         let in_force = match change {
             ConfChange::AddVoter(n) => members.contains(&n),
             ConfChange::RemoveNode(n) => !members.contains(&n),
@@ -303,17 +353,44 @@ impl SimEngine for OnMultiPaxos {
         }
     }
 
-    fn on_crash(&mut self, _ctl: &mut Ctl<'_, MpReplica>, node: NodeId) {
+    fn corrupt(&mut self, disk: &mut PaxosDisk, rng: &mut ChaCha8Rng) -> bool {
+        let hit = disk.corrupt(rng).is_some();
+        self.storage.corrupted(hit);
+        hit
+    }
+
+    fn tear(
+        &mut self,
+        disk: &mut PaxosDisk,
+        writes: &[<MpReplica as Node>::Write],
+        rng: &mut ChaCha8Rng,
+    ) {
+        self.storage.torn();
+        let (seed, budget) = (rng.gen(), rng.gen_range(0..12));
+        disk.tear(writes, seed, budget);
+    }
+
+    fn on_crash(&mut self, _ctl: &mut Ctl<'_, Self::Node>, node: NodeId) {
         self.last_applied[node as usize] = None;
     }
 
-    fn on_restart(&mut self, _ctl: &mut Ctl<'_, MpReplica>, _node: NodeId) {}
+    /// A node whose disk failed recovery stays down.
+    fn on_restart(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId) {
+        self.last_applied[node as usize] = None;
+        if let Some(WalBacked::Stopped { reason }) = ctl.node(node) {
+            if ctl.tracing() {
+                let reason = reason.clone();
+                ctl.trace(format_args!("n{node} refuses to start: {reason}"));
+            }
+            ctl.refuse_to_start(node);
+        }
+    }
 
-    fn check_logs(&mut self, _ctl: &mut Ctl<'_, MpReplica>) {}
+    fn check_logs(&mut self, _ctl: &mut Ctl<'_, Self::Node>) {}
 
     fn on_applied(
         &mut self,
-        ctl: &mut Ctl<'_, MpReplica>,
+        ctl: &mut Ctl<'_, Self::Node>,
         node: NodeId,
         slot: u64,
         round: u64,
@@ -342,12 +419,21 @@ impl SimEngine for OnMultiPaxos {
         }
     }
 
-    fn on_became_leader(&mut self, _ctl: &mut Ctl<'_, MpReplica>, _node: NodeId, _term: u64) {
+    fn on_became_leader(&mut self, _ctl: &mut Ctl<'_, Self::Node>, _node: NodeId, _term: u64) {
         self.leaderships += 1;
     }
 
-    fn finish(&mut self, _ctl: &mut Ctl<'_, MpReplica>, report: &mut RunReport) {
+    fn finish(&mut self, ctl: &mut Ctl<'_, Self::Node>, report: &mut RunReport) {
         report.count("slots_chosen", self.slots.len() as u64);
         report.count("leaderships", self.leaderships);
+        let mut written = 0;
+        for node in 0..self.last_applied.len() as NodeId {
+            if let Some(e) = ctl.disk(node).storage_error() {
+                ctl.violation("storage", Some(node), e);
+            }
+            written += ctl.disk(node).snapshots();
+        }
+        report.count("snapshots_written", written);
+        self.storage.finish(ctl, report);
     }
 }
