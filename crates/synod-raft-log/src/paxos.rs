@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use synod_protocols::multipaxos::{Disk, Write};
 use synod_storage::{
-    DiskStorage, Entry, Error, Fs, HardState, Identity, RecoveryReport, Result, Snapshot,
-    SnapshotMeta, Storage, StorageOptions,
+    DiskStorage, Entry, Error, Fs, HardState, Identity, RecoveryReport, Result, SnapStore,
+    Snapshot, SnapshotMeta, Storage, StorageOptions,
 };
 
 use crate::{codec, inconsistent};
@@ -43,6 +43,38 @@ use crate::{codec, inconsistent};
 pub const JOURNAL_TERM: u64 = u64::from_be_bytes(*b"MPAXOS\0\x01");
 
 const RAFT_HINT: &str = "is this the data directory of a member of the raft engine?";
+
+/// An image the journal already covers, held back by
+/// [`PaxosLog::persist_deferring`] so that the caller can encode and write
+/// it away from the records that follow ([`DeferredImage::write`], on any
+/// thread), then adopt it ([`PaxosLog::adopt`]).
+///
+/// Only a node compacting slots it has learned defers its image: the image
+/// then says nothing the journal does not (the journal keeps every entry
+/// up to the image's index until it is adopted, so a crash before that
+/// recovers the same acceptor, its slots not yet compacted), and a file
+/// written but never adopted is newer than the log's snapshot mark, which
+/// recovery removes. A snapshot installed from a leader is new information
+/// and is written at once.
+pub struct DeferredImage<F: Fs, V> {
+    snaps: SnapStore<F>,
+    meta: SnapshotMeta,
+    image: Disk<V>,
+}
+
+impl<F: Fs, V: Serialize> DeferredImage<F, V> {
+    /// Where the image stands in the journal.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    /// Encodes the image and writes its file durably; adopt the result.
+    pub fn write(self) -> Result<SnapshotMeta> {
+        let data = codec::encode(&self.image);
+        self.snaps.save_parts(self.meta, &[&data])?;
+        Ok(self.meta)
+    }
+}
 
 /// A Multi-Paxos member's records in one data directory.
 pub struct PaxosLog<F: Fs, V> {
@@ -93,6 +125,20 @@ impl<F: Fs, V: Clone + Serialize + DeserializeOwned> PaxosLog<F, V> {
     /// sync (group commit); returns once they are. After an error the log
     /// refuses every later batch: reopen the directory.
     pub fn persist(&mut self, writes: &[Write<V>]) -> Result<()> {
+        if let Some(d) = self.persist_deferring(writes)? {
+            let meta = d.write()?;
+            self.adopt(meta)?;
+        }
+        Ok(())
+    }
+
+    /// As [`PaxosLog::persist`], except that the image of a node
+    /// compacting its own learned slots is not written but handed back
+    /// (see [`DeferredImage`]); the latest one if the batch holds several.
+    pub fn persist_deferring(
+        &mut self,
+        writes: &[Write<V>],
+    ) -> Result<Option<DeferredImage<F, V>>> {
         if let Some(why) = &self.failed {
             return Err(Error::Poisoned(why.clone()));
         }
@@ -103,12 +149,37 @@ impl<F: Fs, V: Clone + Serialize + DeserializeOwned> PaxosLog<F, V> {
         res
     }
 
-    fn write_batch(&mut self, writes: &[Write<V>]) -> Result<()> {
+    /// Makes the image file that [`DeferredImage::write`] made durable the
+    /// base of the journal, and drops the entries it stands for; false (and
+    /// the file removed) if a newer image replaced them meanwhile.
+    pub fn adopt(&mut self, meta: SnapshotMeta) -> Result<bool> {
+        self.storage.adopt_snapshot(meta)
+    }
+
+    fn write_batch(&mut self, writes: &[Write<V>]) -> Result<Option<DeferredImage<F, V>>> {
         let first = self.storage.last_index() + 1;
+        let mut deferred = None;
+        let mut journaled = 0;
         for w in writes {
             let index = self.storage.last_index() + 1;
+            let own = matches!(w, Write::Snapshot(s) if s.slot <= self.image.learned_prefix());
             self.image.apply(w);
+            let covered = SnapshotMeta {
+                index: index - 1,
+                term: JOURNAL_TERM,
+            };
+            if own && self.storage.covers(covered) {
+                deferred = Some(DeferredImage {
+                    snaps: self.storage.snap_store(),
+                    meta: covered,
+                    image: self.image.clone(),
+                });
+                continue;
+            }
+            journaled += 1;
             if let Write::Snapshot(_) = w {
+                // Written now (the image may be new information, or no
+                // entry came since the last image), so it may not wait.
                 // Taking the next index rather than the last one: the
                 // storage refuses a snapshot at or below its current one,
                 // which the last index is when no entry came since (an
@@ -131,13 +202,13 @@ impl<F: Fs, V: Clone + Serialize + DeserializeOwned> PaxosLog<F, V> {
         }
         assert_eq!(
             self.storage.last_index() + 1,
-            first + writes.len() as u64,
-            "one journal index per record"
+            first + journaled,
+            "one journal index per record written"
         );
-        if !writes.is_empty() {
+        if journaled > 0 {
             self.storage.sync()?;
         }
-        Ok(())
+        Ok(deferred)
     }
 }
 

@@ -213,13 +213,65 @@ fn a_snapshot_drops_the_journal_behind_it() {
     assert_eq!(expected.accepted.len(), 202);
     let disk = recovered(&fs);
     assert_eq!(disk, expected);
-    // What the storage still holds: the snapshot at the snapshot record's
-    // own index (one per record: 601 before it), the three entries after.
+    // What the storage still holds: the image of the node's own learned
+    // slots stands at the last entry it covers (601 records before it),
+    // and the three entries after it.
     let (st, _) = DiskStorage::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
-    assert_eq!(st.snapshot_meta().index, 602);
-    assert_eq!((st.first_index(), st.last_index()), (603, 605));
+    assert_eq!(st.snapshot_meta().index, 601);
+    assert_eq!((st.first_index(), st.last_index()), (602, 604));
     assert!(segments(&fs) <= 2, "{} segments", segments(&fs));
     assert_eq!(st.wal().segment_count(), segments(&fs));
+}
+
+/// The image of a node's own learned slots is handed back to be written
+/// elsewhere; until it is adopted the journal is the truth: a power loss
+/// before then, its file written or not, recovers the acceptor with those
+/// slots not yet compacted, and once adopted, with them compacted.
+#[test]
+fn a_deferred_image_counts_only_once_adopted() {
+    let b = ballot(1, 0);
+    let mut before = vec![Write::Promise(b)];
+    for slot in 1..=20 {
+        before.push(accept(slot, b, "v"));
+        before.push(Write::Learn(slot, Command::App("v".into())));
+    }
+    let after = vec![accept(21, b, "w"), Write::Promise(ballot(2, 1))];
+    for (write_file, adopt) in [(false, false), (true, false), (true, true)] {
+        let fs = SimFs::default();
+        let mut log = open_log(&fs);
+        log.persist(&before).unwrap();
+        let d = log
+            .persist_deferring(&[snapshot(20)])
+            .unwrap()
+            .expect("the node's own learned slots are compacted elsewhere");
+        assert_eq!(d.meta().index, before.len() as u64);
+        // More records go to the journal meanwhile, as always.
+        assert!(log.persist_deferring(&after).unwrap().is_none());
+        if write_file {
+            let meta = d.write().unwrap();
+            if adopt {
+                assert!(log.adopt(meta).unwrap());
+            }
+        }
+        fs.power_loss(7);
+        let expected = if adopt {
+            fold(before.iter().chain([&snapshot(20)]).chain(&after))
+        } else {
+            fold(before.iter().chain(&after))
+        };
+        assert_eq!(
+            recovered(&fs),
+            expected,
+            "file {write_file}, adopted {adopt}"
+        );
+    }
+    // A leader's image (slots this node has not learned) is never deferred.
+    let fs = SimFs::default();
+    let mut log = open_log(&fs);
+    log.persist(&before).unwrap();
+    assert!(log.persist_deferring(&[snapshot(30)]).unwrap().is_none());
+    fs.power_loss(7);
+    assert_eq!(recovered(&fs), fold(before.iter().chain([&snapshot(30)])));
 }
 
 /// A snapshot as the very first record, snapshots in a row (one of them

@@ -185,12 +185,43 @@ impl Served for RaftEngine {
 /// The Multi-Paxos acceptor's records ([`PaxosLog`]), with the checks a
 /// member makes before it trusts them.
 ///
-/// Snapshots are written on the member's thread, as part of the round that
-/// takes them: simpler than Raft's [`MemberDisk`], and a pause of the
-/// member while a large store is written (see ARCHITECTURE.md).
+/// The image of a snapshot the member takes of its own slots is encoded
+/// and written on a thread of its own
+/// ([`synod_raft_log::paxos::DeferredImage`]), as Raft's snapshots are
+/// ([`MemberDisk`]), so that no request waits while the whole store is
+/// encoded and synced. The journal keeps what the image stands for until
+/// it is adopted ([`PaxosDisk::poll`]).
 pub struct PaxosDisk {
     log: PaxosLog<RealFs, Stamped>,
     fsync: Option<prometheus::Histogram>,
+    /// The image being written, if any (at most one at a time).
+    saving: Option<std::thread::JoinHandle<synod_storage::Result<synod_storage::SnapshotMeta>>>,
+}
+
+impl PaxosDisk {
+    /// Waits for the image being written, if any, and adopts it.
+    fn finish_saving(&mut self) -> synod_storage::Result<()> {
+        let Some(thread) = self.saving.take() else {
+            return Ok(());
+        };
+        let meta = thread.join().unwrap_or_else(|_| {
+            Err(synod_storage::Error::InvalidArgument(
+                "the thread writing the journal's image panicked".into(),
+            ))
+        })?;
+        let adopted = self.log.adopt(meta)?;
+        tracing::debug!(index = meta.index, adopted, "journal image saved");
+        Ok(())
+    }
+}
+
+impl Drop for PaxosDisk {
+    /// A stopping member leaves no writer behind in its directory.
+    fn drop(&mut self) {
+        if let Some(t) = self.saving.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Refuses records this build cannot apply, naming them, rather than fail
@@ -234,7 +265,12 @@ impl EngineDisk<MultiPaxosEngine> for PaxosDisk {
         };
         let (log, disk, report) = PaxosLog::open(RealFs, dir, id, StorageOptions::default())?;
         paxos_readable(dir, &disk)?;
-        Ok((PaxosDisk { log, fsync: None }, disk, report))
+        let disk_handle = PaxosDisk {
+            log,
+            fsync: None,
+            saving: None,
+        };
+        Ok((disk_handle, disk, report))
     }
 
     fn set_fsync(&mut self, h: prometheus::Histogram) {
@@ -247,9 +283,27 @@ impl EngineDisk<MultiPaxosEngine> for PaxosDisk {
         if writes.is_empty() {
             return Ok(());
         }
+        if writes.iter().any(|w| matches!(w, mp::Write::Snapshot(_))) {
+            // One image file at a time: saving one removes the others.
+            self.finish_saving()?;
+        }
         let started = std::time::Instant::now();
-        self.log.persist(writes)?;
+        let deferred = self.log.persist_deferring(writes)?;
         let took = started.elapsed();
+        if let Some(d) = deferred {
+            let thread = std::thread::Builder::new()
+                .name("synod-journal-image".into())
+                .spawn(move || {
+                    crate::disk::background_priority();
+                    d.write()
+                })
+                .map_err(|source| synod_storage::Error::Io {
+                    op: "start the journal image writer",
+                    path: self.log.dir().to_path_buf(),
+                    source,
+                })?;
+            self.saving = Some(thread);
+        }
         if let Some(h) = &self.fsync {
             h.observe(took.as_secs_f64());
         }
@@ -258,6 +312,13 @@ impl EngineDisk<MultiPaxosEngine> for PaxosDisk {
                 took_ms = took.as_millis() as u64,
                 "slow write and fdatasync"
             );
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> synod_storage::Result<()> {
+        if self.saving.as_ref().is_some_and(|t| t.is_finished()) {
+            self.finish_saving()?;
         }
         Ok(())
     }

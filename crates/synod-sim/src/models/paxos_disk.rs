@@ -41,6 +41,11 @@ struct Open {
     error: Option<String>,
     /// Snapshots made durable.
     snapshots: u64,
+    /// The record of an image of the node's own slots whose file is written
+    /// but not yet adopted by the journal: as the service does
+    /// (`DeferredImage`), it is adopted with the next write, and until then
+    /// the journal is the durable truth.
+    deferred: Option<(synod_storage::SnapshotMeta, Record)>,
 }
 
 /// A Multi-Paxos node's disk: a [`SimFs`] with its data directory and the
@@ -65,6 +70,9 @@ impl Clone for PaxosDisk {
                 torn: open.torn.clone(),
                 error: open.error.clone(),
                 snapshots: open.snapshots,
+                // An unadopted file is newer than the journal's mark: the
+                // copy's recovery removes it.
+                deferred: None,
             })),
         }
     }
@@ -127,6 +135,7 @@ impl PaxosDisk {
     pub fn tear(&mut self, writes: &[Record], seed: u64, budget: u64) {
         let mut open = self.lock();
         open.torn = writes.to_vec();
+        open.deferred = None;
         if let Some(log) = open.log.as_mut() {
             self.fs.crash_after(Some(budget));
             let _ = log.persist(writes);
@@ -143,6 +152,7 @@ impl PaxosDisk {
         {
             let mut open = self.lock();
             open.log = None;
+            open.deferred = None;
             open.shadow = Image::default();
             open.torn.clear();
         }
@@ -172,6 +182,7 @@ impl SimDisk for PaxosDisk {
     fn recover(&self, id: NodeId) -> Result<(Image, RecoveryReport), StorageError> {
         let mut open = self.lock();
         open.log = None;
+        open.deferred = None;
         open.id = Some(id);
         let (log, image, report) = self.open_log(id)?;
         let torn = std::mem::take(&mut open.torn);
@@ -210,11 +221,36 @@ impl SimDisk for PaxosDisk {
                 }
             }
         }
-        let written = open
-            .log
-            .as_mut()
-            .expect("opened above")
-            .persist(std::slice::from_ref(w));
+        let open = &mut *open;
+        let log = open.log.as_mut().expect("opened above");
+        if let Some((meta, pending)) = open.deferred.take() {
+            match log.adopt(meta) {
+                Ok(adopted) => {
+                    if adopted {
+                        open.shadow.apply(&pending);
+                    }
+                }
+                Err(e) => {
+                    open.error
+                        .get_or_insert(format!("the journal refused to adopt an image: {e}"));
+                }
+            }
+        }
+        let written = match log.persist_deferring(std::slice::from_ref(w)) {
+            // The image of the node's own slots, written at once here (the
+            // service writes it on another thread): adopted with the next
+            // write, so that a power loss may fall between.
+            Ok(Some(d)) => match d.write() {
+                Ok(meta) => {
+                    open.deferred = Some((meta, w.clone()));
+                    open.snapshots += 1;
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         open.shadow.apply(w);
         open.snapshots += u64::from(matches!(w, Write::Snapshot(_)));
         if let Err(e) = written {
