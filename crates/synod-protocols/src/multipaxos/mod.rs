@@ -364,6 +364,13 @@ struct Peer {
     outstanding: usize,
     /// Ticks since it last answered one.
     silent: u32,
+    /// The first slot this leadership sent it: what it misses before that,
+    /// no commit index will fill.
+    first: Slot,
+    /// It accepted every slot from `first` up to here in this ballot.
+    accepted_upto: Slot,
+    /// Ticks since it was last sent the snapshot.
+    snapshot_age: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -961,6 +968,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
                 sent: learned,
                 outstanding: 0,
                 silent: 0,
+                first: learned + 1,
+                accepted_upto: learned,
+                snapshot_age: None,
             });
         }
     }
@@ -1318,6 +1328,9 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         if let Some(peer) = l.peers.get_mut(&from) {
             peer.outstanding = peer.outstanding.saturating_sub(1);
             peer.silent = 0;
+            if range.0 <= peer.accepted_upto + 1 {
+                peer.accepted_upto = peer.accepted_upto.max(range.1);
+            }
         }
         self.drive(out);
         // A peer whose learned prefix runs up to the slots it just accepted
@@ -1331,11 +1344,32 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
 
     /// Sends `peer` the chosen values it has not learned, a batch at a time,
     /// or the snapshot if it lags behind that.
+    ///
+    /// A peer's learned prefix trails the leader's by the Accepts in
+    /// flight, and it learns what it accepted from the commit index of the
+    /// next message, so right after the leader compacts, every peer seems
+    /// to lag behind the snapshot: sending each the whole state then (once
+    /// per answer) cost the service more than the writes did. A peer that
+    /// accepted, in this ballot, every slot from its learned prefix through
+    /// the snapshot's needs only the commit index; the others get the
+    /// snapshot, at most once a tick.
     fn catch_up(&mut self, peer: NodeId, learned: Slot, out: &mut Out<V>) {
         if learned >= self.learned_upto {
             return;
         }
         if let Some(snap) = self.snapshot.as_ref().filter(|s| learned < s.slot) {
+            // A leader that just stepped down (it removed itself) still
+            // answers: the peer may learn only from this snapshot that it
+            // is a member, and must campaign.
+            if let Role::Leader(l) = &mut self.role {
+                if let Some(p) = l.peers.get_mut(&peer) {
+                    let holds = learned + 1 >= p.first && p.accepted_upto >= snap.slot;
+                    if holds || p.snapshot_age == Some(0) {
+                        return;
+                    }
+                    p.snapshot_age = Some(0);
+                }
+            }
             out.send(peer, Msg::Snapshot(snap.clone()));
             return;
         }
@@ -1411,6 +1445,7 @@ impl<V: Clone + Debug + PartialEq> MultiPaxosNode<V> {
         let round = l.round;
         for (p, peer) in l.peers.iter_mut() {
             peer.silent += 1;
+            peer.snapshot_age = peer.snapshot_age.map(|age| age + 1);
             let mut missing = l.inflight.iter().filter(|(_, (_, by))| !by.contains(p));
             let resend = peer.silent >= 2;
             let msg = match missing.next() {

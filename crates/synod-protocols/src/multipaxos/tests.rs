@@ -294,6 +294,41 @@ fn a_follower_behind_the_snapshot_gets_it() {
     assert_eq!(net.node(2).learned_upto(), 6);
 }
 
+/// Right after the leader compacts, an answer from a follower that
+/// accepted the compacted slots may still report the learned prefix it had
+/// before (it was on its way, or sent before the commit index reached it).
+/// That follower needs no snapshot: commit indexes tell it what it
+/// accepted is chosen.
+#[test]
+fn a_follower_that_accepted_the_compacted_slots_is_not_sent_the_snapshot() {
+    let mut net = Net::new(3);
+    net.elect(0);
+    for v in 1..=5 {
+        net.propose(0, v);
+    }
+    net.deliver_all();
+    compact(&mut net, 0);
+    let ballot = net.node(0).promised();
+    let mut out = Out::default();
+    let stale = Msg::HeartbeatResp {
+        ballot,
+        learned: 0,
+        round: 0,
+    };
+    net.node(0).step(2, stale, &mut out);
+    assert!(
+        !out.msgs.iter().any(|m| matches!(m.msg, Msg::Snapshot(_))),
+        "{:?}",
+        out.msgs
+    );
+    net.absorb(0, out);
+    net.deliver_all();
+    net.heartbeat(0);
+    assert_eq!(net.node(2).learned_upto(), 5);
+    assert!(net.restored[2].is_empty());
+    assert_eq!(net.applied[2], net.applied[0]);
+}
+
 /// n2 learned nothing when n0 and n1 chose slots 1–3 and compacted them.
 /// Campaigning after n0's crash, it hears of the slots only through n1's
 /// snapshot, which n1's promise carries: n2 installs it and proposes after
