@@ -32,6 +32,7 @@ pub mod auth;
 pub mod backup;
 pub mod engine;
 mod error;
+mod history;
 pub mod replica;
 mod store;
 mod types;
