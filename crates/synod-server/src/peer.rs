@@ -44,8 +44,11 @@ pub use crate::peer_conn::PeerTls;
 /// actually arrive, not the length a header claims, so a lying header costs
 /// nothing.
 pub const MAX_FRAME: usize = 512 << 20;
-/// Messages queued for one peer before more are dropped.
-const PEER_QUEUE: usize = 16 * 1024;
+/// Messages queued for one peer before more are dropped. The queue's slots
+/// (about 90 bytes each) are written when it is made, so its size is memory
+/// every member holds per peer; the writer drains it in batches, and Raft
+/// keeps at most a few appends in flight per follower.
+const PEER_QUEUE: usize = 4 * 1024;
 /// Largest first frame: a hello is a few hundred bytes. Until a peer has
 /// said who it is, it gets no more.
 const MAX_HELLO: usize = 64 << 10;
