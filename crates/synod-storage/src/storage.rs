@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fs::{Fs, RealFs};
-use crate::memlog::MemLog;
+use crate::memlog::{MemLog, TermLog};
 use crate::simfs::SimFs;
 use crate::snap::SnapStore;
 use crate::wal::{RecoveryReport, SyncTicket, Wal, WalOptions};
@@ -59,13 +59,49 @@ pub struct StorageOptions {
 pub struct DiskStorage<F: Fs> {
     wal: Wal<F>,
     snaps: SnapStore<F>,
-    log: MemLog,
-    /// Whether `log` holds the entries' payloads, or only their indexes and
-    /// terms (see [`DiskStorage::drop_payloads`]).
-    payloads: bool,
+    log: Held,
     snapshot: SnapshotMeta,
     hard_state: HardState,
     dir: PathBuf,
+}
+
+/// What the storage holds of the log since the snapshot.
+#[derive(Debug)]
+enum Held {
+    /// Whole entries, as recovered and appended since.
+    Entries(MemLog),
+    /// Indexes and terms only (see [`DiskStorage::drop_payloads`]).
+    Terms(TermLog),
+}
+
+impl Held {
+    fn base(&self) -> u64 {
+        match self {
+            Held::Entries(l) => l.base,
+            Held::Terms(l) => l.base(),
+        }
+    }
+
+    fn last_index(&self) -> u64 {
+        match self {
+            Held::Entries(l) => l.last_index(),
+            Held::Terms(l) => l.last_index(),
+        }
+    }
+
+    fn term(&self, index: u64) -> Option<u64> {
+        match self {
+            Held::Entries(l) => l.get(index).map(|e| e.term),
+            Held::Terms(l) => l.term(index),
+        }
+    }
+
+    fn apply_snapshot(&mut self, s: SnapshotMeta) {
+        match self {
+            Held::Entries(l) => l.apply_snapshot(s),
+            Held::Terms(l) => l.apply_snapshot(s),
+        }
+    }
 }
 
 /// Storage on the real disk.
@@ -114,8 +150,7 @@ impl<F: Fs> DiskStorage<F> {
             DiskStorage {
                 wal,
                 snaps,
-                log,
-                payloads: true,
+                log: Held::Entries(log),
                 snapshot: rec.snapshot,
                 hard_state: rec.hard_state,
                 dir: dir.to_path_buf(),
@@ -131,9 +166,8 @@ impl<F: Fs> DiskStorage<F> {
     /// second copy of every command since the last snapshot, and a copy per
     /// appended entry.
     pub fn drop_payloads(&mut self) {
-        self.payloads = false;
-        for e in self.log.entries.iter_mut() {
-            e.data = Vec::new();
+        if let Held::Entries(log) = &self.log {
+            self.log = Held::Terms(TermLog::of(log));
         }
     }
 
@@ -177,11 +211,7 @@ impl<F: Fs> DiskStorage<F> {
     /// so it may become durable later than the writes that follow it, as
     /// long as the log is kept until it is.
     pub fn covers(&self, meta: SnapshotMeta) -> bool {
-        meta.index > self.snapshot.index
-            && self
-                .log
-                .get(meta.index)
-                .is_some_and(|e| e.term == meta.term)
+        meta.index > self.snapshot.index && self.log.term(meta.index) == Some(meta.term)
     }
 
     /// Makes the snapshot file at `meta`, already durable, the log's base
@@ -222,14 +252,10 @@ impl<F: Fs> Storage for DiskStorage<F> {
     fn append(&mut self, entries: &[Entry]) -> Result<Lsn> {
         let lsn = self.wal.append_entries(entries)?;
         for e in entries {
-            self.log.append(match self.payloads {
-                true => e.clone(),
-                false => Entry {
-                    index: e.index,
-                    term: e.term,
-                    data: Vec::new(),
-                },
-            });
+            match &mut self.log {
+                Held::Entries(log) => log.append(e.clone()),
+                Held::Terms(log) => log.append(e.index, e.term),
+            }
         }
         Ok(lsn)
     }
@@ -275,7 +301,7 @@ impl<F: Fs> Storage for DiskStorage<F> {
     }
 
     fn first_index(&self) -> u64 {
-        self.log.base + 1
+        self.log.base() + 1
     }
 
     fn last_index(&self) -> u64 {
@@ -286,16 +312,16 @@ impl<F: Fs> Storage for DiskStorage<F> {
         if index == self.snapshot.index {
             return Some(self.snapshot.term);
         }
-        self.log.get(index).map(|e| e.term)
+        self.log.term(index)
     }
 
     fn entries(&self, lo: u64, hi: u64) -> Result<Vec<Entry>> {
-        if !self.payloads {
+        let Held::Entries(log) = &self.log else {
             return Err(Error::InvalidArgument(format!(
                 "entries {lo}..{hi} requested, but this storage keeps no payloads in memory \
                  (drop_payloads); reopen the directory to read them"
             )));
-        }
+        };
         if lo < self.first_index() || hi > self.last_index() + 1 || lo > hi {
             return Err(Error::InvalidArgument(format!(
                 "entries {lo}..{hi} requested, but the log holds {}..={}",
@@ -304,7 +330,7 @@ impl<F: Fs> Storage for DiskStorage<F> {
             )));
         }
         Ok((lo..hi)
-            .map(|i| self.log.get(i).expect("in range").clone())
+            .map(|i| log.get(i).expect("in range").clone())
             .collect())
     }
 }
