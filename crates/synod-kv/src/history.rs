@@ -1,5 +1,5 @@
 //! A key's revisions: a persistent list, newest first, one allocation per
-//! revision.
+//! revision holding its value.
 //!
 //! Why a list and not a `Vec`: memory (issue 11, RSS after 1,000,000 puts).
 //! A `Vec` of revisions grows by reallocating, and the block it leaves behind
@@ -9,8 +9,9 @@
 //! copying a `Vec` when a snapshot shares the store copied every record of
 //! it, so values had to be shared buffers (32 bytes a handle, and a counter
 //! block once shared). A node is written once and never moves; a put adds
-//! one in front, and a copy of the store shares every node, so a value is a
-//! plain boxed slice.
+//! one in front, and a copy of the store shares every node, so a value
+//! needs no handle of its own: it sits in its revision's block, after 48
+//! bytes of bookkeeping and the block's counter and length.
 //!
 //! Reads at the current revision (almost all of them) look at the first
 //! node; older revisions and a watch's replay walk back from it.
@@ -18,8 +19,9 @@
 use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use triomphe::{Arc, ThinArc};
 
 /// A write's place in history: the store revision of its transaction, then its
 /// position inside that transaction.
@@ -29,38 +31,111 @@ pub(crate) struct Rev {
     pub sub: i64,
 }
 
-/// One revision of one key: a put (`live`) or a delete (`None`, a tombstone).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Rec {
+/// One revision of one key, as the history lends it out: a put (`live`) or
+/// a delete (`None`, a tombstone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Rec<'a> {
     pub rev: Rev,
-    pub live: Option<Live>,
+    pub live: Option<Live<'a>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Live {
-    /// Encodes as bytes (as the shared buffer it replaced did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Live<'a> {
+    /// Encodes as bytes (as the shared buffer of earlier builds did).
     #[serde(with = "serde_bytes")]
-    pub value: Box<[u8]>,
+    pub value: &'a [u8],
     pub create_revision: i64,
     pub version: i64,
     pub lease: i64,
 }
 
-#[derive(Clone)]
-struct Node {
-    rec: Rec,
-    older: Option<Arc<Node>>,
+/// [`Rec`] as a snapshot holds it: the value borrowed from the snapshot's
+/// bytes where the decoder allows, copied once into its node.
+#[derive(Deserialize)]
+struct RecIn<'a> {
+    rev: Rev,
+    #[serde(borrow)]
+    live: Option<LiveIn<'a>>,
 }
 
-impl Drop for Node {
+#[derive(Deserialize)]
+struct LiveIn<'a> {
+    #[serde(borrow, with = "serde_bytes")]
+    value: Cow<'a, [u8]>,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+/// What a revision records besides its value: 48 bytes, so that a
+/// revision is one block of 64 bytes plus its value (320 for a value of
+/// 256 bytes, a size class of its own in mimalloc).
+struct Meta {
+    rev: Rev,
+    create_revision: i64,
+    /// 0 for a tombstone: a put's version is at least 1.
+    version: i64,
+    lease: i64,
+    older: Option<Node>,
+}
+
+/// A revision: its [`Meta`] and its value in one allocation.
+type Node = ThinArc<Meta, u8>;
+
+fn node(rec: Rec<'_>, older: Option<Node>) -> Node {
+    let (meta, value) = match rec.live {
+        Some(l) => {
+            assert!(l.version >= 1, "a put's version is at least 1");
+            let meta = Meta {
+                rev: rec.rev,
+                create_revision: l.create_revision,
+                version: l.version,
+                lease: l.lease,
+                older,
+            };
+            (meta, l.value)
+        }
+        None => {
+            let meta = Meta {
+                rev: rec.rev,
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                older,
+            };
+            (meta, &[][..])
+        }
+    };
+    ThinArc::from_header_and_slice(meta, value)
+}
+
+fn rec(n: &Node) -> Rec<'_> {
+    let m = &n.header.header;
+    Rec {
+        rev: m.rev,
+        live: (m.version > 0).then_some(Live {
+            value: &n.slice,
+            create_revision: m.create_revision,
+            version: m.version,
+            lease: m.lease,
+        }),
+    }
+}
+
+/// The older revisions of a node, taken out if nothing else holds it.
+fn take_older(n: &mut Node) -> Option<Option<Node>> {
+    n.with_arc_mut(|a| Arc::get_mut(a).map(|m| m.header_mut().older.take()))
+}
+
+impl Drop for Meta {
     /// Frees a long chain one node at a time: the default drop recurses once
     /// per revision, and a key written a million times between compactions
     /// would overflow the stack.
     fn drop(&mut self) {
         let mut next = self.older.take();
-        while let Some(node) = next {
+        while let Some(mut n) = next {
             // Only the last holder of a node frees it (and goes on down).
-            next = Arc::into_inner(node).and_then(|mut n| n.older.take());
+            next = take_older(&mut n).flatten();
         }
     }
 }
@@ -69,32 +144,31 @@ impl Drop for Node {
 /// Cloning it shares every node.
 #[derive(Clone)]
 pub(crate) struct History {
-    newest: Arc<Node>,
+    newest: Node,
 }
 
 impl History {
-    pub fn new(rec: Rec) -> History {
+    pub fn new(first: Rec<'_>) -> History {
         History {
-            newest: Arc::new(Node { rec, older: None }),
+            newest: node(first, None),
         }
     }
 
     /// Adds a revision after every one the history holds.
-    pub fn push(&mut self, rec: Rec) {
+    pub fn push(&mut self, r: Rec<'_>) {
         assert!(
-            rec.rev > self.newest.rec.rev,
+            r.rev > self.last().rev,
             "revisions of a key only go forward"
         );
-        let older = Some(self.newest.clone());
-        self.newest = Arc::new(Node { rec, older });
+        self.newest = node(r, Some(self.newest.clone()));
     }
 
-    pub fn last(&self) -> &Rec {
-        &self.newest.rec
+    pub fn last(&self) -> Rec<'_> {
+        rec(&self.newest)
     }
 
     /// The record in force at store revision `rev`, if any.
-    pub fn at(&self, rev: i64) -> Option<&Rec> {
+    pub fn at(&self, rev: i64) -> Option<Rec<'_>> {
         self.newest_first().find(|r| r.rev.main <= rev)
     }
 
@@ -106,8 +180,8 @@ impl History {
 
     /// The records from the first one at or after store revision `start`
     /// on, oldest first, each with the one before it (if history has it).
-    pub fn since(&self, start: i64) -> Vec<(Option<&Rec>, &Rec)> {
-        let mut found: Vec<(Option<&Rec>, &Rec)> = Vec::new();
+    pub fn since(&self, start: i64) -> Vec<(Option<Rec<'_>>, Rec<'_>)> {
+        let mut found: Vec<(Option<Rec<'_>>, Rec<'_>)> = Vec::new();
         let mut it = self.newest_first().peekable();
         while let Some(r) = it.next_if(|r| r.rev.main >= start) {
             found.push((None, r));
@@ -123,49 +197,53 @@ impl History {
     }
 
     /// The records, oldest first.
-    pub fn oldest_first(&self) -> Vec<&Rec> {
-        let mut all: Vec<&Rec> = self.newest_first().collect();
+    pub fn oldest_first(&self) -> Vec<Rec<'_>> {
+        let mut all: Vec<Rec<'_>> = self.newest_first().collect();
         all.reverse();
         all
     }
 
     /// Drops the records older than the `keep` newest; returns the dropped
     /// ones' sum of `size`. `keep` 0 is for the caller to handle (the key
-    /// goes). Nodes a snapshot still shares are copied on the way down.
-    pub fn keep_newest(&mut self, keep: usize, size: impl Fn(&Rec) -> i64) -> i64 {
+    /// goes). A snapshot's copy keeps what it shares.
+    pub fn keep_newest(&mut self, keep: usize, size: impl Fn(Rec<'_>) -> i64) -> i64 {
         assert!(keep > 0, "a history is never empty");
-        let mut link = &mut self.newest;
-        for _ in 1..keep {
-            link = Arc::make_mut(link)
-                .older
-                .as_mut()
-                .expect("keeps no more records than it has");
-        }
-        let Some(cut) = Arc::make_mut(link).older.take() else {
+        if self.newest_first().nth(keep).is_none() {
             return 0;
-        };
-        let history = History { newest: cut };
-        history.newest_first().map(size).sum()
+        }
+        let freed = self.newest_first().skip(keep).map(size).sum();
+        // The usual cut, right below the newest record, in place unless a
+        // snapshot shares the node.
+        if keep == 1 && take_older(&mut self.newest).is_some() {
+            return freed;
+        }
+        let kept = self.newest_first().take(keep).collect::<Vec<_>>();
+        let mut fresh = History::new(kept[keep - 1]);
+        for r in kept[..keep - 1].iter().rev() {
+            fresh.push(*r);
+        }
+        *self = fresh;
+        freed
     }
 }
 
 pub(crate) struct NewestFirst<'a> {
-    next: Option<&'a Arc<Node>>,
+    next: Option<&'a Node>,
 }
 
 impl<'a> Iterator for NewestFirst<'a> {
-    type Item = &'a Rec;
+    type Item = Rec<'a>;
 
-    fn next(&mut self) -> Option<&'a Rec> {
-        let node = self.next?;
-        self.next = node.older.as_ref();
-        Some(&node.rec)
+    fn next(&mut self) -> Option<Rec<'a>> {
+        let n = self.next?;
+        self.next = n.header.header.older.as_ref();
+        Some(rec(n))
     }
 }
 
 impl PartialEq for History {
     fn eq(&self, other: &History) -> bool {
-        Arc::ptr_eq(&self.newest, &other.newest) || self.newest_first().eq(other.newest_first())
+        self.newest_first().eq(other.newest_first())
     }
 }
 
@@ -177,14 +255,14 @@ impl fmt::Debug for History {
     }
 }
 
-/// Encodes as the `Vec<Rec>` it replaced (oldest first), so snapshots of
-/// either build read the same.
+/// Encodes as the `Vec` of records of earlier builds (oldest first), so
+/// snapshots of either build read the same.
 impl Serialize for History {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let all = self.oldest_first();
         let mut seq = s.serialize_seq(Some(all.len()))?;
         for r in all {
-            seq.serialize_element(r)?;
+            seq.serialize_element(&r)?;
         }
         seq.end()
     }
@@ -200,17 +278,27 @@ impl<'de> Deserialize<'de> for History {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<History, A::Error> {
                 use serde::de::Error;
-                let first = seq
-                    .next_element::<Rec>()?
-                    .ok_or_else(|| A::Error::custom("a key with no revisions"))?;
-                let mut h = History::new(first);
-                while let Some(r) = seq.next_element::<Rec>()? {
-                    if r.rev <= h.last().rev {
-                        return Err(A::Error::custom("a key's revisions out of order"));
+                let mut h: Option<History> = None;
+                while let Some(r) = seq.next_element::<RecIn<'de>>()? {
+                    let r_ref = Rec {
+                        rev: r.rev,
+                        live: r.live.as_ref().map(|l| Live {
+                            value: &l.value,
+                            create_revision: l.create_revision,
+                            version: l.version,
+                            lease: l.lease,
+                        }),
+                    };
+                    if r_ref.live.is_some_and(|l| l.version < 1) {
+                        return Err(A::Error::custom("a put with version 0"));
                     }
-                    h.push(r);
+                    match &mut h {
+                        None => h = Some(History::new(r_ref)),
+                        Some(h) if r_ref.rev > h.last().rev => h.push(r_ref),
+                        Some(_) => return Err(A::Error::custom("a key's revisions out of order")),
+                    }
                 }
-                Ok(h)
+                h.ok_or_else(|| A::Error::custom("a key with no revisions"))
             }
         }
         d.deserialize_seq(Recs)
@@ -221,11 +309,11 @@ impl<'de> Deserialize<'de> for History {
 mod tests {
     use super::*;
 
-    fn put(main: i64, value: &[u8]) -> Rec {
+    fn put(main: i64, value: &[u8]) -> Rec<'_> {
         Rec {
             rev: Rev { main, sub: 0 },
             live: Some(Live {
-                value: value.into(),
+                value,
                 create_revision: 1,
                 version: main,
                 lease: 0,
@@ -233,7 +321,7 @@ mod tests {
         }
     }
 
-    fn tombstone(main: i64) -> Rec {
+    fn tombstone(main: i64) -> Rec<'static> {
         Rec {
             rev: Rev { main, sub: 0 },
             live: None,
@@ -251,7 +339,7 @@ mod tests {
         h.push(tombstone(7));
         assert!(h.at(1).is_none());
         assert_eq!(h.at(4).unwrap().rev.main, 2);
-        assert_eq!(h.at(5).unwrap().rev.main, 5);
+        assert_eq!(h.at(5).unwrap().live.unwrap().value, b"b");
         assert_eq!(h.at(6).unwrap().rev.main, 5);
         assert!(h.at(9).unwrap().live.is_none());
         assert_eq!(mains(&h), [2, 5, 7]);
@@ -273,18 +361,39 @@ mod tests {
         assert!(h.since(10).is_empty());
     }
 
+    fn value_len(r: Rec<'_>) -> i64 {
+        r.live.map_or(0, |l| l.value.len() as i64)
+    }
+
     #[test]
     fn compaction_leaves_a_shared_copy_untouched() {
+        for keep in [1, 2] {
+            let mut h = History::new(put(2, b"a"));
+            h.push(put(5, b"bb"));
+            h.push(put(9, b"ccc"));
+            let snapshot = h.clone();
+            let freed = h.keep_newest(keep, value_len);
+            assert_eq!(freed, [3, 1][keep - 1]);
+            assert_eq!(mains(&h), [&[9][..], &[5, 9]][keep - 1]);
+            assert_eq!(mains(&snapshot), [2, 5, 9]);
+            assert_eq!(h.keep_newest(keep, |_| 1), 0);
+            assert_ne!(h, snapshot);
+        }
+    }
+
+    #[test]
+    fn compaction_without_a_copy_cuts_in_place() {
         let mut h = History::new(put(2, b"a"));
         h.push(put(5, b"bb"));
-        h.push(put(9, b"ccc"));
-        let snapshot = h.clone();
-        let freed = h.keep_newest(2, |r| r.live.as_ref().map_or(0, |l| l.value.len() as i64));
-        assert_eq!(freed, 1);
+        h.push(tombstone(9));
+        assert_eq!(h.keep_newest(1, value_len), 3);
+        assert_eq!(mains(&h), [9]);
+        let mut h = History::new(put(2, b"a"));
+        h.push(put(5, b"bb"));
+        h.push(tombstone(9));
+        assert_eq!(h.keep_newest(2, value_len), 1);
         assert_eq!(mains(&h), [5, 9]);
-        assert_eq!(mains(&snapshot), [2, 5, 9]);
-        assert_eq!(h.keep_newest(2, |_| 1), 0);
-        assert_ne!(h, snapshot);
+        assert_eq!(h.at(6).unwrap().live.unwrap().value, b"bb");
     }
 
     #[test]
@@ -306,19 +415,56 @@ mod tests {
         drop(shared);
     }
 
+    /// The layout the memory figures rest on: a revision of a 256-byte
+    /// value is one block of 320 bytes.
     #[test]
-    fn encodes_as_a_vec_of_records_does() {
+    fn a_revision_is_one_block_with_its_value() {
+        assert_eq!(std::mem::size_of::<Meta>(), 48);
+        assert_eq!(std::mem::size_of::<History>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Node>>(), 8);
+    }
+
+    /// The encoding of earlier builds: a `Vec` of records whose values were
+    /// shared buffers (`bytes::Bytes`, which encodes as bytes).
+    #[derive(Serialize)]
+    struct OldRec {
+        rev: Rev,
+        live: Option<OldLive>,
+    }
+
+    #[derive(Serialize)]
+    struct OldLive {
+        value: bytes::Bytes,
+        create_revision: i64,
+        version: i64,
+        lease: i64,
+    }
+
+    #[test]
+    fn encodes_as_earlier_builds_did() {
         let mut h = History::new(put(2, b"a"));
         h.push(tombstone(4));
         h.push(put(6, b"xyz"));
-        let as_vec: Vec<Rec> = h.oldest_first().into_iter().cloned().collect();
+        let old: Vec<OldRec> = h
+            .oldest_first()
+            .iter()
+            .map(|r| OldRec {
+                rev: r.rev,
+                live: r.live.map(|l| OldLive {
+                    value: bytes::Bytes::copy_from_slice(l.value),
+                    create_revision: l.create_revision,
+                    version: l.version,
+                    lease: l.lease,
+                }),
+            })
+            .collect();
         let bytes = bincode::serialize(&h).unwrap();
-        assert_eq!(bytes, bincode::serialize(&as_vec).unwrap());
+        assert_eq!(bytes, bincode::serialize(&old).unwrap());
         let back: History = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, h);
-        let empty = bincode::serialize(&Vec::<Rec>::new()).unwrap();
+        let empty = bincode::serialize(&Vec::<OldRec>::new()).unwrap();
         assert!(bincode::deserialize::<History>(&empty).is_err());
-        let backwards: Vec<Rec> = as_vec.into_iter().rev().collect();
+        let backwards: Vec<OldRec> = old.into_iter().rev().collect();
         let bytes = bincode::serialize(&backwards).unwrap();
         assert!(bincode::deserialize::<History>(&bytes).is_err());
     }

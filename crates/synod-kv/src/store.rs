@@ -143,8 +143,8 @@ impl ByteCount {
 const PER_REVISION: usize = 5 * std::mem::size_of::<i64>();
 
 /// What one revision of `key` counts in [`Store::retained_bytes`].
-fn rec_bytes(key: &[u8], r: &Rec) -> i64 {
-    (key.len() + PER_REVISION + r.live.as_ref().map_or(0, |l| l.value.len())) as i64
+fn rec_bytes(key: &[u8], r: Rec<'_>) -> i64 {
+    (key.len() + PER_REVISION + r.live.map_or(0, |l| l.value.len())) as i64
 }
 
 impl Default for Store {
@@ -197,8 +197,8 @@ fn contains(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
     }
 }
 
-fn kv(key: &[u8], rec: &Rec) -> Option<KeyValue> {
-    rec.live.as_ref().map(|l| KeyValue {
+fn kv(key: &[u8], rec: Rec<'_>) -> Option<KeyValue> {
+    rec.live.map(|l| KeyValue {
         key: key.to_vec(),
         create_revision: l.create_revision,
         mod_revision: rec.rev.main,
@@ -677,16 +677,16 @@ impl Store {
                     create_revision: l.create_revision,
                     version: l.version,
                     lease: l.lease,
-                    value: p.ignore_value.then(|| l.value.clone()),
+                    value: p.ignore_value.then(|| l.value.into()),
                 });
                 (prev, held)
             }
             None => (None, None),
         };
-        let value = match held.as_mut().and_then(|h| h.value.take()) {
-            Some(prev) => prev,
-            None => p.value.as_slice().into(),
-        };
+        // Copied into the new revision's block from the request, or for
+        // `ignore_value` from the revision it replaces.
+        let kept = held.as_mut().and_then(|h| h.value.take());
+        let value = kept.as_deref().unwrap_or(&p.value);
         let lease = match (&held, p.ignore_lease) {
             (Some(h), true) => h.lease,
             _ => p.lease,
@@ -717,8 +717,8 @@ impl Store {
                 lease,
             }),
         };
-        let new = recording.then(|| kv(&p.key, &rec).expect("a put is live"));
-        self.retained.add(rec_bytes(&p.key, &rec));
+        let new = recording.then(|| kv(&p.key, rec).expect("a put is live"));
+        self.retained.add(rec_bytes(&p.key, rec));
         // The key is cloned only when it is new to the map.
         match self.keys.get_mut(p.key.as_slice()) {
             Some(recs) => recs.push(rec),
@@ -761,7 +761,7 @@ impl Store {
             live: None,
         };
         let rev = rec.rev;
-        self.retained.add(rec_bytes(&prev.key, &rec));
+        self.retained.add(rec_bytes(&prev.key, rec));
         self.keys
             .get_mut(prev.key.as_slice())
             .expect("deleting a live key")
@@ -1093,13 +1093,13 @@ struct Fnv(u64);
 
 impl Fnv {
     /// One revision of a key: its place in history and what it held.
-    fn record(&mut self, r: &Rec) {
+    fn record(&mut self, r: Rec<'_>) {
         self.i64(r.rev.main);
         self.i64(r.rev.sub);
-        match &r.live {
+        match r.live {
             None => self.i64(-1),
             Some(l) => {
-                self.bytes(&l.value);
+                self.bytes(l.value);
                 self.i64(l.create_revision);
                 self.i64(l.version);
                 self.i64(l.lease);
