@@ -198,7 +198,19 @@ impl History {
 
     /// The records, oldest first.
     pub fn oldest_first(&self) -> Vec<Rec<'_>> {
-        let mut all: Vec<Rec<'_>> = self.newest_first().collect();
+        self.nodes_oldest_first().into_iter().map(rec).collect()
+    }
+
+    /// The nodes, oldest first: a pointer each, for the walks that must go
+    /// forward in time over a list that links backward (a snapshot encodes
+    /// every key's history this way).
+    fn nodes_oldest_first(&self) -> Vec<&Node> {
+        let mut all: Vec<&Node> = Vec::new();
+        let mut next = Some(&self.newest);
+        while let Some(n) = next {
+            all.push(n);
+            next = n.header.header.older.as_ref();
+        }
         all.reverse();
         all
     }
@@ -259,10 +271,15 @@ impl fmt::Debug for History {
 /// snapshots of either build read the same.
 impl Serialize for History {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let all = self.oldest_first();
+        if self.newest.header.header.older.is_none() {
+            let mut seq = s.serialize_seq(Some(1))?;
+            seq.serialize_element(&self.last())?;
+            return seq.end();
+        }
+        let all = self.nodes_oldest_first();
         let mut seq = s.serialize_seq(Some(all.len()))?;
-        for r in all {
-            seq.serialize_element(&r)?;
+        for n in all {
+            seq.serialize_element(&rec(n))?;
         }
         seq.end()
     }
