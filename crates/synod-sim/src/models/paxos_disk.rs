@@ -258,4 +258,8 @@ impl SimDisk for PaxosDisk {
                 .get_or_insert(format!("the journal refused a write: {e} ({w:?})"));
         }
     }
+
+    fn wipe(&self) {
+        PaxosDisk::wipe(self);
+    }
 }

@@ -31,7 +31,7 @@ use synod_protocols::raft::{ConfChange, Disk, EntryData, RaftNode, Role, Write};
 use synod_protocols::{Instant, Node, NodeId};
 use synod_storage::{Error as StorageError, RecoveryReport};
 
-use crate::models::wal_disk::{OnRaft, WalBacked, WalDisk};
+use crate::models::wal_disk::{Durable, OnRaft, SimDisk, WalBacked, WalDisk};
 use crate::report::RunReport;
 use crate::sim::Ctl;
 
@@ -88,6 +88,28 @@ impl StorageCounters {
             Ok(report) => self.torn_tails += u64::from(report.torn_tail.is_some()),
             Err(e) if e.is_data_error() => self.corruption_detected += 1,
             Err(_) => self.recovery_errors += 1,
+        }
+    }
+
+    /// Boots node `id` from `disk` and counts what its recovery found. With
+    /// `wipe` (the deliberately broken variant the checkers must catch), a
+    /// node whose disk is refused starts over on an emptied one instead of
+    /// staying stopped.
+    pub(crate) fn boot<N: Durable>(
+        &mut self,
+        id: NodeId,
+        disk: &N::OnDisk,
+        wipe: bool,
+        mut build: impl FnMut(&N::Disk) -> N,
+    ) -> WalBacked<N> {
+        let (node, recovery) = WalBacked::boot(id, disk, &mut build);
+        self.recovered(&recovery);
+        match recovery {
+            Err(_) if wipe => {
+                disk.wipe();
+                WalBacked::boot(id, disk, build).0
+            }
+            _ => node,
         }
     }
 
@@ -196,17 +218,9 @@ impl RaftChecks {
         &mut self,
         id: NodeId,
         disk: &WalDisk,
-        mut build: impl FnMut(&Disk) -> N,
+        build: impl FnMut(&Disk) -> N,
     ) -> WalBacked<N> {
-        let (node, recovery) = WalBacked::boot(id, disk, &mut build);
-        self.storage.recovered(&recovery);
-        match recovery {
-            Err(_) if self.wipe_on_corruption => {
-                disk.wipe();
-                WalBacked::boot(id, disk, build).0
-            }
-            _ => node,
-        }
+        self.storage.boot(id, disk, self.wipe_on_corruption, build)
     }
 
     /// Flips a bit of one of the node's stored files (the model's `corrupt`).

@@ -466,6 +466,9 @@ pub trait SimDisk: Clone + Default + std::fmt::Debug {
     fn recover(&self, id: NodeId) -> Result<(Self::Image, RecoveryReport), StorageError>;
     /// Writes and syncs one record (the simulator's [`Node::apply_write`]).
     fn apply(&mut self, w: &Self::Write);
+    /// Deletes the data directory's files (the broken recovery of the
+    /// tests: a node that answers corruption by starting over).
+    fn wipe(&self);
 }
 
 impl SimDisk for WalDisk {
@@ -478,6 +481,10 @@ impl SimDisk for WalDisk {
 
     fn apply(&mut self, w: &Write) {
         WalDisk::apply(self, w);
+    }
+
+    fn wipe(&self) {
+        WalDisk::wipe(self);
     }
 }
 

@@ -277,17 +277,9 @@ impl SimEngine for OnMultiPaxos {
         &mut self,
         id: NodeId,
         disk: &PaxosDisk,
-        mut build: impl FnMut(&<MpReplica as Node>::Disk) -> MpReplica,
+        build: impl FnMut(&<MpReplica as Node>::Disk) -> MpReplica,
     ) -> Self::Node {
-        let (node, recovery) = WalBacked::boot(id, disk, &mut build);
-        self.storage.recovered(&recovery);
-        match recovery {
-            Err(_) if self.wipe_on_corruption => {
-                disk.wipe();
-                WalBacked::boot(id, disk, build).0
-            }
-            _ => node,
-        }
+        self.storage.boot(id, disk, self.wipe_on_corruption, build)
     }
 
     fn wipe_on_corruption(&mut self) {
