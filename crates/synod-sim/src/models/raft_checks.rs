@@ -476,13 +476,7 @@ impl RaftChecks {
     /// Node `node` restarted; one whose disk failed recovery stays down.
     pub fn on_restart<N: OnRaft>(&mut self, ctl: &mut Ctl<'_, WalBacked<N>>, node: NodeId) {
         self.last_applied[node as usize] = None;
-        if let Some(WalBacked::Stopped { reason }) = ctl.node(node) {
-            if ctl.tracing() {
-                let reason = reason.clone();
-                ctl.trace(format_args!("n{node} refuses to start: {reason}"));
-            }
-            ctl.refuse_to_start(node);
-        }
+        WalBacked::keep_stopped_down(ctl, node);
     }
 
     /// The end of the run: the last log comparison, the storage verdicts and

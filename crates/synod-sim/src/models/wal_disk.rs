@@ -42,6 +42,8 @@ use synod_storage::{
     Error as StorageError, Fs, Identity, RecoveryReport, SimFs, StorageOptions, WalOptions,
 };
 
+use crate::sim::Ctl;
+
 /// Where each node's data directory lives on its simulated disk.
 pub const DATA_DIR: &str = "/synod";
 /// Cluster id written into every segment and snapshot header.
@@ -566,6 +568,18 @@ impl<N: OnRaft> WalBacked<N> {
 }
 
 impl<N: Durable> WalBacked<N> {
+    /// After node `node` restarted: one whose disk failed recovery stays
+    /// down (the run stops counting on it).
+    pub(crate) fn keep_stopped_down(ctl: &mut Ctl<'_, WalBacked<N>>, node: NodeId) {
+        if let Some(WalBacked::Stopped { reason }) = ctl.node(node) {
+            if ctl.tracing() {
+                let reason = reason.clone();
+                ctl.trace(format_args!("n{node} refuses to start: {reason}"));
+            }
+            ctl.refuse_to_start(node);
+        }
+    }
+
     /// Boots node `id` from `disk` with `build`; a disk that fails recovery
     /// gives a stopped node. Returns the recovery report on success.
     pub fn boot(

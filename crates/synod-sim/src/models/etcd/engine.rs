@@ -369,13 +369,7 @@ impl SimEngine for OnMultiPaxos {
     /// A node whose disk failed recovery stays down.
     fn on_restart(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId) {
         self.last_applied[node as usize] = None;
-        if let Some(WalBacked::Stopped { reason }) = ctl.node(node) {
-            if ctl.tracing() {
-                let reason = reason.clone();
-                ctl.trace(format_args!("n{node} refuses to start: {reason}"));
-            }
-            ctl.refuse_to_start(node);
-        }
+        WalBacked::keep_stopped_down(ctl, node);
     }
 
     fn check_logs(&mut self, _ctl: &mut Ctl<'_, Self::Node>) {}
