@@ -27,7 +27,10 @@
 //! One exception to step 2 is carried as data: a message marked
 //! [`Envelope::early`] may leave while its own output's writes are still being
 //! synced, provided every *earlier* output's writes are already durable (a
-//! driver that syncs outputs one at a time always satisfies that). Raft
+//! driver that syncs outputs one at a time always satisfies that, and so does
+//! one that keeps one sync in flight, holds the outputs produced meanwhile, and
+//! syncs them as one group once it is done, their early messages leaving as
+//! that sync starts). Raft
 //! leaders mark their appends and heartbeats so, replicating entries while
 //! they write them (Ongaro's thesis, §10.2.1). The node decides when it
 //! produces the message; the driver never has to ask.

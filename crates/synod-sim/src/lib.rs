@@ -61,4 +61,4 @@ pub mod timeline;
 pub use faults::{Fault, FaultSet};
 pub use report::{RunReport, Summary, Violation};
 pub use runner::{run_batch, run_batch_parallel, run_one, Algo, RunSpec};
-pub use sim::{Ctl, Model, SimConfig, Simulation};
+pub use sim::{Ctl, DriverBugs, Model, SimConfig, Simulation};

@@ -6,7 +6,7 @@ use crate::timeline::{label_of, Mark, Timeline};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use synod_protocols::{Instant, Node, NodeId, NodeOutput, Output, MS};
 
@@ -40,6 +40,15 @@ pub trait Model {
 
     /// A node came back up from its disk.
     fn on_restart(&mut self, _ctl: &mut Ctl<'_, Self::Node>, _node: NodeId) {}
+
+    /// Node `from` sends `msg` now (a checker of what may leave when).
+    fn on_send(
+        &mut self,
+        _ctl: &mut Ctl<'_, Self::Node>,
+        _from: NodeId,
+        _msg: &<Self::Node as Node>::Msg,
+    ) {
+    }
 
     /// The fault phase is over: the network is healed and every node that is not
     /// down for good has been restarted.
@@ -97,6 +106,18 @@ pub struct SimConfig {
     pub trace: bool,
     /// Record the run's [`Timeline`] (for its picture).
     pub timeline: bool,
+    /// Deliberate bugs in the simulated driver, to show a checker catches
+    /// them (tests only; nothing else sets them).
+    pub bugs: DriverBugs,
+}
+
+/// Deliberate bugs in how the simulator carries out a node's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverBugs {
+    /// Messages marked early leave as soon as they are produced, even while
+    /// an earlier output's sync is in flight (`Envelope::early` allows them
+    /// out only once every earlier output is durable).
+    pub early_while_syncing: bool,
 }
 
 impl SimConfig {
@@ -110,6 +131,7 @@ impl SimConfig {
             tick: 10 * MS,
             trace: false,
             timeline: false,
+            bugs: DriverBugs::default(),
         }
     }
 }
@@ -181,23 +203,52 @@ impl<N: Node> Ord for Queued<N> {
     }
 }
 
+/// How long a sync takes on a fast disk and on a slow one (per node, per run;
+/// the network's latency is 1-5 ms).
+const FAST_SYNC: std::ops::Range<Instant> = MS / 10..2 * MS;
+const SLOW_SYNC: std::ops::Range<Instant> = 2 * MS..10 * MS;
+
 /// How long an armed torn-write power loss waits for a write to cut before
 /// it goes off anyway.
 const ARM_WINDOW: Instant = 50 * MS;
 
-/// Output of one step that waits for its writes to become durable.
+/// The output of one step, or of every step taken while a sync was in
+/// flight (one group), waiting for its writes to become durable.
 struct Batch<N: Node> {
     writes: Vec<N::Write>,
     msgs: Vec<synod_protocols::Envelope<N::Msg>>,
     events: Vec<N::Event>,
+    /// When its sync ends (set when it starts).
     done_at: Instant,
+}
+
+impl<N: Node> Batch<N> {
+    fn take(out: &mut NodeOutput<N>) -> Batch<N> {
+        Batch {
+            writes: std::mem::take(&mut out.writes),
+            msgs: std::mem::take(&mut out.msgs),
+            events: std::mem::take(&mut out.events),
+            done_at: 0,
+        }
+    }
 }
 
 struct Slot<N: Node> {
     node: Option<N>,
     incarnation: u64,
     disk: N::Disk,
-    pending: VecDeque<Batch<N>>,
+    /// How long its syncs take (a range drawn from): on a fast disk a
+    /// round trip to a peer outlasts a sync; on a slow one, peers answer
+    /// messages that left early while the sync is still in flight.
+    sync_time: std::ops::Range<Instant>,
+    /// The batch whose writes are being synced: one sync at a time, as the
+    /// service's member runs them (on a thread of its own while the node
+    /// keeps stepping). A process crash keeps its writes (the OS has them).
+    syncing: Option<Batch<N>>,
+    /// The output of the steps taken while `syncing` was in flight, held in
+    /// memory until it is done, then written and synced as one group: a
+    /// crash of any kind loses it.
+    waiting: Option<Batch<N>>,
     /// Writes of released batches that did not need a sync
     /// ([`Node::must_sync`]), in order: in the page cache, not yet on disk.
     /// The next synced batch makes them durable; a power loss drops them.
@@ -507,6 +558,7 @@ impl<M: Model> Simulation<M> {
             r
         };
         let mut node_seed_rng = stream(3);
+        let mut disk_rng = stream(5);
         let slots = (0..cfg.nodes as NodeId)
             .map(|id| {
                 let disk = <M::Node as Node>::Disk::default();
@@ -515,7 +567,13 @@ impl<M: Model> Simulation<M> {
                     node: Some(node),
                     incarnation: 0,
                     disk,
-                    pending: VecDeque::new(),
+                    sync_time: if disk_rng.gen_bool(0.5) {
+                        FAST_SYNC
+                    } else {
+                        SLOW_SYNC
+                    },
+                    syncing: None,
+                    waiting: None,
                     lazy: Vec::new(),
                     down_for_good: false,
                     slow_extra: 0,
@@ -903,85 +961,119 @@ impl<M: Model> Simulation<M> {
         }
     }
 
-    /// Queues a step's output behind the node's earlier unsynced output.
+    /// Starts a step's output on its way to the disk, or, if a sync is in
+    /// flight, adds it to the group that waits for that sync.
     fn after_step(&mut self, id: NodeId, mut out: NodeOutput<M::Node>) {
         let core = &mut self.core;
         if out.is_empty() {
             core.scratch = out;
             return;
         }
-        // Messages marked early leave before this output's writes are
-        // durable, but only if nothing earlier is still being synced (the
-        // condition `Envelope::early` carries).
-        let slot = &core.slots[id as usize];
-        if slot.pending.is_empty() && !out.writes.is_empty() && slot.node.is_some() {
-            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
+        let slot = &mut core.slots[id as usize];
+        if slot.syncing.is_some() {
+            if core.cfg.bugs.early_while_syncing && !out.writes.is_empty() {
+                // The bug: early messages leave before the sync in flight
+                // is done, so their commit index may count entries only
+                // this node's unsynced writes hold.
+                let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
+                    .into_iter()
+                    .partition(|e| e.early);
+                out.msgs = late;
+                for env in early {
+                    self.send_from(id, env);
+                }
+            }
+            let core = &mut self.core;
+            let slot = &mut core.slots[id as usize];
+            match slot.waiting.as_mut() {
+                Some(w) => {
+                    w.writes.append(&mut out.writes);
+                    w.msgs.append(&mut out.msgs);
+                    w.events.append(&mut out.events);
+                }
+                None => slot.waiting = Some(Batch::take(&mut out)),
+            }
+            core.scratch = out;
+            return;
+        }
+        let batch = Batch::take(&mut out);
+        core.scratch = out;
+        self.start_sync(id, batch);
+    }
+
+    /// Writes a batch and starts its sync (none is in flight): messages
+    /// marked early leave now, since every earlier output is durable (the
+    /// condition `Envelope::early` carries); a batch with nothing to sync
+    /// is done at once.
+    fn start_sync(&mut self, id: NodeId, mut batch: Batch<M::Node>) {
+        debug_assert!(self.core.slots[id as usize].syncing.is_none());
+        if !batch.writes.is_empty() && self.core.slots[id as usize].node.is_some() {
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.msgs)
                 .into_iter()
                 .partition(|e| e.early);
-            out.msgs = late;
+            batch.msgs = late;
             for env in early {
-                core.send(id, env.to, env.msg);
+                self.send_from(id, env);
             }
         }
+        let core = &mut self.core;
+        if !batch.writes.iter().any(<M::Node as Node>::must_sync) {
+            self.complete(id, batch);
+            return;
+        }
+        let sync_time = core.slots[id as usize].sync_time.clone();
+        batch.done_at = core.now + core.net_rng.gen_range(sync_time);
+        let strike =
+            core.slots[id as usize].tear_armed.is_some() && self.model.worth_tearing(&batch.writes);
         let slot = &mut core.slots[id as usize];
-        let prev = slot.pending.back().map_or(core.now, |b| b.done_at);
-        let syncs = out.writes.iter().any(<M::Node as Node>::must_sync);
-        let done_at = if !syncs {
-            prev
-        } else {
-            prev.max(core.now) + core.net_rng.gen_range(MS / 10..2 * MS)
-        };
-        let batch = Batch {
-            writes: std::mem::take(&mut out.writes),
-            msgs: std::mem::take(&mut out.msgs),
-            events: std::mem::take(&mut out.events),
+        let incarnation = slot.incarnation;
+        let done_at = batch.done_at;
+        slot.syncing = Some(batch);
+        core.push(
             done_at,
-        };
-        core.scratch = out;
-        let strike = core.slots[id as usize].tear_armed.is_some()
-            && syncs
-            && self.model.worth_tearing(&batch.writes);
-        let slot = &mut core.slots[id as usize];
-        slot.pending.push_back(batch);
-        if done_at <= core.now {
-            // Nothing to sync and nothing queued ahead: it goes out right away.
-            self.complete_synced(id);
-        } else {
-            let incarnation = slot.incarnation;
-            core.push(
-                done_at,
-                Ev::SyncDone {
-                    node: id,
-                    incarnation,
-                },
-            );
-            if strike {
-                // The armed power loss strikes while this write is synced.
-                let restart_after = core.slots[id as usize].tear_armed.take().flatten();
-                self.crash_then(id, true, true, restart_after);
-            }
+            Ev::SyncDone {
+                node: id,
+                incarnation,
+            },
+        );
+        if strike {
+            // The armed power loss strikes while this write is synced.
+            let restart_after = core.slots[id as usize].tear_armed.take().flatten();
+            self.crash_then(id, true, true, restart_after);
         }
     }
 
-    /// Completes, oldest first, every pending batch of `id` whose sync is done.
-    /// (A SyncDone event may find its batch already completed by an earlier one
-    /// that finished at the same instant; it then does nothing.)
+    /// The sync in flight is done: its batch is complete, and the group
+    /// that waited for it starts.
     fn complete_synced(&mut self, id: NodeId) {
         let now = self.core.now;
-        while self.core.slots[id as usize]
-            .pending
-            .front()
-            .is_some_and(|b| b.done_at <= now)
-        {
-            self.complete_front(id);
+        let slot = &mut self.core.slots[id as usize];
+        let Some(batch) = slot.syncing.take_if(|b| b.done_at <= now) else {
+            return;
+        };
+        self.complete(id, batch);
+        let slot = &mut self.core.slots[id as usize];
+        if slot.syncing.is_none() {
+            if let Some(next) = slot.waiting.take() {
+                self.start_sync(id, next);
+            }
         }
     }
 
-    /// The oldest pending batch of `id` is durable: apply, send, notify.
-    fn complete_front(&mut self, id: NodeId) {
-        let Some(batch) = self.core.slots[id as usize].pending.pop_front() else {
-            return;
-        };
+    /// Sends a message of node `id`'s output, shown to the model first.
+    fn send_from(&mut self, id: NodeId, env: synod_protocols::Envelope<<M::Node as Node>::Msg>) {
+        self.model.on_send(
+            &mut Ctl {
+                core: &mut self.core,
+            },
+            id,
+            &env.msg,
+        );
+        self.core.send(id, env.to, env.msg);
+    }
+
+    /// A batch of `id` is durable: apply, send, notify.
+    fn complete(&mut self, id: NodeId, batch: Batch<M::Node>) {
         let slot = &mut self.core.slots[id as usize];
         if batch.writes.iter().any(<M::Node as Node>::must_sync) {
             // One sync makes everything written before durable too.
@@ -992,7 +1084,7 @@ impl<M: Model> Simulation<M> {
             slot.lazy.extend(batch.writes);
         }
         for env in batch.msgs {
-            self.core.send(id, env.to, env.msg);
+            self.send_from(id, env);
         }
         for e in batch.events {
             if self.core.trace.is_some() {
@@ -1024,7 +1116,7 @@ impl<M: Model> Simulation<M> {
                     return;
                 }
                 let slot = &mut self.core.slots[node as usize];
-                if power_loss && torn && slot.pending.is_empty() {
+                if power_loss && torn && slot.syncing.is_none() {
                     // Nothing is being written: wait for the next write (up
                     // to ARM_WINDOW) so that the power loss cuts one.
                     slot.tear_armed = Some(restart_after);
@@ -1126,36 +1218,30 @@ impl<M: Model> Simulation<M> {
         slot.node = None;
         slot.tear_armed = None;
         slot.incarnation += 1;
-        let pending = std::mem::take(&mut slot.pending);
+        let syncing = slot.syncing.take();
+        // Never written: it was waiting in memory for the sync in flight.
+        let waiting = slot.waiting.take().map_or(0, |b| b.writes.len());
         // Written in this order: the released unsynced writes, then the
-        // batches still waiting for their sync.
+        // batch being synced.
         let mut lazy = std::mem::take(&mut slot.lazy);
-        let mut unsynced = lazy.len();
-        let mut torn_done = false;
+        let mut unsynced = waiting;
         if !power_loss {
             // The OS had the writes; a process crash does not lose them.
-            for w in lazy.drain(..) {
+            for w in lazy
+                .drain(..)
+                .chain(syncing.into_iter().flat_map(|b| b.writes))
+            {
                 <M::Node as Node>::apply_write(&mut slot.disk, &w);
             }
-        }
-        for batch in pending {
-            if !power_loss {
-                for w in &batch.writes {
-                    <M::Node as Node>::apply_write(&mut slot.disk, w);
-                }
-                continue;
+        } else {
+            if let Some(b) = syncing {
+                lazy.extend(b.writes);
             }
-            unsynced += batch.writes.len();
-            if torn && !torn_done && !batch.writes.is_empty() {
-                // The oldest batch was being synced when the power went; the
-                // unsynced writes before it were on their way too.
-                torn_done = true;
-                lazy.extend(batch.writes);
+            unsynced += lazy.len();
+            if torn && !lazy.is_empty() {
+                // The power went while they were on their way to the disk.
                 self.model.tear(&mut slot.disk, &lazy, &mut core.fault_rng);
             }
-        }
-        if torn && !torn_done && !lazy.is_empty() {
-            self.model.tear(&mut slot.disk, &lazy, &mut core.fault_rng);
         }
         let what = if power_loss { "POWER LOSS" } else { "CRASH" };
         core.trace_line(

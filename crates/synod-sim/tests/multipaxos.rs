@@ -60,7 +60,7 @@ fn an_acceptor_that_forgets_its_promises_is_caught() {
         forget_promises: true,
         ..Bugs::default()
     };
-    assert!(first_failure(bugs, 5_000).is_some());
+    assert!(first_failure(bugs, 20_000).is_some());
 }
 
 /// A change of members that governs the very next slot while the leader

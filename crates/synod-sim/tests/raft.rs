@@ -745,6 +745,26 @@ mod etcd_replica {
         );
     }
 
+    /// The service's store under a driver that lets a leader's early
+    /// messages out while an earlier sync is still in flight.
+    #[test]
+    fn early_messages_sent_while_a_sync_is_in_flight_are_caught() {
+        let run = |seed: u64, early_while_syncing: bool| {
+            let model: EtcdModel<OnRaft> = EtcdModel::new(3, 3);
+            let mut cfg = SimConfig::new(3, FaultSet::all());
+            cfg.bugs.early_while_syncing = early_while_syncing;
+            Simulation::new(cfg, seed, model).run(seed)
+        };
+        let caught = (0..300).find_map(|seed| {
+            let r = run(seed, true);
+            r.violations.first().map(|v| (seed, v.property))
+        });
+        eprintln!("the service's store, early messages while a sync is in flight: {caught:?}");
+        let (seed, _) = caught.expect("no seed in 300 caught the early messages");
+        let r = run(seed, false);
+        assert_eq!(r.violation_count, 0, "{:?}", r.violations.first());
+    }
+
     #[test]
     fn leases_that_end_early_are_caught() {
         let bugs = ReplicaBugs {
@@ -950,4 +970,31 @@ mod etcd_replica_on_multipaxos {
         assert_eq!(r.violation_count, 0, "{:?}", r.violations.first());
         assert!(r.counters["corruption_detected"] > 0, "seed {seed}");
     }
+}
+
+/// The driver's side of `Envelope::early`: a leader's appends may leave
+/// before their own output is durable, but only once every earlier output
+/// is. A driver that lets them out while an earlier sync is still in flight
+/// tells followers of a commit that rests on the leader's unsynced entries;
+/// a power cut then takes them away after a follower applied them.
+#[test]
+fn early_messages_sent_while_a_sync_is_in_flight_are_caught() {
+    let run = |nodes: usize, seed: u64, early_while_syncing: bool| {
+        let model = RaftModel::new(nodes, clients_for(nodes), move |id: NodeId, disk: &_, s| {
+            KvNode::new(RaftConfig::new(id, peers(nodes)), disk, s)
+        });
+        let mut cfg = spec(nodes).config();
+        cfg.bugs.early_while_syncing = early_while_syncing;
+        Simulation::new(cfg, seed, model).run(seed)
+    };
+    let caught = (0..3000).find_map(|seed| {
+        [3, 5].into_iter().find_map(|nodes| {
+            let r = run(nodes, seed, true);
+            r.violations.first().map(|v| (seed, nodes, v.property))
+        })
+    });
+    eprintln!("early messages while a sync is in flight caught: {caught:?}");
+    let (seed, nodes, _) = caught.expect("no seed in 3,000 caught the early messages");
+    let r = run(nodes, seed, false);
+    assert_eq!(r.violation_count, 0, "{:?}", r.violations.first());
 }

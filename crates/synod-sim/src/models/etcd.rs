@@ -192,6 +192,8 @@ pub struct EtcdModel<K: SimEngine = OnRaft> {
     /// Request id -> the membership change asked for, as the service asks
     /// (`Request::Conf`).
     conf_inflight: BTreeMap<u64, ConfChange>,
+    /// The request id of the latest membership change asked for.
+    last_conf: u64,
     /// Membership changes answered as in force, and refused by the leader.
     confs_acked: u64,
     confs_refused: u64,
@@ -265,6 +267,7 @@ impl<K: SimEngine> EtcdModel<K> {
             lessee: LeaseClient::default(),
             lease_inflight: BTreeMap::new(),
             conf_inflight: BTreeMap::new(),
+            last_conf: 0,
             confs_acked: 0,
             confs_refused: 0,
             follower_reads: 0,
@@ -304,17 +307,22 @@ impl<K: SimEngine> EtcdModel<K> {
             let id = self.next_request;
             self.next_request += 1;
             self.conf_inflight.insert(id, change);
+            self.last_conf = id;
             let req = Request::Conf(change);
             ctl.input(leader, ReplicaInput::Client { id, req }, MS);
         }
     }
 
     /// The service answers a membership change once it is in force: the
-    /// answering member's configuration must show it then.
+    /// answering member's configuration must show it then, unless a change
+    /// asked for later (`id` is not the latest) may have replaced it since:
+    /// answers wait for the member's sync, and the next change can be
+    /// appended, and be in force, meanwhile.
     fn conf_answer(
         &mut self,
         ctl: &mut Ctl<'_, K::Node>,
         node: NodeId,
+        id: u64,
         change: ConfChange,
         result: Result<Answer, ReplicaError>,
     ) {
@@ -324,6 +332,9 @@ impl<K: SimEngine> EtcdModel<K> {
                 let Some(member) = ctl.node(node) else {
                     return;
                 };
+                if id != self.last_conf {
+                    return;
+                }
                 if let Err(why) = K::in_force(member, change) {
                     ctl.violation(
                         "membership",
@@ -775,6 +786,15 @@ impl<K: SimEngine> Model for EtcdModel<K> {
         ctl.wake(LOG_CHECK_EVERY, LOG_CHECK);
     }
 
+    fn on_send(
+        &mut self,
+        ctl: &mut Ctl<'_, K::Node>,
+        from: NodeId,
+        msg: &<K::Node as synod_protocols::Node>::Msg,
+    ) {
+        self.checks.on_send(ctl, from, msg);
+    }
+
     fn on_crash(&mut self, ctl: &mut Ctl<'_, K::Node>, node: NodeId) {
         self.checks.on_crash(ctl, node);
         // As the service's peer readers do when a process dies: every other
@@ -820,7 +840,7 @@ impl<K: SimEngine> Model for EtcdModel<K> {
             }
             ReplicaEvent::Response { id, result } => {
                 if let Some(change) = self.conf_inflight.remove(&id) {
-                    self.conf_answer(ctl, node, change, result);
+                    self.conf_answer(ctl, node, id, change, result);
                     return;
                 }
                 if let Some(generation) = self.admin_inflight.remove(&id) {

@@ -100,7 +100,7 @@ use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::rc::Rc;
 use synod_protocols::kv::{AdminOp, KvEvent, KvInput};
-use synod_protocols::raft::{ConfChange, Disk, EntryData, KvNode, RaftConfig, Write};
+use synod_protocols::raft::{ConfChange, Disk, EntryData, KvNode, Message, RaftConfig, Write};
 use synod_protocols::{Instant, NodeId, MS};
 
 /// The properties this model checks besides [`crate::models::raft_checks::PROPERTIES`].
@@ -317,6 +317,10 @@ where
             self.schedule_admin(ctl);
         }
         ctl.wake(LOG_CHECK_EVERY, token(WAKE_LOG_CHECK, 0, 0));
+    }
+
+    fn on_send(&mut self, ctl: &mut Ctl<'_, WalBacked>, from: NodeId, msg: &Message) {
+        self.checks.on_send(ctl, from, msg);
     }
 
     fn on_event(&mut self, ctl: &mut Ctl<'_, WalBacked>, node: NodeId, event: KvEvent) {

@@ -17,6 +17,10 @@
 //!   index, and a node applies indexes in increasing order;
 //! * **commit_rule** — a leader advances its commit index only to an entry of
 //!   its own term (Raft §5.4.2), checked whenever a leader applies;
+//! * **durable_commit** — a leader tells followers (appends, heartbeats) only
+//!   of a commit index its own durable log reaches: a message never overtakes
+//!   the sync of a write the node made earlier (`Envelope::early`), so no
+//!   follower applies an entry a power cut at the leader could take back;
 //! * **storage** — the WAL accepted every write the node made durable; every
 //!   recovery returned exactly what was made durable (after a torn write: plus
 //!   a prefix of that write); every failed recovery failed on damaged data.
@@ -27,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use synod_protocols::raft::{ConfChange, Disk, EntryData, RaftNode, Role, Write};
+use synod_protocols::raft::{ConfChange, Disk, EntryData, Message, RaftNode, Role, Write};
 use synod_protocols::{Instant, Node, NodeId};
 use synod_storage::{Error as StorageError, RecoveryReport};
 
@@ -42,6 +46,7 @@ pub const PROPERTIES: &[&str] = &[
     "leader_completeness",
     "state_machine_safety",
     "commit_rule",
+    "durable_commit",
     "storage",
 ];
 
@@ -282,6 +287,37 @@ impl RaftChecks {
                     self.config_changes += 1;
                 }
             }
+        }
+    }
+
+    /// Node `from` sends `msg`: a commit index it carries must be durable
+    /// in the sender's own log (the **durable_commit** property).
+    pub fn on_send<N: OnRaft>(
+        &mut self,
+        ctl: &mut Ctl<'_, WalBacked<N>>,
+        from: NodeId,
+        msg: &Message,
+    ) {
+        let commit = match msg {
+            Message::Append { commit, .. } | Message::Heartbeat { commit, .. } => *commit,
+            _ => return,
+        };
+        if commit == 0 {
+            return;
+        }
+        let Some(term) = ctl
+            .node(from)
+            .and_then(WalBacked::raft)
+            .and_then(|r| r.entry_term(commit))
+        else {
+            return; // compacted away: a snapshot covers it
+        };
+        if !ctl.disk(from).durably_holds(commit, term) {
+            ctl.violation(
+                "durable_commit",
+                Some(from),
+                format!("sent commit index {commit} (an entry of term {term}) before its own log held it durably"),
+            );
         }
     }
 

@@ -278,6 +278,23 @@ impl WalDisk {
         wipe_files(&self.fs);
     }
 
+    /// Whether the entry of `term` at `index` is durable here: held by the
+    /// durable log, or covered by the durable snapshot.
+    pub fn durably_holds(&self, index: u64, term: u64) -> bool {
+        let open = self.lock();
+        let shadow = &open.shadow;
+        if let Some(s) = &shadow.snapshot {
+            if s.meta.index > index || (s.meta.index, s.meta.term) == (index, term) {
+                return true;
+            }
+        }
+        let first = shadow.entries.first().map_or(u64::MAX, |e| e.index);
+        index
+            .checked_sub(first)
+            .and_then(|i| shadow.entries.get(i as usize))
+            .is_some_and(|e| (e.index, e.term) == (index, term))
+    }
+
     /// Applies one synced write (the simulator's [`Node::apply_write`]).
     pub fn apply(&mut self, w: &Write) {
         let fs = self.fs.clone();

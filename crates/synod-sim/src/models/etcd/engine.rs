@@ -98,6 +98,14 @@ pub trait SimEngine: Sized {
     }
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId);
+    /// Member `from` sends `msg` now.
+    fn on_send(
+        &mut self,
+        _ctl: &mut Ctl<'_, Self::Node>,
+        _from: NodeId,
+        _msg: &<Self::Node as Node>::Msg,
+    ) {
+    }
     fn on_restart(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId);
     /// Compares the members' logs (periodically and at the quiet phase).
     fn check_logs(&mut self, ctl: &mut Ctl<'_, Self::Node>);
@@ -203,6 +211,15 @@ impl SimEngine for OnRaft {
 
     fn on_crash(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId) {
         self.0.on_crash(ctl, node);
+    }
+
+    fn on_send(
+        &mut self,
+        ctl: &mut Ctl<'_, Self::Node>,
+        from: NodeId,
+        msg: &synod_protocols::raft::Message,
+    ) {
+        self.0.on_send(ctl, from, msg);
     }
 
     fn on_restart(&mut self, ctl: &mut Ctl<'_, Self::Node>, node: NodeId) {
