@@ -383,6 +383,23 @@ impl<F: Fs> RaftLog<F> {
         self.storage.sync().map(|_| ())
     }
 
+    /// Writes out what is buffered and returns the sync that makes it
+    /// durable, to run on another thread while this log is left alone
+    /// ([`synod_storage::SyncTicket::sync`]), or `None` if all is durable.
+    pub fn begin_sync(&mut self) -> Result<Option<synod_storage::SyncTicket<F::File>>> {
+        self.storage.begin_sync()
+    }
+
+    /// Records the outcome of a sync started with [`RaftLog::begin_sync`]; a
+    /// failed one poisons the log (the kernel may have dropped the pages).
+    pub fn finish_sync(
+        &mut self,
+        ticket: synod_storage::SyncTicket<F::File>,
+        result: std::io::Result<()>,
+    ) -> Result<()> {
+        self.storage.finish_sync(ticket, result).map(|_| ())
+    }
+
     /// Writes a batch of records and makes them durable with one sync (group
     /// commit: every step whose output is in the batch shares it). A batch of
     /// commit-only records ([`Write::must_sync`] false) is written but not

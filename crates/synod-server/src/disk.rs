@@ -66,6 +66,10 @@ pub struct MemberDisk {
     streamed: Option<StreamedSnapshot>,
 }
 
+/// A sync of the WAL that may run on another thread: `sync()` there, then
+/// hand the outcome to [`MemberDisk::finish_sync`].
+pub type SyncJob = synod_storage::SyncTicket<std::fs::File>;
+
 struct Saving {
     index: u64,
     /// The length of the snapshot's data (what the mapped file must hold).
@@ -102,11 +106,27 @@ impl MemberDisk {
     }
 
     /// Writes a batch of records and makes them durable with one sync (group
-    /// commit: every step whose output is in the batch shares it). A snapshot
-    /// of the member's own log is written on another thread instead.
+    /// commit: every step whose output is in the batch shares it), on this
+    /// thread.
     pub fn persist(&mut self, writes: &[Write]) -> synod_storage::Result<()> {
+        match self.write(writes)? {
+            Some(mut job) => {
+                let started = std::time::Instant::now();
+                let result = job.sync();
+                self.finish_sync(job, result, started.elapsed())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a batch of records and returns the sync that makes them
+    /// durable, for the member's sync thread, or `None` if there is nothing
+    /// to sync. Until [`MemberDisk::finish_sync`] has its outcome, nothing
+    /// else may be written. A snapshot of the member's own log is written on
+    /// another thread instead.
+    pub fn write(&mut self, writes: &[Write]) -> synod_storage::Result<Option<SyncJob>> {
         if writes.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if writes.iter().any(|w| matches!(w, Write::Snapshot(_))) {
             // One snapshot file at a time: saving one removes the others.
@@ -150,11 +170,20 @@ impl MemberDisk {
         if !writes.iter().any(Write::must_sync) {
             // Only the commit index moved: the next sync takes it along (a
             // power cut may lose it, and the leader tells us again).
-            return Ok(());
+            return Ok(None);
         }
-        let started = std::time::Instant::now();
-        self.log.sync()?;
-        let took = started.elapsed();
+        self.log.begin_sync()
+    }
+
+    /// Takes the outcome of a sync [`MemberDisk::write`] returned, `took`
+    /// long. A failed sync poisons the log: every later write fails too.
+    pub fn finish_sync(
+        &mut self,
+        job: SyncJob,
+        result: std::io::Result<()>,
+        took: std::time::Duration,
+    ) -> synod_storage::Result<()> {
+        self.log.finish_sync(job, result)?;
         if let Some(h) = &self.fsync {
             h.observe(took.as_secs_f64());
         }

@@ -13,7 +13,7 @@
 //! | leadership handoff | transferred to the most up-to-date voter | by election only: a planned stop hands nothing |
 //! | learners | yes | no (a member joins as a voter) |
 
-use crate::disk::MemberDisk;
+use crate::disk::{MemberDisk, SyncJob};
 use crate::peer::PeerMsg;
 use std::path::Path;
 use synod_kv::engine::{Engine, MultiPaxosEngine, RaftEngine, Stamped};
@@ -65,7 +65,25 @@ pub trait EngineDisk<E: Engine>: Sized + Send + 'static {
     fn set_fsync(&mut self, h: prometheus::Histogram);
     /// Makes a round's records durable with one sync (group commit).
     fn persist(&mut self, writes: &[E::Write]) -> synod_storage::Result<()>;
-    /// Between rounds: finishes work done off the member's thread.
+    /// Writes a round's records and returns the sync that makes them
+    /// durable, to run on the member's sync thread while the next round
+    /// steps; `None` if nothing is left to sync. A disk that syncs on the
+    /// caller's thread only ([`EngineDisk::persist`]) never returns one.
+    fn write(&mut self, writes: &[E::Write]) -> synod_storage::Result<Option<SyncJob>> {
+        self.persist(writes).map(|()| None)
+    }
+    /// The outcome of a sync [`EngineDisk::write`] returned, `took` long.
+    fn finish_sync(
+        &mut self,
+        job: SyncJob,
+        result: std::io::Result<()>,
+        took: std::time::Duration,
+    ) -> synod_storage::Result<()> {
+        let _ = (job, result, took);
+        unreachable!("a disk whose `write` hands out no sync is asked to finish one")
+    }
+    /// Between rounds, with no sync in flight: finishes work done off the
+    /// member's thread.
     fn poll(&mut self) -> synod_storage::Result<()> {
         Ok(())
     }
@@ -119,6 +137,22 @@ impl EngineDisk<RaftEngine> for MemberDisk {
 
     fn persist(&mut self, writes: &[synod_protocols::raft::Write]) -> synod_storage::Result<()> {
         MemberDisk::persist(self, writes)
+    }
+
+    fn write(
+        &mut self,
+        writes: &[synod_protocols::raft::Write],
+    ) -> synod_storage::Result<Option<SyncJob>> {
+        MemberDisk::write(self, writes)
+    }
+
+    fn finish_sync(
+        &mut self,
+        job: SyncJob,
+        result: std::io::Result<()>,
+        took: std::time::Duration,
+    ) -> synod_storage::Result<()> {
+        MemberDisk::finish_sync(self, job, result, took)
     }
 
     fn poll(&mut self) -> synod_storage::Result<()> {

@@ -5,8 +5,18 @@
 //! replica allows out before the sync (a leader's appends and heartbeats, see
 //! `Envelope::early`), which go first so that followers write while
 //! the leader does.
+//!
+//! The sync runs on a thread of its own (pipelined group commit): while it is
+//! in flight the member keeps stepping, and the output of those rounds waits,
+//! writes included, until it is done; then that output is written and synced
+//! as one group, its early messages leaving first. So one sync is in flight
+//! at a time, every output's messages and answers still follow its writes'
+//! sync, and early messages still leave only once every earlier output is
+//! durable: the simulator's disk model runs exactly this order
+//! (`synod_sim::sim`, "one sync in flight").
 
 use crate::compactor::{AutoCompaction, Compactor};
+use crate::disk::SyncJob;
 use crate::engines::{EngineDisk, Served};
 use crate::metrics::Metrics;
 use crate::peer::{
@@ -26,7 +36,7 @@ use synod_kv::replica::{
 };
 use synod_kv::{Command, MemberChange, MemberRecord};
 use synod_protocols::raft::{ConfState, Payload};
-use synod_protocols::{Node, NodeId, Output};
+use synod_protocols::{Envelope, Node, NodeId, Output};
 use synod_raft_log::StreamedSnapshot;
 use tokio::sync::{broadcast, oneshot};
 
@@ -158,6 +168,12 @@ pub enum Inbox {
     Handoff {
         target: Option<NodeId>,
         reply: oneshot::Sender<Handoff>,
+    },
+    /// The sync thread finished the sync in flight, `took` long.
+    Synced {
+        job: SyncJob,
+        result: std::io::Result<()>,
+        took: Duration,
     },
     Stop,
 }
@@ -373,6 +389,13 @@ impl Drop for Member {
 /// Most inputs taken into one round (one sync).
 const MAX_BATCH: usize = 1024;
 
+/// An output whose writes are being synced: its messages (all but the early
+/// ones, sent already) and events.
+struct Held<M> {
+    msgs: Vec<Envelope<M>>,
+    events: Vec<ReplicaEvent>,
+}
+
 struct Driver<E: Served> {
     cfg: MemberConfig,
     replica: Replica<E>,
@@ -428,9 +451,19 @@ struct Driver<E: Served> {
     parked: Vec<(Request, oneshot::Sender<Result<Answer, ReplicaError>>)>,
     /// Local jobs wait for the end of the round: the state they read must be
     /// durable first (the leader may apply an entry that only its own unsynced
-    /// write makes a quorum of).
+    /// write makes a quorum of; see [`Driver::may_read`]).
     local_jobs: Vec<LocalJob>,
+    /// The output of the rounds stepped since the sync in flight started (or
+    /// of this round, if none is): it waits, writes and all, for that sync.
     out: Output<E::Write, E::Msg, ReplicaEvent>,
+    /// What waits for the sync in flight.
+    in_flight: Option<Held<E::Msg>>,
+    /// The sync thread's answer, taken at the end of the round.
+    synced: Option<(SyncJob, std::io::Result<()>, Duration)>,
+    /// Where the syncs go (the member's sync thread).
+    syncer: Option<mpsc::Sender<SyncJob>>,
+    /// Whether the state may be read for others ([`Driver::may_read`]).
+    readable: bool,
     /// Peers that have connected to us, until the first election is
     /// fast-forwarded; `None` after that.
     heard: Option<Arc<Mutex<BTreeSet<NodeId>>>>,
@@ -482,6 +515,10 @@ impl<E: Served> Driver<E> {
             parked: Vec::new(),
             local_jobs: Vec::new(),
             out: Output::default(),
+            in_flight: None,
+            synced: None,
+            syncer: None,
+            readable: true,
             heard: Some(heard),
             metrics,
             seen_leader: None,
@@ -693,7 +730,7 @@ impl<E: Served> Driver<E> {
                 .round_step
                 .observe(stepping.elapsed().as_secs_f64());
             self.sync_members();
-            self.flush()?;
+            self.end_round()?;
             if self.was_member && !self.replica.conf().contains(self.cfg.id) {
                 // As etcd, stop a little later: the answer to the removal
                 // (this member may have served it) and the record of it
@@ -707,8 +744,10 @@ impl<E: Served> Driver<E> {
             }
             self.observe();
             self.check_handoff();
-            for job in std::mem::take(&mut self.local_jobs) {
-                job(&self.replica, &self.feed);
+            if self.may_read() {
+                for job in std::mem::take(&mut self.local_jobs) {
+                    job(&self.replica, &self.feed);
+                }
             }
         }
     }
@@ -776,6 +815,13 @@ impl<E: Served> Driver<E> {
                 self.replica.input(now, input, &mut self.out);
             }
             Inbox::Handoff { target, reply } => self.start_handoff(now, target, reply),
+            Inbox::Synced { job, result, took } => {
+                assert!(
+                    self.in_flight.is_some() && self.synced.is_none(),
+                    "one sync in flight at a time, answered once"
+                );
+                self.synced = Some((job, result, took));
+            }
             Inbox::Peer((from, PeerMsg::Closed)) => {
                 let input = ReplicaInput::PeerGone(from);
                 self.replica.input(now, input, &mut self.out);
@@ -1226,13 +1272,69 @@ impl<E: Served> Driver<E> {
         }
     }
 
-    /// Persist, then send, then answer. An error if the disk failed: the
+    /// Whether one sync at a time may run off this thread while the next
+    /// rounds step: with two voters or more. Then the leader counts its own
+    /// entries towards a commit only once a follower acknowledged them,
+    /// which takes the early messages that leave as their sync starts; so
+    /// when a sync is done (and before the rounds after it see answers to
+    /// the next one's early messages) every commit the state shows rests on
+    /// durable writes of this member. A lone voter commits its entries as it
+    /// appends them, and syncs on this thread.
+    fn pipelines(&self) -> bool {
+        self.replica.conf().voters.len() > 1
+    }
+
+    /// Whether state may be read for others now (local jobs: reads, status,
+    /// watch subscriptions): whatever it shows as committed is durable,
+    /// since no round has stepped while the sync in flight, if any, was.
+    fn may_read(&self) -> bool {
+        self.readable
+    }
+
+    /// Persist, then send, then answer, with the sync off this thread: takes
+    /// the outcome of the sync in flight (its output's messages and answers
+    /// go), then, if none is in flight any more, starts the next one with
+    /// what the rounds since produced. An error if the disk failed: the
     /// member stops rather than answer anything it could not make durable.
-    fn flush(&mut self) -> Result<(), String> {
+    fn end_round(&mut self) -> Result<(), String> {
+        if let Some((job, result, took)) = self.synced.take() {
+            self.disk
+                .finish_sync(job, result, took)
+                .map_err(|e| format!("storage failed: {e}"))?;
+            let held = self.in_flight.take().expect("a sync was in flight");
+            if !self.pipelines() {
+                // Only one voter left (the configuration changed during the
+                // sync): what the rounds since committed may rest on their
+                // own writes alone, so they are made durable before anything
+                // is answered or read.
+                let out = std::mem::take(&mut self.out);
+                self.persist_here(&out.writes)?;
+                self.release(held.msgs, held.events);
+                self.release(out.msgs, out.events);
+            } else {
+                self.release(held.msgs, held.events);
+            }
+        }
+        if self.in_flight.is_some() {
+            // This round's output joins the next sync, and what it committed
+            // may rest on the one in flight.
+            self.readable = false;
+            return Ok(());
+        }
+        self.readable = true;
+        // Nothing in flight: adopt a snapshot whose file became durable
+        // meanwhile (the log may be cut only while no sync holds it).
+        if let Err(e) = self.disk.poll() {
+            return Err(format!("storage failed: {e}"));
+        }
+        if let Some((index, data)) = self.disk.take_mapped() {
+            let shared = self.replica.share_snapshot_data(index, data);
+            tracing::debug!(index, shared, "snapshot data mapped from its file");
+        }
         let mut out = std::mem::take(&mut self.out);
-        // Rounds are handled one at a time, so every earlier round is durable:
-        // what the replica allows (a leader's appends) leaves now, and the
-        // followers' syncs overlap ours instead of following it.
+        // Every earlier output is durable: what the replica allows (a
+        // leader's appends) leaves now, and the followers' syncs overlap ours
+        // instead of following it.
         if !out.writes.is_empty() {
             let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
                 .into_iter()
@@ -1245,19 +1347,47 @@ impl<E: Served> Driver<E> {
                 }
             }
         }
-        // Then adopt a snapshot whose file became durable meanwhile.
-        if let Err(e) = self
+        if !self.pipelines() {
+            self.persist_here(&out.writes)?;
+            self.release(out.msgs, out.events);
+            return Ok(());
+        }
+        let job = self
             .disk
-            .persist(&out.writes)
-            .and_then(|()| self.disk.poll())
-        {
-            return Err(format!("storage failed: {e}"));
+            .write(&out.writes)
+            .map_err(|e| format!("storage failed: {e}"))?;
+        match job {
+            Some(job) => {
+                let syncer = match self.syncer.take() {
+                    Some(s) => s,
+                    None => start_syncer(self.cfg.id, self.own.clone())?,
+                };
+                syncer
+                    .send(job)
+                    .map_err(|_| "storage failed: the sync thread stopped".to_string())?;
+                self.syncer = Some(syncer);
+                self.in_flight = Some(Held {
+                    msgs: out.msgs,
+                    events: out.events,
+                });
+            }
+            None => self.release(out.msgs, out.events),
         }
-        if let Some((index, data)) = self.disk.take_mapped() {
-            let shared = self.replica.share_snapshot_data(index, data);
-            tracing::debug!(index, shared, "snapshot data mapped from its file");
-        }
-        for env in out.msgs {
+        Ok(())
+    }
+
+    /// Writes and syncs on this thread (no sync may be in flight).
+    fn persist_here(&mut self, writes: &[E::Write]) -> Result<(), String> {
+        debug_assert!(self.in_flight.is_none());
+        self.disk
+            .persist(writes)
+            .map_err(|e| format!("storage failed: {e}"))
+    }
+
+    /// Sends an output's messages and reports its events: its writes are
+    /// durable.
+    fn release(&mut self, msgs: Vec<Envelope<E::Msg>>, events: Vec<ReplicaEvent>) {
+        for env in msgs {
             if env.to == self.cfg.id {
                 // Never block on its own inbox: a full one drops the message,
                 // which Raft treats as lost and sends again.
@@ -1270,7 +1400,7 @@ impl<E: Served> Driver<E> {
         // Before any answer: a client told its auth change is done must find
         // it in force on its next request.
         self.sync_auth();
-        for e in out.events {
+        for e in events {
             match e {
                 ReplicaEvent::Response { id, result } => {
                     let read = self.reads.remove(&id);
@@ -1319,6 +1449,29 @@ impl<E: Served> Driver<E> {
                 ReplicaEvent::SnapshotImage { index, image } => self.encode_snapshot(index, image),
             }
         }
-        Ok(())
     }
+}
+
+/// Starts member `id`'s sync thread: it runs each sync it is handed and
+/// posts the outcome to the member's inbox, in order. It ends when the
+/// member drops its end of the channel, or stops listening.
+fn start_syncer(
+    id: NodeId,
+    inbox: mpsc::SyncSender<Inbox>,
+) -> Result<mpsc::Sender<SyncJob>, String> {
+    let (tx, rx) = mpsc::channel::<SyncJob>();
+    std::thread::Builder::new()
+        .name(format!("synod-sync-{id:x}"))
+        .spawn(move || {
+            for mut job in rx {
+                let started = Instant::now();
+                let result = job.sync();
+                let took = started.elapsed();
+                if inbox.send(Inbox::Synced { job, result, took }).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("storage failed: cannot start the sync thread: {e}"))?;
+    Ok(tx)
 }
