@@ -975,13 +975,7 @@ impl<M: Model> Simulation<M> {
                 // The bug: early messages leave before the sync in flight
                 // is done, so their commit index may count entries only
                 // this node's unsynced writes hold.
-                let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut out.msgs)
-                    .into_iter()
-                    .partition(|e| e.early);
-                out.msgs = late;
-                for env in early {
-                    self.send_from(id, env);
-                }
+                self.send_early(id, &mut out.msgs);
             }
             let core = &mut self.core;
             let slot = &mut core.slots[id as usize];
@@ -1008,13 +1002,7 @@ impl<M: Model> Simulation<M> {
     fn start_sync(&mut self, id: NodeId, mut batch: Batch<M::Node>) {
         debug_assert!(self.core.slots[id as usize].syncing.is_none());
         if !batch.writes.is_empty() && self.core.slots[id as usize].node.is_some() {
-            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.msgs)
-                .into_iter()
-                .partition(|e| e.early);
-            batch.msgs = late;
-            for env in early {
-                self.send_from(id, env);
-            }
+            self.send_early(id, &mut batch.msgs);
         }
         let core = &mut self.core;
         if !batch.writes.iter().any(<M::Node as Node>::must_sync) {
@@ -1057,6 +1045,20 @@ impl<M: Model> Simulation<M> {
             if let Some(next) = slot.waiting.take() {
                 self.start_sync(id, next);
             }
+        }
+    }
+
+    /// Sends the messages of `msgs` marked early, and keeps the others.
+    fn send_early(
+        &mut self,
+        id: NodeId,
+        msgs: &mut Vec<synod_protocols::Envelope<<M::Node as Node>::Msg>>,
+    ) {
+        let (early, late): (Vec<_>, Vec<_>) =
+            std::mem::take(msgs).into_iter().partition(|e| e.early);
+        *msgs = late;
+        for env in early {
+            self.send_from(id, env);
         }
     }
 

@@ -83,7 +83,7 @@ fn a_read_without_a_heartbeat_round_is_caught() {
         reads_without_round: true,
         ..Bugs::default()
     };
-    assert!(first_failure(bugs, 5_000).is_some());
+    assert!(first_failure(bugs, 20_000).is_some());
 }
 
 /// An acceptor that compacted its log and promises without its snapshot
