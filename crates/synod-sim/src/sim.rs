@@ -312,6 +312,14 @@ impl<'a, N: Node> Ctl<'a, N> {
             .get(node as usize)
             .is_some_and(|s| s.node.is_some())
     }
+    /// Whether the node holds output it has not written yet (waiting in
+    /// memory behind a sync in flight): a crash would lose its writes.
+    pub fn holds_unwritten(&self, node: NodeId) -> bool {
+        self.core
+            .slots
+            .get(node as usize)
+            .is_some_and(|s| s.waiting.is_some())
+    }
     /// The live node, if it is up: checkers may inspect its state.
     pub fn node(&self, node: NodeId) -> Option<&N> {
         self.core

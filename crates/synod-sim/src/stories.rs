@@ -533,21 +533,36 @@ fn figure_8(seed: u64) -> RunReport {
         last(ctl, 1) >= disputed
     });
     sim.fault_now(down(0));
-    // (b) n4 wins with n2 and n3, and crashes before its entry leaves.
+    // (b) n4 wins with n2 and n3, and crashes before its entry leaves, but
+    // after it is written (it may wait in memory behind the sync of n4's
+    // vote; the messages that leave as its own sync starts are lost below).
     step_until(&mut sim, "n4 leading", |ctl| leads(ctl, 4));
+    let written = sim.now() + 100 * MS;
+    sim.run_until(written, |_, ctl| !ctl.holds_unwritten(4));
     sim.fault_now(down(4));
     sim.lose_in_flight(4);
     // (c) n0 returns and wins with n1 and n2 (n3 is cut off), and
-    // replicates until it has applied the disputed entry.
+    // replicates until it has applied the disputed entry. n2 hears from it
+    // again only once n1 has acknowledged n0's own entry, so that n2's
+    // answer for the disputed one is the last that counts: n0 answers it
+    // with its own entry, which must not reach n2 (below).
     sim.fault_now(split(&[&[0, 1, 2], &[3], &[4]]));
     sim.restart_now(0);
+    step_until(&mut sim, "n0 leading", |ctl| leads(ctl, 0));
+    sim.fault_now(split(&[&[0, 1], &[2], &[3], &[4]]));
+    step_until(&mut sim, "n1 holding n0's entry, as n0 knows", |ctl| {
+        raft(ctl, 0).is_some_and(|r| r.match_index(1) >= Some(r.last_index()))
+    });
+    sim.fault_now(split(&[&[0, 1, 2], &[3], &[4]]));
     step_until(&mut sim, "n0 applying the disputed entry", |ctl| {
         raft(ctl, 0).is_some_and(|r| r.applied_index() >= disputed)
     });
     // n2 must not hear what n0 sends next (an entry of n0's own term), and
-    // n0 must live until it reports the entry applied: cut n2 off, wait out
-    // n0's disk, then crash n0.
+    // n0 must live until it reports the entry applied: cut n2 off (with
+    // what n0 sent in the step that applied: its next entry leaves at once
+    // when no sync of n0's is in flight), wait out n0's disk, then crash n0.
     sim.fault_now(split(&[&[0, 1], &[2], &[3], &[4]]));
+    sim.lose_in_flight(0);
     let synced = sim.now() + 20 * MS;
     sim.run_until(synced, |_, _| false);
     sim.fault_now(down(0));
