@@ -79,6 +79,11 @@ impl KvNode {
         self.node.raft()
     }
 
+    #[cfg(test)]
+    pub(crate) fn raft_mut(&mut self) -> &mut RaftNode {
+        self.node.raft_mut()
+    }
+
     /// The driver learned that `leader` is gone (tests of the core's timers).
     #[cfg(test)]
     pub(crate) fn leader_unreachable(&mut self, leader: NodeId, out: &mut Out) {

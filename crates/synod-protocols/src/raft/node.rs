@@ -121,8 +121,14 @@ pub struct RaftNode {
     reads: Vec<PendingRead>,
 
     // Follower state: reads asked of the leader, by the id on the wire,
-    // with the caller's id, the leader asked and the tick they were asked at.
-    asked_reads: BTreeMap<u64, (u64, NodeId, u64)>,
+    // with the callers' ids, the leader asked and the tick they were asked
+    // at. One request is in flight to a leader at a time; the reads that
+    // come meanwhile wait in `queued_reads` and go as one request when its
+    // answer is in (any index the leader gives then was fixed after each of
+    // them began), so a busy follower sends one request per round trip,
+    // not one per read.
+    asked_reads: BTreeMap<u64, (Vec<u64>, NodeId, u64)>,
+    queued_reads: Vec<u64>,
     /// Added to a caller's read id to make the id on the wire: random per
     /// boot, so that a late or duplicated answer to a read of an earlier
     /// life (whose caller numbered its reads from 0 again) never matches a
@@ -206,6 +212,7 @@ impl RaftNode {
             rounds: VecDeque::new(),
             reads_waiting_commit: Vec::new(),
             asked_reads: BTreeMap::new(),
+            queued_reads: Vec::new(),
             read_nonce: 0,
             failed_reads: Vec::new(),
             reads: Vec::new(),
@@ -485,7 +492,39 @@ impl RaftNode {
     fn fail_asked_reads(&mut self) {
         let asked = std::mem::take(&mut self.asked_reads);
         self.failed_reads
-            .extend(asked.into_values().map(|(caller, _, _)| caller));
+            .extend(asked.into_values().flat_map(|(callers, _, _)| callers));
+        self.failed_reads.append(&mut self.queued_reads);
+    }
+
+    /// Asks `leader` for one read index for the reads of `callers`.
+    fn ask_leader(&mut self, leader: NodeId, callers: Vec<u64>, out: &mut Out) {
+        let first = *callers.first().expect("a read to ask for");
+        let wire = self.read_nonce.wrapping_add(first);
+        self.asked_reads.insert(wire, (callers, leader, self.ticks));
+        out.send(
+            leader,
+            Message::ReadIndex {
+                term: self.term,
+                id: wire,
+            },
+        );
+    }
+
+    /// Once no request is in flight to the leader, asks for the reads that
+    /// waited; without a leader to ask, they fail (the caller may retry).
+    fn ask_queued_reads(&mut self, out: &mut Out) {
+        if self.queued_reads.is_empty() {
+            return;
+        }
+        match (self.role, self.leader) {
+            (Role::Follower, Some(leader)) if leader != self.cfg.id => {
+                if !self.asked_reads.values().any(|(_, l, _)| *l == leader) {
+                    let callers = std::mem::take(&mut self.queued_reads);
+                    self.ask_leader(leader, callers, out);
+                }
+            }
+            _ => self.failed_reads.append(&mut self.queued_reads),
+        }
     }
 
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>, out: &mut Out) {
@@ -1091,15 +1130,11 @@ impl RaftNode {
                     self.ready_reads.push((id, self.commit));
                     return true;
                 }
-                let wire = self.read_nonce.wrapping_add(id);
-                self.asked_reads.insert(wire, (id, leader, self.ticks));
-                out.send(
-                    leader,
-                    Message::ReadIndex {
-                        term: self.term,
-                        id: wire,
-                    },
-                );
+                if self.asked_reads.values().any(|(_, l, _)| *l == leader) {
+                    self.queued_reads.push(id);
+                } else {
+                    self.ask_leader(leader, vec![id], out);
+                }
                 true
             }
             _ => false,
@@ -1451,10 +1486,11 @@ impl RaftNode {
             .map(|(wire, _)| *wire)
             .collect();
         for wire in late {
-            if let Some((caller, _, _)) = self.asked_reads.remove(&wire) {
-                self.failed_reads.push(caller);
+            if let Some((callers, _, _)) = self.asked_reads.remove(&wire) {
+                self.failed_reads.extend(callers);
             }
         }
+        self.ask_queued_reads(out);
         if self.role == Role::Leader {
             self.since_leader = 0;
             self.elapsed += 1;
@@ -1710,11 +1746,12 @@ impl RaftNode {
                     .get(&id)
                     .is_some_and(|(_, l, _)| *l == from)
                 {
-                    let (caller, _, _) = self.asked_reads.remove(&id).expect("checked above");
+                    let (callers, _, _) = self.asked_reads.remove(&id).expect("checked above");
                     match index {
-                        Some(i) => self.ready_reads.push((caller, i)),
-                        None => self.failed_reads.push(caller),
+                        Some(i) => self.ready_reads.extend(callers.into_iter().map(|c| (c, i))),
+                        None => self.failed_reads.extend(callers),
                     }
+                    self.ask_queued_reads(out);
                 }
             }
         }

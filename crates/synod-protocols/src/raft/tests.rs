@@ -1033,6 +1033,40 @@ fn a_read_index_read_sees_the_latest_committed_write() {
     }
 }
 
+/// A follower has one read-index request in flight to its leader at a
+/// time: the reads that come meanwhile go together in the next one.
+#[test]
+fn a_follower_asks_for_read_indexes_once_per_round_trip() {
+    let mut net = Net::new(3, quick);
+    let l = net.settle();
+    let f = (l + 1) % 3;
+    let asked = |net: &Net| {
+        net.delivered
+            .iter()
+            .filter(|(from, _, m)| *from == f && matches!(m, Message::ReadIndex { .. }))
+            .count()
+    };
+    let before = asked(&net);
+    let mut raft_out = RaftOutput::default();
+    let follower = net.nodes[f as usize].as_mut().expect("up");
+    for id in [101, 102, 103] {
+        assert!(follower.raft_mut().read_index(id, &mut raft_out));
+    }
+    let requests = raft_out
+        .msgs
+        .iter()
+        .filter(|e| matches!(e.msg, Message::ReadIndex { .. }))
+        .count();
+    assert_eq!(requests, 1, "one request in flight");
+    let mut out = Out::default();
+    out.take_writes_and_msgs(&mut raft_out);
+    net.handle(f, out);
+    // The answer to the first brings the second request, for the other two.
+    net.deliver_all();
+    net.deliver_all();
+    assert_eq!(asked(&net) - before, 2);
+}
+
 #[test]
 fn a_deposed_leader_does_not_serve_stale_reads() {
     let mut net = Net::new(3, quick);
