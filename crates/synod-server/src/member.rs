@@ -756,6 +756,8 @@ impl<E: Served> Driver<E> {
             }
             self.observe();
             self.check_handoff();
+            // Before anything waits: what the round sent leaves now.
+            self.flush_peers();
             if self.may_read() {
                 for job in std::mem::take(&mut self.local_jobs) {
                     job(&self.replica, &self.feed);
@@ -979,6 +981,13 @@ impl<E: Served> Driver<E> {
         }
         if let Some(p) = self.peers.get(&id) {
             p.send(PeerMsg::Removed);
+        }
+    }
+
+    /// Sends what this round framed for each peer (in one write each).
+    fn flush_peers(&self) {
+        for p in self.peers.values() {
+            p.flush();
         }
     }
 
@@ -1359,6 +1368,7 @@ impl<E: Served> Driver<E> {
                     p.send(E::wrap(env.msg));
                 }
             }
+            self.flush_peers();
         }
         if !self.pipelines() || !self.backlog {
             // Nothing to step meanwhile: handing the sync to the other
