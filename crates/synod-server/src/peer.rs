@@ -3,7 +3,10 @@
 //!
 //! Each peer gets a writer thread that connects lazily and reconnects after a
 //! failure; a message that cannot be written is dropped, which Raft tolerates
-//! (it retransmits) and which a forwarded request's deadline covers. Each
+//! (it retransmits) and which a forwarded request's deadline covers. The
+//! member thread writes each round's frames to that connection itself when
+//! the socket takes them at once and nothing queued for the writer is left
+//! ([`PeerSender`]); the writer writes the rest, in order. Each
 //! accepted connection gets a reader thread that hands frames to the member.
 //! Traffic goes only where the member's configuration says.
 //!
@@ -44,10 +47,10 @@ pub use crate::peer_conn::PeerTls;
 /// actually arrive, not the length a header claims, so a lying header costs
 /// nothing.
 pub const MAX_FRAME: usize = 512 << 20;
-/// Messages queued for one peer before more are dropped. The queue's slots
-/// (about 90 bytes each) are written when it is made, so its size is memory
-/// every member holds per peer; the writer drains it in batches, and Raft
-/// keeps at most a few appends in flight per follower.
+/// Batches of frames (a round's each) queued for one peer's writer before
+/// more are dropped. The queue's slots are allocated when it is made, so its
+/// size is memory every member holds per peer; the writer drains it in one
+/// go, and Raft keeps at most a few appends in flight per follower.
 const PEER_QUEUE: usize = 4 * 1024;
 /// Largest first frame: a hello is a few hundred bytes. Until a peer has
 /// said who it is, it gets no more.
