@@ -521,9 +521,7 @@ impl Direct {
         }
         bytes.len() - done
     }
-}
 
-impl Direct {
     /// Shuts the connection down; the writer connects again.
     fn cut(&self) {
         if let Some(s) = lock(&self.sock).take() {

@@ -1130,11 +1130,8 @@ impl RaftNode {
                     self.ready_reads.push((id, self.commit));
                     return true;
                 }
-                if self.asked_reads.values().any(|(_, l, _)| *l == leader) {
-                    self.queued_reads.push(id);
-                } else {
-                    self.ask_leader(leader, vec![id], out);
-                }
+                self.queued_reads.push(id);
+                self.ask_queued_reads(out);
                 true
             }
             _ => false,
