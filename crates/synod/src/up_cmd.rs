@@ -1,6 +1,8 @@
 //! `synod up`: a local cluster on this machine, one `synod serve` process
 //! per member, until Ctrl-C. Members die alone: one that fails to start or
-//! crashes is reported, and the others go on serving.
+//! crashes is reported, and the others go on serving. The members share the
+//! machine's cores: each one's client API runs on its share of them
+//! (`TOKIO_WORKER_THREADS`, which a user may set for all of them instead).
 
 use crate::signals::stop_signal;
 use clap::Args;
@@ -89,6 +91,22 @@ fn cluster_token(dir: &Path) -> Result<String, String> {
     }
 }
 
+/// tokio's own setting for the threads of a member's client API runtime.
+const API_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+/// How many client API threads each member gets, unless the user chose
+/// (`TOKIO_WORKER_THREADS`): the members share this machine's cores, so
+/// each gets its part of them (at least one) rather than a thread per core
+/// that only the scheduler would share out. On two cores, three members with
+/// one API thread each took 5-10% more puts than with two (BENCHMARKS.md).
+fn api_threads(members: usize) -> Option<usize> {
+    if std::env::var_os(API_THREADS_VAR).is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some((cores / members.max(1)).max(1))
+}
+
 pub fn run(args: UpArgs) -> Result<ExitCode, String> {
     if args.members == 0 || args.members > 6 {
         return Err(format!(
@@ -117,6 +135,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the synod binary: {e}"))?;
+    let api_threads = api_threads(args.members);
     let mut procs = Vec::new();
     for (i, (c, p)) in ports.iter().enumerate() {
         let name = format!("synod-{}", i + 1);
@@ -125,6 +144,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode, String> {
         let peer = format!("http://127.0.0.1:{p}");
         let mut cmd = Command::new(&exe);
         stop_with_parent(&mut cmd);
+        if let Some(n) = api_threads {
+            cmd.env(API_THREADS_VAR, n.to_string());
+        }
         let mut child = cmd
             .arg("serve")
             .args(["--engine", args.engine.name()])
