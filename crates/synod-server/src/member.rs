@@ -111,7 +111,10 @@ const MAX_PARKED: usize = 16 * 1024;
 /// terms never decrease along the log: once this member applies an entry of
 /// a later term without having met the tag, the write was not applied and
 /// never will be, and it is sent again to the new leader. Met, the member's
-/// own apply answers it. Either way the client hears the write's true fate
+/// own apply answers it: the leader replies only to what it did not apply
+/// (refused, or failed before its entry), so an applied write costs no
+/// reply message, and the client that hears of it here can read it here.
+/// Either way the client hears the write's true fate
 /// instead of "leader changed" when the leader dies or is cut off with the
 /// write in flight. Only a snapshot that jumps over the entries (they cannot
 /// be checked one by one) leaves the outcome unknown.
@@ -1446,6 +1449,16 @@ impl<E: Served> Driver<E> {
                         stages.proposed.observe(since.elapsed().as_secs_f64());
                         let _ = client.send(result);
                     } else if let Some((member, their)) = self.forwarded_in.remove(&id) {
+                        if matches!(result, Ok(Answer::Write { .. }))
+                            && self.replica.engine().terms_ordered()
+                        {
+                            // Applied: its sender applies the same entry and
+                            // answers from its own log when it meets the tag
+                            // (`Forwarded`), as etcd's followers do; a reply
+                            // would only race that answer. The commit reaches
+                            // it as soon as a reply would.
+                            continue;
+                        }
                         if let Some(p) = self.sender(member) {
                             p.send(PeerMsg::Reply { id: their, result });
                         }
