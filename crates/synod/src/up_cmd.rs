@@ -98,7 +98,8 @@ const API_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 /// (`TOKIO_WORKER_THREADS`): the members share this machine's cores, so
 /// each gets its part of them (at least one) rather than a thread per core
 /// that only the scheduler would share out. On two cores, three members with
-/// one API thread each took 5-10% more puts than with two (BENCHMARKS.md).
+/// one API thread each took 4-25% more puts than with two in eight of ten
+/// rounds (BENCHMARKS.md).
 fn api_threads(members: usize) -> Option<usize> {
     if std::env::var_os(API_THREADS_VAR).is_some() {
         return None;
