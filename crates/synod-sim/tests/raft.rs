@@ -378,6 +378,7 @@ fn bugs(which: &str) -> Bugs {
         commit_old_term_by_counting: which == "commit_old_term_by_counting",
         reply_before_persist: which == "reply_before_persist",
         follower_reads_own_commit: which == "follower_reads_own_commit",
+        asker_confirms_alone: which == "asker_confirms_alone",
         lazy_votes: which == "lazy_votes",
         send_released: which == "send_released",
     }
@@ -696,19 +697,35 @@ mod etcd_replica {
         limit: u64,
         spares: usize,
     ) -> Option<(u64, &'static str)> {
+        first_caught_sized::<K>(bugs, limit, 3, spares, true)
+    }
+
+    /// The same with `nodes` voters to begin with, and with or without
+    /// check-quorum (without it, a leader cut off from a quorum stays leader
+    /// until it hears of a later term, which widens the window a stale-read
+    /// bug needs).
+    fn first_caught_sized<K: SimEngine>(
+        bugs: ReplicaBugs,
+        limit: u64,
+        nodes: usize,
+        spares: usize,
+        check_quorum: bool,
+    ) -> Option<(u64, &'static str)> {
         thread_local! {
-            static BUGS: std::cell::Cell<ReplicaBugs> = std::cell::Cell::new(ReplicaBugs::default());
+            static BUGS: std::cell::Cell<(ReplicaBugs, bool)> =
+                std::cell::Cell::new((ReplicaBugs::default(), true));
         }
-        BUGS.with(|b| b.set(bugs));
+        BUGS.with(|b| b.set((bugs, check_quorum)));
         (0..limit).find_map(|seed| {
-            let model: EtcdModel<K> =
-                EtcdModel::new(3, 3)
-                    .with_spares(spares)
-                    .with_boot(|cfg, disk: &_, seed| {
-                        Replica::with_bugs(cfg, disk, seed, BUGS.with(|b| b.get()))
-                    });
-            let mut cfg = SimConfig::new(3 + spares, FaultSet::all());
-            cfg.f = 1;
+            let model: EtcdModel<K> = EtcdModel::new(nodes, 3).with_spares(spares).with_boot(
+                |mut cfg, disk: &_, seed| {
+                    let (bugs, check_quorum) = BUGS.with(|b| b.get());
+                    cfg.raft.check_quorum = check_quorum;
+                    Replica::with_bugs(cfg, disk, seed, bugs)
+                },
+            );
+            let mut cfg = SimConfig::new(nodes + spares, FaultSet::all());
+            cfg.f = (nodes - 1) / 2;
             let r = Simulation::new(cfg, seed, model).run(seed);
             r.violations.first().map(|v| (seed, v.property))
         })
@@ -729,6 +746,37 @@ mod etcd_replica {
             matches!(caught, Some((_, "linearizability"))),
             "stale follower reads went unnoticed in 300 runs: {caught:?}"
         );
+    }
+
+    /// With five voters, a leader and the follower asking for a read are
+    /// not a quorum: a leader that answers such a read at once, without a
+    /// heartbeat round, serves stale reads once a partition leaves the two
+    /// of them behind a new leader.
+    #[test]
+    fn a_read_index_confirmed_by_less_than_a_quorum_is_caught() {
+        let bugs = ReplicaBugs {
+            raft: synod_protocols::raft::Bugs {
+                asker_confirms_alone: true,
+                ..Default::default()
+            },
+            ..ReplicaBugs::default()
+        };
+        let caught = first_caught_sized::<OnRaft>(bugs, 1000, 5, 0, false);
+        eprintln!("read index confirmed by the asker alone caught: {caught:?}");
+        assert!(
+            matches!(caught, Some((_, "linearizability"))),
+            "read indexes confirmed by less than a quorum went unnoticed in 1000 runs: {caught:?}"
+        );
+        // The same runs without the bug stay clean: it is the bug, not the
+        // missing check-quorum, that was caught.
+        let seed = caught.expect("checked").0;
+        let clean = first_caught_sized::<OnRaft>(ReplicaBugs::default(), seed + 1, 5, 0, false);
+        assert_eq!(clean, None, "the correct rule failed without check-quorum");
+        // With three voters the correct rule answers a follower's read at
+        // once too: a partition that leaves an old leader running does not
+        // make it stale.
+        let three = first_caught_sized::<OnRaft>(ReplicaBugs::default(), 400, 3, 0, false);
+        assert_eq!(three, None, "three voters without check-quorum");
     }
 
     #[test]

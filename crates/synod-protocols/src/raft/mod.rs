@@ -49,7 +49,12 @@
 //! * **Reads.** A ReadIndex read is answered only when (1) the leader has
 //!   committed an entry of its current term, (2) a quorum acknowledged a
 //!   heartbeat round sent after the read arrived, and (3) the store has applied
-//!   the commit index recorded when the read arrived. With
+//!   the commit index recorded when the read arrived. A follower's read needs
+//!   no round in (2) when the leader and that follower are a quorum of voters
+//!   by themselves: the follower takes the answer only in the term it asked in
+//!   (messages of an older term are dropped, and a newer term fails the
+//!   request), so neither of the two had voted for a later leader when the read
+//!   arrived, and without one of their votes none could have been elected. With
 //!   [`RaftConfig::lease_reads`] step (2) is replaced by a lease: a quorum
 //!   acknowledged a round sent less than `election_ticks - 2` leader ticks ago.
 //!   Followers with check-quorum refuse (pre-)votes until `election_ticks` of
@@ -367,6 +372,9 @@ pub struct Bugs {
     /// A follower answers a read at its own commit index instead of asking
     /// the leader for one.
     pub follower_reads_own_commit: bool,
+    /// The leader answers a follower's read at once, whatever the cluster's
+    /// size, as if the follower and the leader were always a quorum.
+    pub asker_confirms_alone: bool,
     /// Write every hard state change as a [`Write::Commit`], so votes and
     /// terms leave without waiting for their sync.
     pub lazy_votes: bool,

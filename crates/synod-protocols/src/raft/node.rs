@@ -1164,9 +1164,29 @@ impl RaftNode {
         }
     }
 
+    /// Whether this node and the follower asking for a read are together a
+    /// quorum of voters (a cluster of two or three voters). The read's index
+    /// then needs no heartbeat round: the follower takes the answer only
+    /// while it is still in this term, which, with this node still leading
+    /// when the read arrived, shows that a quorum had voted for no later
+    /// leader by then (see "Reads" in the module docs).
+    fn asker_confirms(&self, from: Option<NodeId>) -> bool {
+        let Some(f) = from.filter(|f| *f != self.cfg.id) else {
+            return false;
+        };
+        if self.bugs.asker_confirms_alone {
+            return true;
+        }
+        let voters = [self.cfg.id, f]
+            .iter()
+            .filter(|v| self.conf.is_voter(**v))
+            .count();
+        voters >= self.quorum()
+    }
+
     fn register_read(&mut self, id: u64, from: Option<NodeId>, out: &mut Out) {
         let index = self.commit;
-        if self.conf.voters == [self.cfg.id] || self.lease_valid() {
+        if self.conf.voters == [self.cfg.id] || self.lease_valid() || self.asker_confirms(from) {
             self.read_ready(id, from, index, out);
             return;
         }

@@ -1067,6 +1067,48 @@ fn a_follower_asks_for_read_indexes_once_per_round_trip() {
     assert_eq!(asked(&net) - before, 2);
 }
 
+/// With three voters, the leader and the follower asking for a read index
+/// are a quorum by themselves: the leader answers at once, and the
+/// follower's taking the answer in the same term is the confirmation. With
+/// five, the leader still waits for a heartbeat round.
+#[test]
+fn a_follower_read_needs_a_heartbeat_round_only_beyond_three_voters() {
+    for (voters, rounds) in [(3u64, 0usize), (5, 1)] {
+        let mut net = Net::new(voters, quick);
+        let l = net.settle();
+        let f = (l + 1) % voters;
+        net.put(l, 1, 1, "k", "v");
+        net.run(2);
+        let commit = net.raft(l).commit_index();
+        let before = net.delivered.len();
+        let mut raft_out = RaftOutput::default();
+        let follower = net.nodes[f as usize].as_mut().expect("up");
+        assert!(follower.raft_mut().read_index(7, &mut raft_out));
+        let mut out = Out::default();
+        out.take_writes_and_msgs(&mut raft_out);
+        net.handle(f, out);
+        net.deliver_all();
+        let sent = &net.delivered[before..];
+        let heartbeats = sent
+            .iter()
+            .filter(|(from, _, m)| *from == l && matches!(m, Message::Heartbeat { .. }))
+            .count();
+        assert_eq!(
+            heartbeats,
+            rounds * (voters as usize - 1),
+            "{voters} voters"
+        );
+        let answers: Vec<Option<u64>> = sent
+            .iter()
+            .filter_map(|(from, to, m)| match m {
+                Message::ReadIndexResp { index, .. } if *from == l && *to == f => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers, vec![Some(commit)], "{voters} voters");
+    }
+}
+
 #[test]
 fn a_deposed_leader_does_not_serve_stale_reads() {
     let mut net = Net::new(3, quick);
