@@ -49,12 +49,13 @@
 //! * **Reads.** A ReadIndex read is answered only when (1) the leader has
 //!   committed an entry of its current term, (2) a quorum acknowledged a
 //!   heartbeat round sent after the read arrived, and (3) the store has applied
-//!   the commit index recorded when the read arrived. A follower's read needs
-//!   no round in (2) when the leader and that follower are a quorum of voters
-//!   by themselves: the follower takes the answer only in the term it asked in
-//!   (messages of an older term are dropped, and a newer term fails the
-//!   request), so neither of the two had voted for a later leader when the read
-//!   arrived, and without one of their votes none could have been elected. With
+//!   the commit index recorded when the read arrived. For a follower's read,
+//!   the follower counts in (2) as one acknowledgement: it takes the answer
+//!   only in the term it asked in (messages of an older term are dropped, and a
+//!   newer term fails the request), so, like a voter that acknowledged the
+//!   round, it had voted for no later leader when the read arrived. With two or
+//!   three voters, the leader and that follower are a quorum, and the read
+//!   needs no round at all. With
 //!   [`RaftConfig::lease_reads`] step (2) is replaced by a lease: a quorum
 //!   acknowledged a round sent less than `election_ticks - 2` leader ticks ago.
 //!   Followers with check-quorum refuse (pre-)votes until `election_ticks` of

@@ -1061,8 +1061,10 @@ impl RaftNode {
         while self.rounds.len() > 1 && self.rounds[1].0 <= qc {
             self.rounds.pop_front();
         }
-        let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) =
-            self.reads.iter().partition(|r| r.ctx <= qc);
+        let (ready, waiting): (Vec<PendingRead>, Vec<PendingRead>) = self
+            .reads
+            .iter()
+            .partition(|r| r.ctx <= qc || self.confirmed_with_asker(r.from, r.ctx));
         self.reads = waiting;
         for r in ready {
             self.read_ready(r.id, r.from, r.index, out);
@@ -1164,29 +1166,44 @@ impl RaftNode {
         }
     }
 
-    /// Whether this node and the follower asking for a read are together a
-    /// quorum of voters (a cluster of two or three voters). The read's index
-    /// then needs no heartbeat round: the follower takes the answer only
-    /// while it is still in this term, which, with this node still leading
-    /// when the read arrived, shows that a quorum had voted for no later
-    /// leader by then (see "Reads" in the module docs).
-    fn asker_confirms(&self, from: Option<NodeId>) -> bool {
+    /// Whether a follower's read whose round is `ctx` is confirmed with the
+    /// follower counted as one acknowledgement: it takes the answer only while
+    /// still in this term, so it, this node (leading when the read arrived)
+    /// and the voters that acknowledged a round from `ctx` on all voted for no
+    /// later leader before the read arrived; if they are a quorum, no later
+    /// leader existed then (see "Reads" in the module docs). With two or
+    /// three voters the follower and this node are a quorum at once, and the
+    /// read needs no round at all.
+    fn confirmed_with_asker(&self, from: Option<NodeId>, ctx: u64) -> bool {
         let Some(f) = from.filter(|f| *f != self.cfg.id) else {
             return false;
         };
         if self.bugs.asker_confirms_alone {
             return true;
         }
-        let voters = [self.cfg.id, f]
+        if !self.conf.is_voter(f) {
+            return false;
+        }
+        let confirmed = self
+            .conf
+            .voters
             .iter()
-            .filter(|v| self.conf.is_voter(**v))
+            .filter(|v| {
+                **v == self.cfg.id
+                    || **v == f
+                    || self.prs.get(v).is_some_and(|p| p.acked_ctx >= ctx)
+            })
             .count();
-        voters >= self.quorum()
+        confirmed >= self.quorum()
     }
 
     fn register_read(&mut self, id: u64, from: Option<NodeId>, out: &mut Out) {
         let index = self.commit;
-        if self.conf.voters == [self.cfg.id] || self.lease_valid() || self.asker_confirms(from) {
+        let ctx = self.read_seq + 1;
+        if self.conf.voters == [self.cfg.id]
+            || self.lease_valid()
+            || self.confirmed_with_asker(from, ctx)
+        {
             self.read_ready(id, from, index, out);
             return;
         }
@@ -1194,7 +1211,7 @@ impl RaftNode {
             id,
             from,
             index,
-            ctx: self.read_seq + 1,
+            ctx,
         });
         if self.quorum_acked_ctx() >= self.read_seq {
             self.bcast_heartbeat(out);

@@ -1109,6 +1109,49 @@ fn a_follower_read_needs_a_heartbeat_round_only_beyond_three_voters() {
     }
 }
 
+/// With five voters the follower that asked counts as one acknowledgement
+/// of its read's round: the leader and one more voter complete a quorum.
+#[test]
+fn a_follower_asking_for_a_read_counts_toward_its_round() {
+    let mut net = Net::new(5, quick);
+    let l = net.settle();
+    net.put(l, 1, 1, "k", "v");
+    net.run(2);
+    let commit = net.raft(l).commit_index();
+    let mut others = net.ids().into_iter().filter(|&i| i != l);
+    let (f, g) = (others.next().unwrap(), others.next().unwrap());
+    let mut raft_out = RaftOutput::default();
+    let follower = net.nodes[f as usize].as_mut().expect("up");
+    assert!(follower.raft_mut().read_index(7, &mut raft_out));
+    let mut out = Out::default();
+    out.take_writes_and_msgs(&mut raft_out);
+    net.handle(f, out);
+    // The request reaches the leader, which sends a round; only `g`'s
+    // acknowledgement comes back (the asker's own is lost).
+    assert!(net.deliver_one());
+    for x in others {
+        net.cut.insert((l, x));
+    }
+    net.cut.insert((f, l));
+    let before = net.delivered.len();
+    net.deliver_all();
+    let sent = &net.delivered[before..];
+    let acks: Vec<NodeId> = sent
+        .iter()
+        .filter(|(_, to, m)| *to == l && matches!(m, Message::HeartbeatResp { .. }))
+        .map(|(from, _, _)| *from)
+        .collect();
+    assert_eq!(acks, vec![g]);
+    let answers: Vec<Option<u64>> = sent
+        .iter()
+        .filter_map(|(from, to, m)| match m {
+            Message::ReadIndexResp { index, .. } if *from == l && *to == f => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, vec![Some(commit)]);
+}
+
 #[test]
 fn a_deposed_leader_does_not_serve_stale_reads() {
     let mut net = Net::new(3, quick);
