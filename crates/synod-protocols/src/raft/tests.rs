@@ -1067,6 +1067,27 @@ fn a_follower_asks_for_read_indexes_once_per_round_trip() {
     assert_eq!(asked(&net) - before, 2);
 }
 
+/// Starts a linearizable read with id `id` on follower `f` (its request to
+/// the leader is queued, not delivered).
+fn ask_read_index(net: &mut Net, f: NodeId, id: u64) {
+    let mut raft_out = RaftOutput::default();
+    let follower = net.nodes[f as usize].as_mut().expect("up");
+    assert!(follower.raft_mut().read_index(id, &mut raft_out));
+    let mut out = Out::default();
+    out.take_writes_and_msgs(&mut raft_out);
+    net.handle(f, out);
+}
+
+/// The read indexes leader `l` sent follower `f` among `sent`.
+fn read_answers(sent: &[(NodeId, NodeId, Message)], l: NodeId, f: NodeId) -> Vec<Option<u64>> {
+    sent.iter()
+        .filter_map(|(from, to, m)| match m {
+            Message::ReadIndexResp { index, .. } if *from == l && *to == f => Some(*index),
+            _ => None,
+        })
+        .collect()
+}
+
 /// With three voters, the leader and the follower asking for a read index
 /// are a quorum by themselves: the leader answers at once, and the
 /// follower's taking the answer in the same term is the confirmation. With
@@ -1081,12 +1102,7 @@ fn a_follower_read_needs_a_heartbeat_round_only_beyond_three_voters() {
         net.run(2);
         let commit = net.raft(l).commit_index();
         let before = net.delivered.len();
-        let mut raft_out = RaftOutput::default();
-        let follower = net.nodes[f as usize].as_mut().expect("up");
-        assert!(follower.raft_mut().read_index(7, &mut raft_out));
-        let mut out = Out::default();
-        out.take_writes_and_msgs(&mut raft_out);
-        net.handle(f, out);
+        ask_read_index(&mut net, f, 7);
         net.deliver_all();
         let sent = &net.delivered[before..];
         let heartbeats = sent
@@ -1098,14 +1114,11 @@ fn a_follower_read_needs_a_heartbeat_round_only_beyond_three_voters() {
             rounds * (voters as usize - 1),
             "{voters} voters"
         );
-        let answers: Vec<Option<u64>> = sent
-            .iter()
-            .filter_map(|(from, to, m)| match m {
-                Message::ReadIndexResp { index, .. } if *from == l && *to == f => Some(*index),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(answers, vec![Some(commit)], "{voters} voters");
+        assert_eq!(
+            read_answers(sent, l, f),
+            vec![Some(commit)],
+            "{voters} voters"
+        );
     }
 }
 
@@ -1120,12 +1133,7 @@ fn a_follower_asking_for_a_read_counts_toward_its_round() {
     let commit = net.raft(l).commit_index();
     let mut others = net.ids().into_iter().filter(|&i| i != l);
     let (f, g) = (others.next().unwrap(), others.next().unwrap());
-    let mut raft_out = RaftOutput::default();
-    let follower = net.nodes[f as usize].as_mut().expect("up");
-    assert!(follower.raft_mut().read_index(7, &mut raft_out));
-    let mut out = Out::default();
-    out.take_writes_and_msgs(&mut raft_out);
-    net.handle(f, out);
+    ask_read_index(&mut net, f, 7);
     // The request reaches the leader, which sends a round; only `g`'s
     // acknowledgement comes back (the asker's own is lost).
     assert!(net.deliver_one());
@@ -1142,14 +1150,7 @@ fn a_follower_asking_for_a_read_counts_toward_its_round() {
         .map(|(from, _, _)| *from)
         .collect();
     assert_eq!(acks, vec![g]);
-    let answers: Vec<Option<u64>> = sent
-        .iter()
-        .filter_map(|(from, to, m)| match m {
-            Message::ReadIndexResp { index, .. } if *from == l && *to == f => Some(*index),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(answers, vec![Some(commit)]);
+    assert_eq!(read_answers(sent, l, f), vec![Some(commit)]);
 }
 
 #[test]
