@@ -111,10 +111,10 @@ const MAX_PARKED: usize = 16 * 1024;
 /// terms never decrease along the log: once this member applies an entry of
 /// a later term without having met the tag, the write was not applied and
 /// never will be, and it is sent again to the new leader. Met, the member's
-/// own apply answers it: the leader sends no reply for a write it applied
-/// without error (only refusals, lost entries and errors), so such a write
-/// costs no reply message, and the client that hears of it here can read
-/// it here. Either way the client hears the write's true fate instead of
+/// own apply answers it: on Raft the leader sends no reply for a write it
+/// applied without error (only refusals, lost entries and errors), so such
+/// a write costs no reply message, and the client that hears of it here can
+/// read it here. Either way the client hears the write's true fate instead of
 /// "leader changed" when the leader dies or is cut off with the write in
 /// flight. Only a snapshot that jumps over the entries (they cannot
 /// be checked one by one) leaves the outcome unknown.
