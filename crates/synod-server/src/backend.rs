@@ -201,7 +201,8 @@ impl MemberBackend {
         let (tx, rx) = oneshot::channel();
         let job = Box::new(
             move |r: &dyn ReplicaView, feed: &broadcast::Sender<Arc<Applied>>| {
-                let _ = tx.send(f(r, feed));
+                let value = f(r, feed);
+                Box::new(move || drop(tx.send(value))) as crate::replies::Deliver
             },
         );
         self.queue(Inbox::Local(job))?;

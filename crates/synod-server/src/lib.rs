@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod peer;
 pub mod peer_conn;
 pub mod reconfig;
+pub mod replies;
 pub mod tls;
 
 /// Whether this build can plant deliberate bugs in members (the `broken`

@@ -24,6 +24,7 @@ use crate::peer::{
     self, ActiveSince, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerMsg,
     PeerSender,
 };
+use crate::replies::{Deliver, Replies, Reply};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
@@ -121,7 +122,7 @@ const MAX_PARKED: usize = 16 * 1024;
 struct Forwarded {
     /// The leader it went to.
     to: NodeId,
-    client: oneshot::Sender<Result<Answer, ReplicaError>>,
+    client: Reply,
     /// For a write: the term it was sent in, and the request to send again.
     write: Option<(u64, Request)>,
     /// When it was first sent (for [`crate::metrics::Stages::forwarded`]).
@@ -143,14 +144,16 @@ fn first_request_id() -> u64 {
 pub type Feed = broadcast::Sender<Arc<Applied>>;
 
 /// Work run on a member's thread against its state.
-pub type LocalJob = Box<dyn FnOnce(&dyn ReplicaView, &Feed) + Send>;
+/// It returns how to hand its value to whoever waits for it: that last step
+/// runs on the API runtime with the round's answers ([`Replies`]).
+pub type LocalJob = Box<dyn FnOnce(&dyn ReplicaView, &Feed) -> Deliver + Send>;
 
 /// What a member's thread is asked to do.
 pub enum Inbox {
     Peer(Incoming),
     Client {
         req: Request,
-        reply: oneshot::Sender<Result<Answer, ReplicaError>>,
+        reply: Reply,
         /// When the API thread handed it over.
         at: Instant,
     },
@@ -339,6 +342,8 @@ impl Member {
         let auth_in = auth.clone();
         let active = ActiveSince::default();
         let active_in = active.clone();
+        // Started here, on the API runtime, which the member's thread is not.
+        let replies = Replies::start();
         let thread = std::thread::Builder::new()
             .name(format!("synod-member-{id:x}"))
             .spawn(move || {
@@ -348,6 +353,7 @@ impl Member {
                 driver.auth = auth_in;
                 driver.active = active_in;
                 driver.compactor = compactor;
+                driver.replies = replies;
                 if let Err(why) = driver.run(rx) {
                     tracing::error!(member = %driver.cfg.name, "stopping: {why}");
                     let _ = end_tx.send(Some(why));
@@ -436,7 +442,7 @@ struct Driver<E: Served> {
     next_id: u64,
     /// Requests of local clients by request id.
     /// With when each was handed to the replica.
-    clients: BTreeMap<u64, (oneshot::Sender<Result<Answer, ReplicaError>>, Instant)>,
+    clients: BTreeMap<u64, (Reply, Instant)>,
     /// Linearizable reads in flight here, by request id: one that loses its
     /// leader (its read index never comes) is asked again once a leader is
     /// known instead of failing. A read changes nothing, so a new attempt is
@@ -452,11 +458,13 @@ struct Driver<E: Served> {
     /// Requests that arrived while no leader was known (during an election):
     /// held until one is, as etcd holds them, rather than refused at once.
     /// The client's own deadline bounds the wait.
-    parked: Vec<(Request, oneshot::Sender<Result<Answer, ReplicaError>>)>,
+    parked: Vec<(Request, Reply)>,
     /// Local jobs wait for the end of the round: the state they read must be
     /// durable first (the leader may apply an entry that only its own unsynced
     /// write makes a quorum of; see [`Driver::may_read`]).
     local_jobs: Vec<LocalJob>,
+    /// The round's answers, handed to the API runtime when it ends.
+    replies: Replies,
     /// The output of the rounds stepped since the sync in flight started (or
     /// of this round, if none is): it waits, writes and all, for that sync.
     out: Output<E::Write, E::Msg, ReplicaEvent>,
@@ -520,6 +528,7 @@ impl<E: Served> Driver<E> {
             applied: (applied, 0),
             parked: Vec::new(),
             local_jobs: Vec::new(),
+            replies: Replies::start(),
             out: Output::default(),
             in_flight: None,
             synced: None,
@@ -636,11 +645,13 @@ impl<E: Served> Driver<E> {
             };
             match f.write {
                 Some(_) if unsettled => {
-                    let _ = f.client.send(Err(ReplicaError::LeaderChanged));
+                    self.replies
+                        .answer(f.client, Err(ReplicaError::LeaderChanged));
                 }
                 Some((_, req)) => self.retry(req, f.client),
                 None => {
-                    let _ = f.client.send(Err(ReplicaError::LeaderChanged));
+                    self.replies
+                        .answer(f.client, Err(ReplicaError::LeaderChanged));
                 }
             }
         }
@@ -763,9 +774,11 @@ impl<E: Served> Driver<E> {
             self.flush_peers();
             if self.may_read() {
                 for job in std::mem::take(&mut self.local_jobs) {
-                    job(&self.replica, &self.feed);
+                    let deliver = job(&self.replica, &self.feed);
+                    self.replies.deliver(deliver);
                 }
             }
+            self.replies.flush();
         }
     }
 
@@ -866,17 +879,18 @@ impl<E: Served> Driver<E> {
             (_, result) => {
                 let waited = f.sent.elapsed().as_secs_f64();
                 self.metrics.stages.forwarded.observe(waited);
-                let _ = f.client.send(result);
+                self.replies.answer(f.client, result);
             }
         }
     }
 
     /// Sends a request again once a leader is known (it was not applied).
-    fn retry(&mut self, req: Request, client: oneshot::Sender<Result<Answer, ReplicaError>>) {
+    fn retry(&mut self, req: Request, client: Reply) {
         if self.parked.len() < MAX_PARKED {
             self.parked.push((req, client));
         } else {
-            let _ = client.send(Err(ReplicaError::NotLeader { hint: None }));
+            self.replies
+                .answer(client, Err(ReplicaError::NotLeader { hint: None }));
         }
     }
 
@@ -906,7 +920,8 @@ impl<E: Served> Driver<E> {
             if jumped {
                 // A snapshot installed here skipped the entries: the tag
                 // may be among them.
-                let _ = f.client.send(Err(ReplicaError::LeaderChanged));
+                self.replies
+                    .answer(f.client, Err(ReplicaError::LeaderChanged));
             } else {
                 self.retry(req, f.client);
             }
@@ -1186,12 +1201,7 @@ impl<E: Served> Driver<E> {
 
     /// Serves a client's request here if this member leads, forwards it if
     /// another does, and parks it while nobody does.
-    fn client(
-        &mut self,
-        now: u64,
-        req: Request,
-        reply: oneshot::Sender<Result<Answer, ReplicaError>>,
-    ) {
+    fn client(&mut self, now: u64, req: Request, reply: Reply) {
         if reply.is_closed() {
             return;
         }
@@ -1236,7 +1246,8 @@ impl<E: Served> Driver<E> {
                     return;
                 }
                 None => {
-                    let _ = reply.send(Err(ReplicaError::NotLeader { hint: None }));
+                    self.replies
+                        .answer(reply, Err(ReplicaError::NotLeader { hint: None }));
                     return;
                 }
             }
@@ -1447,7 +1458,7 @@ impl<E: Served> Driver<E> {
                     if let Some((client, since)) = self.clients.remove(&id) {
                         let stages = &self.metrics.stages;
                         stages.proposed.observe(since.elapsed().as_secs_f64());
-                        let _ = client.send(result);
+                        self.replies.answer(client, result);
                     } else if let Some((member, their)) = self.forwarded_in.remove(&id) {
                         if matches!(result, Ok(Answer::Write { .. }))
                             && self.replica.engine().terms_ordered()
@@ -1466,7 +1477,7 @@ impl<E: Served> Driver<E> {
                         // A write of ours met in our own log.
                         let waited = f.sent.elapsed().as_secs_f64();
                         self.metrics.stages.forwarded.observe(waited);
-                        let _ = f.client.send(result);
+                        self.replies.answer(f.client, result);
                     }
                 }
                 ReplicaEvent::Applied {

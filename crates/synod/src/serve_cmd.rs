@@ -777,12 +777,30 @@ fn init_logs(level: &str) {
         .try_init();
 }
 
+/// The runtime that serves the client API. With one API thread
+/// (`TOKIO_WORKER_THREADS=1`, what `synod up` gives each of three members on
+/// two cores) it is tokio's current-thread scheduler, which runs woken tasks
+/// in the order they were woken: the requests a round answers
+/// ([`synod_server::replies`]) all run before their connection does, which
+/// then writes their answers with one `writev`. The multi-thread scheduler
+/// runs a task woken by another right after it, so the connection wrote each
+/// answer on its own, a system call and a TCP segment each.
+fn api_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    if std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     warn_unknown_env();
     let plan = plan(&args)?;
     init_logs(&args.log_level);
     let me = &plan.spec.members[plan.index];
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+    let runtime = api_runtime().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
         let member = start_member_on(&plan.spec, plan.index, &plan.listen).await?;
         crate::release_freed_memory();

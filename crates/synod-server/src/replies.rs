@@ -1,0 +1,145 @@
+//! Answers leave a member's thread once per round, as one hand-off to the
+//! API runtime, instead of one cross-thread wake-up per answer.
+//!
+//! Why: a round answers many requests at once (a dozen puts at 256
+//! clients). Sent one by one from the member's thread, each answer wakes
+//! the API thread on its own, which then runs that request's stream and its
+//! connection before the next answer arrives: one `writev` per answer on
+//! the client connection, and one wake-up of the API thread per answer. Sent
+//! together from a task on the API runtime, the answers' streams all run
+//! before their connection does, which then writes them in one go.
+//!
+//! Answers are only ever delayed by this (to the end of the round that made
+//! them), never sent earlier: what a round answers was already released by
+//! its sync.
+
+use synod_kv::replica::{Answer, ReplicaError};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a client waits for its answer.
+pub type Reply = oneshot::Sender<Result<Answer, ReplicaError>>;
+
+/// The last step of a local job (handing its value to the waiting request),
+/// run on the API runtime with the round's other answers.
+pub type Deliver = Box<dyn FnOnce() + Send>;
+
+enum Done {
+    Answer(Reply, Result<Answer, ReplicaError>),
+    Deliver(Deliver),
+}
+
+impl Done {
+    fn send(self) {
+        match self {
+            // A client that gave up no longer waits: nothing to do.
+            Done::Answer(reply, result) => drop(reply.send(result)),
+            Done::Deliver(deliver) => deliver(),
+        }
+    }
+}
+
+/// The answers of the round under way, until [`Replies::flush`].
+pub struct Replies {
+    pending: Vec<Done>,
+    /// The task on the API runtime that sends them; `None` without a runtime
+    /// (a member started outside one answers at once).
+    to: Option<mpsc::UnboundedSender<Vec<Done>>>,
+}
+
+impl Replies {
+    /// Starts the sending task on the runtime of the calling thread, if it
+    /// has one.
+    pub fn start() -> Replies {
+        let to = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Done>>();
+            rt.spawn(async move {
+                while let Some(batch) = rx.recv().await {
+                    batch.into_iter().for_each(Done::send);
+                }
+            });
+            tx
+        });
+        Replies {
+            pending: Vec::new(),
+            to,
+        }
+    }
+
+    pub fn answer(&mut self, reply: Reply, result: Result<Answer, ReplicaError>) {
+        self.pending.push(Done::Answer(reply, result));
+    }
+
+    pub fn deliver(&mut self, deliver: Deliver) {
+        self.pending.push(Done::Deliver(deliver));
+    }
+
+    /// Hands the round's answers to the API runtime.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        match &self.to {
+            Some(to) => {
+                // The runtime is gone only when the process stops: its
+                // clients are gone with it.
+                let _ = to.send(batch);
+            }
+            None => batch.into_iter().for_each(Done::send),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synod_kv::replica::Answer;
+
+    fn ttl(n: i64) -> Result<Answer, ReplicaError> {
+        Ok(Answer::KeepAlive { ttl: n })
+    }
+
+    #[test]
+    fn without_a_runtime_answers_leave_at_the_flush() {
+        let mut replies = Replies::start();
+        let (tx, mut rx) = oneshot::channel();
+        replies.answer(tx, ttl(5));
+        assert!(rx.try_recv().is_err(), "held until the round ends");
+        replies.flush();
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Ok(Answer::KeepAlive { ttl: 5 }))
+        ));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_round_flushed_from_another_thread_reaches_the_runtime_in_order() {
+        let mut replies = Replies::start();
+        let (order_tx, mut order) = mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for n in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            replies.answer(tx, ttl(n));
+            let order_tx = order_tx.clone();
+            replies.deliver(Box::new(move || {
+                let _ = order_tx.send(n);
+            }));
+            waiting.push(rx);
+        }
+        // Flushed from another thread, as a member's thread does.
+        let flushed = std::thread::spawn(move || {
+            replies.flush();
+            replies
+        });
+        for (n, rx) in waiting.into_iter().enumerate() {
+            let got = rx.await.expect("answered");
+            assert!(matches!(got, Ok(Answer::KeepAlive { ttl }) if ttl == n as i64));
+        }
+        for n in 0..3 {
+            assert_eq!(order.recv().await, Some(n));
+        }
+        let mut replies = flushed.join().expect("flushed");
+        replies.flush();
+        assert!(replies.pending.is_empty());
+    }
+}
