@@ -833,9 +833,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
 /// member was recovered here (its snapshot decoded, its log replayed), and
 /// much of that is freed later on the member's thread: the log's commands
 /// once every member holds them. mimalloc takes such memory back only when
-/// its owner collects, and this thread does nothing else but wait for a
-/// signal: without this a restarted member kept 1.5x the memory it had
-/// before the restart (1,000,000 keys).
+/// its owner collects, and this thread may do nothing else but wait for a
+/// signal (with more than one API thread; with one it also serves the
+/// API): without this a restarted member kept 1.5x the memory it had before
+/// the restart (1,000,000 keys).
 async fn collect_freed_memory() -> std::convert::Infallible {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
