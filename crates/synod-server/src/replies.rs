@@ -107,9 +107,9 @@ mod tests {
         Ok(Answer::KeepAlive { ttl: n })
     }
 
-    #[test]
-    fn without_a_current_thread_runtime_answers_leave_at_the_flush() {
-        let mut replies = Replies::start();
+    /// Answers through `replies`, which sends from the flushing thread.
+    fn sent_at_the_flush(mut replies: Replies) {
+        assert!(replies.to.is_none());
         let (tx, mut rx) = oneshot::channel();
         replies.answer(tx, ttl(5));
         assert!(rx.try_recv().is_err(), "held until the round ends");
@@ -120,18 +120,14 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn without_a_runtime_the_members_thread_sends_them() {
+        sent_at_the_flush(Replies::start());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn on_a_multi_thread_runtime_the_members_thread_sends_them() {
-        let mut replies = Replies::start();
-        assert!(replies.to.is_none());
-        let (tx, mut rx) = oneshot::channel();
-        replies.answer(tx, ttl(7));
-        assert!(rx.try_recv().is_err(), "held until the round ends");
-        replies.flush();
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(Ok(Answer::KeepAlive { ttl: 7 }))
-        ));
+        sent_at_the_flush(Replies::start());
     }
 
     #[tokio::test(flavor = "current_thread")]
