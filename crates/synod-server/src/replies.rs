@@ -98,6 +98,15 @@ impl Replies {
     }
 }
 
+/// A member that stops mid-round (asked to, or on a storage failure) still
+/// sends what the round answered so far: a forwarded write the leader
+/// answered is not turned into "member gone".
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +126,18 @@ mod tests {
         assert!(matches!(
             rx.try_recv(),
             Ok(Ok(Answer::KeepAlive { ttl: 5 }))
+        ));
+    }
+
+    #[test]
+    fn what_a_stopping_member_answered_still_leaves() {
+        let mut replies = Replies::start();
+        let (tx, mut rx) = oneshot::channel();
+        replies.answer(tx, ttl(9));
+        drop(replies);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Ok(Answer::KeepAlive { ttl: 9 }))
         ));
     }
 
