@@ -463,7 +463,7 @@ struct Driver<E: Served> {
     /// durable first (the leader may apply an entry that only its own unsynced
     /// write makes a quorum of; see [`Driver::may_read`]).
     local_jobs: Vec<LocalJob>,
-    /// The round's answers, handed to the API runtime when it ends.
+    /// The round's answers, sent together when it ends ([`Replies`]).
     replies: Replies,
     /// The output of the rounds stepped since the sync in flight started (or
     /// of this round, if none is): it waits, writes and all, for that sync.

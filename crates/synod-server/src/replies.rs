@@ -81,7 +81,8 @@ impl Replies {
         self.pending.push(Done::Deliver(deliver));
     }
 
-    /// Hands the round's answers to the API runtime.
+    /// Sends the round's answers: through the task on the API runtime if
+    /// there is one, else from this thread.
     pub fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
