@@ -786,7 +786,7 @@ fn init_logs(level: &str) {
 /// runs a task woken by another right after it, so the connection wrote each
 /// answer on its own, a system call and a TCP segment each.
 fn api_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    if std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1") {
+    if std::env::var(crate::up_cmd::API_THREADS_VAR).is_ok_and(|n| n.trim() == "1") {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -92,7 +92,7 @@ fn cluster_token(dir: &Path) -> Result<String, String> {
 }
 
 /// tokio's own setting for the threads of a member's client API runtime.
-const API_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+pub(crate) const API_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 
 /// How many client API threads each member gets, unless the user chose
 /// (`TOKIO_WORKER_THREADS`): the members share this machine's cores, so
