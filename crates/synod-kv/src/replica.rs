@@ -85,11 +85,6 @@ impl StoreImage {
         Payload::encode(&self.0)
     }
 
-    /// The length of [`StoreImage::encode`]'s bytes (a walk of the store).
-    pub fn encoded_len(&self) -> u64 {
-        Payload::encoded_len(&self.0)
-    }
-
     /// Writes [`StoreImage::encode`]'s bytes to `w` as they are made.
     pub fn encode_to<W: std::io::Write>(&self, w: W) -> std::io::Result<()> {
         Payload::encode_to(&self.0, w)

@@ -247,19 +247,20 @@ mod fuzz {
 #[test]
 fn a_streamed_snapshot_is_installed_as_the_written_one() {
     use std::io::Write as _;
-    let stream = |log: &RaftLog<SimFs>, snap: &Snapshot| {
+    let stream = |log: &RaftLog<SimFs>, snap: &Snapshot, sized: bool| {
         let data = &snap.data.0;
-        let mut s = synod_raft_log::SnapshotStream::start(
-            &log.snap_store(),
-            snap.meta.clone(),
-            data.len() as u64,
-        )
+        let snaps = log.snap_store();
+        let mut s = if sized {
+            synod_raft_log::SnapshotStream::start(&snaps, snap.meta.clone(), data.len() as u64)
+        } else {
+            synod_raft_log::SnapshotStream::start_unsized(&snaps, snap.meta.clone())
+        }
         .unwrap();
         s.write_all(&data[..7]).unwrap();
         s.write_all(&data[7..]).unwrap();
         s.finish().unwrap()
     };
-    let run = |streamed_meta: Option<SnapshotMeta>| {
+    let run = |streamed_meta: Option<SnapshotMeta>, sized: bool| {
         let fs = SimFs::default();
         let (mut log, _, _) = RaftLog::open(fs.clone(), Path::new(DIR), id(), options()).unwrap();
         log.persist(&[entries(1, 30, 2)]).unwrap();
@@ -277,6 +278,7 @@ fn a_streamed_snapshot_is_installed_as_the_written_one() {
                         meta: m,
                         ..snap.clone()
                     },
+                    sized,
                 );
                 deferred.write_streamed(streamed).unwrap()
             }
@@ -291,20 +293,24 @@ fn a_streamed_snapshot_is_installed_as_the_written_one() {
             .collect();
         (open(&fs).unwrap(), files)
     };
-    let (written, written_files) = run(None);
+    let (written, written_files) = run(None, true);
     assert_eq!(written.snapshot.as_ref().unwrap().meta.index, 20);
-    let (streamed, streamed_files) = run(Some(snapshot(20, 2).meta));
-    assert_eq!(streamed, written);
-    assert!(
-        streamed_files == written_files,
-        "the same files, byte for byte"
-    );
-    // Streamed for another configuration than the core's: not installed.
-    let mut other = snapshot(20, 2).meta;
-    other.conf.voters.push(5);
-    let (fallback, fallback_files) = run(Some(other));
-    assert_eq!(fallback, written);
-    assert!(fallback_files == written_files, "the part file is gone");
+    // With its length announced, or learnt at the end (the prefix that
+    // states it written last).
+    for sized in [true, false] {
+        let (streamed, streamed_files) = run(Some(snapshot(20, 2).meta), sized);
+        assert_eq!(streamed, written);
+        assert!(
+            streamed_files == written_files,
+            "the same files, byte for byte (sized: {sized})"
+        );
+        // Streamed for another configuration than the core's: not installed.
+        let mut other = snapshot(20, 2).meta;
+        other.conf.voters.push(5);
+        let (fallback, fallback_files) = run(Some(other), sized);
+        assert_eq!(fallback, written);
+        assert!(fallback_files == written_files, "the part file is gone");
+    }
 }
 
 /// A stream whose encoder fails, or writes other than the length it
@@ -321,6 +327,14 @@ fn a_failed_snapshot_stream_removes_its_file() {
     assert!(short.is_err());
     let failed = start().write_with(|_| Err(std::io::Error::other("encoder broke")));
     assert!(failed.unwrap_err().to_string().contains("encoder broke"));
+    let halfway =
+        synod_raft_log::SnapshotStream::start_unsized(&log.snap_store(), snapshot(20, 2).meta)
+            .unwrap()
+            .write_with(|s| {
+                s.write_all(&[9; 40])?;
+                Err(std::io::Error::other("encoder broke halfway"))
+            });
+    assert!(halfway.unwrap_err().to_string().contains("halfway"));
     let left: Vec<_> = fs
         .files()
         .into_iter()

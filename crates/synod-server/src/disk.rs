@@ -266,9 +266,9 @@ pub fn stream_snapshot(
     meta: synod_protocols::raft::SnapshotMeta,
     image: &StoreImage,
 ) -> synod_storage::Result<(Payload, StreamedSnapshot)> {
-    let len = image.encoded_len();
-    let streamed = SnapshotStream::start(snaps, meta, len)?.write_with(|s| image.encode_to(s))?;
-    match map_snapshot_data(&streamed.path, len as usize) {
+    let streamed =
+        SnapshotStream::start_unsized(snaps, meta)?.write_with(|s| image.encode_to(s))?;
+    match map_snapshot_data(&streamed.path, streamed.data_len as usize) {
         Ok(data) => Ok((data, streamed)),
         Err(source) => {
             let path = streamed.path.clone();

@@ -264,11 +264,26 @@ impl<F: Fs> SnapStore<F> {
             path,
             id: self.id,
             meta,
-            len,
+            len: Some(len),
+            front: 0,
             crc: 0,
             at: SNAPSHOT_HEADER_LEN as u64,
             buf: Vec::with_capacity(crate::WRITE_BACK_CHUNK),
         })
+    }
+
+    /// As [`SnapStore::stream`], for data whose length is known only once
+    /// it is all written, and whose first `front` bytes depend on that
+    /// length (a record's prefix that states it): they are left out, and
+    /// given to [`SnapWriter::finish_front`]. The file is byte for byte the
+    /// one `stream` would write. It spares the caller a walk of its state
+    /// only to learn the length.
+    pub fn stream_unsized(&self, meta: SnapshotMeta, front: usize) -> Result<SnapWriter<F>> {
+        let mut w = self.stream(meta, 0)?;
+        w.len = None;
+        w.front = front as u64;
+        w.at += front as u64;
+        Ok(w)
     }
 
     /// Renames a streamed snapshot file (finished, so durable) into place as
@@ -380,9 +395,12 @@ pub struct SnapWriter<F: Fs> {
     path: PathBuf,
     id: Identity,
     meta: SnapshotMeta,
-    /// The data's announced length.
-    len: u64,
-    /// The checksum of the data written to the file so far.
+    /// The data's announced length (`None`: [`SnapStore::stream_unsized`]).
+    len: Option<u64>,
+    /// How many bytes at the start of the data [`SnapWriter::finish_front`]
+    /// writes: the data written through [`std::io::Write`] follows them.
+    front: u64,
+    /// The checksum of the data written to the file so far (after `front`).
     crc: u32,
     /// Where the next chunk goes.
     at: u64,
@@ -400,10 +418,10 @@ impl<F: Fs> SnapWriter<F> {
             return Ok(());
         }
         let written = self.at - SNAPSHOT_HEADER_LEN as u64 + self.buf.len() as u64;
-        if written > self.len {
+        if let Some(len) = self.len.filter(|&len| written > len) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("snapshot data longer than the {} bytes announced", self.len),
+                format!("snapshot data longer than the {len} bytes announced"),
             ));
         }
         self.crc = crc32c::crc32c_append(self.crc, &self.buf);
@@ -417,18 +435,40 @@ impl<F: Fs> SnapWriter<F> {
     /// Writes what is buffered and the header, and makes the file durable;
     /// returns its path, for [`SnapStore::install_part`]. An error if the
     /// data written is not of the length announced.
-    pub fn finish(mut self) -> Result<PathBuf> {
+    pub fn finish(self) -> Result<PathBuf> {
+        self.finish_front(&[])
+    }
+
+    /// [`SnapWriter::finish`] for [`SnapStore::stream_unsized`]: writes
+    /// `front`, the data's first bytes, in the room left for them.
+    pub fn finish_front(mut self, front: &[u8]) -> Result<PathBuf> {
         let path = self.path.clone();
         let res = (|| {
-            self.drain()?;
-            let written = self.at - SNAPSHOT_HEADER_LEN as u64;
-            if written != self.len {
+            if front.len() as u64 != self.front {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("{written} bytes of snapshot data, {} announced", self.len),
+                    format!(
+                        "{} bytes to put in front of the snapshot data, room for {}",
+                        front.len(),
+                        self.front
+                    ),
                 ));
             }
-            let header = encode_header(self.id, self.meta, self.len, self.crc);
+            self.drain()?;
+            let written = self.at - SNAPSHOT_HEADER_LEN as u64;
+            if let Some(len) = self.len.filter(|&len| written != len) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{written} bytes of snapshot data, {len} announced"),
+                ));
+            }
+            let mut crc = self.crc;
+            if !front.is_empty() {
+                let rest = (written - self.front) as usize;
+                crc = crc32c::crc32c_combine(crc32c::crc32c(front), crc, rest);
+                self.file.write_all_at(front, SNAPSHOT_HEADER_LEN as u64)?;
+            }
+            let header = encode_header(self.id, self.meta, written, crc);
             self.file.write_all_at(&header, 0)?;
             self.file.sync_data()
         })();

@@ -1120,6 +1120,23 @@ fn a_streamed_snapshot_is_the_file_save_writes() {
     assert!(fs.read(&snaps.path(meta)).unwrap() == saved);
     assert_eq!(snaps.load(meta).unwrap().data, data);
 
+    // Its length learnt at the end, its first bytes given last: the same file.
+    snaps.remove(meta).unwrap();
+    let mut w = snaps.stream_unsized(meta, 1000).unwrap();
+    for piece in data[1000..].chunks(300_001) {
+        w.write_all(piece).unwrap();
+    }
+    let part = w.finish_front(&data[..1000]).unwrap();
+    assert_eq!(snaps.install_part(meta, &part).unwrap(), snaps.path(meta));
+    assert!(fs.read(&snaps.path(meta)).unwrap() == saved);
+    let mut w = snaps.stream_unsized(meta, 1000).unwrap();
+    w.write_all(&data[1000..2000]).unwrap();
+    let err = w.finish_front(&data[..999]).unwrap_err().to_string();
+    assert!(
+        err.contains("999 bytes to put in front of the snapshot data, room for 1000"),
+        "{err}"
+    );
+
     let other = SnapshotMeta { index: 11, term: 2 };
     let mut short = snaps.stream(other, 10).unwrap();
     short.write_all(&[1; 9]).unwrap();

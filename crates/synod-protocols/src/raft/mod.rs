@@ -185,12 +185,6 @@ impl Payload {
         Payload(bytes.into())
     }
 
-    /// The length of the bytes [`Payload::encode`] makes of `value`, by a
-    /// walk that writes nothing.
-    pub fn encoded_len<T: Serialize>(value: &T) -> u64 {
-        1 + bincode::serialized_size(value).expect("in-memory values serialize")
-    }
-
     /// Writes the bytes [`Payload::encode`] makes of `value` to `w`, without
     /// holding them: a snapshot of a large state goes straight to its file.
     pub fn encode_to<T: Serialize, W: std::io::Write>(value: &T, mut w: W) -> std::io::Result<()> {

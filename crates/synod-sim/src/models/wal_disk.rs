@@ -367,12 +367,15 @@ impl WalDisk {
             return d.write();
         }
         let data = &snap.data.0;
-        let streamed = synod_raft_log::SnapshotStream::start(
-            &st.snap_store(),
-            snap.meta.clone(),
-            data.len() as u64,
-        )?
-        .write_with(|s| std::io::Write::write_all(s, data))?;
+        // Streamed as a member does (its length learnt at the end), or
+        // with the length announced, every other time each.
+        let stream = if snap.meta.index % 4 == 0 {
+            synod_raft_log::SnapshotStream::start_unsized(&st.snap_store(), snap.meta.clone())?
+        } else {
+            let len = data.len() as u64;
+            synod_raft_log::SnapshotStream::start(&st.snap_store(), snap.meta.clone(), len)?
+        };
+        let streamed = stream.write_with(|s| std::io::Write::write_all(s, data))?;
         d.write_streamed(streamed)
     }
 
