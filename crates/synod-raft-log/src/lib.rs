@@ -105,9 +105,8 @@ pub struct SnapshotStream<F: Fs> {
     snaps: SnapStore<F>,
     writer: synod_storage::SnapWriter<F>,
     meta: raft::SnapshotMeta,
-    /// Announced, or (`None`) counted as it is written.
+    /// Announced, or (`None`) the writer's count once all is written.
     data_len: Option<u64>,
-    written: u64,
 }
 
 /// A finished [`SnapshotStream`]: durable, not yet a snapshot of the log
@@ -143,7 +142,6 @@ impl<F: Fs> SnapshotStream<F> {
             writer,
             meta,
             data_len: Some(data_len),
-            written: 0,
         })
     }
 
@@ -162,7 +160,6 @@ impl<F: Fs> SnapshotStream<F> {
             writer,
             meta,
             data_len: None,
-            written: 0,
         })
     }
 
@@ -199,8 +196,9 @@ impl<F: Fs> SnapshotStream<F> {
         let (path, data_len) = match self.data_len {
             Some(len) => (self.writer.finish()?, len),
             None => {
-                let prefix = codec::snapshot_prefix(&self.meta, self.written);
-                (self.writer.finish_front(&prefix)?, self.written)
+                let len = self.writer.written();
+                let prefix = codec::snapshot_prefix(&self.meta, len);
+                (self.writer.finish_front(&prefix)?, len)
             }
         };
         Ok(StreamedSnapshot {
@@ -220,9 +218,7 @@ fn file_meta(meta: &raft::SnapshotMeta) -> synod_storage::SnapshotMeta {
 
 impl<F: Fs> std::io::Write for SnapshotStream<F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.writer.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
+        self.writer.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -439,6 +439,12 @@ impl<F: Fs> SnapWriter<F> {
         self.finish_front(&[])
     }
 
+    /// How many bytes of data went through [`std::io::Write`] so far (the
+    /// room left in front not counted).
+    pub fn written(&self) -> u64 {
+        self.at - SNAPSHOT_HEADER_LEN as u64 - self.front + self.buf.len() as u64
+    }
+
     /// [`SnapWriter::finish`] for [`SnapStore::stream_unsized`]: writes
     /// `front`, the data's first bytes, in the room left for them.
     pub fn finish_front(mut self, front: &[u8]) -> Result<PathBuf> {
