@@ -82,6 +82,8 @@ pub struct SimStats {
     pub dir_syncs: u64,
     /// Power losses so far.
     pub power_losses: u64,
+    /// Calls to `try_clone` (each a `dup` on a real disk).
+    pub handles_cloned: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -375,7 +377,10 @@ impl FsFile for SimFile {
     }
 
     fn try_clone(&self) -> io::Result<Self> {
-        self.with(|_, _| Ok(()))?;
+        self.with(|st, _| {
+            st.stats.handles_cloned += 1;
+            Ok(())
+        })?;
         Ok(SimFile {
             state: Arc::clone(&self.state),
             ino: self.ino,

@@ -135,6 +135,8 @@ struct Segment {
 pub struct SyncTicket<H> {
     file: H,
     path: PathBuf,
+    /// The segment `file` is a handle to.
+    seq: u64,
     lsn: Lsn,
     last_index: u64,
 }
@@ -172,6 +174,10 @@ pub struct Wal<F: Fs> {
     /// Conflicting appends not yet known durable: (lsn, index kept below).
     truncations: Vec<(Lsn, u64)>,
     poisoned: Option<String>,
+    /// The handle and path of the last sync's ticket, while its segment is
+    /// the current one: the next ticket reuses them instead of a `dup` and
+    /// a path per sync.
+    spare_ticket: Option<(u64, F::File, PathBuf)>,
     /// The next segment, being prepared (with `preallocate`).
     prepared: Option<Prepared<F::File>>,
 }
@@ -321,6 +327,7 @@ impl<F: Fs> Wal<F> {
             durable: Durable::default(),
             truncations: Vec::new(),
             poisoned: None,
+            spare_ticket: None,
             prepared: None,
         };
         if fresh {
@@ -606,17 +613,24 @@ impl<F: Fs> Wal<F> {
         if self.flushed_lsn <= self.durable.lsn {
             return Ok(None);
         }
-        let path = self.current_path();
-        let file = match self.file.try_clone() {
-            Ok(f) => f,
-            Err(e) => {
-                let err = Error::io("dup file handle", &path, e);
-                return Err(self.poison(err));
+        let seq = self.segments.last().expect("a segment").seq;
+        let (file, path) = match self.spare_ticket.take() {
+            Some((s, file, path)) if s == seq => (file, path),
+            _ => {
+                let path = self.current_path();
+                match self.file.try_clone() {
+                    Ok(f) => (f, path),
+                    Err(e) => {
+                        let err = Error::io("dup file handle", &path, e);
+                        return Err(self.poison(err));
+                    }
+                }
             }
         };
         Ok(Some(SyncTicket {
             file,
             path,
+            seq,
             lsn: self.flushed_lsn,
             last_index: self.last_index,
         }))
@@ -636,6 +650,9 @@ impl<F: Fs> Wal<F> {
         }
         self.check_poison()?;
         self.mark_durable(ticket.lsn, ticket.last_index);
+        if self.segments.last().is_some_and(|s| s.seq == ticket.seq) {
+            self.spare_ticket = Some((ticket.seq, ticket.file, ticket.path));
+        }
         Ok(self.durable)
     }
 
@@ -717,6 +734,9 @@ impl<F: Fs> Wal<F> {
         match res {
             Ok((f, len)) => {
                 self.file = f;
+                // Its handle would keep the old segment open, even once
+                // it is deleted.
+                self.spare_ticket = None;
                 self.install_segment(seq, first_index);
                 self.allocated = len;
                 self.maybe_start_preparing();

@@ -86,6 +86,31 @@ fn rotation_and_reopen() {
     }
 }
 
+/// A sync hands its file handle to a ticket (so that another thread can
+/// run the `fdatasync`); the next sync in the same segment takes the same
+/// handle back instead of a `dup` of its own.
+#[test]
+fn syncs_in_one_segment_share_one_file_handle() {
+    let fs = SimFs::new();
+    let mut s = open_sim(&fs, opts(2048, false));
+    let before = fs.stats().handles_cloned;
+    let syncs = 20;
+    for b in 0..syncs {
+        s.append(&ents(b * 10 + 1, b * 10 + 10, 1)).unwrap();
+        s.sync().unwrap();
+    }
+    let cloned = fs.stats().handles_cloned - before;
+    let segments = s.wal().segment_count() as u64;
+    assert!(segments > 3, "{segments}");
+    assert!(
+        cloned <= segments && cloned < syncs,
+        "{cloned} handles for {syncs} syncs into {segments} segments"
+    );
+    drop(s);
+    let s = open_sim(&fs, opts(2048, false));
+    assert_eq!(s.last_index(), syncs * 10);
+}
+
 #[test]
 fn suffix_truncation_replaces_the_tail() {
     let fs = SimFs::new();
