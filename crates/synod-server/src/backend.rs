@@ -60,7 +60,7 @@ pub struct MemberBackend {
     pub members: Directory,
     /// The auth store as the member last applied it.
     pub auth: AuthView,
-    pub inbox: mpsc::SyncSender<Inbox>,
+    pub inbox: crate::inbox::InboxTx<Inbox>,
     /// Where the member keeps its WAL and snapshots (sized for Status).
     pub data_dir: std::path::PathBuf,
     /// `--strict-reconfig-check`: refuse membership changes that would

@@ -7,6 +7,8 @@
 //!   then send, then answer; requests that reach a follower are forwarded to
 //!   the leader.
 //! * [`peer`]: member-to-member TCP transport.
+//! * [`inbox`]: the member thread's inbox, whose senders wake it from its
+//!   wait on the peers' sockets.
 //! * [`disk`]: Raft's records on the WAL, and recovery from it.
 //! * [`engines`]: the consensus engines a member can run (`--engine`), and
 //!   what each needs of the driver.
@@ -23,6 +25,7 @@ pub mod disk;
 pub mod engines;
 pub mod http;
 pub mod ids;
+pub mod inbox;
 pub mod member;
 pub mod metrics;
 pub mod peer;

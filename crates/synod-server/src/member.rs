@@ -19,10 +19,11 @@
 use crate::compactor::{AutoCompaction, Compactor};
 use crate::disk::SyncJob;
 use crate::engines::{EngineDisk, Served};
+use crate::inbox::{InboxRx, InboxTx, Woke};
 use crate::metrics::Metrics;
 use crate::peer::{
-    self, ActiveSince, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerMsg,
-    PeerSender,
+    self, ActiveSince, Expect, Hello, Incoming, JoinInfo, JoinMember, OnHello, OnJoin, PeerInput,
+    PeerMsg, PeerSender, PeerStream, StreamState,
 };
 use crate::replies::{Deliver, Replies, Reply};
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,8 +93,9 @@ pub type Directory = Arc<RwLock<Vec<MemberInfo>>>;
 /// whenever it changes, before any answer that depends on the change.
 pub type AuthView = Arc<RwLock<Arc<AuthState>>>;
 
-/// Messages a member's inbox holds. Peer readers block when it is full (TCP
-/// then slows the sender down); clients are told to back off
+/// Messages a member's inbox holds. A TLS peer's reader blocks when it is
+/// full (TCP then slows the sender down; plain peers' sockets are read by
+/// the member's thread itself, as it steps); clients are told to back off
 /// ("etcdserver: too many requests"). The channel writes every slot (about
 /// 128 bytes) when it is made: 64k slots were 8 MB of every member's memory,
 /// idle or not. 16k is still three times etcd's own bound (5,000 entries
@@ -151,6 +153,8 @@ pub type LocalJob = Box<dyn FnOnce(&dyn ReplicaView, &Feed) -> Deliver + Send>;
 /// What a member's thread is asked to do.
 pub enum Inbox {
     Peer(Incoming),
+    /// A peer's connection, for this thread to read ([`PeerStream`]).
+    PeerStream(PeerStream),
     Client {
         req: Request,
         reply: Reply,
@@ -203,7 +207,7 @@ pub enum Handoff {
 /// A running member.
 pub struct Member {
     pub id: NodeId,
-    pub inbox: mpsc::SyncSender<Inbox>,
+    pub inbox: InboxTx<Inbox>,
     /// The membership as this member last applied it.
     pub directory: Directory,
     /// The auth store as this member last applied it.
@@ -237,7 +241,8 @@ impl Member {
         if let Some(t) = &report.torn_tail {
             tracing::warn!(member = %name, "recovery cut a torn tail: {t:?}");
         }
-        let (tx, rx) = mpsc::sync_channel(INBOX_CAPACITY);
+        let (tx, rx) = crate::inbox::inbox(INBOX_CAPACITY)
+            .map_err(|e| format!("member {name}: cannot make its inbox: {e}"))?;
         let expect = Expect {
             cluster_id: cfg.cluster_id,
             member_id: cfg.id,
@@ -271,13 +276,20 @@ impl Member {
                 .insert(h.from);
             on_hello(h);
         });
+        let peer_tx = tx.clone();
+        let deliver: peer::Deliver = Arc::new(move |input| {
+            let m = match input {
+                PeerInput::Msg(m) => Inbox::Peer(m),
+                PeerInput::Stream(s) => Inbox::PeerStream(s),
+            };
+            peer_tx.send(m).is_ok()
+        });
         let listening = peer::listen(
             listener,
             expect,
             on_hello,
             on_join,
-            tx.clone(),
-            Inbox::Peer,
+            deliver,
             cfg.peer_tls.clone(),
         )
         .map_err(|e| format!("member {name}: {e}"))?;
@@ -437,7 +449,11 @@ struct Driver<E: Served> {
     compacting: Option<oneshot::Receiver<Result<Answer, ReplicaError>>>,
     /// This member's name and client URLs, being published to the cluster.
     publishing: Option<oneshot::Receiver<Result<Answer, ReplicaError>>>,
-    own: mpsc::SyncSender<Inbox>,
+    own: InboxTx<Inbox>,
+    /// The peers' connections this thread reads.
+    streams: Vec<PeerStream>,
+    /// What a connection held when last read (kept for its capacity).
+    arrived: Vec<PeerMsg>,
     feed: Feed,
     next_id: u64,
     /// Requests of local clients by request id.
@@ -498,7 +514,7 @@ impl<E: Served> Driver<E> {
         replica: Replica<E>,
         disk: E::Log,
         hello: Arc<Hello>,
-        own: mpsc::SyncSender<Inbox>,
+        own: InboxTx<Inbox>,
         heard: Arc<Mutex<BTreeSet<NodeId>>>,
         metrics: Arc<Metrics>,
     ) -> Driver<E> {
@@ -521,6 +537,8 @@ impl<E: Served> Driver<E> {
             compacting: None,
             publishing: None,
             own,
+            streams: Vec::new(),
+            arrived: Vec::new(),
             feed: broadcast::channel(4096).0,
             next_id: first_request_id(),
             clients: BTreeMap::new(),
@@ -689,7 +707,7 @@ impl<E: Served> Driver<E> {
 
     /// Runs until asked to stop (`Ok`), or until the member must stop by
     /// itself: its storage failed, or it was removed from the cluster.
-    fn run(&mut self, inbox: mpsc::Receiver<Inbox>) -> Result<(), String> {
+    fn run(&mut self, mut inbox: InboxRx<Inbox>) -> Result<(), String> {
         let start = Instant::now();
         let mut next_tick = start + self.cfg.tick;
         self.sync_members();
@@ -701,10 +719,10 @@ impl<E: Served> Driver<E> {
             let mut batch = Vec::new();
             match carry.take() {
                 Some(m) => batch.push(m),
-                None => match inbox.recv_timeout(wait) {
-                    Ok(m) => batch.push(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                None => match inbox.wait(self.streams.iter().map(PeerStream::fd), wait) {
+                    Ok(Woke::Message(m)) => batch.push(m),
+                    Ok(Woke::Other) => {}
+                    Err(_) => return Ok(()),
                 },
             }
             while batch.len() < MAX_BATCH {
@@ -733,6 +751,7 @@ impl<E: Served> Driver<E> {
                     m => self.handle(now, m),
                 }
             }
+            self.read_peers(now)?;
             if !self.parked.is_empty()
                 && (self.replica.is_leader() || self.replica.leader().is_some())
             {
@@ -758,7 +777,9 @@ impl<E: Served> Driver<E> {
                 .observe(stepping.elapsed().as_secs_f64());
             self.sync_members();
             carry = inbox.try_recv().ok();
-            self.backlog = carry.is_some();
+            // Peers' messages wait in their sockets, not in the inbox.
+            self.backlog = carry.is_some()
+                || crate::inbox::any_readable(self.streams.iter().map(PeerStream::fd));
             self.end_round()?;
             if self.was_member && !self.replica.conf().contains(self.cfg.id) {
                 // As etcd, stop a little later: the answer to the removal
@@ -836,6 +857,7 @@ impl<E: Served> Driver<E> {
                 self.client(now, req, reply)
             }
             Inbox::Local(f) => self.local_jobs.push(f),
+            Inbox::PeerStream(s) => self.streams.push(s),
             Inbox::SnapshotEncoded {
                 index,
                 data,
@@ -861,6 +883,41 @@ impl<E: Served> Driver<E> {
             }
             Inbox::Stop | Inbox::Peer((_, PeerMsg::Removed)) => {}
         }
+    }
+
+    /// Reads every peer connection this thread holds and steps what they
+    /// brought. A connection that ended goes, and its end is stepped as the
+    /// peer's [`PeerMsg::Closed`] (a dead process closes all of its
+    /// connections). An error if a peer says this member was removed.
+    fn read_peers(&mut self, now: u64) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.streams.len() {
+            let mut arrived = std::mem::take(&mut self.arrived);
+            let state = self.streams[i].read(&mut |m| arrived.push(m));
+            let from = self.streams[i].from;
+            for msg in arrived.drain(..) {
+                if matches!(msg, PeerMsg::Removed) {
+                    return Err(format!(
+                        "member {from:x} says this member was removed from the cluster"
+                    ));
+                }
+                self.handle(now, Inbox::Peer((from, msg)));
+            }
+            self.arrived = arrived;
+            match state {
+                StreamState::Open => i += 1,
+                StreamState::Closed => {
+                    self.streams.swap_remove(i);
+                    self.handle(now, Inbox::Peer((from, PeerMsg::Closed)));
+                }
+                // Said why already, and as a reader thread did, without
+                // telling the replica the peer is gone.
+                StreamState::Refused => {
+                    self.streams.swap_remove(i);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The leader answered a request this member forwarded.
@@ -1545,10 +1602,7 @@ fn spare_fits<T>(v: &Vec<T>, kept: &Vec<T>) -> bool {
 /// Starts member `id`'s sync thread: it runs each sync it is handed and
 /// posts the outcome to the member's inbox, in order. It ends when the
 /// member drops its end of the channel, or stops listening.
-fn start_syncer(
-    id: NodeId,
-    inbox: mpsc::SyncSender<Inbox>,
-) -> Result<mpsc::Sender<SyncJob>, String> {
+fn start_syncer(id: NodeId, inbox: InboxTx<Inbox>) -> Result<mpsc::Sender<SyncJob>, String> {
     let (tx, rx) = mpsc::channel::<SyncJob>();
     std::thread::Builder::new()
         .name(format!("synod-sync-{id:x}"))

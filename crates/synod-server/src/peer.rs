@@ -6,9 +6,11 @@
 //! (it retransmits) and which a forwarded request's deadline covers. The
 //! member thread writes each round's frames to that connection itself when
 //! the socket takes them at once and nothing queued for the writer is left
-//! ([`PeerSender`]); the writer writes the rest, in order. Each
-//! accepted connection gets a reader thread that hands frames to the member.
-//! Traffic goes only where the member's configuration says.
+//! ([`PeerSender`]); the writer writes the rest, in order. An accepted
+//! plain connection is read by the member's own thread once its hello is
+//! accepted ([`PeerStream`]), so that a message wakes the member and nothing
+//! else; a TLS connection gets a reader thread that hands its messages to
+//! the member. Traffic goes only where the member's configuration says.
 //!
 //! The hello is checked before any frame is taken: a peer of another cluster
 //! (another `--initial-cluster` or token) or of another protocol version is
@@ -19,7 +21,7 @@
 //!
 //! A message larger than [`CHUNK`] travels as several frames (a snapshot of
 //! a large store among them), so no single frame holds it whole and the
-//! reader's memory grows only with the bytes that arrive.
+//! receiver's memory grows only with the bytes that arrive.
 //!
 //! A member joining a running cluster (`--initial-cluster-state existing`)
 //! first asks a peer who the cluster is ([`ask_cluster`]): the cluster id
@@ -77,8 +79,8 @@ pub enum PeerMsg {
     /// The receiver was removed from the cluster: it must stop (etcd's
     /// peers answer a removed member's messages the same way).
     Removed,
-    /// Never on the wire: a reader tells its member that the connection
-    /// from this peer ended (a dead process closes all of its connections,
+    /// Never on the wire: whoever reads a connection from this peer tells
+    /// the member that it ended (a dead process closes all of its connections,
     /// which is how followers learn of a dead leader before any timeout).
     Closed,
     /// A Multi-Paxos message (`--engine multipaxos`). Last, so that the
@@ -189,7 +191,7 @@ struct FrameIn {
     msg: PeerMsg,
 }
 
-/// What a reader thread hands its member.
+/// A peer's message, and the member it came from.
 pub type Incoming = (NodeId, PeerMsg);
 
 /// The peer protocol's version; a member refuses hellos of another.
@@ -713,15 +715,27 @@ impl Drop for Listening {
     }
 }
 
-/// Accepts peers on `listener`, handing every frame to `inbox` until the
-/// inbox is gone or the returned guard is dropped.
-pub fn listen<T: Send + 'static>(
+/// What a listener hands its member.
+pub enum PeerInput {
+    /// A message read by a reader thread (a TLS connection's).
+    Msg(Incoming),
+    /// A plain connection whose hello was accepted, for the member's own
+    /// thread to read ([`PeerStream`]).
+    Stream(PeerStream),
+}
+
+/// Hands a listener's input to its member; false once the member is gone.
+pub type Deliver = Arc<dyn Fn(PeerInput) -> bool + Send + Sync>;
+
+/// Accepts peers on `listener` until the returned guard is dropped. A plain
+/// connection goes to `deliver` once its hello is accepted; a TLS one gets
+/// a reader thread that delivers every message, until the member is gone.
+pub fn listen(
     listener: TcpListener,
     expect: Expect,
     on_hello: OnHello,
     on_join: OnJoin,
-    inbox: mpsc::SyncSender<T>,
-    wrap: fn(Incoming) -> T,
+    deliver: Deliver,
     tls: Option<Arc<PeerTls>>,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
@@ -736,7 +750,7 @@ pub fn listen<T: Send + 'static>(
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                let inbox = inbox.clone();
+                let deliver = deliver.clone();
                 let (expect, on_hello) = (expect.clone(), on_hello.clone());
                 let on_join = on_join.clone();
                 let tls = tls.clone();
@@ -746,7 +760,7 @@ pub fn listen<T: Send + 'static>(
                         let remote = stream.peer_addr().ok();
                         // The TLS handshake runs here, off the accept thread.
                         match Conn::accept(stream, tls.as_deref()) {
-                            Ok(conn) => reader(conn, &expect, &on_hello, &on_join, inbox, wrap),
+                            Ok(conn) => reader(conn, &expect, &on_hello, &on_join, &deliver),
                             Err(e) => refused(remote, &format!("TLS handshake failed: {e}")),
                         }
                     });
@@ -794,14 +808,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
         .ok()
 }
 
-fn reader<T>(
-    stream: Conn,
-    expect: &Expect,
-    on_hello: &OnHello,
-    on_join: &OnJoin,
-    inbox: mpsc::SyncSender<T>,
-    wrap: fn(Incoming) -> T,
-) {
+fn reader(stream: Conn, expect: &Expect, on_hello: &OnHello, on_join: &OnJoin, deliver: &Deliver) {
     let remote = stream.sock().peer_addr().ok();
     let mut r = BufReader::new(stream);
     let mut body = Vec::new();
@@ -835,39 +842,223 @@ fn reader<T>(
     }
     on_hello(&hello);
     let from = hello.from;
+    if matches!(r.get_ref(), Conn::Plain(_)) {
+        // The member's thread reads it from here on, beginning with what
+        // this reader's buffer already holds.
+        let early = r.buffer().to_vec();
+        let Conn::Plain(sock) = r.into_inner() else {
+            unreachable!("checked plain above")
+        };
+        match PeerStream::new(sock, remote, &hello, expect.max_frame, early) {
+            Ok(s) => {
+                deliver(PeerInput::Stream(s));
+            }
+            Err(e) => refused(remote, &format!("its connection failed: {e}")),
+        }
+        return;
+    }
     loop {
         if !read_frame(&mut r, &mut body, expect.max_frame) {
-            let _ = inbox.send(wrap((from, PeerMsg::Closed)));
+            let _ = deliver(PeerInput::Msg((from, PeerMsg::Closed)));
             return;
         }
         // A frame that does not decode ends the connection: the peer speaks
         // something else, or the stream is out of step.
-        let Some(FrameIn {
-            cluster_id,
-            version,
-            from: sender,
-            msg,
-        }) = decode::<FrameIn>(&body)
-        else {
-            refused(remote, "it sent a frame that is not a peer message");
-            return;
+        let msg = match message(&body, &hello) {
+            Ok(msg) => msg,
+            Err(why) => {
+                refused(remote, &why);
+                return;
+            }
         };
-        if (cluster_id, version, sender) != (hello.cluster_id, hello.version, from) {
-            refused(
-                remote,
-                &format!(
-                    "a frame names cluster {cluster_id:x}, version {version}, member {sender}, \
-                     not what its hello said"
-                ),
-            );
+        if !deliver(PeerInput::Msg((from, msg))) {
             return;
         }
-        if let Err(why) = msg.check() {
-            refused(remote, &format!("it sent a malformed message: {why}"));
-            return;
+    }
+}
+
+/// The message in a frame's `body` on a connection that said `hello`, or
+/// why the connection must end: the frame does not decode (the peer speaks
+/// something else, or the stream is out of step), names another cluster,
+/// version or sender than the hello did, or holds what no correct member
+/// sends ([`PeerMsg::check`]).
+fn message(body: &[u8], hello: &Hello) -> Result<PeerMsg, String> {
+    let Some(FrameIn {
+        cluster_id,
+        version,
+        from,
+        msg,
+    }) = decode::<FrameIn>(body)
+    else {
+        return Err("it sent a frame that is not a peer message".into());
+    };
+    if (cluster_id, version, from) != (hello.cluster_id, hello.version, hello.from) {
+        return Err(format!(
+            "a frame names cluster {cluster_id:x}, version {version}, member {from}, \
+             not what its hello said"
+        ));
+    }
+    msg.check()
+        .map_err(|why| format!("it sent a malformed message: {why}"))?;
+    Ok(msg)
+}
+
+/// Bytes a [`PeerStream`] reads in one go before its member steps what
+/// they hold: a snapshot arriving does not hold up a round for long.
+const STREAM_READ: usize = 1 << 20;
+/// A [`PeerStream`]'s buffers larger than this are freed once emptied.
+const BIG_BUFFER: usize = 4 << 20;
+
+/// A peer's plain connection, read by the member's own thread without
+/// blocking, so that a message costs no wake-up of a reader thread and
+/// then of the member (a third of the peer path's context switches).
+pub struct PeerStream {
+    pub from: NodeId,
+    sock: TcpStream,
+    remote: Option<SocketAddr>,
+    hello: Hello,
+    max: usize,
+    /// Bytes read and not yet taken as frames, from `at` on.
+    buf: Vec<u8>,
+    at: usize,
+    /// The frames so far of a message split into several.
+    body: Vec<u8>,
+}
+
+/// What reading a [`PeerStream`] left it as.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamState {
+    Open,
+    /// Ended by the peer, by an error, or by a frame longer than allowed.
+    Closed,
+    /// Ended because of what the peer sent (logged).
+    Refused,
+}
+
+impl PeerStream {
+    fn new(
+        sock: TcpStream,
+        remote: Option<SocketAddr>,
+        hello: &Hello,
+        max: usize,
+        early: Vec<u8>,
+    ) -> std::io::Result<PeerStream> {
+        sock.set_nonblocking(true)?;
+        Ok(PeerStream {
+            from: hello.from,
+            sock,
+            remote,
+            hello: hello.clone(),
+            max,
+            buf: early,
+            at: 0,
+            body: Vec::new(),
+        })
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
+    }
+
+    /// Reads what has arrived (up to [`STREAM_READ`] bytes), without
+    /// blocking, and hands each whole message to `out`, in order.
+    pub fn read(&mut self, out: &mut impl FnMut(PeerMsg)) -> StreamState {
+        let ended = self.fill();
+        if let Err(why) = self.frames(out) {
+            return why;
         }
-        if inbox.send(wrap((from, msg))).is_err() {
-            return;
+        if ended {
+            return StreamState::Closed;
+        }
+        StreamState::Open
+    }
+
+    /// Reads into `buf`; true at the end of the stream or on an error.
+    fn fill(&mut self) -> bool {
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        // A snapshot's worth of buffer is not kept for the small messages
+        // after it.
+        if self.buf.is_empty() && self.buf.capacity() > BIG_BUFFER {
+            self.buf = Vec::new();
+        }
+        let fd = self.fd();
+        let mut got = 0;
+        while got < STREAM_READ {
+            self.buf.reserve(64 << 10);
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: receives at most `spare.len()` bytes into the vector's
+            // spare capacity, a live allocation; the file descriptor is open
+            // while `self.sock` is.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                let n = n as usize;
+                // SAFETY: the kernel initialised the first `n` spare bytes.
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+                got += n;
+                continue;
+            }
+            if n == 0 {
+                return true;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => return false,
+                std::io::ErrorKind::Interrupted => {}
+                _ => return true,
+            }
+        }
+        false
+    }
+
+    /// Takes every whole message out of `buf`.
+    fn frames(&mut self, out: &mut impl FnMut(PeerMsg)) -> Result<(), StreamState> {
+        loop {
+            let rest = &self.buf[self.at..];
+            let Some(len) = rest.get(..4) else {
+                return Ok(());
+            };
+            let header = u32::from_le_bytes(len.try_into().expect("four bytes"));
+            let n = (header & !MORE) as usize;
+            if n > CHUNK || self.body.len() + n > self.max {
+                return Err(StreamState::Closed);
+            }
+            let Some(chunk) = rest.get(4..4 + n) else {
+                return Ok(());
+            };
+            self.at += 4 + n;
+            if header & MORE != 0 {
+                self.body.extend_from_slice(chunk);
+                continue;
+            }
+            let whole = if self.body.is_empty() {
+                message(chunk, &self.hello)
+            } else {
+                self.body.extend_from_slice(chunk);
+                let m = message(&self.body, &self.hello);
+                self.body.clear();
+                if self.body.capacity() > BIG_BUFFER {
+                    self.body = Vec::new();
+                }
+                m
+            };
+            match whole {
+                Ok(msg) => out(msg),
+                Err(why) => {
+                    refused(self.remote, &why);
+                    return Err(StreamState::Refused);
+                }
+            }
         }
     }
 }
@@ -963,6 +1154,92 @@ mod tests {
         };
         frame(&mut out, &framed).unwrap();
         out
+    }
+
+    /// Waits (in `poll`, no sleeps) until `s` has something to read, then
+    /// reads it; the messages' terms, and how the stream stands.
+    fn read_ready(s: &mut PeerStream, terms: &mut Vec<u64>) -> StreamState {
+        let mut fds = [libc::pollfd {
+            fd: s.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 30_000) };
+        assert_eq!(n, 1, "nothing arrived within 30 s");
+        s.read(&mut |m| match m {
+            PeerMsg::Raft(Message::Append { term, .. }) => terms.push(term),
+            other => panic!("unexpected {other:?}"),
+        })
+    }
+
+    /// A stream the member reads itself: messages cut anywhere by the
+    /// network, and one longer than a frame, come out whole and in order;
+    /// a frame that is not a peer message ends the stream as refused, and
+    /// the peer's close as closed.
+    #[test]
+    fn a_peer_stream_takes_messages_however_they_arrive() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut w = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let hello = Hello::new(1, 0, 2, "n".into(), vec![]);
+        let mut bytes = append();
+        let one = bytes.len();
+        // The first frames arrived with the hello, in the reader's buffer.
+        let early = bytes.clone();
+        let mut s = PeerStream::new(conn, None, &hello, MAX_FRAME, early).unwrap();
+        let mut terms = Vec::new();
+        // A message split in frames of CHUNK bytes: a snapshot-sized body.
+        let big = PeerMsg::Raft(Message::Append {
+            term: 9,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry {
+                index: 1,
+                term: 9,
+                data: EntryData::App(Payload::encode(&Command::Put(synod_kv::PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![7; CHUNK + CHUNK / 2],
+                    ..Default::default()
+                }))),
+            }],
+            commit: 0,
+            held: 0,
+        });
+        let mut split = Vec::new();
+        frame_into(&mut split, &FrameOut::new(&hello, &big));
+        bytes.extend_from_slice(&split);
+        bytes.extend_from_slice(&append());
+        // Written in pieces that cut headers and bodies at odd places.
+        let reader = std::thread::spawn(move || {
+            let mut terms = Vec::new();
+            while terms.len() < 4 {
+                assert_eq!(read_ready(&mut s, &mut terms), StreamState::Open);
+            }
+            (s, terms)
+        });
+        for piece in bytes.chunks(one / 3 + 1) {
+            w.write_all(piece).unwrap();
+        }
+        let (mut s, got) = reader.join().unwrap();
+        terms.extend(got);
+        assert_eq!(terms, vec![3, 3, 9, 3]);
+        // Bytes that frame well but decode to no peer message.
+        w.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+        let mut more = Vec::new();
+        assert_eq!(read_ready(&mut s, &mut more), StreamState::Refused);
+        assert!(more.is_empty());
+        // A clean end, after one last message.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut w = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let mut s = PeerStream::new(conn, None, &hello, MAX_FRAME, Vec::new()).unwrap();
+        w.write_all(&append()).unwrap();
+        drop(w);
+        let mut last = Vec::new();
+        while read_ready(&mut s, &mut last) == StreamState::Open {}
+        assert_eq!(last, vec![3]);
     }
 
     /// The member writes a round's frames itself when the socket takes them
