@@ -910,8 +910,8 @@ const STREAM_READ: usize = 1 << 20;
 const BIG_BUFFER: usize = 4 << 20;
 
 /// A peer's plain connection, read by the member's own thread without
-/// blocking, so that a message costs no wake-up of a reader thread and
-/// then of the member (a third of the peer path's context switches).
+/// blocking, so that a message wakes one thread (the member's) instead of
+/// two (a reader thread's, then the member's).
 pub struct PeerStream {
     pub from: NodeId,
     sock: TcpStream,
