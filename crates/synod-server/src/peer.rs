@@ -779,11 +779,9 @@ pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>, max: usize) -> b
         if r.read_exact(&mut len).is_err() {
             return false;
         }
-        let header = u32::from_le_bytes(len);
-        let n = (header & !MORE) as usize;
-        if n > CHUNK || body.len() + n > max {
+        let Some((n, more)) = frame_header(len, body.len(), max) else {
             return false;
-        }
+        };
         // Grows with what arrives: a header that promises a megabyte and
         // sends nothing allocates nothing.
         let before = body.len();
@@ -791,10 +789,19 @@ pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>, max: usize) -> b
             return false;
         }
         debug_assert_eq!(body.len(), before + n);
-        if header & MORE == 0 {
+        if !more {
             return true;
         }
     }
+}
+
+/// A frame's header: its body's length, and whether more frames of the same
+/// message follow; `None` for a frame longer than [`CHUNK`], or one that
+/// would take the message (`so_far` bytes before it) past `max`.
+fn frame_header(header: [u8; 4], so_far: usize, max: usize) -> Option<(usize, bool)> {
+    let header = u32::from_le_bytes(header);
+    let n = (header & !MORE) as usize;
+    (n <= CHUNK && so_far + n <= max).then_some((n, header & MORE != 0))
 }
 
 /// Decodes a peer frame's body; an error (never a panic) for bytes that are
@@ -1028,16 +1035,15 @@ impl PeerStream {
             let Some(len) = rest.get(..4) else {
                 return Ok(());
             };
-            let header = u32::from_le_bytes(len.try_into().expect("four bytes"));
-            let n = (header & !MORE) as usize;
-            if n > CHUNK || self.body.len() + n > self.max {
+            let header = len.try_into().expect("four bytes");
+            let Some((n, more)) = frame_header(header, self.body.len(), self.max) else {
                 return Err(StreamState::Closed);
-            }
+            };
             let Some(chunk) = rest.get(4..4 + n) else {
                 return Ok(());
             };
             self.at += 4 + n;
-            if header & MORE != 0 {
+            if more {
                 self.body.extend_from_slice(chunk);
                 continue;
             }
