@@ -16,6 +16,9 @@ struct Cluster {
     nodes: Vec<Option<Replica>>,
     disks: Vec<Disk>,
     events: Vec<(NodeId, ReplicaEvent)>,
+    /// Whether each of `events` was marked early (may be reported before
+    /// its output's writes are durable).
+    early: Vec<bool>,
     queue: VecDeque<(NodeId, Envelope<Message>)>,
     next_id: u64,
 }
@@ -32,6 +35,7 @@ impl Cluster {
                 .collect(),
             disks: vec![Disk::default(); n],
             events: Vec::new(),
+            early: Vec::new(),
             queue: VecDeque::new(),
             next_id: 1,
         }
@@ -47,6 +51,9 @@ impl Cluster {
             <Replica as Node>::apply_write(&mut self.disks[id as usize], w);
         }
         self.queue.extend(out.msgs.into_iter().map(|m| (id, m)));
+        assert!(out.early_events <= out.events.len());
+        let n = out.events.len();
+        self.early.extend((0..n).map(|i| i < out.early_events));
         self.events.extend(out.events.into_iter().map(|e| (id, e)));
     }
 
@@ -206,6 +213,83 @@ fn a_member_answers_the_write_it_forwarded_from_its_own_log() {
     assert_eq!(answers(&c, f), vec![leaders]);
     assert!(answers(&c, other).is_empty());
     assert_eq!(value(&c.ask(other, get("k"))), Some(b"v".to_vec()));
+}
+
+/// Whether each event `pick` selects among `member`'s was marked early (may
+/// be reported before its output's writes are durable).
+fn early_of(c: &Cluster, member: NodeId, pick: impl Fn(&ReplicaEvent) -> bool) -> Vec<bool> {
+    c.events
+        .iter()
+        .zip(&c.early)
+        .filter(|((n, e), _)| *n == member && pick(e))
+        .map(|(_, early)| *early)
+        .collect()
+}
+
+fn answer_to(id: u64) -> impl Fn(&ReplicaEvent) -> bool {
+    move |e| matches!(e, ReplicaEvent::Response { id: i, .. } if *i == id)
+}
+
+fn applied(revision: i64) -> impl Fn(&ReplicaEvent) -> bool {
+    move |e| matches!(e, ReplicaEvent::Applied { revision: r, .. } if *r == revision)
+}
+
+/// What a member applies was acknowledged durable by a quorum, its leader's
+/// copy written by an earlier output: the answers and reports need not wait
+/// for the sync of the output that applies it, at the leader or elsewhere.
+#[test]
+fn what_a_quorum_made_durable_is_reported_early() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    let f = (l + 1) % 3;
+    let Request::Write(cmd) = put("k", "v") else {
+        unreachable!()
+    };
+    let tagged = Command::Tagged {
+        by: f,
+        id: 78,
+        cmd: Box::new(cmd),
+    };
+    let asked = c.next_id;
+    c.ask(l, Request::Write(tagged)).expect("written");
+    for _ in 0..3 {
+        c.tick();
+    }
+    assert_eq!(
+        early_of(&c, l, applied(2)),
+        vec![true],
+        "the leader's apply"
+    );
+    assert_eq!(
+        early_of(&c, l, answer_to(asked)),
+        vec![true],
+        "the leader's answer"
+    );
+    assert_eq!(
+        early_of(&c, f, applied(2)),
+        vec![true],
+        "the follower's apply"
+    );
+    assert_eq!(
+        early_of(&c, f, answer_to(78)),
+        vec![true],
+        "the follower's answer"
+    );
+}
+
+/// A leader that is a quorum alone commits a write in the very output that
+/// writes it: its answer must wait for that output's sync.
+#[test]
+fn a_sole_voter_reports_nothing_early() {
+    let mut c = Cluster::new(1);
+    let l = c.leader();
+    let asked = c.next_id;
+    c.ask(l, put("k", "v")).expect("written");
+    assert_eq!(early_of(&c, l, applied(2)), vec![false], "the apply");
+    assert_eq!(early_of(&c, l, answer_to(asked)), vec![false], "the answer");
+    let read = c.next_id;
+    assert_eq!(value(&c.ask(l, get("k"))), Some(b"v".to_vec()));
+    assert_eq!(early_of(&c, l, answer_to(read)), vec![false], "the read");
 }
 
 #[test]

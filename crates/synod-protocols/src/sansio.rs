@@ -34,6 +34,17 @@
 //! leaders mark their appends and heartbeats so, replicating entries while
 //! they write them (Ongaro's thesis, §10.2.1). The node decides when it
 //! produces the message; the driver never has to ask.
+//!
+//! The same holds for step 3: the first [`Output::early_events`] events may be
+//! reported while their output's writes are being synced, under the same
+//! condition (every earlier output is durable, and so every earlier event was
+//! reported). Raft nodes mark what they apply so: an entry counts as
+//! committed once a quorum acknowledged it durable, and a leader's own copy
+//! of it was written by an earlier output (a follower can only acknowledge
+//! what an earlier output sent), so the answer need not wait for the sync of
+//! the output that applies it. Only a leader that is a quorum alone commits
+//! what its current output writes, and it marks nothing. Early events are
+//! always a prefix of the output's events, so that none overtakes another.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +80,10 @@ pub struct Output<W, M, E> {
     /// Observations for the application (and the simulator's checkers), released
     /// after the writes are durable.
     pub events: Vec<E>,
+    /// How many of the first `events` may be released before the writes are
+    /// durable (see the module docs for the condition). Set by
+    /// [`Output::mark_early_events`] only, which keeps them a prefix.
+    pub early_events: usize,
 }
 
 impl<W, M, E> Default for Output<W, M, E> {
@@ -77,6 +92,7 @@ impl<W, M, E> Default for Output<W, M, E> {
             writes: Vec::new(),
             msgs: Vec::new(),
             events: Vec::new(),
+            early_events: 0,
         }
     }
 }
@@ -108,6 +124,28 @@ impl<W, M, E> Output<W, M, E> {
         self.writes.clear();
         self.msgs.clear();
         self.events.clear();
+        self.early_events = 0;
+    }
+    /// Marks the events from index `from` on as early (see the module docs),
+    /// if every event before them is early too: one that is not stays a
+    /// barrier for every event after it.
+    pub fn mark_early_events(&mut self, from: usize) {
+        debug_assert!(from <= self.events.len());
+        if self.early_events == from {
+            self.early_events = self.events.len();
+        }
+    }
+    /// Keeps the events from index `i` on for after the sync (a driver may
+    /// always report fewer early than the node allows).
+    pub fn hold_events_from(&mut self, i: usize) {
+        self.early_events = self.early_events.min(i);
+    }
+    /// Takes the early events out (the events left are all to be released
+    /// after the writes are durable).
+    pub fn take_early_events(&mut self) -> std::vec::Drain<'_, E> {
+        let n = std::mem::take(&mut self.early_events);
+        debug_assert!(n <= self.events.len());
+        self.events.drain(..n)
     }
     /// Moves `inner`'s writes and messages to the end of this output, in
     /// order, for a node that wraps another: the wrapper maps `inner`'s

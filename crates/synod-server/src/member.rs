@@ -1441,6 +1441,21 @@ impl<E: Served> Driver<E> {
             }
             self.flush_peers();
         }
+        // Likewise what the replica marked early (what it applied, unless
+        // it is a quorum alone: answers, reads, watch events) is reported
+        // now rather than after this round's sync: 9% more puts at 64
+        // clients in an A/B. A snapshot image still waits for the sync, so
+        // that its encoding and the log cut after it keep their order.
+        if let Some(i) = out.events[..out.early_events]
+            .iter()
+            .position(|e| matches!(e, ReplicaEvent::SnapshotImage { .. }))
+        {
+            out.hold_events_from(i);
+        }
+        if out.early_events > 0 {
+            self.release_events(out.take_early_events());
+            self.replies.flush();
+        }
         if !self.pipelines() || !self.backlog {
             // Nothing to step meanwhile: handing the sync to the other
             // thread and back would only add two wake-ups to every round
@@ -1504,7 +1519,7 @@ impl<E: Served> Driver<E> {
     /// durable. The emptied vectors are kept for a later round.
     fn release(&mut self, mut msgs: Vec<Envelope<E::Msg>>, mut events: Vec<ReplicaEvent>) {
         self.release_msgs(&mut msgs);
-        self.release_events(&mut events);
+        self.release_events(events.drain(..));
         if spare_fits(&msgs, &self.spare.msgs) {
             self.spare.msgs = msgs;
         }
@@ -1526,11 +1541,11 @@ impl<E: Served> Driver<E> {
         }
     }
 
-    fn release_events(&mut self, events: &mut Vec<ReplicaEvent>) {
+    fn release_events(&mut self, events: impl Iterator<Item = ReplicaEvent>) {
         // Before any answer: a client told its auth change is done must find
         // it in force on its next request.
         self.sync_auth();
-        for e in events.drain(..) {
+        for e in events {
             match e {
                 ReplicaEvent::Response { id, result } => {
                     let read = self.reads.remove(&id);

@@ -218,6 +218,9 @@ struct Batch<N: Node> {
     writes: Vec<N::Write>,
     msgs: Vec<synod_protocols::Envelope<N::Msg>>,
     events: Vec<N::Event>,
+    /// How many of the first `events` may be reported as its sync starts
+    /// (`Output::early_events`).
+    early_events: usize,
     /// When its sync ends (set when it starts).
     done_at: Instant,
 }
@@ -228,8 +231,21 @@ impl<N: Node> Batch<N> {
             writes: std::mem::take(&mut out.writes),
             msgs: std::mem::take(&mut out.msgs),
             events: std::mem::take(&mut out.events),
+            early_events: std::mem::take(&mut out.early_events),
             done_at: 0,
         }
+    }
+
+    /// Adds a later output to this group: its early events stay early only
+    /// if every event before them is.
+    fn append(&mut self, out: &mut NodeOutput<N>) {
+        if self.early_events == self.events.len() {
+            self.early_events += out.early_events;
+        }
+        out.early_events = 0;
+        self.writes.append(&mut out.writes);
+        self.msgs.append(&mut out.msgs);
+        self.events.append(&mut out.events);
     }
 }
 
@@ -988,11 +1004,7 @@ impl<M: Model> Simulation<M> {
             let core = &mut self.core;
             let slot = &mut core.slots[id as usize];
             match slot.waiting.as_mut() {
-                Some(w) => {
-                    w.writes.append(&mut out.writes);
-                    w.msgs.append(&mut out.msgs);
-                    w.events.append(&mut out.events);
-                }
+                Some(w) => w.append(&mut out),
                 None => slot.waiting = Some(Batch::take(&mut out)),
             }
             core.scratch = out;
@@ -1011,6 +1023,11 @@ impl<M: Model> Simulation<M> {
         debug_assert!(self.core.slots[id as usize].syncing.is_none());
         if !batch.writes.is_empty() && self.core.slots[id as usize].node.is_some() {
             self.send_early(id, &mut batch.msgs);
+            if batch.early_events > 0 {
+                let early = batch.events.drain(..batch.early_events).collect();
+                batch.early_events = 0;
+                self.report(id, early);
+            }
         }
         let core = &mut self.core;
         if !batch.writes.iter().any(<M::Node as Node>::must_sync) {
@@ -1096,7 +1113,12 @@ impl<M: Model> Simulation<M> {
         for env in batch.msgs {
             self.send_from(id, env);
         }
-        for e in batch.events {
+        self.report(id, batch.events);
+    }
+
+    /// Reports events of node `id` to the model, in order.
+    fn report(&mut self, id: NodeId, events: Vec<<M::Node as Node>::Event>) {
+        for e in events {
             if self.core.trace.is_some() {
                 let line = format!("event {e:?}");
                 self.core.trace_line(Some(id), format_args!("{line}"));

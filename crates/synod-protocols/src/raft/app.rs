@@ -22,7 +22,10 @@
 //!    to the caller's output in order; its events become the application's
 //!    ([`Application::became_leader`]). The driver then persists the writes,
 //!    sends the messages (those marked [`Envelope::early`] may go before the
-//!    sync) and reports the events, as [`crate::sansio`] requires.
+//!    sync) and reports the events, as [`crate::sansio`] requires. What the
+//!    application reports while settling is marked early
+//!    ([`Output::early_events`]), unless the node leads as the only voter
+//!    ([`RaftNode::take_applies_unsynced`]).
 //! 3. **Before the driver gets the output back**, the application is brought
 //!    up to date with the core ([`RaftApp::settle`]; `step` and `tick` do it
 //!    themselves; an input handler makes its calls, records what it needs
@@ -217,6 +220,19 @@ impl<A: Application> RaftApp<A> {
     /// Brings the application up to date with the core (step 3 of the
     /// contract).
     pub fn settle(&mut self, out: &mut AppOutput<A::Event>) {
+        let from = out.events.len();
+        self.settle_app(out);
+        // What was committed by a quorum's acknowledgments was written by
+        // earlier outputs, which the driver has made durable by the time
+        // early events leave; only a leader that is a quorum alone applies
+        // writes of this very output.
+        let unsynced = self.raft.take_applies_unsynced();
+        if !unsynced || self.raft.bugs.sole_voter_events_early {
+            out.mark_early_events(from);
+        }
+    }
+
+    fn settle_app(&mut self, out: &mut AppOutput<A::Event>) {
         if let Some(snap) = self.raft.take_installed() {
             self.app.restore(&snap);
             self.snapshot_bytes = snap.data.0.len() as u64;

@@ -376,6 +376,9 @@ pub struct Bugs {
     /// Drop the commands of every applied entry, whoever still lacks them,
     /// and send followers such entries (empty) instead of a snapshot.
     pub send_released: bool,
+    /// A leader that is the only voter marks what it applies early too: it
+    /// may answer a write that its own output has not made durable yet.
+    pub sole_voter_events_early: bool,
 }
 
 /// A cluster configuration: who votes, who only replicates.

@@ -140,6 +140,10 @@ pub struct RaftNode {
     /// Reads that got no index (the leader changed or did not answer).
     failed_reads: Vec<u64>,
     stepped_down: bool,
+    /// The commit index advanced with this node's own log as the whole
+    /// quorum (it is the only voter): it may cover entries of the output
+    /// being produced, which are not durable yet. Taken at each settle.
+    commit_counted_alone: bool,
     installed: Option<Snapshot>,
 }
 
@@ -218,6 +222,7 @@ impl RaftNode {
             reads: Vec::new(),
             ready_reads: Vec::new(),
             stepped_down: false,
+            commit_counted_alone: false,
             installed: None,
             log,
             cfg,
@@ -385,6 +390,17 @@ impl RaftNode {
     }
     pub fn take_stepped_down(&mut self) -> bool {
         std::mem::take(&mut self.stepped_down)
+    }
+    /// Whether what this node applies now may rest on writes of the output
+    /// being produced: it leads as the only voter, or the commit index
+    /// advanced on its own log alone since the last call. Anything else it
+    /// applies was acknowledged durable by a quorum (a leader's own entries
+    /// included: an entry counts only once a follower acknowledged it, so it
+    /// was written by an earlier output). Clears the latter.
+    pub fn take_applies_unsynced(&mut self) -> bool {
+        let alone = std::mem::take(&mut self.commit_counted_alone);
+        let sole_voter = self.role == Role::Leader && self.conf.voters == [self.id()];
+        alone || sole_voter
     }
     pub fn take_installed(&mut self) -> Option<Snapshot> {
         self.installed.take()
@@ -879,6 +895,9 @@ impl RaftNode {
             // Raft §5.4.2: entries of earlier terms are committed only
             // indirectly, by committing one of the current term after them.
             return false;
+        }
+        if self.quorum() == 1 {
+            self.commit_counted_alone = true;
         }
         self.commit = m;
         self.on_commit_advanced(out);
