@@ -25,11 +25,17 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
+        Cluster::with(n, |_| {})
+    }
+
+    /// `n` members, each configured by `tune` too.
+    fn with(n: usize, tune: impl Fn(&mut ReplicaConfig)) -> Cluster {
         let peers: Vec<NodeId> = (0..n as NodeId).collect();
         Cluster {
             nodes: (0..n as NodeId)
                 .map(|i| {
-                    let cfg = ReplicaConfig::new(i, peers.clone());
+                    let mut cfg = ReplicaConfig::new(i, peers.clone());
+                    tune(&mut cfg);
                     Some(Replica::new(cfg, &Disk::default(), 11 + i))
                 })
                 .collect(),
@@ -275,6 +281,38 @@ fn what_a_quorum_made_durable_is_reported_early() {
         vec![true],
         "the follower's answer"
     );
+}
+
+/// A snapshot image leaves only once its output is durable, at the leader
+/// and elsewhere, although the applies before it go early: the log is cut
+/// behind it when it comes back encoded. The simulator runs the same rule.
+#[test]
+fn a_snapshot_image_waits_for_the_sync() {
+    let mut c = Cluster::with(3, |cfg| {
+        cfg.raft.snapshot_every = 2;
+        cfg.raft.snapshot_log_percent = 0;
+        cfg.encode_snapshots_elsewhere = true;
+    });
+    let l = c.leader();
+    let f = (l + 1) % 3;
+    for i in 0..6 {
+        c.ask(l, put(&format!("k{i}"), "v")).expect("written");
+    }
+    for _ in 0..3 {
+        c.tick();
+    }
+    let image = |e: &ReplicaEvent| matches!(e, ReplicaEvent::SnapshotImage { .. });
+    for (who, m) in [("the leader", l), ("a follower", f)] {
+        let early = early_of(&c, m, image);
+        assert!(!early.is_empty(), "{who} took no snapshot");
+        assert!(early.iter().all(|e| !e), "{who} handed an image out early");
+        assert!(
+            early_of(&c, m, |e| matches!(e, ReplicaEvent::Applied { .. }))
+                .iter()
+                .any(|e| *e),
+            "{who} applied nothing early"
+        );
+    }
 }
 
 /// A leader that is a quorum alone commits a write in the very output that

@@ -135,11 +135,6 @@ impl<W, M, E> Output<W, M, E> {
             self.early_events = self.events.len();
         }
     }
-    /// Keeps the events from index `i` on for after the sync (a driver may
-    /// always report fewer early than the node allows).
-    pub fn hold_events_from(&mut self, i: usize) {
-        self.early_events = self.early_events.min(i);
-    }
     /// Takes the early events out (the events left are all to be released
     /// after the writes are durable).
     pub fn take_early_events(&mut self) -> std::vec::Drain<'_, E> {

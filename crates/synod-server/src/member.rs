@@ -1444,14 +1444,11 @@ impl<E: Served> Driver<E> {
         // Likewise what the replica marked early (what it applied, unless
         // it is a quorum alone: answers, reads, watch events) is reported
         // now rather than after this round's sync: 9% more puts at 64
-        // clients in an A/B. A snapshot image still waits for the sync, so
-        // that its encoding and the log cut after it keep their order.
-        if let Some(i) = out.events[..out.early_events]
+        // clients in an A/B. A snapshot image is never among them
+        // (`RaftApp::settle`): it waits for the sync.
+        debug_assert!(!out.events[..out.early_events]
             .iter()
-            .position(|e| matches!(e, ReplicaEvent::SnapshotImage { .. }))
-        {
-            out.hold_events_from(i);
-        }
+            .any(|e| matches!(e, ReplicaEvent::SnapshotImage { .. })));
         if out.early_events > 0 {
             self.release_events(out.take_early_events());
             self.replies.flush();

@@ -230,6 +230,12 @@ impl<A: Application> RaftApp<A> {
         if !unsynced || self.raft.bugs.sole_voter_events_early {
             out.mark_early_events(from);
         }
+        // A snapshot's events (an image handed out to be encoded) wait for
+        // the sync, and so does everything after them: the log is cut
+        // behind an image once it comes back encoded, and that cut should
+        // follow a durable state of this node, as it did before answers
+        // went early. The simulator and the service both run this rule.
+        self.maybe_snapshot(out);
     }
 
     fn settle_app(&mut self, out: &mut AppOutput<A::Event>) {
@@ -249,6 +255,11 @@ impl<A: Application> RaftApp<A> {
             self.app.read_failed(id, out);
         }
         self.app.serve_reads(&self.raft, out);
+    }
+
+    /// Takes a snapshot if one is due: encoded here, or handed out as an
+    /// event to be encoded elsewhere.
+    fn maybe_snapshot(&mut self, out: &mut AppOutput<A::Event>) {
         if self.encoding.is_none() && self.snapshot_due() {
             let index = self.raft.applied_index();
             self.applied_bytes = 0;
