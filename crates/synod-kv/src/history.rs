@@ -16,8 +16,9 @@
 //! Reads at the current revision (almost all of them) look at the first
 //! node; older revisions and a watch's replay walk back from it.
 
+use imbl::OrdMap;
 use serde::de::{SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::fmt;
@@ -276,12 +277,84 @@ impl Serialize for History {
             seq.serialize_element(&self.last())?;
             return seq.end();
         }
-        let all = self.nodes_oldest_first();
-        let mut seq = s.serialize_seq(Some(all.len()))?;
-        for n in all {
+        OldestFirst(&self.nodes_oldest_first()).serialize(s)
+    }
+}
+
+/// A history's nodes, oldest first, encoded as [`History`] encodes.
+struct OldestFirst<'a, 'n>(&'a [&'n Node]);
+
+impl Serialize for OldestFirst<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for n in self.0 {
             seq.serialize_element(&rec(n))?;
         }
         seq.end()
+    }
+}
+
+/// How many keys' histories a snapshot walks at once.
+const WALK_TOGETHER: usize = 16;
+
+/// Encodes a store's keys exactly as `OrdMap`'s own `Serialize` does (a map
+/// in key order, each history oldest first), but walks the histories of
+/// [`WALK_TOGETHER`] keys at a time, a step of each in turn.
+///
+/// Why: a history links backward, so it is walked to the oldest record
+/// before the first is encoded, one pointer to memory that is rarely cached
+/// per record, each load waiting for the one before. Walked one key after
+/// the other, these waits were 3.7% of the members' CPU under puts at 256
+/// clients, on a thread of their own (issue 11). Steps of different keys do
+/// not depend on each other, so taken in turn the processor overlaps their
+/// misses.
+pub(crate) fn serialize_keys<S: Serializer>(
+    keys: &OrdMap<Box<[u8]>, History>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(keys.len()))?;
+    let mut entries = keys.iter();
+    let mut chunk: Vec<(&Box<[u8]>, &History)> = Vec::with_capacity(WALK_TOGETHER);
+    let mut walks: Vec<Vec<&Node>> = (0..WALK_TOGETHER).map(|_| Vec::new()).collect();
+    loop {
+        chunk.clear();
+        chunk.extend(entries.by_ref().take(WALK_TOGETHER));
+        if chunk.is_empty() {
+            break;
+        }
+        walk_oldest_first(chunk.iter().map(|(_, h)| *h), &mut walks);
+        for ((k, _), nodes) in chunk.iter().zip(&walks) {
+            map.serialize_entry(k, &OldestFirst(nodes))?;
+        }
+    }
+    map.end()
+}
+
+/// Fills `walks[i]` with the nodes of the `i`th of `histories`, oldest
+/// first, stepping through all the lists in turn.
+fn walk_oldest_first<'n>(
+    histories: impl ExactSizeIterator<Item = &'n History>,
+    walks: &mut [Vec<&'n Node>],
+) {
+    assert!(histories.len() <= walks.len(), "one walk per history");
+    let mut at: Vec<Option<&'n Node>> = histories.map(|h| Some(&h.newest)).collect();
+    for w in walks.iter_mut() {
+        w.clear();
+    }
+    let mut left = at.len();
+    while left > 0 {
+        for (cursor, walk) in at.iter_mut().zip(walks.iter_mut()) {
+            if let Some(n) = *cursor {
+                walk.push(n);
+                *cursor = n.header.header.older.as_ref();
+                if cursor.is_none() {
+                    left -= 1;
+                }
+            }
+        }
+    }
+    for w in walks.iter_mut() {
+        w.reverse();
     }
 }
 
@@ -343,6 +416,45 @@ mod tests {
             rev: Rev { main, sub: 0 },
             live: None,
         }
+    }
+
+    /// The keys, encoded by `serialize_keys`.
+    struct Keys<'a>(&'a OrdMap<Box<[u8]>, History>);
+
+    impl Serialize for Keys<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_keys(self.0, s)
+        }
+    }
+
+    #[test]
+    fn keys_walked_together_encode_as_one_by_one() {
+        // More keys than one walk takes, and histories of every length
+        // from one record to a dozen, tombstones among them.
+        let mut keys = OrdMap::new();
+        let mut main = 1;
+        for k in 0..(2 * WALK_TOGETHER + 5) {
+            let value = format!("v{k}");
+            let mut h = History::new(put(main, value.as_bytes()));
+            for i in 0..(k * 7) % 12 {
+                main += 1;
+                h.push(if i % 5 == 4 {
+                    tombstone(main)
+                } else {
+                    put(main, value.as_bytes())
+                });
+            }
+            main += 1;
+            keys.insert(format!("key{k:03}").into_bytes().into_boxed_slice(), h);
+        }
+        let together = bincode::serialize(&Keys(&keys)).unwrap();
+        assert_eq!(together, bincode::serialize(&keys).unwrap());
+        let back: OrdMap<Box<[u8]>, History> = bincode::deserialize(&together).unwrap();
+        assert!(back.iter().eq(keys.iter()), "decoded as encoded");
+        assert!(
+            bincode::serialize(&Keys(&OrdMap::new())).unwrap()
+                == bincode::serialize(&OrdMap::<Box<[u8]>, History>::new()).unwrap()
+        );
     }
 
     fn mains(h: &History) -> Vec<i64> {

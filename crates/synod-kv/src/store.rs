@@ -40,6 +40,7 @@ pub struct Store {
     /// store is taken in O(1) so that a snapshot can be encoded on another
     /// thread while this one goes on applying (issue 11). They encode as
     /// ordered maps, like `BTreeMap`.
+    #[serde(serialize_with = "crate::history::serialize_keys")]
     keys: OrdMap<Box<[u8]>, History>,
     leases: OrdMap<i64, Lease>,
     /// The last id the store picked for a grant that asked for id 0.
