@@ -764,8 +764,10 @@ mod etcd_replica {
     /// With five voters, a leader and the follower asking for a read are
     /// not a quorum: a leader that answers such a read at once, without a
     /// heartbeat round, serves stale reads once a partition leaves the two
-    /// of them behind a new leader. Partitions (and slow nodes) only: with
-    /// every fault, about one run in 1,500 caught it, too few for a test.
+    /// of them behind a new leader. Partitions only: with every fault about
+    /// one run in 1,500 caught it, with partitions and slow nodes one in
+    /// 600 (and which seeds hit moved with any change of timing), with
+    /// partitions alone 21 runs in the first 1,000.
     #[test]
     fn a_read_index_confirmed_by_less_than_a_quorum_is_caught() {
         let bugs = ReplicaBugs {
@@ -775,9 +777,7 @@ mod etcd_replica {
             },
             ..ReplicaBugs::default()
         };
-        let faults = FaultSet::NONE
-            .with(synod_sim::Fault::Partition)
-            .with(synod_sim::Fault::Delay);
+        let faults = FaultSet::NONE.with(synod_sim::Fault::Partition);
         let caught = first_caught_under::<OnRaft>(bugs, 2000, 5, 0, false, faults);
         eprintln!("read index confirmed by the asker alone caught: {caught:?}");
         assert!(
