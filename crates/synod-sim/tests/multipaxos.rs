@@ -6,7 +6,7 @@ use synod_protocols::NodeId;
 use synod_sim::history::{OpKind, Operation};
 use synod_sim::models::multipaxos::{self, MultiPaxosModel, SNAPSHOT_EVERY, SPARES};
 use synod_sim::models::raft::clients_for;
-use synod_sim::{run_batch, Algo, FaultSet, RunSpec, Simulation};
+use synod_sim::{run_batch, Algo, Fault, FaultSet, RunSpec, Simulation};
 
 #[test]
 fn multipaxos_is_safe_and_live_under_all_faults() {
@@ -24,6 +24,14 @@ fn multipaxos_is_safe_and_live_under_all_faults() {
 
 /// The first seed at which Multi-Paxos with `bugs` breaks a property.
 fn first_failure(bugs: Bugs, max_runs: u64) -> Option<(u64, &'static str)> {
+    first_failure_under(bugs, max_runs, FaultSet::all())
+}
+
+/// The same under the faults `faults` only: a bug that only some faults
+/// expose is caught far more often without the others, which mostly stop
+/// the runs that would have hit it (and the seeds that hit move with any
+/// change of timing, so a rare catch makes a fragile test).
+fn first_failure_under(bugs: Bugs, max_runs: u64, faults: FaultSet) -> Option<(u64, &'static str)> {
     (0..max_runs).find_map(|seed| {
         let model = MultiPaxosModel::new(3, clients_for(3), move |id: NodeId, disk: &_, s| {
             let cfg = Config {
@@ -33,7 +41,7 @@ fn first_failure(bugs: Bugs, max_runs: u64) -> Option<(u64, &'static str)> {
             MpKvNode::new(cfg, disk, s).with_bugs(bugs)
         })
         .with_spares(SPARES);
-        let spec = RunSpec::new(Algo::MultiPaxos, 3, FaultSet::all());
+        let spec = RunSpec::new(Algo::MultiPaxos, 3, faults);
         let r = Simulation::new(multipaxos::sim_config(&spec), seed, model).run(seed);
         let v = r.violations.first()?;
         eprintln!("{bugs:?}: seed {seed}: {} — {}", v.property, v.detail);
@@ -53,37 +61,52 @@ fn a_leader_that_skips_phase_1_is_caught() {
 }
 
 /// An acceptor that forgets its promise on restart lets two ballots
-/// choose in one slot.
+/// choose in one slot. Crashes, restarts and partitions only: under every
+/// fault the first seed to catch it was 9,056; under these, 8 of the first
+/// 3,000 do.
 #[test]
 fn an_acceptor_that_forgets_its_promises_is_caught() {
     let bugs = Bugs {
         forget_promises: true,
         ..Bugs::default()
     };
-    assert!(first_failure(bugs, 20_000).is_some());
+    let faults = FaultSet::NONE
+        .with(Fault::Crash)
+        .with(Fault::Restart)
+        .with(Fault::Partition);
+    assert!(first_failure_under(bugs, 20_000, faults).is_some());
 }
 
 /// A change of members that governs the very next slot while the leader
 /// proposes a window ahead: the leader counts the old members in slots a
 /// later leader counts with the new ones, and two values are chosen.
+/// Partitions, slow and lost messages only: 8 of the first 3,000 seeds
+/// catch it (under every fault the first was 524).
 #[test]
 fn a_change_of_members_without_the_window_is_caught() {
     let bugs = Bugs {
         no_window: true,
         ..Bugs::default()
     };
-    assert!(first_failure(bugs, 10_000).is_some());
+    let faults = FaultSet::NONE
+        .with(Fault::Partition)
+        .with(Fault::Delay)
+        .with(Fault::Loss);
+    assert!(first_failure_under(bugs, 10_000, faults).is_some());
 }
 
 /// A leader that serves reads without a heartbeat round keeps serving
 /// them after another leader took over without its knowing: stale reads.
+/// Partitions only: 10 of the first 3,000 seeds catch it (under every
+/// fault the first was 6,605).
 #[test]
 fn a_read_without_a_heartbeat_round_is_caught() {
     let bugs = Bugs {
         reads_without_round: true,
         ..Bugs::default()
     };
-    assert!(first_failure(bugs, 20_000).is_some());
+    let faults = FaultSet::NONE.with(Fault::Partition);
+    assert!(first_failure_under(bugs, 20_000, faults).is_some());
 }
 
 /// An acceptor that compacted its log and promises without its snapshot
