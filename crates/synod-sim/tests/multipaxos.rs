@@ -27,10 +27,10 @@ fn first_failure(bugs: Bugs, max_runs: u64) -> Option<(u64, &'static str)> {
     first_failure_under(bugs, max_runs, FaultSet::all())
 }
 
-/// The same under the faults `faults` only: a bug that only some faults
-/// expose is caught far more often without the others, which mostly stop
-/// the runs that would have hit it (and the seeds that hit move with any
-/// change of timing, so a rare catch makes a fragile test).
+/// The same under the faults `faults` only. A bug that some faults expose
+/// can be caught far more often under those alone (counted test by test
+/// below), and a rare catch makes a fragile test: which seeds hit moves
+/// with any change of timing.
 fn first_failure_under(bugs: Bugs, max_runs: u64, faults: FaultSet) -> Option<(u64, &'static str)> {
     (0..max_runs).find_map(|seed| {
         let model = MultiPaxosModel::new(3, clients_for(3), move |id: NodeId, disk: &_, s| {
