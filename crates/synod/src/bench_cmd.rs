@@ -461,6 +461,11 @@ fn report(args: &BenchArgs, endpoints: usize, mut all: Samples, seconds: f64) {
             "p999_ms": pct(0.999),
             "max_ms": lat.last().map_or(0.0, ms),
             "errors": all.errors,
+            // This process's CPU (all threads, user and system) since it
+            // started, warm-up included: the client's share of the machine,
+            // which differs between servers that answer alike (see
+            // `bench/vs-etcd`).
+            "cpu_s": own_cpu_seconds(),
         });
         println!("{j}");
     } else {
@@ -476,4 +481,20 @@ fn report(args: &BenchArgs, endpoints: usize, mut all: Samples, seconds: f64) {
             all.errors
         );
     }
+}
+
+/// CPU seconds (user and system, every thread) this process has used so far,
+/// or `None` if the system does not say.
+fn own_cpu_seconds() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` through the pointer, which points
+    // at a live local of that type.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: getrusage succeeded, so it filled the struct (which was zeroed
+    // before anyway).
+    let usage = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
 }
