@@ -462,9 +462,9 @@ fn report(args: &BenchArgs, endpoints: usize, mut all: Samples, seconds: f64) {
             "max_ms": lat.last().map_or(0.0, ms),
             "errors": all.errors,
             // This process's CPU (all threads, user and system) since it
-            // started, warm-up included: the client's share of the machine,
-            // which differs between servers that answer alike (see
-            // `bench/vs-etcd`).
+            // started, warm-up included: the client shares the machine with
+            // the servers it measures, and spends more per answer on some
+            // servers than on others (see `bench/vs-etcd`).
             "cpu_s": own_cpu_seconds(),
         });
         println!("{j}");
