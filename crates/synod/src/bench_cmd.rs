@@ -498,3 +498,25 @@ fn own_cpu_seconds() -> Option<f64> {
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Some(secs(usage.ru_utime) + secs(usage.ru_stime))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::own_cpu_seconds;
+
+    #[test]
+    fn own_cpu_seconds_grows_with_the_work_this_process_does() {
+        let before = own_cpu_seconds().expect("getrusage answers on this system");
+        assert!(before > 0.0, "a running test has used some CPU");
+        let mut x = 0u64;
+        for round in 0.. {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            if own_cpu_seconds().expect("getrusage answers") > before {
+                break;
+            }
+            assert!(round < 10_000, "busy rounds never showed as CPU time");
+        }
+    }
+}
