@@ -16,6 +16,13 @@ pub(crate) fn header(h: Header) -> Option<pb::ResponseHeader> {
     })
 }
 
+/// The header of a Cluster service answer (member list, add, remove,
+/// update, promote): etcd fills only the ids and the term there, never the
+/// revision.
+pub(crate) fn cluster_header(h: Header) -> Option<pb::ResponseHeader> {
+    header(Header { revision: 0, ..h })
+}
+
 fn invalid(what: &str, value: i32) -> Status {
     Status::invalid_argument(format!("etcdserver: invalid {what} {value}"))
 }

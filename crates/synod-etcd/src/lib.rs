@@ -9,7 +9,8 @@
 //!   writes, lease clocks, membership and status — with etcd's error vocabulary
 //!   ([`ApiError`]);
 //! * [`EtcdServer`]: the KV, Watch, Lease, Cluster, Maintenance, Auth, Lock and
-//!   Election services on top of
+//!   Election services (and gRPC's standard health service, [`HealthService`])
+//!   on top of
 //!   any backend: request checks and size limits, conversion between wire types
 //!   and [`synod_kv`]'s, and etcd's exact error codes and messages, which
 //!   etcd's clients match on.
@@ -45,6 +46,7 @@ mod authority;
 mod backend;
 mod convert;
 mod grpc_compat;
+mod health;
 mod jwt;
 mod local;
 mod noop;
@@ -60,6 +62,7 @@ pub use backend::{
     Subscription, API_VERSION,
 };
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
+pub use health::HealthService;
 pub use jwt::JwtKeys;
 pub use local::LocalBackend;
 pub use noop::NoopBackend;

@@ -209,6 +209,7 @@ impl<B: Backend> EtcdServer<B> {
                 self.clone(),
             ))
             .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(self))
+            .add_service(crate::HealthService::server())
     }
 
     pub(crate) async fn write(
@@ -469,7 +470,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let (h, all) = self.backend.members().await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::MemberListResponse {
-            header: convert::header(h),
+            header: convert::cluster_header(h),
             members: members(all),
         }))
     }
@@ -486,7 +487,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::MemberAddResponse {
-            header: convert::header(h),
+            header: convert::cluster_header(h),
             member: Some(member(added)),
             members: members(all),
         }))
@@ -503,7 +504,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: convert::header(h),
+            header: convert::cluster_header(h),
             members: members(all),
         }))
     }
@@ -520,7 +521,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::MemberUpdateResponse {
-            header: convert::header(h),
+            header: convert::cluster_header(h),
             members: members(all),
         }))
     }
@@ -536,7 +537,7 @@ impl<B: Backend> Cluster for EtcdServer<B> {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::MemberPromoteResponse {
-            header: convert::header(h),
+            header: convert::cluster_header(h),
             members: members(all),
         }))
     }

@@ -318,6 +318,9 @@ async fn members_and_status() {
         .into_inner();
     assert_eq!(m.members.len(), 1);
     assert_eq!((m.members[0].id, m.members[0].name.as_str()), (1, "n1"));
+    // etcd's cluster service fills only the ids and the term.
+    let h = m.header.unwrap();
+    assert_eq!((h.member_id, h.revision), (1, 0));
     let s = MaintenanceClient::new(channel)
         .status(pb::StatusRequest {})
         .await
@@ -602,4 +605,31 @@ fn the_minimum_ttl_follows_the_election_timeout_as_in_etcd() {
     assert_eq!(Limits::min_lease_ttl_for(ms(100), ms(500)), 1);
     assert_eq!(Limits::min_lease_ttl_for(ms(50), ms(3000)), 5);
     assert_eq!(Limits::min_lease_ttl_for(ms(250), ms(1300)), 2);
+}
+
+/// gRPC's health service, as etcd 3.4 answers it (recorded against etcd
+/// 3.4.23 with grpcio's health client): the server as a whole is SERVING;
+/// a named service is unknown.
+#[tokio::test]
+async fn grpc_health_answers_as_etcd_does() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let mut health = HealthClient::new(connect(Limits::default()).await);
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let r = health.check(ask("")).await.unwrap().into_inner();
+    assert_eq!(r.status(), ServingStatus::Serving);
+    let err = health.check(ask("etcdserverpb.KV")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, "unknown service")
+    );
+    let mut all = health.watch(ask("")).await.unwrap().into_inner();
+    let first = all.message().await.unwrap().expect("the status now");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let mut named = health.watch(ask("nope")).await.unwrap().into_inner();
+    let first = named.message().await.unwrap().expect("the status now");
+    assert_eq!(first.status(), ServingStatus::ServiceUnknown);
 }
