@@ -264,6 +264,11 @@ impl<F: Fs> RaftLog<F> {
         self.storage.dir()
     }
 
+    /// Bytes of records written to the WAL since it was opened.
+    pub fn wal_bytes_written(&self) -> u64 {
+        self.storage.wal().bytes_written()
+    }
+
     /// The snapshot directory, for streaming a snapshot's file from another
     /// thread ([`SnapshotStream::start`]).
     pub fn snap_store(&self) -> SnapStore<F> {

@@ -115,6 +115,11 @@ impl<F: Fs, V: Clone + Serialize + DeserializeOwned> PaxosLog<F, V> {
         self.storage.dir()
     }
 
+    /// Bytes of records written to the WAL since it was opened.
+    pub fn wal_bytes_written(&self) -> u64 {
+        self.storage.wal().bytes_written()
+    }
+
     /// The image as of the last record written (what a reopen recovers
     /// once the last `persist` returned).
     pub fn image(&self) -> &Disk<V> {

@@ -187,6 +187,11 @@ impl MemberBackend {
         }
     }
 
+    /// The revision of the store's last compaction, for `/metrics`.
+    pub async fn compact_revision(&self) -> Result<i64, ApiError> {
+        self.local(|rep, _| rep.store().compact_revision()).await
+    }
+
     /// Writes what the cluster records of a member.
     async fn record(&self, change: MemberChange) -> Result<Header, ApiError> {
         let (h, _) = self.write(Command::Member(change)).await?;

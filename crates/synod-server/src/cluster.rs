@@ -3,10 +3,11 @@
 
 use crate::backend::MemberBackend;
 use crate::engines::EngineChoice;
+use crate::grpc_metrics::GrpcMetrics;
 use crate::http;
 use crate::ids;
 use crate::member::{Member, MemberConfig};
-use crate::metrics::{GrpcMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::peer::OnHello;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -287,6 +288,7 @@ pub async fn start_member_on(
     // publishes its own), not through hellos.
     let on_hello: OnHello = Arc::new(|_| {});
     let metrics = Metrics::new();
+    metrics.describe(raft_id, Some(tuning.quota_bytes).filter(|&q| q > 0));
     let voters = if spec.joining {
         Vec::new()
     } else {
@@ -390,7 +392,7 @@ impl Api {
         // HTTP/1.1 too, for /health, /version and /metrics.
         let _ = tonic::transport::Server::builder()
             .accept_http1(true)
-            .layer(GrpcMetrics(self.metrics))
+            .layer(GrpcMetrics(self.metrics.grpc.clone()))
             .layer(synod_etcd::GrpcGoCompat)
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, async move {

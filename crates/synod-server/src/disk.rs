@@ -54,8 +54,7 @@ fn readable(dir: &Path, disk: &Disk) -> synod_storage::Result<()> {
 /// snapshot covers until its file is durable and adopted ([`MemberDisk::poll`]).
 pub struct MemberDisk {
     log: RaftLog<RealFs>,
-    /// Observes every sync (`etcd_disk_wal_fsync_duration_seconds`).
-    pub fsync: Option<prometheus::Histogram>,
+    pub meters: Option<DiskMeters>,
     /// The snapshot being written, if any (at most one at a time).
     saving: Option<Saving>,
     /// The data of the latest durable snapshot, mapped from its file, for
@@ -64,6 +63,35 @@ pub struct MemberDisk {
     /// A snapshot file written as its data was encoded, for the core's next
     /// snapshot if it is that one ([`MemberDisk::offer_streamed`]).
     streamed: Option<StreamedSnapshot>,
+}
+
+/// What a member's disk reports of itself: how long every sync took
+/// (`etcd_disk_wal_fsync_duration_seconds`) and the bytes written to the
+/// WAL (`etcd_disk_wal_write_bytes_total`).
+pub struct DiskMeters {
+    fsync: prometheus::Histogram,
+    wal_written: prometheus::IntCounter,
+    /// The WAL's own count when last reported.
+    reported: u64,
+}
+
+impl DiskMeters {
+    pub fn new(fsync: prometheus::Histogram, wal_written: prometheus::IntCounter) -> DiskMeters {
+        DiskMeters {
+            fsync,
+            wal_written,
+            reported: 0,
+        }
+    }
+
+    /// A sync that took `took`, with `written` bytes written to the WAL
+    /// since it was opened.
+    pub fn synced(&mut self, took: std::time::Duration, written: u64) {
+        self.fsync.observe(took.as_secs_f64());
+        self.wal_written
+            .inc_by(written.saturating_sub(self.reported));
+        self.reported = written;
+    }
 }
 
 /// A sync of the WAL that may run on another thread: `sync()` there, then
@@ -94,7 +122,7 @@ impl MemberDisk {
         readable(dir, &disk)?;
         let mut disk_handle = MemberDisk {
             log,
-            fsync: None,
+            meters: None,
             saving: None,
             mapped: None,
             streamed: None,
@@ -184,8 +212,8 @@ impl MemberDisk {
         took: std::time::Duration,
     ) -> synod_storage::Result<()> {
         self.log.finish_sync(job, result)?;
-        if let Some(h) = &self.fsync {
-            h.observe(took.as_secs_f64());
+        if let Some(m) = &mut self.meters {
+            m.synced(took, self.log.wal_bytes_written());
         }
         // etcd warns of syncs over a second: the disk is too slow for the
         // election timeout, and leaders will be lost.

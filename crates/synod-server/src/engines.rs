@@ -13,7 +13,7 @@
 //! | leadership handoff | transferred to the most up-to-date voter | by election only: a planned stop hands nothing |
 //! | learners | yes | no (a member joins as a voter) |
 
-use crate::disk::{MemberDisk, SyncJob};
+use crate::disk::{DiskMeters, MemberDisk, SyncJob};
 use crate::peer::PeerMsg;
 use std::path::Path;
 use synod_kv::engine::{Engine, MultiPaxosEngine, RaftEngine, Stamped};
@@ -61,8 +61,8 @@ pub trait EngineDisk<E: Engine>: Sized + Send + 'static {
         cluster: u64,
         node: NodeId,
     ) -> synod_storage::Result<(Self, E::Disk, RecoveryReport)>;
-    /// Observes every sync (`etcd_disk_wal_fsync_duration_seconds`).
-    fn set_fsync(&mut self, h: prometheus::Histogram);
+    /// Reports every sync's time and the WAL's bytes to these.
+    fn set_meters(&mut self, m: DiskMeters);
     /// Makes a round's records durable with one sync (group commit).
     fn persist(&mut self, writes: &[E::Write]) -> synod_storage::Result<()>;
     /// Writes a round's records and returns the sync that makes them
@@ -131,8 +131,8 @@ impl EngineDisk<RaftEngine> for MemberDisk {
         MemberDisk::open(dir, cluster, node)
     }
 
-    fn set_fsync(&mut self, h: prometheus::Histogram) {
-        self.fsync = Some(h);
+    fn set_meters(&mut self, m: DiskMeters) {
+        self.meters = Some(m);
     }
 
     fn persist(&mut self, writes: &[synod_protocols::raft::Write]) -> synod_storage::Result<()> {
@@ -227,7 +227,7 @@ impl Served for RaftEngine {
 /// it is adopted ([`PaxosDisk::poll`]).
 pub struct PaxosDisk {
     log: PaxosLog<RealFs, Stamped>,
-    fsync: Option<prometheus::Histogram>,
+    meters: Option<DiskMeters>,
     /// The image being written, if any (at most one at a time).
     saving: Option<std::thread::JoinHandle<synod_storage::Result<synod_storage::SnapshotMeta>>>,
 }
@@ -301,14 +301,14 @@ impl EngineDisk<MultiPaxosEngine> for PaxosDisk {
         paxos_readable(dir, &disk)?;
         let disk_handle = PaxosDisk {
             log,
-            fsync: None,
+            meters: None,
             saving: None,
         };
         Ok((disk_handle, disk, report))
     }
 
-    fn set_fsync(&mut self, h: prometheus::Histogram) {
-        self.fsync = Some(h);
+    fn set_meters(&mut self, m: DiskMeters) {
+        self.meters = Some(m);
     }
 
     /// Every record of the acceptor must be durable before what depends on
@@ -338,8 +338,8 @@ impl EngineDisk<MultiPaxosEngine> for PaxosDisk {
                 })?;
             self.saving = Some(thread);
         }
-        if let Some(h) = &self.fsync {
-            h.observe(took.as_secs_f64());
+        if let Some(m) = &mut self.meters {
+            m.synced(took, self.log.wal_bytes_written());
         }
         if took >= std::time::Duration::from_secs(1) {
             tracing::warn!(

@@ -47,6 +47,11 @@ async fn health(State(h): State<Http>) -> impl IntoResponse {
             tokio::time::timeout(HEALTH_READ, h.backend.range(read, false)).await,
             Ok(Ok(_))
         );
+    if healthy {
+        h.metrics.health_success.inc();
+    } else {
+        h.metrics.health_failures.inc();
+    }
     let (status, body) = if healthy {
         (StatusCode::OK, r#"{"health":"true"}"#)
     } else {
@@ -67,10 +72,39 @@ async fn version() -> impl IntoResponse {
     )
 }
 
+/// The process's open file descriptors and its limit on them (etcd's
+/// `os_fd_used` and `os_fd_limit`); 0 where unknown.
+fn file_descriptors() -> (i64, i64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let limit = if ok {
+        i64::try_from(limit.rlim_cur).unwrap_or(i64::MAX)
+    } else {
+        0
+    };
+    (used, limit)
+}
+
 async fn metrics_text(State(h): State<Http>) -> impl IntoResponse {
-    if let Ok((_, s)) = h.backend.status().await {
-        h.metrics.db_size.set(s.db_size);
+    let m = &h.metrics;
+    if let Ok((header, s)) = h.backend.status().await {
+        m.db_size.set(s.db_size);
+        m.db_size_debugging.set(s.db_size);
+        m.db_size_in_use.set(s.db_size_in_use);
+        m.revision.set(header.revision);
+        m.is_learner.set(i64::from(s.is_learner));
     }
+    if let Ok(rev) = h.backend.compact_revision().await {
+        m.compact_revision.set(rev);
+    }
+    let (used, limit) = file_descriptors();
+    m.fd_used.set(used);
+    m.fd_limit.set(limit);
     let all = RangeRequest {
         key: vec![0],
         range_end: vec![0],

@@ -15,14 +15,16 @@
 //! * [`backend`]: the etcd API's [`synod_etcd::Backend`] for a member.
 //! * [`cluster`]: starting members with their API (`synod serve`, tests).
 //! * [`ids`]: member and cluster ids, derived as etcd derives them.
-//! * [`http`], [`metrics`]: `/health`, `/version` and `/metrics` beside
-//!   gRPC on the client port, under etcd's metric names.
+//! * [`http`], [`metrics`], [`grpc_metrics`]: `/health`, `/version` and
+//!   `/metrics` beside gRPC on the client port, under etcd's metric names;
+//!   gRPC calls counted by method as etcd counts them.
 
 pub mod backend;
 pub mod cluster;
 pub mod compactor;
 pub mod disk;
 pub mod engines;
+pub mod grpc_metrics;
 pub mod http;
 pub mod ids;
 pub mod inbox;

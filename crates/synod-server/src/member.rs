@@ -237,7 +237,10 @@ impl Member {
         let recovery = Instant::now();
         let (mut disk, recovered, report) = E::Log::open(&cfg.data_dir, cfg.cluster_id, cfg.id)
             .map_err(|e| format!("member {name}: {e}"))?;
-        disk.set_fsync(metrics.fsync.clone());
+        disk.set_meters(crate::disk::DiskMeters::new(
+            metrics.fsync.clone(),
+            metrics.wal_written.clone(),
+        ));
         if let Some(t) = &report.torn_tail {
             tracing::warn!(member = %name, "recovery cut a torn tail: {t:?}");
         }

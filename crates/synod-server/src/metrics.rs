@@ -3,15 +3,12 @@
 //! state are set by its driver after every round (a few atomic stores);
 //! the database size and key count are read when `/metrics` is scraped.
 
+use crate::grpc_metrics::GrpcCounters;
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tonic::codegen::http;
 
 /// The metrics of one member.
 pub struct Metrics {
@@ -31,8 +28,23 @@ pub struct Metrics {
     /// sync is shared by.
     pub round_inputs: Histogram,
     pub db_size: IntGauge,
+    /// etcd 3.4 also reports the size under its older, debugging name.
+    pub db_size_debugging: IntGauge,
+    pub db_size_in_use: IntGauge,
     pub keys: IntGauge,
-    pub grpc_handled: IntCounterVec,
+    pub revision: IntGauge,
+    pub compact_revision: IntGauge,
+    pub is_learner: IntGauge,
+    /// Bytes appended to the WAL (records and their framing).
+    pub wal_written: IntCounter,
+    pub health_success: IntCounter,
+    pub health_failures: IntCounter,
+    pub fd_used: IntGauge,
+    pub fd_limit: IntGauge,
+    server_id: IntGaugeVec,
+    quota: IntGauge,
+    /// Calls, messages and bytes, by gRPC method (`grpc_metrics`).
+    pub grpc: Arc<GrpcCounters>,
     /// Leader to follower and back, by peer (`To`: its member id in hex),
     /// timed from a heartbeat to its answer.
     pub peer_rtt: HistogramVec,
@@ -125,16 +137,15 @@ impl Metrics {
             "Inputs (client requests, peer messages) a member handled in one round, sharing one sync.",
             (1.0, 12),
         );
-        let grpc_handled = IntCounterVec::new(
-            Opts::new(
-                "grpc_server_handled_total",
-                "Total number of RPCs completed on the server, regardless of success or failure.",
-            ),
-            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(grpc_handled.clone()))
-            .expect("registered once");
+        let grpc = Arc::new(GrpcCounters::new(&r));
+        // Memory, CPU, file descriptors and start time of the process, the
+        // series every Prometheus exporter has (`etcdctl check datascale`
+        // reads the memory).
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
         // etcd's buckets: 0.1 ms to 3.3 s, doubling.
         let peer_rtt = histogram_vec(
             &r,
@@ -154,6 +165,31 @@ impl Metrics {
         r.register(Box::new(version.clone()))
             .expect("registered once");
         version.with_label_values(&[synod_etcd::API_VERSION]).set(1);
+        let cluster_version = IntGaugeVec::new(
+            Opts::new(
+                "etcd_cluster_version",
+                "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            ),
+            &["cluster_version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(cluster_version.clone()))
+            .expect("registered once");
+        // Major and minor, as etcd labels it.
+        let minor = synod_etcd::API_VERSION
+            .rsplit_once('.')
+            .map_or("", |(mm, _)| mm);
+        cluster_version.with_label_values(&[minor]).set(1);
+        let server_id = IntGaugeVec::new(
+            Opts::new(
+                "etcd_server_id",
+                "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            ),
+            &["server_id"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(server_id.clone()))
+            .expect("registered once");
         let stage = histogram_vec(
             &r,
             "synod_request_stage_duration_seconds",
@@ -213,14 +249,74 @@ impl Metrics {
                 "etcd_mvcc_db_total_size_in_bytes",
                 "Total size of the underlying database physically allocated in bytes.",
             ),
+            db_size_debugging: gauge(
+                &r,
+                "etcd_debugging_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ),
+            db_size_in_use: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Total size of the underlying database logically in use in bytes.",
+            ),
             keys: gauge(
                 &r,
                 "etcd_debugging_mvcc_keys_total",
                 "Total number of keys.",
             ),
-            grpc_handled,
+            revision: gauge(
+                &r,
+                "etcd_debugging_mvcc_current_revision",
+                "The current revision of store.",
+            ),
+            compact_revision: gauge(
+                &r,
+                "etcd_debugging_mvcc_compact_revision",
+                "The revision of the last compaction in store.",
+            ),
+            is_learner: gauge(
+                &r,
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            ),
+            wal_written: counter(
+                &r,
+                "etcd_disk_wal_write_bytes_total",
+                "Total number of bytes written in WAL.",
+            ),
+            health_success: counter(
+                &r,
+                "etcd_server_health_success",
+                "The total number of successful health checks",
+            ),
+            health_failures: counter(
+                &r,
+                "etcd_server_health_failures",
+                "The total number of failed health checks",
+            ),
+            fd_used: gauge(&r, "os_fd_used", "The number of used file descriptors."),
+            fd_limit: gauge(&r, "os_fd_limit", "The file descriptor limit."),
+            quota: gauge(
+                &r,
+                "etcd_server_quota_backend_bytes",
+                "Current backend storage quota size in bytes.",
+            ),
+            server_id,
+            grpc,
             registry: r,
         })
+    }
+
+    /// What a member is for its lifetime: its id (hex, as etcd labels it)
+    /// and its quota (`None`: no quota, reported as -1 as etcd reports a
+    /// negative `--quota-backend-bytes`, so that a size-to-quota alert
+    /// never fires).
+    pub fn describe(&self, member_id: u64, quota_bytes: Option<u64>) {
+        self.server_id
+            .with_label_values(&[&format!("{member_id:x}")])
+            .set(1);
+        self.quota
+            .set(quota_bytes.map_or(-1, |q| i64::try_from(q).unwrap_or(i64::MAX)));
     }
 
     /// Everything in Prometheus's text format.
@@ -230,106 +326,5 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of valid metrics");
         String::from_utf8(out).expect("the text format is UTF-8")
-    }
-}
-
-/// Counts every gRPC call by service, method and final code
-/// (`grpc_server_handled_total`).
-#[derive(Clone)]
-pub struct GrpcMetrics(pub Arc<Metrics>);
-
-impl<S> tower_layer::Layer<S> for GrpcMetrics {
-    type Service = GrpcMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetricsService {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct GrpcMetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// The method's kind, as etcd's interceptor labels it.
-fn grpc_type(method: &str) -> &'static str {
-    match method {
-        "Watch" | "LeaseKeepAlive" => "bidi_stream",
-        "Snapshot" | "Observe" => "server_stream",
-        _ => "unary",
-    }
-}
-
-/// gRPC's status code names, as Go's `codes.Code.String()` prints them.
-fn code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "Canceled",
-        b"2" => "Unknown",
-        b"3" => "InvalidArgument",
-        b"4" => "DeadlineExceeded",
-        b"5" => "NotFound",
-        b"6" => "AlreadyExists",
-        b"7" => "PermissionDenied",
-        b"8" => "ResourceExhausted",
-        b"9" => "FailedPrecondition",
-        b"10" => "Aborted",
-        b"11" => "OutOfRange",
-        b"12" => "Unimplemented",
-        b"13" => "Internal",
-        b"14" => "Unavailable",
-        b"15" => "DataLoss",
-        b"16" => "Unauthenticated",
-        _ => "Unknown",
-    }
-}
-
-impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
-where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<ResBody>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        // A URI clone shares its bytes: no allocation per call.
-        let uri = req.uri().clone();
-        let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            // "/etcdserverpb.KV/Range": gRPC; anything else (/health) is not counted.
-            let names = uri
-                .path()
-                .strip_prefix('/')
-                .and_then(|p| p.split_once('/'))
-                .filter(|(service, _)| service.contains('.'));
-            if let Some((service, method)) = names {
-                // An error answers with its status in the headers; a call
-                // that answers normally ends with OK (its trailers), counted
-                // here when its answer starts.
-                let code = resp
-                    .headers()
-                    .get("grpc-status")
-                    .map_or("OK", |c| code_name(c.as_bytes()));
-                metrics
-                    .grpc_handled
-                    .with_label_values(&[grpc_type(method), service, method, code])
-                    .inc();
-            }
-            Ok(resp)
-        })
     }
 }

@@ -99,6 +99,111 @@ async fn health_version_and_metrics_as_etcd_serves_them() {
     assert!(metric(&text, ok_puts) >= Some(1.0), "{text}");
     let bad_range = r#"grpc_server_handled_total{grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
     assert_eq!(metric(&text, bad_range), Some(1.0), "{text}");
+    // go-grpc-prometheus's other series, and etcd's client byte counts
+    // (the messages' own bytes, a put of "k" = "v" is 6).
+    let series = |name: &str, method: &str| {
+        format!(
+            r#"{name}{{grpc_method="{method}",grpc_service="etcdserverpb.KV",grpc_type="unary"}}"#
+        )
+    };
+    let started = metric(&text, &series("grpc_server_started_total", "Put")).unwrap();
+    assert!(started >= 1.0, "{text}");
+    assert_eq!(
+        metric(&text, &series("grpc_server_msg_received_total", "Put")),
+        Some(started)
+    );
+    assert!(metric(&text, &series("grpc_server_msg_sent_total", "Put")) >= Some(1.0));
+    assert!(metric(&text, "etcd_network_client_grpc_received_bytes_total") >= Some(6.0));
+    assert!(metric(&text, "etcd_network_client_grpc_sent_bytes_total") > Some(0.0));
+    // etcd lists its methods before they are called, every code of each.
+    assert_eq!(
+        metric(&text, &series("grpc_server_started_total", "Compact")),
+        Some(0.0)
+    );
+    let never = r#"grpc_server_handled_total{grpc_code="DataLoss",grpc_method="MemberPromote",grpc_service="etcdserverpb.Cluster",grpc_type="unary"}"#;
+    assert_eq!(metric(&text, never), Some(0.0), "{text}");
+    // The member, its store, its disk and its process.
+    let id = format!(
+        r#"etcd_server_id{{server_id="{:x}"}}"#,
+        spec.members[0].member_id
+    );
+    assert_eq!(metric(&text, &id), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "etcd_server_is_learner"), Some(0.0));
+    assert_eq!(
+        metric(&text, "etcd_server_quota_backend_bytes"),
+        Some(2147483648.0)
+    );
+    assert!(metric(&text, "etcd_debugging_mvcc_current_revision") >= Some(2.0));
+    assert_eq!(
+        metric(&text, "etcd_debugging_mvcc_compact_revision"),
+        Some(0.0)
+    );
+    assert!(metric(&text, "etcd_mvcc_db_total_size_in_use_in_bytes") > Some(0.0));
+    assert!(metric(&text, "etcd_disk_wal_write_bytes_total") > Some(0.0));
+    assert_eq!(metric(&text, "etcd_server_health_success"), Some(1.0));
+    assert!(metric(&text, "process_resident_memory_bytes") > Some(0.0));
+    assert!(metric(&text, "process_open_fds") > Some(0.0));
+    assert!(metric(&text, "os_fd_used") > Some(0.0));
+    assert!(metric(&text, "os_fd_limit") > Some(0.0));
+
+    // A watch is handled when its stream ends, not when it starts: what
+    // etcd's dashboards count as active streams is started - handled.
+    let watch = |name: &str| {
+        format!(
+            r#"{name}{{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}}"#
+        )
+    };
+    let canceled = r#"grpc_server_handled_total{grpc_code="Canceled",grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}"#;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut stream = pb::watch_client::WatchClient::new(ch)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let create = pb::WatchCreateRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+    })
+    .await
+    .unwrap();
+    assert!(stream.message().await.unwrap().unwrap().created);
+    let (_, text) = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, &watch("grpc_server_started_total")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, &watch("grpc_server_msg_received_total")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, &watch("grpc_server_msg_sent_total")),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, canceled), Some(0.0), "{text}");
+    drop((tx, stream));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics"))
+            .await
+            .unwrap();
+        if metric(&text, canceled) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed watch never counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Without a quorum there is no leader (check-quorum steps it down), and
     // the member says it is unhealthy.

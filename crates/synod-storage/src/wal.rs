@@ -165,6 +165,8 @@ pub struct Wal<F: Fs> {
     /// Bytes of the current segment that are zero-filled or written.
     allocated: u64,
     buf: Vec<u8>,
+    /// Bytes of records written to segment files since the WAL was opened.
+    written: u64,
     last_index: u64,
     snapshot: SnapshotMeta,
     hard_state: HardState,
@@ -319,6 +321,7 @@ impl<F: Fs> Wal<F> {
             write_off: 0,
             allocated: 0,
             buf: Vec::new(),
+            written: 0,
             last_index: 0,
             snapshot: SnapshotMeta::default(),
             hard_state: HardState::default(),
@@ -421,6 +424,12 @@ impl<F: Fs> Wal<F> {
     /// What is durable.
     pub fn durable(&self) -> Durable {
         self.durable
+    }
+    /// Bytes of records written to segment files since the WAL was opened
+    /// (etcd's `etcd_disk_wal_write_bytes_total`); buffered records count
+    /// once they are written.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
     }
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
@@ -598,6 +607,7 @@ impl<F: Fs> Wal<F> {
         }
         self.write_off = end;
         self.allocated = self.allocated.max(end);
+        self.written += self.buf.len() as u64;
         self.buf.clear();
         self.flushed_lsn = self.last_lsn();
         self.maybe_start_preparing();
