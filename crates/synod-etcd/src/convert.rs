@@ -177,22 +177,71 @@ pub(crate) fn delete_response(h: Header, d: kv::DeleteRangeResponse) -> pb::Dele
 }
 
 pub(crate) fn txn_response(h: Header, t: kv::TxnResponse) -> pb::TxnResponse {
-    use pb::response_op::Response as R;
+    // The revision before the transaction: it made the next one if it
+    // changed anything.
+    let before = h.revision - i64::from(changes(&t.responses));
     pb::TxnResponse {
         header: header(h),
         succeeded: t.succeeded,
-        responses: t
-            .responses
-            .into_iter()
-            .map(|r| pb::ResponseOp {
-                // Responses inside a transaction carry the transaction's header.
-                response: Some(match r {
-                    kv::ResponseOp::Range(r) => R::ResponseRange(range_response(h, r)),
-                    kv::ResponseOp::Put(p) => R::ResponsePut(put_response(h, p)),
-                    kv::ResponseOp::DeleteRange(d) => R::ResponseDeleteRange(delete_response(h, d)),
-                    kv::ResponseOp::Txn(t) => R::ResponseTxn(txn_response(h, t)),
-                }),
-            })
-            .collect(),
+        responses: nested(h, before, &mut false, t.responses),
     }
+}
+
+/// Whether a transaction's operations changed the store (etcd counts a
+/// delete that found nothing as no change).
+fn changes(ops: &[kv::ResponseOp]) -> bool {
+    ops.iter().any(|r| match r {
+        kv::ResponseOp::Range(_) => false,
+        kv::ResponseOp::Put(_) => true,
+        kv::ResponseOp::DeleteRange(d) => d.deleted > 0,
+        kv::ResponseOp::Txn(t) => changes(&t.responses),
+    })
+}
+
+/// The answers inside a transaction, with the headers etcd gives them: the
+/// revision alone, as the operation saw the store (`before`, or the one
+/// after once an earlier operation changed something); a nested
+/// transaction's header is empty.
+fn nested(
+    h: Header,
+    before: i64,
+    changed: &mut bool,
+    ops: Vec<kv::ResponseOp>,
+) -> Vec<pb::ResponseOp> {
+    use pb::response_op::Response as R;
+    let seen = |changed: bool| {
+        Some(pb::ResponseHeader {
+            revision: before + i64::from(changed),
+            ..Default::default()
+        })
+    };
+    ops.into_iter()
+        .map(|r| pb::ResponseOp {
+            response: Some(match r {
+                kv::ResponseOp::Range(r) => R::ResponseRange(pb::RangeResponse {
+                    header: seen(*changed),
+                    ..range_response(h, r)
+                }),
+                kv::ResponseOp::Put(p) => {
+                    *changed = true;
+                    R::ResponsePut(pb::PutResponse {
+                        header: seen(true),
+                        ..put_response(h, p)
+                    })
+                }
+                kv::ResponseOp::DeleteRange(d) => {
+                    *changed |= d.deleted > 0;
+                    R::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: seen(*changed),
+                        ..delete_response(h, d)
+                    })
+                }
+                kv::ResponseOp::Txn(t) => R::ResponseTxn(pb::TxnResponse {
+                    header: Some(pb::ResponseHeader::default()),
+                    succeeded: t.succeeded,
+                    responses: nested(h, before, changed, t.responses),
+                }),
+            }),
+        })
+        .collect()
 }

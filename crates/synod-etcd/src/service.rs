@@ -402,10 +402,12 @@ impl<B: Backend> Lease for EtcdServer<B> {
                         id: msg.id,
                         ttl,
                     }),
-                    // etcd tells a client its lease is gone with a TTL of 0.
+                    // etcd tells a client its lease is gone with a TTL of 0,
+                    // under a header as any answer.
                     Err(ApiError::Kv(kv::Error::LeaseNotFound(_))) => {
+                        let h = backend.header().await.unwrap_or_default();
                         Ok(pb::LeaseKeepAliveResponse {
-                            header: None,
+                            header: convert::header(h),
                             id: msg.id,
                             ttl: 0,
                         })
@@ -555,10 +557,8 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
         req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.caller(&req)?.admin_raw()?;
-        let h = self.backend.header().await.map_err(|e| status(&e))?;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: convert::header(h),
-        }))
+        // etcd answers a defragment with no header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn move_leader(
@@ -587,13 +587,13 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.caller(&req)?.admin_raw()?;
-        let (h, file) = self.backend.snapshot().await.map_err(|e| status(&e))?;
-        let header = convert::header(h);
+        let (_, file) = self.backend.snapshot().await.map_err(|e| status(&e))?;
         let total = file.len();
         let pieces = (0..total.div_ceil(SNAPSHOT_PIECE)).map(move |i| {
             let end = ((i + 1) * SNAPSHOT_PIECE).min(total);
+            // etcd's pieces carry no header.
             Ok(pb::SnapshotResponse {
-                header,
+                header: None,
                 remaining_bytes: (total - end) as u64,
                 blob: file[i * SNAPSHOT_PIECE..end].to_vec(),
             })
@@ -618,13 +618,14 @@ impl<B: Backend> Maintenance for EtcdServer<B> {
             Ok(pb::AlarmType::Corrupt) => Some(kv::AlarmType::Corrupt),
             _ => None,
         };
-        let (h, alarms) = self
+        let (_, alarms) = self
             .backend
             .alarm(change, req.member_id, alarm)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::AlarmResponse {
-            header: convert::header(h),
+            // etcd's answer to an alarm request carries no header.
+            header: None,
             alarms: alarms
                 .into_iter()
                 .map(|(member_id, a)| pb::AlarmMember {

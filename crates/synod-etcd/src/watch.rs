@@ -80,15 +80,21 @@ pub(crate) async fn serve<B: Backend>(
                         .await;
                     continue;
                 }
+                let (created_tx, created) = tokio::sync::oneshot::channel();
                 let task = tokio::spawn(watcher(
                     backend.clone(),
                     caller.clone(),
                     id,
                     c,
                     out.clone(),
+                    created_tx,
                     bugs,
                 ));
                 watchers.insert(id, task);
+                // Created answers go out in the order of the requests, as
+                // etcd sends them: a client that lets the server pick ids
+                // matches them to its requests by that order.
+                let _ = created.await;
             }
             Some(R::CancelRequest(c)) => {
                 if let Some(task) = watchers.remove(&c.watch_id) {
@@ -278,6 +284,7 @@ async fn watcher<B: Backend>(
     id: i64,
     c: pb::WatchCreateRequest,
     out: Out,
+    created_sent: tokio::sync::oneshot::Sender<()>,
     bugs: crate::ApiBugs,
 ) {
     use pb::watch_create_request::FilterType;
@@ -311,6 +318,7 @@ async fn watcher<B: Backend>(
     if w.out.send(Ok(created)).await.is_err() {
         return;
     }
+    let _ = created_sent.send(());
     // The next revision this watcher owes the client.
     let mut next = if c.start_revision > 0 {
         let skip = cfg!(feature = "broken") && bugs.watch_resume_skips_one;
