@@ -1,5 +1,6 @@
 //! Compiles etcd's API protos with protox (pure Rust: no system protoc needed)
-//! and generates prost messages and tonic services from them.
+//! and generates prost messages and tonic services from them, and their JSON
+//! (serde) for the HTTP gateway.
 
 fn main() {
     let protos = [
@@ -13,6 +14,23 @@ fn main() {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"]).expect("etcd API protos compile");
+    // JSON for etcd's HTTP gateway (`/v3/...`), as its grpc-gateway writes
+    // it: proto field names, 64-bit integers as strings, bytes in base64,
+    // enums by name, zero values left out; unknown fields are ignored.
+    let descriptors = prost::Message::encode_to_vec(&fds);
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)
+        .expect("etcd API descriptors")
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])
+        .expect("generate the gateway's JSON code");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

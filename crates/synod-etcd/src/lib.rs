@@ -26,18 +26,23 @@ pub mod pb {
     #![allow(clippy::all, missing_docs)]
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");
+        include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
     }
     pub mod authpb {
         tonic::include_proto!("authpb");
+        include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
     }
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+        include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
     }
     pub mod v3lockpb {
         tonic::include_proto!("v3lockpb");
+        include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
     }
     pub mod v3electionpb {
         tonic::include_proto!("v3electionpb");
+        include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
     }
 }
 
@@ -45,6 +50,7 @@ mod auth;
 mod authority;
 mod backend;
 mod convert;
+mod gateway;
 mod grpc_compat;
 mod health;
 mod jwt;

@@ -68,7 +68,7 @@ impl Default for Limits {
 }
 
 /// gRPC's framing on top of the largest request, as etcd allows it.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The status etcd sends for an error: its code and its exact message (etcd's
 /// Go client turns known messages back into typed errors).
@@ -195,21 +195,25 @@ impl<B: Backend> EtcdServer<B> {
         self.backend.clone()
     }
 
-    /// All eight services, ready to serve (`.serve(addr)` or
-    /// `.serve_with_incoming(listener)`).
+    /// All eight services, gRPC's health service, and etcd's HTTP/JSON
+    /// gateway to the eight under `/v3/` (see `gateway.rs`), ready to serve
+    /// (`.serve(addr)` or `.serve_with_incoming(listener)`).
     pub fn router(self) -> tonic::service::Routes {
         let max = self.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        tonic::service::Routes::new(KvServer::new(self.clone()).max_decoding_message_size(max))
-            .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
-            .add_service(WatchServer::new(self.clone()))
-            .add_service(ClusterServer::new(self.clone()))
-            .add_service(MaintenanceServer::new(self.clone()))
-            .add_service(pb::auth_server::AuthServer::new(self.clone()))
-            .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(
-                self.clone(),
-            ))
-            .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(self))
-            .add_service(crate::HealthService::server())
+        let gateway = self.clone().gateway();
+        let grpc =
+            tonic::service::Routes::new(KvServer::new(self.clone()).max_decoding_message_size(max))
+                .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))
+                .add_service(WatchServer::new(self.clone()))
+                .add_service(ClusterServer::new(self.clone()))
+                .add_service(MaintenanceServer::new(self.clone()))
+                .add_service(pb::auth_server::AuthServer::new(self.clone()))
+                .add_service(crate::pb::v3lockpb::lock_server::LockServer::new(
+                    self.clone(),
+                ))
+                .add_service(crate::pb::v3electionpb::election_server::ElectionServer::new(self))
+                .add_service(crate::HealthService::server());
+        tonic::service::Routes::from(grpc.into_axum_router().merge(gateway))
     }
 
     pub(crate) async fn write(

@@ -17,7 +17,9 @@ pub async fn serve_backend(limits: Limits) -> (String, Arc<LocalBackend>) {
     let backend = Arc::new(LocalBackend::new(1, "n1", &format!("http://{addr}")));
     let routes = EtcdServer::new(backend.clone(), limits).router();
     tokio::spawn(async move {
+        // HTTP/1.1 too, for the JSON gateway.
         tonic::transport::Server::builder()
+            .accept_http1(true)
             .layer(synod_etcd::GrpcGoCompat)
             .add_routes(routes)
             .serve_with_incoming(TcpListenerStream::new(listener))
