@@ -1,7 +1,9 @@
 //! A member's metrics under etcd's names, so that dashboards and alerts
 //! written for etcd read synod unchanged. Gauges that mirror the member's
 //! state are set by its driver after every round (a few atomic stores);
-//! the database size and key count are read when `/metrics` is scraped.
+//! the database sizes, keys, revisions and file descriptors are read when
+//! `/metrics` is scraped, and gRPC calls are counted as they pass
+//! ([`crate::grpc_metrics`]).
 
 use crate::grpc_metrics::GrpcCounters;
 use prometheus::{
