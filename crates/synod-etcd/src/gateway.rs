@@ -21,7 +21,6 @@
 //! The calls go to the same service code as gRPC's: the gateway only
 //! converts, so it answers what gRPC answers.
 
-use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::{
     auth_server::Auth, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
     maintenance_server::Maintenance, watch_server::Watch,
@@ -145,6 +144,16 @@ fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, serde_json::Er
     serde_json::from_slice(body)
 }
 
+/// The request's headers and its one message.
+async fn one<Req: DeserializeOwned + Default>(
+    req: Request,
+    max: usize,
+) -> Result<(HeaderMap, Req), Response> {
+    let (headers, body) = body(req, max).await?;
+    let msg = parse::<Req>(&body).map_err(unparsable)?;
+    Ok((headers, msg))
+}
+
 /// Every request message in the body, one JSON value after another.
 fn parse_all<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, serde_json::Error> {
     serde_json::Deserializer::from_slice(body)
@@ -196,13 +205,9 @@ where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
 {
-    let (headers, body) = match body(req, max).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let msg = match parse::<Req>(&body) {
+    let (headers, msg) = match one::<Req>(req, max).await {
         Ok(m) => m,
-        Err(e) => return unparsable(e),
+        Err(r) => return r,
     };
     match call(grpc_request(&headers, msg))
         .await
@@ -271,13 +276,9 @@ where
     Resp: Serialize,
     S: Stream<Item = Result<Resp, Status>> + Send + 'static,
 {
-    let (headers, body) = match body(req, max).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let msg = match parse::<Req>(&body) {
+    let (headers, msg) = match one::<Req>(req, max).await {
         Ok(m) => m,
-        Err(e) => return unparsable(e),
+        Err(r) => return r,
     };
     match call(grpc_request(&headers, msg)).await {
         Ok(answers) => lines(answers.into_inner(), ()),
@@ -382,18 +383,26 @@ fn at<S: Clone + Send + Sync + 'static>(
     router
 }
 
-/// Routes a unary method of one of the service traits.
-macro_rules! unary {
-    ($router:ident, $server:ident, $max:ident, $trait:ident :: $method:ident, $($path:literal),+) => {{
+/// Routes a method of one of the service traits through `handler`
+/// (`unary`, `server_stream` or `bidi_stream`).
+macro_rules! route {
+    ($router:ident, $server:ident, $max:ident, $handler:ident, $trait:ident :: $method:ident, $($path:literal),+) => {{
         let s = $server.clone();
         $router = at($router, &[$($path),+], post(move |req: Request| {
             let s = s.clone();
             let call: Call<_, _> = Box::new(move |r| Box::pin(async move {
                 <EtcdServer<B> as $trait>::$method(&s, r).await
             }));
-            unary(req, $max, call)
+            $handler(req, $max, call)
         }));
     }};
+}
+
+/// Routes a unary method.
+macro_rules! unary {
+    ($router:ident, $server:ident, $max:ident, $($rest:tt)+) => {
+        route!($router, $server, $max, unary, $($rest)+)
+    };
 }
 
 impl<B: Backend> EtcdServer<B> {
@@ -472,50 +481,30 @@ impl<B: Backend> EtcdServer<B> {
         unary!(r, s, max, Election::leader, "election/leader");
         unary!(r, s, max, Election::resign, "election/resign");
 
-        let w = s.clone();
-        r = at(
+        route!(r, s, max, bidi_stream, Watch::watch, "watch");
+        route!(
             r,
-            &["watch"],
-            post(move |req: Request| {
-                let w = w.clone();
-                let call: Call<_, _> =
-                    Box::new(move |q| Box::pin(async move { Watch::watch(&w, q).await }));
-                bidi_stream::<pb::WatchRequest, _, _>(req, max, call)
-            }),
+            s,
+            max,
+            bidi_stream,
+            Lease::lease_keep_alive,
+            "lease/keepalive"
         );
-        let l = s.clone();
-        r = at(
+        route!(
             r,
-            &["lease/keepalive"],
-            post(move |req: Request| {
-                let l = l.clone();
-                let call: Call<_, _> = Box::new(move |q| {
-                    Box::pin(async move { Lease::lease_keep_alive(&l, q).await })
-                });
-                bidi_stream::<pb::LeaseKeepAliveRequest, _, _>(req, max, call)
-            }),
+            s,
+            max,
+            server_stream,
+            Maintenance::snapshot,
+            "maintenance/snapshot"
         );
-        let m = s.clone();
-        r = at(
+        route!(
             r,
-            &["maintenance/snapshot"],
-            post(move |req: Request| {
-                let m = m.clone();
-                let call: Call<_, _> =
-                    Box::new(move |q| Box::pin(async move { Maintenance::snapshot(&m, q).await }));
-                server_stream::<pb::SnapshotRequest, _, _>(req, max, call)
-            }),
-        );
-        let e = s;
-        r = at(
-            r,
-            &["election/observe"],
-            post(move |req: Request| {
-                let e = e.clone();
-                let call: Call<_, _> =
-                    Box::new(move |q| Box::pin(async move { Election::observe(&e, q).await }));
-                server_stream::<crate::pb::v3electionpb::LeaderRequest, _, _>(req, max, call)
-            }),
+            s,
+            max,
+            server_stream,
+            Election::observe,
+            "election/observe"
         );
         // Any other path under the prefixes, as grpc-gateway answers it.
         for prefix in PREFIXES {

@@ -10,16 +10,23 @@ use std::net::TcpStream;
 use std::time::Duration;
 use synod_etcd::Limits;
 
-/// One HTTP/1.1 exchange: (status, headers, body).
-fn http(addr: &str, method: &str, path: &str, body: &str, extra: &str) -> (u16, String, String) {
+/// A connection that has sent one request (`extra`: more header lines).
+fn send(addr: &str, method: &str, path: &str, body: &str, extra: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
+    s
+}
+
+/// One HTTP/1.1 exchange: (status, headers, body).
+fn http(addr: &str, method: &str, path: &str, body: &str, extra: &str) -> (u16, String, String) {
+    let close = format!("{extra}Connection: close\r\n");
+    let mut s = send(addr, method, path, body, &close);
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
@@ -141,15 +148,7 @@ fn stream_lines(
     (after, n): (usize, usize),
     meanwhile: impl FnOnce(),
 ) -> Vec<Value> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
+    let mut r = BufReader::new(send(addr, "POST", path, body, ""));
     let mut line = String::new();
     // The status line and headers, up to the blank line.
     loop {
