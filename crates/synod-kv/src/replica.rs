@@ -36,6 +36,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use synod_protocols::raft::{ConfChange, ConfState, Payload, RaftConfig, RaftNode};
 use synod_protocols::{Instant, Node, NodeId, Output};
 
+/// Ticks a lease's deadline lies beyond its TTL (why: `ttl_ticks`).
+const LEASE_MARGIN_TICKS: u64 = 2;
+
 /// The driver's name for a request, echoed in its response.
 pub type RequestId = u64;
 
@@ -585,9 +588,19 @@ fn respond<W, M>(
 
 impl ReplicaState {
     /// Seconds left on a lease as this member counts them.
+    /// Whole seconds left of the lease's TTL, truncated as etcd does (a
+    /// 60 s lease just granted has 59 s and a fraction left). The deadline's
+    /// margin (see `ttl_ticks`) is not reported: it is there for the
+    /// client, not promised to it.
     fn lease_remaining(&self, lease: i64) -> Option<i64> {
         let at = *self.deadlines.get(&lease)?;
-        Some((at.saturating_sub(self.ticks) * self.cfg.tick_ms / 1000) as i64)
+        let ticks = at
+            .saturating_sub(self.ticks)
+            .saturating_sub(LEASE_MARGIN_TICKS);
+        // Now lies somewhere inside the current tick, so strictly less
+        // than the whole ticks' time is left.
+        let ms = (ticks * self.cfg.tick_ms).saturating_sub(1);
+        Some((ms / 1000) as i64)
     }
 
     /// Ticks a lease must outlive from now. Two more than the TTL spans:
@@ -607,7 +620,7 @@ impl ReplicaState {
         if self.bugs.short_leases {
             return ticks.saturating_sub(1);
         }
-        ticks + 2
+        ticks + LEASE_MARGIN_TICKS
     }
 
     /// Replaces the store with the one a snapshot holds (at boot, and when

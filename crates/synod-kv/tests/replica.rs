@@ -414,6 +414,37 @@ fn the_leader_revokes_a_lease_nobody_keeps_alive() {
     );
 }
 
+/// TimeToLive reports whole seconds of the TTL left, truncated as etcd
+/// does: a 60 s lease just granted has 59 s left, not the deadline's margin.
+#[test]
+fn time_to_live_counts_down_from_just_under_the_ttl() {
+    let mut c = Cluster::new(3);
+    let l = c.leader();
+    let lease = match c.ask(l, Request::Write(Command::LeaseGrant { id: 0, ttl: 60 })) {
+        Ok(Answer::Write {
+            resp: CommandResponse::LeaseGrant { id, .. },
+            ..
+        }) => id,
+        other => panic!("{other:?}"),
+    };
+    let left = |c: &mut Cluster| match c.ask(l, Request::TimeToLive { lease }) {
+        Ok(Answer::TimeToLive {
+            remaining, granted, ..
+        }) => (remaining, granted),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(left(&mut c), (59, 60), "just granted");
+    for _ in 0..10 {
+        c.tick(); // 100 ms each
+    }
+    assert_eq!(left(&mut c), (58, 60), "a second later");
+    assert_eq!(
+        c.ask(l, Request::KeepAlive { lease }),
+        Ok(Answer::KeepAlive { ttl: 60 })
+    );
+    assert_eq!(left(&mut c), (59, 60), "just kept alive");
+}
+
 #[test]
 fn a_member_recovers_its_store_from_disk() {
     let mut c = Cluster::new(3);

@@ -191,9 +191,12 @@ async fn time_to_live_after_a_restart_reports_what_will_happen() {
         assert!(Instant::now() < deadline, "the lease never ended");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // Whole seconds, truncated, and the deadline's two ticks of margin are
+    // not reported: a lease lives up to 1.2 s past its report, and the
+    // revoke still has to commit.
     let reported = Duration::from_secs(reported as u64);
     assert!(
-        lived >= reported && lived <= reported + Duration::from_millis(1500),
+        lived >= reported && lived <= reported + Duration::from_millis(1700),
         "reported {reported:?} remaining, lived {lived:?}"
     );
     for m in members {

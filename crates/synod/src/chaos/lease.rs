@@ -207,7 +207,8 @@ async fn final_word(
     }
 }
 
-/// Whether a lease is still there (`None`: no answer).
+/// Whether a lease is still there (`None`: no answer). A lease in its last
+/// second reads 0, as in etcd; only a lease that is gone reads -1.
 async fn time_to_live(endpoint: &str, lease: i64) -> Option<bool> {
     let r = pb::lease_client::LeaseClient::new(channel(endpoint))
         .lease_time_to_live(pb::LeaseTimeToLiveRequest {
@@ -216,7 +217,7 @@ async fn time_to_live(endpoint: &str, lease: i64) -> Option<bool> {
         })
         .await
         .ok()?;
-    Some(r.into_inner().ttl > 0)
+    Some(r.into_inner().ttl >= 0)
 }
 
 /// Grants leases and leaves them to expire, one after another until
