@@ -27,7 +27,8 @@ type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 /// `watchBatchMaxRevs`).
 const HISTORY_BATCH_REVISIONS: usize = 1000;
 
-/// Serves one Watch stream until the client closes it.
+/// Serves one Watch stream until the client cancels it or goes; the end
+/// of its requests alone does not end it.
 pub(crate) async fn serve<B: Backend>(
     backend: Arc<B>,
     caller: Caller,
@@ -38,7 +39,12 @@ pub(crate) async fn serve<B: Backend>(
     use pb::watch_request::RequestUnion as R;
     let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
     let mut next_id = 0i64;
-    while let Ok(Some(req)) = inbound.message().await {
+    let half_closed = loop {
+        let req = match inbound.message().await {
+            Ok(Some(req)) => req,
+            Ok(None) => break true,
+            Err(_) => break false,
+        };
         watchers.retain(|_, h| !h.is_finished());
         match req.request_union {
             Some(R::CreateRequest(c)) => {
@@ -124,6 +130,12 @@ pub(crate) async fn serve<B: Backend>(
             }
             None => {}
         }
+    };
+    if half_closed {
+        // A client that has no more requests still watches, as in etcd:
+        // the stream ends when the client cancels it (tonic then drops the
+        // answers' receiver) or its connection goes.
+        out.closed().await;
     }
     for task in watchers.values() {
         task.abort();

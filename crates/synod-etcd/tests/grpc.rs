@@ -428,6 +428,33 @@ mod watch {
         assert_eq!(seen, want);
     }
 
+    /// A client that sends its creates and then closes its side of the
+    /// stream (grpcurl does) still gets events: etcd ends a watch stream
+    /// only when the client cancels it.
+    #[tokio::test]
+    async fn a_watch_outlives_the_end_of_its_requests() {
+        let channel = connect(Limits::default()).await;
+        let Stream { tx, mut rx } = Stream::open(channel.clone()).await;
+        tx.send(pb::WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                key: "k".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let created = rx.message().await.unwrap().expect("stream open");
+        assert!(created.created && !created.canceled);
+        KvClient::new(channel).put(put("k", "v")).await.unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), rx.message())
+            .await
+            .expect("no event after the requests ended")
+            .unwrap()
+            .expect("stream open");
+        assert_eq!(events(&r), [(EventType::Put, "k".into(), "v".into())]);
+    }
+
     #[tokio::test]
     async fn a_watch_replays_history_then_follows_live_changes() {
         let channel = connect(Limits::default()).await;
