@@ -294,6 +294,7 @@ impl Member {
             on_join,
             deliver,
             cfg.peer_tls.clone(),
+            metrics.peers.clone(),
         )
         .map_err(|e| format!("member {name}: {e}"))?;
         let hello = Arc::new(Hello::new(
@@ -1081,6 +1082,7 @@ impl<E: Served> Driver<E> {
             addr,
             self.active.clone(),
             self.cfg.peer_tls.clone(),
+            &self.metrics.peers,
         )
     }
 

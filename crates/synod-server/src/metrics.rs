@@ -7,8 +7,8 @@
 
 use crate::grpc_metrics::GrpcCounters;
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 
@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Leader to follower and back, by peer (`To`: its member id in hex),
     /// timed from a heartbeat to its answer.
     pub peer_rtt: HistogramVec,
+    /// Bytes to and from each peer, and whether it is reachable.
+    pub peers: PeerMeters,
     /// Where a client request's time goes, by stage (issue 11): see
     /// [`Stages`].
     pub stages: Stages,
@@ -73,6 +75,116 @@ pub struct Stages {
     /// From the API thread handing the request over to it reading the
     /// answer.
     pub total: Histogram,
+}
+
+/// etcd's peer traffic series (`etcd_network_*`), labelled with member ids
+/// in hex. Each link takes its own counters once ([`PeerMeters::link`],
+/// [`PeerMeters::from`]), so that counting on the peer paths is an atomic
+/// add per system call, with no label lookup.
+#[derive(Clone)]
+pub struct PeerMeters {
+    sent_bytes: IntCounterVec,
+    sent_failures: IntCounterVec,
+    received_bytes: IntCounterVec,
+    received_failures: IntCounterVec,
+    active: IntGaugeVec,
+    disconnected: IntCounterVec,
+}
+
+/// What a member's writer to one peer counts.
+#[derive(Clone)]
+pub struct LinkMeters {
+    /// Bytes of frames written to the peer's socket.
+    pub sent: IntCounter,
+    /// A round's frames for the peer dropped: its queue was full, the
+    /// connection broke under them, or the peer was down.
+    pub sent_failures: IntCounter,
+    /// 1 while the peer is reachable.
+    pub active: IntGauge,
+    /// Times a reachable peer became unreachable.
+    pub disconnected: IntCounter,
+}
+
+/// What a connection from one peer counts.
+#[derive(Clone)]
+pub struct FromMeters {
+    /// Bytes read from the peer's connections.
+    pub received: IntCounter,
+    /// Connections ended because of what the peer sent.
+    pub failures: IntCounter,
+}
+
+impl PeerMeters {
+    fn new(r: &Registry) -> PeerMeters {
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "etcd_network_active_peers",
+                "The current number of active peer connections.",
+            ),
+            &["Local", "Remote"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(active.clone()))
+            .expect("registered once");
+        PeerMeters {
+            sent_bytes: counters(
+                "etcd_network_peer_sent_bytes_total",
+                "The total number of bytes sent to peers.",
+                &["To"],
+            ),
+            sent_failures: counters(
+                "etcd_network_peer_sent_failures_total",
+                "The total number of send failures from peers.",
+                &["To"],
+            ),
+            received_bytes: counters(
+                "etcd_network_peer_received_bytes_total",
+                "The total number of bytes received from peers.",
+                &["From"],
+            ),
+            received_failures: counters(
+                "etcd_network_peer_received_failures_total",
+                "The total number of receive failures from peers.",
+                &["From"],
+            ),
+            active,
+            disconnected: counters(
+                "etcd_network_disconnected_peers_total",
+                "The total number of disconnected peers.",
+                &["Local", "Remote"],
+            ),
+        }
+    }
+
+    /// Meters that no registry reads (tests of the peer layer alone).
+    pub fn detached() -> PeerMeters {
+        PeerMeters::new(&Registry::new())
+    }
+
+    /// The counters of member `local`'s link to peer `remote`.
+    pub fn link(&self, local: u64, remote: u64) -> LinkMeters {
+        let (local, remote) = (format!("{local:x}"), format!("{remote:x}"));
+        LinkMeters {
+            sent: self.sent_bytes.with_label_values(&[&remote]),
+            sent_failures: self.sent_failures.with_label_values(&[&remote]),
+            active: self.active.with_label_values(&[&local, &remote]),
+            disconnected: self.disconnected.with_label_values(&[&local, &remote]),
+        }
+    }
+
+    /// The counters of connections from peer `remote`.
+    pub fn from(&self, remote: u64) -> FromMeters {
+        let remote = format!("{remote:x}");
+        FromMeters {
+            received: self.received_bytes.with_label_values(&[&remote]),
+            failures: self.received_failures.with_label_values(&[&remote]),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,9 +317,11 @@ impl Metrics {
             forwarded: stage.with_label_values(&["forwarded"]),
             total: stage.with_label_values(&["total"]),
         };
+        let peers = PeerMeters::new(&r);
         Arc::new(Metrics {
             stages,
             peer_rtt,
+            peers,
             has_leader: gauge(
                 &r,
                 "etcd_server_has_leader",

@@ -41,6 +41,7 @@ use synod_protocols::multipaxos as mp;
 use synod_protocols::raft::{EntryData, Message};
 use synod_protocols::NodeId;
 
+use crate::metrics::{FromMeters, LinkMeters, PeerMeters};
 use crate::peer_conn::Conn;
 pub use crate::peer_conn::PeerTls;
 
@@ -377,6 +378,7 @@ struct SenderInner {
     /// touches it.
     round: Mutex<Vec<u8>>,
     direct: Arc<Direct>,
+    meters: LinkMeters,
 }
 
 /// What the member thread and a peer's writer thread share.
@@ -405,15 +407,22 @@ impl PeerSender {
         addr: SocketAddr,
         active: ActiveSince,
         tls: Option<Arc<PeerTls>>,
+        meters: &PeerMeters,
     ) -> PeerSender {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(PEER_QUEUE);
         let direct = Arc::new(Direct::default());
         let shared = direct.clone();
         let to = hello.to(id);
+        let meters = meters.link(hello.from, id);
+        let counted = meters.clone();
         std::thread::Builder::new()
             .name(format!("synod-peer-to-{addr}"))
             .spawn(move || {
-                let mut link = Link { id, active };
+                let mut link = Link {
+                    id,
+                    active,
+                    meters: counted,
+                };
                 writer(&to, addr, rx, &mut link, tls.as_deref(), &shared);
                 link.set(false);
             })
@@ -424,6 +433,7 @@ impl PeerSender {
                 tx,
                 round: Mutex::new(Vec::new()),
                 direct,
+                meters,
             }),
         }
     }
@@ -450,14 +460,19 @@ impl PeerSender {
             return;
         }
         let rest = self.inner.direct.write(&round);
+        let meters = &self.inner.meters;
         if rest == round.len() {
             let bytes = std::mem::take(&mut *round);
-            self.inner.queue(bytes);
+            if !self.inner.queue(bytes) {
+                meters.sent_failures.inc();
+            }
             return;
         }
+        meters.sent.inc_by((round.len() - rest) as u64);
         let bytes = round[round.len() - rest..].to_vec();
         round.clear();
         if !self.inner.queue(bytes) {
+            meters.sent_failures.inc();
             // Part of a frame went out and the rest cannot follow: end the
             // connection rather than leave the peer a stream out of step.
             self.inner.direct.cut();
@@ -561,11 +576,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// nothing else, but each must know the others' client URLs).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-fn connect(hello: &Hello, addr: SocketAddr, tls: Option<&PeerTls>) -> Option<BufWriter<Conn>> {
+fn connect(
+    hello: &Hello,
+    addr: SocketAddr,
+    tls: Option<&PeerTls>,
+    link: &Link,
+) -> Option<BufWriter<Conn>> {
     let s = Conn::dial(addr, Duration::from_millis(200), tls).ok()?;
     let mut w = BufWriter::new(s);
     frame(&mut w, hello).ok()?;
+    let n = w.buffer().len();
     w.flush().ok()?;
+    link.meters.sent.inc_by(n as u64);
     Some(w)
 }
 
@@ -576,10 +598,11 @@ fn closed(conn: &mut BufWriter<Conn>) -> bool {
     conn.get_mut().closed()
 }
 
-/// A writer's record of whether its peer is reachable.
+/// A writer's record of whether its peer is reachable, and its counts.
 struct Link {
     id: u64,
     active: ActiveSince,
+    meters: LinkMeters,
 }
 
 impl Link {
@@ -587,8 +610,10 @@ impl Link {
         let mut map = lock(&self.active);
         if up {
             map.entry(self.id).or_insert_with(Instant::now);
-        } else {
-            map.remove(&self.id);
+            self.meters.active.set(1);
+        } else if map.remove(&self.id).is_some() {
+            self.meters.active.set(0);
+            self.meters.disconnected.inc();
         }
     }
 }
@@ -628,7 +653,7 @@ fn writer(
     direct: &Direct,
 ) {
     let mut c = Connection { conn: None, direct };
-    c.set(connect(hello, addr, tls), link);
+    c.set(connect(hello, addr, tls, link), link);
     loop {
         let first = match rx.recv_timeout(IDLE_CHECK) {
             Ok(m) => m,
@@ -636,14 +661,14 @@ fn writer(
                 if !c.open() {
                     // A reconnect counts from now: the peer was down.
                     c.set(None, link);
-                    c.set(connect(hello, addr, tls), link);
+                    c.set(connect(hello, addr, tls, link), link);
                 }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         if c.conn.is_none() {
-            c.set(connect(hello, addr, tls), link);
+            c.set(connect(hello, addr, tls, link), link);
         }
         // Batch whatever else is queued into the same flush.
         let mut batch = vec![first];
@@ -653,10 +678,14 @@ fn writer(
         let n = batch.len();
         match c.conn.as_mut() {
             // Peer down: drop what is queued now rather than let it pile up.
-            None => {}
+            None => link.meters.sent_failures.inc_by(n as u64),
             Some(w) => {
                 let ok = batch.iter().all(|b| w.write_all(b).is_ok()) && w.flush().is_ok();
-                if !ok {
+                if ok {
+                    let bytes: usize = batch.iter().map(Vec::len).sum();
+                    link.meters.sent.inc_by(bytes as u64);
+                } else {
+                    link.meters.sent_failures.inc_by(n as u64);
                     c.set(None, link);
                 }
             }
@@ -737,6 +766,7 @@ pub fn listen(
     on_join: OnJoin,
     deliver: Deliver,
     tls: Option<Arc<PeerTls>>,
+    meters: PeerMeters,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -754,13 +784,22 @@ pub fn listen(
                 let (expect, on_hello) = (expect.clone(), on_hello.clone());
                 let on_join = on_join.clone();
                 let tls = tls.clone();
+                let meters = meters.clone();
                 let _ = std::thread::Builder::new()
                     .name("synod-peer-read".into())
                     .spawn(move || {
                         let remote = stream.peer_addr().ok();
                         // The TLS handshake runs here, off the accept thread.
                         match Conn::accept(stream, tls.as_deref()) {
-                            Ok(conn) => reader(conn, &expect, &on_hello, &on_join, &deliver),
+                            Ok(conn) => {
+                                let ends = Ends {
+                                    on_hello: &on_hello,
+                                    on_join: &on_join,
+                                    deliver: &deliver,
+                                    meters: &meters,
+                                };
+                                reader(conn, &expect, &ends);
+                            }
                             Err(e) => refused(remote, &format!("TLS handshake failed: {e}")),
                         }
                     });
@@ -815,7 +854,21 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
         .ok()
 }
 
-fn reader(stream: Conn, expect: &Expect, on_hello: &OnHello, on_join: &OnJoin, deliver: &Deliver) {
+/// Where a reader hands what it reads, and what it counts.
+struct Ends<'a> {
+    on_hello: &'a OnHello,
+    on_join: &'a OnJoin,
+    deliver: &'a Deliver,
+    meters: &'a PeerMeters,
+}
+
+fn reader(stream: Conn, expect: &Expect, ends: &Ends<'_>) {
+    let Ends {
+        on_hello,
+        on_join,
+        deliver,
+        meters,
+    } = *ends;
     let remote = stream.sock().peer_addr().ok();
     let mut r = BufReader::new(stream);
     let mut body = Vec::new();
@@ -849,6 +902,9 @@ fn reader(stream: Conn, expect: &Expect, on_hello: &OnHello, on_join: &OnJoin, d
     }
     on_hello(&hello);
     let from = hello.from;
+    let counts = meters.from(from);
+    // One header per message, even for one split into several frames.
+    counts.received.inc_by(4 + body.len() as u64);
     if matches!(r.get_ref(), Conn::Plain(_)) {
         // The member's thread reads it from here on, beginning with what
         // this reader's buffer already holds.
@@ -856,7 +912,7 @@ fn reader(stream: Conn, expect: &Expect, on_hello: &OnHello, on_join: &OnJoin, d
         let Conn::Plain(sock) = r.into_inner() else {
             unreachable!("checked plain above")
         };
-        match PeerStream::new(sock, remote, &hello, expect.max_frame, early) {
+        match PeerStream::new(sock, remote, &hello, expect.max_frame, early, counts) {
             Ok(s) => {
                 deliver(PeerInput::Stream(s));
             }
@@ -871,9 +927,11 @@ fn reader(stream: Conn, expect: &Expect, on_hello: &OnHello, on_join: &OnJoin, d
         }
         // A frame that does not decode ends the connection: the peer speaks
         // something else, or the stream is out of step.
+        counts.received.inc_by(4 + body.len() as u64);
         let msg = match message(&body, &hello) {
             Ok(msg) => msg,
             Err(why) => {
+                counts.failures.inc();
                 refused(remote, &why);
                 return;
             }
@@ -930,6 +988,7 @@ pub struct PeerStream {
     at: usize,
     /// The frames so far of a message split into several.
     body: Vec<u8>,
+    meters: FromMeters,
 }
 
 /// What reading a [`PeerStream`] left it as.
@@ -949,9 +1008,12 @@ impl PeerStream {
         hello: &Hello,
         max: usize,
         early: Vec<u8>,
+        meters: FromMeters,
     ) -> std::io::Result<PeerStream> {
         sock.set_nonblocking(true)?;
+        meters.received.inc_by(early.len() as u64);
         Ok(PeerStream {
+            meters,
             from: hello.from,
             sock,
             remote,
@@ -992,6 +1054,17 @@ impl PeerStream {
         if self.buf.is_empty() && self.buf.capacity() > BIG_BUFFER {
             self.buf = Vec::new();
         }
+        let before = self.buf.len();
+        let ended = self.receive();
+        self.meters
+            .received
+            .inc_by((self.buf.len() - before) as u64);
+        ended
+    }
+
+    /// Appends what the socket holds to `buf`, up to [`STREAM_READ`] bytes;
+    /// true at the end of the stream or on an error.
+    fn receive(&mut self) -> bool {
         let fd = self.fd();
         let mut got = 0;
         while got < STREAM_READ {
@@ -1037,6 +1110,7 @@ impl PeerStream {
             };
             let header = len.try_into().expect("four bytes");
             let Some((n, more)) = frame_header(header, self.body.len(), self.max) else {
+                self.meters.failures.inc();
                 return Err(StreamState::Closed);
             };
             let Some(chunk) = rest.get(4..4 + n) else {
@@ -1061,6 +1135,7 @@ impl PeerStream {
             match whole {
                 Ok(msg) => out(msg),
                 Err(why) => {
+                    self.meters.failures.inc();
                     refused(self.remote, &why);
                     return Err(StreamState::Refused);
                 }
@@ -1194,7 +1269,8 @@ mod tests {
         let one = bytes.len();
         // The first frames arrived with the hello, in the reader's buffer.
         let early = bytes.clone();
-        let mut s = PeerStream::new(conn, None, &hello, MAX_FRAME, early).unwrap();
+        let meters = PeerMeters::detached().from(1);
+        let mut s = PeerStream::new(conn, None, &hello, MAX_FRAME, early, meters).unwrap();
         let mut terms = Vec::new();
         // A message split in frames of CHUNK bytes: a snapshot-sized body.
         let big = PeerMsg::Raft(Message::Append {
@@ -1240,7 +1316,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut w = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (conn, _) = listener.accept().unwrap();
-        let mut s = PeerStream::new(conn, None, &hello, MAX_FRAME, Vec::new()).unwrap();
+        let meters = PeerMeters::detached().from(1);
+        let mut s = PeerStream::new(conn, None, &hello, MAX_FRAME, Vec::new(), meters).unwrap();
         w.write_all(&append()).unwrap();
         drop(w);
         let mut last = Vec::new();
@@ -1257,7 +1334,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let hello = Arc::new(Hello::new(1, 0, 2, "n".into(), vec![]));
-        let sender = PeerSender::start(hello, 9, addr, ActiveSince::default(), None);
+        let meters = PeerMeters::detached();
+        let sender = PeerSender::start(hello, 9, addr, ActiveSince::default(), None, &meters);
         let (conn, _) = listener.accept().unwrap();
         let mut r = BufReader::new(conn);
         let mut body = Vec::new();

@@ -145,6 +145,38 @@ async fn health_version_and_metrics_as_etcd_serves_them() {
     assert!(metric(&text, "process_open_fds") > Some(0.0));
     assert!(metric(&text, "os_fd_used") > Some(0.0));
     assert!(metric(&text, "os_fd_limit") > Some(0.0));
+    // Peer traffic, labelled with the other members' ids as etcd labels it
+    // (followers send each other their hellos, if nothing else; a writer
+    // whose peer was not listening yet tries again a second later).
+    let me = spec.members[0].member_id;
+    let others: Vec<u64> = spec.members[1..].iter().map(|m| m.member_id).collect();
+    let peers_counted = |text: &str| {
+        others.iter().all(|id| {
+            let sent = format!(r#"etcd_network_peer_sent_bytes_total{{To="{id:x}"}}"#);
+            let received = format!(r#"etcd_network_peer_received_bytes_total{{From="{id:x}"}}"#);
+            let active = format!(r#"etcd_network_active_peers{{Local="{me:x}",Remote="{id:x}"}}"#);
+            metric(text, &sent) > Some(0.0)
+                && metric(text, &received) > Some(0.0)
+                && metric(text, &active) == Some(1.0)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut peers_text = text.clone();
+    while !peers_counted(&peers_text) {
+        assert!(Instant::now() < deadline, "{peers_text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peers_text = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics"))
+            .await
+            .unwrap()
+            .1;
+    }
+    for id in &others {
+        let failed = format!(r#"etcd_network_peer_received_failures_total{{From="{id:x}"}}"#);
+        assert_eq!(metric(&peers_text, &failed), Some(0.0), "{peers_text}");
+        let gone =
+            format!(r#"etcd_network_disconnected_peers_total{{Local="{me:x}",Remote="{id:x}"}}"#);
+        assert_eq!(metric(&peers_text, &gone), Some(0.0), "{peers_text}");
+    }
 
     // A watch is handled when its stream ends, not when it starts: what
     // etcd's dashboards count as active streams is started - handled.
