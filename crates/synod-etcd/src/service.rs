@@ -38,6 +38,10 @@ pub struct Limits {
     pub auth_token_ttl: Duration,
     /// bcrypt's cost for passwords (`--bcrypt-cost`, 10).
     pub bcrypt_cost: u32,
+    /// How often a watcher that asked for progress notifications, and was
+    /// sent no events since the last, is told the revision it has seen
+    /// all of (`--experimental-watch-progress-notify-interval`, 10 min).
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Limits {
@@ -63,6 +67,7 @@ impl Default for Limits {
             ),
             auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
             bcrypt_cost: crate::auth::BCRYPT_COST,
+            watch_progress_notify_interval: crate::watch::PROGRESS_NOTIFY_INTERVAL,
         }
     }
 }
@@ -333,6 +338,7 @@ impl<B: Backend> Watch for EtcdServer<B> {
             caller,
             req.into_inner(),
             tx,
+            self.limits.watch_progress_notify_interval,
             self.bugs,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -14,7 +14,9 @@ use crate::convert;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::mvccpb;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use synod_kv::auth::PermKind;
 use synod_kv::{Event, EventKind, Store};
 use tokio::sync::{broadcast, mpsc};
@@ -22,6 +24,12 @@ use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+/// etcd's default for `--experimental-watch-progress-notify-interval`.
+pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The shortest interval etcd accepts; shorter ones are raised to it.
+pub const MIN_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Most distinct revisions in one response of replayed history (etcd's
 /// `watchBatchMaxRevs`).
@@ -34,6 +42,7 @@ pub(crate) async fn serve<B: Backend>(
     caller: Caller,
     mut inbound: Streaming<pb::WatchRequest>,
     out: Out,
+    progress_every: Duration,
     bugs: crate::ApiBugs,
 ) {
     use pb::watch_request::RequestUnion as R;
@@ -90,10 +99,13 @@ pub(crate) async fn serve<B: Backend>(
                 let task = tokio::spawn(watcher(
                     backend.clone(),
                     caller.clone(),
-                    id,
+                    Opened {
+                        id,
+                        created_sent: created_tx,
+                        progress_every,
+                    },
                     c,
                     out.clone(),
-                    created_tx,
                     bugs,
                 ));
                 watchers.insert(id, task);
@@ -159,6 +171,9 @@ struct Watcher {
     no_delete: bool,
     header: Header,
     out: Out,
+    /// Whether events went out since the last progress notification was
+    /// due: etcd leaves out the next one if they did.
+    sent_events: AtomicBool,
 }
 
 impl Watcher {
@@ -237,6 +252,7 @@ impl Watcher {
         if wanted.is_empty() {
             return true;
         }
+        self.sent_events.store(true, Ordering::Relaxed);
         let resp = pb::WatchResponse {
             header: convert::header(Header {
                 revision,
@@ -244,6 +260,24 @@ impl Watcher {
             }),
             watch_id: self.id,
             events: wanted,
+            ..Default::default()
+        };
+        self.out.send(Ok(resp)).await.is_ok()
+    }
+
+    /// Tells the client it has every event up to `revision`, unless events
+    /// went out since the last time this was due. False once the client is
+    /// gone.
+    async fn progress(&self, revision: i64) -> bool {
+        if self.sent_events.swap(false, Ordering::Relaxed) {
+            return true;
+        }
+        let resp = pb::WatchResponse {
+            header: convert::header(Header {
+                revision,
+                ..self.header
+            }),
+            watch_id: self.id,
             ..Default::default()
         };
         self.out.send(Ok(resp)).await.is_ok()
@@ -290,15 +324,54 @@ impl Watcher {
     }
 }
 
+/// What the stream tells a watcher it starts.
+struct Opened {
+    id: i64,
+    /// Told once the created answer is out.
+    created_sent: tokio::sync::oneshot::Sender<()>,
+    progress_every: Duration,
+}
+
+/// When a watcher's progress notifications are due, if it asked for them:
+/// every `every` and up to a tenth more, drawn once per watcher as etcd
+/// draws it, so that watchers opened together do not all wake together.
+fn progress_ticks(asked: bool, every: Duration) -> Option<tokio::time::Interval> {
+    if !asked {
+        return None;
+    }
+    let every = every.max(MIN_PROGRESS_NOTIFY_INTERVAL);
+    let mut seed = [0u8; 8];
+    let draw = getrandom::getrandom(&mut seed).map_or(0, |()| u64::from_le_bytes(seed));
+    let tenth = (every.as_nanos() / 10).max(1) as u64;
+    let period = every + Duration::from_nanos(draw % tenth);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some(ticks)
+}
+
+/// The next progress notification's time, or never.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn watcher<B: Backend>(
     backend: Arc<B>,
     mut caller: Caller,
-    id: i64,
+    opened: Opened,
     c: pb::WatchCreateRequest,
     out: Out,
-    created_sent: tokio::sync::oneshot::Sender<()>,
     bugs: crate::ApiBugs,
 ) {
+    let Opened {
+        id,
+        created_sent,
+        progress_every,
+    } = opened;
     use pb::watch_create_request::FilterType;
     let sub = match backend.subscribe().await {
         Ok(s) => s,
@@ -320,6 +393,7 @@ async fn watcher<B: Backend>(
             ..header
         },
         out,
+        sent_events: AtomicBool::new(false),
     };
     let created = pb::WatchResponse {
         header: convert::header(w.header),
@@ -345,8 +419,20 @@ async fn watcher<B: Backend>(
         }
     }
     let mut feed = sub.feed;
+    let mut ticks = progress_ticks(c.progress_notify, progress_every);
     loop {
-        match feed.recv().await {
+        let received = tokio::select! {
+            r = feed.recv() => r,
+            () = next_tick(&mut ticks) => {
+                // Everything before `next` has gone out; what is still in
+                // the feed comes after this notification.
+                if !w.progress(next - 1).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        match received {
             Ok(applied) => {
                 if applied.revision < next {
                     continue;

@@ -455,6 +455,53 @@ mod watch {
         assert_eq!(events(&r), [(EventType::Put, "k".into(), "v".into())]);
     }
 
+    /// A watcher that asks for progress notifications hears, when no events
+    /// went to it, an empty answer headed with the revision it has seen all
+    /// of; one that did not ask hears nothing.
+    #[tokio::test]
+    async fn progress_notifications_go_to_the_watchers_that_asked() {
+        let channel = connect(Limits {
+            watch_progress_notify_interval: std::time::Duration::from_millis(100),
+            ..Limits::default()
+        })
+        .await;
+        let mut kv = KvClient::new(channel.clone());
+        kv.put(put("elsewhere", "1")).await.unwrap(); // revision 2
+        let mut w = Stream::open(channel).await;
+        let quiet = w
+            .create(pb::WatchCreateRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        let asked = w
+            .create(pb::WatchCreateRequest {
+                key: "k".into(),
+                progress_notify: true,
+                ..Default::default()
+            })
+            .await;
+        assert_ne!(quiet.watch_id, asked.watch_id);
+        for revision in [2, 2, 3] {
+            if revision == 3 {
+                kv.put(put("elsewhere", "2")).await.unwrap();
+            }
+            let r = loop {
+                let r = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+                    .await
+                    .expect("no progress notification");
+                assert_eq!(r.watch_id, asked.watch_id, "{r:?}");
+                assert!(r.events.is_empty() && !r.created && !r.canceled, "{r:?}");
+                // One may already have been due before the put.
+                if r.header.as_ref().unwrap().revision == revision {
+                    break r;
+                }
+                assert!(revision == 3, "{r:?}");
+            };
+            assert_eq!(r.compact_revision, 0);
+        }
+    }
+
     #[tokio::test]
     async fn a_watch_replays_history_then_follows_live_changes() {
         let channel = connect(Limits::default()).await;

@@ -58,7 +58,7 @@ impl AutoCompaction {
 }
 
 /// A duration as Go writes one: numbers with units h, m, s, ms (`1h30m`).
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {

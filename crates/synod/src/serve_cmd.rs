@@ -106,6 +106,16 @@ pub struct ServeArgs {
     /// bcrypt's cost for hashing passwords (4 to 31).
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = synod_etcd::BCRYPT_COST)]
     pub bcrypt_cost: u32,
+    /// How often a watcher that asked for progress notifications, and got
+    /// no events since the last, is told the revision it is at (a Go
+    /// duration; 0: the default; at least 100ms).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = go_duration
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
     /// Largest frame taken from a peer, in bytes (synod only; etcd has no
     /// such flag). A snapshot of the whole store travels in one frame, so
     /// this must exceed the store's encoded size.
@@ -403,6 +413,9 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             min_lease_ttl: Limits::min_lease_ttl_for(tick, election),
             auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
             bcrypt_cost: bcrypt_cost(a.bcrypt_cost),
+            watch_progress_notify_interval: progress_interval(
+                a.experimental_watch_progress_notify_interval,
+            ),
         },
         max_peer_frame: a.max_peer_frame_bytes,
         quota_bytes: match a.quota_backend_bytes {
@@ -726,6 +739,29 @@ fn check_values(a: &ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A duration flag, written as Go writes durations (`10m`, `1h30m`, `250ms`).
+fn go_duration(text: &str) -> Result<Duration, String> {
+    synod_server::compactor::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration (such as 10m, 30s or 250ms)"))
+}
+
+/// The progress notification interval asked for: 0 is etcd's default, and
+/// less than etcd's minimum is raised to it, with etcd's warning.
+fn progress_interval(asked: Duration) -> Duration {
+    use synod_etcd::{MIN_PROGRESS_NOTIFY_INTERVAL, PROGRESS_NOTIFY_INTERVAL};
+    if asked.is_zero() {
+        return PROGRESS_NOTIFY_INTERVAL;
+    }
+    if asked < MIN_PROGRESS_NOTIFY_INTERVAL {
+        eprintln!(
+            "synod: [WARNING] adjusting watch progress notify interval to minimum period {:?}",
+            MIN_PROGRESS_NOTIFY_INTERVAL
+        );
+        return MIN_PROGRESS_NOTIFY_INTERVAL;
+    }
+    asked
+}
+
 /// Warns of `ETCD_*` variables that no flag reads, as etcd does.
 fn warn_unknown_env() {
     const KNOWN: &[&str] = &[
@@ -750,6 +786,7 @@ fn warn_unknown_env() {
         "STRICT_RECONFIG_CHECK",
         "LOGGER",
         "LOG_LEVEL",
+        "EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
     ];
     for (k, v) in std::env::vars() {
         if let Some(flag) = k.strip_prefix("ETCD_") {
