@@ -762,37 +762,19 @@ fn progress_interval(asked: Duration) -> Duration {
     asked
 }
 
-/// Warns of `ETCD_*` variables that no flag reads, as etcd does.
+/// Warns of `ETCD_*` variables that no flag reads, as etcd does. The flags'
+/// own variables are the known ones, so a new flag cannot be forgotten here.
 fn warn_unknown_env() {
-    const KNOWN: &[&str] = &[
-        "NAME",
-        "DATA_DIR",
-        "LISTEN_CLIENT_URLS",
-        "ADVERTISE_CLIENT_URLS",
-        "LISTEN_PEER_URLS",
-        "INITIAL_ADVERTISE_PEER_URLS",
-        "INITIAL_CLUSTER",
-        "INITIAL_CLUSTER_STATE",
-        "INITIAL_CLUSTER_TOKEN",
-        "HEARTBEAT_INTERVAL",
-        "ELECTION_TIMEOUT",
-        "SNAPSHOT_COUNT",
-        "MAX_REQUEST_BYTES",
-        "MAX_TXN_OPS",
-        "QUOTA_BACKEND_BYTES",
-        "AUTO_COMPACTION_MODE",
-        "AUTO_COMPACTION_RETENTION",
-        "LISTEN_METRICS_URLS",
-        "STRICT_RECONFIG_CHECK",
-        "LOGGER",
-        "LOG_LEVEL",
-        "EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
-    ];
+    use clap::Args as _;
+    let flags = ServeArgs::augment_args(clap::Command::new("serve"));
+    let known: Vec<String> = flags
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
     for (k, v) in std::env::vars() {
-        if let Some(flag) = k.strip_prefix("ETCD_") {
-            if !KNOWN.contains(&flag) {
-                eprintln!("synod: [WARNING] unrecognized environment variable {k}={v}");
-            }
+        if k.starts_with("ETCD_") && !known.contains(&k) {
+            eprintln!("synod: [WARNING] unrecognized environment variable {k}={v}");
         }
     }
 }

@@ -340,13 +340,33 @@ async fn bad_configurations_are_refused_with_a_reason() {
     );
 
     // What synod does not implement yet (TLS) is refused, by flag.
+    // ETCD_* variables that no flag reads are warned about, as etcd does;
+    // those a flag reads are not.
     let mut cmd = c.command(0);
     cmd.args(["--listen-metrics-urls", "https://127.0.0.1:1"]);
+    cmd.env("ETCD_BCRYPT_COST", "10")
+        .env("ETCD_NO_SUCH_FLAG", "1");
     let out = run_to_end(cmd);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--listen-metrics-urls") && err.contains("TLS"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unrecognized environment variable ETCD_NO_SUCH_FLAG=1")
+            && !err.contains("ETCD_BCRYPT_COST"),
+        "{err}"
+    );
+
+    // A duration that is not one is refused by its flag.
+    let mut cmd = c.command(0);
+    cmd.args(["--experimental-watch-progress-notify-interval", "soon"]);
+    let out = run_to_end(cmd);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--experimental-watch-progress-notify-interval") && err.contains("soon"),
         "{err}"
     );
 
