@@ -74,6 +74,24 @@ pub struct Tuning {
     /// `--auth-token jwt,...`: the keys of JWT auth tokens (else simple
     /// tokens).
     pub jwt: Option<Arc<synod_etcd::JwtKeys>>,
+    /// `--pre-vote`: a follower asks whether it could win before it starts
+    /// an election (on by default in synod; etcd 3.4's default is off).
+    pub pre_vote: bool,
+    /// The client listeners' HTTP/2 settings.
+    pub grpc: GrpcTuning,
+}
+
+/// etcd's gRPC server settings for the client listeners.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcTuning {
+    /// `--max-concurrent-streams` (`None`: no limit).
+    pub max_concurrent_streams: Option<u32>,
+    /// `--grpc-keepalive-interval`: how long a connection may be idle
+    /// before the server pings it.
+    pub keepalive_interval: Option<Duration>,
+    /// `--grpc-keepalive-timeout`: how long the server waits for the ping's
+    /// answer before it closes the connection.
+    pub keepalive_timeout: Option<Duration>,
 }
 
 impl Default for Tuning {
@@ -92,6 +110,8 @@ impl Default for Tuning {
             bugs: Default::default(),
             api_bugs: Default::default(),
             jwt: None,
+            pre_vote: true,
+            grpc: GrpcTuning::default(),
         }
     }
 }
@@ -312,6 +332,7 @@ pub async fn start_member_on(
         max_peer_frame: tuning.max_peer_frame,
         quota_bytes: tuning.quota_bytes,
         auto_compaction: tuning.auto_compaction,
+        pre_vote: tuning.pre_vote,
         bugs: tuning.bugs,
     };
     let member = match tuning.engine {
@@ -353,6 +374,7 @@ pub async fn start_member_on(
         let api = Api {
             routes,
             metrics: metrics.clone(),
+            grpc: tuning.grpc,
             stop: stop_rx.clone(),
         };
         let tls = listen
@@ -376,6 +398,7 @@ pub async fn start_member_on(
 struct Api {
     routes: tonic::service::Routes,
     metrics: Arc<Metrics>,
+    grpc: GrpcTuning,
     stop: watch::Receiver<bool>,
 }
 
@@ -391,6 +414,9 @@ impl Api {
     {
         // HTTP/1.1 too, for /health, /version and /metrics.
         let _ = tonic::transport::Server::builder()
+            .max_concurrent_streams(self.grpc.max_concurrent_streams)
+            .http2_keepalive_interval(self.grpc.keepalive_interval)
+            .http2_keepalive_timeout(self.grpc.keepalive_timeout)
             .accept_http1(true)
             .layer(GrpcMetrics(self.metrics.grpc.clone()))
             .layer(synod_etcd::GrpcGoCompat)

@@ -78,6 +78,8 @@ pub struct MemberConfig {
     pub max_peer_frame: usize,
     /// `--quota-backend-bytes` (0: no quota).
     pub quota_bytes: u64,
+    /// `--pre-vote` (Raft only).
+    pub pre_vote: bool,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: Option<AutoCompaction>,
     /// Deliberate bugs (`--unsafe-bug`; only with the `broken` feature).
@@ -307,6 +309,7 @@ impl Member {
         let mut rcfg = ReplicaConfig::new(cfg.id, cfg.voters.clone());
         rcfg.tick_ms = cfg.tick.as_millis() as u64;
         rcfg.raft.election_ticks = cfg.election_ticks;
+        rcfg.raft.pre_vote = cfg.pre_vote;
         rcfg.raft.snapshot_every = cfg.snapshot_every;
         rcfg.raft.snapshot_log_percent = cfg.snapshot_log_percent;
         rcfg.max_txn_ops = cfg.max_txn_ops;

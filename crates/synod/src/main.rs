@@ -14,6 +14,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench_cmd;
 mod ceiling_cmd;
 mod chaos;
+mod config_file;
+mod etcd_flags;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;

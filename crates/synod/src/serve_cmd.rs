@@ -2,6 +2,7 @@
 //! (and their `ETCD_*` environment variables), so that the systemd units,
 //! manifests and scripts written for etcd start synod unchanged.
 
+use crate::etcd_flags::{go_duration, EtcdOnlyArgs};
 use crate::signals::stop_signal;
 use clap::Args;
 use std::collections::BTreeSet;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use synod_etcd::Limits;
-use synod_server::cluster::{start_member_on, ClusterSpec, Listen, MemberSpec, Tuning};
+use synod_server::cluster::{start_member_on, ClusterSpec, GrpcTuning, Listen, MemberSpec, Tuning};
 use synod_server::compactor::AutoCompaction;
 use synod_server::engines::EngineChoice;
 use synod_server::peer::PeerTls;
@@ -20,6 +21,10 @@ use synod_server::tls::TlsFiles;
 /// etcd's flags, names, defaults and meanings (etcd 3.4).
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// etcd's YAML configuration file; when given, the command line and the
+    /// ETCD_* variables are ignored, as in etcd.
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
     /// Human-readable name of this member; must appear in --initial-cluster.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
@@ -174,14 +179,14 @@ pub struct ServeArgs {
     pub key_file: Option<PathBuf>,
     /// Demand a client certificate signed by --trusted-ca-file; its common
     /// name is the user when auth is enabled.
-    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
     /// CA certificates (PEM) that sign client certificates.
     #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
     /// Serve https:// client URLs with a self-signed certificate made at
     /// first start (kept in the data directory).
-    #[arg(long, env = "ETCD_AUTO_TLS")]
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub auto_tls: bool,
     /// Certificate (PEM) this member presents to its peers (https:// peer URLs).
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
@@ -190,15 +195,19 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_PEER_KEY_FILE")]
     pub peer_key_file: Option<PathBuf>,
     /// Demand a certificate signed by --peer-trusted-ca-file from every peer.
-    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
     /// CA certificates (PEM) that sign the peers' certificates.
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Talk to peers over TLS with a self-signed certificate (encrypted, not
     /// authenticated).
-    #[arg(long, env = "ETCD_PEER_AUTO_TLS")]
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub peer_auto_tls: bool,
+    /// The rest of etcd's flags: honoured, said to have no effect, or
+    /// refused (see `etcd_flags`).
+    #[command(flatten)]
+    pub etcd: EtcdOnlyArgs,
 }
 
 /// A parsed `http://host:port` or `https://host:port` URL.
@@ -282,6 +291,8 @@ pub struct Plan {
     pub spec: ClusterSpec,
     pub index: usize,
     pub listen: Listen,
+    /// etcd flags that were set and have no effect here, each with why.
+    pub notices: Vec<String>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -291,6 +302,7 @@ const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 /// names the flag.
 pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     check_values(a)?;
+    let notices = a.etcd.check()?;
     if a.heartbeat_interval == 0 {
         return Err("--heartbeat-interval must be > 0 ms".into());
     }
@@ -438,6 +450,12 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             )),
             false => None,
         },
+        pre_vote: a.etcd.pre_vote.unwrap_or(true),
+        grpc: GrpcTuning {
+            max_concurrent_streams: a.etcd.max_concurrent_streams,
+            keepalive_interval: a.etcd.grpc_keepalive_interval,
+            keepalive_timeout: a.etcd.grpc_keepalive_timeout,
+        },
     };
     let peer_files = TlsFiles {
         cert_file: a.peer_cert_file.clone(),
@@ -530,6 +548,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         spec,
         index,
         listen,
+        notices,
     })
 }
 
@@ -739,12 +758,6 @@ fn check_values(a: &ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A duration flag, written as Go writes durations (`10m`, `1h30m`, `250ms`).
-fn go_duration(text: &str) -> Result<Duration, String> {
-    synod_server::compactor::parse_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration (such as 10m, 30s or 250ms)"))
-}
-
 /// The progress notification interval asked for: 0 is etcd's default, and
 /// less than etcd's minimum is raised to it, with etcd's warning.
 fn progress_interval(asked: Duration) -> Duration {
@@ -779,21 +792,26 @@ fn warn_unknown_env() {
     }
 }
 
-/// Logs go to stderr as plain lines, at `--log-level` (etcd's names;
-/// `panic` and `fatal` show errors only).
-fn init_logs(level: &str) {
+/// Logs go to stderr (or stdout, `--log-outputs stdout`) as plain lines,
+/// at `--log-level` (etcd's names; `panic` and `fatal` show errors only;
+/// `--debug` is etcd's older way to ask for debug).
+fn init_logs(a: &ServeArgs) {
     use tracing_subscriber::filter::LevelFilter;
-    let level = match level {
+    let level = match a.log_level.as_str() {
+        _ if a.etcd.debug == Some(true) => LevelFilter::DEBUG,
         "debug" => LevelFilter::DEBUG,
         "info" => LevelFilter::INFO,
         "warn" => LevelFilter::WARN,
         _ => LevelFilter::ERROR,
     };
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if a.etcd.log_outputs == "stdout" {
+        logs.with_writer(std::io::stdout).try_init()
+    } else {
+        logs.with_writer(std::io::stderr).try_init()
+    };
 }
 
 /// The runtime that serves the client API. With one API thread
@@ -815,9 +833,18 @@ fn api_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
-    warn_unknown_env();
+    let args = match &args.config_file {
+        Some(file) => crate::config_file::load(file)?,
+        None => {
+            warn_unknown_env();
+            args
+        }
+    };
     let plan = plan(&args)?;
-    init_logs(&args.log_level);
+    init_logs(&args);
+    for n in &plan.notices {
+        eprintln!("synod: [WARNING] {n}");
+    }
     let me = &plan.spec.members[plan.index];
     let runtime = api_runtime().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
@@ -989,5 +1016,53 @@ mod tests {
         // The id etcd 3.4.23 gives this member (see synod_server::ids).
         assert_eq!(p.spec.members[0].member_id, 0x88c8b1c64f7aa886);
         assert_eq!(p.spec.members[0].data_dir, PathBuf::from("solo.etcd"));
+    }
+
+    /// The flags of kubeadm's etcd manifest, as it writes them (booleans
+    /// with `=true`), start a member; what synod does not do is said.
+    #[test]
+    fn etcds_other_flags_are_honoured_noted_or_refused() {
+        let mut flags = member("infra1", 12380, 2379);
+        flags.extend(
+            [
+                "--client-cert-auth=false",
+                "--peer-client-cert-auth=false",
+                "--experimental-initial-corrupt-check=true",
+                "--experimental-watch-progress-notify-interval=5s",
+                "--snapshot-count=10000",
+                "--max-wals=5",
+                "--pre-vote=false",
+                "--max-concurrent-streams=64",
+                "--grpc-keepalive-timeout=3s",
+            ]
+            .map(String::from),
+        );
+        let p = plan_of(&flags).unwrap();
+        assert_eq!(
+            p.notices,
+            [
+                "--experimental-initial-corrupt-check has no effect on synod: synod runs no \
+              corruption check; compare members with `etcdctl endpoint hashkv`"
+            ]
+        );
+        let a = args(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(a.etcd.pre_vote, Some(false));
+        assert_eq!(a.etcd.max_concurrent_streams, Some(64));
+        assert_eq!(a.etcd.grpc_keepalive_timeout, Some(Duration::from_secs(3)));
+        for (flag, says) in [
+            ("--wal-dir=/mnt/wal", "--wal-dir"),
+            ("--force-new-cluster", "--force-new-cluster"),
+            ("--proxy=on", "--proxy"),
+            ("--discovery=https://discovery.etcd.io/x", "--discovery"),
+            ("--peer-cert-allowed-cn=etcd", "--peer-cert-allowed-cn"),
+            ("--client-crl-file=/crl.pem", "--client-crl-file"),
+            ("--cipher-suites=TLS_AES_128_GCM_SHA256", "--cipher-suites"),
+            ("--log-outputs=/var/log/etcd.log", "--log-outputs"),
+        ] {
+            let mut f = member("infra1", 12380, 2379);
+            f.push(flag.into());
+            let err = plan_of(&f).unwrap_err();
+            assert!(err.starts_with(says), "{flag}: {err}");
+        }
     }
 }

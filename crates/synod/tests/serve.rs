@@ -1287,3 +1287,61 @@ async fn clients_and_peers_over_tls_with_certificates() {
     let (ok, out) = run(0, "root", &["auth", "disable"]);
     assert!(ok, "{out}");
 }
+
+/// etcd's YAML configuration file starts a member on its own: the command
+/// line and the ETCD_* variables are ignored, as etcd ignores them, and
+/// settings that have no effect on synod are said to have none.
+#[tokio::test]
+async fn a_member_starts_from_etcds_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::new(dir.path(), 1);
+    let (client, peer) = (c.clients[0], c.peers[0]);
+    let file = dir.path().join("etcd.conf.yml");
+    let data = dir.path().join("from-file.etcd");
+    std::fs::write(
+        &file,
+        format!(
+            "name: 'from-file'\n\
+             data-dir: {}\n\
+             wal-dir:\n\
+             listen-client-urls: http://127.0.0.1:{client}\n\
+             advertise-client-urls: http://127.0.0.1:{client}\n\
+             listen-peer-urls: http://127.0.0.1:{peer}\n\
+             initial-advertise-peer-urls: http://127.0.0.1:{peer}\n\
+             initial-cluster: from-file=http://127.0.0.1:{peer}\n\
+             max-wals: 5\n\
+             enable-v2: true\n\
+             client-transport-security:\n  client-cert-auth: false\n\
+             log-outputs: [stderr]\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_synod"));
+    cmd.args(["serve", "--config-file"])
+        .arg(&file)
+        .args(["--name", "from-the-command-line"])
+        .env("ETCD_NAME", "from-the-environment")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut procs = Reap(vec![Some(cmd.spawn().unwrap())]);
+    put_eventually(c.channel(0), "k", "v").await;
+    let members = pb::cluster_client::ClusterClient::new(c.channel(0))
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["from-file"]);
+    assert!(data.is_dir(), "the data directory is the file's");
+    let mut p = procs.0[0].take().unwrap();
+    p.kill().unwrap();
+    let out = p.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--enable-v2 has no effect") && !err.contains("--max-wals"),
+        "{err}"
+    );
+}
