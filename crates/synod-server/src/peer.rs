@@ -925,9 +925,9 @@ fn reader(stream: Conn, expect: &Expect, ends: &Ends<'_>) {
             let _ = deliver(PeerInput::Msg((from, PeerMsg::Closed)));
             return;
         }
+        counts.received.inc_by(4 + body.len() as u64);
         // A frame that does not decode ends the connection: the peer speaks
         // something else, or the stream is out of step.
-        counts.received.inc_by(4 + body.len() as u64);
         let msg = match message(&body, &hello) {
             Ok(msg) => msg,
             Err(why) => {
