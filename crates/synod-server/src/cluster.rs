@@ -92,6 +92,8 @@ pub struct GrpcTuning {
     /// `--grpc-keepalive-timeout`: how long the server waits for the ping's
     /// answer before it closes the connection.
     pub keepalive_timeout: Option<Duration>,
+    /// `--metrics=extensive`: every call's handling time, by method.
+    pub handling_times: bool,
 }
 
 impl Default for Tuning {
@@ -309,6 +311,9 @@ pub async fn start_member_on(
     let on_hello: OnHello = Arc::new(|_| {});
     let metrics = Metrics::new();
     metrics.describe(raft_id, Some(tuning.quota_bytes).filter(|&q| q > 0));
+    if tuning.grpc.handling_times {
+        metrics.time_grpc_handling();
+    }
     let voters = if spec.joining {
         Vec::new()
     } else {

@@ -7,7 +7,9 @@
 //!   is handled when its stream closes), `grpc_server_msg_received_total` and
 //!   `grpc_server_msg_sent_total`;
 //! * etcd's codec counters: `etcd_network_client_grpc_received_bytes_total`
-//!   and `..._sent_bytes_total`, the sizes of the messages themselves.
+//!   and `..._sent_bytes_total`, the sizes of the messages themselves;
+//! * with `--metrics=extensive`, as in etcd, `grpc_server_handling_seconds`:
+//!   each call's time from its request to its end, by method.
 //!
 //! etcd's server lists its own services' methods from the start, every
 //! series at 0; lock and election, registered on its server later, appear
@@ -20,12 +22,15 @@
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tonic::codegen::http;
 
 /// The kind of a method, as go-grpc-prometheus labels it (`grpc_type`).
@@ -174,6 +179,8 @@ struct Series {
     received: IntCounter,
     sent: IntCounter,
     handled: [OnceLock<IntCounter>; 17],
+    /// Made once handling times are kept (`--metrics=extensive`).
+    handling: OnceLock<Histogram>,
     labels: [&'static str; 3],
     vec: Arc<Vecs>,
 }
@@ -187,6 +194,28 @@ impl Series {
                 .with_label_values(&[kind, service, method, CODES[code]])
         })
     }
+
+    fn handling(&self) -> Option<&Histogram> {
+        let times = self.vec.handling.get()?;
+        Some(
+            self.handling
+                .get_or_init(|| times.with_label_values(&self.labels)),
+        )
+    }
+
+    /// When a call starts, if its handling time is kept.
+    fn start(&self) -> Option<Instant> {
+        self.started.inc();
+        self.vec.handling.get().map(|_| Instant::now())
+    }
+
+    /// The call that started at `since` ended with `code`.
+    fn end(&self, code: usize, since: Option<Instant>) {
+        self.handled(code).inc();
+        if let (Some(h), Some(t)) = (self.handling(), since) {
+            h.observe(t.elapsed().as_secs_f64());
+        }
+    }
 }
 
 struct Vecs {
@@ -196,6 +225,8 @@ struct Vecs {
     sent: IntCounterVec,
     client_received_bytes: IntCounter,
     client_sent_bytes: IntCounter,
+    /// Set by [`GrpcCounters::time_handling`].
+    handling: OnceLock<HistogramVec>,
 }
 
 /// A method known by its path, its series made when it is first called
@@ -263,6 +294,7 @@ impl GrpcCounters {
                 "etcd_network_client_grpc_sent_bytes_total",
                 "The total number of bytes sent to grpc clients.",
             ),
+            handling: OnceLock::new(),
         });
         let mut counters = GrpcCounters {
             vecs,
@@ -300,11 +332,36 @@ impl GrpcCounters {
                     received: self.vecs.received.with_label_values(labels),
                     sent: self.vecs.sent.with_label_values(labels),
                     handled: Default::default(),
+                    handling: OnceLock::new(),
                     labels: method.labels,
                     vec: self.vecs.clone(),
                 })
             })
             .clone()
+    }
+
+    /// Keeps every call's handling time from now on, in `r`
+    /// (`--metrics=extensive`): go-grpc-prometheus's histogram, with its
+    /// default buckets, listed for etcd's methods from the start as the
+    /// counters are.
+    pub fn time_handling(&self, r: &Registry) {
+        let h = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            ),
+            &["grpc_type", "grpc_service", "grpc_method"],
+        )
+        .expect("valid metric");
+        if self.vecs.handling.set(h.clone()).is_err() {
+            return;
+        }
+        r.register(Box::new(h)).expect("registered once");
+        for m in self.methods.values() {
+            if let Some(s) = m.series.get() {
+                s.handling();
+            }
+        }
     }
 
     /// The series of the method at `path`; none for anything else (HTTP
@@ -355,18 +412,22 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let series = self.counters.lookup(req.uri().path());
-        if let Some(s) = &series {
-            s.started.inc();
-        }
+        let since = series.as_ref().and_then(|s| s.start());
         let req = req.map(|body| Counted::new(body, series.clone(), Direction::Received));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
-            let mut out = Direction::Sent { handled: false };
+            let mut out = Direction::Sent {
+                handled: false,
+                since,
+            };
             if let (Some(s), Some(code)) = (&series, resp.headers().get("grpc-status")) {
                 // An error before any message: a trailers-only answer.
-                s.handled(code_index(code.as_bytes())).inc();
-                out = Direction::Sent { handled: true };
+                s.end(code_index(code.as_bytes()), since);
+                out = Direction::Sent {
+                    handled: true,
+                    since,
+                };
             }
             Ok(resp.map(|body| Counted::new(body, series, out)))
         })
@@ -374,11 +435,14 @@ where
 }
 
 /// Which way a body goes, and for an answer whether its call was counted
-/// as handled yet.
+/// as handled yet, and when it started if its handling time is kept.
 #[derive(Clone, Copy)]
 enum Direction {
     Received,
-    Sent { handled: bool },
+    Sent {
+        handled: bool,
+        since: Option<Instant>,
+    },
 }
 
 /// Where a body stands in its run of gRPC frames.
@@ -450,9 +514,19 @@ impl<B> Counted<B> {
 
     /// The call ended with `code` (an answer's trailers, or its end).
     fn handled(&mut self, code: usize) {
-        if let (Some(s), Direction::Sent { handled: false }) = (&self.series, self.direction) {
-            s.handled(code).inc();
-            self.direction = Direction::Sent { handled: true };
+        if let (
+            Some(s),
+            Direction::Sent {
+                handled: false,
+                since,
+            },
+        ) = (&self.series, self.direction)
+        {
+            s.end(code, since);
+            self.direction = Direction::Sent {
+                handled: true,
+                since,
+            };
         }
     }
 }
@@ -559,5 +633,26 @@ mod tests {
         assert_eq!(count("grpc_server_started_total"), 41);
         assert_eq!(count("grpc_server_msg_sent_total"), 41);
         assert_eq!(count("grpc_server_handled_total"), 41 * 17);
+    }
+
+    #[test]
+    fn handling_times_are_kept_only_when_asked() {
+        let r = Registry::new();
+        let counters = GrpcCounters::new(&r);
+        let has = |r: &Registry| {
+            r.gather()
+                .iter()
+                .find(|f| f.name() == "grpc_server_handling_seconds")
+                .map(|f| f.get_metric().len())
+        };
+        let put = counters.lookup("/etcdserverpb.KV/Put").unwrap();
+        put.end(0, put.start());
+        assert_eq!(has(&r), None, "basic metrics keep no times");
+        counters.time_handling(&r);
+        assert_eq!(has(&r), Some(41), "etcd's methods, listed from the start");
+        let since = put.start();
+        assert!(since.is_some());
+        put.end(0, since);
+        assert_eq!(put.handling().unwrap().get_sample_count(), 1);
     }
 }

@@ -435,6 +435,11 @@ impl Metrics {
             .set(quota_bytes.map_or(-1, |q| i64::try_from(q).unwrap_or(i64::MAX)));
     }
 
+    /// Keeps every gRPC call's handling time (`--metrics=extensive`).
+    pub fn time_grpc_handling(&self) {
+        self.grpc.time_handling(&self.registry);
+    }
+
     /// Everything in Prometheus's text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

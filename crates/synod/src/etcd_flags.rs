@@ -3,7 +3,7 @@
 //! unchanged, and what each one does here. Three kinds:
 //!
 //! - **honoured**: gRPC keepalives and stream limits, pre-vote, debug logs,
-//!   the log output;
+//!   the log output, extensive metrics;
 //! - **no effect**, said once at start when set to other than etcd's
 //!   default: tuning of etcd's own storage (bbolt batches, freelists, WAL
 //!   and snapshot file counts), Go's profiler, the v2 API, checks synod
@@ -351,11 +351,6 @@ impl EtcdOnlyArgs {
             other(&self.grpc_keepalive_min_time, Duration::from_secs(5)),
             "--grpc-keepalive-min-time",
             "client pings are not limited",
-        );
-        note(
-            self.metrics == "extensive",
-            "--metrics=extensive",
-            "gRPC handling-time histograms are not served",
         );
         note(
             self.initial_election_tick_advance == Some(false),

@@ -455,6 +455,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             max_concurrent_streams: a.etcd.max_concurrent_streams,
             keepalive_interval: a.etcd.grpc_keepalive_interval,
             keepalive_timeout: a.etcd.grpc_keepalive_timeout,
+            handling_times: a.etcd.metrics == "extensive",
         },
     };
     let peer_files = TlsFiles {
@@ -1034,6 +1035,7 @@ mod tests {
                 "--pre-vote=false",
                 "--max-concurrent-streams=64",
                 "--grpc-keepalive-timeout=3s",
+                "--metrics=extensive",
             ]
             .map(String::from),
         );
