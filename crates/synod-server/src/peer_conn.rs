@@ -177,6 +177,7 @@ mod tests {
             trusted_ca_file: Some(dir.join("ca.pem")),
             client_cert_auth: true,
             auto_tls: false,
+            crl_file: None,
         }
     }
 
@@ -243,5 +244,87 @@ mod tests {
         let _ = plain.write_all(b"hello");
         drop(plain);
         assert!(server.join().unwrap().is_err(), "plain bytes were taken");
+    }
+
+    /// With `--peer-crl-file`, a peer whose certificate its CA revoked is
+    /// refused at the handshake; one the list does not name still talks.
+    #[test]
+    fn a_revoked_certificate_is_refused() {
+        use rcgen::{
+            date_time_ymd, CertificateRevocationListParams, KeyIdMethod, KeyUsagePurpose,
+            RevokedCertParams, SerialNumber,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name.push(DnType::CommonName, "synod CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let member = |name: &str, serial: u64| {
+            let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            leaf.distinguished_name.push(DnType::CommonName, name);
+            leaf.serial_number = Some(SerialNumber::from(serial));
+            let key = KeyPair::generate().unwrap();
+            let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+            let (cert, key_file) = (
+                dir.path().join(format!("{name}.pem")),
+                dir.path().join(format!("{name}-key.pem")),
+            );
+            std::fs::write(&cert, leaf.pem()).unwrap();
+            std::fs::write(&key_file, key.serialize_pem()).unwrap();
+            TlsFiles {
+                cert_file: Some(cert),
+                key_file: Some(key_file),
+                trusted_ca_file: Some(dir.path().join("ca.pem")),
+                client_cert_auth: true,
+                auto_tls: false,
+                crl_file: None,
+            }
+        };
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(13u64),
+                revocation_time: date_time_ymd(2024, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca, &ca_key)
+        .unwrap();
+        std::fs::write(dir.path().join("crl.pem"), crl.pem().unwrap()).unwrap();
+        let mut acceptor = member("acceptor", 11);
+        acceptor.crl_file = Some(dir.path().join("crl.pem"));
+        let good = member("good", 12);
+        let revoked = member("revoked", 13);
+
+        let (addr, server) = serve_once(peer_tls(&acceptor));
+        let mut c = Conn::dial(addr, Duration::from_secs(5), Some(&peer_tls(&good))).unwrap();
+        c.write_all(b"hello").unwrap();
+        c.flush().unwrap();
+        assert_eq!(server.join().unwrap().unwrap().0, b"hello");
+
+        let (addr, server) = serve_once(peer_tls(&acceptor));
+        if let Ok(mut c) = Conn::dial(addr, Duration::from_secs(5), Some(&peer_tls(&revoked))) {
+            // TLS 1.3: the client may finish before the server refuses.
+            let _ = c.write_all(b"hello").and_then(|()| c.flush());
+        }
+        let refused = server.join().unwrap();
+        assert!(refused.is_err(), "a revoked certificate was taken");
+
+        // A list without certificates to check it against is refused.
+        let mut no_auth = member("no-auth", 14);
+        no_auth.client_cert_auth = false;
+        no_auth.crl_file = Some(dir.path().join("crl.pem"));
+        let err = no_auth
+            .server_config(Path::new("/nonexistent"), &["127.0.0.1".to_string()])
+            .unwrap_err();
+        assert!(err.contains("needs certificates to check"), "{err}");
     }
 }

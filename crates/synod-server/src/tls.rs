@@ -6,10 +6,11 @@
 //! certificate signed by `--trusted-ca-file`, and takes its common name as
 //! the user when auth is on. The `--peer-*` flags do the same for the
 //! connections between members: each side then presents its certificate and
-//! checks the other's.
+//! checks the other's. `--client-crl-file` (`--peer-crl-file`) refuses
+//! certificates that a CA has revoked since.
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ pub struct TlsFiles {
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub auto_tls: bool,
+    /// Revoked certificates (`--client-crl-file`, `--peer-crl-file`), in
+    /// PEM or DER, checked against the certificates demanded.
+    pub crl_file: Option<PathBuf>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -44,6 +48,22 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path)
         .map_err(|e| format!("{}: cannot read a private key: {e}", path.display()))
+}
+
+/// The revocation lists in `path`: PEM blocks, or one list in DER, as
+/// etcd reads them.
+fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let pem: Vec<_> = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: cannot read revocation lists: {e}", path.display()))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    let der = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if der.is_empty() {
+        return Err(format!("{}: no revocation list in it", path.display()));
+    }
+    Ok(vec![CertificateRevocationListDer::from(der)])
 }
 
 fn roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
@@ -107,10 +127,24 @@ impl TlsFiles {
                 .trusted_ca_file
                 .as_deref()
                 .ok_or("--client-cert-auth needs --trusted-ca-file")?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+            if let Some(crl) = &self.crl_file {
+                // As etcd checks them: a presented certificate whose serial
+                // its issuer's list revokes is refused, and a certificate
+                // that no list speaks of passes.
+                verifier = verifier
+                    .with_crls(crls(crl)?)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| format!("{}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
+        } else if self.crl_file.is_some() {
+            // No certificate is asked for, so none could be checked: say so
+            // rather than serve as if revocations were enforced.
+            return Err("a revocation list needs certificates to check: give --client-cert-auth (--peer-client-cert-auth for peers)".into());
         } else {
             builder.with_no_client_auth()
         };

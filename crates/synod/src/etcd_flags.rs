@@ -3,14 +3,15 @@
 //! unchanged, and what each one does here. Three kinds:
 //!
 //! - **honoured**: gRPC keepalives and stream limits, pre-vote, debug logs,
-//!   the log output, extensive metrics;
+//!   the log output, extensive metrics, certificate revocation lists;
 //! - **no effect**, said once at start when set to other than etcd's
 //!   default: tuning of etcd's own storage (bbolt batches, freelists, WAL
 //!   and snapshot file counts), Go's profiler, the v2 API, checks synod
 //!   does not run;
 //! - **refused** unless left at etcd's default: modes synod does not have
 //!   (proxy, discovery, a dedicated WAL directory, forcing a new cluster)
-//!   and TLS restrictions it does not enforce. Serving without a
+//!   and TLS restrictions it does not enforce (cipher suites, allowed
+//!   names). Serving without a
 //!   restriction the operator asked for would be worse than not starting.
 
 use clap::Args;
@@ -140,12 +141,16 @@ pub struct EtcdOnlyArgs {
     /// TLS cipher suites (refused: synod uses rustls's own safe set).
     #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
     pub cipher_suites: String,
-    /// Revoked client certificates (refused: not checked by synod).
-    #[arg(long, env = "ETCD_CLIENT_CRL_FILE", default_value = "")]
-    pub client_crl_file: String,
-    /// Revoked peer certificates (refused: not checked by synod).
-    #[arg(long, env = "ETCD_PEER_CRL_FILE", default_value = "")]
-    pub peer_crl_file: String,
+    /// Revoked client certificates (PEM or DER), refused at the handshake.
+    #[arg(
+        long = "client-crl-file",
+        env = "ETCD_CLIENT_CRL_FILE",
+        default_value = ""
+    )]
+    pub client_crl: String,
+    /// Revoked peer certificates (PEM or DER), refused at the handshake.
+    #[arg(long = "peer-crl-file", env = "ETCD_PEER_CRL_FILE", default_value = "")]
+    pub peer_crl: String,
     /// The one host name client certificates must carry (refused).
     #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", default_value = "")]
     pub client_cert_allowed_hostname: String,
@@ -168,6 +173,20 @@ pub fn go_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl EtcdOnlyArgs {
+    /// `--client-crl-file`, if given.
+    pub fn client_crl_file(&self) -> Option<std::path::PathBuf> {
+        Some(self.client_crl.trim())
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+    }
+
+    /// `--peer-crl-file`, if given.
+    pub fn peer_crl_file(&self) -> Option<std::path::PathBuf> {
+        Some(self.peer_crl.trim())
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+    }
+
     /// Refuses what synod cannot honour; otherwise returns one line for
     /// each flag that was set and has no effect here.
     pub fn check(&self) -> Result<Vec<String>, String> {
@@ -217,8 +236,6 @@ impl EtcdOnlyArgs {
             );
         }
         for (flag, value) in [
-            ("--client-crl-file", &self.client_crl_file),
-            ("--peer-crl-file", &self.peer_crl_file),
             (
                 "--client-cert-allowed-hostname",
                 &self.client_cert_allowed_hostname,

@@ -464,6 +464,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         trusted_ca_file: a.peer_trusted_ca_file.clone(),
         client_cert_auth: a.peer_client_cert_auth,
         auto_tls: a.peer_auto_tls,
+        crl_file: a.etcd.peer_crl_file(),
     };
     let peer_tls = if peer_secure {
         let hosts: Vec<String> = advertise_peers.iter().map(|u| u.host.clone()).collect();
@@ -505,6 +506,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         trusted_ca_file: a.trusted_ca_file.clone(),
         client_cert_auth: a.client_cert_auth,
         auto_tls: a.auto_tls,
+        crl_file: a.etcd.client_crl_file(),
     };
     let resolve_all = |urls: &[&Url]| {
         urls.iter()
@@ -1057,7 +1059,6 @@ mod tests {
             ("--proxy=on", "--proxy"),
             ("--discovery=https://discovery.etcd.io/x", "--discovery"),
             ("--peer-cert-allowed-cn=etcd", "--peer-cert-allowed-cn"),
-            ("--client-crl-file=/crl.pem", "--client-crl-file"),
             ("--cipher-suites=TLS_AES_128_GCM_SHA256", "--cipher-suites"),
             ("--log-outputs=/var/log/etcd.log", "--log-outputs"),
         ] {
