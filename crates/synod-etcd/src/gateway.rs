@@ -67,22 +67,6 @@ fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// The headers etcd puts on every answer of its client port.
-fn cors(headers: &mut HeaderMap) {
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("accept, content-type, authorization"),
-    );
-}
-
 fn respond(status: StatusCode, content_type: Option<&'static str>, body: Body) -> Response {
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -90,7 +74,6 @@ fn respond(status: StatusCode, content_type: Option<&'static str>, body: Body) -
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(t));
     }
-    cors(r.headers_mut());
     r
 }
 

@@ -50,6 +50,7 @@ mod auth;
 mod authority;
 mod backend;
 mod convert;
+mod cors;
 mod gateway;
 mod grpc_compat;
 mod health;
@@ -67,6 +68,7 @@ pub use backend::{
     ApiError, Applied, Backend, Header, LeaseTtl, MemberError, MemberInfo, StatusInfo,
     Subscription, API_VERSION,
 };
+pub use cors::Cors;
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use health::HealthService;
 pub use jwt::JwtKeys;

@@ -151,6 +151,7 @@ pub struct EtcdServer<B> {
     limits: Limits,
     bugs: ApiBugs,
     tokens: Arc<crate::auth::Tokens>,
+    cors: crate::Cors,
 }
 
 impl<B> Clone for EtcdServer<B> {
@@ -160,6 +161,7 @@ impl<B> Clone for EtcdServer<B> {
             limits: self.limits,
             bugs: self.bugs,
             tokens: self.tokens.clone(),
+            cors: self.cors.clone(),
         }
     }
 }
@@ -171,6 +173,7 @@ impl<B: Backend> EtcdServer<B> {
             limits,
             bugs: ApiBugs::default(),
             tokens: Arc::new(crate::auth::Tokens::new(limits.auth_token_ttl)),
+            cors: crate::Cors::default(),
         }
     }
 
@@ -190,6 +193,13 @@ impl<B: Backend> EtcdServer<B> {
         self
     }
 
+    /// The origins the JSON gateway's answers allow (`--cors`; all by
+    /// default).
+    pub fn with_cors(mut self, cors: crate::Cors) -> Self {
+        self.cors = cors;
+        self
+    }
+
     /// Plants deliberate bugs (ignored unless built with `broken`).
     pub fn with_bugs(mut self, bugs: ApiBugs) -> Self {
         self.bugs = bugs;
@@ -205,7 +215,7 @@ impl<B: Backend> EtcdServer<B> {
     /// (`.serve(addr)` or `.serve_with_incoming(listener)`).
     pub fn router(self) -> tonic::service::Routes {
         let max = self.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        let gateway = self.clone().gateway();
+        let gateway = self.cors.apply(self.clone().gateway());
         let grpc =
             tonic::service::Routes::new(KvServer::new(self.clone()).max_decoding_message_size(max))
                 .add_service(LeaseServer::new(self.clone()).max_decoding_message_size(max))

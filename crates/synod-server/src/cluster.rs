@@ -79,6 +79,8 @@ pub struct Tuning {
     pub pre_vote: bool,
     /// The client listeners' HTTP/2 settings.
     pub grpc: GrpcTuning,
+    /// `--cors`: the origins the HTTP answers allow.
+    pub cors: synod_etcd::Cors,
 }
 
 /// etcd's gRPC server settings for the client listeners.
@@ -114,6 +116,7 @@ impl Default for Tuning {
             jwt: None,
             pre_vote: true,
             grpc: GrpcTuning::default(),
+            cors: synod_etcd::Cors::default(),
         }
     }
 }
@@ -364,10 +367,13 @@ pub async fn start_member_on(
         listeners.push(socket.listen(1024).map_err(|e| cannot(&addr, e))?);
     }
     for (i, listener) in listeners.into_iter().enumerate() {
-        let web = http::routes(backend.clone(), metrics.clone());
+        let web = tuning
+            .cors
+            .apply(http::routes(backend.clone(), metrics.clone()));
         let routes = if i < metrics_from {
-            let mut api =
-                EtcdServer::new(backend.clone(), tuning.limits).with_bugs(tuning.api_bugs);
+            let mut api = EtcdServer::new(backend.clone(), tuning.limits)
+                .with_bugs(tuning.api_bugs)
+                .with_cors(tuning.cors.clone());
             if let Some(keys) = &tuning.jwt {
                 api = api.with_jwt(keys.clone());
             }

@@ -14,6 +14,17 @@ use common::free_port;
 
 /// One HTTP/1.1 request: (status code, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let out = http_whole(addr, method, path);
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// One HTTP/1.1 request: the whole answer, headers included.
+fn http_whole(addr: SocketAddr, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -23,12 +34,7 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    out
 }
 
 /// The value of the metric line that starts with `series`.
@@ -77,6 +83,14 @@ async fn health_version_and_metrics_as_etcd_serves_them() {
         .await
         .unwrap();
     assert_eq!(code, 405, "etcd answers only GET");
+    // Every HTTP answer carries etcd's CORS headers (any origin, by default).
+    let whole = tokio::task::spawn_blocking(move || http_whole(addr, "GET", "/version"))
+        .await
+        .unwrap();
+    assert!(
+        whole.contains("access-control-allow-origin: *\r\n"),
+        "{whole}"
+    );
     let (code, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/version"))
         .await
         .unwrap();

@@ -457,6 +457,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             keepalive_timeout: a.etcd.grpc_keepalive_timeout,
             handling_times: a.etcd.metrics == "extensive",
         },
+        cors: synod_etcd::Cors::parse(&a.etcd.cors),
     };
     let peer_files = TlsFiles {
         cert_file: a.peer_cert_file.clone(),
