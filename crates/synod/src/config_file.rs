@@ -9,23 +9,26 @@ use clap::{Args, FromArgMatches};
 use std::path::Path;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// The flag each key of a TLS section stands for.
-fn tls_flag(section: &str, key: &str) -> Option<String> {
+/// The flag each key of a TLS section stands for, as etcd maps them.
+fn tls_flag(section: &str, key: &str) -> Option<&'static str> {
     let client = section == "client-transport-security";
-    let flag = match key {
-        "cert-file" | "key-file" | "client-cert-auth" | "trusted-ca-file" | "auto-tls" => {
-            key.to_string()
-        }
-        "crl-file" => "crl-file".to_string(),
-        "allowed-cn" if !client => "cert-allowed-cn".to_string(),
-        "allowed-hostname" => "cert-allowed-hostname".to_string(),
+    Some(match (client, key) {
+        (true, "cert-file") => "cert-file",
+        (true, "key-file") => "key-file",
+        (true, "client-cert-auth") => "client-cert-auth",
+        (true, "trusted-ca-file") => "trusted-ca-file",
+        (true, "auto-tls") => "auto-tls",
+        (true, "crl-file") => "client-crl-file",
+        (true, "allowed-hostname") => "client-cert-allowed-hostname",
+        (false, "cert-file") => "peer-cert-file",
+        (false, "key-file") => "peer-key-file",
+        (false, "client-cert-auth") => "peer-client-cert-auth",
+        (false, "trusted-ca-file") => "peer-trusted-ca-file",
+        (false, "auto-tls") => "peer-auto-tls",
+        (false, "crl-file") => "peer-crl-file",
+        (false, "allowed-cn") => "peer-cert-allowed-cn",
+        (false, "allowed-hostname") => "peer-cert-allowed-hostname",
         _ => return None,
-    };
-    Some(match (client, flag.as_str()) {
-        (true, "crl-file") => "client-crl-file".to_string(),
-        (true, "cert-allowed-hostname") => "client-cert-allowed-hostname".to_string(),
-        (true, _) => flag,
-        (false, _) => format!("peer-{flag}"),
     })
 }
 
@@ -77,7 +80,7 @@ impl Reading<'_> {
             };
             let name = format!("{key}.{sub}");
             match tls_flag(key, sub) {
-                Some(flag) => self.add(&flag, sv, &name)?,
+                Some(flag) => self.add(flag, sv, &name)?,
                 None => self.unknown.push(name),
             }
         }
