@@ -18,9 +18,11 @@ pub struct ClientIdentity {
     pub common_name: Option<String>,
 }
 
-fn common_name(der: &[u8]) -> Option<String> {
+/// The subject common name of a certificate in DER; with several, the last,
+/// as Go reads it into `Subject.CommonName`.
+pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
+    let cn = cert.subject().iter_common_name().last()?;
     cn.as_str().ok().map(str::to_string)
 }
 

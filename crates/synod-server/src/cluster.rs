@@ -483,7 +483,9 @@ fn tls_incoming(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(synod_etcd::AuthorityFix::new(tls))).await;
                     }
-                    Ok(Err(e)) => tracing::debug!("TLS handshake with {from} failed: {e}"),
+                    // Said as etcd says it: an operator looking for why a
+                    // client cannot connect finds it at the default level.
+                    Ok(Err(e)) => tracing::info!("rejected connection from {from}: {e}"),
                     Err(_) => tracing::debug!("TLS handshake with {from} timed out"),
                 }
             });

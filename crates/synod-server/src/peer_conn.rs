@@ -177,7 +177,7 @@ mod tests {
             trusted_ca_file: Some(dir.join("ca.pem")),
             client_cert_auth: true,
             auto_tls: false,
-            crl_file: None,
+            ..Default::default()
         }
     }
 
@@ -280,7 +280,7 @@ mod tests {
                 trusted_ca_file: Some(dir.path().join("ca.pem")),
                 client_cert_auth: true,
                 auto_tls: false,
-                crl_file: None,
+                ..Default::default()
             }
         };
         let crl = CertificateRevocationListParams {
@@ -326,5 +326,72 @@ mod tests {
             .server_config(Path::new("/nonexistent"), &["127.0.0.1".to_string()])
             .unwrap_err();
         assert!(err.contains("needs certificates to check"), "{err}");
+    }
+
+    /// Whether a member with `dialler`'s files reaches one with
+    /// `acceptor`'s: both sides must finish the handshake and the bytes
+    /// arrive.
+    fn talks(acceptor: &TlsFiles, dialler: &TlsFiles) -> bool {
+        let (addr, server) = serve_once(peer_tls(acceptor));
+        let dialled = Conn::dial(addr, Duration::from_secs(5), Some(&peer_tls(dialler)));
+        let sent = dialled.and_then(|mut c| {
+            // TLS 1.3: the dialler may finish before the acceptor refuses.
+            c.write_all(b"hello")?;
+            c.flush()?;
+            Ok(c)
+        });
+        let accepted = server.join().unwrap();
+        if sent.is_err() {
+            // The dialler refused the acceptor: nothing must have arrived.
+            assert!(accepted.is_err(), "bytes arrived from a refused link");
+            return false;
+        }
+        accepted.is_ok_and(|(got, _)| got == b"hello")
+    }
+
+    /// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname`: a
+    /// certificate from the trusted CA must also name the one identity
+    /// given, and each side checks the other's, as etcd does.
+    #[test]
+    fn an_allowed_name_admits_only_certificates_that_carry_it() {
+        use crate::tls::AllowedName;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = member_files(dir.path(), "synod CA");
+        let with = |rule: AllowedName| TlsFiles {
+            allowed: Some(rule),
+            ..plain.clone()
+        };
+        let cn = |s: &str| AllowedName::CommonName(s.to_string());
+        let host = |s: &str| AllowedName::Hostname(s.to_string());
+
+        assert!(talks(&plain, &plain), "the CA's certificates alone talk");
+        assert!(talks(&with(cn("member")), &with(cn("member"))));
+        assert!(talks(&with(host("127.0.0.1")), &plain));
+        // The acceptor refuses the dialler's certificate...
+        assert!(!talks(&with(cn("someone-else")), &plain));
+        assert!(!talks(&with(host("m9.example.com")), &plain));
+        // ...and the dialler the acceptor's.
+        assert!(!talks(&plain, &with(cn("someone-else"))));
+        assert!(!talks(&plain, &with(host("10.0.0.9"))));
+
+        // A rule needs certificates to check it against.
+        let hosts = ["127.0.0.1".to_string()];
+        let no_auth = TlsFiles {
+            client_cert_auth: false,
+            ..with(cn("member"))
+        };
+        let err = no_auth
+            .server_config(Path::new("/nonexistent"), &hosts)
+            .unwrap_err();
+        assert!(err.contains("needs certificates to check"), "{err}");
+        let no_ca = TlsFiles {
+            trusted_ca_file: None,
+            auto_tls: true,
+            ..with(cn("member"))
+        };
+        let err = no_ca
+            .client_config(Path::new("/nonexistent"), &hosts)
+            .unwrap_err();
+        assert!(err.contains("--peer-trusted-ca-file"), "{err}");
     }
 }

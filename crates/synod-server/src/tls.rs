@@ -7,12 +7,24 @@
 //! the user when auth is on. The `--peer-*` flags do the same for the
 //! connections between members: each side then presents its certificate and
 //! checks the other's. `--client-crl-file` (`--peer-crl-file`) refuses
-//! certificates that a CA has revoked since.
+//! certificates that a CA has revoked since; `--peer-cert-allowed-cn`,
+//! `--peer-cert-allowed-hostname` and `--client-cert-allowed-hostname`
+//! admit only the certificates that name one given identity; and
+//! `--cipher-suites` narrows the TLS 1.2 suites offered.
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+/// A TLS cipher suite as rustls offers it (what `--cipher-suites` selects).
+pub use rustls::SupportedCipherSuite;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,10 +41,187 @@ pub struct TlsFiles {
     /// Revoked certificates (`--client-crl-file`, `--peer-crl-file`), in
     /// PEM or DER, checked against the certificates demanded.
     pub crl_file: Option<PathBuf>,
+    /// The one identity the other side's certificate must name, beyond
+    /// being signed by the trusted CA.
+    pub allowed: Option<AllowedName>,
+    /// The TLS 1.2 suites to offer (`--cipher-suites`); `None`: rustls's
+    /// own. TLS 1.3's suites are always offered, as Go offers them.
+    pub cipher_suites: Option<Vec<SupportedCipherSuite>>,
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// What a certificate must name for its holder to be let in: etcd's
+/// `--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname` and
+/// `--client-cert-allowed-hostname`. etcd checks it on every certificate it
+/// verifies on that side: a member checks its peers' whether it accepts or
+/// dials the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedName {
+    /// The subject's common name, exactly.
+    CommonName(String),
+    /// A host name or IP address the certificate is valid for, by its
+    /// subject alternative names.
+    Hostname(String),
+}
+
+impl AllowedName {
+    /// The rule the flags ask for, if any. etcd takes one or the other:
+    /// a certificate cannot be asked to pass both.
+    pub fn from_flags(cn: &str, hostname: &str) -> Result<Option<AllowedName>, String> {
+        match (cn.trim(), hostname.trim()) {
+            ("", "") => Ok(None),
+            (cn, "") => Ok(Some(AllowedName::CommonName(cn.to_string()))),
+            ("", host) => ServerName::try_from(host.to_string())
+                .map(|_| Some(AllowedName::Hostname(host.to_string())))
+                .map_err(|e| format!("{host:?} is not a host name or IP address: {e}")),
+            (cn, host) => Err(format!(
+                "the allowed common name ({cn:?}) and host name ({host:?}) are mutually exclusive"
+            )),
+        }
+    }
+
+    /// Whether `cert` (already verified against the CA) names what is
+    /// asked for; if not, the reason, for the log.
+    fn admit(&self, cert: &CertificateDer<'_>) -> Result<(), String> {
+        match self {
+            AllowedName::CommonName(want) => match synod_etcd::tls::common_name(cert) {
+                Some(cn) if cn == *want => Ok(()),
+                Some(cn) => Err(format!("its common name is {cn:?}, not {want:?}")),
+                None => Err(format!("it has no common name; {want:?} is required")),
+            },
+            AllowedName::Hostname(host) => {
+                let name = ServerName::try_from(host.as_str()).map_err(|e| e.to_string())?;
+                let parsed = ParsedCertificate::try_from(cert).map_err(|e| e.to_string())?;
+                rustls::client::verify_server_name(&parsed, &name).map_err(|e| match e {
+                    rustls::Error::InvalidCertificate(why) => why.to_string(),
+                    e => e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// [`Self::admit`] as a handshake error. The reason is logged here:
+    /// the error that reaches the connection's log only says that the
+    /// application refused the certificate.
+    fn check(&self, cert: &CertificateDer<'_>, side: &str) -> Result<(), rustls::Error> {
+        self.admit(cert).map_err(|why| {
+            tracing::info!("{side} certificate authentication failed: {why}");
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })
+    }
+}
+
+/// Go's names of the cipher suites etcd's `--cipher-suites` takes, with
+/// the suite rustls offers under each (`None`: one rustls does not
+/// implement: CBC, RC4, 3DES and RSA key exchange).
+const GO_CIPHER_SUITES: &[(&str, Option<&SupportedCipherSuite>)] = {
+    use rustls::crypto::ring::cipher_suite as cs;
+    &[
+        (
+            "TLS_AES_128_GCM_SHA256",
+            Some(&cs::TLS13_AES_128_GCM_SHA256),
+        ),
+        (
+            "TLS_AES_256_GCM_SHA384",
+            Some(&cs::TLS13_AES_256_GCM_SHA384),
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            Some(&cs::TLS13_CHACHA20_POLY1305_SHA256),
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            Some(&cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            Some(&cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            Some(&cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            Some(&cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            Some(&cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            Some(&cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384),
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            Some(&cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256),
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            Some(&cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256),
+        ),
+        ("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", None),
+        ("TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", None),
+        ("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", None),
+        ("TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", None),
+        ("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256", None),
+        ("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256", None),
+        ("TLS_RSA_WITH_RC4_128_SHA", None),
+        ("TLS_RSA_WITH_3DES_EDE_CBC_SHA", None),
+        ("TLS_RSA_WITH_AES_128_CBC_SHA", None),
+        ("TLS_RSA_WITH_AES_256_CBC_SHA", None),
+        ("TLS_RSA_WITH_AES_128_CBC_SHA256", None),
+        ("TLS_RSA_WITH_AES_128_GCM_SHA256", None),
+        ("TLS_RSA_WITH_AES_256_GCM_SHA384", None),
+        ("TLS_ECDHE_ECDSA_WITH_RC4_128_SHA", None),
+        ("TLS_ECDHE_RSA_WITH_RC4_128_SHA", None),
+        ("TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA", None),
+    ]
+};
+
+/// The TLS 1.2 suites etcd's `--cipher-suites` list asks for (comma
+/// separated, Go's names). As in etcd, an unknown name stops the member;
+/// TLS 1.3 names are accepted and change nothing, since TLS 1.3 always
+/// offers all its suites. A list whose TLS 1.2 suites are all ones rustls
+/// lacks is refused: the clients that asked for them could not connect.
+pub fn cipher_suites(list: &str) -> Result<CipherChoice, String> {
+    let (mut offered, mut missing) = (Vec::new(), Vec::new());
+    let mut any_tls12 = false;
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some((_, suite)) = GO_CIPHER_SUITES.iter().find(|(n, _)| *n == name) else {
+            return Err(format!("unexpected TLS cipher suite {name:?}"));
+        };
+        match suite {
+            Some(s) if s.tls13().is_some() => {}
+            Some(s) => {
+                any_tls12 = true;
+                if !offered.contains(*s) {
+                    offered.push(**s);
+                }
+            }
+            None => {
+                any_tls12 = true;
+                missing.push(format!("--cipher-suites: {name} is not offered: synod's TLS (rustls) has AEAD suites with ECDHE key exchange only"));
+            }
+        }
+    }
+    if any_tls12 && offered.is_empty() {
+        return Err(format!(
+            "none of the TLS 1.2 suites listed is one synod offers (rustls has AEAD suites with ECDHE key exchange only): {list}"
+        ));
+    }
+    Ok(CipherChoice {
+        tls12: offered,
+        not_offered: missing,
+    })
+}
+
+/// What `--cipher-suites` comes to: the TLS 1.2 suites to offer, and a
+/// line for each listed suite synod cannot offer.
+#[derive(Clone, Debug)]
+pub struct CipherChoice {
+    pub tls12: Vec<SupportedCipherSuite>,
+    pub not_offered: Vec<String>,
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -92,7 +281,33 @@ fn auto_cert(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), String>
     Ok((cert, key))
 }
 
+/// HTTP/2 over TLS 1.2 must be able to use an ECDHE AES-128-GCM suite
+/// (RFC 7540, 9.2.2). etcd's client listener, through Go's HTTP/2 server,
+/// refuses a `--cipher-suites` list without one; so does synod's.
+pub fn check_http2_suites(tls12: &[SupportedCipherSuite]) -> Result<(), String> {
+    use rustls::CipherSuite as C;
+    let required = [
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    match tls12.iter().any(|s| required.contains(&s.suite())) {
+        true => Ok(()),
+        false => Err("--cipher-suites is missing an HTTP/2-required AES_128_GCM_SHA256 cipher (need at least one of TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 or TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)".into()),
+    }
+}
+
 impl TlsFiles {
+    /// ring's primitives, offering the TLS 1.2 suites asked for.
+    fn provider(&self) -> Arc<CryptoProvider> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(tls12) = &self.cipher_suites {
+            provider
+                .cipher_suites
+                .retain(|s| s.tls13().is_some() || tls12.contains(s));
+        }
+        Arc::new(provider)
+    }
+
     /// Whether any TLS is configured.
     pub fn is_set(&self) -> bool {
         self.cert_file.is_some() || self.auto_tls
@@ -119,7 +334,8 @@ impl TlsFiles {
         hosts: &[String],
     ) -> Result<Arc<ServerConfig>, String> {
         let (cert, key_path) = self.identity(auto_dir, hosts)?;
-        let builder = ServerConfig::builder_with_provider(provider())
+        let provider = self.provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
         let builder = if self.client_cert_auth {
@@ -127,7 +343,7 @@ impl TlsFiles {
                 .trusted_ca_file
                 .as_deref()
                 .ok_or("--client-cert-auth needs --trusted-ca-file")?;
-            let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider);
             if let Some(crl) = &self.crl_file {
                 // As etcd checks them: a presented certificate whose serial
                 // its issuer's list revokes is refused, and a certificate
@@ -140,11 +356,17 @@ impl TlsFiles {
             let verifier = verifier
                 .build()
                 .map_err(|e| format!("{}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        } else if self.crl_file.is_some() {
+            match &self.allowed {
+                Some(allowed) => builder.with_client_cert_verifier(Arc::new(NamedClient {
+                    inner: verifier,
+                    allowed: allowed.clone(),
+                })),
+                None => builder.with_client_cert_verifier(verifier),
+            }
+        } else if self.crl_file.is_some() || self.allowed.is_some() {
             // No certificate is asked for, so none could be checked: say so
-            // rather than serve as if revocations were enforced.
-            return Err("a revocation list needs certificates to check: give --client-cert-auth (--peer-client-cert-auth for peers)".into());
+            // rather than serve as if the restriction were enforced.
+            return Err("a revocation list or an allowed name needs certificates to check: give --client-cert-auth (--peer-client-cert-auth for peers)".into());
         } else {
             builder.with_no_client_auth()
         };
@@ -165,15 +387,35 @@ impl TlsFiles {
         hosts: &[String],
     ) -> Result<Arc<ClientConfig>, String> {
         let (cert, key_path) = self.identity(auto_dir, hosts)?;
-        let builder = ClientConfig::builder_with_provider(provider())
+        let provider = self.provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
-        let builder = match &self.trusted_ca_file {
-            Some(ca) => builder.with_root_certificates(roots(ca)?),
-            None if self.auto_tls => builder
+        let builder = match (&self.trusted_ca_file, &self.allowed) {
+            (Some(ca), None) => builder.with_root_certificates(roots(ca)?),
+            (Some(ca), Some(allowed)) => {
+                let inner = WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider)
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NamedServer {
+                        inner,
+                        allowed: allowed.clone(),
+                    }))
+            }
+            (None, Some(_)) => {
+                // etcd would check the name on no verified chain and so
+                // refuse every peer; say why instead.
+                return Err(
+                    "an allowed peer name needs --peer-trusted-ca-file to verify certificates against"
+                        .into(),
+                );
+            }
+            (None, None) if self.auto_tls => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyServer(provider()))),
-            None => return Err("--peer-trusted-ca-file is needed to check peers".into()),
+                .with_custom_certificate_verifier(Arc::new(AnyServer(provider))),
+            (None, None) => return Err("--peer-trusted-ca-file is needed to check peers".into()),
         };
         let cfg = builder
             .with_client_auth_cert(certs(&cert)?, key(&key_path)?)
@@ -188,12 +430,116 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))
 }
 
+/// The trusted CA's verdict on a client certificate, and then the name
+/// rule's.
+#[derive(Debug)]
+struct NamedClient {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: AllowedName,
+}
+
+impl ClientCertVerifier for NamedClient {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.allowed.check(end_entity, "client")?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The same for the certificate a dialled peer presents: the CA and the
+/// URL's host first, then the name rule.
+#[derive(Debug)]
+struct NamedServer {
+    inner: Arc<WebPkiServerVerifier>,
+    allowed: AllowedName,
+}
+
+impl ServerCertVerifier for NamedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        self.allowed.check(end_entity, "peer")?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// `--peer-auto-tls` without a CA: encryption without authentication, as
 /// etcd's auto TLS offers (each member made its own certificate).
 #[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+struct AnyServer(Arc<CryptoProvider>);
 
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
+impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -201,16 +547,16 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -223,8 +569,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
@@ -233,7 +579,99 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(suites: &[SupportedCipherSuite]) -> Vec<String> {
+        suites.iter().map(|s| format!("{:?}", s.suite())).collect()
+    }
+
+    #[test]
+    fn cipher_suites_read_go_names_as_etcd_does() {
+        let err = cipher_suites("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,FOO").unwrap_err();
+        assert_eq!(err, r#"unexpected TLS cipher suite "FOO""#);
+
+        let CipherChoice {
+            tls12: offered,
+            not_offered: missing,
+        } = cipher_suites(
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305,TLS_RSA_WITH_AES_128_CBC_SHA",
+        )
+        .unwrap();
+        assert_eq!(
+            names(&offered),
+            [
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+            ]
+        );
+        assert_eq!(missing.len(), 1);
+        assert!(
+            missing[0].contains("TLS_RSA_WITH_AES_128_CBC_SHA"),
+            "{missing:?}"
+        );
+
+        // TLS 1.3's names are taken and change nothing: Go offers all of
+        // TLS 1.3's suites whatever the list says.
+        let choice = cipher_suites("TLS_AES_128_GCM_SHA256").unwrap();
+        assert!(choice.tls12.is_empty() && choice.not_offered.is_empty());
+        let offered = choice.tls12;
+        // But gRPC's HTTP/2 needs an AES-128-GCM suite, as Go's server
+        // insists on the client listener.
+        let err = check_http2_suites(&offered).unwrap_err();
+        assert!(err.contains("HTTP/2-required"), "{err}");
+        let choice = cipher_suites("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256").unwrap();
+        assert_eq!(check_http2_suites(&choice.tls12), Ok(()));
+
+        // Only suites rustls lacks: the clients that want them could never
+        // connect, so the member does not start.
+        let err = cipher_suites("TLS_RSA_WITH_AES_128_CBC_SHA,TLS_AES_128_GCM_SHA256").unwrap_err();
+        assert!(err.contains("none of the TLS 1.2 suites"), "{err}");
+    }
+
+    #[test]
+    fn the_suites_asked_for_are_the_only_tls12_ones_offered() {
+        let choice = cipher_suites("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384").unwrap();
+        let files = TlsFiles {
+            cipher_suites: Some(choice.tls12),
+            ..Default::default()
+        };
+        let provider = files.provider();
+        let tls12: Vec<_> = provider
+            .cipher_suites
+            .iter()
+            .filter(|s| s.tls13().is_none())
+            .copied()
+            .collect();
+        assert_eq!(names(&tls12), ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]);
+        let tls13 = provider
+            .cipher_suites
+            .iter()
+            .filter(|s| s.tls13().is_some());
+        assert_eq!(tls13.count(), 3, "TLS 1.3 keeps all its suites");
+        let all = TlsFiles::default().provider().cipher_suites.len();
+        assert!(all > 4, "without the flag, rustls's own set");
+    }
+
+    #[test]
+    fn an_allowed_name_is_one_or_the_other() {
+        assert_eq!(AllowedName::from_flags("", "").unwrap(), None);
+        assert_eq!(
+            AllowedName::from_flags("etcd-peer", "").unwrap(),
+            Some(AllowedName::CommonName("etcd-peer".into()))
+        );
+        assert_eq!(
+            AllowedName::from_flags(" ", "10.0.0.1").unwrap(),
+            Some(AllowedName::Hostname("10.0.0.1".into()))
+        );
+        let err = AllowedName::from_flags("a", "b.example.com").unwrap_err();
+        assert!(err.contains("mutually exclusive"), "{err}");
+        assert!(AllowedName::from_flags("", "not a host").is_err());
     }
 }

@@ -4,19 +4,20 @@
 //!
 //! - **honoured**: gRPC keepalives and stream limits, pre-vote, debug logs,
 //!   the log output, extensive metrics, certificate revocation lists,
-//!   CORS origins;
+//!   allowed certificate names, cipher suites, CORS origins;
 //! - **no effect**, said once at start when set to other than etcd's
 //!   default: tuning of etcd's own storage (bbolt batches, freelists, WAL
 //!   and snapshot file counts), Go's profiler, the v2 API, checks synod
 //!   does not run;
 //! - **refused** unless left at etcd's default: modes synod does not have
 //!   (proxy, discovery, a dedicated WAL directory, forcing a new cluster)
-//!   and TLS restrictions it does not enforce (cipher suites, allowed
-//!   names). Serving without a
-//!   restriction the operator asked for would be worse than not starting.
+//!   and checks it will not skip. Serving without what the operator asked
+//!   for would be worse than not starting.
 
 use clap::Args;
 use std::time::Duration;
+use synod_server::tls::AllowedName;
+use synod_server::tls::CipherChoice;
 
 /// etcd's flags beyond those `ServeArgs` gives a meaning of their own.
 #[derive(Args, Debug, Clone, Default)]
@@ -140,7 +141,8 @@ pub struct EtcdOnlyArgs {
     /// Host names allowed in HTTP requests (refused unless `*`).
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
     pub host_whitelist: String,
-    /// TLS cipher suites (refused: synod uses rustls's own safe set).
+    /// The TLS 1.2 cipher suites to offer, by Go's names (comma-separated;
+    /// default: rustls's own). TLS 1.3's are always offered.
     #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
     pub cipher_suites: String,
     /// Revoked client certificates (PEM or DER), refused at the handshake.
@@ -153,13 +155,13 @@ pub struct EtcdOnlyArgs {
     /// Revoked peer certificates (PEM or DER), refused at the handshake.
     #[arg(long = "peer-crl-file", env = "ETCD_PEER_CRL_FILE", default_value = "")]
     pub peer_crl: String,
-    /// The one host name client certificates must carry (refused).
+    /// The one host name (or IP) client certificates must be valid for.
     #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", default_value = "")]
     pub client_cert_allowed_hostname: String,
-    /// The one common name peer certificates must carry (refused).
+    /// The one common name peer certificates must carry.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", default_value = "")]
     pub peer_cert_allowed_cn: String,
-    /// The one host name peer certificates must carry (refused).
+    /// The one host name (or IP) peer certificates must be valid for.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", default_value = "")]
     pub peer_cert_allowed_hostname: String,
     /// Skip the check of a peer's address against its certificate
@@ -189,8 +191,32 @@ impl EtcdOnlyArgs {
             .map(Into::into)
     }
 
+    /// What client certificates must name (`--client-cert-allowed-hostname`).
+    pub fn client_allowed(&self) -> Result<Option<AllowedName>, String> {
+        AllowedName::from_flags("", &self.client_cert_allowed_hostname)
+            .map_err(|e| format!("--client-cert-allowed-hostname: {e}"))
+    }
+
+    /// What peer certificates must name (`--peer-cert-allowed-cn` or
+    /// `--peer-cert-allowed-hostname`).
+    pub fn peer_allowed(&self) -> Result<Option<AllowedName>, String> {
+        AllowedName::from_flags(&self.peer_cert_allowed_cn, &self.peer_cert_allowed_hostname)
+            .map_err(|e| format!("--peer-cert-allowed-cn, --peer-cert-allowed-hostname: {e}"))
+    }
+
+    /// The TLS 1.2 suites `--cipher-suites` asks for (`None`: not set),
+    /// with a line for each listed suite synod does not offer.
+    pub fn cipher_suites(&self) -> Result<Option<CipherChoice>, String> {
+        if self.cipher_suites.trim().is_empty() {
+            return Ok(None);
+        }
+        synod_server::tls::cipher_suites(&self.cipher_suites)
+            .map(Some)
+            .map_err(|e| format!("--cipher-suites: {e}"))
+    }
+
     /// Refuses what synod cannot honour; otherwise returns one line for
-    /// each flag that was set and has no effect here.
+    /// each flag that was set and has no effect here (or less than asked).
     pub fn check(&self) -> Result<Vec<String>, String> {
         let refused = |flag: &str, why: &str| Err(format!("{flag}: {why}"));
         let set = |s: &str| !s.trim().is_empty();
@@ -231,30 +257,9 @@ impl EtcdOnlyArgs {
                 "synod does not check HTTP Host headers; only \"*\" is accepted",
             );
         }
-        if set(&self.cipher_suites) {
-            return refused(
-                "--cipher-suites",
-                "synod's TLS uses rustls's own set of safe cipher suites",
-            );
-        }
-        for (flag, value) in [
-            (
-                "--client-cert-allowed-hostname",
-                &self.client_cert_allowed_hostname,
-            ),
-            ("--peer-cert-allowed-cn", &self.peer_cert_allowed_cn),
-            (
-                "--peer-cert-allowed-hostname",
-                &self.peer_cert_allowed_hostname,
-            ),
-        ] {
-            if set(value) {
-                return refused(
-                    flag,
-                    "synod does not enforce this restriction on certificates, so it will not start with it",
-                );
-            }
-        }
+        self.client_allowed()?;
+        self.peer_allowed()?;
+        let partial = self.cipher_suites()?.map(|c| c.not_offered);
         if self.experimental_peer_skip_client_san_verification == Some(true) {
             return refused(
                 "--experimental-peer-skip-client-san-verification",
@@ -270,7 +275,9 @@ impl EtcdOnlyArgs {
         if !matches!(self.metrics.as_str(), "basic" | "extensive") {
             return refused("--metrics", "must be \"basic\" or \"extensive\"");
         }
-        Ok(self.no_effect())
+        let mut notices = self.no_effect();
+        notices.extend(partial.into_iter().flatten());
+        Ok(notices)
     }
 
     /// The flags that were set and do nothing here, each with the reason.

@@ -302,7 +302,7 @@ const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 /// names the flag.
 pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     check_values(a)?;
-    let notices = a.etcd.check()?;
+    let mut notices = a.etcd.check()?;
     if a.heartbeat_interval == 0 {
         return Err("--heartbeat-interval must be > 0 ms".into());
     }
@@ -330,6 +330,29 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     let listen_peers = parse_urls("--listen-peer-urls", &a.listen_peer_urls)?;
     // One scheme between members: all of them speak TLS, or none does.
     let peer_secure = listen_peers[0].secure;
+    let client_secure = listen_clients.iter().any(|u| u.secure);
+    let mut unchecked = |applies: bool, flag: &str, what: &str| {
+        if applies {
+            notices.push(format!(
+                "{flag} has no effect: the {what} URLs are http://, so no certificate is presented"
+            ));
+        }
+    };
+    unchecked(
+        !peer_secure && a.etcd.peer_allowed()?.is_some(),
+        "--peer-cert-allowed-cn/hostname",
+        "peer",
+    );
+    unchecked(
+        !client_secure && a.etcd.client_allowed()?.is_some(),
+        "--client-cert-allowed-hostname",
+        "client",
+    );
+    unchecked(
+        !peer_secure && !client_secure && a.etcd.cipher_suites()?.is_some(),
+        "--cipher-suites",
+        "client and peer",
+    );
     if let Some(u) = advertise_peers.iter().find(|u| u.secure != peer_secure) {
         return Err(format!(
             "--initial-advertise-peer-urls {}: peer URLs must all be http:// or all https://",
@@ -466,6 +489,8 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         client_cert_auth: a.peer_client_cert_auth,
         auto_tls: a.peer_auto_tls,
         crl_file: a.etcd.peer_crl_file(),
+        allowed: a.etcd.peer_allowed()?,
+        cipher_suites: a.etcd.cipher_suites()?.map(|c| c.tls12),
     };
     let peer_tls = if peer_secure {
         let hosts: Vec<String> = advertise_peers.iter().map(|u| u.host.clone()).collect();
@@ -508,6 +533,8 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         client_cert_auth: a.client_cert_auth,
         auto_tls: a.auto_tls,
         crl_file: a.etcd.client_crl_file(),
+        allowed: a.etcd.client_allowed()?,
+        cipher_suites: a.etcd.cipher_suites()?.map(|c| c.tls12),
     };
     let resolve_all = |urls: &[&Url]| {
         urls.iter()
@@ -519,6 +546,9 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         None
     } else {
         let hosts: Vec<String> = secure.iter().map(|u| u.host.clone()).collect();
+        if let Some(suites) = &client_files.cipher_suites {
+            synod_server::tls::check_http2_suites(suites)?;
+        }
         let cfg = client_files
             .server_config(&data_dir.join("fixtures").join("client"), &hosts)
             .map_err(|e| format!("--listen-client-urls {}: {e}", secure[0].text))?;
@@ -1052,6 +1082,14 @@ mod tests {
         );
         let a = args(&flags.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(a.etcd.pre_vote, Some(false));
+        // Certificate rules on plain URLs: nothing to check, and said so.
+        let mut plain = member("infra1", 12380, 2379);
+        plain.push("--peer-cert-allowed-cn=etcd-peer".into());
+        plain.push("--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into());
+        let notices = plan_of(&plain).unwrap().notices;
+        assert_eq!(notices.len(), 2, "{notices:?}");
+        assert!(notices[0].starts_with("--peer-cert-allowed-cn/hostname has no effect"));
+        assert!(notices[1].starts_with("--cipher-suites has no effect"));
         assert_eq!(a.etcd.max_concurrent_streams, Some(64));
         assert_eq!(a.etcd.grpc_keepalive_timeout, Some(Duration::from_secs(3)));
         for (flag, says) in [
@@ -1059,8 +1097,11 @@ mod tests {
             ("--force-new-cluster", "--force-new-cluster"),
             ("--proxy=on", "--proxy"),
             ("--discovery=https://discovery.etcd.io/x", "--discovery"),
-            ("--peer-cert-allowed-cn=etcd", "--peer-cert-allowed-cn"),
-            ("--cipher-suites=TLS_AES_128_GCM_SHA256", "--cipher-suites"),
+            ("--cipher-suites=TLS_NO_SUCH_SUITE", "--cipher-suites"),
+            (
+                "--client-cert-allowed-hostname=not a host",
+                "--client-cert-allowed-hostname",
+            ),
             ("--log-outputs=/var/log/etcd.log", "--log-outputs"),
         ] {
             let mut f = member("infra1", 12380, 2379);

@@ -1189,7 +1189,13 @@ impl Pki {
             };
         let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         leaf("member", "member", hosts, &ours, &ours_key);
-        leaf("root", "root", Vec::new(), &ours, &ours_key);
+        leaf(
+            "root",
+            "root",
+            vec!["root.example.com".into()],
+            &ours,
+            &ours_key,
+        );
         leaf("alice", "alice", Vec::new(), &ours, &ours_key);
         leaf("stranger", "root", Vec::new(), &theirs, &theirs_key);
         Pki {
@@ -1235,6 +1241,8 @@ async fn clients_and_peers_over_tls_with_certificates() {
         format!("--peer-key-file={}", pki.path("member-key.pem")),
         "--peer-client-cert-auth".into(),
         format!("--peer-trusted-ca-file={}", pki.path("ca.pem")),
+        // Every member's certificate names "member": the rule admits them.
+        "--peer-cert-allowed-cn=member".into(),
     ];
     let _procs = Reap((0..3).map(|i| Some(c.start(i))).collect());
     let ep = |i: usize| format!("https://127.0.0.1:{}", c.clients[i]);
@@ -1286,6 +1294,52 @@ async fn clients_and_peers_over_tls_with_certificates() {
     );
     let (ok, out) = run(0, "root", &["auth", "disable"]);
     assert!(ok, "{out}");
+}
+
+/// `--client-cert-allowed-hostname`: of the certificates the trusted CA
+/// signed, only those valid for the host name given get in.
+#[tokio::test]
+async fn only_client_certificates_for_the_allowed_host_name_get_in() {
+    if etcdctl_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::make(&dir.path().join("pki"));
+    let mut c = Cluster::new(dir.path(), 1);
+    c.client_scheme = "https";
+    c.extra = vec![
+        format!("--cert-file={}", pki.path("member.pem")),
+        format!("--key-file={}", pki.path("member-key.pem")),
+        "--client-cert-auth".into(),
+        format!("--trusted-ca-file={}", pki.path("ca.pem")),
+        "--client-cert-allowed-hostname=root.example.com".into(),
+    ];
+    let _procs = Reap(vec![Some(c.start(0))]);
+    let ep = format!("https://127.0.0.1:{}", c.clients[0]);
+    let run = |who: &str, args: &[&str]| {
+        let mut all: Vec<String> = pki.as_client(who);
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        etcdctl_any(&ep, &all).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = run("root", &["put", "k", "v"]);
+        if ok {
+            assert_eq!(out, "OK\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no put with root's certificate: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Signed by the same CA, but valid for no such name.
+    let (ok, out) = run("alice", &["--command-timeout=2s", "get", "k"]);
+    assert!(!ok, "alice's certificate got in: {out}");
+    let (ok, out) = run("root", &["get", "k"]);
+    assert!(ok && out == "k\nv\n", "{out}");
 }
 
 /// etcd's YAML configuration file starts a member on its own: the command
