@@ -73,19 +73,24 @@ pub struct MemberBackend {
 }
 
 /// Bytes of every file under `dir`, preallocated space included (it is
-/// taken from the disk): what Status reports as the database size.
+/// taken from the disk): what Status reports as the database size. Links
+/// are followed (`wal` is one with `--wal-dir`), a few levels deep only, so
+/// that a link back up cannot loop.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
+    fn walk(dir: &std::path::Path, depth: u32) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match std::fs::metadata(e.path()) {
+                Ok(m) if m.is_dir() && depth < 4 => walk(&e.path(), depth + 1),
+                Ok(m) if m.is_file() => m.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+    walk(dir, 0)
 }
 
 fn gone() -> ApiError {

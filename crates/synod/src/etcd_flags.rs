@@ -4,13 +4,14 @@
 //!
 //! - **honoured**: gRPC keepalives and stream limits, pre-vote, debug logs,
 //!   the log output, extensive metrics, certificate revocation lists,
-//!   allowed certificate names, cipher suites, CORS origins;
+//!   allowed certificate names, cipher suites, CORS origins, a WAL
+//!   directory of its own;
 //! - **no effect**, said once at start when set to other than etcd's
 //!   default: tuning of etcd's own storage (bbolt batches, freelists, WAL
 //!   and snapshot file counts), Go's profiler, the v2 API, checks synod
 //!   does not run;
 //! - **refused** unless left at etcd's default: modes synod does not have
-//!   (proxy, discovery, a dedicated WAL directory, forcing a new cluster)
+//!   (proxy, discovery, forcing a new cluster)
 //!   and checks it will not skip. Serving without what the operator asked
 //!   for would be worse than not starting.
 
@@ -112,8 +113,8 @@ pub struct EtcdOnlyArgs {
     pub discovery_fallback: Option<String>,
 
     // Refused unless left at etcd's default.
-    /// A dedicated WAL directory (refused: synod keeps its WAL under
-    /// --data-dir).
+    /// A directory of its own for the WAL (the data directory keeps a
+    /// link `wal` to it).
     #[arg(long, env = "ETCD_WAL_DIR", default_value = "")]
     pub wal_dir: String,
     /// Start a one-member cluster from this member's data (refused: see
@@ -191,6 +192,13 @@ impl EtcdOnlyArgs {
             .map(Into::into)
     }
 
+    /// `--wal-dir`, if given.
+    pub fn wal_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.wal_dir.trim())
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+    }
+
     /// What client certificates must name (`--client-cert-allowed-hostname`).
     pub fn client_allowed(&self) -> Result<Option<AllowedName>, String> {
         AllowedName::from_flags("", &self.client_cert_allowed_hostname)
@@ -220,12 +228,6 @@ impl EtcdOnlyArgs {
     pub fn check(&self) -> Result<Vec<String>, String> {
         let refused = |flag: &str, why: &str| Err(format!("{flag}: {why}"));
         let set = |s: &str| !s.trim().is_empty();
-        if set(&self.wal_dir) {
-            return refused(
-                "--wal-dir",
-                "synod keeps its WAL under --data-dir; a dedicated WAL directory is not supported",
-            );
-        }
         if self.force_new_cluster == Some(true) {
             return refused(
                 "--force-new-cluster",

@@ -23,6 +23,7 @@ mod snapshot_cmd;
 mod story_cmd;
 mod up_cmd;
 mod wal_cmd;
+mod wal_dir;
 
 #[derive(Parser)]
 #[command(

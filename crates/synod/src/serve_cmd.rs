@@ -293,6 +293,8 @@ pub struct Plan {
     pub listen: Listen,
     /// etcd flags that were set and have no effect here, each with why.
     pub notices: Vec<String>,
+    /// `--wal-dir`: where the WAL goes, linked from the data directory.
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -403,6 +405,8 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", a.name)));
     let has_data = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
+    let wal_dir = a.etcd.wal_dir();
+    crate::wal_dir::check(&data_dir, wal_dir.as_deref())?;
     let joining = match a.initial_cluster_state.as_str() {
         "new" => false,
         "existing" => true,
@@ -583,6 +587,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         index,
         listen,
         notices,
+        wal_dir,
     })
 }
 
@@ -880,6 +885,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         eprintln!("synod: [WARNING] {n}");
     }
     let me = &plan.spec.members[plan.index];
+    if let Some(w) = &plan.wal_dir {
+        crate::wal_dir::link(&me.data_dir, w)?;
+    }
     let runtime = api_runtime().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
         let member = start_member_on(&plan.spec, plan.index, &plan.listen).await?;
@@ -1093,7 +1101,6 @@ mod tests {
         assert_eq!(a.etcd.max_concurrent_streams, Some(64));
         assert_eq!(a.etcd.grpc_keepalive_timeout, Some(Duration::from_secs(3)));
         for (flag, says) in [
-            ("--wal-dir=/mnt/wal", "--wal-dir"),
             ("--force-new-cluster", "--force-new-cluster"),
             ("--proxy=on", "--proxy"),
             ("--discovery=https://discovery.etcd.io/x", "--discovery"),

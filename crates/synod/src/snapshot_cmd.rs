@@ -112,6 +112,15 @@ fn restore(file: &Path, a: &ServeArgs) -> Result<ExitCode, String> {
             dir.display().to_string()
         ));
     }
+    if let Some(w) = &p.wal_dir {
+        if std::fs::read_dir(w).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(format!(
+                "wal-dir {:?} exists and is not empty; restore into a new directory",
+                w.display().to_string()
+            ));
+        }
+        crate::wal_dir::link(dir, w)?;
+    }
     let id = Identity {
         cluster_id: p.spec.cluster_id,
         node_id: me.member_id,

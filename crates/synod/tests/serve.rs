@@ -998,9 +998,13 @@ async fn a_saved_snapshot_restores_into_a_new_cluster() {
         p.kill().unwrap();
     }
 
+    // Restored with its WAL in a directory of its own (`--wal-dir`, as
+    // etcdctl's restore takes it), and served so.
     let mut solo = Cluster::new(&dir.path().join("restored"), 1);
     solo.names = vec!["solo".into()];
     solo.token = "restored-1".into();
+    let wal_dir = dir.path().join("wal-disk");
+    solo.extra = vec![format!("--wal-dir={}", wal_dir.display())];
     let peer = format!("http://127.0.0.1:{}", solo.peers[0]);
     let out = Command::new(synod)
         .args(["snapshot", "restore", file_s, "--name", "solo"])
@@ -1009,6 +1013,7 @@ async fn a_saved_snapshot_restores_into_a_new_cluster() {
         .args(["--initial-cluster-token", "restored-1"])
         .arg("--data-dir")
         .arg(solo.data_dir(0))
+        .args(&solo.extra)
         .output()
         .unwrap();
     assert!(
@@ -1032,6 +1037,16 @@ async fn a_saved_snapshot_restores_into_a_new_cluster() {
     assert!(leases.contains(&lease), "{leases}");
     let members = etcdctl(&solo_ep, &["member", "list"]).unwrap();
     assert_eq!(members.lines().count(), 1, "{members}");
+    let segments = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
+        .count();
+    assert!(segments > 0, "no WAL segment in --wal-dir");
+    let link = std::fs::symlink_metadata(solo.data_dir(0).join("wal")).unwrap();
+    assert!(
+        link.file_type().is_symlink(),
+        "the data dir's wal is no link"
+    );
 
     // A file cut short is refused, by status and by restore alike.
     let bytes = std::fs::read(&file).unwrap();
