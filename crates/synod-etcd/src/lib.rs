@@ -54,6 +54,7 @@ mod cors;
 mod gateway;
 mod grpc_compat;
 mod health;
+mod host_whitelist;
 mod jwt;
 mod local;
 mod noop;
@@ -71,6 +72,7 @@ pub use backend::{
 pub use cors::Cors;
 pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use health::HealthService;
+pub use host_whitelist::HostWhitelist;
 pub use jwt::JwtKeys;
 pub use local::LocalBackend;
 pub use noop::NoopBackend;

@@ -81,6 +81,8 @@ pub struct Tuning {
     pub grpc: GrpcTuning,
     /// `--cors`: the origins the HTTP answers allow.
     pub cors: synod_etcd::Cors,
+    /// `--host-whitelist`: the Host names plain HTTP requests may carry.
+    pub host_whitelist: synod_etcd::HostWhitelist,
 }
 
 /// etcd's gRPC server settings for the client listeners.
@@ -117,6 +119,7 @@ impl Default for Tuning {
             pre_vote: true,
             grpc: GrpcTuning::default(),
             cors: synod_etcd::Cors::default(),
+            host_whitelist: synod_etcd::HostWhitelist::default(),
         }
     }
 }
@@ -378,7 +381,12 @@ pub async fn start_member_on(
                 api = api.with_jwt(keys.clone());
             }
             let grpc = api.router();
-            tonic::service::Routes::from(grpc.into_axum_router().merge(web))
+            let all = grpc.into_axum_router().merge(web);
+            // Checked on plain client listeners only, as etcd checks.
+            tonic::service::Routes::from(match i < secure_from {
+                true => tuning.host_whitelist.apply(all),
+                false => all,
+            })
         } else {
             tonic::service::Routes::from(web)
         };

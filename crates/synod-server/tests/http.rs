@@ -287,3 +287,42 @@ async fn health_version_and_metrics_as_etcd_serves_them() {
         m.stop().await;
     }
 }
+
+/// `--host-whitelist`: on a plain client port, HTTP requests naming an
+/// unlisted Host get etcd's 421 answer (against DNS rebinding); gRPC on
+/// the same port is not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_hosts_are_refused_over_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [(free_port(), free_port())];
+    let mut spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    spec.tuning.host_whitelist = synod_etcd::HostWhitelist::parse("localhost");
+    let mut members = start_cluster(&spec).await.unwrap();
+    let addr = spec.members[0].client;
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let put = pb::PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    while kv.put(put.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "no write accepted over gRPC");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // http() names the address, 127.0.0.1, as the Host.
+    let (code, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/health"))
+        .await
+        .unwrap();
+    assert_eq!(code, 421, "{body}");
+    assert!(
+        body.contains("etcd --host-whitelist \"127.0.0.1\""),
+        "{body}"
+    );
+    for m in members.drain(..) {
+        m.stop().await;
+    }
+}

@@ -4,8 +4,8 @@
 //!
 //! - **honoured**: gRPC keepalives and stream limits, pre-vote, debug logs,
 //!   the log output, extensive metrics, certificate revocation lists,
-//!   allowed certificate names, cipher suites, CORS origins, a WAL
-//!   directory of its own;
+//!   allowed certificate names, cipher suites, CORS origins, allowed Host
+//!   names, a WAL directory of its own;
 //! - **no effect**, said once at start when set to other than etcd's
 //!   default: tuning of etcd's own storage (bbolt batches, freelists, WAL
 //!   and snapshot file counts), Go's profiler, the v2 API, checks synod
@@ -139,7 +139,8 @@ pub struct EtcdOnlyArgs {
     pub discovery_srv_name: String,
     #[arg(long, env = "ETCD_DISCOVERY_PROXY", default_value = "")]
     pub discovery_proxy: String,
-    /// Host names allowed in HTTP requests (refused unless `*`).
+    /// Host names plain HTTP requests may carry (comma-separated; `*`:
+    /// all).
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
     pub host_whitelist: String,
     /// The TLS 1.2 cipher suites to offer, by Go's names (comma-separated;
@@ -252,12 +253,6 @@ impl EtcdOnlyArgs {
                     "discovery is not supported; give the members with --initial-cluster",
                 );
             }
-        }
-        if self.host_whitelist.trim() != "*" {
-            return refused(
-                "--host-whitelist",
-                "synod does not check HTTP Host headers; only \"*\" is accepted",
-            );
         }
         self.client_allowed()?;
         self.peer_allowed()?;

@@ -485,6 +485,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
             handling_times: a.etcd.metrics == "extensive",
         },
         cors: synod_etcd::Cors::parse(&a.etcd.cors),
+        host_whitelist: synod_etcd::HostWhitelist::parse(&a.etcd.host_whitelist),
     };
     let peer_files = TlsFiles {
         cert_file: a.peer_cert_file.clone(),
