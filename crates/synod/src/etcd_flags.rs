@@ -3,7 +3,7 @@
 //! unchanged, and what each one does here. Three kinds:
 //!
 //! - **honoured**: gRPC keepalives and stream limits, pre-vote, debug logs,
-//!   the log output, extensive metrics, certificate revocation lists,
+//!   the log outputs, extensive metrics, certificate revocation lists,
 //!   allowed certificate names, cipher suites, CORS origins, allowed Host
 //!   names, a WAL directory of its own;
 //! - **no effect**, said once at start when set to other than etcd's
@@ -44,7 +44,8 @@ pub struct EtcdOnlyArgs {
     /// Debug-level logs (etcd's older name for --log-level debug).
     #[arg(long, env = "ETCD_DEBUG", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub debug: Option<bool>,
-    /// Where logs go: default or stderr, or stdout.
+    /// Where logs go: default or stderr, or stdout; with --logger=zap also
+    /// files, several comma-separated.
     #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
     pub log_outputs: String,
     /// `basic` or `extensive` (etcd adds gRPC handling-time histograms).
@@ -261,12 +262,6 @@ impl EtcdOnlyArgs {
             return refused(
                 "--experimental-peer-skip-client-san-verification",
                 "synod always checks a peer's address against its certificate",
-            );
-        }
-        if !matches!(self.log_outputs.as_str(), "default" | "stderr" | "stdout") {
-            return refused(
-                "--log-outputs",
-                "synod writes its logs to stderr (default) or stdout only",
             );
         }
         if !matches!(self.metrics.as_str(), "basic" | "extensive") {

@@ -16,6 +16,7 @@ mod ceiling_cmd;
 mod chaos;
 mod config_file;
 mod etcd_flags;
+mod logs;
 mod serve_cmd;
 mod signals;
 mod sim_cmd;

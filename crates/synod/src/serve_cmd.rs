@@ -165,7 +165,8 @@ pub struct ServeArgs {
     /// gRPC), besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
-    /// `capnslog` or `zap`: accepted for compatibility; synod writes plain lines to stderr.
+    /// `capnslog` (plain lines) or `zap` (JSON lines, as etcd's zap logger
+    /// writes them).
     #[arg(long, env = "ETCD_LOGGER", default_value = "capnslog")]
     pub logger: String,
     /// debug, info, warn, error, panic or fatal.
@@ -295,6 +296,8 @@ pub struct Plan {
     pub notices: Vec<String>,
     /// `--wal-dir`: where the WAL goes, linked from the data directory.
     pub wal_dir: Option<PathBuf>,
+    /// Where the log goes (`--log-outputs`).
+    pub log_outputs: Vec<crate::logs::Output>,
 }
 
 /// etcd's quota when `--quota-backend-bytes` is 0.
@@ -305,6 +308,8 @@ const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
     check_values(a)?;
     let mut notices = a.etcd.check()?;
+    let log_outputs = crate::logs::outputs(&a.logger, &a.etcd.log_outputs)
+        .map_err(|e| format!("--log-outputs: {e}"))?;
     if a.heartbeat_interval == 0 {
         return Err("--heartbeat-interval must be > 0 ms".into());
     }
@@ -589,6 +594,7 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         listen,
         notices,
         wal_dir,
+        log_outputs,
     })
 }
 
@@ -832,10 +838,10 @@ fn warn_unknown_env() {
     }
 }
 
-/// Logs go to stderr (or stdout, `--log-outputs stdout`) as plain lines,
-/// at `--log-level` (etcd's names; `panic` and `fatal` show errors only;
-/// `--debug` is etcd's older way to ask for debug).
-fn init_logs(a: &ServeArgs) {
+/// Logs go where `--log-outputs` says, in `--logger`'s form (see
+/// `logs.rs`), at `--log-level` (etcd's names; `panic` and `fatal` show
+/// errors only; `--debug` is etcd's older way to ask for debug).
+fn init_logs(a: &ServeArgs, outputs: &[crate::logs::Output]) -> Result<(), String> {
     use tracing_subscriber::filter::LevelFilter;
     let level = match a.log_level.as_str() {
         _ if a.etcd.debug == Some(true) => LevelFilter::DEBUG,
@@ -844,14 +850,7 @@ fn init_logs(a: &ServeArgs) {
         "warn" => LevelFilter::WARN,
         _ => LevelFilter::ERROR,
     };
-    let logs = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false);
-    let _ = if a.etcd.log_outputs == "stdout" {
-        logs.with_writer(std::io::stdout).try_init()
-    } else {
-        logs.with_writer(std::io::stderr).try_init()
-    };
+    crate::logs::init(&a.logger, outputs, level)
 }
 
 /// The runtime that serves the client API. With one API thread
@@ -881,7 +880,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
     };
     let plan = plan(&args)?;
-    init_logs(&args);
+    init_logs(&args, &plan.log_outputs)?;
     for n in &plan.notices {
         eprintln!("synod: [WARNING] {n}");
     }
