@@ -16,6 +16,10 @@ pub struct PeerTls {
     pub server: Arc<ServerConfig>,
     /// For connections it dials.
     pub client: Arc<ClientConfig>,
+    /// Whether a connecting peer's certificate must be valid for the
+    /// address it connects from (etcd's default; see
+    /// [`crate::tls::check_peer_address`]).
+    pub check_address: bool,
 }
 
 impl PeerTls {
@@ -24,7 +28,14 @@ impl PeerTls {
         PeerTls {
             server: Arc::new(server),
             client,
+            check_address: true,
         }
+    }
+
+    /// `--experimental-peer-skip-client-san-verification`.
+    pub fn skip_address_check(mut self) -> PeerTls {
+        self.check_address = false;
+        self
     }
 }
 
@@ -65,6 +76,14 @@ impl Conn {
         let conn = ServerConnection::new(tls.server.clone()).map_err(tls_error)?;
         let mut c = StreamOwned::new(conn, s);
         handshake(&mut c.conn, &mut c.sock, HANDSHAKE_LIMIT)?;
+        if tls.check_address {
+            let from = c.sock.peer_addr()?.ip();
+            let cert = c.conn.peer_certificates().and_then(|chain| chain.first());
+            if let Some(cert) = cert {
+                crate::tls::check_peer_address(cert, from)
+                    .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+            }
+        }
         Ok(Conn::Accepted(Box::new(c)))
     }
 
@@ -393,5 +412,57 @@ mod tests {
             .client_config(Path::new("/nonexistent"), &hosts)
             .unwrap_err();
         assert!(err.contains("--peer-trusted-ca-file"), "{err}");
+    }
+
+    /// A connecting peer's certificate must be valid for the address it
+    /// connects from (etcd's check), unless the check is skipped
+    /// (`--experimental-peer-skip-client-san-verification`).
+    #[test]
+    fn a_peer_connecting_from_an_address_its_certificate_does_not_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "synod CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let member = |name: &str, san: &str| {
+            let mut leaf = CertificateParams::new(vec![san.to_string()]).unwrap();
+            leaf.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+            let cert = dir.path().join(format!("{name}.pem"));
+            let key_file = dir.path().join(format!("{name}-key.pem"));
+            std::fs::write(&cert, leaf.pem()).unwrap();
+            std::fs::write(&key_file, key.serialize_pem()).unwrap();
+            TlsFiles {
+                cert_file: Some(cert),
+                key_file: Some(key_file),
+                trusted_ca_file: Some(dir.path().join("ca.pem")),
+                client_cert_auth: true,
+                ..Default::default()
+            }
+        };
+        let here = member("here", "127.0.0.1");
+        let elsewhere = member("elsewhere", "10.0.0.9");
+        assert!(talks(&here, &here));
+        assert!(
+            !talks(&here, &elsewhere),
+            "a certificate for 10.0.0.9 was taken from 127.0.0.1"
+        );
+
+        let hosts = ["127.0.0.1".to_string()];
+        let server = here
+            .server_config(Path::new("/nonexistent"), &hosts)
+            .unwrap();
+        let client = here
+            .client_config(Path::new("/nonexistent"), &hosts)
+            .unwrap();
+        let lenient = PeerTls::new((*server).clone(), client).skip_address_check();
+        let (addr, accepted) = serve_once(lenient);
+        let mut c = Conn::dial(addr, Duration::from_secs(5), Some(&peer_tls(&elsewhere))).unwrap();
+        c.write_all(b"hello").unwrap();
+        c.flush().unwrap();
+        assert_eq!(accepted.join().unwrap().unwrap().0, b"hello");
     }
 }

@@ -25,6 +25,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
 };
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -279,6 +280,121 @@ fn auto_cert(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), String>
     std::fs::write(&key, made.key_pair.serialize_pem())
         .map_err(|e| format!("{}: {e}", key.display()))?;
     Ok((cert, key))
+}
+
+/// etcd's check of a peer that connects over TLS: a certificate that names
+/// addresses or host names must be valid for the address the connection
+/// comes from, so that a certificate copied off one member cannot be used
+/// from another host. An IP address named matches directly; a host name
+/// matches when the address resolves back to it (or under its `*.`
+/// wildcard), or when the name resolves to the address. A certificate that
+/// names neither passes. `--experimental-peer-skip-client-san-verification`
+/// turns the check off.
+pub fn check_peer_address(cert: &CertificateDer<'_>, from: IpAddr) -> Result<(), String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("the peer's certificate cannot be read: {e}"))?;
+    let (mut ips, mut names) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::IPAddress(b) => ips.extend(ip_of(b)),
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let from = from.to_canonical();
+    if (ips.is_empty() && names.is_empty()) || ips.contains(&from) {
+        return Ok(());
+    }
+    if names.is_empty() {
+        let ips: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+        return Err(format!(
+            "x509: certificate is valid for {}, not {from}",
+            ips.join(", ")
+        ));
+    }
+    if host_in_dns(from, &names) {
+        return Ok(());
+    }
+    Err(format!(
+        "tls: {:?} does not match any of DNSNames {names:?}",
+        from.to_string()
+    ))
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::from(b).to_canonical()),
+        _ => None,
+    }
+}
+
+/// Whether `ip` is one of `names`: by its reverse name, or by looking the
+/// names up. Blocks on the resolver; the caller is a peer's own thread.
+fn host_in_dns(ip: IpAddr, names: &[String]) -> bool {
+    use std::net::ToSocketAddrs;
+    if let Some(reverse) = reverse_name(ip) {
+        let reverse = reverse.trim_end_matches('.');
+        let matches = |n: &String| match n.strip_prefix('*') {
+            Some(suffix) => suffix.starts_with('.') && reverse.ends_with(suffix),
+            None => n.eq_ignore_ascii_case(reverse),
+        };
+        if names.iter().any(matches) {
+            return true;
+        }
+    }
+    names
+        .iter()
+        .filter(|n| !n.starts_with("*."))
+        .filter_map(|n| (n.as_str(), 0).to_socket_addrs().ok())
+        .flatten()
+        .any(|a| a.ip().to_canonical() == ip)
+}
+
+/// The name `ip` resolves back to (hosts file or PTR record), if any.
+fn reverse_name(ip: IpAddr) -> Option<String> {
+    // SAFETY: both socket addresses are plain C structs, zeroed and then
+    // filled in; getnameinfo reads `len` bytes of the one given and writes
+    // at most `host.len()` bytes, NUL included, into `host`.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let sa = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            IpAddr::V6(v6) => {
+                let sa = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_addr.s6_addr = v6.octets();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        let mut host = [0 as libc::c_char; 1025];
+        let rc = libc::getnameinfo(
+            &storage as *const _ as *const libc::sockaddr,
+            len as libc::socklen_t,
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NAMEREQD,
+        );
+        if rc != 0 {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(host.as_ptr())
+            .to_str()
+            .ok()
+            .map(String::from)
+    }
 }
 
 /// HTTP/2 over TLS 1.2 must be able to use an ECDHE AES-128-GCM suite
@@ -657,6 +773,37 @@ mod tests {
         assert_eq!(tls13.count(), 3, "TLS 1.3 keeps all its suites");
         let all = TlsFiles::default().provider().cipher_suites.len();
         assert!(all > 4, "without the flag, rustls's own set");
+    }
+
+    /// A certificate for `sans` (IP addresses and DNS names), in DER.
+    fn cert_for(sans: &[&str]) -> CertificateDer<'static> {
+        let sans = sans.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let params = rcgen::CertificateParams::new(sans).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_connecting_peer_must_hold_a_certificate_for_its_address() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let check = |sans: &[&str]| check_peer_address(&cert_for(sans), local);
+        assert_eq!(check(&[]), Ok(()), "a certificate naming nothing passes");
+        assert_eq!(check(&["127.0.0.1"]), Ok(()));
+        assert_eq!(check(&["10.0.0.9", "127.0.0.1"]), Ok(()));
+        assert_eq!(
+            check(&["10.0.0.9"]),
+            Err("x509: certificate is valid for 10.0.0.9, not 127.0.0.1".into())
+        );
+        // By name: localhost resolves to the loopback address.
+        assert_eq!(check(&["10.0.0.9", "localhost"]), Ok(()));
+        let err = check(&["peer.invalid"]).unwrap_err();
+        assert!(err.contains("does not match any of DNSNames"), "{err}");
+        // An IPv4 peer seen through an IPv6 socket is the same address.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            check_peer_address(&cert_for(&["127.0.0.1"]), mapped),
+            Ok(())
+        );
     }
 
     #[test]

@@ -167,8 +167,8 @@ pub struct EtcdOnlyArgs {
     /// The one host name (or IP) peer certificates must be valid for.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", default_value = "")]
     pub peer_cert_allowed_hostname: String,
-    /// Skip the check of a peer's address against its certificate
-    /// (refused: synod always checks).
+    /// Skip the check that a connecting peer's certificate is valid for
+    /// the address it connects from.
     #[arg(long, env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub experimental_peer_skip_client_san_verification: Option<bool>,
 }
@@ -258,12 +258,6 @@ impl EtcdOnlyArgs {
         self.client_allowed()?;
         self.peer_allowed()?;
         let partial = self.cipher_suites()?.map(|c| c.not_offered);
-        if self.experimental_peer_skip_client_san_verification == Some(true) {
-            return refused(
-                "--experimental-peer-skip-client-san-verification",
-                "synod always checks a peer's address against its certificate",
-            );
-        }
         if !matches!(self.metrics.as_str(), "basic" | "extensive") {
             return refused("--metrics", "must be \"basic\" or \"extensive\"");
         }

@@ -510,7 +510,13 @@ pub fn plan(a: &ServeArgs) -> Result<Plan, String> {
         let (server, client) = server
             .and_then(|s| client.map(|c| (s, c)))
             .map_err(|e| format!("--listen-peer-urls {}: {e}", listen_peers[0].text))?;
-        Some(Arc::new(PeerTls::new((*server).clone(), client)))
+        let tls = PeerTls::new((*server).clone(), client);
+        Some(Arc::new(
+            match a.etcd.experimental_peer_skip_client_san_verification {
+                Some(true) => tls.skip_address_check(),
+                _ => tls,
+            },
+        ))
     } else {
         None
     };
