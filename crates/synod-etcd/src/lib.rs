@@ -56,6 +56,7 @@ mod grpc_compat;
 mod health;
 mod host_whitelist;
 mod jwt;
+mod lease_ids;
 mod local;
 mod noop;
 mod recipes;

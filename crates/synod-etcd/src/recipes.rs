@@ -129,17 +129,15 @@ fn range_kvs(r: &kv::ResponseOp) -> &[kv::KeyValue] {
 }
 
 /// A lease for a request that came without one, as etcd's session makes.
-async fn lease_or_grant<B: Backend>(b: &B, lease: i64) -> Result<i64, ApiError> {
+async fn lease_or_grant<B: Backend>(
+    b: &B,
+    ids: &crate::lease_ids::LeaseIds,
+    lease: i64,
+) -> Result<i64, ApiError> {
     if lease != 0 {
         return Ok(lease);
     }
-    match b
-        .write(kv::Command::LeaseGrant {
-            id: 0,
-            ttl: DEFAULT_SESSION_TTL,
-        })
-        .await?
-    {
+    match crate::lease_ids::grant(b, ids, DEFAULT_SESSION_TTL).await? {
         (_, kv::CommandResponse::LeaseGrant { id, .. }) => Ok(id),
         (_, other) => Err(ApiError::Unavailable(format!(
             "synod: a lease grant was answered with {other:?}"
@@ -267,7 +265,7 @@ impl<B: Backend> lpb::lock_server::Lock for EtcdServer<B> {
     ) -> Result<Response<lpb::LockResponse>, Status> {
         let b = self.recipe_backend(&req)?;
         let req = req.into_inner();
-        let lease = lease_or_grant(&*b, req.lease)
+        let lease = lease_or_grant(&*b, self.lease_ids(), req.lease)
             .await
             .map_err(|e| unknown(&e))?;
         let (prefix, key) = contender_key(&req.name, lease);
@@ -488,7 +486,7 @@ impl<B: Backend> epb::election_server::Election for EtcdServer<B> {
     ) -> Result<Response<epb::CampaignResponse>, Status> {
         let b = self.recipe_backend(&req)?;
         let req = req.into_inner();
-        let lease = lease_or_grant(&*b, req.lease)
+        let lease = lease_or_grant(&*b, self.lease_ids(), req.lease)
             .await
             .map_err(|e| unknown(&e))?;
         let (prefix, key) = contender_key(&req.name, lease);

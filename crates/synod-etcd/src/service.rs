@@ -152,6 +152,7 @@ pub struct EtcdServer<B> {
     bugs: ApiBugs,
     tokens: Arc<crate::auth::Tokens>,
     cors: crate::Cors,
+    lease_ids: Arc<crate::lease_ids::LeaseIds>,
 }
 
 impl<B> Clone for EtcdServer<B> {
@@ -162,6 +163,7 @@ impl<B> Clone for EtcdServer<B> {
             bugs: self.bugs,
             tokens: self.tokens.clone(),
             cors: self.cors.clone(),
+            lease_ids: self.lease_ids.clone(),
         }
     }
 }
@@ -174,6 +176,7 @@ impl<B: Backend> EtcdServer<B> {
             bugs: ApiBugs::default(),
             tokens: Arc::new(crate::auth::Tokens::new(limits.auth_token_ttl)),
             cors: crate::Cors::default(),
+            lease_ids: Arc::new(crate::lease_ids::LeaseIds::starting_now()),
         }
     }
 
@@ -238,6 +241,11 @@ impl<B: Backend> EtcdServer<B> {
         cmd.validate(self.limits.max_txn_ops)
             .map_err(|e| status(&e.into()))?;
         self.backend.write(cmd).await.map_err(|e| status(&e))
+    }
+
+    /// The ids this member gives leases granted without one.
+    pub(crate) fn lease_ids(&self) -> &crate::lease_ids::LeaseIds {
+        &self.lease_ids
     }
 
     fn check_size(&self, req: &impl Message) -> Result<(), Status> {
@@ -366,11 +374,14 @@ impl<B: Backend> Lease for EtcdServer<B> {
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         self.caller(&req)?;
         let req = req.into_inner();
-        let cmd = kv::Command::LeaseGrant {
-            id: req.id,
-            ttl: req.ttl.max(self.limits.min_lease_ttl),
+        let ttl = req.ttl.max(self.limits.min_lease_ttl);
+        let granted = match req.id {
+            0 => crate::lease_ids::grant(&*self.backend, &self.lease_ids, ttl)
+                .await
+                .map_err(|e| status(&e))?,
+            id => self.write(kv::Command::LeaseGrant { id, ttl }).await?,
         };
-        match self.write(cmd).await? {
+        match granted {
             (h, kv::CommandResponse::LeaseGrant { id, ttl }) => {
                 Ok(Response::new(pb::LeaseGrantResponse {
                     header: convert::header(h),

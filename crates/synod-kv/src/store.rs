@@ -845,10 +845,11 @@ impl Store {
             return Err(Error::LeaseTtlTooLarge(ttl));
         }
         let id = if id == 0 {
-            // Deterministic on every replica: the next unused id.
+            // Deterministic on every replica: the next unused id, from 1
+            // again past the largest (a client may have chosen that one).
             let mut next = self.last_lease_id.max(0);
             loop {
-                next += 1;
+                next = next.checked_add(1).unwrap_or(1);
                 if !self.leases.contains_key(&next) {
                     break next;
                 }

@@ -467,6 +467,15 @@ fn revoking_a_lease_deletes_its_keys_in_one_revision() {
         s.apply(&Command::LeaseGrant { id: 9, ttl: 1 }).unwrap_err(),
         Error::LeaseExists(9)
     );
+    // A client may take the largest id; the store's next pick starts over
+    // from the smallest free one instead of overflowing.
+    let grant = |s: &mut Store, id| match s.apply(&Command::LeaseGrant { id, ttl: 1 }) {
+        Ok((CommandResponse::LeaseGrant { id, .. }, _)) => id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(grant(&mut s, i64::MAX), i64::MAX);
+    assert_eq!(grant(&mut s, 0), 1);
+    assert_eq!(grant(&mut s, 0), 2);
     s.assert_invariants();
 }
 
