@@ -79,4 +79,5 @@ pub use local::LocalBackend;
 pub use noop::NoopBackend;
 pub use recipes::prefix_end;
 pub use service::{ApiBugs, EtcdServer, Limits};
+pub use watch::WatchGauges;
 pub use watch::{MIN_PROGRESS_NOTIFY_INTERVAL, PROGRESS_NOTIFY_INTERVAL};

@@ -153,6 +153,7 @@ pub struct EtcdServer<B> {
     tokens: Arc<crate::auth::Tokens>,
     cors: crate::Cors,
     lease_ids: Arc<crate::lease_ids::LeaseIds>,
+    watch_gauges: Arc<crate::WatchGauges>,
 }
 
 impl<B> Clone for EtcdServer<B> {
@@ -164,6 +165,7 @@ impl<B> Clone for EtcdServer<B> {
             tokens: self.tokens.clone(),
             cors: self.cors.clone(),
             lease_ids: self.lease_ids.clone(),
+            watch_gauges: self.watch_gauges.clone(),
         }
     }
 }
@@ -177,6 +179,7 @@ impl<B: Backend> EtcdServer<B> {
             tokens: Arc::new(crate::auth::Tokens::new(limits.auth_token_ttl)),
             cors: crate::Cors::default(),
             lease_ids: Arc::new(crate::lease_ids::LeaseIds::starting_now()),
+            watch_gauges: Arc::default(),
         }
     }
 
@@ -200,6 +203,13 @@ impl<B: Backend> EtcdServer<B> {
     /// default).
     pub fn with_cors(mut self, cors: crate::Cors) -> Self {
         self.cors = cors;
+        self
+    }
+
+    /// Counts this member's watch streams and watchers into `gauges`
+    /// (shared by all its listeners, read by its metrics).
+    pub fn with_watch_gauges(mut self, gauges: Arc<crate::WatchGauges>) -> Self {
+        self.watch_gauges = gauges;
         self
     }
 
@@ -358,6 +368,7 @@ impl<B: Backend> Watch for EtcdServer<B> {
             tx,
             self.limits.watch_progress_notify_interval,
             self.bugs,
+            self.watch_gauges.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

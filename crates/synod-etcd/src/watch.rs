@@ -14,7 +14,7 @@ use crate::convert;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::mvccpb;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use synod_kv::auth::PermKind;
@@ -24,6 +24,49 @@ use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+/// How many watch streams and watchers a member serves now, for etcd's
+/// `etcd_debugging_mvcc_watch_stream_total` and `_watcher_total`.
+#[derive(Debug, Default)]
+pub struct WatchGauges {
+    streams: AtomicI64,
+    watchers: AtomicI64,
+}
+
+impl WatchGauges {
+    pub fn streams(&self) -> i64 {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    pub fn watchers(&self) -> i64 {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// Counts one stream or watcher until the guard is dropped (the task
+    /// that holds it ends or is aborted).
+    fn hold(self: &Arc<Self>, watcher: bool) -> Held {
+        let held = Held(self.clone(), watcher);
+        held.counter().fetch_add(1, Ordering::Relaxed);
+        held
+    }
+}
+
+struct Held(Arc<WatchGauges>, bool);
+
+impl Held {
+    fn counter(&self) -> &AtomicI64 {
+        match self.1 {
+            true => &self.0.watchers,
+            false => &self.0.streams,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// etcd's default for `--experimental-watch-progress-notify-interval`.
 pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
@@ -44,8 +87,10 @@ pub(crate) async fn serve<B: Backend>(
     out: Out,
     progress_every: Duration,
     bugs: crate::ApiBugs,
+    gauges: Arc<WatchGauges>,
 ) {
     use pb::watch_request::RequestUnion as R;
+    let _stream = gauges.hold(false);
     let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
     let mut next_id = 0i64;
     let half_closed = loop {
@@ -103,6 +148,7 @@ pub(crate) async fn serve<B: Backend>(
                         id,
                         created_sent: created_tx,
                         progress_every,
+                        counted: gauges.hold(true),
                     },
                     c,
                     out.clone(),
@@ -330,6 +376,8 @@ struct Opened {
     /// Told once the created answer is out.
     created_sent: tokio::sync::oneshot::Sender<()>,
     progress_every: Duration,
+    /// Counts the watcher while its task lives.
+    counted: Held,
 }
 
 /// When a watcher's progress notifications are due, if it asked for them:
@@ -371,6 +419,7 @@ async fn watcher<B: Backend>(
         id,
         created_sent,
         progress_every,
+        counted: _counted,
     } = opened;
     use pb::watch_create_request::FilterType;
     let sub = match backend.subscribe().await {

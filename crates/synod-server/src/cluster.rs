@@ -376,7 +376,8 @@ pub async fn start_member_on(
         let routes = if i < metrics_from {
             let mut api = EtcdServer::new(backend.clone(), tuning.limits)
                 .with_bugs(tuning.api_bugs)
-                .with_cors(tuning.cors.clone());
+                .with_cors(tuning.cors.clone())
+                .with_watch_gauges(metrics.watch.clone());
             if let Some(keys) = &tuning.jwt {
                 api = api.with_jwt(keys.clone());
             }

@@ -102,6 +102,8 @@ async fn metrics_text(State(h): State<Http>) -> impl IntoResponse {
     if let Ok(rev) = h.backend.compact_revision().await {
         m.compact_revision.set(rev);
     }
+    m.watch_streams.set(m.watch.streams());
+    m.watchers.set(m.watch.watchers());
     let (used, limit) = file_descriptors();
     m.fd_used.set(used);
     m.fd_limit.set(limit);

@@ -55,6 +55,11 @@ pub struct Metrics {
     /// Where a client request's time goes, by stage (issue 11): see
     /// [`Stages`].
     pub stages: Stages,
+    /// Watch streams and watchers open now, counted by the watch service
+    /// and copied into the two gauges below at each scrape.
+    pub watch: Arc<synod_etcd::WatchGauges>,
+    pub watch_streams: IntGauge,
+    pub watchers: IntGauge,
 }
 
 /// A client request's time, stage by stage, on the member that took it.
@@ -419,6 +424,17 @@ impl Metrics {
             ),
             server_id,
             grpc,
+            watch: Arc::default(),
+            watch_streams: gauge(
+                &r,
+                "etcd_debugging_mvcc_watch_stream_total",
+                "Total number of watch streams.",
+            ),
+            watchers: gauge(
+                &r,
+                "etcd_debugging_mvcc_watcher_total",
+                "Total number of watchers.",
+            ),
             registry: r,
         })
     }

@@ -235,13 +235,19 @@ async fn health_version_and_metrics_as_etcd_serves_them() {
         Some(1.0)
     );
     assert_eq!(metric(&text, canceled), Some(0.0), "{text}");
+    // etcd's gauges of open watch streams and watchers.
+    let streams = "etcd_debugging_mvcc_watch_stream_total";
+    let watchers = "etcd_debugging_mvcc_watcher_total";
+    assert_eq!(metric(&text, streams), Some(1.0), "{text}");
+    assert_eq!(metric(&text, watchers), Some(1.0), "{text}");
     drop((tx, stream));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, text) = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics"))
             .await
             .unwrap();
-        if metric(&text, canceled) == Some(1.0) {
+        let gone = [streams, watchers].map(|g| metric(&text, g));
+        if metric(&text, canceled) == Some(1.0) && gone == [Some(0.0); 2] {
             break;
         }
         assert!(
