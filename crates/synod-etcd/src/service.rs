@@ -366,7 +366,7 @@ impl<B: Backend> Watch for EtcdServer<B> {
             caller,
             req.into_inner(),
             tx,
-            self.limits.watch_progress_notify_interval,
+            self.limits,
             self.bugs,
             self.watch_gauges.clone(),
         ));

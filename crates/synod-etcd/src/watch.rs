@@ -85,10 +85,11 @@ pub(crate) async fn serve<B: Backend>(
     caller: Caller,
     mut inbound: Streaming<pb::WatchRequest>,
     out: Out,
-    progress_every: Duration,
+    limits: crate::Limits,
     bugs: crate::ApiBugs,
     gauges: Arc<WatchGauges>,
 ) {
+    let progress_every = limits.watch_progress_notify_interval;
     use pb::watch_request::RequestUnion as R;
     let _stream = gauges.hold(false);
     let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
@@ -148,6 +149,8 @@ pub(crate) async fn serve<B: Backend>(
                         id,
                         created_sent: created_tx,
                         progress_every,
+                        fragment_bytes: limits.max_request_bytes
+                            + crate::service::GRPC_OVERHEAD_BYTES,
                         counted: gauges.hold(true),
                     },
                     c,
@@ -200,6 +203,42 @@ pub(crate) async fn serve<B: Backend>(
     }
 }
 
+/// `resp` in pieces for a watcher that asked for fragments, as etcd cuts
+/// it: whole if it is smaller than `max` bytes or holds one event;
+/// otherwise each piece takes events while it stays under `max` (at least
+/// one), and every piece but the last is marked `fragment`, so that the
+/// client joins them.
+fn fragments(resp: pb::WatchResponse, max: usize) -> Vec<pb::WatchResponse> {
+    use prost::Message;
+    if resp.encoded_len() < max || resp.events.len() < 2 {
+        return vec![resp];
+    }
+    // Sizes add up field by field: an event costs its key byte (field 11,
+    // length-delimited), its length and its bytes.
+    let piece_of = |events: Vec<mvccpb::Event>| pb::WatchResponse {
+        events,
+        fragment: true,
+        ..resp.clone()
+    };
+    let empty = piece_of(Vec::new()).encoded_len();
+    let mut pieces = Vec::new();
+    let (mut events, mut size) = (Vec::new(), empty);
+    for ev in resp.events.iter() {
+        let len = ev.encoded_len();
+        let cost = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if !events.is_empty() && size + cost >= max {
+            pieces.push(piece_of(std::mem::take(&mut events)));
+            size = empty;
+        }
+        events.push(ev.clone());
+        size += cost;
+    }
+    let mut last = piece_of(events);
+    last.fragment = false;
+    pieces.push(last);
+    pieces
+}
+
 /// Whether the caller may watch `[key, range_end)`; if not, the reason a
 /// refused watch carries, worded as etcd's (a gRPC status as Go prints it).
 fn may_watch(caller: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), String> {
@@ -220,6 +259,8 @@ struct Watcher {
     /// Whether events went out since the last progress notification was
     /// due: etcd leaves out the next one if they did.
     sent_events: AtomicBool,
+    /// With `fragment` asked for: the size at which a response is split.
+    fragment_bytes: Option<usize>,
 }
 
 impl Watcher {
@@ -308,7 +349,15 @@ impl Watcher {
             events: wanted,
             ..Default::default()
         };
-        self.out.send(Ok(resp)).await.is_ok()
+        let Some(max) = self.fragment_bytes else {
+            return self.out.send(Ok(resp)).await.is_ok();
+        };
+        for piece in fragments(resp, max) {
+            if self.out.send(Ok(piece)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Tells the client it has every event up to `revision`, unless events
@@ -376,6 +425,10 @@ struct Opened {
     /// Told once the created answer is out.
     created_sent: tokio::sync::oneshot::Sender<()>,
     progress_every: Duration,
+    /// The size past which a watcher that asked for fragments gets its
+    /// responses in pieces: `--max-request-bytes` and gRPC's 512 KiB of
+    /// overhead, as etcd reckons it.
+    fragment_bytes: usize,
     /// Counts the watcher while its task lives.
     counted: Held,
 }
@@ -419,6 +472,7 @@ async fn watcher<B: Backend>(
         id,
         created_sent,
         progress_every,
+        fragment_bytes,
         counted: _counted,
     } = opened;
     use pb::watch_create_request::FilterType;
@@ -443,6 +497,7 @@ async fn watcher<B: Backend>(
         },
         out,
         sent_events: AtomicBool::new(false),
+        fragment_bytes: c.fragment.then_some(fragment_bytes),
     };
     let created = pb::WatchResponse {
         header: convert::header(w.header),
@@ -522,5 +577,50 @@ async fn watcher<B: Backend>(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn event(i: u8) -> mvccpb::Event {
+        mvccpb::Event {
+            kv: Some(mvccpb::KeyValue {
+                key: vec![b'k', i],
+                value: vec![i; 100],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_large_response_goes_in_fragments_that_join_to_it() {
+        let whole = pb::WatchResponse {
+            watch_id: 7,
+            events: (0..50).map(event).collect(),
+            ..Default::default()
+        };
+        // Small enough, or a single event: whole, unmarked.
+        assert_eq!(fragments(whole.clone(), 1 << 20), vec![whole.clone()]);
+        let one = pb::WatchResponse {
+            events: vec![event(1)],
+            ..whole.clone()
+        };
+        assert_eq!(fragments(one.clone(), 10), [one]);
+        // 50 events of about 110 bytes under a 1,000-byte limit.
+        let pieces = fragments(whole.clone(), 1000);
+        assert!(pieces.len() > 5, "{}", pieces.len());
+        for (i, p) in pieces.iter().enumerate() {
+            assert!(p.encoded_len() < 1000, "piece {i}: {}", p.encoded_len());
+            assert_eq!(p.fragment, i + 1 < pieces.len(), "piece {i}");
+            assert_eq!(p.watch_id, 7);
+        }
+        let joined: Vec<_> = pieces.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, whole.events);
+        // A limit below one event's size: one event per piece.
+        assert_eq!(fragments(whole, 10).len(), 50);
     }
 }
