@@ -100,7 +100,8 @@ async fn metrics_text(State(h): State<Http>) -> impl IntoResponse {
         m.is_learner.set(i64::from(s.is_learner));
     }
     if let Ok(rev) = h.backend.compact_revision().await {
-        m.compact_revision.set(rev);
+        // etcd says -1 until the first compaction, as HashKV does.
+        m.compact_revision.set(if rev > 0 { rev } else { -1 });
     }
     m.watch_streams.set(m.watch.streams());
     m.watchers.set(m.watch.watchers());
