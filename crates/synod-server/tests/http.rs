@@ -45,13 +45,9 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_version_and_metrics_as_etcd_serves_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
-    let mut members = start_cluster(&spec).await.unwrap();
-    let addr = spec.members[0].client;
+/// A KV client of the member at `addr`, once it has taken a write (k = v)
+/// over gRPC: the cluster has a leader.
+async fn first_write(addr: SocketAddr) -> pb::kv_client::KvClient<Channel> {
     let ch = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
@@ -66,6 +62,17 @@ async fn health_version_and_metrics_as_etcd_serves_them() {
         assert!(Instant::now() < deadline, "no write accepted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    kv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_version_and_metrics_as_etcd_serves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), &ports);
+    let mut members = start_cluster(&spec).await.unwrap();
+    let addr = spec.members[0].client;
+    let mut kv = first_write(addr).await;
     // A read of a future revision fails with OutOfRange.
     let future = pb::RangeRequest {
         key: b"k".to_vec(),
@@ -306,20 +313,7 @@ async fn unlisted_hosts_are_refused_over_plain_http() {
     spec.tuning.host_whitelist = synod_etcd::HostWhitelist::parse("localhost");
     let mut members = start_cluster(&spec).await.unwrap();
     let addr = spec.members[0].client;
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    let mut kv = pb::kv_client::KvClient::new(ch);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let put = pb::PutRequest {
-        key: b"k".to_vec(),
-        value: b"v".to_vec(),
-        ..Default::default()
-    };
-    while kv.put(put.clone()).await.is_err() {
-        assert!(Instant::now() < deadline, "no write accepted over gRPC");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first_write(addr).await;
     // http() names the address, 127.0.0.1, as the Host.
     let (code, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/health"))
         .await
