@@ -22,9 +22,11 @@ fn low_bits(x: u64, n: u32) -> u64 {
     x & ((1u64 << n) - 1)
 }
 
-/// One member's lease-id generator.
+/// One member's lease-id generator, shared by all its client listeners:
+/// two generators of one member would start from the same millisecond and
+/// hand out the same ids.
 #[derive(Debug)]
-pub(crate) struct LeaseIds {
+pub struct LeaseIds {
     /// The member id's part; known once the member has answered.
     prefix: OnceLock<u64>,
     suffix: AtomicU64,
@@ -40,7 +42,7 @@ impl LeaseIds {
     }
 
     /// Starting now.
-    pub(crate) fn starting_now() -> LeaseIds {
+    pub fn starting_now() -> LeaseIds {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

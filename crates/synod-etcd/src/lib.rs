@@ -75,6 +75,7 @@ pub use grpc_compat::{GrpcGoCompat, GrpcGoCompatService};
 pub use health::HealthService;
 pub use host_whitelist::HostWhitelist;
 pub use jwt::JwtKeys;
+pub use lease_ids::LeaseIds;
 pub use local::LocalBackend;
 pub use noop::NoopBackend;
 pub use recipes::prefix_end;

@@ -253,6 +253,13 @@ impl<B: Backend> EtcdServer<B> {
         self.backend.write(cmd).await.map_err(|e| status(&e))
     }
 
+    /// Hands out lease ids from `ids` (shared by all of a member's
+    /// listeners; see `lease_ids.rs`).
+    pub fn with_lease_ids(mut self, ids: Arc<crate::LeaseIds>) -> Self {
+        self.lease_ids = ids;
+        self
+    }
+
     /// The ids this member gives leases granted without one.
     pub(crate) fn lease_ids(&self) -> &crate::lease_ids::LeaseIds {
         &self.lease_ids

@@ -369,6 +369,7 @@ pub async fn start_member_on(
     for (addr, socket) in sockets {
         listeners.push(socket.listen(1024).map_err(|e| cannot(&addr, e))?);
     }
+    let lease_ids = Arc::new(synod_etcd::LeaseIds::starting_now());
     for (i, listener) in listeners.into_iter().enumerate() {
         let web = tuning
             .cors
@@ -377,7 +378,8 @@ pub async fn start_member_on(
             let mut api = EtcdServer::new(backend.clone(), tuning.limits)
                 .with_bugs(tuning.api_bugs)
                 .with_cors(tuning.cors.clone())
-                .with_watch_gauges(metrics.watch.clone());
+                .with_watch_gauges(metrics.watch.clone())
+                .with_lease_ids(lease_ids.clone());
             if let Some(keys) = &tuning.jwt {
                 api = api.with_jwt(keys.clone());
             }
