@@ -174,30 +174,56 @@ mod tests {
     use std::net::TcpListener;
     use std::path::Path;
 
-    /// A CA in `dir` and a certificate for 127.0.0.1 signed by it, as
-    /// `--peer-*` files.
-    fn member_files(dir: &Path, ca_name: &str) -> TlsFiles {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, ca_name);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        leaf.distinguished_name.push(DnType::CommonName, "member");
-        let key = KeyPair::generate().unwrap();
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        TlsFiles {
-            cert_file: Some(dir.join("cert.pem")),
-            key_file: Some(dir.join("key.pem")),
-            trusted_ca_file: Some(dir.join("ca.pem")),
-            client_cert_auth: true,
-            auto_tls: false,
-            ..Default::default()
+    /// A CA whose files live in `dir`, and the members it signs.
+    struct TestCa {
+        dir: std::path::PathBuf,
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl TestCa {
+        fn new(dir: &Path, name: &str) -> TestCa {
+            use rcgen::KeyUsagePurpose;
+            std::fs::create_dir_all(dir).unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            ca.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = ca.self_signed(&key).unwrap();
+            std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+            TestCa {
+                dir: dir.to_path_buf(),
+                cert,
+                key,
+            }
         }
+
+        /// `--peer-*` files of a member named `name` (its common name),
+        /// with a certificate for `san` and, if given, that serial number.
+        fn member(&self, name: &str, san: &str, serial: Option<u64>) -> TlsFiles {
+            let mut leaf = CertificateParams::new(vec![san.to_string()]).unwrap();
+            leaf.distinguished_name.push(DnType::CommonName, name);
+            leaf.serial_number = serial.map(rcgen::SerialNumber::from);
+            let key = KeyPair::generate().unwrap();
+            let leaf = leaf.signed_by(&key, &self.cert, &self.key).unwrap();
+            let cert = self.dir.join(format!("{name}.pem"));
+            let key_file = self.dir.join(format!("{name}-key.pem"));
+            std::fs::write(&cert, leaf.pem()).unwrap();
+            std::fs::write(&key_file, key.serialize_pem()).unwrap();
+            TlsFiles {
+                cert_file: Some(cert),
+                key_file: Some(key_file),
+                trusted_ca_file: Some(self.dir.join("ca.pem")),
+                client_cert_auth: true,
+                ..Default::default()
+            }
+        }
+    }
+
+    /// A CA in `dir` and a member "member" for 127.0.0.1 signed by it.
+    fn member_files(dir: &Path, ca_name: &str) -> TlsFiles {
+        TestCa::new(dir, ca_name).member("member", "127.0.0.1", None)
     }
 
     fn peer_tls(files: &TlsFiles) -> PeerTls {
@@ -270,38 +296,12 @@ mod tests {
     #[test]
     fn a_revoked_certificate_is_refused() {
         use rcgen::{
-            date_time_ymd, CertificateRevocationListParams, KeyIdMethod, KeyUsagePurpose,
-            RevokedCertParams, SerialNumber,
+            date_time_ymd, CertificateRevocationListParams, KeyIdMethod, RevokedCertParams,
+            SerialNumber,
         };
         let dir = tempfile::tempdir().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.distinguished_name.push(DnType::CommonName, "synod CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let member = |name: &str, serial: u64| {
-            let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-            leaf.distinguished_name.push(DnType::CommonName, name);
-            leaf.serial_number = Some(SerialNumber::from(serial));
-            let key = KeyPair::generate().unwrap();
-            let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-            let (cert, key_file) = (
-                dir.path().join(format!("{name}.pem")),
-                dir.path().join(format!("{name}-key.pem")),
-            );
-            std::fs::write(&cert, leaf.pem()).unwrap();
-            std::fs::write(&key_file, key.serialize_pem()).unwrap();
-            TlsFiles {
-                cert_file: Some(cert),
-                key_file: Some(key_file),
-                trusted_ca_file: Some(dir.path().join("ca.pem")),
-                client_cert_auth: true,
-                auto_tls: false,
-                ..Default::default()
-            }
-        };
+        let ca = TestCa::new(dir.path(), "synod CA");
+        let member = |name: &str, serial: u64| ca.member(name, "127.0.0.1", Some(serial));
         let crl = CertificateRevocationListParams {
             this_update: date_time_ymd(2024, 1, 1),
             next_update: date_time_ymd(2100, 1, 1),
@@ -315,7 +315,7 @@ mod tests {
             }],
             key_identifier_method: KeyIdMethod::Sha256,
         }
-        .signed_by(&ca, &ca_key)
+        .signed_by(&ca.cert, &ca.key)
         .unwrap();
         std::fs::write(dir.path().join("crl.pem"), crl.pem().unwrap()).unwrap();
         let mut acceptor = member("acceptor", 11);
@@ -420,29 +420,8 @@ mod tests {
     #[test]
     fn a_peer_connecting_from_an_address_its_certificate_does_not_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "synod CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let member = |name: &str, san: &str| {
-            let mut leaf = CertificateParams::new(vec![san.to_string()]).unwrap();
-            leaf.distinguished_name.push(DnType::CommonName, name);
-            let key = KeyPair::generate().unwrap();
-            let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-            let cert = dir.path().join(format!("{name}.pem"));
-            let key_file = dir.path().join(format!("{name}-key.pem"));
-            std::fs::write(&cert, leaf.pem()).unwrap();
-            std::fs::write(&key_file, key.serialize_pem()).unwrap();
-            TlsFiles {
-                cert_file: Some(cert),
-                key_file: Some(key_file),
-                trusted_ca_file: Some(dir.path().join("ca.pem")),
-                client_cert_auth: true,
-                ..Default::default()
-            }
-        };
+        let ca = TestCa::new(dir.path(), "synod CA");
+        let member = |name: &str, san: &str| ca.member(name, san, None);
         let here = member("here", "127.0.0.1");
         let elsewhere = member("elsewhere", "10.0.0.9");
         assert!(talks(&here, &here));
